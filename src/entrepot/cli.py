@@ -1,0 +1,175 @@
+"""The ``entrepot`` command: ``entrepot serve [CONFIG]``, like registry:2's ``registry serve``.
+
+The server is Granian (ASGI) with the factory ``entrepot.root:create_app_from_env``; each
+worker re-reads the configuration from the path in ``ENTREPOT_CONFIG`` (and the same
+``REGISTRY_*`` overrides, which it inherits with the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import os
+import ssl
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from entrepot import __version__
+from entrepot.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from granian.server.mp import MPServer
+    from granian.server.mt import MTServer
+
+__all__ = ["APP_FACTORY", "CONFIG_ENV", "main"]
+
+APP_FACTORY = "entrepot.root:create_app_from_env"
+CONFIG_ENV = "ENTREPOT_CONFIG"
+# registry:2 also takes the config path from this variable when no argument is given.
+REGISTRY_CONFIG_ENV = "REGISTRY_CONFIGURATION_PATH"
+# Close to registry:2's access log (Apache combined format).
+ACCESS_LOG_FORMAT = (
+    '%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d - '
+    '"%(header{referer})s" "%(header{user-agent})s"'
+)
+
+logger = logging.getLogger("entrepot.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command != "serve":
+        parser.print_help(sys.stderr)
+        return 2
+    if args.config and args.config_option and args.config != args.config_option:
+        print("entrepot: give the config file once, as CONFIG or --config", file=sys.stderr)
+        return 2
+    path = args.config or args.config_option or os.environ.get(REGISTRY_CONFIG_ENV) or None
+    return serve(path, workers=args.workers)
+
+
+def serve(path: str | None, *, workers: int = 1) -> int:
+    """Load the configuration at ``path`` (None: defaults) and run the server."""
+    try:
+        config = load_config(path)
+        _check_tls_files(config)
+    except ConfigError as exc:
+        print(f"entrepot: config error: {exc}", file=sys.stderr)
+        return 2
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+        if logging.getLogger().hasHandlers():  # else logging would print it a second time
+            logger.warning("%s", warning)
+    if path:
+        os.environ[CONFIG_ENV] = str(Path(path).resolve())
+    else:
+        os.environ.pop(CONFIG_ENV, None)
+    with _client_ca_bundle(config) as client_ca:
+        try:
+            server = _granian(config, workers, client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"entrepot: config error: cannot load http.tls: {exc}", file=sys.stderr)
+            return 2
+        server.serve()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="entrepot",
+        description="Entrepot: a container registry, a drop-in for registry:2.",
+    )
+    parser.add_argument("-v", "--version", action="version", version=f"entrepot {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the registry",
+        description="Run the registry with registry:2's config.yml.",
+    )
+    serve_cmd.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help=f"registry:2 config.yml (default: ${REGISTRY_CONFIG_ENV}, else built-in defaults)",
+    )
+    serve_cmd.add_argument(
+        "--config", dest="config_option", metavar="CONFIG", help="same as the CONFIG argument"
+    )
+    serve_cmd.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes (default: 1)"
+    )
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _check_tls_files(config: Config) -> None:
+    tls = config.http.tls
+    if tls is None:
+        return
+    named = [("http.tls.certificate", tls.certificate), ("http.tls.key", tls.key)]
+    named += [(f"http.tls.clientcas[{i}]", ca) for i, ca in enumerate(tls.clientcas)]
+    for key, file in named:
+        if not os.access(file, os.R_OK) or not file.is_file():
+            raise ConfigError(f"config key '{key}': cannot read file {file}")
+
+
+@contextlib.contextmanager
+def _client_ca_bundle(config: Config) -> Iterator[Path | None]:
+    """Granian takes one CA file: concatenate several ``clientcas`` into a temporary one."""
+    cas = config.http.tls.clientcas if config.http.tls else []
+    if len(cas) <= 1:
+        yield cas[0] if cas else None
+        return
+    with tempfile.TemporaryDirectory(prefix="entrepot-") as tmp:
+        bundle = Path(tmp) / "clientcas.pem"
+        bundle.write_text("\n".join(ca.read_text() for ca in cas))
+        yield bundle
+
+
+def _granian(config: Config, workers: int, client_ca: Path | None) -> MPServer | MTServer:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops, SSLProtocols
+    from granian.log import LogLevels
+
+    http = config.http
+    tls = http.tls
+    return Granian(
+        APP_FACTORY,
+        address=http.host or "0.0.0.0",
+        port=http.port,
+        uds=http.unix_socket,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=workers,
+        loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.auto,
+        log_level=LogLevels(config.log.level),  # validated: error/warn/info/debug
+        log_access=not config.log.accesslog_disabled,
+        log_access_format=ACCESS_LOG_FORMAT,
+        ssl_cert=tls.certificate if tls else None,
+        ssl_key=tls.key if tls else None,
+        # registry:2 allows tls1.0 and tls1.1; Granian's floor is TLS 1.2.
+        ssl_protocol_min=SSLProtocols.tls13
+        if tls and tls.minimumtls == "tls1.3"
+        else SSLProtocols.tls12,
+        ssl_ca=client_ca,
+        ssl_client_verify=client_ca is not None,
+    )

@@ -1,0 +1,261 @@
+"""``REGISTRY_*`` environment overrides, applied the way registry:2 applies them.
+
+registry:2 (``configuration/parser.go``) takes every environment variable whose name
+starts with ``REGISTRY_``, sorts them by name (so ``REGISTRY_STORAGE`` is applied before
+``REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY``), splits the rest of the name on ``_``
+and walks the configuration with it:
+
+* through a fixed section (a Go struct: ``http``, ``http.tls``, ``log``, ``health`` ...)
+  a name part must match a known key, upper-cased; an unknown part is ignored with a
+  warning (``REGISTRY_PORT`` set by a Kubernetes service named "registry" is such a case);
+* through a free-form section (a Go map: ``storage`` and its driver parameters,
+  ``log.fields``, ``http.headers``, ``auth`` ...) an existing key matching the part
+  (upper-cased) is followed, otherwise the part is added lower-cased;
+* through a list, the part is an index (``REGISTRY_HTTP_TLS_CLIENTCAS_0``); the index
+  may be the list's length, which appends;
+* the last part is set to the variable's value parsed as a YAML scalar/document, so
+  ``"true"`` is a boolean, ``"5000"`` an integer, ``"[a, b]"`` a list. A field that is
+  a Go string (``proxy.password``, ``proxies[N].username`` ...) keeps the text as
+  written when YAML reads a number, boolean or date (go-yaml does the same), so
+  ``REGISTRY_PROXY_PASSWORD=0123`` is "0123", not 83; a list or mapping there is an error.
+
+``version`` cannot be overridden (registry:2 reads it before applying the environment).
+``REGISTRY_STORAGE=filesystem`` (a driver name alone) selects that driver with no
+parameters, replacing the whole ``storage`` section, as in registry:2.
+``REGISTRY_CONFIGURATION_PATH`` names the configuration file and is not an override.
+Entrepot's own ``proxies`` list is addressed like registry:2's lists, e.g.
+``REGISTRY_PROXIES_0_HOST=ghcr.io`` and ``REGISTRY_PROXIES_0_REMOTEURL=https://ghcr.io``.
+The value of a variable whose name ends in ``PASSWORD`` or ``SECRET`` never appears in
+an error message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from entrepot.config.errors import ConfigError
+
+__all__ = ["PREFIX", "apply_env_overrides", "normalize_storage"]
+
+PREFIX = "REGISTRY_"
+
+# A schema node is a dict (fixed section: known keys only), or one of these markers.
+_LEAF = "leaf"  # a scalar field: only settable as a whole
+_STR = "str"  # a string field: a scalar keeps its text as written (see module doc)
+_FREE = "free"  # a free-form mapping (or whatever value the file put there)
+_LIST = "list"  # a list of free-form elements
+
+
+@dataclass(frozen=True)
+class _ListOf:
+    """A list whose elements follow ``element``."""
+
+    element: dict[str, Any]
+
+
+_Schema = dict[str, Any] | _ListOf | str
+
+# One entry of Entrepot's ``proxies`` list (see ``proxies``).
+_PROXIES_ENTRY: dict[str, Any] = {
+    "host": _STR,
+    "remoteurl": _STR,
+    "remoteurls": _LIST,
+    "username": _STR,
+    "password": _STR,
+    "passwordfile": _STR,
+    "passwordenv": _STR,
+    "mirror": _LEAF,
+    "allowpush": _LEAF,
+    "tagttl": _LEAF,
+    "negativettl": _LEAF,
+    "connecttimeout": _LEAF,
+    "readtimeout": _LEAF,
+}
+
+# The registry:2 (2.8) Configuration struct, by YAML key. Sections Entrepot does not
+# implement yet are free-form here: whatever lands in them is reported by the loader.
+_SCHEMA: dict[str, Any] = {
+    "version": _LEAF,
+    "loglevel": _LEAF,
+    "log": {
+        "accesslog": {"disabled": _LEAF},
+        "level": _LEAF,
+        "formatter": _LEAF,
+        "fields": _FREE,
+        "hooks": _LIST,
+    },
+    "storage": _FREE,
+    "auth": _FREE,
+    "middleware": _FREE,
+    "reporting": _FREE,
+    "http": {
+        "addr": _LEAF,
+        "net": _LEAF,
+        "host": _LEAF,
+        "prefix": _LEAF,
+        "secret": _LEAF,
+        "relativeurls": _LEAF,
+        "draintimeout": _LEAF,
+        "tls": {
+            "certificate": _LEAF,
+            "key": _LEAF,
+            "clientcas": _LIST,
+            "minimumtls": _LEAF,
+            "ciphersuites": _LIST,
+            "letsencrypt": {"cachefile": _LEAF, "email": _LEAF, "hosts": _LIST},
+        },
+        "headers": _FREE,
+        "debug": {"addr": _LEAF, "prometheus": {"enabled": _LEAF, "path": _LEAF}},
+        "http2": {"disabled": _LEAF},
+        "h2c": {"enabled": _LEAF},
+    },
+    "notifications": _FREE,
+    "redis": _FREE,
+    "health": {
+        "file": _LIST,
+        "http": _LIST,
+        "tcp": _LIST,
+        "storagedriver": {"enabled": _LEAF, "interval": _LEAF, "threshold": _LEAF},
+    },
+    "proxy": {"remoteurl": _STR, "username": _STR, "password": _STR, "ttl": _LEAF},
+    "proxies": _ListOf(_PROXIES_ENTRY),
+    "compatibility": _FREE,
+    "validation": _FREE,
+    "policy": _FREE,
+}
+
+
+class _Ignored(Exception):
+    """The variable does not address anything; registry:2 ignores it with a warning."""
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """A variable's value: ``parsed`` from YAML, and the ``raw`` text."""
+
+    name: str
+    raw: str
+    parsed: Any
+
+    def for_field(self, schema: _Schema) -> Any:
+        """The value to store in a field of ``schema``: a string field keeps a scalar's
+        text as written, as go-yaml does when it decodes into a Go string."""
+        if schema != _STR or self.parsed is None or isinstance(self.parsed, str):
+            return self.parsed
+        if isinstance(self.parsed, dict | list):
+            raise ConfigError(f"environment variable {self.name}: expected a single value")
+        return self.raw.strip()
+
+
+def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Apply ``REGISTRY_*`` variables from ``environ`` to ``tree`` in place.
+
+    Returns warnings for variables that were ignored. Raises ``ConfigError`` for a
+    value that is not valid YAML or a bad list index (registry:2 refuses to start then).
+    """
+    warnings: list[str] = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIX) or name == "REGISTRY_CONFIGURATION_PATH":
+            continue
+        parts = name[len(PREFIX) :].split("_")
+        if parts == ["VERSION"]:
+            warnings.append(
+                f"environment variable {name} is ignored: the config version comes "
+                "from the config file"
+            )
+            continue
+        try:
+            payload = _Payload(name, environ[name], _parse_yaml(name, environ[name]))
+            _overwrite(tree, _SCHEMA, parts, payload)
+        except _Ignored as exc:
+            warnings.append(f"ignoring environment variable {name}: {exc}")
+        normalize_storage(tree)
+    return warnings
+
+
+def normalize_storage(tree: dict[str, Any]) -> None:
+    """``storage: filesystem`` (a bare driver name) means ``storage: {filesystem: {}}``."""
+    storage = tree.get("storage")
+    if isinstance(storage, str) and storage:
+        tree["storage"] = {storage: {}}
+
+
+def _parse_yaml(name: str, value: str) -> Any:
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        # The parser's message quotes the value: not for a secret.
+        detail = "" if name.endswith(("PASSWORD", "SECRET")) else f": {exc}"
+        raise ConfigError(f"environment variable {name}: value is not valid YAML{detail}") from None
+
+
+def _overwrite(value: Any, schema: _Schema, parts: list[str], payload: _Payload) -> Any:
+    """Return ``value`` with ``payload`` set at ``parts`` below it (may mutate ``value``)."""
+    if not parts or not parts[0]:
+        raise _Ignored("empty key name")
+    if isinstance(schema, dict):
+        return _overwrite_fixed(value, schema, parts, payload)
+    if isinstance(schema, _ListOf):
+        if value is not None and not isinstance(value, list):
+            raise _Ignored("the section it points into is not a list")
+        return _overwrite_list(value or [], schema.element, parts, payload)
+    if schema in (_LEAF, _STR):
+        raise _Ignored(f"{parts[0].lower()!r} is below a single value")
+    if isinstance(value, list) or (value is None and schema == _LIST):
+        return _overwrite_list(value or [], _FREE, parts, payload)
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _Ignored(f"{parts[0].lower()!r} is below a single value")
+    return _overwrite_free(value, parts, payload)
+
+
+def _overwrite_fixed(
+    value: Any, schema: dict[str, Any], parts: list[str], payload: _Payload
+) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _Ignored("the section it points into is not a mapping")
+    key = next((k for k in schema if k.upper() == parts[0]), None)
+    if key is None:
+        raise _Ignored("no such configuration key")
+    if len(parts) == 1:
+        value[key] = payload.for_field(schema[key])
+    else:
+        value[key] = _overwrite(value.get(key), schema[key], parts[1:], payload)
+    return value
+
+
+def _overwrite_free(value: dict[Any, Any], parts: list[str], payload: _Payload) -> Any:
+    head, rest = parts[0], parts[1:]
+    if rest:
+        for key, existing in value.items():
+            if str(key).upper() == head and existing is not None:
+                value[key] = _overwrite(existing, _FREE, rest, payload)
+                return value
+        value[head.lower()] = _overwrite(None, _FREE, rest, payload)
+    else:
+        value[head.lower()] = payload.parsed
+    return value
+
+
+def _overwrite_list(value: list[Any], element: _Schema, parts: list[str], payload: _Payload) -> Any:
+    head, rest = parts[0], parts[1:]
+    name = payload.name
+    if not head.isdigit():
+        raise ConfigError(f"environment variable {name}: non-numeric list index {head!r}")
+    index = int(head)
+    if index > len(value):
+        raise ConfigError(
+            f"environment variable {name}: list index {index} is past the end "
+            f"(the list has {len(value)} item(s))"
+        )
+    if index == len(value):
+        value.append(None)
+    value[index] = _overwrite(value[index], element, rest, payload) if rest else payload.parsed
+    return value

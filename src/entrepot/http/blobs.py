@@ -1,0 +1,83 @@
+"""Blob endpoints: /v2/<name>/blobs/<digest> (distribution-spec "Pulling blobs",
+"Deleting Blobs"), Range requests included."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+
+from entrepot.http.context import context, repository_for
+from entrepot.oci.digest import Digest
+from entrepot.oci.errors import ErrorCode, RegistryError
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+OCTET_STREAM = "application/octet-stream"
+
+
+def _single_range(header: str, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) for a single satisfiable byte range, None to send it all."""
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        start, end = max(size - int(last), 0), size
+    else:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+    if start >= size or start >= end:
+        raise RegistryError(
+            ErrorCode.RANGE_INVALID,
+            f"requested range not satisfiable for a blob of {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return start, end
+
+
+async def get_blob(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    digest = Digest.parse(reference)
+    repo = await repository_for(request, name)
+    headers = ctx.headers(repo, Docker_Content_Digest=str(digest), ETag=f'"{digest}"')
+    headers["Cache-Control"] = "max-age=31536000"
+    if request.method == "HEAD":
+        info = await repo.stat_blob(digest)
+        headers["Content-Length"] = str(info.size)
+        headers["Accept-Ranges"] = "bytes"
+        return Response(b"", media_type=OCTET_STREAM, headers=headers)
+    blob = await repo.open_blob(digest)
+    if blob.local_path is not None:
+        return FileResponse(blob.local_path, media_type=OCTET_STREAM, headers=headers)
+    size = blob.info.size
+    if size < 0:
+        # A cache fill whose upstream did not announce a length: stream it as it comes.
+        return StreamingResponse(
+            blob.open_stream(0, None), media_type=OCTET_STREAM, headers=headers
+        )
+    headers["Accept-Ranges"] = "bytes"
+    span = _single_range(request.headers.get("range", ""), size)
+    if span is None:
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(
+            blob.open_stream(0, None), media_type=OCTET_STREAM, headers=headers
+        )
+    start, end = span
+    headers["Content-Length"] = str(end - start)
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(
+        blob.open_stream(start, end - start),
+        status_code=206,
+        media_type=OCTET_STREAM,
+        headers=headers,
+    )
+
+
+async def delete_blob(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name, for_push=True)
+    await repo.delete_blob(Digest.parse(reference))
+    return Response(b"", status_code=202, headers=ctx.headers())

@@ -1,0 +1,70 @@
+"""Manifest endpoints: /v2/<name>/manifests/<reference> (distribution-spec "Pulling
+manifests", "Pushing Manifests", "Deleting Manifests")."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from entrepot.http.context import context, read_body, repository_for
+from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.oci.manifest import MAX_MANIFEST_SIZE
+
+
+def _accepts(accept_headers: list[str], media_type: str) -> bool:
+    """Whether the client's Accept headers admit ``media_type``. No Accept admits all."""
+    offered = [
+        part.split(";", 1)[0].strip().lower()
+        for header in accept_headers
+        for part in header.split(",")
+        if part.strip()
+    ]
+    if not offered:
+        return True
+    major = media_type.split("/", 1)[0]
+    return any(item in (media_type, "*/*", f"{major}/*") for item in offered)
+
+
+async def get_manifest(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name)
+    content = await repo.get_manifest(reference)
+    if not _accepts(request.headers.getlist("accept"), content.media_type):
+        # registry:2 answers this way when a client cannot take the stored type.
+        raise RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"manifest is {content.media_type}, which the Accept header does not allow",
+            {"reference": reference},
+        )
+    digest = str(content.digest)
+    headers = ctx.headers(
+        repo,
+        Docker_Content_Digest=digest,
+        ETag=f'"{digest}"',
+        Content_Length=str(len(content.raw)),
+    )
+    body = b"" if request.method == "HEAD" else content.raw
+    response = Response(body, media_type=content.media_type, headers=headers)
+    return response
+
+
+async def put_manifest(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name, for_push=True)
+    raw = await read_body(request, MAX_MANIFEST_SIZE)
+    result = await repo.put_manifest(reference, raw, request.headers.get("content-type"))
+    digest = str(result.digest)
+    headers = ctx.headers(
+        Location=ctx.location(f"/v2/{name}/manifests/{digest}"),
+        Docker_Content_Digest=digest,
+    )
+    if result.subject is not None:
+        headers["OCI-Subject"] = str(result.subject)
+    return Response(b"", status_code=201, headers=headers)
+
+
+async def delete_manifest(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name, for_push=True)
+    await repo.delete_manifest(reference)
+    return Response(b"", status_code=202, headers=ctx.headers())

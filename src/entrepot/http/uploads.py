@@ -1,0 +1,120 @@
+"""Upload endpoints: /v2/<name>/blobs/uploads/[<id>] (distribution-spec "Pushing blobs":
+monolithic POST+PUT, POST with digest, chunked PATCH, status, mount, cancel)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from entrepot.http.context import ApiContext, body_chunks, context, repository_for
+from entrepot.oci.digest import Digest
+from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.registry.api import BlobInfo, Repository, UploadStatus
+
+_CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def _upload_headers(ctx: ApiContext, name: str, status: UploadStatus) -> dict[str, str]:
+    return ctx.headers(
+        Location=ctx.location(f"/v2/{name}/blobs/uploads/{status.upload_id}"),
+        Range=f"0-{max(status.size - 1, 0)}",
+        Docker_Upload_UUID=status.upload_id,
+    )
+
+
+def _created(ctx: ApiContext, name: str, info: BlobInfo) -> Response:
+    digest = str(info.digest)
+    headers = ctx.headers(
+        Location=ctx.location(f"/v2/{name}/blobs/{digest}"), Docker_Content_Digest=digest
+    )
+    return Response(b"", status_code=201, headers=headers)
+
+
+def _digest_param(request: Request) -> Digest:
+    raw = request.query_params.get("digest")
+    if not raw:
+        raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
+    return Digest.parse(raw)
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+async def start_upload(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name, for_push=True)
+    params = request.query_params
+    mount = params.get("mount")
+    if mount:
+        source = params.get("from") or None
+        if source is not None:
+            # An invalid source name is the client's error, not a silent fallback.
+            await ctx.resolver.repository(source)
+        info = await repo.mount_blob(Digest.parse(mount), source)
+        if info is not None:
+            return _created(ctx, name, info)
+        # Not mountable: the spec says fall back to an ordinary upload session.
+    digest = _digest_param(request) if params.get("digest") is not None and not mount else None
+    status = await repo.start_upload()
+    if digest is not None:
+        try:
+            info = await repo.finish_upload(status.upload_id, digest, body_chunks(request))
+        except BaseException:
+            await _cancel_quietly(repo, status.upload_id)
+            raise
+        return _created(ctx, name, info)
+    return Response(b"", status_code=202, headers=_upload_headers(ctx, name, status))
+
+
+async def _cancel_quietly(repo: Repository, upload_id: str) -> None:
+    with contextlib.suppress(RegistryError):
+        await repo.cancel_upload(upload_id)
+
+
+async def upload_status(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name, for_push=True)
+    status = await repo.upload_status(reference)
+    return Response(b"", status_code=204, headers=_upload_headers(ctx, name, status))
+
+
+async def patch_upload(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name, for_push=True)
+    start: int | None = None
+    content_range = request.headers.get("content-range")
+    if content_range:
+        match = _CONTENT_RANGE.match(content_range.strip())
+        if match is None or int(match.group(2)) < int(match.group(1)):
+            status = await repo.upload_status(reference)
+            raise RegistryError(
+                ErrorCode.RANGE_INVALID,
+                f"invalid Content-Range {content_range!r}",
+                headers=_upload_headers(ctx, name, status),
+            )
+        start = int(match.group(1))
+    status = await repo.append_upload(reference, body_chunks(request), start)
+    return Response(b"", status_code=202, headers=_upload_headers(ctx, name, status))
+
+
+async def finish_upload(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name, for_push=True)
+    digest = _digest_param(request)
+    chunks = body_chunks(request) if _has_body(request) else None
+    info = await repo.finish_upload(reference, digest, chunks)
+    return _created(ctx, name, info)
+
+
+async def cancel_upload(request: Request, name: str, reference: str) -> Response:
+    ctx = context(request)
+    repo = await repository_for(request, name, for_push=True)
+    await repo.cancel_upload(reference)
+    return Response(b"", status_code=204, headers=ctx.headers())

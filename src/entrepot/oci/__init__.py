@@ -1,0 +1,1 @@
+"""The OCI distribution protocol model: pure, synchronous, no I/O."""

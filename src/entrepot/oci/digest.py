@@ -1,0 +1,72 @@
+"""Content digests: parsing, validation, and a hasher that verifies while streaming."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from entrepot.oci.errors import ErrorCode, RegistryError
+
+# image-spec descriptor.md: algorithm ":" encoded, with registered algorithms checked strictly.
+_DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
+_ENCODED = {"sha256": re.compile(r"^[a-f0-9]{64}$"), "sha512": re.compile(r"^[a-f0-9]{128}$")}
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    algorithm: str
+    encoded: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.encoded}"
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Parse and validate; DIGEST_INVALID for anything malformed or of an unknown algorithm."""
+        match = _DIGEST_RE.match(text)
+        if match is None:
+            raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid digest {text!r}")
+        algorithm, encoded = match.groups()
+        pattern = _ENCODED.get(algorithm)
+        if pattern is None:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID, f"unsupported digest algorithm {algorithm!r}"
+            )
+        if not pattern.match(encoded):
+            raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid {algorithm} digest {text!r}")
+        return cls(algorithm, encoded)
+
+    @classmethod
+    def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+
+def is_digest(reference: str) -> bool:
+    """A manifest reference is a digest when it has a colon (tags cannot)."""
+    return ":" in reference
+
+
+class DigestVerifier:
+    """Hashes bytes as they stream past and checks the result against an expected digest."""
+
+    __slots__ = ("_hash", "algorithm", "size")
+
+    def __init__(self, algorithm: str = "sha256") -> None:
+        self.algorithm = algorithm
+        self._hash = hashlib.new(algorithm)
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+
+    def digest(self) -> Digest:
+        return Digest(self.algorithm, self._hash.hexdigest())
+
+    def copy(self) -> DigestVerifier:
+        clone = DigestVerifier.__new__(DigestVerifier)
+        clone.algorithm = self.algorithm
+        clone._hash = self._hash.copy()
+        clone.size = self.size
+        return clone

@@ -1,0 +1,401 @@
+"""Cached repositories: an upstream repository seen through the local cache.
+
+Content by digest is immutable: once verified and stored it is never fetched again.
+A tag is served from cache while fresh, then revalidated with a HEAD (not counted against
+Docker Hub's pull limit); a GET happens only for a digest not cached yet. Concurrent
+revalidations of one tag share one upstream request. When the upstream is down, slow or
+rate limiting, a cached tag is served stale; uncached content fails fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from entrepot.oci import mediatypes as mt
+from entrepot.oci.digest import Digest, is_digest
+from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.oci.manifest import parse_manifest
+from entrepot.oci.names import validate_tag
+from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool, temp_spool_path
+from entrepot.proxy.upstream import (
+    RemoteBlob,
+    UpstreamError,
+    UpstreamInvalid,
+    UpstreamNotFound,
+)
+from entrepot.proxy.upstreams import Upstream, translate
+from entrepot.registry import layout
+from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, ManifestPut, UploadStatus
+from entrepot.registry.blobs import read_link, write_link
+from entrepot.registry.local import LocalRegistry
+from entrepot.registry.uploads import new_upload_id
+from entrepot.storage import StorageError, StorageNotFound
+
+log = logging.getLogger("entrepot.proxy")
+
+ACCEPT = (mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST)
+T = TypeVar("T")
+
+
+class ProxyCache:
+    """State shared by every cached repository: the local store, in-flight work, stats."""
+
+    def __init__(self, local: LocalRegistry, clock: Callable[[], float] = time.time) -> None:
+        self.local = local
+        self.filler = BlobFiller()
+        self.clock = clock
+        self.stats: Counter[str] = Counter()
+        self._negative: dict[tuple[str, str, str], float] = {}
+        self._inflight: dict[tuple[str, ...], asyncio.Task[object]] = {}
+
+    async def once(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` once for all concurrent callers with the same key. The shared task
+        is shielded: one caller going away does not cancel it for the others."""
+        task = self._inflight.get(key)
+        if task is None:
+
+            async def run() -> object:
+                try:
+                    return await work()
+                finally:
+                    self._inflight.pop(key, None)
+
+            task = asyncio.create_task(run())
+            self._inflight[key] = task
+        result = await asyncio.shield(task)
+        return result  # type: ignore[return-value]
+
+    def remember_missing(self, key: tuple[str, str, str], ttl: float) -> None:
+        self._negative[key] = time.monotonic() + ttl
+
+    def known_missing(self, key: tuple[str, str, str]) -> bool:
+        expiry = self._negative.get(key)
+        if expiry is None:
+            return False
+        if expiry < time.monotonic():
+            del self._negative[key]
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self.filler.aclose()
+
+
+def pinned_marker(name: str, tag: str) -> str:
+    """Marks a tag pushed into a cache namespace; registry:2 ignores the extra file."""
+    return f"{layout.tag_dir(name, tag)}/pushed"
+
+
+def _read_only(host: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.DENIED,
+        f"{host} is a cache of an upstream registry and cannot be pushed to; "
+        "push to a name without the upstream prefix",
+    )
+
+
+class CachedRepository:
+    def __init__(self, cache: ProxyCache, upstream: Upstream, upstream_name: str) -> None:
+        self.cache = cache
+        self.upstream = upstream
+        self.upstream_name = upstream_name
+        self.name = upstream.cache_name(upstream_name)
+        self.namespace: str | None = upstream.host
+        self._local = cache.local
+        self._driver = cache.local.driver
+
+    def _error(self, exc: UpstreamError, missing: ErrorCode, reference: str) -> RegistryError:
+        return translate(exc, self.upstream.host, missing, reference)
+
+    # ---- manifests -------------------------------------------------------------------
+
+    async def get_manifest(self, reference: str) -> ManifestContent:
+        if is_digest(reference):
+            digest = await self._manifest_by_digest(Digest.parse(reference), reference)
+        else:
+            digest = await self._manifest_by_tag(validate_tag(reference))
+        manifest = await self._local.manifests.load(digest, reference)
+        return ManifestContent(digest, manifest.media_type, manifest.raw)
+
+    async def _manifest_by_tag(self, tag: str) -> Digest:
+        link = layout.tag_current_link(self.name, tag)
+        cached = await read_link(self._driver, link)
+        if cached is not None and (await self._pinned(tag) or await self._fresh(link)):
+            return cached
+        negative_key = (self.upstream.host, self.upstream_name, tag)
+        if self.cache.known_missing(negative_key):
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN, "manifest unknown upstream", {"tag": tag}
+            )
+        try:
+            return await self.cache.once(
+                ("tag", self.upstream.host, self.upstream_name, tag), lambda: self._revalidate(tag)
+            )
+        except UpstreamNotFound as exc:
+            self.cache.remember_missing(negative_key, self.upstream.policy.negative_ttl)
+            raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, tag) from exc
+        except UpstreamError as exc:
+            if cached is None:
+                raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, tag) from exc
+            self.cache.stats["stale_served"] += 1
+            log.warning(
+                "serving stale %s:%s from cache: upstream %s failed: %s",
+                self.name,
+                tag,
+                self.upstream.host,
+                exc,
+            )
+            return cached
+
+    async def _pinned(self, tag: str) -> bool:
+        """A tag pushed into a cache namespace (allowpush) is never replaced from upstream."""
+        try:
+            await self._driver.stat(pinned_marker(self.name, tag))
+        except StorageNotFound:
+            return False
+        except StorageError:
+            return False
+        return True
+
+    async def _fresh(self, link: str) -> bool:
+        try:
+            info = await self._driver.stat(link)
+        except StorageError:
+            return False
+        return self.cache.clock() - info.mtime < self.upstream.policy.tag_ttl
+
+    async def _revalidate(self, tag: str) -> Digest:
+        client = self.upstream.client
+        head = await client.head_manifest(self.upstream_name, tag, ACCEPT)
+        digest = head.digest
+        if digest is None or not await self._adopt_known_manifest(digest):
+            self.cache.stats["manifest_get"] += 1
+            remote = await client.get_manifest(
+                self.upstream_name, str(digest) if digest else tag, ACCEPT
+            )
+            digest = await self._store_manifest(remote.raw, remote.media_type, str(remote.digest))
+        # Writing the link again also marks the tag fresh (its mtime).
+        await write_link(self._driver, layout.tag_index_link(self.name, tag, digest), digest)
+        await write_link(self._driver, layout.tag_current_link(self.name, tag), digest)
+        return digest
+
+    async def _store_manifest(self, raw: bytes | None, media_type: str, reference: str) -> Digest:
+        if raw is None:
+            raise UpstreamInvalid(f"no manifest body for {reference}")
+        try:
+            manifest = parse_manifest(raw, media_type)
+        except RegistryError as exc:
+            raise UpstreamInvalid(
+                f"upstream manifest {reference} is invalid: {exc.message}"
+            ) from exc
+        await self._local.manifests.store(self.name, manifest, None)
+        return manifest.digest
+
+    async def _adopt_known_manifest(self, digest: Digest) -> bool:
+        """Link a manifest we already hold (cached or pushed elsewhere) instead of a GET."""
+        if await read_link(self._driver, layout.manifest_revision_link(self.name, digest)):
+            return True
+        raw = await self._local.blobs.get(digest)
+        if raw is None or Digest.of(raw, digest.algorithm) != digest:
+            return False
+        await self._local.manifests.store(self.name, parse_manifest(raw), None)
+        return True
+
+    async def _manifest_by_digest(self, digest: Digest, reference: str) -> Digest:
+        if await read_link(self._driver, layout.manifest_revision_link(self.name, digest)):
+            return digest
+        negative_key = (self.upstream.host, self.upstream_name, reference)
+        if self.cache.known_missing(negative_key):
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN, "manifest unknown upstream", {"digest": reference}
+            )
+
+        async def fetch() -> Digest:
+            client = self.upstream.client
+            if await self._local.blobs.stat(digest) is not None:
+                # Held already: confirm upstream has it in this repository, then link it.
+                await client.head_manifest(self.upstream_name, reference, ACCEPT)
+                if await self._adopt_known_manifest(digest):
+                    return digest
+            self.cache.stats["manifest_get"] += 1
+            remote = await client.get_manifest(self.upstream_name, reference, ACCEPT)
+            return await self._store_manifest(remote.raw, remote.media_type, reference)
+
+        try:
+            stored = await self.cache.once(
+                ("digest", self.upstream.host, self.upstream_name, reference), fetch
+            )
+        except UpstreamNotFound as exc:
+            self.cache.remember_missing(negative_key, self.upstream.policy.negative_ttl)
+            raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, reference) from exc
+        except UpstreamError as exc:
+            raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, reference) from exc
+        if stored != digest:
+            raise RegistryError(
+                ErrorCode.UNAVAILABLE, "upstream manifest digest mismatch", status=502
+            )
+        return digest
+
+    async def list_tags(self) -> list[str]:
+        try:
+            return await self.upstream.client.list_tags(self.upstream_name)
+        except UpstreamError as exc:
+            cached = await self._local.manifests.tags(self.name, missing_ok=True)
+            if cached and not isinstance(exc, UpstreamNotFound):
+                self.cache.stats["stale_served"] += 1
+                log.warning("tags of %s from cache: upstream failed: %s", self.name, exc)
+                return cached
+            raise self._error(exc, ErrorCode.NAME_UNKNOWN, self.upstream_name) from exc
+
+    async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
+        return await self._local.manifests.referrers(self.name, digest, artifact_type)
+
+    # ---- blobs -------------------------------------------------------------------------
+
+    async def _cached_blob(self, digest: Digest) -> BlobInfo | None:
+        if await read_link(self._driver, layout.layer_link(self.name, digest)) != digest:
+            return None
+        return await self._local.blobs.stat(digest)
+
+    async def _confirm_upstream(self, digest: Digest) -> int:
+        try:
+            return await self.upstream.client.stat_blob(self.upstream_name, digest)
+        except UpstreamError as exc:
+            raise self._error(exc, ErrorCode.BLOB_UNKNOWN, str(digest)) from exc
+
+    async def _link_if_held(self, digest: Digest, size: int) -> BlobInfo | None:
+        """Bytes held for another repository serve this one once upstream confirmed them."""
+        held = await self._local.blobs.stat(digest)
+        if held is None or held.size != size:
+            return None
+        await write_link(self._driver, layout.layer_link(self.name, digest), digest)
+        return held
+
+    async def stat_blob(self, digest: Digest) -> BlobInfo:
+        cached = await self._cached_blob(digest)
+        if cached is not None:
+            return cached
+        fill = self.cache.filler.active(self._fill_key(digest))
+        if fill is not None and fill.size is not None:
+            return BlobInfo(digest, fill.size)
+        size = await self._confirm_upstream(digest)
+        return await self._link_if_held(digest, size) or BlobInfo(digest, size)
+
+    async def open_blob(self, digest: Digest) -> BlobContent:
+        cached = await self._cached_blob(digest)
+        if cached is not None:
+            return self._local.blobs.content(cached)
+        key = self._fill_key(digest)
+        fill = self.cache.filler.active(key)
+        if fill is None:
+            if await self._local.blobs.stat(digest) is not None:
+                held = await self._link_if_held(digest, await self._confirm_upstream(digest))
+                if held is not None:
+                    return self._local.blobs.content(held)
+            client = self.upstream.client
+            self.cache.stats["blob_fill"] += 1
+            fill = self.cache.filler.start(
+                key,
+                self._spool(digest),
+                lambda: _open_remote(client.open_blob(self.upstream_name, digest)),
+            )
+        try:
+            await fill.wait_started()
+        except FetchFailed as exc:
+            if isinstance(exc.cause, UpstreamError):
+                raise self._error(exc.cause, ErrorCode.BLOB_UNKNOWN, str(digest)) from exc
+            raise RegistryError(ErrorCode.UNAVAILABLE, f"cache fill failed: {exc}") from exc
+        size = fill.size if fill.size is not None else -1
+        return BlobContent(BlobInfo(digest, size), None, fill.read)
+
+    def _fill_key(self, digest: Digest) -> tuple[str, str, Digest]:
+        return (self.upstream.host, self.upstream_name, digest)
+
+    def _spool(self, digest: Digest) -> Spool:
+        """Spool into an upload of this repository when the driver is a local disk (so
+        publishing is a rename, and a crash leaves only a stale upload), else a temp file."""
+        driver = self._driver
+        key = layout.upload_data(self.name, new_upload_id())
+        path = driver.local_path(key)
+        link = layout.layer_link(self.name, digest)
+
+        if path is not None:
+
+            async def publish_in_place() -> None:
+                await self._local.blobs.adopt(digest, key)
+                await write_link(driver, link, digest)
+
+            async def discard_in_place() -> None:
+                with contextlib.suppress(StorageError):
+                    await driver.delete(key.removesuffix("/data"))
+
+            return Spool(path, publish_in_place, discard_in_place)
+
+        temp = temp_spool_path()
+
+        async def publish_copy() -> None:
+            writer = await driver.writer(layout.blob_data(digest))
+            try:
+                with open(temp, "rb") as source:  # noqa: ASYNC230 - local temp file, chunked
+                    while chunk := await asyncio.to_thread(source.read, 1 << 20):
+                        await writer.write(chunk)
+                await writer.commit()
+            except BaseException:
+                await writer.cancel()
+                raise
+            await write_link(driver, link, digest)
+            os.unlink(temp)
+
+        async def discard_copy() -> None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+
+        return Spool(temp, publish_copy, discard_copy)
+
+    async def delete_blob(self, digest: Digest) -> None:
+        raise _read_only(self.upstream.host)
+
+    async def mount_blob(self, digest: Digest, source: str | None) -> BlobInfo | None:
+        raise _read_only(self.upstream.host)
+
+    async def start_upload(self) -> UploadStatus:
+        raise _read_only(self.upstream.host)
+
+    async def upload_status(self, upload_id: str) -> UploadStatus:
+        raise _read_only(self.upstream.host)
+
+    async def append_upload(
+        self, upload_id: str, chunks: AsyncIterator[bytes], start: int | None
+    ) -> UploadStatus:
+        raise _read_only(self.upstream.host)
+
+    async def finish_upload(
+        self, upload_id: str, digest: Digest, chunks: AsyncIterator[bytes] | None
+    ) -> BlobInfo:
+        raise _read_only(self.upstream.host)
+
+    async def cancel_upload(self, upload_id: str) -> None:
+        raise _read_only(self.upstream.host)
+
+    async def put_manifest(
+        self, reference: str, raw: bytes, content_type: str | None
+    ) -> ManifestPut:
+        raise _read_only(self.upstream.host)
+
+    async def delete_manifest(self, reference: str) -> None:
+        raise _read_only(self.upstream.host)
+
+
+@contextlib.asynccontextmanager
+async def _open_remote(
+    opening: contextlib.AbstractAsyncContextManager[RemoteBlob],
+) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+    async with opening as remote:
+        yield remote.size, remote.chunks

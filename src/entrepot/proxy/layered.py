@@ -1,0 +1,104 @@
+"""A plain name with a mirror upstream (Docker's registry-mirrors): what was pushed here
+answers first, the mirror's cache second. Writes always go to the pushed side, so pushed
+content is never replaced by upstream content."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from entrepot.oci.digest import Digest
+from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.proxy.cache import CachedRepository
+from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, ManifestPut, UploadStatus
+from entrepot.registry.local import LocalRepository
+
+_MISSING = frozenset({ErrorCode.MANIFEST_UNKNOWN, ErrorCode.BLOB_UNKNOWN, ErrorCode.NAME_UNKNOWN})
+
+
+class LayeredRepository:
+    namespace: str | None = None
+
+    def __init__(self, local: LocalRepository, cached: CachedRepository) -> None:
+        self.local = local
+        self.cached = cached
+        self.name = local.name
+
+    async def get_manifest(self, reference: str) -> ManifestContent:
+        try:
+            return await self.local.get_manifest(reference)
+        except RegistryError as exc:
+            if exc.code not in _MISSING:
+                raise
+        return await self.cached.get_manifest(reference)
+
+    async def stat_blob(self, digest: Digest) -> BlobInfo:
+        try:
+            return await self.local.stat_blob(digest)
+        except RegistryError as exc:
+            if exc.code not in _MISSING:
+                raise
+        return await self.cached.stat_blob(digest)
+
+    async def open_blob(self, digest: Digest) -> BlobContent:
+        try:
+            return await self.local.open_blob(digest)
+        except RegistryError as exc:
+            if exc.code not in _MISSING:
+                raise
+        return await self.cached.open_blob(digest)
+
+    async def list_tags(self) -> list[str]:
+        local: list[str] = []
+        try:
+            local = await self.local.list_tags()
+        except RegistryError as exc:
+            if exc.code not in _MISSING:
+                raise
+        try:
+            upstream = await self.cached.list_tags()
+        except RegistryError:
+            if local:
+                return local
+            raise
+        return sorted(set(local) | set(upstream))
+
+    async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
+        entries = await self.local.referrers(digest, artifact_type)
+        seen = {entry["digest"] for entry in entries}
+        cached = await self.cached.referrers(digest, artifact_type)
+        return entries + [entry for entry in cached if entry["digest"] not in seen]
+
+    # Writes: always the local (pushed) side.
+
+    async def put_manifest(
+        self, reference: str, raw: bytes, content_type: str | None
+    ) -> ManifestPut:
+        return await self.local.put_manifest(reference, raw, content_type)
+
+    async def delete_manifest(self, reference: str) -> None:
+        await self.local.delete_manifest(reference)
+
+    async def delete_blob(self, digest: Digest) -> None:
+        await self.local.delete_blob(digest)
+
+    async def mount_blob(self, digest: Digest, source: str | None) -> BlobInfo | None:
+        return await self.local.mount_blob(digest, source)
+
+    async def start_upload(self) -> UploadStatus:
+        return await self.local.start_upload()
+
+    async def upload_status(self, upload_id: str) -> UploadStatus:
+        return await self.local.upload_status(upload_id)
+
+    async def append_upload(
+        self, upload_id: str, chunks: AsyncIterator[bytes], start: int | None
+    ) -> UploadStatus:
+        return await self.local.append_upload(upload_id, chunks, start)
+
+    async def finish_upload(
+        self, upload_id: str, digest: Digest, chunks: AsyncIterator[bytes] | None
+    ) -> BlobInfo:
+        return await self.local.finish_upload(upload_id, digest, chunks)
+
+    async def cancel_upload(self, upload_id: str) -> None:
+        await self.local.cancel_upload(upload_id)

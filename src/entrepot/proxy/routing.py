@@ -1,0 +1,84 @@
+"""Which repository answers a request: containerd's ``ns`` parameter, a path prefix naming
+an upstream (``/v2/ghcr.io/org/app/...``), or a plain name (local first, then the mirror
+upstream). All three reach one shared cache, stored under ``<host>/<upstream name>``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from entrepot.oci.digest import is_digest
+from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.oci.names import validate_name
+from entrepot.proxy.cache import CachedRepository, ProxyCache, pinned_marker
+from entrepot.proxy.layered import LayeredRepository
+from entrepot.proxy.upstreams import Upstream
+from entrepot.registry.api import ManifestPut, Repository
+from entrepot.registry.blobs import write_link
+from entrepot.registry.local import LocalRegistry, LocalRepository
+
+
+class ProxyResolver:
+    def __init__(
+        self, local: LocalRegistry, cache: ProxyCache, upstreams: Sequence[Upstream]
+    ) -> None:
+        self.local = local
+        self.cache = cache
+        self.upstreams = tuple(upstreams)
+        self._by_host: dict[str, Upstream] = {}
+        for upstream in upstreams:
+            for alias in upstream.aliases:
+                self._by_host[alias] = upstream
+        mirrors = [u for u in upstreams if u.mirror]
+        self.mirror = mirrors[0] if mirrors else None
+
+    async def repository(
+        self, name: str, *, for_push: bool = False, namespace: str | None = None
+    ) -> Repository:
+        validate_name(name)
+        if namespace:
+            upstream = self._by_host.get(namespace.lower())
+            if upstream is not None:
+                return await self._cached(upstream, name, for_push)
+            # An ns we do not cache: the name is served like any plain name.
+        first, _, rest = name.partition("/")
+        upstream = self._by_host.get(first) if rest else None
+        if upstream is not None:
+            return await self._cached(upstream, rest, for_push)
+        local = await self.local.repository(name)
+        if for_push or self.mirror is None:
+            return local
+        mirror = self.mirror
+        return LayeredRepository(
+            local, CachedRepository(self.cache, mirror, mirror.upstream_name(name))
+        )
+
+    async def _cached(self, upstream: Upstream, name: str, for_push: bool) -> Repository:
+        upstream_name = upstream.upstream_name(name)
+        if for_push:
+            if not upstream.allow_push:
+                raise RegistryError(
+                    ErrorCode.DENIED,
+                    f"{upstream.host} is a cache of an upstream registry; pushes to it are not "
+                    "allowed (set allowpush on that upstream to allow them)",
+                )
+            return PinnedRepository(self.local, upstream.cache_name(upstream_name))
+        return CachedRepository(self.cache, upstream, upstream_name)
+
+    async def catalog(self, n: int | None, last: str | None) -> list[str]:
+        # Cached repositories live in the same layout, under their host prefix.
+        return await self.local.catalog(n, last)
+
+
+class PinnedRepository(LocalRepository):
+    """A push into a cache namespace (allowpush): its tags are marked so that cache
+    revalidation never replaces them with upstream content."""
+
+    async def put_manifest(
+        self, reference: str, raw: bytes, content_type: str | None
+    ) -> ManifestPut:
+        result = await super().put_manifest(reference, raw, content_type)
+        if not is_digest(reference):
+            await write_link(
+                self.registry.driver, pinned_marker(self.name, reference), result.digest
+            )
+        return result

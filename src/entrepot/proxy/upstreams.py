@@ -1,0 +1,85 @@
+"""An upstream as the cache sees it: the client, the routing facts and the cache policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.proxy.upstream import (
+    UpstreamClient,
+    UpstreamDenied,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+
+DOCKER_HUB = "docker.io"
+# Names Docker Hub is known by in image references and containerd's ns parameter.
+DOCKER_HUB_ALIASES = (
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+)
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    tag_ttl: float = 60.0  # a cached tag is served without asking upstream for this long
+    negative_ttl: float = 15.0  # an upstream 404 is remembered for this long
+
+
+@dataclass
+class Upstream:
+    host: str
+    client: UpstreamClient
+    policy: CachePolicy
+    mirror: bool = False
+    allow_push: bool = False
+
+    @property
+    def is_docker_hub(self) -> bool:
+        return self.host in DOCKER_HUB_ALIASES
+
+    @property
+    def prefix(self) -> str:
+        """The first name component of this upstream's cached repositories. A port's colon
+        is not allowed in repository names, so "host:5000" becomes "host_5000"."""
+        return self.host.replace(":", "_")
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        names = {self.host, self.prefix}
+        if self.is_docker_hub:
+            names.update(DOCKER_HUB_ALIASES)
+        return tuple(sorted(names))
+
+    def upstream_name(self, name: str) -> str:
+        """The repository name upstream: Docker Hub's one-component names gain library/."""
+        if self.is_docker_hub and "/" not in name:
+            return f"library/{name}"
+        return name
+
+    def cache_name(self, upstream_name: str) -> str:
+        return f"{self.prefix}/{upstream_name}"
+
+
+def translate(exc: UpstreamError, host: str, missing: ErrorCode, reference: str) -> RegistryError:
+    """An upstream failure as the error our client gets."""
+    if isinstance(exc, UpstreamNotFound):
+        return RegistryError(missing, f"not found upstream at {host}", {"reference": reference})
+    if isinstance(exc, UpstreamRateLimited):
+        headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+        return RegistryError(
+            ErrorCode.TOOMANYREQUESTS,
+            f"upstream {host} is rate limiting requests; try again later",
+            headers=headers,
+        )
+    if isinstance(exc, UpstreamDenied):
+        return RegistryError(ErrorCode.DENIED, f"upstream {host} refused access: {exc}")
+    if isinstance(exc, UpstreamUnavailable):
+        return RegistryError(ErrorCode.UNAVAILABLE, f"upstream {host} is unavailable: {exc}")
+    return RegistryError(
+        ErrorCode.UNAVAILABLE, f"upstream {host} sent an invalid response: {exc}", status=502
+    )

@@ -1,0 +1,1 @@
+"""Registry services over a storage driver: blobs, uploads, manifests, tags, catalog, referrers."""

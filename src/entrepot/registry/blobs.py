@@ -1,0 +1,107 @@
+"""The content-addressed blob store shared by all repositories, and repository links.
+
+A blob is visible in a repository when the repository has a link to it (registry:2's
+``_layers/<alg>/<hex>/link``); the bytes live once under ``blobs/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from entrepot.oci.digest import Digest
+from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.registry import layout
+from entrepot.registry.api import BlobContent, BlobInfo
+from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+
+
+def storage_unavailable(exc: StorageError) -> RegistryError:
+    return RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable, try again later")
+
+
+async def read_link(driver: StorageDriver, key: str) -> Digest | None:
+    """The digest a link file points at, or None when there is no link."""
+    try:
+        text = (await driver.get_content(key)).decode("ascii", "replace").strip()
+    except StorageNotFound:
+        return None
+    except StorageError as exc:
+        raise storage_unavailable(exc) from exc
+    try:
+        return Digest.parse(text)
+    except RegistryError:
+        # A corrupt link is treated as absent rather than trusted.
+        return None
+
+
+async def write_link(driver: StorageDriver, key: str, digest: Digest) -> None:
+    try:
+        await driver.put_content(key, str(digest).encode())
+    except StorageError as exc:
+        raise storage_unavailable(exc) from exc
+
+
+async def delete_key(driver: StorageDriver, key: str) -> bool:
+    """Delete a key or prefix; False when it was not there."""
+    try:
+        await driver.delete(key)
+    except StorageNotFound:
+        return False
+    except StorageError as exc:
+        raise storage_unavailable(exc) from exc
+    return True
+
+
+class BlobStore:
+    """Global blob bytes under ``blobs/``. Blobs enter only through ``adopt`` (a verified
+    upload moved into place) or ``put`` (bytes whose digest was computed here)."""
+
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+
+    async def stat(self, digest: Digest) -> BlobInfo | None:
+        try:
+            info = await self.driver.stat(layout.blob_data(digest))
+        except StorageNotFound:
+            return None
+        except StorageError as exc:
+            raise storage_unavailable(exc) from exc
+        return BlobInfo(digest, info.size)
+
+    async def get(self, digest: Digest) -> bytes | None:
+        try:
+            return await self.driver.get_content(layout.blob_data(digest))
+        except StorageNotFound:
+            return None
+        except StorageError as exc:
+            raise storage_unavailable(exc) from exc
+
+    async def put(self, digest: Digest, data: bytes) -> None:
+        """Store small content (manifests) whose digest the caller computed from ``data``."""
+        if await self.stat(digest) is not None:
+            return
+        try:
+            await self.driver.put_content(layout.blob_data(digest), data)
+        except StorageError as exc:
+            raise storage_unavailable(exc) from exc
+
+    async def adopt(self, digest: Digest, source_key: str) -> None:
+        """Move verified bytes at ``source_key`` into place (atomic: a rename)."""
+        try:
+            if await self.stat(digest) is not None:
+                # Same digest, same bytes: keep the existing copy.
+                await self.driver.delete(source_key)
+                return
+            await self.driver.move(source_key, layout.blob_data(digest))
+        except StorageError as exc:
+            raise storage_unavailable(exc) from exc
+
+    def content(self, info: BlobInfo) -> BlobContent:
+        key = layout.blob_data(info.digest)
+        driver = self.driver
+
+        async def open_stream(offset: int, length: int | None) -> AsyncIterator[bytes]:
+            async for chunk in driver.read(key, offset, length):
+                yield chunk
+
+        return BlobContent(info, driver.local_path(key), open_stream)

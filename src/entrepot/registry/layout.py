@@ -1,0 +1,82 @@
+"""registry:2's on-disk layout (distribution/registry/storage/paths.go), as storage keys.
+
+Keeping this layout exactly is what lets an existing registry:2 data directory be served
+as it is, and lets registry:2 serve a directory Entrepot wrote. The one addition,
+``_referrers``, is a directory registry:2 never reads.
+"""
+
+from __future__ import annotations
+
+from entrepot.oci.digest import Digest
+
+ROOT = "docker/registry/v2"
+REPOSITORIES = f"{ROOT}/repositories"
+BLOBS = f"{ROOT}/blobs"
+
+
+def blob_dir(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.encoded[:2]}/{digest.encoded}"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"{blob_dir(digest)}/data"
+
+
+def repository(name: str) -> str:
+    return f"{REPOSITORIES}/{name}"
+
+
+def layer_link(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.encoded}/link"
+
+
+def layers_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_layers"
+
+
+def manifest_revision_link(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/revisions/{digest.algorithm}/{digest.encoded}/link"
+
+
+def manifest_revision_dir(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/revisions/{digest.algorithm}/{digest.encoded}"
+
+
+def tags_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/tags"
+
+
+def tag_dir(name: str, tag: str) -> str:
+    return f"{tags_dir(name)}/{tag}"
+
+
+def tag_current_link(name: str, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/current/link"
+
+
+def tag_index_link(name: str, tag: str, digest: Digest) -> str:
+    return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.encoded}/link"
+
+
+def upload_dir(name: str, upload_id: str) -> str:
+    return f"{REPOSITORIES}/{name}/_uploads/{upload_id}"
+
+
+def upload_data(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/data"
+
+
+def upload_started_at(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def uploads_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_uploads"
+
+
+def referrer_link(name: str, subject: Digest, referrer: Digest) -> str:
+    return f"{referrers_dir(name, subject)}/{referrer.algorithm}/{referrer.encoded}/link"
+
+
+def referrers_dir(name: str, subject: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_referrers/{subject.algorithm}/{subject.encoded}"

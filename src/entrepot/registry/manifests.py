@@ -1,0 +1,221 @@
+"""Manifests, tags and referrers of local repositories, in registry:2's layout.
+
+Manifest bytes are stored once as blobs; a repository sees a manifest through its
+revision link and a tag through ``tags/<tag>/current/link``. Bytes read back are checked
+against their digest before they are served; verified manifests are immutable, so they are
+kept in a small in-memory cache keyed by digest.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import replace
+
+from entrepot.oci.digest import Digest, is_digest
+from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.oci.manifest import Manifest, parse_manifest
+from entrepot.oci.names import validate_tag
+from entrepot.registry import layout
+from entrepot.registry.api import ManifestContent, ManifestPut
+from entrepot.registry.blobs import BlobStore, delete_key, read_link, write_link
+from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+
+_CACHE_ENTRIES = 4096
+
+
+def manifest_unknown(reference: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.MANIFEST_UNKNOWN, "manifest unknown to registry", {"reference": reference}
+    )
+
+
+class ManifestCache:
+    """Verified manifests by digest (content-addressed, so never stale)."""
+
+    def __init__(self, entries: int = _CACHE_ENTRIES) -> None:
+        self._entries = entries
+        self._items: OrderedDict[Digest, Manifest] = OrderedDict()
+
+    def get(self, digest: Digest) -> Manifest | None:
+        item = self._items.get(digest)
+        if item is not None:
+            self._items.move_to_end(digest)
+        return item
+
+    def put(self, manifest: Manifest) -> None:
+        self._items[manifest.digest] = manifest
+        if len(self._items) > self._entries:
+            self._items.popitem(last=False)
+
+
+class ManifestService:
+    def __init__(self, driver: StorageDriver, blobs: BlobStore, cache: ManifestCache) -> None:
+        self.driver = driver
+        self.blobs = blobs
+        self.cache = cache
+
+    async def resolve(self, name: str, reference: str) -> Digest:
+        """The digest a tag or digest reference names in this repository."""
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+            linked = await read_link(self.driver, layout.manifest_revision_link(name, digest))
+            if linked is None:
+                raise manifest_unknown(reference)
+            return digest
+        validate_tag(reference)
+        current = await read_link(self.driver, layout.tag_current_link(name, reference))
+        if current is None:
+            raise manifest_unknown(reference)
+        return current
+
+    async def load(self, digest: Digest, reference: str) -> Manifest:
+        cached = self.cache.get(digest)
+        if cached is not None:
+            return cached
+        raw = await self.blobs.get(digest)
+        if raw is None:
+            raise manifest_unknown(reference)
+        if Digest.of(raw, digest.algorithm) != digest:
+            raise RegistryError(
+                ErrorCode.UNKNOWN,
+                "stored manifest does not match its digest",
+                {"digest": str(digest)},
+            )
+        manifest = parse_manifest(raw)
+        if manifest.digest != digest:
+            # Stored under another algorithm: keep the digest it was asked for.
+            manifest = _with_digest(manifest, digest)
+        self.cache.put(manifest)
+        return manifest
+
+    async def get(self, name: str, reference: str) -> ManifestContent:
+        digest = await self.resolve(name, reference)
+        manifest = await self.load(digest, reference)
+        return ManifestContent(digest, manifest.media_type, manifest.raw)
+
+    async def put(
+        self, name: str, reference: str, raw: bytes, content_type: str | None
+    ) -> ManifestPut:
+        manifest = parse_manifest(raw, content_type)
+        if is_digest(reference):
+            expected = Digest.parse(reference)
+            actual = Digest.of(raw, expected.algorithm)
+            if actual != expected:
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    "manifest digest does not match the reference",
+                    {"expected": str(expected), "actual": str(actual)},
+                )
+            manifest = _with_digest(manifest, expected)
+            tag = None
+        else:
+            tag = validate_tag(reference)
+        await self._check_references(name, manifest)
+        await self.store(name, manifest, tag)
+        return ManifestPut(manifest.digest, manifest.subject.digest if manifest.subject else None)
+
+    async def store(self, name: str, manifest: Manifest, tag: str | None) -> None:
+        """Store verified manifest bytes and link them (and the tag) into the repository."""
+        digest = manifest.digest
+        await self.blobs.put(digest, manifest.raw)
+        await write_link(self.driver, layout.manifest_revision_link(name, digest), digest)
+        if manifest.subject is not None:
+            await write_link(
+                self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
+            )
+        if tag is not None:
+            await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
+            await write_link(self.driver, layout.tag_current_link(name, tag), digest)
+        self.cache.put(manifest)
+
+    async def _check_references(self, name: str, manifest: Manifest) -> None:
+        for blob in manifest.required_blobs():
+            if await read_link(self.driver, layout.layer_link(name, blob.digest)) is None:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"blob {blob.digest} is not in repository {name}",
+                    {"digest": str(blob.digest)},
+                )
+        for child in manifest.manifests:
+            link = layout.manifest_revision_link(name, child.digest)
+            if await read_link(self.driver, link) is None:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"manifest {child.digest} is not in repository {name}",
+                    {"digest": str(child.digest)},
+                )
+
+    async def delete(self, name: str, reference: str) -> None:
+        if not is_digest(reference):
+            validate_tag(reference)
+            if not await delete_key(self.driver, layout.tag_dir(name, reference)):
+                raise manifest_unknown(reference)
+            return
+        digest = await self.resolve(name, reference)
+        manifest: Manifest | None
+        try:
+            manifest = await self.load(digest, reference)
+        except RegistryError:
+            manifest = None
+        await delete_key(self.driver, layout.manifest_revision_dir(name, digest))
+        # registry:2 also untags every tag that points at a deleted manifest.
+        for tag in await self.tags(name, missing_ok=True):
+            if await read_link(self.driver, layout.tag_current_link(name, tag)) == digest:
+                await delete_key(self.driver, layout.tag_dir(name, tag))
+        if manifest is not None and manifest.subject is not None:
+            link = layout.referrer_link(name, manifest.subject.digest, digest)
+            await delete_key(self.driver, link.removesuffix("/link"))
+
+    async def tags(self, name: str, *, missing_ok: bool = False) -> list[str]:
+        try:
+            return await self.driver.list(layout.tags_dir(name))
+        except StorageNotFound:
+            if missing_ok:
+                return []
+            try:
+                await self.driver.stat(layout.repository(name))
+            except StorageNotFound as exc:
+                raise RegistryError(
+                    ErrorCode.NAME_UNKNOWN, "repository name not known to registry", {"name": name}
+                ) from exc
+            return []
+        except StorageError as exc:
+            raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
+
+    async def referrers(
+        self, name: str, subject: Digest, artifact_type: str | None
+    ) -> list[dict[str, object]]:
+        try:
+            algorithms = await self.driver.list(layout.referrers_dir(name, subject))
+        except StorageNotFound:
+            return []
+        except StorageError as exc:
+            raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
+        entries: list[dict[str, object]] = []
+        for algorithm in algorithms:
+            prefix = f"{layout.referrers_dir(name, subject)}/{algorithm}"
+            try:
+                encoded_list = await self.driver.list(prefix)
+            except StorageNotFound:
+                continue
+            for encoded in encoded_list:
+                digest = await read_link(self.driver, f"{prefix}/{encoded}/link")
+                if digest is None:
+                    continue
+                if (
+                    await read_link(self.driver, layout.manifest_revision_link(name, digest))
+                    is None
+                ):
+                    continue
+                try:
+                    manifest = await self.load(digest, str(digest))
+                except RegistryError:
+                    continue
+                entry = manifest.referrer_descriptor()
+                if artifact_type is None or entry.get("artifactType") == artifact_type:
+                    entries.append(entry)
+        return entries
+
+
+def _with_digest(manifest: Manifest, digest: Digest) -> Manifest:
+    return replace(manifest, digest=digest)

@@ -1,0 +1,102 @@
+"""The composition root: the one place (besides the CLI) that reads the configuration and
+wires storage, registry services and the HTTP app together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+
+from entrepot.config import Config, load_config
+from entrepot.http.app import build_app
+from entrepot.http.context import ApiContext
+from entrepot.proxy.cache import ProxyCache
+from entrepot.proxy.routing import ProxyResolver
+from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstreams import CachePolicy, Upstream
+from entrepot.registry.health import StorageHealthCheck
+from entrepot.registry.local import LocalRegistry
+from entrepot.storage import StorageDriver
+from entrepot.storage.filesystem import FilesystemDriver
+
+CONFIG_ENV = "ENTREPOT_CONFIG"
+
+
+def create_driver(config: Config) -> StorageDriver:
+    # load_config already refused drivers Entrepot does not have.
+    return FilesystemDriver(config.storage.rootdirectory)
+
+
+def configure_logging(config: Config) -> None:
+    level = getattr(logging, config.log.level.upper(), logging.INFO)
+    fields = " ".join(f"{k}={v}" for k, v in sorted(config.log.fields.items()))
+    fmt = "%(asctime)s %(levelname)s %(name)s " + (f"{fields} " if fields else "") + "%(message)s"
+    logging.basicConfig(level=level, format=fmt)
+
+
+def create_upstreams(config: Config) -> list[Upstream]:
+    upstreams = []
+    for proxy in config.proxies:
+        settings = UpstreamSettings(
+            host=proxy.host,
+            urls=proxy.remoteurls,
+            username=proxy.username,
+            password=proxy.password,
+            connect_timeout=proxy.connect_timeout_s,
+            read_timeout=proxy.read_timeout_s,
+        )
+        policy = CachePolicy(tag_ttl=proxy.tag_ttl_s, negative_ttl=proxy.negative_ttl_s)
+        upstreams.append(
+            Upstream(
+                host=proxy.host,
+                client=UpstreamClient(settings),
+                policy=policy,
+                mirror=proxy.mirror,
+                allow_push=proxy.allow_push,
+            )
+        )
+    return upstreams
+
+
+def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette:
+    driver = driver if driver is not None else create_driver(config)
+    local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
+    upstreams = create_upstreams(config)
+    cache = ProxyCache(local)
+    resolver = ProxyResolver(local, cache, upstreams)
+    health_cfg = config.health.storagedriver
+    health = StorageHealthCheck(driver, health_cfg.interval_s, health_cfg.threshold)
+    api = ApiContext(
+        resolver=resolver,
+        extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
+        base_url=(config.http.host_url or "").rstrip("/"),
+        is_healthy=(lambda: health.healthy) if health_cfg.enabled else (lambda: True),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(health.run()) if health_cfg.enabled else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await cache.aclose()
+            for upstream in upstreams:
+                await upstream.client.aclose()
+            await driver.close()
+
+    return build_app(api, lifespan=lifespan)
+
+
+def create_app_from_env() -> Starlette:
+    """Granian's factory target: the CLI passes the config path in ENTREPOT_CONFIG."""
+    config = load_config(os.environ.get(CONFIG_ENV) or None)
+    configure_logging(config)
+    return create_app(config)

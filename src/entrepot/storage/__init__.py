@@ -1,0 +1,11 @@
+"""A small async storage-driver contract over flat keys, and its drivers."""
+
+from entrepot.storage.driver import (
+    FileInfo,
+    StorageDriver,
+    StorageError,
+    StorageNotFound,
+    StorageWriter,
+)
+
+__all__ = ["FileInfo", "StorageDriver", "StorageError", "StorageNotFound", "StorageWriter"]

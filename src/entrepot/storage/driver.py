@@ -1,0 +1,120 @@
+"""The storage-driver contract.
+
+Keys are '/'-separated relative paths ("docker/registry/v2/blobs/sha256/ab/abcd.../data").
+A driver knows nothing of registries: it stores bytes under keys. "Directories" exist only
+as prefixes of keys that have content; ``list`` returns the immediate children of a prefix.
+A key is non-empty, relative, with no empty, "." or ".." segment and no NUL or backslash;
+drivers reject any other key with StorageError (never StorageNotFound). The empty key ""
+names the root, and only ``list`` and ``stat`` accept it.
+
+Every driver passes tests/storage (the one contract suite). Drivers raise StorageNotFound
+for a missing key and StorageError for anything else; callers never see OSError or an
+SDK's exception.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+
+class StorageError(Exception):
+    """A storage operation failed for a reason other than a missing key."""
+
+
+class StorageNotFound(StorageError):
+    """The key (or prefix) does not exist."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"not found: {key}")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    key: str
+    size: int
+    mtime: float
+    is_dir: bool
+
+
+class StorageWriter(abc.ABC):
+    """A streaming writer. Nothing written is visible at ``key`` until ``commit``;
+    ``cancel`` discards everything written by this writer. With ``append=True`` the
+    writer continues an existing object (resumable uploads) and what it writes is only
+    guaranteed visible (and durable) at commit; a driver may expose it earlier (the
+    filesystem driver appends in place). ``cancel`` after ``commit`` or ``cancel`` is a
+    no-op, so it is safe in cleanup paths; ``write`` or ``commit`` after either raises
+    StorageError. Every writer must end with ``commit`` or ``cancel``. One task at a time."""
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Total size of the object so far, including appended-to content."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    async def cancel(self) -> None: ...
+
+
+class StorageDriver(abc.ABC):
+    """About ten methods; see tests/storage for the behaviour each must have."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    async def get_content(self, key: str) -> bytes:
+        """The whole object. For small objects (links, manifests). StorageNotFound if the
+        key is missing or is a prefix rather than an object."""
+
+    @abc.abstractmethod
+    async def put_content(self, key: str, data: bytes) -> None:
+        """Atomically replace the object: readers see the old or the new bytes, never a mix."""
+
+    @abc.abstractmethod
+    def read(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes (or to the end) from ``offset``, in chunks of at most
+        ``chunk_size``. Raises StorageNotFound on first iteration if the key is missing or
+        is a prefix. Reading at or past the end yields nothing (no error)."""
+
+    @abc.abstractmethod
+    async def writer(self, key: str, append: bool = False) -> StorageWriter:
+        """A writer that creates or replaces ``key`` at commit; with ``append=True`` one that
+        continues the existing object (StorageNotFound if there is none)."""
+
+    @abc.abstractmethod
+    async def stat(self, key: str) -> FileInfo:
+        """Size and mtime of an object, or is_dir for a prefix with content below it."""
+
+    @abc.abstractmethod
+    async def list(self, prefix: str) -> list[str]:
+        """Names (not full keys) of the immediate children of ``prefix``, sorted; "" lists
+        the top level. Raises StorageNotFound when nothing is stored under the prefix or
+        it is an object. A driver with real directories (filesystem, like registry:2's)
+        returns [] for a directory left empty by ``delete``: treat [] like not found."""
+
+    @abc.abstractmethod
+    async def move(self, src: str, dst: str) -> None:
+        """Atomically move an object to ``dst``, replacing what was there.
+        StorageNotFound (with ``key == src``) if ``src`` is missing."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Delete an object or everything under a prefix. StorageNotFound if neither exists."""
+
+    def local_path(self, key: str) -> str | None:
+        """A local file path for ``key`` when the driver keeps objects on a local disk,
+        so the HTTP server can send the file zero-copy; None otherwise (the caller then
+        streams with ``read``). It does not check that the key exists."""
+        return None
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Release connections and background resources."""

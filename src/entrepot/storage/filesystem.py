@@ -1,0 +1,428 @@
+"""The filesystem driver. Key "a/b/c" is the file <root>/a/b/c, exactly as in registry:2's
+filesystem driver, so an existing registry:2 data directory is used as is.
+
+Blocking calls run in the loop's default executor, one hop per operation (per chunk for
+streams; writers buffer small writes). Whole-object writes go to a ".tmp-<random>" file
+beside the target, which is fsynced, renamed into place and its directory fsynced: a key
+holds the old or the new bytes even across a crash. Temp files are never listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import shutil
+import stat as stat_mod
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TypeVar, TypeVarTuple
+
+from entrepot.storage.driver import (
+    FileInfo,
+    StorageDriver,
+    StorageError,
+    StorageNotFound,
+    StorageWriter,
+)
+
+__all__ = ["FilesystemDriver"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+TMP_PREFIX = ".tmp-"
+# A writer gathers writes smaller than this before handing them to a thread.
+WRITE_BUFFER = 256 * 1024
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
+# Errors that mean "no object at this key" for operations on an existing object: a missing
+# path, a path through a file, or a directory where an object was expected.
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+# ---- blocking helpers: they run in a worker thread ------------------------------------
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems cannot fsync a directory
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _makedirs(directory: str, parents: bool = True) -> None:
+    """mkdir -p that fsyncs the parent of every directory it creates."""
+    try:
+        os.mkdir(directory)
+    except FileNotFoundError:
+        if not parents:
+            raise
+        _makedirs(os.path.dirname(directory))  # ends at "/", which exists
+        _makedirs(directory, parents=False)
+        return
+    except FileExistsError:
+        if os.path.isdir(directory):  # made by a concurrent writer
+            return
+        raise
+    _fsync_dir(os.path.dirname(directory))
+
+
+def _open_tmp(path: str) -> tuple[int, str]:
+    """Create a fresh temp file beside ``path`` (making parents); return (fd, tmp path)."""
+    directory = os.path.dirname(path)
+    tmp = f"{directory}/{TMP_PREFIX}{os.urandom(12).hex()}"
+    try:
+        fd = os.open(tmp, _NEW_FILE, 0o666)
+    except FileNotFoundError:
+        _makedirs(directory)
+        fd = os.open(tmp, _NEW_FILE, 0o666)
+    return fd, tmp
+
+
+def _write_all(fd: int, *parts: bytes | bytearray) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _finish_new(fd: int, tmp: str, path: str, *parts: bytes | bytearray) -> None:
+    """Write, fsync and close ``fd`` (the temp file ``tmp``), then rename it to ``path``.
+    On any failure the temp file is removed and nothing changes at ``path``."""
+    try:
+        try:
+            _write_all(fd, *parts)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+
+def _put(path: str, data: bytes) -> None:
+    fd, tmp = _open_tmp(path)
+    _finish_new(fd, tmp, path, data)
+
+
+def _get(path: str) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        return f.readall()
+
+
+def _pread_full(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset``; fewer only at end of file."""
+    data = os.pread(fd, size, offset)
+    while 0 < len(data) < size:  # a short read before the end: rare, but allowed
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _open_read(path: str, offset: int, size: int) -> tuple[int, bytes]:
+    """Open ``path`` and read the first chunk. Returns fd -1 when the stream is complete
+    (the file is then already closed), so a small object costs one thread hop."""
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
+        data = _pread_full(fd, size, offset) if size else b""
+    except BaseException:
+        os.close(fd)
+        raise
+    if len(data) < size or not size:
+        os.close(fd)
+        return -1, data
+    return fd, data
+
+
+def _open_append(path: str) -> tuple[int, int]:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | _CLOEXEC)
+    try:
+        return fd, os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _end_append(fd: int, truncate_to: int | None, *parts: bytes | bytearray) -> None:
+    """Commit (write ``parts``) or cancel (truncate back); then fsync and close."""
+    try:
+        if truncate_to is None:
+            _write_all(fd, *parts)
+        else:
+            os.ftruncate(fd, truncate_to)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _close_unlink(fd: int, tmp: str) -> None:
+    try:
+        os.close(fd)
+    finally:
+        os.unlink(tmp)
+
+
+def _list(path: str) -> list[str]:
+    with os.scandir(path) as entries:
+        names = [e.name for e in entries if not e.name.startswith(TMP_PREFIX)]
+    names.sort()
+    return names
+
+
+def _move(src: str, dst: str, src_key: str) -> None:
+    try:
+        os.replace(src, dst)
+    except (FileNotFoundError, NotADirectoryError):
+        if not os.path.lexists(src):
+            raise StorageNotFound(src_key) from None
+        _makedirs(os.path.dirname(dst))
+        os.replace(src, dst)
+    _fsync_dir(os.path.dirname(dst))
+
+
+def _delete(path: str) -> None:
+    if stat_mod.S_ISDIR(os.lstat(path).st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+# ---- async side -------------------------------------------------------------------------
+
+
+def _storage_error(exc: OSError, key: str, missing: bool) -> StorageError:
+    if missing and isinstance(exc, _MISSING):
+        return StorageNotFound(key)
+    return StorageError(f"{key}: {exc.strerror or exc}")
+
+
+async def _run(key: str, missing: bool, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+    """Run ``fn(*args)`` in the default executor, mapping OSError to Storage*. ``missing``
+    says whether a missing path means StorageNotFound (reads) or StorageError (writes)."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    except OSError as exc:
+        raise _storage_error(exc, key, missing) from exc
+
+
+def _close_opened(fut: asyncio.Future[tuple[int, bytes]]) -> None:
+    """Close the fd an abandoned ``_open_read`` opened."""
+    if not fut.cancelled() and fut.exception() is None:
+        fd = fut.result()[0]
+        if fd >= 0:
+            os.close(fd)
+
+
+class FilesystemWriter(StorageWriter):
+    """See ``FilesystemDriver.writer``. One task at a time may use a writer."""
+
+    def __init__(self, key: str, path: str, fd: int, tmp: str | None, size: int) -> None:
+        self._key = key
+        self._path = path
+        self._fd = fd
+        self._tmp = tmp  # None in append mode
+        self._start = size
+        self._size = size
+        self._buf = bytearray()
+        self._inflight: asyncio.Future[None] | None = None
+        self._closed = False
+        self._broken = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self._key}: writer already committed or cancelled")
+        if self._broken:
+            raise StorageError(f"{self._key}: an earlier write failed; cancel the writer")
+
+    async def _call(self, fn: Callable[[*Ts], None], *args: *Ts) -> None:
+        # The thread owns self._fd while it runs; shield it so that a cancelled caller
+        # cannot make us close the fd under a running thread (see _settle).
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._inflight = fut
+        try:
+            await asyncio.shield(fut)
+        except OSError as exc:
+            raise _storage_error(exc, self._key, missing=False) from exc
+
+    async def _settle(self) -> None:
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+
+    async def write(self, data: bytes) -> None:
+        self._check_usable()
+        n = len(data)
+        if n == 0:
+            return
+        if len(self._buf) + n < WRITE_BUFFER:
+            self._buf += data
+            self._size += n
+            return
+        buf, self._buf = self._buf, bytearray()
+        self._broken = True  # until the write is known to have completed
+        await self._call(_write_all, self._fd, buf, data)
+        self._broken = False
+        self._size += n
+
+    async def commit(self) -> None:
+        self._check_usable()
+        self._closed = True
+        buf, self._buf = self._buf, bytearray()
+        if self._tmp is None:
+            await self._call(_end_append, self._fd, None, buf)
+        else:
+            await self._call(_finish_new, self._fd, self._tmp, self._path, buf)
+
+    async def cancel(self) -> None:
+        """Discard what this writer wrote. A no-op once committed or cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buf = bytearray()
+        await self._settle()
+        if self._tmp is None:
+            await self._call(_end_append, self._fd, self._start)
+        else:
+            await self._call(_close_unlink, self._fd, self._tmp)
+
+
+class FilesystemDriver(StorageDriver):
+    """Objects are files under ``rootdirectory``; prefixes are directories.
+
+    Behaviour beyond the contract, matching registry:2's filesystem driver: ``delete``
+    leaves emptied parent directories in place, so ``stat`` may report a directory with
+    nothing under it and ``list`` of an existing empty directory returns ``[]``.
+    The root is created on first write, not here.
+    """
+
+    name = "filesystem"
+
+    def __init__(self, rootdirectory: str | Path) -> None:
+        root = os.fspath(rootdirectory)
+        if not root:
+            raise ValueError("rootdirectory must not be empty")
+        self._root = os.path.abspath(root)
+        self._prefix = self._root if self._root.endswith("/") else self._root + "/"
+
+    @property
+    def rootdirectory(self) -> str:
+        return self._root
+
+    def __repr__(self) -> str:
+        return f"FilesystemDriver({self._root!r})"
+
+    def _path(self, key: str, root_ok: bool = False) -> str:
+        """The absolute path for ``key``, or StorageError for a key that could escape the
+        root or name a temp file: absolute, empty segments, "." or "..", NUL, backslash."""
+        if not key:
+            if root_ok:
+                return self._root
+            raise StorageError("invalid key: empty")
+        if key[0] == "/" or "\x00" in key or "\\" in key:
+            raise StorageError(f"invalid key: {key!r}")
+        for segment in key.split("/"):
+            if not segment or segment == "." or segment == ".." or segment.startswith(TMP_PREFIX):
+                raise StorageError(f"invalid key: {key!r}")
+        return self._prefix + key
+
+    async def get_content(self, key: str) -> bytes:
+        return await _run(key, True, _get, self._path(key))
+
+    async def put_content(self, key: str, data: bytes) -> None:
+        await _run(key, False, _put, self._path(key), data)
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """An offset at or past the end of the object yields nothing (no error)."""
+        if offset < 0 or (length is not None and length < 0) or chunk_size <= 0:
+            raise ValueError("offset and length must be >= 0 and chunk_size > 0")
+        path = self._path(key)
+        remaining = -1 if length is None else length  # -1: to the end
+        size = chunk_size if remaining < 0 else min(chunk_size, remaining)
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(None, _open_read, path, offset, size)
+        try:
+            fd, data = await asyncio.shield(opening)
+        except OSError as exc:
+            raise _storage_error(exc, key, missing=True) from exc
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
+        inflight: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                if data:
+                    yield data
+                offset += len(data)
+                remaining -= len(data) if remaining >= 0 else 0
+                if fd < 0 or len(data) < size or remaining == 0:
+                    return
+                size = chunk_size if remaining < 0 else min(chunk_size, remaining)
+                inflight = loop.run_in_executor(None, _pread_full, fd, size, offset)
+                try:
+                    data = await asyncio.shield(inflight)
+                except OSError as exc:
+                    raise _storage_error(exc, key, missing=False) from exc
+        finally:
+            if fd >= 0:  # if a cancelled pread still runs, close when it ends
+                if inflight is not None and not inflight.done():
+                    inflight.add_done_callback(lambda _: os.close(fd))
+                else:
+                    os.close(fd)
+
+    async def writer(self, key: str, append: bool = False) -> StorageWriter:
+        """A streaming writer for ``key``.
+
+        ``append=False``: writes go to a temp file beside the key; ``commit`` fsyncs it
+        and renames it over the key (atomic), ``cancel`` deletes it.
+
+        ``append=True``: continues the existing object at ``key`` (StorageNotFound if there
+        is none). To avoid copying it, the file is opened in append mode and written in
+        place: appended bytes may be visible to readers before ``commit``, which fsyncs;
+        ``cancel`` truncates the file back to its size when the writer was opened. A crash
+        before ``commit`` or ``cancel`` can leave extra bytes at the end: the resumable
+        upload layer must trust its own recorded offset, as registry:2 does.
+
+        Writes smaller than WRITE_BUFFER are gathered in memory before going to disk.
+        Callers must finish every writer with ``commit`` or ``cancel``.
+        """
+        path = self._path(key)
+        if append:
+            fd, size = await _run(key, True, _open_append, path)
+            return FilesystemWriter(key, path, fd, None, size)
+        fd, tmp = await _run(key, False, _open_tmp, path)
+        return FilesystemWriter(key, path, fd, tmp, 0)
+
+    async def stat(self, key: str) -> FileInfo:
+        st = await _run(key, True, os.stat, self._path(key, root_ok=True))
+        is_dir = stat_mod.S_ISDIR(st.st_mode)
+        return FileInfo(key=key, size=0 if is_dir else st.st_size, mtime=st.st_mtime, is_dir=is_dir)
+
+    async def list(self, prefix: str) -> list[str]:
+        return await _run(prefix, True, _list, self._path(prefix, root_ok=True))
+
+    async def move(self, src: str, dst: str) -> None:
+        await _run(src, False, _move, self._path(src), self._path(dst), src)
+
+    async def delete(self, key: str) -> None:
+        await _run(key, True, _delete, self._path(key))
+
+    def local_path(self, key: str) -> str:
+        return self._path(key)

@@ -1,0 +1,1 @@
+"""End-to-end tests: real registry servers driven by real clients."""

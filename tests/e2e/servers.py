@@ -1,0 +1,422 @@
+"""Registry servers as child processes: the reference registry:2 and Entrepot itself.
+
+A ManagedServer writes a registry:2-style config.yml (version 0.1, storage.filesystem, delete
+enabled, http.addr on 127.0.0.1), starts the process in its own session (so that a kill reaches
+every worker it forked), waits until ``GET /v2/`` answers, and stops it with SIGTERM, then SIGKILL.
+Its output goes to a log file, whose tail every failure message carries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = float(os.environ.get("ENTREPOT_E2E_START_TIMEOUT", "30"))
+STOP_TIMEOUT = 10.0
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+# What the registry2_factory / entrepot_factory fixtures yield: start(root=None, *, config=None,
+# port=None[, env=None]) -> a started ManagedServer.
+ServerFactory = Callable[..., "ManagedServer"]
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (the OS picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` updated by `extra`, recursing into nested mappings; a None value removes a key."""
+    out = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def registry_config(
+    root: Path, port: int, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The registry:2 config both servers take: filesystem root, delete on, loopback address."""
+    base: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": "info"},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root)},
+            "delete": {"enabled": True},
+        },
+        "http": {"addr": f"127.0.0.1:{port}"},
+    }
+    return deep_merge(base, extra or {})
+
+
+def _tail(path: Path, limit: int = 6000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+class ManagedServer:
+    """One registry server process with its config, root directory and log.
+
+    Start it with `start()`; `stop()` is graceful (SIGTERM, then SIGKILL after a timeout),
+    `kill()` is a crash (SIGKILL to the whole process group), `restart()` starts it again on the
+    same root and the same port.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        argv: Callable[[Path], Sequence[str]],
+        root: Path,
+        workdir: Path,
+        config: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        self.name = name
+        self._argv = argv
+        self.root = root
+        self.workdir = workdir
+        self.extra_config = dict(config or {})
+        self.env = dict(env or {})
+        self.port = port
+        self.start_timeout = start_timeout
+        self.config_path = workdir / "config.yml"
+        self.log_path = workdir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.argv: list[str] = []
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # --- addresses ---
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, as image references spell a registry."""
+        if self.port is None:
+            raise RuntimeError(f"{self.name} has not been started")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return _tail(self.log_path, limit=1_000_000)
+
+    def __repr__(self) -> str:
+        return f"<{self.name} {self.url if self.port else '(not started)'} root={self.root}>"
+
+    # --- lifecycle ---
+
+    def start(self) -> ManagedServer:
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        # A port picked by us can be taken by someone else before the server binds it: retry.
+        fixed_port = self.port is not None
+        attempts = 1 if fixed_port else 3
+        for attempt in range(attempts):
+            if not fixed_port:
+                self.port = find_free_port()
+            try:
+                self._spawn_and_wait()
+                return self
+            except ServerStartError:
+                in_use = "address already in use" in _tail(self.log_path).lower()
+                if not in_use or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _spawn_and_wait(self) -> None:
+        assert self.port is not None
+        config = registry_config(self.root, self.port, self.extra_config)
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.argv = list(self._argv(self.config_path))
+        with self.log_path.open("ab") as log:
+            log.write(f"\n=== start: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.workdir,
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except ServerStartError:
+            self._kill_group()
+            raise
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        last_error = "no answer yet"
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"{self.name} exited with code {code} before answering GET {self.url}/v2/\n"
+                    f"command: {' '.join(self.argv)}\n"
+                    f"config: {self.config_path}\n--- output ---\n{_tail(self.log_path)}"
+                )
+            status = probe(f"{self.url}/v2/")
+            if isinstance(status, int):
+                if status in (200, 401):
+                    return
+                last_error = f"HTTP {status}"
+            else:
+                last_error = status
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"{self.name} did not answer GET {self.url}/v2/ within "
+                    f"{self.start_timeout:.0f}s (last: {last_error})\n"
+                    f"config: {self.config_path}\n--- output ---\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, wait up to `timeout`, then SIGKILL; the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with self.log_path.open("ab") as log:
+                    log.write(
+                        f"\n=== {self.name} ignored SIGTERM for {timeout}s: SIGKILL\n".encode()
+                    )
+        self._kill_group()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9 the server and everything it forked, as a crash would."""
+        if self.proc is not None:
+            self._kill_group()
+
+    def restart(self, *, graceful: bool = True) -> ManagedServer:
+        """Stop (or kill) and start again on the same root, config and port."""
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
+        return self.start()
+
+    def _kill_group(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT)
+
+
+def probe(url: str, timeout: float = 1.0) -> int | str:
+    """The HTTP status of GET `url`, or a description of why there was none."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+# --- the two kinds of server --------------------------------------------------------------------
+
+
+def registry2_binary() -> str | None:
+    """Debian's docker-registry (distribution/distribution v2), or $ENTREPOT_E2E_REGISTRY2."""
+    explicit = os.environ.get("ENTREPOT_E2E_REGISTRY2")
+    if explicit:
+        return explicit
+    return shutil.which("docker-registry") or (
+        "/usr/bin/docker-registry" if Path("/usr/bin/docker-registry").exists() else None
+    )
+
+
+def registry2_server(
+    root: Path, workdir: Path, *, config: Mapping[str, Any] | None = None, port: int | None = None
+) -> ManagedServer:
+    binary = registry2_binary() or "docker-registry"
+    base_extra: dict[str, Any] = {
+        "http": {"secret": "entrepot-e2e"},  # no random per-start secret, no warning about it
+        "storage": {"maintenance": {"uploadpurging": {"enabled": False}}},
+    }
+    return ManagedServer(
+        "registry:2",
+        argv=lambda cfg: [binary, "serve", str(cfg)],
+        root=root,
+        workdir=workdir,
+        config=deep_merge(base_extra, config or {}),
+        port=port,
+    )
+
+
+def entrepot_server(
+    root: Path,
+    workdir: Path,
+    *,
+    config: Mapping[str, Any] | None = None,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ManagedServer:
+    """``python -m entrepot serve CONFIG`` with this interpreter and this work tree's src/."""
+    pythonpath = os.pathsep.join(
+        p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
+    )
+    return ManagedServer(
+        "entrepot",
+        argv=lambda cfg: [sys.executable, "-m", "entrepot", "serve", str(cfg)],
+        root=root,
+        workdir=workdir,
+        config=config,
+        port=port,
+        env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath, **(env or {})},
+    )
+
+
+# --- containerd ---------------------------------------------------------------------------------
+
+_CONTAINERD_CONFIG = """\
+version = 2
+root = "{base}/root"
+state = "{base}/state"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "{base}/containerd.sock"
+
+[ttrpc]
+  address = "{base}/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base}/opt"
+"""
+
+
+class ContainerdDaemon:
+    """A private containerd: its own config, root, state and socket under `base`.
+
+    `base` should be a short path (a unix socket path has a limit of about 100 bytes).
+    Nothing of the machine's own containerd (/run/containerd, /var/lib/containerd) is used.
+    """
+
+    def __init__(self, base: Path, *, binary: str = "containerd") -> None:
+        self.base = base
+        self.binary = binary
+        self.config_path = base / "config.toml"
+        self.log_path = base / "containerd.log"
+        self.address = str(base / "containerd.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = START_TIMEOUT) -> ContainerdDaemon:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(_CONTAINERD_CONFIG.format(base=self.base))
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--config", str(self.config_path)],
+                cwd=self.base,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"containerd exited with code {code}\n--- output ---\n{_tail(self.log_path)}"
+                )
+            if Path(self.address).exists():
+                check = subprocess.run(
+                    ["ctr", "--address", self.address, "version"],
+                    capture_output=True,
+                    stdin=subprocess.DEVNULL,
+                    timeout=10,
+                    check=False,
+                )
+                if check.returncode == 0:
+                    return self
+                last = check.stderr.decode(errors="replace")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(
+                    f"containerd did not answer on {self.address} within {timeout:.0f}s: {last}\n"
+                    f"--- output ---\n{_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout)

@@ -1,0 +1,345 @@
+"""The storage contract: every StorageDriver passes this suite (see conftest.driver)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+
+BLOB = "docker/registry/v2/blobs/sha256/ab/abcdef/data"
+
+
+async def collect(
+    driver: StorageDriver,
+    key: str,
+    offset: int = 0,
+    length: int | None = None,
+    chunk_size: int = 1 << 20,
+) -> list[bytes]:
+    return [chunk async for chunk in driver.read(key, offset, length, chunk_size)]
+
+
+# ---- whole objects --------------------------------------------------------------------
+
+
+async def test_put_get_round_trip(driver: StorageDriver) -> None:
+    await driver.put_content(BLOB, b"hello")
+    assert await driver.get_content(BLOB) == b"hello"
+
+
+async def test_put_empty_object(driver: StorageDriver) -> None:
+    await driver.put_content("a/empty", b"")
+    assert await driver.get_content("a/empty") == b""
+    assert (await driver.stat("a/empty")).size == 0
+
+
+async def test_put_overwrites(driver: StorageDriver) -> None:
+    await driver.put_content("a/b", b"first, longer value")
+    await driver.put_content("a/b", b"second")
+    assert await driver.get_content("a/b") == b"second"
+
+
+async def test_get_missing(driver: StorageDriver) -> None:
+    with pytest.raises(StorageNotFound) as info:
+        await driver.get_content("no/such/key")
+    assert info.value.key == "no/such/key"
+
+
+async def test_get_prefix_is_not_an_object(driver: StorageDriver) -> None:
+    await driver.put_content("a/b/c", b"x")
+    with pytest.raises(StorageNotFound):
+        await driver.get_content("a/b")
+
+
+async def test_concurrent_puts_leave_one_whole_value(driver: StorageDriver) -> None:
+    values = [bytes([i]) * (256 * 1024 + i) for i in range(16)]
+    await asyncio.gather(*(driver.put_content("race/key", v) for v in values))
+    assert await driver.get_content("race/key") in values
+    assert await driver.list("race") == ["key"]
+
+
+# ---- streaming reads ------------------------------------------------------------------
+
+
+async def test_read_whole(driver: StorageDriver) -> None:
+    await driver.put_content("k", b"0123456789")
+    assert b"".join(await collect(driver, "k")) == b"0123456789"
+
+
+async def test_read_offset_length(driver: StorageDriver) -> None:
+    await driver.put_content("k", b"0123456789")
+    assert b"".join(await collect(driver, "k", offset=3)) == b"3456789"
+    assert b"".join(await collect(driver, "k", offset=3, length=4)) == b"3456"
+    assert b"".join(await collect(driver, "k", length=0)) == b""
+    assert b"".join(await collect(driver, "k", offset=8, length=100)) == b"89"
+    assert b"".join(await collect(driver, "k", offset=10)) == b""
+
+
+async def test_read_chunks(driver: StorageDriver) -> None:
+    data = bytes(range(256)) * 40  # 10240 bytes
+    await driver.put_content("k", data)
+    chunks = await collect(driver, "k", chunk_size=4096)
+    assert [len(c) for c in chunks] == [4096, 4096, 2048]
+    assert b"".join(chunks) == data
+    chunks = await collect(driver, "k", offset=100, length=5000, chunk_size=4096)
+    assert [len(c) for c in chunks] == [4096, 904]
+    assert b"".join(chunks) == data[100:5100]
+    exact = await collect(driver, "k", length=8192, chunk_size=4096)
+    assert [len(c) for c in exact] == [4096, 4096]
+
+
+async def test_read_empty_object(driver: StorageDriver) -> None:
+    await driver.put_content("k", b"")
+    assert await collect(driver, "k") == []
+
+
+async def test_read_missing_raises_on_iteration(driver: StorageDriver) -> None:
+    stream = driver.read("missing/key")  # creating the iterator does not raise
+    with pytest.raises(StorageNotFound):
+        await stream.__anext__()
+
+
+# ---- writers --------------------------------------------------------------------------
+
+
+async def test_writer_visible_only_after_commit(driver: StorageDriver) -> None:
+    w = await driver.writer("up/data")
+    await w.write(b"abc")
+    await w.write(b"def")
+    assert w.size == 6
+    with pytest.raises(StorageNotFound):
+        await driver.stat("up/data")
+    with pytest.raises(StorageNotFound):
+        await driver.get_content("up/data")
+    await w.commit()
+    assert await driver.get_content("up/data") == b"abcdef"
+    assert (await driver.stat("up/data")).size == 6
+
+
+async def test_writer_replaces_existing_at_commit(driver: StorageDriver) -> None:
+    await driver.put_content("k", b"old")
+    w = await driver.writer("k")
+    await w.write(b"new value")
+    assert await driver.get_content("k") == b"old"
+    await w.commit()
+    assert await driver.get_content("k") == b"new value"
+
+
+async def test_writer_in_flight_not_listed(driver: StorageDriver) -> None:
+    await driver.put_content("dir/one", b"1")
+    w = await driver.writer("dir/two")
+    await w.write(b"2" * 1024 * 1024)
+    assert await driver.list("dir") == ["one"]
+    await w.commit()
+    assert await driver.list("dir") == ["one", "two"]
+
+
+async def test_writer_cancel_leaves_nothing(driver: StorageDriver) -> None:
+    await driver.put_content("dir/other", b"o")
+    w = await driver.writer("dir/data")
+    await w.write(b"x" * (1024 * 1024))
+    await w.cancel()
+    with pytest.raises(StorageNotFound):
+        await driver.stat("dir/data")
+    assert await driver.list("dir") == ["other"]
+    await w.cancel()  # idempotent
+    with pytest.raises(StorageError):
+        await w.write(b"more")
+    with pytest.raises(StorageError):
+        await w.commit()
+
+
+async def test_writer_cancel_keeps_previous_value(driver: StorageDriver) -> None:
+    await driver.put_content("k", b"keep")
+    w = await driver.writer("k")
+    await w.write(b"discard")
+    await w.cancel()
+    assert await driver.get_content("k") == b"keep"
+
+
+async def test_writer_empty_commit(driver: StorageDriver) -> None:
+    w = await driver.writer("k")
+    await w.commit()
+    assert await driver.get_content("k") == b""
+
+
+async def test_append_writer_continues(driver: StorageDriver) -> None:
+    w = await driver.writer("_uploads/id/data")
+    await w.write(b"chunk1-")
+    await w.commit()
+    w = await driver.writer("_uploads/id/data", append=True)
+    assert w.size == 7
+    await w.write(b"chunk2")
+    assert w.size == 13
+    await w.commit()
+    assert await driver.get_content("_uploads/id/data") == b"chunk1-chunk2"
+    assert (await driver.stat("_uploads/id/data")).size == 13
+
+
+async def test_append_cancel_restores_original(driver: StorageDriver) -> None:
+    await driver.put_content("k", b"original")
+    w = await driver.writer("k", append=True)
+    await w.write(b"y" * (1024 * 1024))
+    await w.cancel()
+    assert await driver.get_content("k") == b"original"
+
+
+async def test_append_to_missing_raises(driver: StorageDriver) -> None:
+    with pytest.raises(StorageNotFound):
+        await driver.writer("no/such/upload", append=True)
+
+
+async def test_large_streaming_write(driver: StorageDriver) -> None:
+    data = os.urandom(5 * 1024 * 1024)
+    w = await driver.writer(BLOB)
+    for i in range(0, len(data), 64 * 1024):
+        await w.write(data[i : i + 64 * 1024])
+    assert w.size == len(data)
+    await w.commit()
+    assert (await driver.stat(BLOB)).size == len(data)
+    assert b"".join(await collect(driver, BLOB, chunk_size=1 << 20)) == data
+    assert await driver.get_content(BLOB) == data
+
+
+async def test_large_append_in_several_sessions(driver: StorageDriver) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    third = len(data) // 3
+    w = await driver.writer("up")
+    await w.write(data[:third])
+    await w.commit()
+    for part in (data[third : 2 * third], data[2 * third :]):
+        w = await driver.writer("up", append=True)
+        for i in range(0, len(part), 100_000):
+            await w.write(part[i : i + 100_000])
+        await w.commit()
+    assert await driver.get_content("up") == data
+
+
+# ---- stat, list -----------------------------------------------------------------------
+
+
+async def test_stat_file(driver: StorageDriver) -> None:
+    await driver.put_content("a/b/c", b"12345")
+    info = await driver.stat("a/b/c")
+    assert (info.key, info.size, info.is_dir) == ("a/b/c", 5, False)
+    assert info.mtime > 0
+
+
+async def test_stat_dir(driver: StorageDriver) -> None:
+    await driver.put_content("a/b/c", b"12345")
+    info = await driver.stat("a/b")
+    assert info.is_dir
+    assert info.key == "a/b"
+
+
+async def test_stat_missing(driver: StorageDriver) -> None:
+    with pytest.raises(StorageNotFound):
+        await driver.stat("a/b")
+    await driver.put_content("a/b", b"x")
+    with pytest.raises(StorageNotFound):
+        await driver.stat("a/b/c")  # below an object
+
+
+async def test_list_children_sorted(driver: StorageDriver) -> None:
+    for key in ("r/zeta", "r/alpha/x", "r/alpha/y", "r/Mid", "r/beta", "other"):
+        await driver.put_content(key, b"v")
+    assert await driver.list("r") == ["Mid", "alpha", "beta", "zeta"]
+    assert await driver.list("r/alpha") == ["x", "y"]
+    assert await driver.list("") == ["other", "r"]
+
+
+async def test_list_missing(driver: StorageDriver) -> None:
+    with pytest.raises(StorageNotFound):
+        await driver.list("")  # nothing stored at all
+    await driver.put_content("a/b", b"x")
+    with pytest.raises(StorageNotFound):
+        await driver.list("nope")
+    with pytest.raises(StorageNotFound):
+        await driver.list("a/b")  # an object has no children
+
+
+# ---- move, delete ---------------------------------------------------------------------
+
+
+async def test_move(driver: StorageDriver) -> None:
+    await driver.put_content("_uploads/u1/data", b"blob")
+    await driver.move("_uploads/u1/data", BLOB)
+    assert await driver.get_content(BLOB) == b"blob"
+    with pytest.raises(StorageNotFound):
+        await driver.get_content("_uploads/u1/data")
+
+
+async def test_move_replaces_target(driver: StorageDriver) -> None:
+    await driver.put_content("src", b"new")
+    await driver.put_content("dst", b"old and longer")
+    await driver.move("src", "dst")
+    assert await driver.get_content("dst") == b"new"
+    with pytest.raises(StorageNotFound):
+        await driver.stat("src")
+
+
+async def test_move_missing_src(driver: StorageDriver) -> None:
+    await driver.put_content("dst", b"keep")
+    with pytest.raises(StorageNotFound) as info:
+        await driver.move("no/such/src", "dst")
+    assert info.value.key == "no/such/src"
+    assert await driver.get_content("dst") == b"keep"
+
+
+async def test_delete_file(driver: StorageDriver) -> None:
+    await driver.put_content("a/one", b"1")
+    await driver.put_content("a/two", b"2")
+    await driver.delete("a/one")
+    with pytest.raises(StorageNotFound):
+        await driver.get_content("a/one")
+    assert await driver.list("a") == ["two"]
+
+
+async def test_delete_tree(driver: StorageDriver) -> None:
+    for key in ("repo/_layers/x/link", "repo/_manifests/tags/t/current/link", "keep"):
+        await driver.put_content(key, b"v")
+    await driver.delete("repo")
+    for key in ("repo", "repo/_layers/x/link", "repo/_manifests/tags/t/current/link"):
+        with pytest.raises(StorageNotFound):
+            await driver.stat(key)
+    assert await driver.get_content("keep") == b"v"
+
+
+async def test_delete_missing(driver: StorageDriver) -> None:
+    with pytest.raises(StorageNotFound):
+        await driver.delete("no/such/key")
+
+
+# ---- keys -----------------------------------------------------------------------------
+
+INVALID_KEYS = ["../x", "/abs", "a//b", "a/../b", "a/./b", "a/", "..", "a\x00b", "a\\b", ""]
+
+
+@pytest.mark.parametrize("key", INVALID_KEYS)
+async def test_invalid_keys(driver: StorageDriver, key: str) -> None:
+    with pytest.raises(StorageError) as info:
+        await driver.put_content(key, b"x")
+    assert not isinstance(info.value, StorageNotFound)
+    with pytest.raises(StorageError):
+        await driver.get_content(key)
+    with pytest.raises(StorageError):
+        await driver.writer(key)
+    with pytest.raises(StorageError):
+        await driver.delete(key)
+    with pytest.raises(StorageError):
+        await driver.move(key, "ok")
+    with pytest.raises(StorageError):
+        await driver.move("ok", key)
+    with pytest.raises(StorageError):
+        await collect(driver, key)
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/../b"])
+async def test_invalid_prefixes(driver: StorageDriver, key: str) -> None:
+    with pytest.raises(StorageError):
+        await driver.list(key)
+    with pytest.raises(StorageError):
+        await driver.stat(key)

@@ -1,0 +1,186 @@
+"""FilesystemDriver specifics: the on-disk layout is registry:2's, so its data dirs work."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from entrepot.storage import StorageError, StorageNotFound
+from entrepot.storage.filesystem import FilesystemDriver
+
+KEY = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "registry"
+
+
+@pytest.fixture
+def fs(root: Path) -> FilesystemDriver:
+    return FilesystemDriver(root)
+
+
+def disk_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def exists(path: Path) -> bool:
+    return path.exists()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_key_is_a_real_file_under_root(fs: FilesystemDriver, root: Path) -> None:
+    await fs.put_content(KEY, b"sha256:abc")
+    assert (root / KEY).read_bytes() == b"sha256:abc"
+    assert disk_files(root) == [KEY]  # no temp files left behind
+
+
+async def test_reads_an_existing_registry2_data_dir(fs: FilesystemDriver, root: Path) -> None:
+    blob = "docker/registry/v2/blobs/sha256/ab/abcd/data"
+    write_file(root / blob, b"layer bytes")
+    write_file(root / KEY, b"sha256:abcd")
+    assert await fs.get_content(blob) == b"layer bytes"
+    assert await fs.get_content(KEY) == b"sha256:abcd"
+    assert await fs.list("docker/registry/v2/repositories/library") == ["alpine"]
+    assert (await fs.stat("docker/registry/v2/blobs/sha256/ab")).is_dir
+
+
+async def test_writer_and_move_layout(fs: FilesystemDriver, root: Path) -> None:
+    upload = "docker/registry/v2/repositories/r/_uploads/u1/data"
+    blob = "docker/registry/v2/blobs/sha256/ab/abcd/data"
+    w = await fs.writer(upload)
+    await w.write(b"part1")
+    await w.commit()
+    w = await fs.writer(upload, append=True)
+    await w.write(b"part2")
+    await w.commit()
+    assert (root / upload).read_bytes() == b"part1part2"
+    await fs.move(upload, blob)
+    assert disk_files(root) == [blob]
+
+
+async def test_local_path(fs: FilesystemDriver, root: Path) -> None:
+    assert fs.local_path(KEY) == str(root / KEY)
+    assert fs.rootdirectory == str(root)
+    with pytest.raises(StorageError):
+        fs.local_path("../etc/passwd")
+
+
+def test_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert FilesystemDriver("data").local_path("a/b") == str(tmp_path / "data" / "a" / "b")
+    with pytest.raises(ValueError):
+        FilesystemDriver("")
+
+
+async def test_root_created_on_first_write(fs: FilesystemDriver, root: Path) -> None:
+    assert not exists(root)
+    with pytest.raises(StorageNotFound):
+        await fs.list("")
+    await fs.put_content("x", b"1")
+    assert await fs.list("") == ["x"]
+
+
+async def test_stray_temp_files_are_not_listed(fs: FilesystemDriver, root: Path) -> None:
+    await fs.put_content("dir/real", b"1")
+    write_file(root / "dir" / ".tmp-0123abcd", b"partial")
+    write_file(root / ".tmp-deadbeef", b"partial")
+    assert await fs.list("dir") == ["real"]
+    assert await fs.list("") == ["dir"]
+    with pytest.raises(StorageError):
+        await fs.get_content("dir/.tmp-0123abcd")  # keys cannot name temp files
+
+
+async def test_writer_temp_file_removed_on_cancel(fs: FilesystemDriver, root: Path) -> None:
+    w = await fs.writer("a/data")
+    await w.write(b"x" * 1_000_000)
+    assert len(os.listdir(root / "a")) == 1  # the temp file
+    await w.cancel()
+    assert os.listdir(root / "a") == []
+
+
+async def test_new_files_honour_umask(fs: FilesystemDriver, root: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        await fs.put_content("a/b", b"x")
+        w = await fs.writer("a/c")
+        await w.commit()
+    finally:
+        os.umask(old)
+    assert (root / "a" / "b").stat().st_mode & 0o777 == 0o644
+    assert (root / "a" / "c").stat().st_mode & 0o777 == 0o644
+    assert (root / "a").stat().st_mode & 0o777 == 0o755
+
+
+async def test_write_through_a_file_is_an_error(fs: FilesystemDriver) -> None:
+    await fs.put_content("a/b", b"x")
+    with pytest.raises(StorageError) as info:
+        await fs.put_content("a/b/c", b"y")
+    assert not isinstance(info.value, StorageNotFound)
+
+
+async def test_empty_directory_after_delete(fs: FilesystemDriver) -> None:
+    # Like registry:2, delete does not prune emptied parents.
+    await fs.put_content("tags/t1/link", b"x")
+    await fs.delete("tags/t1")
+    assert await fs.list("tags") == []
+    assert (await fs.stat("tags")).is_dir
+
+
+async def test_abandoned_read_closes_its_file(fs: FilesystemDriver) -> None:
+    await fs.put_content("k", b"x" * 10_000)
+    before = open_fds()
+    stream = cast(AsyncGenerator[bytes, None], fs.read("k", chunk_size=1000))
+    assert await stream.__anext__() == b"x" * 1000
+    assert open_fds() == before + 1
+    await stream.aclose()
+    assert open_fds() == before
+
+
+async def test_cancelled_reader_closes_its_file(fs: FilesystemDriver) -> None:
+    await fs.put_content("k", os.urandom(4 * 1024 * 1024))
+    before = open_fds()
+
+    async def consume() -> None:
+        async for _ in fs.read("k", chunk_size=4096):
+            await asyncio.sleep(0)
+
+    for delay in (0, 0.001, 0.005):
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    for _ in range(100):  # an abandoned thread closes the fd when it finishes
+        if open_fds() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert open_fds() == before
+
+
+async def test_cancelled_write_then_cancel(fs: FilesystemDriver, root: Path) -> None:
+    await fs.put_content("k", b"orig")
+    w = await fs.writer("k", append=True)
+    task = asyncio.create_task(w.write(b"z" * (8 * 1024 * 1024)))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(StorageError):
+        await w.commit()  # the interrupted write left the writer unusable
+    await w.cancel()
+    assert await fs.get_content("k") == b"orig"

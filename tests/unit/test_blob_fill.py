@@ -1,0 +1,158 @@
+"""The shared, streaming cache fill: one download, many readers, nothing wrong served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from entrepot.oci.digest import Digest
+from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool
+
+
+class FakeRemote:
+    """An upstream body released chunk by chunk, counting how often it was opened."""
+
+    def __init__(self, chunks: list[bytes], size: int | None = None) -> None:
+        self.chunks = chunks
+        self.size = size if size is not None else sum(map(len, chunks))
+        self.opened = 0
+        self.release = asyncio.Event()
+        self.fail_after: int | None = None
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        self.opened += 1
+
+        async def body() -> AsyncIterator[bytes]:
+            for index, chunk in enumerate(self.chunks):
+                if index == 1:
+                    await self.release.wait()
+                if self.fail_after is not None and index >= self.fail_after:
+                    raise ConnectionError("upstream went away")
+                yield chunk
+
+        yield self.size, body()
+
+
+def spool(tmp_path: Path, published: list[str]) -> Spool:
+    path = tmp_path / "spool" / "data"
+
+    async def publish() -> None:
+        published.append(path.read_bytes().hex())
+
+    async def discard() -> None:
+        path.unlink(missing_ok=True)
+
+    return Spool(str(path), publish, discard)
+
+
+def digest_of(data: bytes) -> Digest:
+    return Digest("sha256", hashlib.sha256(data).hexdigest())
+
+
+async def collect(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in stream])
+
+
+async def test_eight_readers_share_one_download(tmp_path: Path) -> None:
+    chunks = [b"a" * 1000, b"b" * 1000, b"c" * 10]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    filler = BlobFiller()
+    published: list[str] = []
+    key = ("up", "repo", digest_of(data))
+    fills = [filler.start(key, spool(tmp_path, published), remote.open) for _ in range(8)]
+    assert all(fill is fills[0] for fill in fills)
+    await fills[0].wait_started()
+    readers = [asyncio.create_task(collect(fill.read())) for fill in fills]
+    await asyncio.sleep(0.05)
+    remote.release.set()
+    results = await asyncio.gather(*readers)
+    assert results == [data] * 8
+    assert remote.opened == 1
+    assert len(published) == 1
+
+
+async def test_last_byte_held_back_until_verified(tmp_path: Path) -> None:
+    chunks = [b"x" * 100, b"y"]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, []), remote.open)
+    await fill.wait_started()
+    stream = fill.read()
+    first = await anext(stream)
+    assert len(first) == 99  # 100 arrived, the last is held back
+    remote.release.set()
+    rest = await collect(stream)
+    assert first + rest == data
+
+
+async def test_wrong_digest_fails_every_reader_and_publishes_nothing(tmp_path: Path) -> None:
+    chunks = [b"good" * 10, b"evil"]
+    remote = FakeRemote(chunks)
+    remote.release.set()
+    published: list[str] = []
+    fill = BlobFiller().start(
+        ("u", "r", digest_of(b"something else")), spool(tmp_path, published), remote.open
+    )
+    with pytest.raises(FetchFailed):
+        await collect(fill.read())
+    assert published == []
+    assert not (tmp_path / "spool" / "data").exists()
+
+
+async def test_cut_off_download_fails_readers(tmp_path: Path) -> None:
+    chunks = [b"1" * 50, b"2" * 50, b"3" * 50]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    remote.fail_after = 2
+    remote.release.set()
+    fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, []), remote.open)
+    await fill.wait_started()
+    with pytest.raises(FetchFailed):
+        await collect(fill.read())
+
+
+async def test_short_body_against_announced_size_fails(tmp_path: Path) -> None:
+    data = b"z" * 10
+    remote = FakeRemote([data], size=20)
+    fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, []), remote.open)
+    with pytest.raises(FetchFailed):
+        await collect(fill.read())
+
+
+async def test_reader_going_away_does_not_cancel_the_fill(tmp_path: Path) -> None:
+    chunks = [b"p" * 500, b"q" * 500]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    published: list[str] = []
+    filler = BlobFiller()
+    fill = filler.start(("u", "r", digest_of(data)), spool(tmp_path, published), remote.open)
+    await fill.wait_started()
+    impatient = asyncio.create_task(collect(fill.read()))
+    await asyncio.sleep(0.02)
+    impatient.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await impatient
+    remote.release.set()
+    assert fill.task is not None
+    await fill.task
+    assert fill.verified
+    assert published == [data.hex()]
+    assert filler.active(("u", "r", digest_of(data))) is None
+
+
+async def test_range_read_of_an_in_flight_fill(tmp_path: Path) -> None:
+    chunks = [bytes(range(256)), bytes(range(256))]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    remote.release.set()
+    fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, []), remote.open)
+    await fill.wait_started()
+    assert await collect(fill.read(10, 20)) == data[10:30]
+    assert await collect(fill.read(500)) == data[500:]

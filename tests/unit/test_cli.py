@@ -1,0 +1,61 @@
+"""The entrepot command line (the server itself is not started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from entrepot import __version__
+from entrepot.cli import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"entrepot {__version__}"
+
+
+@pytest.mark.parametrize("how", ["positional", "option"])
+def test_config_error_exits_2_with_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text("version: 0.1\nstorage:\n  s3:\n    bucket: b\n")
+    argv = ["serve", str(path)] if how == "positional" else ["serve", "--config", str(path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("entrepot: config error: ")
+    assert "storage driver 's3' is not supported yet" in err
+
+
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(tmp_path / "missing.yml")]) == 2
+    assert "entrepot: config error: cannot read config file" in capsys.readouterr().err
+
+
+def test_unreadable_tls_certificate_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(
+        "version: 0.1\nstorage: filesystem\nhttp:\n  tls:\n"
+        f"    certificate: {tmp_path}/nope.crt\n    key: {tmp_path}/nope.key\n"
+    )
+    assert main(["serve", str(path)]) == 2
+    assert "http.tls.certificate" in capsys.readouterr().err
+
+
+def test_registry_configuration_path_is_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text("version: 0.2\n")
+    monkeypatch.setenv("REGISTRY_CONFIGURATION_PATH", str(path))
+    assert main(["serve"]) == 2
+    assert "unsupported version" in capsys.readouterr().err
+
+
+def test_no_command_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["serve", "--workers", "0"]) == 2
+    assert main(["serve", "a.yml", "--config", "b.yml"]) == 2
