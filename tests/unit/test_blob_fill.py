@@ -156,3 +156,17 @@ async def test_range_read_of_an_in_flight_fill(tmp_path: Path) -> None:
     await fill.wait_started()
     assert await collect(fill.read(10, 20)) == data[10:30]
     assert await collect(fill.read(500)) == data[500:]
+
+
+async def test_reader_that_arrives_after_publish_still_reads(tmp_path: Path) -> None:
+    chunks = [b"late" * 100, b"!"]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    remote.release.set()
+    published: list[str] = []
+    fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, published), remote.open)
+    assert fill.task is not None
+    await fill.task
+    # The spool is moved away when published; a reader holding the fill still gets it all.
+    (tmp_path / "spool" / "data").rename(tmp_path / "published")
+    assert await collect(fill.read()) == data

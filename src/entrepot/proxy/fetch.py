@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -64,6 +65,7 @@ class BlobFill:
         self._started = asyncio.Event()
         self._progress = asyncio.Condition()
         self.task: asyncio.Task[None] | None = None
+        self._fd = -1
 
     async def wait_started(self) -> None:
         """Return once the upstream answered with a body; raise if it did not."""
@@ -73,9 +75,13 @@ class BlobFill:
 
     async def run(self, open_remote: OpenRemote) -> None:
         verifier = DigestVerifier(self.digest.algorithm)
-        fd = -1
         try:
             fd = await asyncio.to_thread(_create, self.spool.path)
+            # One descriptor for the writer and every reader, closed when the last holder
+            # of this fill lets go: the spool may be renamed (published) or unlinked
+            # (discarded) while readers still stream from it.
+            self._fd = fd
+            weakref.finalize(self, _close_quietly, fd)
             async with open_remote() as (size, chunks):
                 self.size = size
                 self._started.set()
@@ -85,8 +91,7 @@ class BlobFill:
                     async with self._progress:
                         self.written += len(chunk)
                         self._progress.notify_all()
-            await asyncio.to_thread(_fsync_close, fd)
-            fd = -1
+            await asyncio.to_thread(os.fsync, fd)
             actual = verifier.digest()
             if actual != self.digest:
                 raise FetchFailed(f"upstream sent bytes with digest {actual}, not {self.digest}")
@@ -100,9 +105,6 @@ class BlobFill:
         except BaseException as exc:
             self.error = exc if isinstance(exc, FetchFailed) else FetchFailed(str(exc), exc)
             log.warning("fill of %s failed: %s", self.digest, self.error)
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
             with contextlib.suppress(Exception):
                 await self.spool.discard()
             if not isinstance(exc, Exception):
@@ -117,37 +119,35 @@ class BlobFill:
         """Stream the blob from ``offset`` as it arrives; the last byte only once verified."""
         end = None if length is None else offset + length
         position = offset
-        fd = -1
-        try:
-            while end is None or position < end:
-                async with self._progress:
-                    while True:
-                        if self.error is not None:
-                            raise self.error
-                        limit = self.written if self.verified else max(self.written - 1, 0)
-                        if end is not None:
-                            limit = min(limit, end)
-                        if position < limit:
-                            break
-                        if self.verified:
-                            return
-                        await self._progress.wait()
-                if fd < 0:
-                    fd = await asyncio.to_thread(os.open, self.spool.path, os.O_RDONLY)
-                want = min(limit - position, _READ_CHUNK)
-                chunk = await asyncio.to_thread(os.pread, fd, want, position)
-                if not chunk:
-                    raise FetchFailed("spool file ended early")
-                position += len(chunk)
-                yield chunk
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        while end is None or position < end:
+            async with self._progress:
+                while True:
+                    if self.error is not None:
+                        raise self.error
+                    limit = self.written if self.verified else max(self.written - 1, 0)
+                    if end is not None:
+                        limit = min(limit, end)
+                    if position < limit:
+                        break
+                    if self.verified:
+                        return
+                    await self._progress.wait()
+            want = min(limit - position, _READ_CHUNK)
+            chunk = await asyncio.to_thread(os.pread, self._fd, want, position)
+            if not chunk:
+                raise FetchFailed("spool file ended early")
+            position += len(chunk)
+            yield chunk
 
 
 def _create(path: str) -> int:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -155,13 +155,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _fsync_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobFiller:

@@ -1,0 +1,213 @@
+"""Push and pull-through cache on one endpoint, in-process: the upstream is a second,
+real Entrepot registry reached through httpx's ASGI transport (no mocks)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from entrepot.http.app import build_app
+from entrepot.http.context import ApiContext
+from entrepot.proxy.cache import ProxyCache
+from entrepot.proxy.routing import ProxyResolver
+from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstreams import CachePolicy, Upstream
+from entrepot.registry.local import LocalRegistry
+from entrepot.storage.filesystem import FilesystemDriver
+from tests.api.oci_client import OciClient, error_code, make_image, make_index
+
+
+class Switch(httpx.AsyncBaseTransport):
+    """The upstream's network: on, or off (connection refused)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.up = True
+        self.requests: list[tuple[str, str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            raise httpx.ConnectError("connection refused", request=request)
+        self.requests.append((request.method, request.url.path))
+        return await self.inner.handle_async_request(request)
+
+    def count(self, method: str, fragment: str) -> int:
+        return sum(1 for m, path in self.requests if m == method and fragment in path)
+
+
+@dataclass
+class Setup:
+    client: OciClient  # talks to Entrepot
+    upstream: OciClient  # talks to the upstream registry directly
+    hub: Switch  # docker.io's network
+    ghcr: Switch
+    cache: ProxyCache
+    root: Path
+
+
+def _upstream_app(root: Path) -> httpx.ASGITransport:
+    registry = LocalRegistry(FilesystemDriver(root), delete_enabled=True)
+    return httpx.ASGITransport(app=build_app(ApiContext(resolver=registry)))
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    hub_transport = _upstream_app(tmp_path / "hub")
+    hub = Switch(hub_transport)
+    ghcr = Switch(_upstream_app(tmp_path / "ghcr"))
+    local = LocalRegistry(FilesystemDriver(tmp_path / "entrepot"), delete_enabled=True)
+    policy = CachePolicy(tag_ttl=0.0, negative_ttl=60.0)
+    upstreams = [
+        Upstream(
+            host="docker.io",
+            client=UpstreamClient(
+                UpstreamSettings("docker.io", ("http://hub.test",)), transport=hub
+            ),
+            policy=policy,
+            mirror=True,
+        ),
+        Upstream(
+            host="ghcr.io",
+            client=UpstreamClient(
+                UpstreamSettings("ghcr.io", ("http://ghcr.test",)), transport=ghcr
+            ),
+            policy=policy,
+        ),
+    ]
+    cache = ProxyCache(local)
+    app = build_app(ApiContext(resolver=ProxyResolver(local, cache, upstreams)))
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e.test") as http,
+        httpx.AsyncClient(transport=hub_transport, base_url="http://hub.test") as hub_http,
+    ):
+        yield Setup(OciClient(http), OciClient(hub_http), hub, ghcr, cache, tmp_path / "entrepot")
+    await cache.aclose()
+
+
+async def _seed_hub(s: Setup, name: str = "library/nginx", tag: str = "latest") -> object:
+    image = make_image(name)
+    assert (await s.upstream.push_image(name, image, tag=tag)).status_code == 201
+    s.hub.requests.clear()
+    return image
+
+
+async def test_three_routes_reach_one_cached_copy(setup: Setup) -> None:
+    image = await _seed_hub(setup)
+    routes = [
+        ("/v2/library/nginx/manifests/latest", None),  # Docker registry-mirrors
+        ("/v2/library/nginx/manifests/latest?ns=docker.io", "docker.io"),  # containerd
+        ("/v2/docker.io/library/nginx/manifests/latest", "docker.io"),  # path prefix
+        ("/v2/docker.io/nginx/manifests/latest", "docker.io"),  # one-component name
+    ]
+    for path, namespace in routes:
+        response = await setup.client.http.get(
+            path, headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        )
+        assert response.status_code == 200, (path, response.text)
+        assert response.content == image.manifest  # type: ignore[attr-defined]
+        assert response.headers.get("oci-namespace") == namespace
+    # One GET of the manifest upstream; the others were answered by HEAD revalidation.
+    assert setup.hub.count("GET", "/manifests/") == 1
+    catalog = await setup.client.get_json("/v2/_catalog")
+    assert catalog["repositories"] == ["docker.io/library/nginx"]
+
+
+async def test_blobs_are_cached_after_the_first_pull(setup: Setup) -> None:
+    image = await _seed_hub(setup)
+    layer = image.layers[0]  # type: ignore[attr-defined]
+    from tests.api.oci_client import sha256
+
+    for _ in range(3):
+        response = await setup.client.http.get(f"/v2/library/nginx/blobs/{sha256(layer)}")
+        assert response.status_code == 200
+        assert response.content == layer
+    assert setup.hub.count("GET", "/blobs/") == 1
+
+
+async def test_push_next_to_the_mirror_wins_over_upstream(setup: Setup) -> None:
+    await _seed_hub(setup)
+    mine = make_image("mine")
+    pushed = await setup.client.push_image("library/nginx", mine, tag="latest")
+    assert pushed.status_code == 201
+    pulled = await setup.client.get_manifest("library/nginx", "latest")
+    assert pulled.content == mine.manifest
+    # the upstream was not asked, and still has its own
+    assert setup.hub.count("GET", "/manifests/") == 0
+    other_tag = await setup.client.push_image("team/app", make_image("team"), tag="1")
+    assert other_tag.status_code == 201
+
+
+async def test_push_into_a_cache_namespace_is_denied(setup: Setup) -> None:
+    for path in ["/v2/docker.io/library/x/blobs/uploads/", "/v2/ghcr.io/org/app/blobs/uploads/"]:
+        response = await setup.client.http.post(path)
+        assert response.status_code == 403
+        assert error_code(response) == "DENIED"
+        assert "cache" in response.json()["errors"][0]["message"]
+    via_ns = await setup.client.http.post("/v2/org/app/blobs/uploads/?ns=ghcr.io")
+    assert via_ns.status_code == 403
+
+
+async def test_tag_revalidation_uses_head_and_follows_upstream_changes(setup: Setup) -> None:
+    await _seed_hub(setup)
+    await setup.client.get_manifest("library/nginx", "latest")
+    newer = make_image("newer")
+    await setup.upstream.push_image("library/nginx", newer, tag="latest")
+    setup.hub.requests.clear()
+    pulled = await setup.client.get_manifest("library/nginx", "latest")
+    assert pulled.content == newer.manifest
+    assert setup.hub.count("HEAD", "/manifests/latest") == 1
+    # the new digest was fetched once by digest, never by tag
+    assert setup.hub.count("GET", "/manifests/latest") == 0
+    assert setup.hub.count("GET", f"/manifests/{newer.digest}") == 1
+
+
+async def test_stale_tag_served_when_upstream_is_down(setup: Setup) -> None:
+    image = await _seed_hub(setup)
+    await setup.client.get_manifest("library/nginx", "latest")
+    setup.hub.up = False
+    stale = await setup.client.get_manifest("library/nginx", "latest")
+    assert stale.status_code == 200
+    assert stale.content == image.manifest  # type: ignore[attr-defined]
+    assert setup.cache.stats["stale_served"] == 1
+    uncached = await setup.client.get_manifest("library/redis", "latest")
+    assert uncached.status_code == 503
+    assert error_code(uncached) == "UNAVAILABLE"
+
+
+async def test_upstream_404_is_remembered_briefly(setup: Setup) -> None:
+    for _ in range(3):
+        response = await setup.client.get_manifest("library/missing", "latest")
+        assert response.status_code == 404
+        assert error_code(response) == "MANIFEST_UNKNOWN"
+    assert setup.hub.count("HEAD", "/manifests/latest") == 1
+
+
+async def test_index_children_fetched_only_when_asked(setup: Setup) -> None:
+    children = [make_image("amd"), make_image("arm")]
+    for child in children:
+        await setup.upstream.push_image("org/multi", child)
+    index = make_index(children)
+    await setup.upstream.put_manifest(
+        "org/multi", "v1", index, "application/vnd.oci.image.index.v1+json"
+    )
+    hub_index = await setup.client.get_manifest("docker.io/org/multi", "v1")
+    assert hub_index.content == index
+    assert setup.hub.count("GET", f"/manifests/{children[0].digest}") == 0
+    pulled = await setup.client.get_manifest("docker.io/org/multi", children[1].digest)
+    assert pulled.content == children[1].manifest
+    assert setup.hub.count("GET", f"/manifests/{children[1].digest}") == 1
+    assert setup.hub.count("GET", f"/manifests/{children[0].digest}") == 0
+
+
+async def test_tags_list_from_upstream_then_from_cache(setup: Setup) -> None:
+    await _seed_hub(setup)
+    await setup.client.get_manifest("docker.io/library/nginx", "latest")
+    listed = await setup.client.get_json("/v2/docker.io/library/nginx/tags/list")
+    assert listed["tags"] == ["latest"]
+    setup.hub.up = False
+    cached = await setup.client.get_json("/v2/docker.io/library/nginx/tags/list")
+    assert cached["tags"] == ["latest"]
