@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from entrepot.config import Config, load_config
 from entrepot.http.app import build_app
@@ -20,6 +21,7 @@ from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.health import StorageHealthCheck
 from entrepot.registry.local import LocalRegistry
+from entrepot.registry.purge import run_upload_purger
 from entrepot.storage import StorageDriver
 from entrepot.storage.filesystem import FilesystemDriver
 
@@ -67,24 +69,34 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
     upstreams = create_upstreams(config)
     cache = ProxyCache(local)
-    resolver = ProxyResolver(local, cache, upstreams)
+    resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
     health_cfg = config.health.storagedriver
     health = StorageHealthCheck(driver, health_cfg.interval_s, health_cfg.threshold)
     api = ApiContext(
         resolver=resolver,
         extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
-        base_url=(config.http.host_url or "").rstrip("/"),
+        base_url=(config.http.host_url or "").rstrip("/") + config.http.prefix.rstrip("/"),
         is_healthy=(lambda: health.healthy) if health_cfg.enabled else (lambda: True),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(health.run()) if health_cfg.enabled else None
+        tasks = []
+        if health_cfg.enabled:
+            tasks.append(asyncio.create_task(health.run()))
+        purging = config.storage.uploadpurging
+        if purging.enabled and not config.storage.readonly:
+            tasks.append(
+                asyncio.create_task(
+                    run_upload_purger(driver, purging.age_s, purging.interval_s, purging.dryrun)
+                )
+            )
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await cache.aclose()
@@ -92,7 +104,14 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                 await upstream.client.aclose()
             await driver.close()
 
-    return build_app(api, lifespan=lifespan)
+    app = build_app(api, lifespan=lifespan)
+    if config.http.prefix != "/":
+        # http.prefix: the API lives below a path, as behind a reverse proxy.
+        outer = Starlette(
+            routes=[Mount(config.http.prefix.rstrip("/"), app=app)], lifespan=lifespan
+        )
+        return outer
+    return app
 
 
 def create_app_from_env() -> Starlette:

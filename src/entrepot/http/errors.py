@@ -23,9 +23,15 @@ _HTTP_STATUS_CODES = {
 }
 
 
-def error_response(error: RegistryError, head: bool = False) -> Response:
+def error_response(
+    error: RegistryError, head: bool = False, extra_headers: dict[str, str] | None = None
+) -> Response:
     body = json.dumps(error.body()).encode()
-    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], **error.headers}
+    headers = {
+        API_VERSION_HEADER[0]: API_VERSION_HEADER[1],
+        **(extra_headers or {}),
+        **error.headers,
+    }
     if error.code is ErrorCode.UNAUTHORIZED and "WWW-Authenticate" not in headers:
         headers["WWW-Authenticate"] = 'Basic realm="entrepot"'
     response = Response(
@@ -39,11 +45,17 @@ def error_response(error: RegistryError, head: bool = False) -> Response:
     return response
 
 
+def _configured_headers(request: Request) -> dict[str, str]:
+    api = getattr(request.app.state, "api", None)
+    headers: dict[str, str] | None = getattr(api, "extra_headers", None)
+    return headers or {}
+
+
 async def handle_registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
     if exc.status >= 500:
         log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc)
-    return error_response(exc, head=request.method == "HEAD")
+    return error_response(exc, request.method == "HEAD", _configured_headers(request))
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -54,10 +66,10 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message = f"no such endpoint: {request.url.path}"
     error = RegistryError(code, message, status=exc.status_code, headers=dict(exc.headers or {}))
-    return error_response(error, head=request.method == "HEAD")
+    return error_response(error, request.method == "HEAD", _configured_headers(request))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     error = RegistryError(ErrorCode.UNKNOWN, "internal server error")
-    return error_response(error, head=request.method == "HEAD")
+    return error_response(error, request.method == "HEAD", _configured_headers(request))

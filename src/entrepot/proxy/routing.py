@@ -19,9 +19,15 @@ from entrepot.registry.local import LocalRegistry, LocalRepository
 
 class ProxyResolver:
     def __init__(
-        self, local: LocalRegistry, cache: ProxyCache, upstreams: Sequence[Upstream]
+        self,
+        local: LocalRegistry,
+        cache: ProxyCache,
+        upstreams: Sequence[Upstream],
+        *,
+        readonly: bool = False,
     ) -> None:
         self.local = local
+        self.readonly = readonly
         self.cache = cache
         self.upstreams = tuple(upstreams)
         self._by_host: dict[str, Upstream] = {}
@@ -35,6 +41,11 @@ class ProxyResolver:
         self, name: str, *, for_push: bool = False, namespace: str | None = None
     ) -> Repository:
         validate_name(name)
+        if for_push and self.readonly:
+            # storage.maintenance.readonly: registry:2 refuses writes the same way.
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED, "the registry is in read-only mode for maintenance"
+            )
         if namespace:
             upstream = self._by_host.get(namespace.lower())
             if upstream is not None:
