@@ -43,7 +43,10 @@ def context(request: Request) -> ApiContext:
 
 async def repository_for(request: Request, name: str, *, for_push: bool = False) -> Repository:
     """The repository a request addresses, routed by name and the ``ns`` query parameter."""
-    namespace = request.query_params.get("ns") or None
+    # Parse the query only when it can hold ns: this runs on every request.
+    namespace = None
+    if b"ns=" in request.scope.get("query_string", b""):
+        namespace = request.query_params.get("ns") or None
     return await context(request).resolver.repository(name, for_push=for_push, namespace=namespace)
 
 

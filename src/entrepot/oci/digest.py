@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -24,22 +25,26 @@ class Digest:
     @classmethod
     def parse(cls, text: str) -> Digest:
         """Parse and validate; DIGEST_INVALID for anything malformed or of an unknown algorithm."""
-        match = _DIGEST_RE.match(text)
-        if match is None:
-            raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid digest {text!r}")
-        algorithm, encoded = match.groups()
-        pattern = _ENCODED.get(algorithm)
-        if pattern is None:
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID, f"unsupported digest algorithm {algorithm!r}"
-            )
-        if not pattern.match(encoded):
-            raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid {algorithm} digest {text!r}")
-        return cls(algorithm, encoded)
+        return _parse_digest(text)
 
     @classmethod
     def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_digest(text: str) -> Digest:
+    # Cached: digests repeat on every request for the same content.
+    match = _DIGEST_RE.match(text)
+    if match is None:
+        raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid digest {text!r}")
+    algorithm, encoded = match.groups()
+    pattern = _ENCODED.get(algorithm)
+    if pattern is None:
+        raise RegistryError(ErrorCode.DIGEST_INVALID, f"unsupported digest algorithm {algorithm!r}")
+    if not pattern.match(encoded):
+        raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid {algorithm} digest {text!r}")
+    return Digest(algorithm, encoded)
 
 
 def is_digest(reference: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -14,6 +15,7 @@ _TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 MAX_NAME_LENGTH = 255
 
 
+@functools.lru_cache(maxsize=65536)
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid repository name, else raise NAME_INVALID.
 
@@ -35,6 +37,7 @@ def is_valid_tag(tag: str) -> bool:
     return _TAG_RE.match(tag) is not None
 
 
+@functools.lru_cache(maxsize=65536)
 def validate_tag(tag: str) -> str:
     if not is_valid_tag(tag):
         raise RegistryError(ErrorCode.TAG_INVALID, "invalid tag", {"tag": tag})

@@ -55,7 +55,7 @@ class ProxyResolver:
         upstream = self._by_host.get(first) if rest else None
         if upstream is not None:
             return await self._cached(upstream, rest, for_push)
-        local = await self.local.repository(name)
+        local = LocalRepository(self.local, name)  # name validated above
         if for_push or self.mirror is None:
             return local
         mirror = self.mirror
