@@ -77,6 +77,11 @@ def parse_http(section: Section) -> HttpConfig:
 
     debug = section.section("debug")
     debug_addr = debug.get_str("addr")
+    if debug_addr:
+        section.warnings.append(
+            "config key 'http.debug.addr' is not implemented yet and is ignored: no debug "
+            "server is started (health is served at /health on the main address)"
+        )
     debug.finish()
 
     secret = section.get_str("secret")
