@@ -211,3 +211,12 @@ async def test_tags_list_from_upstream_then_from_cache(setup: Setup) -> None:
     setup.hub.up = False
     cached = await setup.client.get_json("/v2/docker.io/library/nginx/tags/list")
     assert cached["tags"] == ["latest"]
+
+
+async def test_push_to_plain_name_works_while_the_mirror_is_down(setup: Setup) -> None:
+    setup.hub.up = False
+    mine = make_image("offline")
+    pushed = await setup.client.push_image("team/offline", mine, tag="1")
+    assert pushed.status_code == 201
+    head = await setup.client.http.head(f"/v2/team/never/blobs/{mine.digest}")
+    assert head.status_code == 404  # the mirror cannot answer: unknown here, so clients upload

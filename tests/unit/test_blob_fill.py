@@ -170,3 +170,16 @@ async def test_reader_that_arrives_after_publish_still_reads(tmp_path: Path) -> 
     # The spool is moved away when published; a reader holding the fill still gets it all.
     (tmp_path / "spool" / "data").rename(tmp_path / "published")
     assert await collect(fill.read()) == data
+
+
+async def test_range_ending_before_the_blob_end_waits_for_verification(tmp_path: Path) -> None:
+    chunks = [b"r" * 100, b"s" * 100]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, []), remote.open)
+    await fill.wait_started()
+    stream = fill.read(0, 50)
+    first = await anext(stream)
+    assert len(first) == 49  # all 50 have arrived, but the last waits for the digest check
+    remote.release.set()
+    assert first + await collect(stream) == data[:50]

@@ -126,7 +126,8 @@ class BlobFill:
                         raise self.error
                     limit = self.written if self.verified else max(self.written - 1, 0)
                     if end is not None:
-                        limit = min(limit, end)
+                        # A range's last byte, too, waits until the whole blob is verified.
+                        limit = min(limit, end if self.verified else end - 1)
                     if position < limit:
                         break
                     if self.verified:

@@ -37,7 +37,14 @@ class LayeredRepository:
         except RegistryError as exc:
             if exc.code not in _MISSING:
                 raise
-        return await self.cached.stat_blob(digest)
+            missing = exc
+        try:
+            return await self.cached.stat_blob(digest)
+        except RegistryError as exc:
+            # A push asks "is this blob here?" with HEAD before uploading it. When the mirror
+            # cannot say (down, rate limiting, or Docker Hub's 401 for a name it does not
+            # have), the answer is this registry's own: unknown, so the client uploads it.
+            raise missing from exc
 
     async def open_blob(self, digest: Digest) -> BlobContent:
         try:
