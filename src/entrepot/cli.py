@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import secrets
 import ssl
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from entrepot import __version__
 from entrepot.config import Config, ConfigError, load_config
+from entrepot.root_auth import SECRET_ENV
 
 if TYPE_CHECKING:
     from granian.server.mp import MPServer
@@ -70,6 +72,10 @@ def serve(path: str | None, *, workers: int = 1) -> int:
         print(f"warning: {warning}", file=sys.stderr)
         if logging.getLogger().hasHandlers():  # else logging would print it a second time
             logger.warning("%s", warning)
+    if not config.http.secret and SECRET_ENV not in os.environ:
+        # Like registry:2 without http.secret, but shared: every worker must accept the
+        # tokens and upload states any other worker signed.
+        os.environ[SECRET_ENV] = secrets.token_hex(32)
     if path:
         os.environ[CONFIG_ENV] = str(Path(path).resolve())
     else:

@@ -22,6 +22,7 @@ from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.health import StorageHealthCheck
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
+from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver
 from entrepot.storage.filesystem import FilesystemDriver
 
@@ -72,8 +73,13 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
     health_cfg = config.health.storagedriver
     health = StorageHealthCheck(driver, health_cfg.interval_s, health_cfg.threshold)
+    secret = shared_secret(config)
+    guard, token_service = create_guard(config, secret)
     api = ApiContext(
         resolver=resolver,
+        guard=guard,
+        token_service=token_service,
+        upload_secret=None if config.auth is None else derive_key(secret, "upload-state"),
         extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
         base_url=(config.http.host_url or "").rstrip("/") + config.http.prefix.rstrip("/"),
         is_healthy=(lambda: health.healthy) if health_cfg.enabled else (lambda: True),

@@ -9,28 +9,38 @@ from entrepot.config.errors import ConfigError
 from entrepot.config.httpconf import parse_listen_addr
 from entrepot.config.loader import SUPPORTED_STORAGE_DRIVERS, load_config
 from entrepot.config.model import (
+    AccessRuleConfig,
+    AuthConfig,
+    BuiltinAuthConfig,
     Config,
     HealthConfig,
+    HtpasswdAuthConfig,
     HttpConfig,
     LogConfig,
     ProxyUpstreamConfig,
     StorageConfig,
     StorageHealth,
     TlsConfig,
+    TokenAuthConfig,
     UploadPurging,
 )
 
 __all__ = [
     "SUPPORTED_STORAGE_DRIVERS",
+    "AccessRuleConfig",
+    "AuthConfig",
+    "BuiltinAuthConfig",
     "Config",
     "ConfigError",
     "HealthConfig",
+    "HtpasswdAuthConfig",
     "HttpConfig",
     "LogConfig",
     "ProxyUpstreamConfig",
     "StorageConfig",
     "StorageHealth",
     "TlsConfig",
+    "TokenAuthConfig",
     "UploadPurging",
     "load_config",
     "parse_duration",

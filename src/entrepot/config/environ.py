@@ -10,7 +10,10 @@ and walks the configuration with it:
   warning (``REGISTRY_PORT`` set by a Kubernetes service named "registry" is such a case);
 * through a free-form section (a Go map: ``storage`` and its driver parameters,
   ``log.fields``, ``http.headers``, ``auth`` ...) an existing key matching the part
-  (upper-cased) is followed, otherwise the part is added lower-cased;
+  (upper-cased) is followed, otherwise the part is added lower-cased; below ``auth``
+  the access controllers Entrepot knows (``htpasswd``, ``token``, ``builtin``) have
+  known keys, any other name is added (and refused by the loader), so
+  ``REGISTRY_AUTH_HTPASSWD_PATH`` and ``REGISTRY_AUTH_BUILTIN_ACCESS_0_WHO`` work;
 * through a list, the part is an index (``REGISTRY_HTTP_TLS_CLIENTCAS_0``); the index
   may be the list's length, which appends;
 * the last part is set to the variable's value parsed as a YAML scalar/document, so
@@ -21,12 +24,15 @@ and walks the configuration with it:
 
 ``version`` cannot be overridden (registry:2 reads it before applying the environment).
 ``REGISTRY_STORAGE=filesystem`` (a driver name alone) selects that driver with no
-parameters, replacing the whole ``storage`` section, as in registry:2.
+parameters, replacing the whole ``storage`` section, as in registry:2; likewise
+``REGISTRY_AUTH=htpasswd`` replaces the whole ``auth`` section (the file may also say
+``auth: htpasswd``), and later variables such as ``REGISTRY_AUTH_HTPASSWD_REALM`` fill it.
 ``REGISTRY_CONFIGURATION_PATH`` names the configuration file and is not an override.
 Entrepot's own ``proxies`` list is addressed like registry:2's lists, e.g.
 ``REGISTRY_PROXIES_0_HOST=ghcr.io`` and ``REGISTRY_PROXIES_0_REMOTEURL=https://ghcr.io``.
-The value of a variable whose name ends in ``PASSWORD`` or ``SECRET`` never appears in
-an error message.
+The value of a variable whose name ends in ``PASSWORD`` or ``SECRET``, or that may set
+a password hash (``REGISTRY_AUTH``, ``REGISTRY_AUTH_BUILTIN``,
+``REGISTRY_AUTH_BUILTIN_USERS...``), never appears in an error message.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import yaml
 
 from entrepot.config.errors import ConfigError
 
-__all__ = ["PREFIX", "apply_env_overrides", "normalize_storage"]
+__all__ = ["PREFIX", "apply_env_overrides", "normalize_sections"]
 
 PREFIX = "REGISTRY_"
 
@@ -57,7 +63,15 @@ class _ListOf:
     element: dict[str, Any]
 
 
-_Schema = dict[str, Any] | _ListOf | str
+@dataclass(frozen=True)
+class _MapOf:
+    """A free-form mapping (a Go map) some of whose keys have a known shape: a name in
+    ``known`` follows its schema, any other name is free-form."""
+
+    known: dict[str, Any]
+
+
+_Schema = dict[str, Any] | _ListOf | _MapOf | str
 
 # One entry of Entrepot's ``proxies`` list (see ``proxies``).
 _PROXIES_ENTRY: dict[str, Any] = {
@@ -76,6 +90,36 @@ _PROXIES_ENTRY: dict[str, Any] = {
     "readtimeout": _LEAF,
 }
 
+# ``auth``: registry:2's access controllers and Entrepot's own token service.
+_AUTH: _MapOf = _MapOf(
+    {
+        "htpasswd": {"realm": _STR, "path": _STR},
+        "token": {
+            "realm": _STR,
+            "service": _STR,
+            "issuer": _STR,
+            "rootcertbundle": _STR,
+            "autoredirect": _LEAF,
+            "autoredirectpath": _STR,
+            "jwks": _STR,
+            "signingalgorithms": _LIST,
+        },
+        "builtin": {
+            "service": _STR,
+            "issuer": _STR,
+            "realm": _STR,
+            "htpasswd": _STR,
+            "users": _FREE,
+            "groups": _FREE,
+            "expiration": _LEAF,
+            "maxfailures": _LEAF,
+            "access": _ListOf(
+                {"who": _LIST, "repositories": _LIST, "actions": _LIST, "catalog": _LEAF}
+            ),
+        },
+    }
+)
+
 # The registry:2 (2.8) Configuration struct, by YAML key. Sections Entrepot does not
 # implement yet are free-form here: whatever lands in them is reported by the loader.
 _SCHEMA: dict[str, Any] = {
@@ -89,7 +133,7 @@ _SCHEMA: dict[str, Any] = {
         "hooks": _LIST,
     },
     "storage": _FREE,
-    "auth": _FREE,
+    "auth": _AUTH,
     "middleware": _FREE,
     "reporting": _FREE,
     "http": {
@@ -173,15 +217,27 @@ def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> lis
             _overwrite(tree, _SCHEMA, parts, payload)
         except _Ignored as exc:
             warnings.append(f"ignoring environment variable {name}: {exc}")
-        normalize_storage(tree)
+        normalize_sections(tree)
     return warnings
 
 
-def normalize_storage(tree: dict[str, Any]) -> None:
-    """``storage: filesystem`` (a bare driver name) means ``storage: {filesystem: {}}``."""
-    storage = tree.get("storage")
-    if isinstance(storage, str) and storage:
-        tree["storage"] = {storage: {}}
+def normalize_sections(tree: dict[str, Any]) -> None:
+    """``storage: filesystem`` (a bare driver name) means ``storage: {filesystem: {}}``,
+    and ``auth: htpasswd`` means ``auth: {htpasswd: {}}``, as in registry:2."""
+    for name in ("storage", "auth"):
+        value = tree.get(name)
+        if isinstance(value, str) and value:
+            tree[name] = {value: {}}
+
+
+def _is_secret(name: str) -> bool:
+    """Whether the variable's value may hold a password or a password hash (users of
+    ``auth.builtin``, also when the whole section is set at once)."""
+    return (
+        name.endswith(("PASSWORD", "SECRET"))
+        or name in (f"{PREFIX}AUTH", f"{PREFIX}AUTH_BUILTIN")
+        or name.startswith(f"{PREFIX}AUTH_BUILTIN_USERS")
+    )
 
 
 def _parse_yaml(name: str, value: str) -> Any:
@@ -189,7 +245,7 @@ def _parse_yaml(name: str, value: str) -> Any:
         return yaml.safe_load(value)
     except yaml.YAMLError as exc:
         # The parser's message quotes the value: not for a secret.
-        detail = "" if name.endswith(("PASSWORD", "SECRET")) else f": {exc}"
+        detail = "" if _is_secret(name) else f": {exc}"
         raise ConfigError(f"environment variable {name}: value is not valid YAML{detail}") from None
 
 
@@ -203,6 +259,8 @@ def _overwrite(value: Any, schema: _Schema, parts: list[str], payload: _Payload)
         if value is not None and not isinstance(value, list):
             raise _Ignored("the section it points into is not a list")
         return _overwrite_list(value or [], schema.element, parts, payload)
+    if isinstance(schema, _MapOf):
+        return _overwrite_map(value, schema, parts, payload)
     if schema in (_LEAF, _STR):
         raise _Ignored(f"{parts[0].lower()!r} is below a single value")
     if isinstance(value, list) or (value is None and schema == _LIST):
@@ -228,6 +286,23 @@ def _overwrite_fixed(
         value[key] = payload.for_field(schema[key])
     else:
         value[key] = _overwrite(value.get(key), schema[key], parts[1:], payload)
+    return value
+
+
+def _overwrite_map(value: Any, schema: _MapOf, parts: list[str], payload: _Payload) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _Ignored("the section it points into is not a mapping")
+    head, rest = parts[0], parts[1:]
+    key = next((k for k in value if str(k).upper() == head), None)
+    if key is None:
+        key = next((k for k in schema.known if k.upper() == head), head.lower())
+    element = schema.known.get(str(key).lower(), _FREE)
+    if rest:
+        value[key] = _overwrite(value.get(key), element, rest, payload)
+    else:
+        value[key] = payload.for_field(element)
     return value
 
 

@@ -12,9 +12,10 @@ reporting rather than silently misbehaving:
   would listen on a random port).
 * upload purging keys left out of a present ``uploadpurging`` section take their
   defaults (registry:2 panics), and integer durations are accepted there (nanoseconds).
-* an ``auth`` section naming any access controller is an error until Entrepot
-  implements it: an open registry where the operator asked for access control is
-  worse than none.
+* ``auth`` is read by ``authconf``: its files must be readable at load time,
+  ``auth.silly`` and access controllers Entrepot does not know are errors (an open
+  registry where the operator asked for access control is worse than none), and
+  Entrepot adds ``auth.builtin``, its own token service.
 * ``proxy`` (registry:2's single upstream) does not turn the registry into a read-only
   cache: it is the mirror among Entrepot's upstreams, beside ``proxies`` (see
   ``proxies``); ``proxy.ttl`` is accepted with a warning.
@@ -30,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from entrepot.config.environ import apply_env_overrides, normalize_storage
+from entrepot.config.authconf import parse_auth
+from entrepot.config.environ import apply_env_overrides, normalize_sections
 from entrepot.config.errors import ConfigError
 from entrepot.config.httpconf import parse_http
 from entrepot.config.model import (
@@ -70,11 +72,11 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
     """
     tree = copy.deepcopy(_DEFAULT_TREE) if path is None else _read_yaml(Path(path))
     version = _version(tree.get("version"))
-    normalize_storage(tree)
+    normalize_sections(tree)
     warnings = apply_env_overrides(tree, environ)
     root = Section(tree, "", warnings)
     root.take("version")
-    _refuse_auth(root.section("auth"))
+    auth = parse_auth(root.section("auth"))
     log = _log(root.section("log"), root.take("loglevel"))
     storage = _storage(root, warnings)
     http = parse_http(root.section("http"))
@@ -88,6 +90,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
         http=http,
         health=health,
         proxies=proxies,
+        auth=auth,
         warnings=tuple(warnings),
     )
 
@@ -119,16 +122,6 @@ def _version(value: Any) -> str:
             f"config key 'version': unsupported version {text!r}; expected {SUPPORTED_VERSION}"
         )
     return text
-
-
-def _refuse_auth(section: Section) -> None:
-    """registry:2 configures an access controller for any key of ``auth``, even one
-    with no parameters; Entrepot has none yet, so it refuses to start open."""
-    for kind in section.data:
-        raise ConfigError(
-            f"auth.{kind} is not supported yet: refusing to start without the access "
-            "control this config asks for"
-        )
 
 
 def _log(section: Section, loglevel: Any) -> LogConfig:

@@ -7,14 +7,19 @@ from pathlib import Path
 
 __all__ = [
     "DEFAULT_ROOTDIRECTORY",
+    "AccessRuleConfig",
+    "AuthConfig",
+    "BuiltinAuthConfig",
     "Config",
     "HealthConfig",
+    "HtpasswdAuthConfig",
     "HttpConfig",
     "LogConfig",
     "ProxyUpstreamConfig",
     "StorageConfig",
     "StorageHealth",
     "TlsConfig",
+    "TokenAuthConfig",
     "UploadPurging",
 ]
 
@@ -145,11 +150,90 @@ class ProxyUpstreamConfig:
 
 
 @dataclass(frozen=True)
+class HtpasswdAuthConfig:
+    """registry:2's ``auth.htpasswd``: HTTP basic auth against an htpasswd file (bcrypt
+    entries, as ``htpasswd -B`` writes them); any listed user may do everything.
+    ``path`` existed and was readable when the configuration was loaded."""
+
+    realm: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class TokenAuthConfig:
+    """registry:2's ``auth.token``: bearer tokens from an external token server.
+
+    ``realm`` is the token server's absolute http(s) URL, sent to clients in the
+    challenge; tokens must name ``issuer`` and ``service`` and be signed by a key
+    certified in ``rootcertbundle`` (a PEM file, readable when the configuration was
+    loaded).
+    """
+
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: Path
+
+
+@dataclass(frozen=True)
+class AccessRuleConfig:
+    """One rule of ``auth.builtin.access``: ``who`` may do ``actions`` on the
+    repositories matching ``repositories``.
+
+    ``who`` holds user names, ``group:<name>``, ``anonymous`` (no credentials),
+    ``authenticated`` (any signed-in user) or ``*`` (everyone); ``repositories`` are
+    glob patterns such as ``team/*``, ``docker.io/*`` or ``*``; ``actions`` are pull,
+    push, delete or ``*``. ``catalog`` also grants listing all repositories
+    (``registry:catalog:*``). None of the tuples is empty.
+    """
+
+    who: tuple[str, ...]
+    repositories: tuple[str, ...]
+    actions: tuple[str, ...]
+    catalog: bool = False
+
+
+@dataclass(frozen=True)
+class BuiltinAuthConfig:
+    """``auth.builtin``: Entrepot's own token service (not in registry:2).
+
+    ``realm`` is the absolute URL of the token endpoint clients are sent to, or None for
+    "<this registry>/auth/token". Users come from ``htpasswd`` (a file, readable when
+    the configuration was loaded) and ``users`` (user -> bcrypt hash, kept out of
+    ``repr``); ``groups`` maps a group name to its members. ``access`` rules are
+    checked in order and what they grant adds up; nothing else is allowed.
+    ``expiration_s`` is the lifetime of a token in seconds (positive); ``maxfailures``
+    (at least 1) is how many failed sign-ins a client address may make per minute
+    before it gets 429 Too Many Requests.
+    """
+
+    service: str = "entrepot"
+    issuer: str = "entrepot"
+    realm: str | None = None
+    htpasswd: Path | None = None
+    users: dict[str, str] = field(default_factory=dict, repr=False)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    access: tuple[AccessRuleConfig, ...] = ()
+    expiration_s: float = 300.0
+    maxfailures: int = 10
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``auth``: exactly one of the access controllers is set."""
+
+    htpasswd: HtpasswdAuthConfig | None = None
+    token: TokenAuthConfig | None = None
+    builtin: BuiltinAuthConfig | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. ``warnings`` lists every key that was ignored.
 
     ``proxies`` are the pull-through cache's upstreams: registry:2's ``proxy`` block
-    first (if configured), then the entries of ``proxies`` in file order.
+    first (if configured), then the entries of ``proxies`` in file order. ``auth`` is
+    None when no access control is configured (everyone may do everything).
     """
 
     version: str = "0.1"
@@ -158,4 +242,5 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     proxies: tuple[ProxyUpstreamConfig, ...] = ()
+    auth: AuthConfig | None = None
     warnings: tuple[str, ...] = ()

@@ -29,6 +29,7 @@ NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "http.tls": ("ciphersuites", "clientauth", "letsencrypt"),
     "http.debug": ("prometheus",),
     "health": ("file", "http", "tcp"),
+    "auth.token": ("autoredirect", "autoredirectpath", "jwks", "signingalgorithms"),
 }
 
 

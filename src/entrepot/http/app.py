@@ -13,41 +13,62 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from entrepot.http import blobs, listing, manifests, uploads
-from entrepot.http.context import ApiContext
+from entrepot.auth.access import CATALOG, Access
+from entrepot.auth.access import repository as repository_access
+from entrepot.auth.guard import OpenGuard
+from entrepot.http import blobs, listing, manifests, token, uploads
+from entrepot.http.context import ApiContext, context, namespace_of, realm_base
 from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
 from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.oci.names import validate_name
 
 Handler = Callable[[Request, str, str], Awaitable[Response]]
+PULL = frozenset({"pull"})
+PUSH = frozenset({"pull", "push"})  # registry:2 asks both of uploads and manifest pushes
+DELETE = frozenset({"delete"})
 
-# (pattern over the path after /v2/, {method: handler}); first match wins.
-_ENDPOINTS: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-    (re.compile(r"^(.+)/tags/list()$"), {"GET": listing.tags_list}),
+# (pattern over the path after /v2/, {method: (handler, actions it needs)}); first match wins.
+_ENDPOINTS: list[tuple[re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]]]] = [
+    (re.compile(r"^(.+)/tags/list()$"), {"GET": (listing.tags_list, PULL)}),
     (
         re.compile(r"^(.+)/manifests/([^/]+)$"),
         {
-            "GET": manifests.get_manifest,
-            "PUT": manifests.put_manifest,
-            "DELETE": manifests.delete_manifest,
+            "GET": (manifests.get_manifest, PULL),
+            "PUT": (manifests.put_manifest, PUSH),
+            "DELETE": (manifests.delete_manifest, DELETE),
         },
     ),
-    (re.compile(r"^(.+)/blobs/uploads/?()$"), {"POST": uploads.start_upload}),
+    (re.compile(r"^(.+)/blobs/uploads/?()$"), {"POST": (uploads.start_upload, PUSH)}),
     (
         re.compile(r"^(.+)/blobs/uploads/([^/]+)$"),
         {
-            "GET": uploads.upload_status,
-            "PATCH": uploads.patch_upload,
-            "PUT": uploads.finish_upload,
-            "DELETE": uploads.cancel_upload,
+            "GET": (uploads.upload_status, PUSH),
+            "PATCH": (uploads.patch_upload, PUSH),
+            "PUT": (uploads.finish_upload, PUSH),
+            "DELETE": (uploads.cancel_upload, PUSH),
         },
     ),
-    (re.compile(r"^(.+)/blobs/([^/]+)$"), {"GET": blobs.get_blob, "DELETE": blobs.delete_blob}),
-    (re.compile(r"^(.+)/referrers/([^/]+)$"), {"GET": listing.referrers}),
+    (
+        re.compile(r"^(.+)/blobs/([^/]+)$"),
+        {"GET": (blobs.get_blob, PULL), "DELETE": (blobs.delete_blob, DELETE)},
+    ),
+    (re.compile(r"^(.+)/referrers/([^/]+)$"), {"GET": (listing.referrers, PULL)}),
 ]
 
 _ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
 # Percent-escapes that would smuggle a separator or NUL into a repository name.
 _SMUGGLED = ("%2f", "%5c", "%00", "%2e")
+
+
+async def guard(request: Request, needed: list[Access]) -> None:
+    """Let the request through if its credentials give it ``needed``; else raise."""
+    ctx = context(request)
+    if isinstance(ctx.guard, OpenGuard):
+        return
+    client = request.client.host if request.client else "unknown"
+    request.state.identity = await ctx.guard.check(
+        request.headers.get("authorization"), client, needed, realm_base(request)
+    )
 
 
 async def dispatch(request: Request) -> Response:
@@ -60,15 +81,29 @@ async def dispatch(request: Request) -> Response:
         match = pattern.match(path)
         if match is None:
             continue
-        handler = handlers.get(method)
-        if handler is None:
+        entry = handlers.get(method)
+        if entry is None:
             raise RegistryError(
                 ErrorCode.UNSUPPORTED,
                 f"{request.method} is not supported on this endpoint",
                 headers={"Allow": ", ".join(sorted(handlers))},
             )
-        return await handler(request, match.group(1), match.group(2))
+        handler, actions = entry
+        name = validate_name(match.group(1))
+        scope_name = context(request).resolver.scope_name(name, namespace_of(request))
+        await guard(request, [repository_access(scope_name, *actions)])
+        return await handler(request, name, match.group(2))
     raise HTTPException(404)
+
+
+async def base(request: Request) -> Response:
+    await guard(request, [])
+    return await listing.base(request)
+
+
+async def catalog(request: Request) -> Response:
+    await guard(request, [CATALOG])
+    return await listing.catalog(request)
 
 
 def build_app(
@@ -78,9 +113,10 @@ def build_app(
     extra_routes: Sequence[Route] = (),
 ) -> Starlette:
     routes = [
-        Route("/v2/", listing.base, methods=["GET", "HEAD"]),
-        Route("/v2", listing.base, methods=["GET", "HEAD"]),
-        Route("/v2/_catalog", listing.catalog, methods=["GET"]),
+        Route("/v2/", base, methods=["GET", "HEAD"]),
+        Route("/v2", base, methods=["GET", "HEAD"]),
+        Route("/v2/_catalog", catalog, methods=["GET"]),
+        Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),
         Route("/health", listing.health, methods=["GET", "HEAD"]),
         *extra_routes,

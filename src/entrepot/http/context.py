@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import ClientDisconnect, Request
 
+from entrepot.auth.guard import Guard, Identity, OpenGuard, TokenService
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry.api import Repository, RepositoryResolver
 
@@ -22,6 +23,12 @@ class ApiContext:
     # http.host: makes Location headers absolute, as registry:2 does when it is set.
     base_url: str = ""
     is_healthy: Callable[[], bool] = lambda: True
+    guard: Guard = field(default_factory=OpenGuard)
+    # Entrepot's own token endpoint (auth.builtin), served at /auth/token.
+    token_service: TokenService | None = None
+    # Signs upload locations (registry:2's "_state") so an upload is bound to the
+    # repository and user that opened it; None when there is no access control.
+    upload_secret: bytes | None = None
 
     def headers(self, repo: Repository | None = None, /, **values: str) -> dict[str, str]:
         headers = {"Docker-Distribution-Api-Version": "registry/2.0", **self.extra_headers}
@@ -41,12 +48,32 @@ def context(request: Request) -> ApiContext:
     return ctx
 
 
+def identity(request: Request) -> Identity | None:
+    """Who made the request, once the guard let it through (None without auth)."""
+    found: Identity | None = getattr(request.state, "identity", None)
+    return found
+
+
+def namespace_of(request: Request) -> str | None:
+    # Parse the query only when it can hold ns: this runs on every request.
+    if b"ns=" in request.scope.get("query_string", b""):
+        return request.query_params.get("ns") or None
+    return None
+
+
+def realm_base(request: Request) -> str:
+    """This registry's base URL as the client sees it (for the token realm)."""
+    ctx = context(request)
+    if ctx.base_url.startswith(("http://", "https://")):
+        return ctx.base_url
+    scheme = request.url.scheme
+    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    return f"{scheme}://{host}{ctx.base_url}"
+
+
 async def repository_for(request: Request, name: str, *, for_push: bool = False) -> Repository:
     """The repository a request addresses, routed by name and the ``ns`` query parameter."""
-    # Parse the query only when it can hold ns: this runs on every request.
-    namespace = None
-    if b"ns=" in request.scope.get("query_string", b""):
-        namespace = request.query_params.get("ns") or None
+    namespace = namespace_of(request)
     return await context(request).resolver.repository(name, for_push=for_push, namespace=namespace)
 
 

@@ -4,12 +4,15 @@ monolithic POST+PUT, POST with digest, chunked PATCH, status, mount, cancel)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import re
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from entrepot.http.context import ApiContext, body_chunks, context, repository_for
+from entrepot.auth.access import repository as access
+from entrepot.http.context import ApiContext, body_chunks, context, identity, repository_for
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry.api import BlobInfo, Repository, UploadStatus
@@ -17,9 +20,37 @@ from entrepot.registry.api import BlobInfo, Repository, UploadStatus
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
 
-def _upload_headers(ctx: ApiContext, name: str, status: UploadStatus) -> dict[str, str]:
+def _upload_state(request: Request, name: str, upload_id: str) -> str | None:
+    """registry:2's ``_state``: an HMAC binding the upload to its repository and user."""
+    secret = context(request).upload_secret
+    if secret is None:
+        return None
+    who = identity(request)
+    user = who.user if who is not None and who.user else ""
+    message = f"{name}\0{upload_id}\0{user}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:40]
+
+
+def _check_state(request: Request, name: str, upload_id: str) -> None:
+    expected = _upload_state(request, name, upload_id)
+    if expected is None:
+        return
+    given = request.query_params.get("_state", "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        # Another repository's or user's upload, or a forged id: as if it did not exist.
+        raise RegistryError(
+            ErrorCode.BLOB_UPLOAD_UNKNOWN, "blob upload unknown to registry", {"uuid": upload_id}
+        )
+
+
+def _upload_headers(request: Request, name: str, status: UploadStatus) -> dict[str, str]:
+    ctx = context(request)
+    location = f"/v2/{name}/blobs/uploads/{status.upload_id}"
+    state = _upload_state(request, name, status.upload_id)
+    if state is not None:
+        location += f"?_state={state}"
     return ctx.headers(
-        Location=ctx.location(f"/v2/{name}/blobs/uploads/{status.upload_id}"),
+        Location=ctx.location(location),
         Range=f"0-{max(status.size - 1, 0)}",
         Docker_Upload_UUID=status.upload_id,
     )
@@ -57,7 +88,14 @@ async def start_upload(request: Request, name: str, reference: str) -> Response:
         if source is not None:
             # An invalid source name is the client's error, not a silent fallback.
             await ctx.resolver.repository(source)
-        info = await repo.mount_blob(Digest.parse(mount), source)
+        who = identity(request)
+        if source is None and who is not None and who.granted is not None:
+            # With access rules, mount only from a repository the client may read.
+            info = None
+        elif source is not None and who is not None and not who.allows(access(source, "pull")):
+            info = None
+        else:
+            info = await repo.mount_blob(Digest.parse(mount), source)
         if info is not None:
             return _created(ctx, name, info)
         # Not mountable: the spec says fall back to an ordinary upload session.
@@ -70,7 +108,7 @@ async def start_upload(request: Request, name: str, reference: str) -> Response:
             await _cancel_quietly(repo, status.upload_id)
             raise
         return _created(ctx, name, info)
-    return Response(b"", status_code=202, headers=_upload_headers(ctx, name, status))
+    return Response(b"", status_code=202, headers=_upload_headers(request, name, status))
 
 
 async def _cancel_quietly(repo: Repository, upload_id: str) -> None:
@@ -79,14 +117,14 @@ async def _cancel_quietly(repo: Repository, upload_id: str) -> None:
 
 
 async def upload_status(request: Request, name: str, reference: str) -> Response:
-    ctx = context(request)
+    _check_state(request, name, reference)
     repo = await repository_for(request, name, for_push=True)
     status = await repo.upload_status(reference)
-    return Response(b"", status_code=204, headers=_upload_headers(ctx, name, status))
+    return Response(b"", status_code=204, headers=_upload_headers(request, name, status))
 
 
 async def patch_upload(request: Request, name: str, reference: str) -> Response:
-    ctx = context(request)
+    _check_state(request, name, reference)
     repo = await repository_for(request, name, for_push=True)
     start: int | None = None
     content_range = request.headers.get("content-range")
@@ -97,14 +135,15 @@ async def patch_upload(request: Request, name: str, reference: str) -> Response:
             raise RegistryError(
                 ErrorCode.RANGE_INVALID,
                 f"invalid Content-Range {content_range!r}",
-                headers=_upload_headers(ctx, name, status),
+                headers=_upload_headers(request, name, status),
             )
         start = int(match.group(1))
     status = await repo.append_upload(reference, body_chunks(request), start)
-    return Response(b"", status_code=202, headers=_upload_headers(ctx, name, status))
+    return Response(b"", status_code=202, headers=_upload_headers(request, name, status))
 
 
 async def finish_upload(request: Request, name: str, reference: str) -> Response:
+    _check_state(request, name, reference)
     ctx = context(request)
     repo = await repository_for(request, name, for_push=True)
     digest = _digest_param(request)
@@ -114,6 +153,7 @@ async def finish_upload(request: Request, name: str, reference: str) -> Response
 
 
 async def cancel_upload(request: Request, name: str, reference: str) -> Response:
+    _check_state(request, name, reference)
     ctx = context(request)
     repo = await repository_for(request, name, for_push=True)
     await repo.cancel_upload(reference)

@@ -75,6 +75,12 @@ class ProxyResolver:
             return PinnedRepository(self.local, upstream.cache_name(upstream_name))
         return CachedRepository(self.cache, upstream, upstream_name)
 
+    def scope_name(self, name: str, namespace: str | None) -> str:
+        upstream = self._by_host.get(namespace.lower()) if namespace else None
+        if upstream is None:
+            return name
+        return upstream.cache_name(upstream.upstream_name(name))
+
     async def catalog(self, n: int | None, last: str | None) -> list[str]:
         # Cached repositories live in the same layout, under their host prefix.
         return await self.local.catalog(n, last)

@@ -58,6 +58,9 @@ class LocalRegistry:
     async def catalog(self, n: int | None, last: str | None) -> list[str]:
         return paginate(await list_repositories(self.driver), n, last)
 
+    def scope_name(self, name: str, namespace: str | None) -> str:
+        return name
+
 
 class LocalRepository:
     namespace: str | None = None

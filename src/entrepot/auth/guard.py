@@ -1,0 +1,219 @@
+"""The access guard for each auth mode: it authenticates a request from its headers and
+decides whether it may have the access it needs, raising the spec's errors (with the
+challenge clients need to sign in) when not."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from entrepot.auth.access import Access, challenge_scope, covers
+from entrepot.auth.htpasswd import UserDirectory, check_password
+from entrepot.auth.policy import AccessPolicy
+from entrepot.auth.ratelimit import FailedLoginLimiter
+from entrepot.auth.tokens import BuiltinTokens, ExternalTokens, TokenInvalid
+from entrepot.oci.errors import ErrorCode, RegistryError
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str | None  # None: anonymous
+    granted: tuple[Access, ...] | None  # None: everything (no access control, htpasswd)
+
+    def allows(self, needed: Access) -> bool:
+        return self.granted is None or covers(list(self.granted), needed)
+
+
+OPEN = Identity(None, None)
+
+
+class Guard(Protocol):
+    async def check(
+        self, authorization: str | None, client: str, needed: list[Access], realm_base: str
+    ) -> Identity:
+        """The identity, if it may have every access in ``needed``; else raise."""
+        ...
+
+
+class OpenGuard:
+    """No ``auth`` configured: everyone may do everything, as in registry:2."""
+
+    async def check(
+        self, authorization: str | None, client: str, needed: list[Access], realm_base: str
+    ) -> Identity:
+        return OPEN
+
+
+def _detail(needed: list[Access]) -> list[dict[str, str]]:
+    return [
+        {"Type": a.type, "Name": a.name, "Action": action}
+        for a in needed
+        for action in sorted(a.actions)
+    ]
+
+
+def _too_many(retry_after: int) -> RegistryError:
+    return RegistryError(
+        ErrorCode.TOOMANYREQUESTS,
+        "too many failed sign-ins from this address; try again later",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def parse_basic(authorization: str | None) -> tuple[str, str] | None:
+    if not authorization or authorization[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep and user else None
+
+
+class PasswordChecker:
+    """htpasswd users with a failed-login limit; a verified (user, password) pair is
+    remembered (as a hash) so bcrypt runs once per client session, not per request."""
+
+    def __init__(self, users: UserDirectory, limiter: FailedLoginLimiter) -> None:
+        self.users = users
+        self.limiter = limiter
+        self._good: dict[bytes, bytes] = {}
+
+    async def verify(self, user: str, password: str, client: str) -> bool:
+        retry = self.limiter.retry_after(client)
+        if retry is not None:
+            raise _too_many(retry)
+        hashed = self.users.lookup(user)
+        key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+        if hashed is not None and self._good.get(key) == hashed:
+            return True
+        # bcrypt is slow on purpose: off the event loop.
+        ok = await asyncio.to_thread(check_password, hashed, password)
+        if ok and hashed is not None:
+            if len(self._good) > 10_000:
+                self._good.clear()
+            self._good[key] = hashed
+        else:
+            self.limiter.failed(client)
+        return ok
+
+
+class HtpasswdGuard:
+    """registry:2's ``auth.htpasswd``: any listed user may do everything."""
+
+    def __init__(self, realm: str, passwords: PasswordChecker) -> None:
+        self.realm = realm
+        self.passwords = passwords
+
+    async def check(
+        self, authorization: str | None, client: str, needed: list[Access], realm_base: str
+    ) -> Identity:
+        creds = parse_basic(authorization)
+        if creds is not None and await self.passwords.verify(creds[0], creds[1], client):
+            return Identity(creds[0], None)
+        raise RegistryError(
+            ErrorCode.UNAUTHORIZED,
+            "authentication required",
+            _detail(needed) or None,
+            headers={"WWW-Authenticate": f'Basic realm="{self.realm}"'},
+        )
+
+
+class TokenGuard:
+    """Bearer tokens: from an external token server (registry:2's ``auth.token``) or
+    Entrepot's own token service. ``realm`` None means "<this registry>/auth/token"."""
+
+    def __init__(
+        self, verifier: BuiltinTokens | ExternalTokens, realm: str | None, service: str
+    ) -> None:
+        self.verifier = verifier
+        self.realm = realm
+        self.service = service
+
+    def _challenge(self, needed: list[Access], realm_base: str, error: str | None) -> str:
+        realm = self.realm or f"{realm_base}/auth/token"
+        parts = [f'Bearer realm="{realm}"', f'service="{self.service}"']
+        if needed:
+            parts.append(f'scope="{challenge_scope(needed)}"')
+        if error:
+            parts.append(f'error="{error}"')
+        return ",".join(parts)
+
+    async def check(
+        self, authorization: str | None, client: str, needed: list[Access], realm_base: str
+    ) -> Identity:
+        token = None
+        if authorization and authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
+        if not token:
+            raise RegistryError(
+                ErrorCode.UNAUTHORIZED,
+                "authentication required",
+                _detail(needed) or None,
+                headers={"WWW-Authenticate": self._challenge(needed, realm_base, None)},
+            )
+        try:
+            claims = self.verifier.verify(token)
+        except TokenInvalid as exc:
+            raise RegistryError(
+                ErrorCode.UNAUTHORIZED,
+                str(exc),
+                headers={"WWW-Authenticate": self._challenge(needed, realm_base, "invalid_token")},
+            ) from exc
+        identity = Identity(claims.subject or None, claims.access)
+        missing = [a for a in needed if not identity.allows(a)]
+        if not missing:
+            return identity
+        if identity.user is not None:
+            # A signed-in user asked for what the rules do not give them: say so plainly.
+            actions = ", ".join(f"{a.name}: {','.join(sorted(a.actions))}" for a in missing)
+            raise RegistryError(
+                ErrorCode.DENIED,
+                f"user {identity.user!r} may not do this ({actions})",
+                _detail(missing),
+            )
+        raise RegistryError(
+            ErrorCode.UNAUTHORIZED,
+            "authentication required",
+            _detail(missing),
+            headers={"WWW-Authenticate": self._challenge(needed, realm_base, "insufficient_scope")},
+        )
+
+
+class TokenService:
+    """Entrepot's built-in token endpoint: signs users in (htpasswd users) and grants each
+    requested scope as far as the access rules allow."""
+
+    def __init__(
+        self, tokens: BuiltinTokens, passwords: PasswordChecker | None, policy: AccessPolicy
+    ) -> None:
+        self.tokens = tokens
+        self.passwords = passwords
+        self.policy = policy
+
+    async def issue(
+        self, authorization: str | None, client: str, service: str | None, scopes: list[Access]
+    ) -> tuple[str, float, float]:
+        if service is not None and service != self.tokens.service:
+            raise RegistryError(
+                ErrorCode.DENIED, f"this token service is for {self.tokens.service!r}"
+            )
+        user: str | None = None
+        creds = parse_basic(authorization)
+        if authorization and creds is None:
+            raise RegistryError(ErrorCode.UNAUTHORIZED, "only Basic credentials are accepted")
+        if creds is not None:
+            if self.passwords is None or not await self.passwords.verify(*creds, client):
+                raise RegistryError(
+                    ErrorCode.UNAUTHORIZED,
+                    "invalid username or password",
+                    headers={"WWW-Authenticate": 'Basic realm="entrepot"'},
+                )
+            user = creds[0]
+        granted = [g for g in (self.policy.grant(user, s) for s in scopes) if g is not None]
+        return self.tokens.issue(user or "", granted)

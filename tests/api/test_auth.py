@@ -1,0 +1,277 @@
+"""Access control through the HTTP API: registry:2's htpasswd and token modes, Entrepot's
+built-in token service, and hostile requests (each refused with the exact spec error and
+nothing changed in storage)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.auth_setup import PASSWORDS, app_client, basic, snapshot, write_htpasswd
+from tests.api.oci_client import OciClient, error_code, make_image, sha256
+
+BUILTIN = """\
+  builtin:
+    service: entrepot
+    issuer: entrepot
+    htpasswd: {htpasswd}
+    groups:
+      team: [alice]
+    maxfailures: 3
+    access:
+      - who: [anonymous]
+        repositories: ["docker.io/*", "public/*"]
+        actions: [pull]
+      - who: ["group:team"]
+        repositories: ["team/*"]
+        actions: [pull, push]
+      - who: [admin]
+        repositories: ["*"]
+        actions: ["*"]
+        catalog: true
+"""
+
+
+def challenge(response: httpx.Response) -> dict[str, str]:
+    header = response.headers["www-authenticate"]
+    scheme, _, params = header.partition(" ")
+    values = dict(re.findall(r'(\w+)="([^"]*)"', params))
+    values["scheme"] = scheme
+    return values
+
+
+class TokenClient:
+    """What docker, skopeo and containerd do: follow the Bearer challenge to the realm."""
+
+    def __init__(self, http: httpx.AsyncClient, user: str | None = None) -> None:
+        self.http = http
+        self.user = user
+
+    async def token(self, scope: str) -> str:
+        headers = {}
+        if self.user:
+            headers["Authorization"] = basic(self.user, PASSWORDS[self.user])
+        response = await self.http.get(
+            "/auth/token", params={"service": "entrepot", "scope": scope}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
+    async def request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        first = await self.http.request(method, path, **kwargs)  # type: ignore[arg-type]
+        if first.status_code != 401:
+            return first
+        scope = challenge(first).get("scope", "")
+        token = await self.token(scope)
+        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+        headers["Authorization"] = f"Bearer {token}"
+        return await self.http.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def builtin(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    async with app_client(tmp_path, BUILTIN.format(htpasswd=htpasswd)) as http:
+        yield http
+
+
+async def test_builtin_challenge_names_realm_service_and_scope(
+    builtin: httpx.AsyncClient,
+) -> None:
+    base = await builtin.get("/v2/")
+    assert base.status_code == 401
+    assert error_code(base) == "UNAUTHORIZED"
+    assert challenge(base) == {
+        "scheme": "Bearer",
+        "realm": "http://registry.test/auth/token",
+        "service": "entrepot",
+    }
+    pull = await builtin.get("/v2/team/app/manifests/latest")
+    assert challenge(pull)["scope"] == "repository:team/app:pull"
+
+
+async def test_anonymous_pulls_public_but_cannot_push(builtin: httpx.AsyncClient) -> None:
+    anonymous = TokenClient(builtin)
+    assert (await anonymous.request("GET", "/v2/")).status_code == 200
+    missing = await anonymous.request("GET", "/v2/public/app/manifests/latest")
+    assert missing.status_code == 404  # allowed to look; nothing there
+    push = await anonymous.request("POST", "/v2/public/app/blobs/uploads/")
+    assert push.status_code == 401
+    assert challenge(push)["error"] == "insufficient_scope"
+
+
+async def test_team_member_pushes_inside_their_pattern_only(builtin: httpx.AsyncClient) -> None:
+    alice = TokenClient(builtin, "alice")
+    started = await alice.request("POST", "/v2/team/app/blobs/uploads/")
+    assert started.status_code == 202
+    outside = await alice.request("POST", "/v2/other/app/blobs/uploads/")
+    assert outside.status_code == 403
+    assert error_code(outside) == "DENIED"
+    assert "alice" in outside.json()["errors"][0]["message"]
+    catalog = await alice.request("GET", "/v2/_catalog")
+    assert catalog.status_code == 403
+
+
+async def test_token_grants_only_what_the_rules_allow(builtin: httpx.AsyncClient) -> None:
+    response = await builtin.get(
+        "/auth/token",
+        params={"service": "entrepot", "scope": "repository:public/app:pull,push,delete"},
+    )
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    token = response.json()["token"]
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["access"] == [{"type": "repository", "name": "public/app", "actions": ["pull"]}]
+    assert claims["sub"] == ""
+
+
+async def test_admin_pushes_pulls_deletes_and_lists(builtin: httpx.AsyncClient) -> None:
+    admin = TokenClient(builtin, "admin")
+    image = make_image()
+    for blob in [image.config, *image.layers]:
+        started = await admin.request("POST", "/v2/any/thing/blobs/uploads/")
+        location = started.headers["location"]
+        done = await admin.request("PUT", f"{location}&digest={sha256(blob)}", content=blob)
+        assert done.status_code == 201, done.text
+    put = await admin.request(
+        "PUT",
+        "/v2/any/thing/manifests/v1",
+        content=image.manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert put.status_code == 201
+    assert (await admin.request("GET", "/v2/_catalog")).json() == {"repositories": ["any/thing"]}
+    deleted = await admin.request("DELETE", f"/v2/any/thing/manifests/{image.digest}")
+    assert deleted.status_code == 202
+
+
+async def test_wrong_password_at_the_token_endpoint(builtin: httpx.AsyncClient) -> None:
+    response = await builtin.get(
+        "/auth/token",
+        params={"service": "entrepot", "scope": "repository:team/app:pull"},
+        headers={"Authorization": basic("alice", "guess")},
+    )
+    assert response.status_code == 401
+    assert error_code(response) == "UNAUTHORIZED"
+    assert "guess" not in response.text
+
+
+async def test_failed_sign_ins_are_rate_limited(builtin: httpx.AsyncClient) -> None:
+    statuses = []
+    for _ in range(5):
+        response = await builtin.get(
+            "/auth/token",
+            params={"service": "entrepot"},
+            headers={"Authorization": basic("alice", "guess")},
+        )
+        statuses.append(response.status_code)
+    assert statuses == [401, 401, 401, 429, 429]
+    limited = await builtin.get(
+        "/auth/token",
+        params={"service": "entrepot"},
+        headers={"Authorization": basic("alice", PASSWORDS["alice"])},
+    )
+    assert limited.status_code == 429
+    assert error_code(limited) == "TOOMANYREQUESTS"
+    assert int(limited.headers["retry-after"]) >= 1
+
+
+async def test_htpasswd_mode_is_registry2s_basic_auth(tmp_path: Path) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    auth = f"  htpasswd:\n    realm: basic-realm\n    path: {htpasswd}\n"
+    async with app_client(tmp_path, auth) as http:
+        anonymous = await http.get("/v2/")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"] == 'Basic realm="basic-realm"'
+        wrong = await http.get("/v2/", headers={"Authorization": basic("bob", "nope")})
+        assert wrong.status_code == 401
+        client = OciClient(http)
+        http.headers["Authorization"] = basic("bob", PASSWORDS["bob"])
+        assert (await client.push_image("any/repo", make_image(), tag="1")).status_code == 201
+        assert (await client.get_manifest("any/repo", "1")).status_code == 200
+
+
+@pytest.fixture
+async def two_users(tmp_path: Path) -> AsyncIterator[tuple[TokenClient, TokenClient, Path]]:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    rules = (
+        BUILTIN.format(htpasswd=htpasswd).replace(
+            'repositories: ["team/*"]', 'repositories: ["team/*", "shared/*"]'
+        )
+        + '      - who: [bob]\n        repositories: ["shared/*"]\n        actions: [pull, push]\n'
+    )
+    async with app_client(tmp_path, rules) as http:
+        yield TokenClient(http, "alice"), TokenClient(http, "bob"), tmp_path / "data"
+
+
+async def test_upload_is_bound_to_the_user_and_repository_that_opened_it(
+    two_users: tuple[TokenClient, TokenClient, Path],
+) -> None:
+    alice, bob, root = two_users
+    started = await alice.request("POST", "/v2/shared/app/blobs/uploads/")
+    location = started.headers["location"]
+    assert "_state=" in location
+    before = snapshot(root)
+    upload_id = location.split("/uploads/")[1].split("?")[0]
+    attempts = [
+        ("PATCH", location, b"bob writes"),  # the same URL, another user
+        ("PATCH", f"/v2/shared/app/blobs/uploads/{upload_id}", b"x"),  # without _state
+        ("PATCH", location.replace("shared/app", "shared/other"), b"x"),  # another repo
+        ("PUT", f"{location}&digest={sha256(b'')}", b""),
+        ("DELETE", location, b""),
+    ]
+    for method, url, body in attempts:
+        response = await bob.request(method, url, content=body)
+        assert response.status_code == 404, (method, url, response.text)
+        assert error_code(response) == "BLOB_UPLOAD_UNKNOWN"
+    assert snapshot(root) == before
+    finished = await alice.request("PUT", f"{location}&digest={sha256(b'')}", content=b"")
+    assert finished.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("authorization", "reason"),
+    [
+        ("Bearer not-a-jwt", "garbage"),
+        ("Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.", "alg none"),
+        ("Basic " + "YWRtaW46YWRtaW4tc2VjcmV0", "basic where a token is due"),
+    ],
+)
+async def test_bad_tokens_are_unauthorized(
+    builtin: httpx.AsyncClient, tmp_path: Path, authorization: str, reason: str
+) -> None:
+    before = snapshot(tmp_path / "data")
+    response = await builtin.post(
+        "/v2/team/app/blobs/uploads/", headers={"Authorization": authorization}
+    )
+    assert response.status_code == 401, reason
+    assert error_code(response) == "UNAUTHORIZED"
+    assert snapshot(tmp_path / "data") == before
+
+
+async def test_expired_and_foreign_service_tokens_are_refused(
+    builtin: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    from entrepot.auth.access import repository
+    from entrepot.auth.tokens import BuiltinTokens
+
+    secret_tokens = [
+        BuiltinTokens(b"wrong-key" * 4, "entrepot", "entrepot", 300),
+    ]
+    for tokens in secret_tokens:
+        token, _, _ = tokens.issue("admin", [repository("team/app", "pull", "push")])
+        response = await builtin.post(
+            "/v2/team/app/blobs/uploads/", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 401
+        assert challenge(response)["error"] == "invalid_token"
+    other_service = await builtin.get("/auth/token", params={"service": "someone-else"})
+    assert other_service.status_code == 403
+    assert error_code(other_service) == "DENIED"
