@@ -8,7 +8,11 @@
 # Packages come without their Recommends. podman as root with `--storage-driver vfs` needs none
 # of them (uidmap, fuse-overlayfs, slirp4netns, netavark, catatonit are for rootless use, for
 # overlay storage, or for running containers with networking); its hard dependencies bring conmon,
-# runc and containers-common (policy.json, registries.conf).
+# runc and containers-common (policy.json, registries.conf). docker.io (Docker Engine 20.10, for
+# dockerd; the tests run it with vfs storage, no bridge, no iptables) needs none of its Recommends
+# either (apparmor, cgroupfs-mount, git, xz-utils, ...); its hard dependencies bring containerd,
+# runc, tini (docker-init) and iptables. Its postinst may start the system docker service where
+# an init system runs; the tests never use it (they start a dockerd of their own).
 set -euo pipefail
 
 # command -> Debian package (bookworm)
@@ -19,23 +23,25 @@ declare -A PACKAGE_OF=(
   [ctr]=containerd
   [runc]=runc                         # containerd's runtime (a Depends; checked for clarity)
   [podman]=podman
+  [dockerd]=docker.io                 # Docker Engine; the docker CLI comes with it
   [wrk]=wrk
   [openssl]=openssl
   [curl]=curl
 )
 # Fixed order, for stable messages.
-COMMANDS=(skopeo docker-registry containerd ctr runc podman wrk openssl curl)
+COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl)
 
 check_only=0
 case "${1:-}" in
   --check) check_only=1 ;;
   "") ;;
-  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 
 have() {
-  # docker-registry and runc live in /usr/bin and /usr/sbin; a non-root PATH may lack sbin.
+  # docker-registry, runc and dockerd live in /usr/bin and /usr/sbin; a non-root PATH may lack
+  # sbin.
   command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
 }
 

@@ -220,3 +220,26 @@ async def test_push_to_plain_name_works_while_the_mirror_is_down(setup: Setup) -
     assert pushed.status_code == 201
     head = await setup.client.http.head(f"/v2/team/never/blobs/{mine.digest}")
     assert head.status_code == 404  # the mirror cannot answer: unknown here, so clients upload
+
+
+async def test_push_reusing_mirror_layers_under_the_same_name(setup: Setup) -> None:
+    # docker tag nginx REG/library/nginx:mine && docker push: Docker's HEAD finds the
+    # layers through the mirror, skips uploading them, then PUTs the manifest.
+    upstream_image = await _seed_hub(setup)
+    layer = upstream_image.layers[0]  # type: ignore[attr-defined]
+    config = upstream_image.config  # type: ignore[attr-defined]
+    from tests.api.oci_client import sha256
+
+    for blob in [config, *upstream_image.layers]:  # type: ignore[attr-defined]
+        head = await setup.client.http.head(f"/v2/library/nginx/blobs/{sha256(blob)}")
+        assert head.status_code == 200  # "Layer already exists": nothing is uploaded
+    pushed = await setup.client.put_manifest(
+        "library/nginx",
+        "mine",
+        upstream_image.manifest,  # type: ignore[attr-defined]
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    assert pushed.status_code == 201, pushed.text
+    setup.hub.up = False  # the pushed image holds its own blobs now
+    pulled = await setup.client.http.get(f"/v2/library/nginx/blobs/{sha256(layer)}")
+    assert pulled.content == layer

@@ -369,3 +369,148 @@ def require(*commands: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+# --- registry mirrors as clients configure them ---------------------------------------------------
+
+
+def write_containerd_hosts(
+    hosts_dir: Path, registry: str, mirror_url: str, *, server: str | None = None
+) -> Path:
+    """``HOSTS_DIR/REGISTRY/hosts.toml`` sending pulls of REGISTRY's images to `mirror_url`
+    (containerd docs/hosts.md); `ctr images pull --hosts-dir HOSTS_DIR` reads it.
+
+    `server` is where containerd falls back when the mirror fails (default: the registry
+    itself, on the internet): tests pass a dead loopback address so that nothing leaves
+    the machine. containerd adds ``?ns=REGISTRY`` to every request to the mirror.
+    """
+    directory = hosts_dir / registry
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [f'server = "{server}"', ""] if server else []
+    lines += [f'[host."{mirror_url}"]', '  capabilities = ["pull", "resolve"]', ""]
+    path = directory / "hosts.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def ctr_pull_with_hosts(
+    ctr: Ctr, hosts_dir: Path, image: str, *, platform: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ctr images pull --hosts-dir HOSTS_DIR IMAGE`` (IMAGE fully qualified, no --plain-http:
+    the scheme comes from hosts.toml)."""
+    args = ["images", "pull", "--hosts-dir", str(hosts_dir), "--snapshotter", ctr.snapshotter]
+    if platform is not None:
+        args += ["--platform", platform]
+    return ctr(*args, image)
+
+
+def write_registries_conf(path: Path, registries: Sequence[Mapping[str, Any]]) -> Path:
+    """A containers-registries.conf(5) v2 file (for podman, skopeo, buildah via
+    $CONTAINERS_REGISTRIES_CONF): one ``[[registry]]`` per mapping, whose ``mirror`` entry
+    is a list of ``[[registry.mirror]]`` mappings. Values are str or bool."""
+
+    def value(item: object) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, str):
+            return json.dumps(item)
+        raise TypeError(f"registries.conf value {item!r} is not str or bool")
+
+    lines = ["unqualified-search-registries = []", ""]
+    for registry in registries:
+        lines.append("[[registry]]")
+        lines += [f"{k} = {value(v)}" for k, v in registry.items() if k != "mirror"]
+        for mirror in registry.get("mirror", ()):
+            lines.append("[[registry.mirror]]")
+            lines += [f"{k} = {value(v)}" for k, v in mirror.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def podman_with_env(
+    podman: Podman, env: Mapping[str, str], *args: str, timeout: float = DEFAULT_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run podman (with the fixture's storage) with extra environment variables, such as
+    CONTAINERS_REGISTRIES_CONF."""
+    return run(podman.argv(*args), env=env, timeout=timeout)
+
+
+# --- raw registry API (httpx) ---------------------------------------------------------------------
+
+
+def upload_blob(base_url: str, repo: str, data: bytes, *, timeout: float = 60.0) -> str:
+    """Upload `data` as a blob of REPO (POST, then one PUT with the digest); its digest."""
+    import httpx  # here: the rest of this module needs only the standard library
+
+    digest = sha256_digest(data)
+    with httpx.Client(base_url=base_url, timeout=timeout) as http:
+        started = http.post(f"/v2/{repo}/blobs/uploads/")
+        if started.status_code != 202:
+            raise AssertionError(f"POST upload of {repo}: {started.status_code} {started.text}")
+        location = started.headers["location"]
+        separator = "&" if "?" in location else "?"
+        done = http.put(
+            f"{location}{separator}digest={digest}",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if done.status_code != 201:
+            raise AssertionError(f"PUT upload of {repo}: {done.status_code} {done.text}")
+    return digest
+
+
+# --- access control (test_security_*) ---------------------------------------------------------
+
+
+def write_htpasswd(path: Path, users: Mapping[str, str], *, rounds: int = 5) -> Path:
+    """An htpasswd file as ``htpasswd -B`` writes it: ``user:$2y$05$...`` per line."""
+    import bcrypt  # here: the rest of this module needs only the standard library
+
+    lines = []
+    for user, password in users.items():
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()
+        lines.append(f"{user}:$2y${hashed[4:]}\n")  # Apache spells bcrypt's "$2b$" "$2y$"
+    path.write_text("".join(lines))
+    return path
+
+
+def storage_snapshot(root: Path) -> dict[str, bytes]:
+    """Every file (relative path -> content) and directory (-> b"<dir>") under a storage
+    root: equal snapshots taken around a refused request prove it changed nothing."""
+    if not root.exists():
+        return {}
+    return {
+        str(path.relative_to(root)): b"<dir>" if path.is_dir() else path.read_bytes()
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def bearer_challenge(header: str) -> dict[str, str]:
+    """``Bearer realm="...",service="...",scope="..."`` -> {"scheme": "Bearer", "realm": ...}."""
+    import re
+
+    scheme, _, params = header.partition(" ")
+    values = dict(re.findall(r'(\w+)="([^"]*)"', params))
+    values["scheme"] = scheme
+    return values
+
+
+def fetch_token(
+    realm: str,
+    service: str,
+    scopes: Sequence[str] = (),
+    *,
+    creds: tuple[str, str] | None = None,
+    verify: Any = True,
+) -> str:
+    """A Docker token-spec token from `realm` (GET, as docker/skopeo/containerd ask for one),
+    anonymous or with Basic `creds`; AssertionError unless the answer is 200."""
+    import httpx
+
+    params: list[tuple[str, str]] = [("service", service), *(("scope", s) for s in scopes)]
+    response = httpx.get(realm, params=params, auth=creds, verify=verify, timeout=30)
+    if response.status_code != 200:
+        raise AssertionError(f"token from {realm}: {response.status_code} {response.text}")
+    token: str = response.json()["token"]
+    return token

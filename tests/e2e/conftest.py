@@ -219,3 +219,267 @@ def token_registry2(token_registry2_factory: Callable[..., TokenRegistry]) -> To
     .url .host .root as registry2; .issuer.requests logs every token request; .realm .service.
     """
     return token_registry2_factory()
+
+
+# --- a slow link to an upstream -----------------------------------------------------------------
+
+from .servers import ThrottledForwarder  # noqa: E402  (kept with its fixture)
+
+
+@pytest.fixture
+def throttled_forwarder() -> Iterator[Callable[..., ThrottledForwarder]]:
+    """``start(target_port, *, rate)`` -> a ThrottledForwarder on 127.0.0.1 (.url, .port)
+    passing the target's responses on at `rate` bytes/s; stopped after the test."""
+    started: list[ThrottledForwarder] = []
+
+    def start(target_port: int, *, rate: float) -> ThrottledForwarder:
+        forwarder = ThrottledForwarder(target_port, rate=rate).start()
+        started.append(forwarder)
+        return forwarder
+
+    yield start
+    for forwarder in reversed(started):
+        forwarder.stop()
+
+
+# --- Docker Engine (dockerd) ----------------------------------------------------------------
+
+import contextlib  # noqa: E402  (kept with its fixtures)
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from .clients import DEFAULT_TIMEOUT, ClientError, run  # noqa: E402
+from .servers import START_TIMEOUT, STOP_TIMEOUT, ServerStartError  # noqa: E402
+
+# What dockerd needs to run anywhere as root: no storage driver needing mounts of its own, and
+# no network setup (no bridge, no iptables); `docker run --network none` still works.
+DOCKERD_BASE_CONFIG: Mapping[str, Any] = {
+    "storage-driver": "vfs",
+    "iptables": False,
+    "bridge": "none",
+    "ip-forward": False,
+    "ip-masq": False,
+}
+
+
+def _dockerd_binary() -> str | None:
+    """Debian's dockerd (package docker.io; /usr/sbin may be missing from a non-root PATH)."""
+    explicit = os.environ.get("ENTREPOT_E2E_DOCKERD")
+    if explicit:
+        return explicit
+    return shutil.which("dockerd") or (
+        "/usr/sbin/dockerd" if Path("/usr/sbin/dockerd").exists() else None
+    )
+
+
+def _docker_cli() -> str | None:
+    """The docker CLI of the same package as dockerd (/usr/bin/docker) before any other one.
+
+    A newer CLI elsewhere on PATH (such as /usr/local/bin/docker) would negotiate the API
+    version down, but the package's own CLI is the pair that Debian tests together.
+    """
+    explicit = os.environ.get("ENTREPOT_E2E_DOCKER")
+    if explicit:
+        return explicit
+    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of the processes whose command line mentions `text` (a directory of ours)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            if text in cmdline.decode(errors="replace"):
+                found.append(int(entry.name))
+    return found
+
+
+def _mounts_under(base: Path) -> list[str]:
+    """Mount points at or under `base`, deepest first (from /proc/self/mountinfo)."""
+    points: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = line.split()[4].replace("\\040", " ")
+            if point == str(base) or point.startswith(f"{base}/"):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+class DockerEngine:
+    """A private Docker Engine: dockerd on a containerd of its own, everything under `base`.
+
+    `base` must be a short path: the sockets (docker.sock, containerd.sock.ttrpc) live in it.
+    dockerd gets its own --data-root, --exec-root, --pidfile and unix socket, and its own
+    containerd (servers.ContainerdDaemon): dockerd 20.10 would otherwise use a system containerd
+    at /run/containerd/containerd.sock when one runs, and starts its managed one otherwise.
+    Calling the engine runs the docker CLI against it: ``engine("pull", "app:1")``.
+    """
+
+    def __init__(self, base: Path, config: Mapping[str, Any], *, dockerd: str, docker: str) -> None:
+        self.base = base
+        self.dockerd = dockerd
+        self.docker = docker
+        self.socket = base / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.config_path = base / "daemon.json"
+        self.log_path = base / "dockerd.log"
+        self.containerd = ContainerdDaemon(base / "ctrd")
+        self.config = servers.deep_merge(
+            {**DOCKERD_BASE_CONFIG, "containerd": self.containerd.address}, config
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        if len(str(self.containerd.address)) + len(".ttrpc") > 100:
+            raise ValueError(f"socket paths under {base} are too long for unix sockets")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The CLI's environment: this engine, and a client config of its own (no credentials
+        or settings of the machine's user)."""
+        return {"DOCKER_HOST": self.host, "DOCKER_CONFIG": str(self.base / "cli")}
+
+    def __call__(
+        self, *args: str, timeout: float = DEFAULT_TIMEOUT, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``docker ARGS`` against this engine; ClientError (with dockerd's log) on failure."""
+        try:
+            return run([self.docker, *args], timeout=timeout, env=self.env, check=check)
+        except ClientError as exc:
+            why = "timed out or not found" if exc.returncode is None else ""
+            stderr = f"{exc.stderr}\n--- dockerd log ---\n{self.log()[-6000:]}"
+            raise ClientError(exc.cmd, exc.returncode, exc.stdout, stderr, why) from None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    def start(self, timeout: float = START_TIMEOUT) -> DockerEngine:
+        self.containerd.start()
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        argv = [
+            self.dockerd,
+            "--config-file",
+            str(self.config_path),
+            "--data-root",
+            str(self.base / "data"),
+            "--exec-root",
+            str(self.base / "exec"),
+            "--pidfile",
+            str(self.base / "docker.pid"),
+            "--host",
+            self.host,
+        ]
+        # No proxy of the machine's: every registry in the tests is on loopback.
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        with self.log_path.open("ab") as log:
+            log.write(f"=== start: {' '.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=self.base,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                self.stop()
+                raise ServerStartError(f"dockerd exited with code {code}\n{self.log()[-6000:]}")
+            if self.socket.exists():
+                check = self("version", "--format", "{{.Server.Version}}", timeout=10, check=False)
+                if check.returncode == 0:
+                    return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(
+                    f"dockerd did not answer on {self.host} within {timeout:.0f}s\n"
+                    f"{self.log()[-6000:]}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM dockerd (it stops its containers), then kill whatever is left of ours:
+        dockerd's group, containerd, and any shim (shims run in sessions of their own, found by
+        our directory in their command line); unmount what dockerd left mounted under `base`."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(STOP_TIMEOUT)
+        self.containerd.stop()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while leftovers := _processes_mentioning(str(self.base)):
+            for pid in leftovers:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes of {self.base} survive SIGKILL: {leftovers}")
+            time.sleep(0.1)
+        for point in _mounts_under(self.base):
+            subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+
+
+@pytest.fixture
+def dockerd_factory() -> Iterator[Callable[..., DockerEngine]]:
+    """``start(*, registry_mirrors=(), insecure_registries=(), config=None)`` -> a DockerEngine.
+
+    A dockerd of the test's own (see DockerEngine) with daemon.json = DOCKERD_BASE_CONFIG, the
+    mirrors (``http://127.0.0.1:PORT``) and insecure registries (``127.0.0.1:PORT``) given, and
+    `config` deep-merged. Stopped, with every process it started, at teardown.
+    """
+    dockerd, docker = _dockerd_binary(), _docker_cli()
+    if dockerd is None:
+        require("dockerd")
+    if docker is None:
+        require("docker")
+    require("containerd", "ctr", "runc")
+    assert dockerd is not None and docker is not None
+    engines: list[tuple[DockerEngine, Path]] = []
+
+    def start(
+        *,
+        registry_mirrors: Sequence[str] = (),
+        insecure_registries: Sequence[str] = (),
+        config: Mapping[str, Any] | None = None,
+    ) -> DockerEngine:
+        # Short path: unix socket addresses are limited to about 100 bytes.
+        base = Path(tempfile.mkdtemp(prefix="entrepot-dockerd-", dir="/tmp"))
+        extra = {
+            "registry-mirrors": list(registry_mirrors),
+            "insecure-registries": list(insecure_registries),
+        }
+        engine = DockerEngine(
+            base, servers.deep_merge(extra, config or {}), dockerd=dockerd, docker=docker
+        )
+        engines.append((engine, base))
+        return engine.start()
+
+    yield start
+    for engine, base in reversed(engines):
+        try:
+            engine.stop()
+        finally:
+            if not _mounts_under(base):
+                shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def dockerd(dockerd_factory: Callable[..., DockerEngine]) -> DockerEngine:
+    """A running private Docker Engine with no mirror (see dockerd_factory)."""
+    return dockerd_factory()

@@ -11,15 +11,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -420,3 +424,179 @@ class ContainerdDaemon:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout)
+
+
+# --- access logs --------------------------------------------------------------------------------
+
+_ACCESS_LINE = re.compile(
+    r'^(?P<addr>\S+) \S+ \S+ \[(?P<time>[^\]]*)\] "(?P<method>[A-Z]+) (?P<target>\S+) [^"]*" '
+    r'(?P<status>\d{3}) (?P<size>\d+|-)(?: "(?P<referer>[^"]*)" "(?P<agent>[^"]*)")?'
+)
+
+
+@dataclass(frozen=True)
+class AccessLogEntry:
+    """One request from a server's access log (Apache combined format, as registry:2 and
+    Entrepot write it). `target` is the request target with its query; `path` without it."""
+
+    method: str
+    target: str
+    status: int
+    size: int | None
+    agent: str
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(self.target).query)
+
+
+def access_log(server: ManagedServer) -> list[AccessLogEntry]:
+    """Every request the server logged so far, oldest first.
+
+    registry:2 writes the line once the response is complete (an aborted one included), so
+    a request still being answered is not listed yet: see `wait_for_requests`.
+    """
+    try:
+        text = server.log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in text.splitlines():
+        match = _ACCESS_LINE.match(line)
+        if match is None:
+            continue
+        size = match.group("size")
+        entries.append(
+            AccessLogEntry(
+                method=match.group("method"),
+                target=match.group("target"),
+                status=int(match.group("status")),
+                size=None if size == "-" else int(size),
+                agent=match.group("agent") or "",
+            )
+        )
+    return entries
+
+
+def requests_to(
+    server: ManagedServer, method: str, path: str, *, status: int | None = None
+) -> list[AccessLogEntry]:
+    """The logged requests with this method and path (query ignored), optionally status."""
+    return [
+        entry
+        for entry in access_log(server)
+        if entry.method == method
+        and entry.path == path
+        and (status is None or entry.status == status)
+    ]
+
+
+def blob_gets(server: ManagedServer, repo: str, digest: str) -> list[AccessLogEntry]:
+    """The logged ``GET /v2/REPO/blobs/DIGEST`` requests (the downloads of that blob)."""
+    return requests_to(server, "GET", f"/v2/{repo}/blobs/{digest}")
+
+
+def settled_access_log(
+    server: ManagedServer, *, quiet: float = 0.3, timeout: float = 10.0
+) -> list[AccessLogEntry]:
+    """The access log once no new line has appeared for `quiet` seconds (a response that was
+    just sent is logged a moment later)."""
+    deadline = time.monotonic() + timeout
+    entries = access_log(server)
+    while True:
+        time.sleep(quiet)
+        again = access_log(server)
+        if len(again) == len(entries) or time.monotonic() > deadline:
+            return again
+        entries = again
+
+
+# --- a slow link ----------------------------------------------------------------------------------
+
+
+class ThrottledForwarder:
+    """A TCP forwarder on 127.0.0.1 that passes the target's answers on at `rate` bytes per
+    second (requests go through at full speed): a slow upstream link for a fast local server.
+
+    Put its `url` where the target's would be (an Entrepot ``remoteurl``); the target still
+    logs every request itself.
+    """
+
+    def __init__(self, target_port: int, *, rate: float, chunk: int = 64 * 1024) -> None:
+        self.target_port = target_port
+        self.rate = rate
+        self.chunk = chunk
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="forwarder", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThrottledForwarder:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.1)  # to notice stop() between connections
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, self.rate), daemon=True
+            ).start()
+
+    def _pump(self, source: socket.socket, dest: socket.socket, rate: float | None) -> None:
+        started = time.monotonic()
+        sent = 0
+        try:
+            while not self._closed.is_set():
+                data = source.recv(self.chunk)
+                if not data:
+                    break
+                dest.sendall(data)
+                sent += len(data)
+                if rate is not None:
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, dest):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

@@ -15,6 +15,14 @@ from entrepot.registry.local import LocalRepository
 _MISSING = frozenset({ErrorCode.MANIFEST_UNKNOWN, ErrorCode.BLOB_UNKNOWN, ErrorCode.NAME_UNKNOWN})
 
 
+def _unknown_blob(exc: RegistryError) -> str | None:
+    """The digest a MANIFEST_BLOB_UNKNOWN error names, if that is what `exc` is."""
+    if exc.code is not ErrorCode.MANIFEST_BLOB_UNKNOWN or not isinstance(exc.detail, dict):
+        return None
+    digest = exc.detail.get("digest")
+    return digest if isinstance(digest, str) else None
+
+
 class LayeredRepository:
     namespace: str | None = None
 
@@ -80,7 +88,32 @@ class LayeredRepository:
     async def put_manifest(
         self, reference: str, raw: bytes, content_type: str | None
     ) -> ManifestPut:
-        return await self.local.put_manifest(reference, raw, content_type)
+        adopted: set[str] = set()
+        while True:
+            try:
+                return await self.local.put_manifest(reference, raw, content_type)
+            except RegistryError as exc:
+                digest = _unknown_blob(exc)
+                if digest is None or digest in adopted or not await self._adopt(digest):
+                    raise
+                adopted.add(digest)
+
+    async def _adopt(self, digest: str) -> bool:
+        """Link into the pushed repository a blob the client did not upload because the
+        mirror answered its HEAD for this name; fetched through the cache first when only the
+        upstream has it. The pushed image then holds its own links and needs nothing cached."""
+        parsed = Digest.parse(digest)
+        try:
+            # Only what the mirror vouches for under this name (cached here, or upstream has
+            # it): naming a digest gives a pusher no blob of another repository.
+            await self.cached.stat_blob(parsed)
+            if await self.local.registry.blobs.stat(parsed) is None:
+                content = await self.cached.open_blob(parsed)
+                async for _ in content.open_stream(0, None):
+                    pass  # completes the cache fill
+        except RegistryError:
+            return False
+        return await self.local.mount_blob(parsed, None) is not None
 
     async def delete_manifest(self, reference: str) -> None:
         await self.local.delete_manifest(reference)

@@ -56,8 +56,10 @@ class ProxyResolver:
         if upstream is not None:
             return await self._cached(upstream, rest, for_push)
         local = LocalRepository(self.local, name)  # name validated above
-        if for_push or self.mirror is None:
+        if self.mirror is None:
             return local
+        # Pushes too: writes go to `local`, and a manifest PUT adopts the blobs the client
+        # skipped because the mirror answered their HEAD.
         mirror = self.mirror
         return LayeredRepository(
             local, CachedRepository(self.cache, mirror, mirror.upstream_name(name))
