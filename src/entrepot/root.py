@@ -15,6 +15,7 @@ from starlette.routing import Mount
 from entrepot.config import Config, load_config
 from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
+from entrepot.http.metrics import Sample
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
@@ -73,12 +74,30 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
     health_cfg = config.health.storagedriver
     health = StorageHealthCheck(driver, health_cfg.interval_s, health_cfg.threshold)
+
+    def samples() -> list[Sample]:
+        found = [
+            Sample("entrepot_proxy_events_total", (("upstream", host), ("event", event)), n)
+            for (event, host), n in cache.stats.items()
+        ]
+        for upstream in upstreams:
+            found.extend(
+                Sample(
+                    "entrepot_upstream_requests_total",
+                    (("upstream", upstream.host), ("request", kind)),
+                    n,
+                )
+                for kind, n in upstream.client.requests.items()
+            )
+        return found
+
     secret = shared_secret(config)
     guard, token_service = create_guard(config, secret)
     api = ApiContext(
         resolver=resolver,
         guard=guard,
         token_service=token_service,
+        metrics=samples,
         upload_secret=None if config.auth is None else derive_key(secret, "upload-state"),
         extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
         base_url=(config.http.host_url or "").rstrip("/") + config.http.prefix.rstrip("/"),

@@ -172,7 +172,7 @@ async def test_stale_tag_served_when_upstream_is_down(setup: Setup) -> None:
     stale = await setup.client.get_manifest("library/nginx", "latest")
     assert stale.status_code == 200
     assert stale.content == image.manifest  # type: ignore[attr-defined]
-    assert setup.cache.stats["stale_served"] == 1
+    assert setup.cache.total("stale_served") == 1
     uncached = await setup.client.get_manifest("library/redis", "latest")
     assert uncached.status_code == 503
     assert error_code(uncached) == "UNAVAILABLE"
@@ -243,3 +243,24 @@ async def test_push_reusing_mirror_layers_under_the_same_name(setup: Setup) -> N
     setup.hub.up = False  # the pushed image holds its own blobs now
     pulled = await setup.client.http.get(f"/v2/library/nginx/blobs/{sha256(layer)}")
     assert pulled.content == layer
+
+
+async def test_metrics_count_stale_serves_and_upstream_requests(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from entrepot.config import load_config
+    from entrepot.root import create_app
+
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        "proxies:\n  - host: quay.io\n    remoteurl: http://127.0.0.1:9\n"
+        "    connecttimeout: 1s\n"
+    )
+    with TestClient(create_app(load_config(config))) as client:
+        failed = client.get("/v2/quay.io/org/app/manifests/1")
+        assert failed.status_code == 503
+        text = client.get("/metrics").text
+    assert "# TYPE entrepot_proxy_events_total counter" in text
+    assert 'entrepot_upstream_requests_total{upstream="quay.io",request="HEAD manifest"} 1' in text

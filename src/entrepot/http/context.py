@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -29,6 +30,8 @@ class ApiContext:
     # Signs upload locations (registry:2's "_state") so an upload is bound to the
     # repository and user that opened it; None when there is no access control.
     upload_secret: bytes | None = None
+    # What /metrics reports (see http/metrics.py); nothing by default.
+    metrics: Callable[[], Iterable[Any]] = lambda: ()
 
     def headers(self, repo: Repository | None = None, /, **values: str) -> dict[str, str]:
         headers = {"Docker-Distribution-Api-Version": "registry/2.0", **self.extra_headers}

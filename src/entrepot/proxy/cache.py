@@ -51,7 +51,8 @@ class ProxyCache:
         self.local = local
         self.filler = BlobFiller()
         self.clock = clock
-        self.stats: Counter[str] = Counter()
+        # (event, upstream host) -> count; exported at /metrics.
+        self.stats: Counter[tuple[str, str]] = Counter()
         self._negative: dict[tuple[str, str, str], float] = {}
         self._inflight: dict[tuple[str, ...], asyncio.Task[object]] = {}
 
@@ -71,6 +72,9 @@ class ProxyCache:
             self._inflight[key] = task
         result = await asyncio.shield(task)
         return result  # type: ignore[return-value]
+
+    def total(self, event: str) -> int:
+        return sum(n for (name, _), n in self.stats.items() if name == event)
 
     def remember_missing(self, key: tuple[str, str, str], ttl: float) -> None:
         self._negative[key] = time.monotonic() + ttl
@@ -144,7 +148,7 @@ class CachedRepository:
         except UpstreamError as exc:
             if cached is None:
                 raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, tag) from exc
-            self.cache.stats["stale_served"] += 1
+            self.cache.stats[("stale_served", self.upstream.host)] += 1
             log.warning(
                 "serving stale %s:%s from cache: upstream %s failed: %s",
                 self.name,
@@ -176,7 +180,7 @@ class CachedRepository:
         head = await client.head_manifest(self.upstream_name, tag, ACCEPT)
         digest = head.digest
         if digest is None or not await self._adopt_known_manifest(digest):
-            self.cache.stats["manifest_get"] += 1
+            self.cache.stats[("manifest_get", self.upstream.host)] += 1
             remote = await client.get_manifest(
                 self.upstream_name, str(digest) if digest else tag, ACCEPT
             )
@@ -224,7 +228,7 @@ class CachedRepository:
                 await client.head_manifest(self.upstream_name, reference, ACCEPT)
                 if await self._adopt_known_manifest(digest):
                     return digest
-            self.cache.stats["manifest_get"] += 1
+            self.cache.stats[("manifest_get", self.upstream.host)] += 1
             remote = await client.get_manifest(self.upstream_name, reference, ACCEPT)
             return await self._store_manifest(remote.raw, remote.media_type, reference)
 
@@ -249,7 +253,7 @@ class CachedRepository:
         except UpstreamError as exc:
             cached = await self._local.manifests.tags(self.name, missing_ok=True)
             if cached and not isinstance(exc, UpstreamNotFound):
-                self.cache.stats["stale_served"] += 1
+                self.cache.stats[("stale_served", self.upstream.host)] += 1
                 log.warning("tags of %s from cache: upstream failed: %s", self.name, exc)
                 return cached
             raise self._error(exc, ErrorCode.NAME_UNKNOWN, self.upstream_name) from exc
@@ -300,7 +304,7 @@ class CachedRepository:
                 if held is not None:
                     return self._local.blobs.content(held)
             client = self.upstream.client
-            self.cache.stats["blob_fill"] += 1
+            self.cache.stats[("blob_fill", self.upstream.host)] += 1
             fill = self.cache.filler.start(
                 key,
                 self._spool(digest),
