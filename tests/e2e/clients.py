@@ -508,7 +508,10 @@ def fetch_token(
     anonymous or with Basic `creds`; AssertionError unless the answer is 200."""
     import httpx
 
-    params: list[tuple[str, str]] = [("service", service), *(("scope", s) for s in scopes)]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("service", service),
+        *(("scope", s) for s in scopes),
+    ]
     response = httpx.get(realm, params=params, auth=creds, verify=verify, timeout=30)
     if response.status_code != 200:
         raise AssertionError(f"token from {realm}: {response.status_code} {response.text}")
