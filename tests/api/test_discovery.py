@@ -104,3 +104,32 @@ async def test_referrer_pushed_before_its_subject(client: OciClient) -> None:
     assert (await client.push_image("app", ref)).status_code == 201
     listed = await client.get_json(f"/v2/app/referrers/{subject.digest}")
     assert [e["digest"] for e in listed["manifests"]] == [ref.digest]
+
+
+async def test_catalog_sees_repositories_pushed_through_another_worker(tmp_path: object) -> None:
+    # Two processes on one storage root: each keeps the catalog in memory, and a push
+    # through one must be listed by the other at once (read-after-write).
+    from pathlib import Path
+
+    import httpx
+
+    from entrepot.http.app import build_app
+    from entrepot.http.context import ApiContext
+    from entrepot.registry.local import LocalRegistry
+    from entrepot.storage.filesystem import FilesystemDriver
+
+    root = Path(str(tmp_path)) / "shared"
+
+    def worker() -> OciClient:
+        app = build_app(ApiContext(resolver=LocalRegistry(FilesystemDriver(root))))
+        transport = httpx.ASGITransport(app=app)
+        return OciClient(httpx.AsyncClient(transport=transport, base_url="http://w.test"))
+
+    first, second = worker(), worker()
+    await first.push_blob("one", b"1")
+    assert (await second.get_json("/v2/_catalog"))["repositories"] == ["one"]
+    await first.push_blob("two", b"2")
+    await first.push_image("three", make_image("3"), tag="v")
+    assert (await second.get_json("/v2/_catalog"))["repositories"] == ["one", "three", "two"]
+    await second.push_blob("four", b"4")
+    assert (await first.get_json("/v2/_catalog"))["repositories"] == ["four", "one", "three", "two"]

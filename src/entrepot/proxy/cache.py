@@ -279,7 +279,7 @@ class CachedRepository:
         held = await self._local.blobs.stat(digest)
         if held is None or held.size != size:
             return None
-        await write_link(self._driver, layout.layer_link(self.name, digest), digest)
+        await self._local.links.write(self.name, layout.layer_link(self.name, digest), digest)
         return held
 
     async def stat_blob(self, digest: Digest) -> BlobInfo:
@@ -334,7 +334,7 @@ class CachedRepository:
 
             async def publish_in_place() -> None:
                 await self._local.blobs.adopt(digest, key)
-                await write_link(driver, link, digest)
+                await self._local.links.write(self.name, link, digest)
 
             async def discard_in_place() -> None:
                 with contextlib.suppress(StorageError):
@@ -354,7 +354,7 @@ class CachedRepository:
             except BaseException:
                 await writer.cancel()
                 raise
-            await write_link(driver, link, digest)
+            await self._local.links.write(self.name, link, digest)
             os.unlink(temp)
 
         async def discard_copy() -> None:

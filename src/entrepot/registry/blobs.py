@@ -6,13 +6,15 @@ A blob is visible in a repository when the repository has a link to it (registry
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+
+RepositoryNoter = Callable[[str], Awaitable[None]]
 
 
 def storage_unavailable(exc: StorageError) -> RegistryError:
@@ -50,6 +52,22 @@ async def delete_key(driver: StorageDriver, key: str) -> bool:
     except StorageError as exc:
         raise storage_unavailable(exc) from exc
     return True
+
+
+class LinkWriter:
+    """Writes repository links; a repository's first ``_layers`` or ``_manifests`` link
+    makes it exist, so the catalog index hears of it."""
+
+    def __init__(self, driver: StorageDriver, on_new_repository: RepositoryNoter) -> None:
+        self.driver = driver
+        self.on_new_repository = on_new_repository
+
+    async def write(self, name: str, key: str, digest: Digest) -> None:
+        await write_link(self.driver, key, digest)
+        try:
+            await self.on_new_repository(name)
+        except StorageError as exc:
+            raise storage_unavailable(exc) from exc
 
 
 class BlobStore:

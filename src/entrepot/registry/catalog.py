@@ -3,14 +3,25 @@
 A repository is a directory with ``_layers`` (as registry:2 decides) or ``_manifests``
 (a cached repository whose blobs were not fetched yet); one holding only an upload
 session is not listed. Names sort lexically and pages continue after ``last``.
+
+Walking the tree per request is what makes registry:2's catalog slow (it does). Here the
+walk is kept in memory and redone only when the catalog *epoch* changed: a small object
+every process rewrites when it creates a repository, so a repository pushed through one
+worker is listed at once by every other.
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+from bisect import bisect_right
+
 from entrepot.registry import layout
-from entrepot.storage import StorageDriver, StorageNotFound
+from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 _MARKERS = frozenset({"_layers", "_manifests"})
+# Outside docker/registry/v2, so registry:2 never sees it.
+EPOCH_KEY = "entrepot/catalog-epoch"
 
 
 async def list_repositories(driver: StorageDriver) -> list[str]:
@@ -34,9 +45,48 @@ async def list_repositories(driver: StorageDriver) -> list[str]:
 
 
 def paginate(items: list[str], n: int | None, last: str | None) -> list[str]:
-    """Items after ``last`` (exclusive), at most ``n`` of them."""
-    if last:
-        items = [item for item in items if item > last]
-    if n is not None:
-        items = items[:n]
-    return items
+    """Items after ``last`` (exclusive), at most ``n`` of them. ``items`` is sorted."""
+    start = bisect_right(items, last) if last else 0
+    return items[start : start + n] if n is not None else items[start:]
+
+
+class RepositoryIndex:
+    def __init__(self, driver: StorageDriver) -> None:
+        self.driver = driver
+        self._names: list[str] | None = None
+        self._known: set[str] = set()
+        self._epoch: tuple[float, int] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _current_epoch(self) -> tuple[float, int] | None:
+        try:
+            info = await self.driver.stat(EPOCH_KEY)
+        except StorageNotFound:
+            return None
+        return (info.mtime, info.size)
+
+    async def names(self) -> list[str]:
+        epoch = await self._current_epoch()
+        if self._names is not None and epoch == self._epoch:
+            return self._names
+        async with self._lock:
+            epoch = await self._current_epoch()
+            if self._names is None or epoch != self._epoch:
+                names = await list_repositories(self.driver)
+                self._names, self._known, self._epoch = names, set(names), epoch
+            return self._names
+
+    async def note(self, name: str) -> None:
+        """Called whenever a repository gains a link: a repository this process has not
+        seen yet bumps the epoch (one small write per new repository, none after)."""
+        if name in self._known:
+            return
+        self._known.add(name)
+        try:
+            # Random content of varying length: the epoch changes even within one mtime tick.
+            await self.driver.put_content(
+                EPOCH_KEY, secrets.token_hex(8 + secrets.randbelow(8)).encode()
+            )
+        except StorageError:
+            self._known.discard(name)
+            raise

@@ -17,12 +17,12 @@ from entrepot.registry.api import (
 )
 from entrepot.registry.blobs import (
     BlobStore,
+    LinkWriter,
     delete_key,
     read_link,
     storage_unavailable,
-    write_link,
 )
-from entrepot.registry.catalog import list_repositories, paginate
+from entrepot.registry.catalog import RepositoryIndex, paginate
 from entrepot.registry.manifests import ManifestCache, ManifestService
 from entrepot.registry.uploads import UploadService
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
@@ -47,8 +47,10 @@ class LocalRegistry:
         self.driver = driver
         self.delete_enabled = delete_enabled
         self.blobs = BlobStore(driver)
-        self.uploads = UploadService(driver, self.blobs)
-        self.manifests = ManifestService(driver, self.blobs, ManifestCache())
+        self.index = RepositoryIndex(driver)
+        self.links = LinkWriter(driver, self.index.note)
+        self.uploads = UploadService(driver, self.blobs, self.links)
+        self.manifests = ManifestService(driver, self.blobs, ManifestCache(), self.links)
 
     async def repository(
         self, name: str, *, for_push: bool = False, namespace: str | None = None
@@ -56,7 +58,7 @@ class LocalRegistry:
         return LocalRepository(self, validate_name(name))
 
     async def catalog(self, n: int | None, last: str | None) -> list[str]:
-        return paginate(await list_repositories(self.driver), n, last)
+        return paginate(await self.index.names(), n, last)
 
     def scope_name(self, name: str, namespace: str | None) -> str:
         return name
@@ -117,7 +119,7 @@ class LocalRepository:
         info = await self.registry.blobs.stat(digest)
         if info is None:
             return None
-        await write_link(self.registry.driver, layout.layer_link(self.name, digest), digest)
+        await self.registry.links.write(self.name, layout.layer_link(self.name, digest), digest)
         return info
 
     async def start_upload(self) -> UploadStatus:

@@ -17,7 +17,7 @@ from entrepot.oci.manifest import Manifest, parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.registry import layout
 from entrepot.registry.api import ManifestContent, ManifestPut
-from entrepot.registry.blobs import BlobStore, delete_key, read_link, write_link
+from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, read_link, write_link
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 _CACHE_ENTRIES = 4096
@@ -49,10 +49,13 @@ class ManifestCache:
 
 
 class ManifestService:
-    def __init__(self, driver: StorageDriver, blobs: BlobStore, cache: ManifestCache) -> None:
+    def __init__(
+        self, driver: StorageDriver, blobs: BlobStore, cache: ManifestCache, links: LinkWriter
+    ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.cache = cache
+        self.links = links
 
     async def resolve(self, name: str, reference: str) -> Digest:
         """The digest a tag or digest reference names in this repository."""
@@ -118,7 +121,7 @@ class ManifestService:
         """Store verified manifest bytes and link them (and the tag) into the repository."""
         digest = manifest.digest
         await self.blobs.put(digest, manifest.raw)
-        await write_link(self.driver, layout.manifest_revision_link(name, digest), digest)
+        await self.links.write(name, layout.manifest_revision_link(name, digest), digest)
         if manifest.subject is not None:
             await write_link(
                 self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest

@@ -18,7 +18,7 @@ from entrepot.oci.digest import Digest, DigestVerifier
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import layout
 from entrepot.registry.api import BlobInfo, UploadStatus
-from entrepot.registry.blobs import BlobStore, storage_unavailable, write_link
+from entrepot.registry.blobs import BlobStore, LinkWriter, storage_unavailable
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 _HASH_CHUNK = 1 << 20
@@ -45,9 +45,10 @@ class UploadService:
     chunked uploads are hashed once; falls back to re-reading the data when another
     process appended to the upload (several workers) or after a restart."""
 
-    def __init__(self, driver: StorageDriver, blobs: BlobStore) -> None:
+    def __init__(self, driver: StorageDriver, blobs: BlobStore, links: LinkWriter) -> None:
         self.driver = driver
         self.blobs = blobs
+        self.links = links
         self._hashes: dict[tuple[str, str], DigestVerifier] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -161,7 +162,7 @@ class UploadService:
                     {"expected": str(digest), "actual": str(actual)},
                 )
             await self.blobs.adopt(digest, layout.upload_data(name, upload_id))
-            await write_link(self.driver, layout.layer_link(name, digest), digest)
+            await self.links.write(name, layout.layer_link(name, digest), digest)
             await self._discard(name, upload_id)
             return BlobInfo(digest, size)
 
