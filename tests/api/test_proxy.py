@@ -223,14 +223,17 @@ async def test_push_to_plain_name_works_while_the_mirror_is_down(setup: Setup) -
 
 
 async def test_push_reusing_mirror_layers_under_the_same_name(setup: Setup) -> None:
-    # docker tag nginx REG/library/nginx:mine && docker push: Docker's HEAD finds the
-    # layers through the mirror, skips uploading them, then PUTs the manifest.
-    upstream_image = await _seed_hub(setup)
-    layer = upstream_image.layers[0]  # type: ignore[attr-defined]
-    config = upstream_image.config  # type: ignore[attr-defined]
+    # docker pull nginx; docker tag nginx REG/library/nginx:mine; docker push: Docker's HEAD
+    # finds the cached layers, skips uploading them, then PUTs the manifest.
     from tests.api.oci_client import sha256
 
-    for blob in [config, *upstream_image.layers]:  # type: ignore[attr-defined]
+    upstream_image = await _seed_hub(setup)
+    blobs = [upstream_image.config, *upstream_image.layers]  # type: ignore[attr-defined]
+    for blob in blobs:  # the earlier pull through the mirror
+        assert (
+            await setup.client.http.get(f"/v2/library/nginx/blobs/{sha256(blob)}")
+        ).content == blob
+    for blob in blobs:
         head = await setup.client.http.head(f"/v2/library/nginx/blobs/{sha256(blob)}")
         assert head.status_code == 200  # "Layer already exists": nothing is uploaded
     pushed = await setup.client.put_manifest(
@@ -241,8 +244,21 @@ async def test_push_reusing_mirror_layers_under_the_same_name(setup: Setup) -> N
     )
     assert pushed.status_code == 201, pushed.text
     setup.hub.up = False  # the pushed image holds its own blobs now
-    pulled = await setup.client.http.get(f"/v2/library/nginx/blobs/{sha256(layer)}")
-    assert pulled.content == layer
+    for blob in blobs:
+        assert (
+            await setup.client.http.get(f"/v2/library/nginx/blobs/{sha256(blob)}")
+        ).content == blob
+
+
+async def test_push_never_asks_the_mirror_about_private_blobs(setup: Setup) -> None:
+    from tests.api.oci_client import sha256
+
+    await _seed_hub(setup)
+    head = await setup.client.http.head(f"/v2/team/private/blobs/{sha256(b'secret layer')}")
+    assert head.status_code == 404  # the client uploads it
+    pushed = await setup.client.push_image("team/private", make_image("private"), tag="1")
+    assert pushed.status_code == 201
+    assert setup.hub.requests == []
 
 
 async def test_metrics_count_stale_serves_and_upstream_requests(tmp_path: Path) -> None:

@@ -228,12 +228,15 @@ from .servers import ThrottledForwarder  # noqa: E402  (kept with its fixture)
 
 @pytest.fixture
 def throttled_forwarder() -> Iterator[Callable[..., ThrottledForwarder]]:
-    """``start(target_port, *, rate)`` -> a ThrottledForwarder on 127.0.0.1 (.url, .port)
-    passing the target's responses on at `rate` bytes/s; stopped after the test."""
+    """``start(target_port, *, rate=None, hold_after=None)`` -> a ThrottledForwarder on
+    127.0.0.1 (.url, .port, .delivered, .release()) passing the target's responses on at
+    `rate` bytes/s, held after `hold_after` bytes until released; stopped after the test."""
     started: list[ThrottledForwarder] = []
 
-    def start(target_port: int, *, rate: float) -> ThrottledForwarder:
-        forwarder = ThrottledForwarder(target_port, rate=rate).start()
+    def start(
+        target_port: int, *, rate: float | None = None, hold_after: int | None = None
+    ) -> ThrottledForwarder:
+        forwarder = ThrottledForwarder(target_port, rate=rate, hold_after=hold_after).start()
         started.append(forwarder)
         return forwarder
 

@@ -519,20 +519,34 @@ def settled_access_log(
 
 
 class ThrottledForwarder:
-    """A TCP forwarder on 127.0.0.1 that passes the target's answers on at `rate` bytes per
-    second (requests go through at full speed): a slow upstream link for a fast local server.
+    """A TCP forwarder on 127.0.0.1 between a client (Entrepot) and a target (an upstream).
 
-    Put its `url` where the target's would be (an Entrepot ``remoteurl``); the target still
-    logs every request itself.
+    Requests go through at full speed. The target's answers are passed on at `rate` bytes per
+    second (None: as fast as they come), and with `hold_after`, held once that many bytes were
+    delivered (over all connections) until `release()`: an upstream download that is
+    certainly still in progress while a test does something. `delivered` counts the bytes
+    passed on so far. Put its `url` where the target's would be (an Entrepot ``remoteurl``);
+    the target still logs every request itself.
     """
 
-    def __init__(self, target_port: int, *, rate: float, chunk: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        rate: float | None = None,
+        hold_after: int | None = None,
+        chunk: int = 64 * 1024,
+    ) -> None:
         self.target_port = target_port
         self.rate = rate
+        self.hold_after = hold_after
         self.chunk = chunk
+        self.delivered = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._closed = threading.Event()
+        self._released = threading.Event()
+        self._holding = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, name="forwarder", daemon=True)
@@ -541,12 +555,25 @@ class ThrottledForwarder:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def holding(self) -> bool:
+        """Answers are being held back (`hold_after` reached, not released yet)."""
+        return self._holding.is_set() and not self._released.is_set()
+
+    def wait_until_holding(self, timeout: float = 30.0) -> bool:
+        return self._holding.wait(timeout) and not self._released.is_set()
+
     def start(self) -> ThrottledForwarder:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Let held answers go on (for good)."""
+        self._released.set()
+
     def stop(self) -> None:
         self._closed.set()
+        self._released.set()
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
@@ -575,12 +602,10 @@ class ThrottledForwarder:
             server.settimeout(None)
             with self._lock:
                 self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
-            threading.Thread(
-                target=self._pump, args=(server, client, self.rate), daemon=True
-            ).start()
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
-    def _pump(self, source: socket.socket, dest: socket.socket, rate: float | None) -> None:
+    def _pump(self, source: socket.socket, dest: socket.socket, answers: bool) -> None:
         started = time.monotonic()
         sent = 0
         try:
@@ -588,10 +613,16 @@ class ThrottledForwarder:
                 data = source.recv(self.chunk)
                 if not data:
                     break
+                if answers:
+                    self._wait_if_held(len(data))
                 dest.sendall(data)
+                if not answers:
+                    continue
+                with self._lock:
+                    self.delivered += len(data)
                 sent += len(data)
-                if rate is not None:
-                    ahead = sent / rate - (time.monotonic() - started)
+                if self.rate is not None:
+                    ahead = sent / self.rate - (time.monotonic() - started)
                     if ahead > 0:
                         time.sleep(ahead)
         except OSError:
@@ -600,3 +631,12 @@ class ThrottledForwarder:
             for sock in (source, dest):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def _wait_if_held(self, size: int) -> None:
+        if self.hold_after is None:
+            return
+        with self._lock:
+            over = self.delivered + size > self.hold_after
+        if over and not self._released.is_set():
+            self._holding.set()
+            self._released.wait()  # stop() releases too

@@ -263,6 +263,10 @@ class CachedRepository:
 
     # ---- blobs -------------------------------------------------------------------------
 
+    async def held_blob(self, digest: Digest) -> BlobInfo | None:
+        """The blob if this cache holds it already (verified); never asks upstream."""
+        return await self._cached_blob(digest)
+
     async def _cached_blob(self, digest: Digest) -> BlobInfo | None:
         if await read_link(self._driver, layout.layer_link(self.name, digest)) != digest:
             return None

@@ -46,13 +46,15 @@ class LayeredRepository:
             if exc.code not in _MISSING:
                 raise
             missing = exc
-        try:
-            return await self.cached.stat_blob(digest)
-        except RegistryError as exc:
-            # A push asks "is this blob here?" with HEAD before uploading it. When the mirror
-            # cannot say (down, rate limiting, or Docker Hub's 401 for a name it does not
-            # have), the answer is this registry's own: unknown, so the client uploads it.
-            raise missing from exc
+        # A push asks "is this blob here?" with HEAD before uploading it, and a HEAD cannot
+        # be told from a pull's. Answer from what this registry holds (pushed, or in the
+        # mirror's cache, which put_manifest adopts), never by asking the upstream: private
+        # repository names and digests are not sent to the mirror, and a push does not
+        # wait on it.
+        held = await self.cached.held_blob(digest)
+        if held is None:
+            raise missing
+        return held
 
     async def open_blob(self, digest: Digest) -> BlobContent:
         try:
