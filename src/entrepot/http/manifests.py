@@ -3,6 +3,8 @@ manifests", "Pushing Manifests", "Deleting Manifests")."""
 
 from __future__ import annotations
 
+import functools
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,6 +15,12 @@ from entrepot.oci.manifest import MAX_MANIFEST_SIZE
 
 def _accepts(accept_headers: list[str], media_type: str) -> bool:
     """Whether the client's Accept headers admit ``media_type``. No Accept admits all."""
+    return _accepted(tuple(accept_headers), media_type)
+
+
+@functools.lru_cache(maxsize=1024)
+def _accepted(accept_headers: tuple[str, ...], media_type: str) -> bool:
+    # Cached: a fleet sends a handful of distinct Accept headers, once per request.
     offered = [
         part.split(";", 1)[0].strip().lower()
         for header in accept_headers

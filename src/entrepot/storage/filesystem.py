@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import stat as stat_mod
@@ -204,6 +205,17 @@ def _delete(path: str) -> None:
 # ---- async side -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=65536)
+def _check_key(key: str) -> None:
+    """StorageError for a key that could escape the root or name a temp file. Cached: the
+    same keys (tag links, blobs) come back on every request; refusals are not cached."""
+    if key[0] == "/" or "\x00" in key or "\\" in key:
+        raise StorageError(f"invalid key: {key!r}")
+    for segment in key.split("/"):
+        if not segment or segment == "." or segment == ".." or segment.startswith(TMP_PREFIX):
+            raise StorageError(f"invalid key: {key!r}")
+
+
 def _storage_error(exc: OSError, key: str, missing: bool) -> StorageError:
     if missing and isinstance(exc, _MISSING):
         return StorageNotFound(key)
@@ -335,11 +347,7 @@ class FilesystemDriver(StorageDriver):
             if root_ok:
                 return self._root
             raise StorageError("invalid key: empty")
-        if key[0] == "/" or "\x00" in key or "\\" in key:
-            raise StorageError(f"invalid key: {key!r}")
-        for segment in key.split("/"):
-            if not segment or segment == "." or segment == ".." or segment.startswith(TMP_PREFIX):
-                raise StorageError(f"invalid key: {key!r}")
+        _check_key(key)
         return self._prefix + key
 
     async def get_content(self, key: str) -> bytes:
