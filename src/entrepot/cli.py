@@ -136,6 +136,33 @@ def _check_tls_files(config: Config) -> None:
     for key, file in named:
         if not os.access(file, os.R_OK) or not file.is_file():
             raise ConfigError(f"config key '{key}': cannot read file {file}")
+    _check_tls_pair(tls.certificate, tls.key)
+
+
+def _check_tls_pair(certificate: Path, key: Path) -> None:
+    """The certificate and key files hold what their keys say, and belong together; the
+    TLS library would only say "PEM lib" or "key values mismatch"."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        leaf = x509.load_pem_x509_certificates(certificate.read_bytes())[0]
+    except ValueError:
+        raise ConfigError(
+            f"config key 'http.tls.certificate': {certificate} holds no PEM certificate"
+        ) from None
+    try:
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"config key 'http.tls.key': {key} holds no unencrypted PEM private key"
+        ) from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise ConfigError(
+            f"config key 'http.tls.key': the key in {key} does not match "
+            f"the certificate in {certificate} (key values mismatch)"
+        )
 
 
 @contextlib.contextmanager

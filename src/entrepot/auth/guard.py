@@ -33,7 +33,13 @@ OPEN = Identity(None, None)
 
 class Guard(Protocol):
     async def check(
-        self, authorization: str | None, client: str, needed: list[Access], realm_base: str
+        self,
+        authorization: str | None,
+        client: str,
+        needed: list[Access],
+        realm_base: str,
+        *,
+        bodyless: bool = False,
     ) -> Identity:
         """The identity, if it may have every access in ``needed``; else raise."""
         ...
@@ -43,7 +49,13 @@ class OpenGuard:
     """No ``auth`` configured: everyone may do everything, as in registry:2."""
 
     async def check(
-        self, authorization: str | None, client: str, needed: list[Access], realm_base: str
+        self,
+        authorization: str | None,
+        client: str,
+        needed: list[Access],
+        realm_base: str,
+        *,
+        bodyless: bool = False,
     ) -> Identity:
         return OPEN
 
@@ -111,7 +123,13 @@ class HtpasswdGuard:
         self.passwords = passwords
 
     async def check(
-        self, authorization: str | None, client: str, needed: list[Access], realm_base: str
+        self,
+        authorization: str | None,
+        client: str,
+        needed: list[Access],
+        realm_base: str,
+        *,
+        bodyless: bool = False,
     ) -> Identity:
         creds = parse_basic(authorization)
         if creds is not None and await self.passwords.verify(creds[0], creds[1], client):
@@ -145,7 +163,13 @@ class TokenGuard:
         return ",".join(parts)
 
     async def check(
-        self, authorization: str | None, client: str, needed: list[Access], realm_base: str
+        self,
+        authorization: str | None,
+        client: str,
+        needed: list[Access],
+        realm_base: str,
+        *,
+        bodyless: bool = False,
     ) -> Identity:
         token = None
         if authorization and authorization[:7].lower() == "bearer ":
@@ -169,7 +193,7 @@ class TokenGuard:
         missing = [a for a in needed if not identity.allows(a)]
         if not missing:
             return identity
-        if identity.user is not None:
+        if identity.user is not None and not bodyless:
             # A signed-in user asked for what the rules do not give them: say so plainly.
             actions = ", ".join(f"{a.name}: {','.join(sorted(a.actions))}" for a in missing)
             raise RegistryError(
@@ -177,6 +201,8 @@ class TokenGuard:
                 f"user {identity.user!r} may not do this ({actions})",
                 _detail(missing),
             )
+        # Anonymous, or a HEAD (no body to carry DENIED's message): registry:2's answer,
+        # which clients report as "denied: requested access to the resource is denied".
         raise RegistryError(
             ErrorCode.UNAUTHORIZED,
             "authentication required",

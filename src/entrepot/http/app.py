@@ -67,7 +67,11 @@ async def guard(request: Request, needed: list[Access]) -> None:
         return
     client = request.client.host if request.client else "unknown"
     request.state.identity = await ctx.guard.check(
-        request.headers.get("authorization"), client, needed, realm_base(request)
+        request.headers.get("authorization"),
+        client,
+        needed,
+        realm_base(request),
+        bodyless=request.method == "HEAD",
     )
 
 
