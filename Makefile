@@ -3,7 +3,7 @@
 #   make run     serve config/dev.yml (registry:2 format) on :5000, storing under ./data
 #   make test    install test tools, then ruff, mypy, import-linter and the whole pytest suite
 #   make lint    only the static checks
-#   make bench   the benchmarks (python -m bench), once bench/ exists
+#   make bench   Entrepot against registry:2, one table (python -m bench; BENCH_ARGS=--quick)
 #   make clean   remove the venv and caches (./data is kept)
 #
 # Override on the command line, e.g. `make test PYTEST_ARGS="-m e2e -x"` or `make run PYTHON=python3.12`.
@@ -12,6 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= config/dev.yml
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 PIP_FLAGS ?= --disable-pip-version-check -q
 
 BIN := $(VENV)/bin
@@ -41,20 +42,30 @@ test-deps:
 	bash scripts/install-test-deps.sh
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: test-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The benchmark drives Debian's docker-registry with wrk, ab (HEAD), curl and taskset: install
+# the missing ones (as root), then run. `make bench BENCH_ARGS=--quick` is the smoke run.
+BENCH_TOOLS := docker-registry:docker-registry wrk:wrk ab:apache2-utils curl:curl taskset:util-linux
+
 bench: $(TEST_STAMP)
-	@if [ -d bench ]; then \
-		$(VENV_PY) -m bench; \
-	else \
-		echo "bench: no bench/ package yet"; \
+	@missing=""; for pair in $(BENCH_TOOLS); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+		else \
+			echo "bench: missing Debian packages:$$missing" >&2; exit 1; \
+		fi; \
 	fi
+	$(VENV_PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

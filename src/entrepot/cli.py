@@ -112,7 +112,10 @@ def _parser() -> argparse.ArgumentParser:
         "--config", dest="config_option", metavar="CONFIG", help="same as the CONFIG argument"
     )
     serve_cmd.add_argument(
-        "--workers", type=_positive_int, default=1, help="worker processes (default: 1)"
+        "--workers",
+        type=_positive_int,
+        default=_positive_int(os.environ.get("ENTREPOT_WORKERS", "1")),
+        help="worker processes (default: $ENTREPOT_WORKERS, else 1)",
     )
     return parser
 

@@ -74,12 +74,14 @@ def _setup(
     registry2_factory: ServerFactory,
     entrepot_factory: ServerFactory,
     throttled_forwarder: Callable[..., ThrottledForwarder],
+    workers: int = 1,
 ) -> Setup:
     upstream = registry2_factory()
     digest = clients.upload_blob(upstream.url, REPO, os.urandom(BLOB_SIZE))
     link = throttled_forwarder(upstream.port, hold_after=HOLD_AFTER)
     entrepot = entrepot_factory(
-        config={"proxies": [{"host": "ghcr.io", "remoteurl": link.url, "readtimeout": "60s"}]}
+        config={"proxies": [{"host": "ghcr.io", "remoteurl": link.url, "readtimeout": "60s"}]},
+        env={"ENTREPOT_WORKERS": str(workers)},
     )
     return Setup(upstream, link, entrepot, digest)
 
@@ -118,12 +120,15 @@ def _wait_all(events: list[threading.Event], timeout: float = 30.0) -> None:
         assert event.wait(max(deadline - time.monotonic(), 0)), f"client {number}: no bytes"
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-worker-processes"])
 def test_concurrent_clients_share_one_upstream_download(
     registry2_factory: ServerFactory,
     entrepot_factory: ServerFactory,
     throttled_forwarder: Callable[..., ThrottledForwarder],
+    workers: int,
 ) -> None:
-    setup = _setup(registry2_factory, entrepot_factory, throttled_forwarder)
+    # With two workers the clients land on both processes; they still share one download.
+    setup = _setup(registry2_factory, entrepot_factory, throttled_forwarder, workers)
     arrived = [threading.Event() for _ in range(CLIENTS)]
     with ThreadPoolExecutor(CLIENTS) as pool:
         futures = [

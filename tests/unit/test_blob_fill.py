@@ -183,3 +183,55 @@ async def test_range_ending_before_the_blob_end_waits_for_verification(tmp_path:
     assert len(first) == 49  # all 50 have arrived, but the last waits for the digest check
     remote.release.set()
     assert first + await collect(stream) == data[:50]
+
+
+def shared_spool(tmp_path: Path, published: list[str]) -> Spool:
+    """A spool as the cache makes it on a local disk: a fixed path, published by rename."""
+    path = tmp_path / "spool" / "data"
+    final = tmp_path / "blobs" / "data"
+
+    async def publish() -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(final)
+        published.append(final.read_bytes().hex())
+
+    async def discard() -> None:
+        path.unlink(missing_ok=True)
+
+    return Spool(str(path), publish, discard, str(final))
+
+
+async def test_two_worker_processes_share_one_download(tmp_path: Path) -> None:
+    # Each BlobFiller stands for a worker process: they meet at the spool file's lock.
+    chunks = [b"w" * 3000, b"x" * 3000]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    published: list[str] = []
+    key = ("u", "r", digest_of(data))
+    leader = BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
+    follower = BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
+    assert leader is not follower
+    await leader.wait_started()
+    readers = [asyncio.create_task(collect(f.read())) for f in (leader, follower)]
+    await asyncio.sleep(0.05)
+    remote.release.set()
+    assert await asyncio.gather(*readers) == [data, data]
+    assert remote.opened == 1
+    assert len(published) == 1
+    # A third worker arriving after the fill finds the published blob, downloads nothing.
+    late = BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
+    assert await collect(late.read()) == data
+    assert remote.opened == 1
+
+
+async def test_follower_fails_when_the_leading_worker_fails(tmp_path: Path) -> None:
+    chunks = [b"1" * 100, b"2" * 100]
+    remote = FakeRemote(chunks)
+    published: list[str] = []
+    key = ("u", "r", digest_of(b"not these bytes"))
+    BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
+    follower = BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
+    remote.release.set()
+    with pytest.raises(FetchFailed):
+        await collect(follower.read())
+    assert published == []

@@ -35,7 +35,6 @@ from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, ManifestPut, UploadStatus
 from entrepot.registry.blobs import read_link, write_link
 from entrepot.registry.local import LocalRegistry
-from entrepot.registry.uploads import new_upload_id
 from entrepot.storage import StorageError, StorageNotFound
 
 log = logging.getLogger("entrepot.proxy")
@@ -330,7 +329,8 @@ class CachedRepository:
         """Spool into an upload of this repository when the driver is a local disk (so
         publishing is a rename, and a crash leaves only a stale upload), else a temp file."""
         driver = self._driver
-        key = layout.upload_data(self.name, new_upload_id())
+        # One fixed spool per blob and repository: worker processes meet there (fetch.py).
+        key = layout.upload_data(self.name, f"fill-{digest.algorithm}-{digest.encoded}")
         path = driver.local_path(key)
         link = layout.layer_link(self.name, digest)
 
@@ -339,12 +339,15 @@ class CachedRepository:
             async def publish_in_place() -> None:
                 await self._local.blobs.adopt(digest, key)
                 await self._local.links.write(self.name, link, digest)
+                with contextlib.suppress(StorageError):
+                    await driver.delete(key.removesuffix("/data"))
 
             async def discard_in_place() -> None:
                 with contextlib.suppress(StorageError):
                     await driver.delete(key.removesuffix("/data"))
 
-            return Spool(path, publish_in_place, discard_in_place)
+            published = driver.local_path(layout.blob_data(digest))
+            return Spool(path, publish_in_place, discard_in_place, published)
 
         temp = temp_spool_path()
 

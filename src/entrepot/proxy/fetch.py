@@ -6,12 +6,18 @@ its own task, so a client that goes away does not cancel what the others share. 
 enters the cache only after its digest and size are checked; until then each reader holds
 back the final byte, so no client ever receives a complete body that turns out wrong: a bad
 or cut-off download ends every reader with an error (the connection is aborted).
+
+Across worker processes the spool file itself coordinates: it has a fixed name per blob,
+and the process holding an exclusive lock on it (flock) is the one downloading. Every
+other process follows: it streams the same file as it grows, and knows the fill is done
+when the lock is free and the blob has been published.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
@@ -24,6 +30,8 @@ from entrepot.oci.digest import Digest, DigestVerifier
 log = logging.getLogger("entrepot.proxy.fetch")
 
 _READ_CHUNK = 1 << 20
+_MAX_PENDING = 16 << 20  # received but not yet written: beyond this, stop receiving
+_FOLLOW_POLL = 0.01  # seconds between a follower's looks at the leader's progress
 
 
 class FetchFailed(Exception):
@@ -35,17 +43,27 @@ class FetchFailed(Exception):
 
 
 class Spool:
-    """Where a download lands: a local file path, and what to do with it once verified."""
+    """Where a download lands: a local file path, and what to do with it once verified.
+
+    ``published_path`` (when the spool is shared between processes) is where the blob is
+    once published; another process seeing it there knows the fill succeeded.
+    """
 
     def __init__(
         self,
         path: str,
         publish: Callable[[], Awaitable[None]],
         discard: Callable[[], Awaitable[None]],
+        published_path: str | None = None,
     ) -> None:
         self.path = path
         self.publish = publish
         self.discard = discard
+        self.published_path = published_path
+
+    @property
+    def size_path(self) -> str:
+        return self.path + ".size"
 
 
 OpenRemote = Callable[[], AbstractAsyncContextManager[tuple[int | None, AsyncIterator[bytes]]]]
@@ -67,30 +85,44 @@ class BlobFill:
         self.task: asyncio.Task[None] | None = None
         self._fd = -1
 
+    def _adopt_fd(self, fd: int) -> None:
+        # One descriptor for the writer and every reader, closed when the last holder of
+        # this fill lets go: the spool may be renamed (published) or unlinked (discarded)
+        # while readers still stream from it.
+        self._fd = fd
+        weakref.finalize(self, _close_quietly, fd)
+
     async def wait_started(self) -> None:
         """Return once the upstream answered with a body; raise if it did not."""
         await self._started.wait()
         if self.error is not None and self.written == 0:
             raise self.error
 
-    async def run(self, open_remote: OpenRemote) -> None:
+    async def _advance(self, written: int) -> None:
+        async with self._progress:
+            self.written = written
+            self._progress.notify_all()
+
+    async def _finish(self, error: BaseException | None) -> None:
+        if error is not None:
+            self.error = error if isinstance(error, FetchFailed) else FetchFailed(str(error), error)
+        self._started.set()
+        async with self._progress:
+            self.finished = True
+            self._progress.notify_all()
+
+    async def run(self, open_remote: OpenRemote, fd: int) -> None:
+        """Download as the leader, holding the lock on ``fd`` (released on close)."""
+        self._adopt_fd(fd)
         verifier = DigestVerifier(self.digest.algorithm)
+        error: BaseException | None = None
         try:
-            fd = await asyncio.to_thread(_create, self.spool.path)
-            # One descriptor for the writer and every reader, closed when the last holder
-            # of this fill lets go: the spool may be renamed (published) or unlinked
-            # (discarded) while readers still stream from it.
-            self._fd = fd
-            weakref.finalize(self, _close_quietly, fd)
             async with open_remote() as (size, chunks):
                 self.size = size
+                if size is not None:
+                    await asyncio.to_thread(_write_text, self.spool.size_path, str(size))
                 self._started.set()
-                async for chunk in chunks:
-                    verifier.update(chunk)
-                    await asyncio.to_thread(_write_all, fd, chunk)
-                    async with self._progress:
-                        self.written += len(chunk)
-                        self._progress.notify_all()
+                await self._receive_and_write(chunks, verifier, fd)
             await asyncio.to_thread(os.fsync, fd)
             actual = verifier.digest()
             if actual != self.digest:
@@ -103,17 +135,107 @@ class BlobFill:
             await self.spool.publish()
             self.verified = True
         except BaseException as exc:
-            self.error = exc if isinstance(exc, FetchFailed) else FetchFailed(str(exc), exc)
-            log.warning("fill of %s failed: %s", self.digest, self.error)
+            error = exc
+            log.warning("fill of %s failed: %s", self.digest, exc)
             with contextlib.suppress(Exception):
                 await self.spool.discard()
+            with contextlib.suppress(OSError):
+                os.unlink(self.spool.size_path)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._started.set()
-            async with self._progress:
-                self.finished = True
-                self._progress.notify_all()
+            # Releasing the lock tells followers in other processes that we are done.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            await self._finish(error)
+
+    async def _receive_and_write(
+        self, chunks: AsyncIterator[bytes], verifier: DigestVerifier, fd: int
+    ) -> None:
+        """Receive and write at once: while one batch is being hashed and written (in a
+        thread), the next chunks gather, so a fast upstream costs few thread hops and a
+        slow one still reaches readers chunk by chunk."""
+        pending: list[bytes] = []
+        pending_bytes = 0
+        wake = asyncio.Event()
+        drained = asyncio.Event()
+        receiving = True
+
+        async def write_loop() -> None:
+            nonlocal pending, pending_bytes
+            try:
+                while True:
+                    await wake.wait()
+                    wake.clear()
+                    while pending:
+                        data = b"".join(pending)
+                        pending, pending_bytes = [], 0
+                        drained.set()
+                        await asyncio.to_thread(_hash_and_write, verifier, fd, data)
+                        await self._advance(self.written + len(data))
+                    if not receiving:
+                        return
+            finally:
+                drained.set()  # a failed writer must not leave the receiver waiting
+
+        writer = asyncio.create_task(write_loop())
+        try:
+            async for chunk in chunks:
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                wake.set()
+                if writer.done():
+                    break  # the write failed; awaiting it below raises why
+                if pending_bytes >= _MAX_PENDING:  # the disk is behind: wait for it
+                    drained.clear()
+                    await drained.wait()
+        except BaseException:
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+            raise
+        receiving = False
+        wake.set()
+        await writer
+
+    async def follow(self, fd: int) -> None:
+        """Stream another process's download of the same blob from the shared spool."""
+        self._adopt_fd(fd)
+        error: BaseException | None = None
+        try:
+            while True:
+                size_text = await asyncio.to_thread(_read_text, self.spool.size_path)
+                if size_text is not None and self.size is None:
+                    self.size = int(size_text)
+                    self._started.set()
+                stat = await asyncio.to_thread(os.fstat, fd)
+                if stat.st_size > self.written:
+                    self._started.set()
+                    await self._advance(stat.st_size)
+                if await asyncio.to_thread(_lock_is_free, fd):
+                    break
+                await asyncio.sleep(_FOLLOW_POLL)
+            published = self.spool.published_path
+            stat = await asyncio.to_thread(os.fstat, fd)
+            if published is None or not await asyncio.to_thread(os.path.exists, published):
+                raise FetchFailed(f"the fill of {self.digest} by another worker failed")
+            self.size = stat.st_size
+            await self._advance(stat.st_size)
+            self.verified = True
+        except BaseException as exc:
+            error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            await self._finish(error)
+
+    def as_published(self, path: str) -> None:
+        """This fill is already done: read the published blob."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._adopt_fd(fd)
+        self.size = self.written = os.fstat(fd).st_size
+        self.verified = self.finished = True
+        self._started.set()
 
     async def read(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         """Stream the blob from ``offset`` as it arrives; the last byte only once verified."""
@@ -141,9 +263,27 @@ class BlobFill:
             yield chunk
 
 
-def _create(path: str) -> int:
+def _open_spool(path: str) -> int:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _lock_is_free(fd: int) -> bool:
+    """Whether no process holds the exclusive lock (probing with a shared one)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
 
 
 def _close_quietly(fd: int) -> None:
@@ -151,15 +291,32 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _hash_and_write(verifier: DigestVerifier, fd: int, data: bytes) -> None:
+    # In a worker thread: hashlib and os.write both release the GIL on large buffers, so
+    # the event loop keeps receiving while this runs.
+    verifier.update(data)
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
 
 
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 class BlobFiller:
-    """At most one fill per key at a time in this process."""
+    """At most one fill per key at a time in this process, and (for a shared spool) in
+    all processes on this machine."""
 
     def __init__(self) -> None:
         self._fills: dict[tuple[str, str, Digest], BlobFill] = {}
@@ -177,11 +334,28 @@ class BlobFiller:
         if existing is not None:
             return existing
         fill = BlobFill(key[2], spool)
+        # A few small syscalls, inline: deciding who downloads must not yield, or two
+        # tasks of this process could both decide to.
+        fd = _open_spool(spool.path)
+        if _try_lock(fd):
+            published = spool.published_path
+            if published is not None and os.path.exists(published):
+                # Finished by another process after our caller looked: nothing to fetch.
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                _close_quietly(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(spool.path)
+                fill.as_published(published)
+                return fill
+            os.ftruncate(fd, 0)  # a crashed leader may have left bytes behind
+            work = fill.run(open_remote, fd)
+        else:
+            work = fill.follow(fd)
         self._fills[key] = fill
 
         async def run() -> None:
             try:
-                await fill.run(open_remote)
+                await work
             finally:
                 self._fills.pop(key, None)
 

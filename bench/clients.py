@@ -1,0 +1,194 @@
+"""Clients other than wrk: the push client (httpx) and concurrent downloads (curl).
+
+The push client does what docker/skopeo do for one layer: a monolithic upload (POST, then
+one PUT with the whole body and ``?digest=``) or a chunked one (POST, PATCHes of a fixed
+size with ``Content-Range``, a final empty PUT with ``?digest=``). The same code runs
+against both servers, pinned to the same cores (``os.sched_setaffinity`` of the bench
+process around the push).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from bench.fixtures import MiB, PushLayer
+
+SEND_STEP = 4 * MiB  # bytes per write of a streamed body
+
+
+@contextlib.contextmanager
+def pinned(cpus: str) -> Iterator[None]:
+    """Run the calling process on ``cpus`` ("0-1", "0,1") for the duration of the block."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, parse_cpus(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def parse_cpus(cpus: str) -> set[int]:
+    out: set[int] = set()
+    for part in cpus.split(","):
+        if "-" in part:
+            lo, hi = part.split("-")
+            out.update(range(int(lo), int(hi) + 1))
+        elif part:
+            out.add(int(part))
+    return out
+
+
+@dataclass
+class PushResult:
+    mode: str
+    seconds: float
+    size: int
+    digest: str
+    requests: int
+    client_cpu_s: float  # CPU time of this client (its thread) during the push
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.size / self.seconds
+
+
+def _location(base: str, response: httpx.Response) -> httpx.URL:
+    if response.status_code not in (201, 202):
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url}: "
+            f"{response.status_code} {response.text[:300]}"
+        )
+    return httpx.URL(base).join(response.headers["location"])
+
+
+def push_blob(
+    client: httpx.Client, base: str, repo: str, layer: PushLayer, digest: str, chunk: int | None
+) -> PushResult:
+    """Push the layer file as it is now (its digest given) to ``repo``; ``chunk`` None is
+    a monolithic upload. Returns the time from the POST to the final 201."""
+    view = layer.map
+    size = layer.size
+    requests = 0
+    cpu = time.thread_time()
+    start = time.perf_counter()
+    resp = client.post(f"{base}/v2/{repo}/blobs/uploads/")
+    requests += 1
+    url = _location(base, resp)
+    if chunk is None:
+
+        def body() -> Iterator[bytes]:
+            for offset in range(0, size, SEND_STEP):
+                yield view[offset : offset + SEND_STEP]
+
+        resp = client.put(
+            url.copy_add_param("digest", digest),
+            content=body(),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
+        requests += 1
+    else:
+        for offset in range(0, size, chunk):
+            end = min(offset + chunk, size)
+            resp = client.patch(
+                url,
+                content=view[offset:end],
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{end - 1}",
+                },
+            )
+            requests += 1
+            url = _location(base, resp)
+        resp = client.put(url.copy_add_param("digest", digest), content=b"")
+        requests += 1
+    seconds = time.perf_counter() - start
+    cpu = time.thread_time() - cpu
+    if resp.status_code != 201:
+        raise RuntimeError(f"push to {base}: final PUT answered {resp.status_code} {resp.text}")
+    got = resp.headers.get("docker-content-digest")
+    if got != digest:
+        raise RuntimeError(f"push to {base}: Docker-Content-Digest {got}, expected {digest}")
+    head = client.head(f"{base}/v2/{repo}/blobs/{digest}")
+    if head.status_code != 200 or int(head.headers.get("content-length", -1)) != size:
+        raise RuntimeError(f"push to {base}: HEAD after push answered {head.status_code}")
+    return PushResult(
+        "monolithic" if chunk is None else f"chunked {chunk // MiB} MiB",
+        seconds,
+        size,
+        digest,
+        requests,
+        cpu,
+    )
+
+
+@dataclass
+class DownloadResult:
+    clients: int
+    seconds: float  # wall time until the last client is done
+    sizes: list[int]
+    statuses: list[int]
+    client_seconds: list[float]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes)
+
+
+def parallel_downloads(
+    url: str,
+    clients: int,
+    cpus: str,
+    *,
+    headers: dict[str, str] | None = None,
+    limit_rate: str | None = None,
+    timeout: float = 600,
+) -> DownloadResult:
+    """``clients`` curl processes fetching ``url`` at once, bodies to /dev/null."""
+    argv = [
+        "taskset",
+        "-c",
+        cpus,
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download} %{time_total}",
+    ]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    if limit_rate:
+        argv += ["--limit-rate", limit_rate]
+    argv.append(url)
+    start = time.perf_counter()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(clients)]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    seconds = time.perf_counter() - start
+    statuses, sizes, times = [], [], []
+    for out in outputs:
+        code, size, total = out.split()
+        statuses.append(int(code))
+        sizes.append(int(size))
+        times.append(float(total))
+    return DownloadResult(clients, seconds, sizes, statuses, times)
+
+
+def fetch_digest(
+    client: httpx.Client, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, str, int]:
+    """GET ``url`` streaming: (status, sha256 digest of the body, size)."""
+    hasher = hashlib.sha256()
+    size = 0
+    with client.stream("GET", url, headers=headers) as resp:
+        for chunk in resp.iter_bytes(4 * MiB):
+            hasher.update(chunk)
+            size += len(chunk)
+        return resp.status_code, "sha256:" + hasher.hexdigest(), size

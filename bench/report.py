@@ -1,0 +1,248 @@
+"""The table (markdown, to be quoted in the README), the machine description, the JSON."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.fixtures import MiB
+from bench.servers import REGISTRY2_BINARY
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str  # formatted with the settings: {layer}, {conns}, {tags}, {repos}, ...
+    unit: str  # "req/s", "bytes/s", "seconds", "layers", "bytes"
+    target: str
+    # met(registry2 value, entrepot value, ratio) -> bool
+    met: Callable[[float, float, float], bool]
+
+
+ROWS: tuple[Row, ...] = (
+    Row(
+        "manifest_get",
+        "manifest GET by tag, warm, {conns} conns",
+        "req/s",
+        ">= 5x",
+        lambda r, e, x: x >= 5,
+    ),
+    Row(
+        "manifest_head",
+        "manifest HEAD by tag, {conns} conns",
+        "req/s",
+        ">= 5x",
+        lambda r, e, x: x >= 5,
+    ),
+    Row("blob_head", "blob HEAD, {conns} conns", "req/s", ">= 5x", lambda r, e, x: x >= 5),
+    Row(
+        "tags_list",
+        "tags list, repo with {tags:,} tags, {conns} conns",
+        "req/s",
+        ">= 3x",
+        lambda r, e, x: x >= 3,
+    ),
+    Row(
+        "catalog",
+        "`_catalog?n=100`, {repos:,} repos, {conns} conns",
+        "req/s",
+        ">= 10x",
+        lambda r, e, x: x >= 10,
+    ),
+    Row("blob_get_1", "blob GET {layer}, 1 conn", "bytes/s", ">= 1.0x", lambda r, e, x: x >= 1),
+    Row("blob_get_4", "blob GET {layer}, 4 conns", "bytes/s", ">= 1.0x", lambda r, e, x: x >= 1),
+    Row(
+        "push_monolithic",
+        "push {layer}, monolithic (POST + PUT)",
+        "bytes/s",
+        ">= 2x",
+        lambda r, e, x: x >= 2,
+    ),
+    Row(
+        "push_chunked",
+        "push {layer}, {chunk} PATCH chunks",
+        "bytes/s",
+        ">= 2x",
+        lambda r, e, x: x >= 2,
+    ),
+    Row(
+        "pull_cold_bytes",
+        "cold pull-through {layer}, {pull} clients: upstream bytes",
+        "layers",
+        "Entrepot 1.0x layer",
+        lambda r, e, x: abs(e - 1.0) < 1e-9,
+    ),
+    Row(
+        "pull_cold_time",
+        "cold pull-through {layer}, {pull} clients: wall time",
+        "seconds",
+        "<= 0.5x",
+        lambda r, e, x: x <= 0.5,
+    ),
+    Row(
+        "pull_warm",
+        "warm pull-through, manifest GET by tag, {conns} conns",
+        "req/s",
+        ">= 3x",
+        lambda r, e, x: x >= 3,
+    ),
+    Row(
+        "memory",
+        "peak RSS, {mem} clients downloading {layer} at once",
+        "bytes",
+        "Entrepot < 200 MB",
+        lambda r, e, x: e < 200e6,
+    ),
+)
+
+
+def fmt_value(unit: str, value: float, details: dict[str, Any] | None = None) -> str:
+    if unit == "req/s":
+        return f"{value:,.0f} req/s"
+    if unit == "bytes/s":
+        return f"{value / 1e9:.2f} GB/s" if value >= 1e9 else f"{value / 1e6:,.0f} MB/s"
+    if unit == "seconds":
+        return f"{value:.2f} s"
+    if unit == "layers":
+        return f"{value:.2f}x layer"
+    if unit == "bytes":
+        procs = f" ({details['processes']} proc.)" if details and details.get("processes") else ""
+        return f"{value / 1e6:,.0f} MB{procs}"
+    return f"{value:g}"
+
+
+def size_label(size: int) -> str:
+    return f"{size // MiB} MiB" if size % MiB == 0 else f"{size:,} B"
+
+
+def build_rows(
+    results: dict[str, dict[str, dict[str, Any]]], labels: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One dict per row present for both servers: label, values, ratio, target, met."""
+    out = []
+    for row in ROWS:
+        r2 = results.get("registry2", {}).get(row.key)
+        ep = results.get("entrepot", {}).get(row.key)
+        if r2 is None and ep is None:
+            continue
+        entry: dict[str, Any] = {
+            "key": row.key,
+            "workload": row.label.format(**labels),
+            "unit": row.unit,
+            "target": row.target,
+            "registry2": r2,
+            "entrepot": ep,
+            "ratio": None,
+            "met": None,
+        }
+        if r2 is not None and ep is not None and r2["value"]:
+            ratio = ep["value"] / r2["value"]
+            entry["ratio"] = ratio
+            entry["met"] = bool(row.met(r2["value"], ep["value"], ratio)) and not (
+                ep.get("errors") or r2.get("errors")
+            )
+        out.append(entry)
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| workload | registry:2 | Entrepot | ratio | target | met? |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for row in rows:
+        cells = []
+        for who in ("registry2", "entrepot"):
+            data = row[who]
+            if data is None:
+                cells.append("-")
+                continue
+            text = fmt_value(row["unit"], data["value"], data)
+            if data.get("errors"):
+                text += f" ({data['errors']} errors)"
+            cells.append(text)
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        met = {None: "-", True: "yes", False: "**no**"}[row["met"]]
+        lines.append(
+            f"| {row['workload']} | {cells[0]} | {cells[1]} | {ratio} | {row['target']} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "(not found)"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "(unknown)"
+
+
+def machine() -> dict[str, Any]:
+    model = "(unknown)"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "(not installed)"
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "granian": version("granian"),
+        "entrepot": version("entrepot"),
+        "uvloop": version("uvloop"),
+        "docker_registry": _first_line([REGISTRY2_BINARY, "--version"]),
+        "wrk": _first_line(["wrk", "-v"]).split(" Copyright")[0],
+        "curl": _first_line(["curl", "--version"]).split(" (")[0],
+        "loadavg_at_start": os.getloadavg(),
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_src_modified": bool(_git("status", "--porcelain", "--", "src")),
+    }
+
+
+def _git(*args: str) -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return ""
+    return out.stdout.strip()
+
+
+def machine_line(m: dict[str, Any], settings: dict[str, Any]) -> str:
+    return (
+        f"Entrepot {m['entrepot']} at commit {m['git_commit'] or '?'}"
+        f"{' (src/ modified)' if m['git_src_modified'] else ''}. "
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, "
+        f"Python {m['python']}, Granian {m['granian']}, {m['docker_registry']}, {m['wrk']}. "
+        f"Servers pinned to CPUs {settings['server_cpus']} (one at a time), load generators to "
+        f"CPUs {settings['client_cpus']}; Entrepot with {settings['workers']} worker(s); "
+        f"wrk {settings['wrk_threads']} thread, {settings['duration']:g} s per row after "
+        f"{settings['warmup']:g} s warm-up; load average at start "
+        f"{' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}."
+    )
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

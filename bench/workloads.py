@@ -1,0 +1,457 @@
+"""The rows of the benchmark, run against one server at a time.
+
+For each server kind (registry:2, then Entrepot) ``run_server`` starts three instances in
+turn, never two at once: one on the shared read fixture (request rates, blob downloads,
+memory), one on an empty root (pushes), one on an empty root in pull-through mode in
+front of the upstream registry:2 (cold and warm pull-through). Every workload is checked
+once with a plain request before it is measured, so that a wrong answer (a 404 served
+very fast) cannot pass for speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import clients
+from bench.fixtures import (
+    MANIFEST_ACCEPT,
+    PROXIED_REPO,
+    Blob,
+    Image,
+    PushLayer,
+    ReadFixture,
+)
+from bench.loadgen import LoadResult, lua_script, run_ab_head, run_wrk
+from bench.servers import RssSampler, Server, pss_bytes, rss_bytes, running
+
+GROUPS = ("read", "memory", "push", "pull")
+
+
+@dataclass
+class Settings:
+    quick: bool
+    layer_size: int
+    repos: int
+    tags: int
+    duration: int  # seconds per load-generator measurement
+    warmup: int  # seconds of load before each measurement, not counted
+    push_repeats: int
+    chunk: int
+    server_cpus: str
+    client_cpus: str
+    workers: int
+    connections: int = 32
+    wrk_threads: int = 1
+    pull_clients: int = 8
+    memory_clients: int = 16
+    memory_rate: str | None = "48M"
+    groups: tuple[str, ...] = GROUPS
+    profile: str | None = None  # a row key: py-spy records Entrepot during that row
+    workdir: Path = Path("/tmp")  # fixtures, logs, scripts (tmpfs when there is one)
+    datadir: Path = Path("/tmp")  # what the servers write: push roots, pull-through caches
+    results_dir: Path = Path("bench/results")
+
+
+@dataclass
+class Shared:
+    """What every server run uses: fixtures and the upstream for pull-through."""
+
+    read: ReadFixture
+    layer: Blob
+    push_layer: PushLayer
+    upstream: Server | None
+    upstream_image: Image | None
+
+
+# Each measurement: {"value": float, ...details}; rows[row_key] = that dict.
+Rows = dict[str, dict[str, Any]]
+
+
+@dataclass
+class ServerRun:
+    kind: str
+    settings: Settings
+    shared: Shared
+    rows: Rows = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # --- helpers ---
+
+    def _server(self, root: Path, *, proxy_url: str | None = None) -> Server:
+        s = self.settings
+        return Server(
+            self.kind,
+            root=root,
+            workdir=s.workdir / "logs",
+            cpus=s.server_cpus,
+            workers=s.workers,
+            proxy_url=proxy_url,
+        )
+
+    def _wrk(self, key: str, server: Server, url: str, script: Path, connections: int) -> None:
+        s = self.settings
+        if s.warmup > 0:
+            run_wrk(
+                url,
+                script,
+                connections=connections,
+                duration=s.warmup,
+                cpus=s.client_cpus,
+                threads=s.wrk_threads,
+            )
+        with self._profiled(key, server, s.duration):
+            result = run_wrk(
+                url,
+                script,
+                connections=connections,
+                duration=s.duration,
+                cpus=s.client_cpus,
+                threads=s.wrk_threads,
+            )
+        self._record(key, result)
+
+    def _ab_head(
+        self, key: str, server: Server, url: str, headers: dict[str, str] | None, connections: int
+    ) -> None:
+        s = self.settings
+        if s.warmup > 0:
+            run_ab_head(
+                url, connections=connections, duration=s.warmup, cpus=s.client_cpus, headers=headers
+            )
+        with self._profiled(key, server, s.duration):
+            result = run_ab_head(
+                url,
+                connections=connections,
+                duration=s.duration,
+                cpus=s.client_cpus,
+                headers=headers,
+            )
+        self._record(key, result)
+
+    def _record(self, key: str, result: LoadResult) -> None:
+        row: dict[str, Any] = {"load": result.as_dict()}
+        if key.startswith("blob_get"):
+            row["value"] = result.bytes_per_s
+        else:
+            row["value"] = result.req_per_s
+        if result.errors:
+            row["errors"] = result.errors
+            self.notes.append(f"{self.kind} {key}: {result.tool} counted {result.errors} errors")
+        self.rows[key] = row
+        _progress(
+            f"  {self.kind:9} {key:16} {_fmt_progress(key, row['value'])}"
+            f"  (p99 {result.latency_p99_us / 1000:.1f} ms, errors {result.errors})"
+        )
+
+    @contextlib.contextmanager
+    def _profiled(self, key: str, server: Server, seconds: float) -> Iterator[None]:
+        s = self.settings
+        if s.profile != key or self.kind != "entrepot":
+            yield
+            return
+        out = s.results_dir / f"profile-{key}.txt"
+        argv = [
+            py_spy(),
+            "record",
+            "--pid",
+            str(server.pid),
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--duration",
+            str(max(1, round(seconds))),
+        ]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            proc.wait(timeout=seconds + 60)
+            self.notes.append(f"entrepot {key} was measured under py-spy: profile in {out}")
+
+    def _script(self, name: str, method: str = "GET", accept: str | None = None) -> Path:
+        headers = {"Accept": accept} if accept else None
+        return lua_script(self.settings.workdir / f"{name}.lua", method, headers)
+
+    # --- groups ---
+
+    def run(self) -> None:
+        s = self.settings
+        if "read" in s.groups or "memory" in s.groups:
+            with running(self._server(self.shared.read.root)) as server:
+                _progress(f"{self.kind}: read workloads on {server.url} (pid {server.pid})")
+                self._check_read(server)
+                if "read" in s.groups:
+                    self._read_rows(server)
+                if "memory" in s.groups:
+                    self._memory_row(server)
+        if "push" in s.groups:
+            root = s.datadir / f"push-{self.kind}"
+            try:
+                with running(self._server(root)) as server:
+                    _progress(f"{self.kind}: pushes on {server.url}")
+                    self._push_rows(server)
+            finally:
+                remove_tree(root)
+        if "pull" in s.groups:
+            assert self.shared.upstream is not None
+            root = s.datadir / f"cache-{self.kind}"
+            remove_tree(root)
+            try:
+                with running(self._server(root, proxy_url=self.shared.upstream.url)) as server:
+                    _progress(f"{self.kind}: pull-through on {server.url}")
+                    self._pull_rows(server, root)
+            finally:
+                remove_tree(root)
+
+    def _check_read(self, server: Server) -> None:
+        fx = self.shared.read
+        base = f"{server.url}/v2/{fx.repo}"
+        accept = {"Accept": MANIFEST_ACCEPT}
+        with httpx.Client(timeout=120) as c:
+            r = c.get(f"{base}/manifests/{fx.tag}", headers=accept)
+            _expect(
+                r.status_code == 200 and r.content == fx.image.manifest,
+                f"{self.kind}: manifest GET answered {r.status_code} {r.text[:200]}",
+            )
+            r = c.head(f"{base}/manifests/{fx.tag}", headers=accept)
+            _expect(
+                r.status_code == 200
+                and r.headers.get("docker-content-digest") == fx.image.manifest_blob.digest,
+                f"{self.kind}: manifest HEAD answered {r.status_code}",
+            )
+            r = c.head(f"{base}/blobs/{fx.image.layer.digest}")
+            _expect(
+                r.status_code == 200
+                and int(r.headers.get("content-length", -1)) == fx.image.layer.size,
+                f"{self.kind}: blob HEAD answered {r.status_code}",
+            )
+            r = c.get(f"{base}/tags/list")
+            tags = r.json().get("tags") if r.status_code == 200 else None
+            _expect(
+                isinstance(tags, list) and len(tags) == fx.tags,
+                f"{self.kind}: tags list answered {r.status_code}, {len(tags or [])} tags",
+            )
+            r = c.get(f"{server.url}/v2/_catalog?n=100")
+            repos = r.json().get("repositories") if r.status_code == 200 else None
+            expected = sorted(["bench/app"] + [f"library/repo-{i:05d}" for i in range(99)])
+            _expect(
+                repos == expected,
+                f"{self.kind}: _catalog?n=100 answered {r.status_code} {str(repos)[:200]}",
+            )
+            status, digest, size = clients.fetch_digest(c, f"{base}/blobs/{fx.image.layer.digest}")
+            _expect(
+                status == 200 and digest == fx.image.layer.digest and size == fx.image.layer.size,
+                f"{self.kind}: blob GET answered {status}, {size} bytes, {digest}",
+            )
+
+    def _read_rows(self, server: Server) -> None:
+        s = self.settings
+        fx = self.shared.read
+        base = f"{server.url}/v2/{fx.repo}"
+        get_m = self._script("manifest-get", "GET", MANIFEST_ACCEPT)
+        get = self._script("get", "GET")
+        n = s.connections
+        manifest = f"{base}/manifests/{fx.tag}"
+        self._wrk("manifest_get", server, manifest, get_m, n)
+        self._ab_head("manifest_head", server, manifest, {"Accept": MANIFEST_ACCEPT}, n)
+        self._ab_head("blob_head", server, f"{base}/blobs/{fx.image.layer.digest}", None, n)
+        self._wrk("tags_list", server, f"{base}/tags/list", get, n)
+        self._wrk("catalog", server, f"{server.url}/v2/_catalog?n=100", get, n)
+        blob = f"{base}/blobs/{fx.image.layer.digest}"
+        self._wrk("blob_get_1", server, blob, get, 1)
+        self._wrk("blob_get_4", server, blob, get, 4)
+
+    def _memory_row(self, server: Server) -> None:
+        s = self.settings
+        fx = self.shared.read
+        url = f"{server.url}/v2/{fx.repo}/blobs/{fx.image.layer.digest}"
+        idle = rss_bytes(server.pid)
+        idle_pss = pss_bytes(server.pid)
+        with RssSampler(server.pid) as sampler:
+            dl = clients.parallel_downloads(
+                url, s.memory_clients, s.client_cpus, limit_rate=s.memory_rate
+            )
+        ok = all(code == 200 for code in dl.statuses) and all(
+            size == fx.image.layer.size for size in dl.sizes
+        )
+        _expect(ok, f"{self.kind}: memory row downloads: {dl.statuses} {dl.sizes}")
+        self.rows["memory"] = {
+            "value": sampler.peak,
+            "idle_rss": idle,
+            "idle_pss": idle_pss,
+            "peak_pss": sampler.peak_pss,
+            "processes": sampler.processes,
+            "samples": sampler.samples,
+            "clients": s.memory_clients,
+            "limit_rate": s.memory_rate,
+            "seconds": dl.seconds,
+            "bytes_per_s": dl.total_bytes / dl.seconds,
+        }
+        _progress(
+            f"  {self.kind:9} memory           peak RSS {sampler.peak / 1e6:.0f} MB "
+            f"(idle {idle / 1e6:.0f} MB, {sampler.processes} processes, "
+            f"{dl.total_bytes / dl.seconds / 1e9:.2f} GB/s)"
+        )
+
+    def _push_rows(self, server: Server) -> None:
+        s = self.settings
+        layer = self.shared.push_layer
+        modes: list[tuple[str, int | None]] = [("push_monolithic", None), ("push_chunked", s.chunk)]
+        with clients.pinned(s.client_cpus), httpx.Client(timeout=300) as c:
+            variant = 0
+            for key, chunk in modes:
+                results = []
+                for i in range(s.push_repeats):
+                    digest = layer.variant(variant)
+                    variant += 1
+                    with self._profiled(key if i == 0 else "", server, 3):
+                        results.append(
+                            clients.push_blob(
+                                c, server.url, f"bench/push-{key}-{i}", layer, digest, chunk
+                            )
+                        )
+                speeds = sorted(r.bytes_per_s for r in results)
+                median = speeds[len(speeds) // 2]
+                self.rows[key] = {
+                    "value": median,
+                    "runs_seconds": [round(r.seconds, 3) for r in results],
+                    "runs_bytes_per_s": [round(r.bytes_per_s) for r in results],
+                    "requests_per_push": results[0].requests,
+                    "size": layer.size,
+                }
+                _progress(
+                    f"  {self.kind:9} {key:16} {_fmt_progress(key, median)} "
+                    f"(runs: {', '.join(f'{r.seconds:.2f}s' for r in results)})"
+                )
+
+    def _pull_rows(self, server: Server, cache_root: Path) -> None:
+        s = self.settings
+        upstream = self.shared.upstream
+        image = self.shared.upstream_image
+        assert upstream is not None and image is not None
+        layer = image.layer
+        blob_url = f"{server.url}/v2/{PROXIED_REPO}/blobs/{layer.digest}"
+        cached = cache_root / "docker/registry/v2/blobs/sha256" / layer.hex[:2] / layer.hex / "data"
+
+        # cold: N clients at once, nothing cached
+        mark = upstream.log_size()
+        with self._profiled("pull_cold", server, 5):
+            dl = clients.parallel_downloads(blob_url, s.pull_clients, s.client_cpus)
+        ok = all(code == 200 for code in dl.statuses) and all(sz == layer.size for sz in dl.sizes)
+        _expect(
+            ok, f"{self.kind}: cold pull downloads: {dl.statuses} {dl.sizes}\n{server.log_tail()}"
+        )
+        # registry:2 stores the blob in the background: wait until it is cached and the
+        # upstream has been quiet for a second before counting its bytes.
+        _wait_quiet(upstream, lambda: cached.exists(), timeout=60)
+        traffic = upstream_traffic(upstream.log_since(mark))
+        with httpx.Client(timeout=120) as c:
+            status, digest, _size = clients.fetch_digest(c, blob_url)
+        _expect(
+            status == 200 and digest == layer.digest,
+            f"{self.kind}: cached blob GET answered {status}, {digest}",
+        )
+        self.rows["pull_cold_bytes"] = {
+            "value": traffic["blob_bytes"] / layer.size,
+            "upstream": traffic,
+            "layer_size": layer.size,
+        }
+        self.rows["pull_cold_time"] = {
+            "value": dl.seconds,
+            "client_seconds": dl.client_seconds,
+            "clients": s.pull_clients,
+        }
+        _progress(
+            f"  {self.kind:9} pull_cold        {dl.seconds:.2f} s wall, upstream "
+            f"{traffic['blob_bytes'] / layer.size:.2f}x the layer "
+            f"({traffic['blob_gets']} blob GETs)"
+        )
+
+        # warm: the image pulled once through the proxy, then manifest GETs by tag
+        url = f"{server.url}/v2/{PROXIED_REPO}/manifests/latest"
+        with httpx.Client(timeout=60) as c:
+            r = c.get(url, headers={"Accept": MANIFEST_ACCEPT})
+            _expect(
+                r.status_code == 200 and r.content == image.manifest,
+                f"{self.kind}: pull-through manifest GET answered {r.status_code}",
+            )
+            r = c.get(f"{server.url}/v2/{PROXIED_REPO}/blobs/{image.config_blob.digest}")
+            _expect(
+                r.status_code == 200 and r.content == image.config,
+                f"{self.kind}: pull-through config GET answered {r.status_code}",
+            )
+        script = self._script("manifest-get", "GET", MANIFEST_ACCEPT)
+        mark = upstream.log_size()
+        self._wrk("pull_warm", server, url, script, s.connections)
+        _wait_quiet(upstream, lambda: True, timeout=10)
+        self.rows["pull_warm"]["upstream"] = upstream_traffic(upstream.log_since(mark))
+
+
+# registry:2's access log (gorilla's combined format): "... "GET /path HTTP/1.1" 200 1234 ..."
+_ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) (\d+|-)')
+
+
+def upstream_traffic(log: str) -> dict[str, int]:
+    out = {"requests": 0, "bytes": 0, "blob_gets": 0, "blob_bytes": 0, "manifest_requests": 0}
+    for m in _ACCESS.finditer(log):
+        method, path, _status, size = m.groups()
+        n = 0 if size == "-" else int(size)
+        out["requests"] += 1
+        out["bytes"] += n
+        if "/blobs/" in path and method == "GET":
+            out["blob_gets"] += 1
+            out["blob_bytes"] += n
+        if "/manifests/" in path:
+            out["manifest_requests"] += 1
+    return out
+
+
+def py_spy() -> str:
+    """py-spy from PATH, else from this interpreter's venv."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else "py-spy")
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf``: much faster than shutil.rmtree on the 10,000-repository fixture."""
+    subprocess.run(["rm", "-rf", "--", str(path)], check=False)
+
+
+def _wait_quiet(server: Server, ready: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last, since = server.log_size(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        size = server.log_size()
+        if size != last:
+            last, since = size, time.monotonic()
+        elif ready() and time.monotonic() - since >= 1.0:
+            return
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise RuntimeError(message)
+
+
+def _fmt_progress(key: str, value: float) -> str:
+    if key.startswith(("blob_get", "push")):
+        return f"{value / 1e6:,.0f} MB/s"
+    return f"{value:,.0f} req/s"
+
+
+def _progress(text: str) -> None:
+    print(text, flush=True)
