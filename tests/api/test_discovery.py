@@ -133,3 +133,34 @@ async def test_catalog_sees_repositories_pushed_through_another_worker(tmp_path:
     assert (await second.get_json("/v2/_catalog"))["repositories"] == ["one", "three", "two"]
     await second.push_blob("four", b"4")
     assert (await first.get_json("/v2/_catalog"))["repositories"] == ["four", "one", "three", "two"]
+
+
+async def test_tags_list_sees_tags_pushed_and_deleted_through_another_worker(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    import httpx
+
+    from entrepot.http.app import build_app
+    from entrepot.http.context import ApiContext
+    from entrepot.registry.local import LocalRegistry
+    from entrepot.storage.filesystem import FilesystemDriver
+
+    root = Path(str(tmp_path)) / "shared"
+
+    def worker() -> OciClient:
+        registry = LocalRegistry(FilesystemDriver(root), delete_enabled=True)
+        transport = httpx.ASGITransport(app=build_app(ApiContext(resolver=registry)))
+        return OciClient(httpx.AsyncClient(transport=transport, base_url="http://w.test"))
+
+    first, second = worker(), worker()
+    image = make_image()
+    await first.push_image("app", image, tag="v1")
+    assert (await second.get_json("/v2/app/tags/list"))["tags"] == ["v1"]
+    await first.push_image("app", image, tag="v2")
+    assert (await second.get_json("/v2/app/tags/list"))["tags"] == ["v1", "v2"]
+    await first.http.delete("/v2/app/manifests/v1")
+    assert (await second.get_json("/v2/app/tags/list"))["tags"] == ["v2"]
+    await second.http.delete(f"/v2/app/manifests/{image.digest}")
+    assert (await first.get_json("/v2/app/tags/list"))["tags"] == []

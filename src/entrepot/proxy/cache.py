@@ -33,7 +33,7 @@ from entrepot.proxy.upstream import (
 from entrepot.proxy.upstreams import Upstream, translate
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, ManifestPut, UploadStatus
-from entrepot.registry.blobs import read_link, write_link
+from entrepot.registry.blobs import read_link
 from entrepot.registry.local import LocalRegistry
 from entrepot.storage import StorageError, StorageNotFound
 
@@ -185,8 +185,7 @@ class CachedRepository:
             )
             digest = await self._store_manifest(remote.raw, remote.media_type, str(remote.digest))
         # Writing the link again also marks the tag fresh (its mtime).
-        await write_link(self._driver, layout.tag_index_link(self.name, tag, digest), digest)
-        await write_link(self._driver, layout.tag_current_link(self.name, tag), digest)
+        await self._local.manifests.set_tag(self.name, tag, digest)
         return digest
 
     async def _store_manifest(self, raw: bytes | None, media_type: str, reference: str) -> Digest:

@@ -26,11 +26,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 from entrepot.oci.digest import Digest, DigestVerifier
+from entrepot.registry.streams import pump
 
 log = logging.getLogger("entrepot.proxy.fetch")
 
 _READ_CHUNK = 1 << 20
-_MAX_PENDING = 16 << 20  # received but not yet written: beyond this, stop receiving
 _FOLLOW_POLL = 0.01  # seconds between a follower's looks at the leader's progress
 
 
@@ -152,51 +152,11 @@ class BlobFill:
     async def _receive_and_write(
         self, chunks: AsyncIterator[bytes], verifier: DigestVerifier, fd: int
     ) -> None:
-        """Receive and write at once: while one batch is being hashed and written (in a
-        thread), the next chunks gather, so a fast upstream costs few thread hops and a
-        slow one still reaches readers chunk by chunk."""
-        pending: list[bytes] = []
-        pending_bytes = 0
-        wake = asyncio.Event()
-        drained = asyncio.Event()
-        receiving = True
+        async def consume(data: bytes) -> None:
+            await asyncio.to_thread(_hash_and_write, verifier, fd, data)
+            await self._advance(self.written + len(data))
 
-        async def write_loop() -> None:
-            nonlocal pending, pending_bytes
-            try:
-                while True:
-                    await wake.wait()
-                    wake.clear()
-                    while pending:
-                        data = b"".join(pending)
-                        pending, pending_bytes = [], 0
-                        drained.set()
-                        await asyncio.to_thread(_hash_and_write, verifier, fd, data)
-                        await self._advance(self.written + len(data))
-                    if not receiving:
-                        return
-            finally:
-                drained.set()  # a failed writer must not leave the receiver waiting
-
-        writer = asyncio.create_task(write_loop())
-        try:
-            async for chunk in chunks:
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                wake.set()
-                if writer.done():
-                    break  # the write failed; awaiting it below raises why
-                if pending_bytes >= _MAX_PENDING:  # the disk is behind: wait for it
-                    drained.clear()
-                    await drained.wait()
-        except BaseException:
-            writer.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
-            raise
-        receiving = False
-        wake.set()
-        await writer
+        await pump(chunks, consume)
 
     async def follow(self, fd: int) -> None:
         """Stream another process's download of the same blob from the shared spool."""

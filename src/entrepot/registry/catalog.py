@@ -13,15 +13,13 @@ worker is listed at once by every other.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from bisect import bisect_right
 
 from entrepot.registry import layout
+from entrepot.registry.epochs import CATALOG, bump_epoch, read_epoch
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 _MARKERS = frozenset({"_layers", "_manifests"})
-# Outside docker/registry/v2, so registry:2 never sees it.
-EPOCH_KEY = "entrepot/catalog-epoch"
 
 
 async def list_repositories(driver: StorageDriver) -> list[str]:
@@ -55,15 +53,11 @@ class RepositoryIndex:
         self.driver = driver
         self._names: list[str] | None = None
         self._known: set[str] = set()
-        self._epoch: tuple[float, int] | None = None
+        self._epoch: bytes | None = None
         self._lock = asyncio.Lock()
 
-    async def _current_epoch(self) -> tuple[float, int] | None:
-        try:
-            info = await self.driver.stat(EPOCH_KEY)
-        except StorageNotFound:
-            return None
-        return (info.mtime, info.size)
+    async def _current_epoch(self) -> bytes | None:
+        return await read_epoch(self.driver, CATALOG)
 
     async def names(self) -> list[str]:
         epoch = await self._current_epoch()
@@ -83,10 +77,7 @@ class RepositoryIndex:
             return
         self._known.add(name)
         try:
-            # Random content of varying length: the epoch changes even within one mtime tick.
-            await self.driver.put_content(
-                EPOCH_KEY, secrets.token_hex(8 + secrets.randbelow(8)).encode()
-            )
+            await bump_epoch(self.driver, CATALOG)
         except StorageError:
             self._known.discard(name)
             raise

@@ -18,6 +18,7 @@ from entrepot.oci.names import validate_tag
 from entrepot.registry import layout
 from entrepot.registry.api import ManifestContent, ManifestPut
 from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, read_link, write_link
+from entrepot.registry.epochs import bump_epoch, read_epoch, tags_epoch
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 _CACHE_ENTRIES = 4096
@@ -56,6 +57,8 @@ class ManifestService:
         self.blobs = blobs
         self.cache = cache
         self.links = links
+        # Tag lists by repository, with the tags epoch they were read at.
+        self._tag_lists: dict[str, tuple[bytes | None, list[str]]] = {}
 
     async def resolve(self, name: str, reference: str) -> Digest:
         """The digest a tag or digest reference names in this repository."""
@@ -127,9 +130,24 @@ class ManifestService:
                 self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
             )
         if tag is not None:
-            await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
-            await write_link(self.driver, layout.tag_current_link(name, tag), digest)
+            await self.set_tag(name, tag, digest)
         self.cache.put(manifest)
+
+    async def set_tag(self, name: str, tag: str, digest: Digest) -> None:
+        """Point ``tag`` at ``digest`` (writing it again also marks it fresh: its mtime)."""
+        current = layout.tag_current_link(name, tag)
+        is_new = await read_link(self.driver, current) is None
+        await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
+        await write_link(self.driver, current, digest)
+        if is_new:
+            await self._tags_changed(name)
+
+    async def _tags_changed(self, name: str) -> None:
+        self._tag_lists.pop(name, None)
+        try:
+            await bump_epoch(self.driver, tags_epoch(name))
+        except StorageError as exc:
+            raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
 
     async def _check_references(self, name: str, manifest: Manifest) -> None:
         for blob in manifest.required_blobs():
@@ -153,6 +171,7 @@ class ManifestService:
             validate_tag(reference)
             if not await delete_key(self.driver, layout.tag_dir(name, reference)):
                 raise manifest_unknown(reference)
+            await self._tags_changed(name)
             return
         digest = await self.resolve(name, reference)
         manifest: Manifest | None
@@ -162,16 +181,28 @@ class ManifestService:
             manifest = None
         await delete_key(self.driver, layout.manifest_revision_dir(name, digest))
         # registry:2 also untags every tag that points at a deleted manifest.
+        untagged = False
         for tag in await self.tags(name, missing_ok=True):
             if await read_link(self.driver, layout.tag_current_link(name, tag)) == digest:
                 await delete_key(self.driver, layout.tag_dir(name, tag))
+                untagged = True
+        if untagged:
+            await self._tags_changed(name)
         if manifest is not None and manifest.subject is not None:
             link = layout.referrer_link(name, manifest.subject.digest, digest)
             await delete_key(self.driver, link.removesuffix("/link"))
 
     async def tags(self, name: str, *, missing_ok: bool = False) -> list[str]:
+        """The repository's tags, sorted; kept in memory until the repository's tags epoch
+        changes (one small read per request instead of listing the directory)."""
+        epoch = await read_epoch(self.driver, tags_epoch(name))
+        cached = self._tag_lists.get(name)
+        # No epoch yet (a root registry:2 wrote, or tags never changed here) is an epoch too:
+        # every tag Entrepot creates or deletes writes one.
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
         try:
-            return await self.driver.list(layout.tags_dir(name))
+            tags = sorted(await self.driver.list(layout.tags_dir(name)))
         except StorageNotFound:
             if missing_ok:
                 return []
@@ -184,6 +215,10 @@ class ManifestService:
             return []
         except StorageError as exc:
             raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
+        if len(self._tag_lists) >= _CACHE_ENTRIES:
+            self._tag_lists.pop(next(iter(self._tag_lists)))
+        self._tag_lists[name] = (epoch, tags)
+        return tags
 
     async def referrers(
         self, name: str, subject: Digest, artifact_type: str | None

@@ -19,6 +19,7 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import layout
 from entrepot.registry.api import BlobInfo, UploadStatus
 from entrepot.registry.blobs import BlobStore, LinkWriter, storage_unavailable
+from entrepot.registry.streams import pump
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 _HASH_CHUNK = 1 << 20
@@ -106,11 +107,13 @@ class UploadService:
             writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
+
+        async def consume(data: bytes) -> None:
+            # Hash and write at once, each in a thread (both release the GIL).
+            await asyncio.gather(asyncio.to_thread(running.update, data), writer.write(data))
+
         try:
-            async for chunk in chunks:
-                if chunk:
-                    running.update(chunk)
-                    await writer.write(chunk)
+            await pump(chunks, consume)
             await writer.commit()
         except BaseException:
             await writer.cancel()
