@@ -30,7 +30,8 @@ from entrepot.registry.streams import pump
 
 log = logging.getLogger("entrepot.proxy.fetch")
 
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 4 << 20
+_EARLY_SYNC = 32 << 20
 _FOLLOW_POLL = 0.01  # seconds between a follower's looks at the leader's progress
 
 
@@ -152,8 +153,16 @@ class BlobFill:
     async def _receive_and_write(
         self, chunks: AsyncIterator[bytes], verifier: DigestVerifier, fd: int
     ) -> None:
+        unsynced = 0
+
         async def consume(data: bytes) -> None:
-            await asyncio.to_thread(_hash_and_write, verifier, fd, data)
+            nonlocal unsynced
+            unsynced += len(data)
+            # Sync as we go, so the fsync before publishing finds little left to do.
+            sync = unsynced >= _EARLY_SYNC
+            if sync:
+                unsynced = 0
+            await asyncio.to_thread(_hash_and_write, verifier, fd, data, sync)
             await self._advance(self.written + len(data))
 
         await pump(chunks, consume)
@@ -251,7 +260,7 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
-def _hash_and_write(verifier: DigestVerifier, fd: int, data: bytes) -> None:
+def _hash_and_write(verifier: DigestVerifier, fd: int, data: bytes, sync: bool) -> None:
     # In a worker thread: hashlib and os.write both release the GIL on large buffers, so
     # the event loop keeps receiving while this runs.
     verifier.update(data)
@@ -259,6 +268,8 @@ def _hash_and_write(verifier: DigestVerifier, fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+    if sync:
+        os.fdatasync(fd)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -37,6 +37,8 @@ Ts = TypeVarTuple("Ts")
 TMP_PREFIX = ".tmp-"
 # A writer gathers writes smaller than this before handing them to a thread.
 WRITE_BUFFER = 256 * 1024
+# A writer syncs what it wrote whenever this much accumulated (see FilesystemWriter.write).
+EARLY_SYNC = 32 * 1024 * 1024
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -94,6 +96,11 @@ def _write_all(fd: int, *parts: bytes | bytearray) -> None:
         view = memoryview(part)
         while view:
             view = view[os.write(fd, view) :]
+
+
+def _write_all_and_sync(fd: int, *parts: bytes | bytearray) -> None:
+    _write_all(fd, *parts)
+    os.fdatasync(fd)
 
 
 def _finish_new(fd: int, tmp: str, path: str, *parts: bytes | bytearray) -> None:
@@ -250,6 +257,7 @@ class FilesystemWriter(StorageWriter):
         self._start = size
         self._size = size
         self._buf = bytearray()
+        self._unsynced = 0
         self._inflight: asyncio.Future[None] | None = None
         self._closed = False
         self._broken = False
@@ -289,7 +297,14 @@ class FilesystemWriter(StorageWriter):
             return
         buf, self._buf = self._buf, bytearray()
         self._broken = True  # until the write is known to have completed
-        await self._call(_write_all, self._fd, buf, data)
+        self._unsynced += len(buf) + n
+        if self._unsynced >= EARLY_SYNC:
+            # Flush as we go: the disk works while the next bytes arrive, and the fsync
+            # at commit (what makes the object durable) finds little left to do.
+            self._unsynced = 0
+            await self._call(_write_all_and_sync, self._fd, buf, data)
+        else:
+            await self._call(_write_all, self._fd, buf, data)
         self._broken = False
         self._size += n
 
