@@ -45,6 +45,23 @@ def _access_from_claims(claims: dict[str, Any]) -> tuple[Access, ...]:
     return tuple(parsed)
 
 
+def _decode(token: str, key: Any, algorithms: list[str], service: str, issuer: str) -> TokenClaims:
+    """Verify signature, audience (the service), issuer and time, as registry:2 does."""
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=algorithms,
+            audience=service,
+            issuer=issuer,
+            leeway=_LEEWAY,
+            options={"require": ["exp", "iss", "aud"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise TokenInvalid(f"invalid token: {exc}") from exc
+    return TokenClaims(str(claims.get("sub") or ""), _access_from_claims(claims), claims["exp"])
+
+
 class _VerifiedCache:
     """Tokens already verified, so a client's requests cost one signature check."""
 
@@ -93,21 +110,7 @@ class BuiltinTokens:
         cached = self._cache.get(token)
         if cached is not None:
             return cached
-        try:
-            claims = jwt.decode(
-                token,
-                self.secret,
-                algorithms=["HS256"],
-                audience=self.service,
-                issuer=self.issuer,
-                leeway=_LEEWAY,
-                options={"require": ["exp", "iss", "aud"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise TokenInvalid(f"invalid token: {exc}") from exc
-        verified = TokenClaims(
-            str(claims.get("sub") or ""), _access_from_claims(claims), claims["exp"]
-        )
+        verified = _decode(token, self.secret, ["HS256"], self.service, self.issuer)
         self._cache.put(token, verified)
         return verified
 
@@ -166,21 +169,9 @@ class ExternalTokens:
         if cached is not None:
             return cached
         try:
-            header = jwt.get_unverified_header(token)
-            key = self._signing_key(header)
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=self.ALGORITHMS,
-                audience=self.service,
-                issuer=self.issuer,
-                leeway=_LEEWAY,
-                options={"require": ["exp", "iss", "aud"]},
-            )
+            key = self._signing_key(jwt.get_unverified_header(token))
         except jwt.PyJWTError as exc:
             raise TokenInvalid(f"invalid token: {exc}") from exc
-        verified = TokenClaims(
-            str(claims.get("sub") or ""), _access_from_claims(claims), claims["exp"]
-        )
+        verified = _decode(token, key, self.ALGORITHMS, self.service, self.issuer)
         self._cache.put(token, verified)
         return verified
