@@ -1,5 +1,6 @@
 """The upstream client against a fake registry (httpx.MockTransport): token auth as Docker
-Hub does it, Basic auth, failover, errors, redirects to a CDN, streaming, pagination."""
+Hub does it, Basic auth, failover, errors, redirects to a CDN, streaming, pagination.
+Blob bodies over aiohttp (the client's default) against real loopback servers."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import asyncio
 import base64
 import gzip
 import json
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from entrepot import __version__
 from entrepot.oci import mediatypes as mt
@@ -558,4 +562,279 @@ async def test_upstream_errors_share_a_base() -> None:
     client = client_for(serve(400))
     with pytest.raises(UpstreamError):
         await client.list_tags("library/nginx")
+    await client.aclose()
+
+
+# -- blob bodies over aiohttp, against loopback servers ------------------------------------
+
+BIG_BLOB = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: several 1 MiB chunks
+
+
+@dataclass
+class LoopbackRegistry:
+    """A registry on a loopback aiohttp server: blob GETs, optional token auth (its token
+    service on the same server), redirects to a second server (the CDN) or within itself,
+    or a fixed error status."""
+
+    server: TestServer
+    cdn: TestServer
+    auth: str = "none"  # "none", "bearer" or "basic"
+    redirect: str = "none"  # "none", "cdn" (via a same-origin hop) or "loop"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    seen: list[web.Request] = field(default_factory=list)
+    token_requests: list[web.Request] = field(default_factory=list)
+    cdn_requests: list[web.Request] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(request)
+        name = request.match_info["name"]
+        sent = request.headers.get("Authorization")
+        if self.auth == "bearer" and sent not in {f"Bearer {t}" for t in self.issued}:
+            realm = f"{self.url}/token"
+            scope = f"repository:{name}:pull"
+            challenge = f'Bearer realm="{realm}",service="{SERVICE}",scope="{scope}"'
+            return aiohttp_unauthorized(challenge)
+        if self.auth == "basic" and sent != basic(USER, PASSWORD):
+            return aiohttp_unauthorized('Basic realm="registry"')
+        if self.status != 200:
+            error = {"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]}
+            return web.json_response(error, status=self.status, headers=self.headers)
+        if self.redirect == "cdn":
+            raise web.HTTPTemporaryRedirect(f"/hop/{request.match_info['digest']}")
+        if self.redirect == "loop":
+            raise web.HTTPTemporaryRedirect(request.path)
+        return web.Response(body=BIG_BLOB, headers=self.headers)
+
+    async def hop(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(request)
+        raise web.HTTPTemporaryRedirect(str(self.cdn.make_url(f"/data/{request.path}")))
+
+    async def cdn_blob(self, request: web.Request) -> web.StreamResponse:
+        self.cdn_requests.append(request)
+        return web.Response(body=BIG_BLOB)
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        self.token_requests.append(request)
+        value = f"token-{len(self.issued) + 1}-secret"
+        self.issued.append(value)
+        return web.json_response({"token": value, "expires_in": 300})
+
+
+def aiohttp_unauthorized(challenge: str) -> web.Response:
+    error = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+    return web.json_response(error, status=401, headers={"WWW-Authenticate": challenge})
+
+
+@pytest.fixture
+async def loopback(monkeypatch: pytest.MonkeyPatch) -> AsyncGenerator[LoopbackRegistry, None]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    registry_app, cdn_app = web.Application(), web.Application()
+    server, cdn = TestServer(registry_app, host="127.0.0.1"), TestServer(cdn_app, host="127.0.0.1")
+    registry = LoopbackRegistry(server, cdn)
+    registry_app.router.add_get("/v2/{name:.+}/blobs/{digest}", registry.blob)
+    registry_app.router.add_get("/hop/{digest}", registry.hop)
+    registry_app.router.add_get("/token", registry.token)
+    cdn_app.router.add_get("/data/{path:.*}", registry.cdn_blob)
+    await server.start_server()
+    await cdn.start_server()
+    yield registry
+    await server.close()
+    await cdn.close()
+
+
+def loopback_client(*urls: str, username: str | None = None) -> UpstreamClient:
+    password = PASSWORD if username else None
+    settings = UpstreamSettings("registry.test", urls, username=username, password=password)
+    return UpstreamClient(settings)  # no transport: blobs go over aiohttp
+
+
+async def download(
+    client: UpstreamClient, digest: Digest = BLOB_DIGEST
+) -> tuple[int | None, bytes]:
+    async with client.open_blob("library/nginx", digest) as blob:
+        return blob.size, b"".join([chunk async for chunk in blob.chunks])
+
+
+def dead_url() -> str:
+    with socket.socket() as sock:  # a port nothing listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def test_aiohttp_anonymous_blob(loopback: LoopbackRegistry) -> None:
+    client = loopback_client(loopback.url)
+    size, data = await download(client)
+    session = client._blobs._session if client._blobs else None
+    await client.aclose()
+
+    assert (size, data) == (len(BIG_BLOB), BIG_BLOB)
+    (request,) = loopback.seen
+    assert request.path == f"/v2/library/nginx/blobs/{BLOB_DIGEST}"
+    assert request.headers["Accept-Encoding"] == "identity"
+    assert request.headers["User-Agent"] == f"entrepot/{__version__}"
+    assert "Authorization" not in request.headers
+    assert client.requests["GET blob"] == 1
+    assert session is not None and session.closed
+
+
+async def test_aiohttp_blob_with_a_bearer_token(loopback: LoopbackRegistry) -> None:
+    loopback.auth = "bearer"
+    client = loopback_client(loopback.url)
+    first = await download(client)
+    second = await download(client)  # the token goes up front now
+    await client.aclose()
+
+    assert first == second == (len(BIG_BLOB), BIG_BLOB)
+    assert [r.headers.get("Authorization") for r in loopback.seen] == [
+        None,
+        "Bearer token-1-secret",
+        "Bearer token-1-secret",
+    ]
+    (token,) = loopback.token_requests
+    assert token.query["scope"] == "repository:library/nginx:pull"
+    assert token.query["service"] == SERVICE
+    assert client.requests["GET blob"] == 3
+    assert client.requests["token"] == 1
+
+
+async def test_aiohttp_blob_with_basic_credentials(loopback: LoopbackRegistry) -> None:
+    loopback.auth = "basic"
+    client = loopback_client(loopback.url, username=USER)
+    assert await download(client) == (len(BIG_BLOB), BIG_BLOB)
+    await client.aclose()
+    assert loopback.seen[-1].headers["Authorization"] == basic(USER, PASSWORD)
+
+    anonymous = loopback_client(loopback.url)
+    with pytest.raises(UpstreamDenied):
+        await download(anonymous)
+    await anonymous.aclose()
+
+
+async def test_aiohttp_redirect_to_another_host_drops_authorization(
+    loopback: LoopbackRegistry,
+) -> None:
+    loopback.auth, loopback.redirect = "bearer", "cdn"
+    client = loopback_client(loopback.url)
+    assert await download(client) == (len(BIG_BLOB), BIG_BLOB)
+    await client.aclose()
+
+    # 401, then the authorized GET, then a same-origin hop (keeps it), then the CDN.
+    hops = [(r.path.split("/")[1], r.headers.get("Authorization")) for r in loopback.seen]
+    assert hops == [("v2", None), ("v2", "Bearer token-1-secret"), ("hop", "Bearer token-1-secret")]
+    (cdn,) = loopback.cdn_requests
+    assert loopback.cdn.port != loopback.server.port
+    assert "Authorization" not in cdn.headers
+    assert cdn.headers["Accept-Encoding"] == "identity"
+    assert client.requests["GET blob"] == 2
+
+
+async def test_aiohttp_redirect_loop_is_unavailable(loopback: LoopbackRegistry) -> None:
+    loopback.redirect = "loop"
+    client = loopback_client(loopback.url)
+    with pytest.raises(UpstreamUnavailable, match="more than 5 redirects"):
+        await download(client)
+    await client.aclose()
+    assert len(loopback.seen) == 6
+
+
+async def test_aiohttp_unknown_blob_is_not_found(loopback: LoopbackRegistry) -> None:
+    loopback.status = 404
+    client = loopback_client(loopback.url)
+    with pytest.raises(UpstreamNotFound, match=r"HTTP 404 \(BLOB_UNKNOWN: blob unknown\)"):
+        await download(client)
+    await client.aclose()
+
+
+async def test_aiohttp_rate_limited_with_retry_after(loopback: LoopbackRegistry) -> None:
+    loopback.status, loopback.headers = 429, {"Retry-After": "7"}
+    client = loopback_client(loopback.url, dead_url())
+    with pytest.raises(UpstreamRateLimited) as limited:
+        await download(client)
+    await client.aclose()
+    assert limited.value.retry_after == "7"
+    assert client.requests["GET blob"] == 1  # no failover on 429
+
+
+async def test_aiohttp_failover_to_a_live_url(loopback: LoopbackRegistry) -> None:
+    async def unavailable_handler(_: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    failing = web.Application()
+    failing.router.add_get("/{tail:.*}", unavailable_handler)
+    unavailable = TestServer(failing, host="127.0.0.1")
+    await unavailable.start_server()
+    broken = str(unavailable.make_url("")).rstrip("/")
+    client = loopback_client(dead_url(), broken, loopback.url)
+    first = await download(client)
+    second = await download(client)  # straight to the url that answered
+    await client.aclose()
+    await unavailable.close()
+
+    assert first == second == (len(BIG_BLOB), BIG_BLOB)
+    assert client.requests["GET blob"] == 4
+    assert len(loopback.seen) == 2
+
+
+async def test_aiohttp_unreachable_everywhere_is_unavailable() -> None:
+    client = loopback_client(dead_url(), dead_url())
+    with pytest.raises(UpstreamUnavailable, match="ClientConnectorError"):
+        await download(client)
+    await client.aclose()
+
+
+async def test_aiohttp_gzip_encoded_blob_is_decoded(loopback: LoopbackRegistry) -> None:
+    encoded = gzip.compress(BIG_BLOB)
+
+    async def gzipped(_: web.Request) -> web.Response:
+        return web.Response(body=encoded, headers={"Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", gzipped)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = loopback_client(str(server.make_url("")).rstrip("/"))
+    assert await download(client) == (None, BIG_BLOB)
+    await client.aclose()
+    await server.close()
+
+
+async def cut_off_server(body: bytes, length: int) -> tuple[asyncio.Server, str]:
+    """A server that sends headers and part of a body, then closes the connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def test_aiohttp_connection_cut_mid_body_is_unavailable() -> None:
+    server, url = await cut_off_server(b"a" * 10, 100)
+    client = loopback_client(url)
+    with pytest.raises(UpstreamUnavailable, match="after 10 bytes"):
+        async with client.open_blob("library/nginx", BLOB_DIGEST) as blob:
+            assert blob.size == 100
+            async for _ in blob.chunks:
+                pass
+    await client.aclose()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_aiohttp_blob_left_early_is_released(loopback: LoopbackRegistry) -> None:
+    client = loopback_client(loopback.url)
+    async with client.open_blob("library/nginx", BLOB_DIGEST) as blob:
+        assert len(await anext(blob.chunks)) <= 1 << 20
+    assert await download(client) == (len(BIG_BLOB), BIG_BLOB)
     await client.aclose()

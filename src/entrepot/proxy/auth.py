@@ -232,7 +232,7 @@ class Authenticator:
         self, kind: str, method: str, base: str, path: str, name: str, headers: dict[str, str]
     ) -> httpx.Response:
         """Send ``method base+path`` streaming; the response is open (the caller closes)."""
-        authorization = await self._known(base, name)
+        authorization = await self.authorization(base, name)
         response = await self._send(kind, method, base + path, headers, authorization)
         if response.status_code != 401:
             return response
@@ -242,6 +242,21 @@ class Authenticator:
         await response.aclose()
         authorization = await self._answer(challenge, base, name, authorization)
         return await self._send(kind, method, base + path, headers, authorization)
+
+    async def authorization(self, base: str, name: str) -> str | None:
+        """The Authorization to send up front to ``base`` for repository ``name``: None
+        until the url has challenged. For clients other than the httpx one (blob bodies)."""
+        return await self._known(base, name)
+
+    async def answer(
+        self, www_authenticate: list[str], base: str, name: str, rejected: str | None
+    ) -> str | None:
+        """The Authorization answering a 401's WWW-Authenticate headers, after sending
+        ``rejected``; None when they hold no challenge to answer. Raises AuthError."""
+        challenge = pick_challenge(www_authenticate)
+        if challenge is None:
+            return None
+        return await self._answer(challenge, base, name, rejected)
 
     async def aclose(self) -> None:
         await self._tokens.aclose()

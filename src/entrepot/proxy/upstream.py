@@ -10,18 +10,21 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, NoReturn
 
+import aiohttp
 import httpx
 
 from entrepot import __version__
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE
+from entrepot.proxy import blobstream
 from entrepot.proxy.auth import Authenticator, AuthError, describe
 
 log = logging.getLogger(__name__)
@@ -97,7 +100,10 @@ class _NoCookies(DefaultCookiePolicy):
 
 
 class UpstreamClient:
-    """Talks to one upstream registry. Safe for concurrent use by many tasks."""
+    """Talks to one upstream registry. Safe for concurrent use by many tasks.
+
+    Blob bodies go over aiohttp (``blobstream.py``), everything else over httpx. With a
+    ``transport`` given (tests), blobs go through it too unless ``aiohttp_blobs``."""
 
     def __init__(
         self,
@@ -105,6 +111,7 @@ class UpstreamClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        aiohttp_blobs: bool | None = None,
     ) -> None:
         if not settings.urls:
             raise ValueError(f"upstream {settings.host} has no urls")
@@ -126,10 +133,19 @@ class UpstreamClient:
         self._auth = Authenticator(
             self._client, settings.username, settings.password, clock, self.requests
         )
+        self._blobs: blobstream.BlobSession | None = None
+        if aiohttp_blobs or (aiohttp_blobs is None and transport is None):
+            self._blobs = blobstream.BlobSession(
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+                user_agent=f"entrepot/{__version__}",
+            )
 
     async def aclose(self) -> None:
         await self._auth.aclose()
         await self._client.aclose()
+        if self._blobs is not None:
+            await self._blobs.aclose()
 
     # -- the API -----------------------------------------------------------------------
 
@@ -186,6 +202,10 @@ class UpstreamClient:
         Content-Encoding the server applies anyway is decoded (as Docker's Go client does),
         and then the size is unknown. The response closes when the context exits."""
         what, path = f"GET blob {name}@{digest}", f"/v2/{name}/blobs/{digest}"
+        if self._blobs is not None:
+            async with self._open_blob_aiohttp(self._blobs, name, path, what) as blob:
+                yield blob
+            return
         headers = {"Accept-Encoding": "identity"}
         response = await self._request("GET blob", name, "GET", path, headers, what)
         encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
@@ -214,6 +234,111 @@ class UpstreamClient:
             if path in seen:
                 raise self._invalid(f"{what}: pagination loops back to {path}")
             seen.add(path)
+
+    # -- blob bodies over aiohttp ----------------------------------------------------
+
+    @asynccontextmanager
+    async def _open_blob_aiohttp(
+        self, blobs: blobstream.BlobSession, name: str, path: str, what: str
+    ) -> AsyncIterator[RemoteBlob]:
+        response = await self._blob_request(blobs, name, path, what)
+        try:
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            decoder = None
+            if encoding != "identity":
+                try:
+                    decoder = blobstream.Decoder(encoding)
+                except ValueError as exc:
+                    raise self._invalid(f"{what}: {exc}") from None
+            size = None if decoder else response.content_length
+            chunks = self._stream_aiohttp(response, decoder, size, what)
+            try:
+                yield RemoteBlob(size, chunks)
+            finally:
+                await chunks.aclose()
+        finally:
+            response.release()
+
+    async def _blob_request(
+        self, blobs: blobstream.BlobSession, name: str, path: str, what: str
+    ) -> aiohttp.ClientResponse:
+        """``_request`` for a blob GET over aiohttp: the same failover, credentials (from
+        the Authenticator, answering one 401 challenge) and errors. An open 2xx response."""
+        failures: list[str] = []
+        headers = {"Accept-Encoding": "identity"}
+        for step in range(len(self._urls)):
+            index = (self._preferred + step) % len(self._urls)
+            base = self._urls[index]
+            try:
+                authorization = await self._auth.authorization(base, name)
+                self.requests["GET blob"] += 1
+                response = await blobs.get(base + path, headers, authorization)
+                if response.status == 401:
+                    challenges = response.headers.getall("WWW-Authenticate", [])
+                    try:
+                        answer = await self._auth.answer(challenges, base, name, authorization)
+                    except BaseException:
+                        response.release()
+                        raise
+                    if answer is not None:
+                        response.release()
+                        self.requests["GET blob"] += 1
+                        response = await blobs.get(base + path, headers, answer)
+            except (aiohttp.ClientError, TimeoutError, blobstream.RedirectError) as exc:
+                failures.append(f"{base}: {blobstream.describe(exc)}")
+                continue
+            except AuthError as exc:
+                status = 400 if exc.status == 404 else exc.status  # a token endpoint's 404
+                error = self._error(status, exc.message, exc.retry_after)
+                if not isinstance(error, UpstreamUnavailable):
+                    raise error from exc
+                failures.append(f"{base}: {exc.message}")  # its token endpoint is down
+                continue
+            if response.status >= 500:
+                response.release()
+                failures.append(f"{base}: HTTP {response.status}")
+                continue
+            if failures:
+                log.warning("upstream %s: %s: using %s after %s", self.host, what, base, failures)
+            self._preferred = index
+            if not 200 <= response.status < 300:
+                try:
+                    status = response.status
+                    hint = " (authentication failed, or the repository does not exist)"
+                    hint = hint if status == 401 else ""
+                    detail = await _aiohttp_error_detail(response)
+                    message = f"{what}: HTTP {status}{detail}{hint}"
+                    raise self._error(status, message, response.headers.get("Retry-After"))
+                finally:
+                    response.release()
+            return response
+        raise UpstreamUnavailable(f"{what}: {'; '.join(failures)}", upstream=self.host)
+
+    async def _stream_aiohttp(
+        self,
+        response: aiohttp.ClientResponse,
+        decoder: blobstream.Decoder | None,
+        size: int | None,
+        what: str,
+    ) -> AsyncGenerator[bytes, None]:
+        received = 0
+        try:
+            async for chunk in response.content.iter_chunked(blobstream.CHUNK_SIZE):
+                received += len(chunk)
+                if decoder is None:
+                    yield chunk
+                elif data := decoder.decode(chunk):
+                    yield data
+            if decoder is not None and (data := decoder.flush()):
+                yield data
+        except zlib.error as exc:
+            raise self._invalid(f"{what}: Content-Encoding: {exc}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            message = f"{what}: body broke off after {received} bytes: {blobstream.describe(exc)}"
+            raise UpstreamUnavailable(message, upstream=self.host) from exc
+        if size is not None and received != size:
+            message = f"{what}: body ended after {received} of {size} bytes"
+            raise UpstreamUnavailable(message, upstream=self.host)
 
     # -- requests, failover, auth ----------------------------------------------------
 
@@ -383,6 +508,28 @@ def _next_link(values: list[str]) -> str | None:
                 if key.strip().lower() == "rel" and "next" in rel.strip().strip('"').split():
                     return str(target)
     return None
+
+
+async def _aiohttp_error_detail(response: aiohttp.ClientResponse) -> str:
+    """``_error_detail`` for an aiohttp response."""
+    try:
+        body = bytearray()
+        while len(body) <= 65536 and (chunk := await response.content.read(65537 - len(body))):
+            body += chunk
+        if len(body) > 65536:
+            return ""
+        first = json.loads(body)["errors"][0]
+        return f" ({str(first.get('code'))[:50]}: {str(first.get('message'))[:200]})"
+    except (
+        aiohttp.ClientError,
+        TimeoutError,
+        ValueError,
+        AttributeError,
+        TypeError,
+        IndexError,
+        KeyError,
+    ):
+        return ""
 
 
 async def _error_detail(response: httpx.Response) -> str:
