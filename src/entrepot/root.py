@@ -18,6 +18,7 @@ from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
 from entrepot.http.metrics import Sample
 from entrepot.proxy.cache import ProxyCache
+from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
@@ -139,6 +140,10 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                     run_upload_purger(driver, purging.age_s, purging.interval_s, purging.dryrun)
                 )
             )
+        maxsize = config.proxycache.maxsize_bytes
+        if maxsize is not None and upstreams:
+            janitor = CacheJanitor(cache, [u.prefix for u in upstreams], maxsize)
+            tasks.append(asyncio.create_task(janitor.run(config.proxycache.sweepinterval_s)))
         try:
             yield
         finally:

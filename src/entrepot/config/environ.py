@@ -29,7 +29,9 @@ parameters, replacing the whole ``storage`` section, as in registry:2; likewise
 ``auth: htpasswd``), and later variables such as ``REGISTRY_AUTH_HTPASSWD_REALM`` fill it.
 ``REGISTRY_CONFIGURATION_PATH`` names the configuration file and is not an override.
 Entrepot's own ``proxies`` list is addressed like registry:2's lists, e.g.
-``REGISTRY_PROXIES_0_HOST=ghcr.io`` and ``REGISTRY_PROXIES_0_REMOTEURL=https://ghcr.io``.
+``REGISTRY_PROXIES_0_HOST=ghcr.io`` and ``REGISTRY_PROXIES_0_REMOTEURL=https://ghcr.io``;
+its ``proxycache`` section too: ``REGISTRY_PROXYCACHE_MAXSIZE=100GiB`` (kept as text, like
+a string field) and ``REGISTRY_PROXYCACHE_SWEEPINTERVAL=10m``.
 The value of a variable whose name ends in ``PASSWORD`` or ``SECRET``, or that may set
 a password hash (``REGISTRY_AUTH``, ``REGISTRY_AUTH_BUILTIN``,
 ``REGISTRY_AUTH_BUILTIN_USERS...``), never appears in an error message.
@@ -167,6 +169,7 @@ _SCHEMA: dict[str, Any] = {
     },
     "proxy": {"remoteurl": _STR, "username": _STR, "password": _STR, "ttl": _LEAF},
     "proxies": _ListOf(_PROXIES_ENTRY),
+    "proxycache": {"maxsize": _STR, "sweepinterval": _LEAF},
     "compatibility": _FREE,
     "validation": _FREE,
     "policy": _FREE,

@@ -19,6 +19,7 @@ reporting rather than silently misbehaving:
 * ``proxy`` (registry:2's single upstream) does not turn the registry into a read-only
   cache: it is the mirror among Entrepot's upstreams, beside ``proxies`` (see
   ``proxies``); ``proxy.ttl`` is accepted with a warning.
+* ``proxycache`` (Entrepot's own) limits the cache's total size (see ``proxycache``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from entrepot.config.model import (
     UploadPurging,
 )
 from entrepot.config.proxies import parse_proxies
+from entrepot.config.proxycache import parse_proxycache
 from entrepot.config.sections import Section, as_str, scalar_text
 
 __all__ = ["SUPPORTED_STORAGE_DRIVERS", "load_config"]
@@ -82,6 +84,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
     http = parse_http(root.section("http"))
     health = _health(root.section("health"))
     proxies = parse_proxies(root, environ)
+    proxycache = parse_proxycache(root.section("proxycache"))
     root.finish()
     return Config(
         version=version,
@@ -90,6 +93,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
         http=http,
         health=health,
         proxies=proxies,
+        proxycache=proxycache,
         auth=auth,
         warnings=tuple(warnings),
     )

@@ -15,6 +15,7 @@ __all__ = [
     "HtpasswdAuthConfig",
     "HttpConfig",
     "LogConfig",
+    "ProxyCacheConfig",
     "ProxyUpstreamConfig",
     "StorageConfig",
     "StorageHealth",
@@ -150,6 +151,21 @@ class ProxyUpstreamConfig:
 
 
 @dataclass(frozen=True)
+class ProxyCacheConfig:
+    """``proxycache`` (Entrepot's own, not in registry:2): limits on the pull-through
+    cache as a whole.
+
+    ``maxsize_bytes`` caps the total size of the blobs cached from upstreams: beyond it
+    the oldest cached blobs are evicted (pushed content never is); None means no cap,
+    otherwise it is at least 1. ``sweepinterval_s`` is how often, in seconds, the size
+    is checked (positive).
+    """
+
+    maxsize_bytes: int | None = None
+    sweepinterval_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class HtpasswdAuthConfig:
     """registry:2's ``auth.htpasswd``: HTTP basic auth against an htpasswd file (bcrypt
     entries, as ``htpasswd -B`` writes them); any listed user may do everything.
@@ -232,7 +248,8 @@ class Config:
     """The whole configuration. ``warnings`` lists every key that was ignored.
 
     ``proxies`` are the pull-through cache's upstreams: registry:2's ``proxy`` block
-    first (if configured), then the entries of ``proxies`` in file order. ``auth`` is
+    first (if configured), then the entries of ``proxies`` in file order; ``proxycache``
+    limits what they cache all together. ``auth`` is
     None when no access control is configured (everyone may do everything).
     """
 
@@ -242,5 +259,6 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     proxies: tuple[ProxyUpstreamConfig, ...] = ()
+    proxycache: ProxyCacheConfig = field(default_factory=ProxyCacheConfig)
     auth: AuthConfig | None = None
     warnings: tuple[str, ...] = ()

@@ -1,0 +1,92 @@
+"""``proxycache``: Entrepot's own limits on the pull-through cache (not in registry:2).
+
+```yaml
+proxycache:
+  maxsize: 100GiB      # total size of cached upstream blobs; beyond it the oldest
+                       # cached are evicted (pushed content never)
+  sweepinterval: 10m   # how often the size is checked
+```
+
+``maxsize`` is an integer number of bytes or a number with a unit: B, KB, MB, GB, TB
+(powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024). The unit's letters are
+case-insensitive, a space may separate it from the number (``"500 MB"``) and the number
+may have a fraction (``1.5GiB``; a fraction of a byte is dropped). It must be at least
+one byte; absent (or empty) means no cap. ``sweepinterval`` is a duration like
+registry:2's others (a bare integer is nanoseconds) and must be more than 0.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+from entrepot.config.errors import ConfigError
+from entrepot.config.model import ProxyCacheConfig
+from entrepot.config.sections import Section
+
+__all__ = ["SIZE_UNITS", "parse_proxycache", "parse_size"]
+
+# Unit (lower-cased) -> bytes.
+SIZE_UNITS: dict[str, int] = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+_SIZE = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)")
+_EXAMPLE = "such as 100GiB, 500 MB or 1073741824"
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes from an integer or a string with an optional unit.
+
+    Raises ``ValueError`` with a short reason; the result is at least 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a size {_EXAMPLE}, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"expected a size {_EXAMPLE}, got {value!r}")
+        sign, number, unit = match.groups()
+        if unit and unit.lower() not in SIZE_UNITS:
+            raise ValueError(
+                f"unknown unit {unit!r} in {value!r}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            )
+        multiplier = SIZE_UNITS[unit.lower()] if unit else 1
+        size = int(Decimal(number) * multiplier)  # exact; a fraction of a byte is dropped
+        if sign == "-":
+            size = -size if size else -1  # "-0.1B" is still negative
+    if size <= 0:
+        raise ValueError(f"must be at least 1 byte, got {value!r}")
+    return size
+
+
+def parse_proxycache(section: Section) -> ProxyCacheConfig:
+    """Read ``proxycache``; raises ``ConfigError`` naming the key."""
+    default = ProxyCacheConfig()
+    maxsize_bytes = _size(section, "maxsize")
+    sweepinterval_s = section.duration("sweepinterval", default.sweepinterval_s)
+    if sweepinterval_s == 0:
+        raise ConfigError(f"config key '{section.key('sweepinterval')}' must be more than 0")
+    section.finish()
+    return ProxyCacheConfig(maxsize_bytes=maxsize_bytes, sweepinterval_s=sweepinterval_s)
+
+
+def _size(section: Section, name: str) -> int | None:
+    value: Any = section.take(name)
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"config key '{section.key(name)}': {exc}") from None

@@ -1,0 +1,176 @@
+"""Entrepot's ``proxycache`` section: the cache's total size cap and sweep interval."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from entrepot.config import Config, ConfigError, ProxyCacheConfig, load_config
+
+MINIMAL = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/registry\n"
+GIB = 1024**3
+
+
+def load(tmp_path: Path, extra: str, env: dict[str, str] | None = None) -> Config:
+    path = tmp_path / "config.yml"
+    path.write_text(MINIMAL + textwrap.dedent(extra))
+    return load_config(path, env or {})
+
+
+def error_of(tmp_path: Path, extra: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, extra, env)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        "proxycache:\n",
+        "proxycache: {}\n",
+        "proxycache:\n  maxsize:\n",
+        "proxycache:\n  maxsize: ''\n",
+    ],
+)
+def test_defaults_no_cap_ten_minutes(tmp_path: Path, extra: str) -> None:
+    config = load(tmp_path, extra)
+    assert config.proxycache == ProxyCacheConfig(maxsize_bytes=None, sweepinterval_s=600.0)
+    assert config.warnings == ()
+
+
+def test_defaults_without_a_file() -> None:
+    assert load_config(None, {}).proxycache == ProxyCacheConfig()
+
+
+@pytest.mark.parametrize(
+    ("maxsize", "size"),
+    [
+        ("1", 1),
+        ("1073741824", GIB),
+        ("'2048'", 2048),
+        ("10B", 10),
+        ("1KB", 1000),
+        ("1MB", 1000**2),
+        ("1GB", 1000**3),
+        ("1TB", 1000**4),
+        ("1KiB", 1024),
+        ("1MiB", 1024**2),
+        ("1GiB", GIB),
+        ("1TiB", 1024**4),
+        ("100GiB", 100 * GIB),
+        ("100gib", 100 * GIB),
+        ("100GIB", 100 * GIB),
+        ("5 gb", 5 * 1000**3),
+        ("500 MB", 500 * 1000**2),
+        ("'  7 kB '", 7000),
+        ("1.5GiB", 3 * GIB // 2),
+        ("0.5 KiB", 512),
+        ("1.1KB", 1100),
+        (".25MiB", 256 * 1024),
+        ("2.TB", 2 * 1000**4),
+        ("1.5B", 1),
+        ("+3MB", 3 * 1000**2),
+    ],
+)
+def test_maxsize(tmp_path: Path, maxsize: str, size: int) -> None:
+    config = load(tmp_path, f"proxycache:\n  maxsize: {maxsize}\n")
+    assert config.proxycache.maxsize_bytes == size
+    assert config.proxycache.sweepinterval_s == 600.0
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("sweepinterval", "seconds"),
+    [
+        ("10m", 600.0),
+        ("30s", 30.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        ("1000000000", 1.0),  # a bare integer is nanoseconds, as everywhere in registry:2
+    ],
+)
+def test_sweepinterval(tmp_path: Path, sweepinterval: str, seconds: float) -> None:
+    config = load(tmp_path, f"proxycache:\n  sweepinterval: {sweepinterval}\n")
+    assert config.proxycache == ProxyCacheConfig(sweepinterval_s=seconds)
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "expected"),
+    [
+        ("", {"REGISTRY_PROXYCACHE_MAXSIZE": "100GiB"}, ProxyCacheConfig(100 * GIB)),
+        ("", {"REGISTRY_PROXYCACHE_MAXSIZE": "500 MB"}, ProxyCacheConfig(500 * 1000**2)),
+        ("", {"REGISTRY_PROXYCACHE_MAXSIZE": "4096"}, ProxyCacheConfig(4096)),
+        ("", {"REGISTRY_PROXYCACHE_SWEEPINTERVAL": "30s"}, ProxyCacheConfig(None, 30.0)),
+        (
+            "proxycache:\n  maxsize: 1GiB\n  sweepinterval: 1h\n",
+            {"REGISTRY_PROXYCACHE_MAXSIZE": "2GiB"},
+            ProxyCacheConfig(2 * GIB, 3600.0),
+        ),
+        (
+            "proxycache:\n  maxsize: 1GiB\n",
+            {"REGISTRY_PROXYCACHE_MAXSIZE": "1.5TB", "REGISTRY_PROXYCACHE_SWEEPINTERVAL": "5m"},
+            ProxyCacheConfig(1_500_000_000_000, 300.0),
+        ),
+        (
+            "",
+            {"REGISTRY_PROXYCACHE": "{maxsize: 3MiB, sweepinterval: 2m}"},
+            ProxyCacheConfig(3 * 1024**2, 120.0),
+        ),
+    ],
+)
+def test_env_overrides(
+    tmp_path: Path, extra: str, env: dict[str, str], expected: ProxyCacheConfig
+) -> None:
+    config = load(tmp_path, extra, env)
+    assert config.proxycache == expected
+    assert config.warnings == ()
+
+
+def test_env_unknown_key_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    config = load(tmp_path, "", {"REGISTRY_PROXYCACHE_COLOUR": "red"})
+    assert config.proxycache == ProxyCacheConfig()
+    assert config.warnings == (
+        "ignoring environment variable REGISTRY_PROXYCACHE_COLOUR: no such configuration key",
+    )
+
+
+def test_unknown_key_warns(tmp_path: Path) -> None:
+    config = load(tmp_path, "proxycache:\n  maxsize: 1GiB\n  colour: red\n")
+    assert config.proxycache.maxsize_bytes == GIB
+    assert config.warnings == (
+        "config key 'proxycache.colour' is not a registry:2 configuration key and is ignored",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "message"),
+    [
+        ("proxycache:\n  maxsize: 0\n", {}, "'proxycache.maxsize': must be at least 1 byte"),
+        ("proxycache:\n  maxsize: 0GiB\n", {}, "'proxycache.maxsize': must be at least 1 byte"),
+        ("proxycache:\n  maxsize: 0.1B\n", {}, "'proxycache.maxsize': must be at least 1 byte"),
+        ("proxycache:\n  maxsize: -1\n", {}, "'proxycache.maxsize': must be at least 1 byte"),
+        ("proxycache:\n  maxsize: -5GiB\n", {}, "'proxycache.maxsize': must be at least 1 byte"),
+        ("proxycache:\n  maxsize: -0.1B\n", {}, "'proxycache.maxsize': must be at least 1 byte"),
+        ("proxycache:\n  maxsize: 10GX\n", {}, "'proxycache.maxsize': unknown unit 'GX'"),
+        ("proxycache:\n  maxsize: 10G\n", {}, "'proxycache.maxsize': unknown unit 'G'"),
+        ("proxycache:\n  maxsize: 10 PB\n", {}, "'proxycache.maxsize': unknown unit 'PB'"),
+        ("proxycache:\n  maxsize: 1.5\n", {}, "'proxycache.maxsize': expected a size"),
+        ("proxycache:\n  maxsize: GiB\n", {}, "'proxycache.maxsize': expected a size"),
+        ("proxycache:\n  maxsize: 1 2GiB\n", {}, "'proxycache.maxsize': expected a size"),
+        ("proxycache:\n  maxsize: true\n", {}, "'proxycache.maxsize': expected a size"),
+        ("proxycache:\n  maxsize: [1]\n", {}, "'proxycache.maxsize': expected a size"),
+        ("proxycache:\n  sweepinterval: 0\n", {}, "'proxycache.sweepinterval' must be more"),
+        ("proxycache:\n  sweepinterval: 0s\n", {}, "'proxycache.sweepinterval' must be more"),
+        ("proxycache:\n  sweepinterval: -1m\n", {}, "'proxycache.sweepinterval' must not be"),
+        ("proxycache:\n  sweepinterval: soon\n", {}, "'proxycache.sweepinterval': invalid"),
+        ("proxycache: 100GiB\n", {}, "config key 'proxycache' must be a mapping"),
+        ("", {"REGISTRY_PROXYCACHE_MAXSIZE": "0"}, "'proxycache.maxsize': must be at least"),
+        ("", {"REGISTRY_PROXYCACHE_MAXSIZE": "9 XB"}, "'proxycache.maxsize': unknown unit 'XB'"),
+        ("", {"REGISTRY_PROXYCACHE_SWEEPINTERVAL": "0"}, "'proxycache.sweepinterval' must be"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, extra: str, env: dict[str, str], message: str) -> None:
+    assert message in error_of(tmp_path, extra, env)
