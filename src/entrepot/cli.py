@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--workers",
         type=_positive_int,
-        default=_positive_int(os.environ.get("ENTREPOT_WORKERS", "1")),
+        # A string default goes through `type` too, so a bad $ENTREPOT_WORKERS is a usage error.
+        default=os.environ.get("ENTREPOT_WORKERS", "1"),
         help="worker processes (default: $ENTREPOT_WORKERS, else 1)",
     )
     return parser
