@@ -280,3 +280,11 @@ async def test_metrics_count_stale_serves_and_upstream_requests(tmp_path: Path) 
         text = client.get("/metrics").text
     assert "# TYPE entrepot_proxy_events_total counter" in text
     assert 'entrepot_upstream_requests_total{upstream="quay.io",request="HEAD manifest"} 1' in text
+
+
+async def test_ns_of_a_registry_not_cached_never_reaches_the_mirror(setup: Setup) -> None:
+    await _seed_hub(setup)
+    response = await setup.client.get_manifest("library/nginx", "latest?ns=registry.example.com")
+    assert response.status_code == 404
+    assert error_code(response) == "MANIFEST_UNKNOWN"
+    assert setup.hub.requests == []

@@ -50,13 +50,14 @@ class ProxyResolver:
             upstream = self._by_host.get(namespace.lower())
             if upstream is not None:
                 return await self._cached(upstream, name, for_push)
-            # An ns we do not cache: the name is served like any plain name.
         first, _, rest = name.partition("/")
         upstream = self._by_host.get(first) if rest else None
         if upstream is not None:
             return await self._cached(upstream, rest, for_push)
         local = LocalRepository(self.local, name)  # name validated above
-        if self.mirror is None:
+        if self.mirror is None or namespace:
+            # An ns we do not cache names some other registry (or this one): what was
+            # pushed here answers, never the Docker Hub mirror.
             return local
         # Pushes too: writes go to `local`, and a manifest PUT adopts the blobs the client
         # skipped because the mirror answered their HEAD.
