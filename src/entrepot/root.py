@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -37,11 +38,37 @@ def create_driver(config: Config) -> StorageDriver:
     return FilesystemDriver(config.storage.rootdirectory)
 
 
+class JsonFormatter(logging.Formatter):
+    """registry:2's ``log.formatter: json`` (and logstash): one JSON object per line, with
+    the configured ``log.fields``."""
+
+    def __init__(self, fields: Mapping[str, str]) -> None:
+        super().__init__()
+        self.fields = dict(fields)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **self.fields,
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def configure_logging(config: Config) -> None:
     level = getattr(logging, config.log.level.upper(), logging.INFO)
-    fields = " ".join(f"{k}={v}" for k, v in sorted(config.log.fields.items()))
-    fmt = "%(asctime)s %(levelname)s %(name)s " + (f"{fields} " if fields else "") + "%(message)s"
-    logging.basicConfig(level=level, format=fmt)
+    if config.log.formatter in ("json", "logstash"):
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter(config.log.fields))
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        fields = " ".join(f"{k}={v}" for k, v in sorted(config.log.fields.items()))
+        fmt = "%(asctime)s %(levelname)s %(name)s " + (f"{fields} " if fields else "")
+        logging.basicConfig(level=level, format=fmt + "%(message)s")
     access = logging.getLogger("granian.access")
     if not any(isinstance(f, EscapeControlCharacters) for f in access.filters):
         access.addFilter(EscapeControlCharacters())

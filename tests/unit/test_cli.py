@@ -59,3 +59,22 @@ def test_no_command_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> Non
     assert main([]) == 2
     assert main(["serve", "--workers", "0"]) == 2
     assert main(["serve", "a.yml", "--config", "b.yml"]) == 2
+
+
+def test_json_log_formatter_writes_one_object_per_line() -> None:
+    import json
+    import logging
+
+    from entrepot.root import JsonFormatter
+
+    record = logging.LogRecord(
+        "entrepot.proxy", logging.WARNING, __file__, 1, "stale %s", ("x",), None
+    )
+    line = JsonFormatter({"service": "registry"}).format(record)
+    assert json.loads(line) | {"time": "t"} == {
+        "time": "t",
+        "level": "warning",
+        "logger": "entrepot.proxy",
+        "msg": "stale x",
+        "service": "registry",
+    }
