@@ -288,11 +288,7 @@ class UpstreamClient:
                 failures.append(f"{base}: {blobstream.describe(exc)}")
                 continue
             except AuthError as exc:
-                status = 400 if exc.status == 404 else exc.status  # a token endpoint's 404
-                error = self._error(status, exc.message, exc.retry_after)
-                if not isinstance(error, UpstreamUnavailable):
-                    raise error from exc
-                failures.append(f"{base}: {exc.message}")  # its token endpoint is down
+                self._auth_failed(exc, base, failures)
                 continue
             if response.status >= 500:
                 response.release()
@@ -365,11 +361,7 @@ class UpstreamClient:
                 failures.append(f"{base}: {describe(exc)}")
                 continue
             except AuthError as exc:
-                status = 400 if exc.status == 404 else exc.status  # a token endpoint's 404
-                error = self._error(status, exc.message, exc.retry_after)
-                if not isinstance(error, UpstreamUnavailable):
-                    raise error from exc
-                failures.append(f"{base}: {exc.message}")  # its token endpoint is down
+                self._auth_failed(exc, base, failures)
                 continue
             if response.status_code >= 500:
                 await response.aclose()
@@ -385,6 +377,15 @@ class UpstreamClient:
                     await response.aclose()
             return response
         raise UpstreamUnavailable(f"{what}: {'; '.join(failures)}", upstream=self.host)
+
+    def _auth_failed(self, exc: AuthError, base: str, failures: list[str]) -> None:
+        """A failed sign-in at ``base``: raise what it means, unless the token endpoint is
+        down, in which case the next url (maybe with another token service) is tried."""
+        status = 400 if exc.status == 404 else exc.status  # a token endpoint's 404
+        error = self._error(status, exc.message, exc.retry_after)
+        if not isinstance(error, UpstreamUnavailable):
+            raise error from exc
+        failures.append(f"{base}: {exc.message}")
 
     def _error(self, status: int | None, message: str, retry_after: str | None) -> UpstreamError:
         """The error for an HTTP status; None when there was no response at all."""
