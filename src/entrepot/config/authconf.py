@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from entrepot.config.errors import ConfigError
 from entrepot.config.model import (
@@ -68,7 +67,7 @@ from entrepot.config.model import (
     HtpasswdAuthConfig,
     TokenAuthConfig,
 )
-from entrepot.config.sections import Section, scalar_text
+from entrepot.config.sections import Section, absolute_url, scalar_text
 
 __all__ = ["ACCESS_CONTROLLERS", "ACTIONS", "NO_USERS_WARNING", "parse_auth"]
 
@@ -336,16 +335,7 @@ def _header_value(section: Section, name: str, value: str) -> str:
 
 
 def _absolute_url(key: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"config key '{key}': {value!r} is not an absolute http or https URL "
-            "(such as https://registry.example.com/auth/token)"
-        )
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ConfigError(f"config key '{key}': {value!r} has an invalid port") from None
+    absolute_url(key, value, "https://registry.example.com/auth/token")
     return value
 
 

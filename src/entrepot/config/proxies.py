@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from entrepot.config.errors import ConfigError
 from entrepot.config.model import ProxyUpstreamConfig
-from entrepot.config.sections import Section, is_empty
+from entrepot.config.sections import Section, absolute_url, is_empty
 
 __all__ = ["DOCKER_HUB", "DOCKER_HUB_NAMES", "parse_proxies"]
 
@@ -202,16 +202,7 @@ def _remote_url(value: Any, key: str) -> str:
             f"config key '{key}': the URL must not hold credentials ('@'); "
             "use username and password"
         )
-    parts = urlsplit(text)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"config key '{key}': {text!r} is not an absolute http or https URL "
-            "(such as https://registry-1.docker.io)"
-        )
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ConfigError(f"config key '{key}': {text!r} has an invalid port") from None
+    parts = absolute_url(key, text, "https://registry-1.docker.io")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
         raise ConfigError(f"config key '{key}': {text!r} must not have a query or fragment")
     return f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from entrepot.config.durations import parse_duration
 from entrepot.config.errors import ConfigError
 
-__all__ = ["NOT_IMPLEMENTED", "Section", "as_str", "is_empty", "scalar_text"]
+__all__ = ["NOT_IMPLEMENTED", "Section", "absolute_url", "as_str", "is_empty", "scalar_text"]
 
 # registry:2 keys Entrepot will implement later: reported as "not implemented yet".
 NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
@@ -131,3 +132,19 @@ def as_str(value: Any, key: str) -> str:
     if isinstance(value, bool | int | float):
         return scalar_text(value)
     raise ConfigError(f"config key '{key}' must be a single value, got {value!r}")
+
+
+def absolute_url(key: str, value: str, example: str) -> SplitResult:
+    """``value`` split, if it is an absolute http(s) URL with a valid port; else the
+    config error naming ``key`` (with ``example`` of what is expected)."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"config key '{key}': {value!r} is not an absolute http or https URL "
+            f"(such as {example})"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ConfigError(f"config key '{key}': {value!r} has an invalid port") from None
+    return parts
