@@ -338,3 +338,15 @@ def layout_tags(layout: Path) -> dict[str, str]:
         if name is not None:
             out[name] = entry["digest"]
     return out
+
+
+def assert_layout_holds(layout: Path, tag: str, expected: ImageLayout) -> None:
+    """A pulled-back OCI layout has the tag at the expected digest and every blob,
+    byte-equal to what was pushed."""
+    assert layout_tags(layout)[tag] == expected.digest
+    for digest in expected.all_digests:
+        blob = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
+        assert blob.is_file(), f"{digest} missing from {layout}"
+        data = blob.read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest, f"{blob} is corrupt"
+        assert data == expected.blob(digest), f"{blob} differs from what was pushed"

@@ -13,19 +13,16 @@ import pytest
 
 from . import clients
 from .clients import Ctr, Podman
-from .images import OCI_INDEX, OCI_MANIFEST, ImageLayout, build_image, build_index, layout_tags
+from .images import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    assert_layout_holds,
+    build_image,
+    build_index,
+)
 from .servers import ManagedServer, ServerFactory
 
 pytestmark = pytest.mark.e2e
-
-
-def _assert_layout_holds(layout: Path, tag: str, expected: ImageLayout) -> None:
-    """A pulled-back OCI layout has the tag at the expected digest and every blob, byte-equal."""
-    assert layout_tags(layout)[tag] == expected.digest
-    for digest in expected.all_digests:
-        blob = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-        assert blob.is_file(), f"{digest} missing from {layout}"
-        assert clients.sha256_digest(blob.read_bytes()) == digest, f"{blob} is corrupt"
 
 
 def test_single_image_round_trip(registry2: ManagedServer, tmp_path: Path) -> None:
@@ -41,7 +38,7 @@ def test_single_image_round_trip(registry2: ManagedServer, tmp_path: Path) -> No
 
     back = tmp_path / "back"
     clients.pull_to_layout(registry2.host, "e2e/single", "v1", back, dest_tag="v1")
-    _assert_layout_holds(back, "v1", image)
+    assert_layout_holds(back, "v1", image)
 
 
 def test_multiarch_index_round_trip(registry2: ManagedServer, tmp_path: Path) -> None:
@@ -57,7 +54,7 @@ def test_multiarch_index_round_trip(registry2: ManagedServer, tmp_path: Path) ->
 
     back = tmp_path / "back"
     clients.pull_to_layout(registry2.host, "e2e/multi", "v1", back, dest_tag="v1", all_images=True)
-    _assert_layout_holds(back, "v1", index)
+    assert_layout_holds(back, "v1", index)
 
 
 def test_storage_root_survives_a_new_server(
@@ -74,7 +71,7 @@ def test_storage_root_survives_a_new_server(
     assert clients.inspect_digest(second.host, "e2e/kept", "v1") == index.digest
     back = tmp_path / "back"
     clients.pull_to_layout(second.host, "e2e/kept", "v1", back, all_images=True)
-    _assert_layout_holds(back, "latest", index)
+    assert_layout_holds(back, "latest", index)
 
 
 def test_podman_pulls_and_unpacks(registry2: ManagedServer, podman: Podman, tmp_path: Path) -> None:

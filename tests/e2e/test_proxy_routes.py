@@ -20,7 +20,13 @@ import pytest
 
 from . import clients
 from .clients import Ctr, Podman
-from .images import OCI_INDEX, OCI_MANIFEST, ImageLayout, build_image, layout_tags
+from .images import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    ImageLayout,
+    assert_layout_holds,
+    build_image,
+)
 from .servers import (
     AccessLogEntry,
     ManagedServer,
@@ -52,18 +58,9 @@ def _seed(upstream: ManagedServer, tmp_path: Path, repo: str, tag: str, seed: in
     return image
 
 
-def _assert_layout_holds(layout: Path, tag: str, expected: ImageLayout) -> None:
-    """A pulled-back OCI layout has the tag at the expected digest and every blob, byte-equal."""
-    assert layout_tags(layout)[tag] == expected.digest
-    for digest in expected.all_digests:
-        blob = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-        assert blob.is_file(), f"{digest} missing from {layout}"
-        assert blob.read_bytes() == expected.blob(digest), f"{blob} differs"
-
-
 def _pull_and_check(host: str, repo: str, tag: str, expected: ImageLayout, dest: Path) -> None:
     clients.pull_to_layout(host, repo, tag, dest, dest_tag=tag)
-    _assert_layout_holds(dest, tag, expected)
+    assert_layout_holds(dest, tag, expected)
 
 
 def _catalog(server: ManagedServer) -> list[str]:

@@ -15,7 +15,13 @@ import pytest
 
 from . import clients
 from .clients import ClientError, Ctr, Podman
-from .images import OCI_INDEX, OCI_MANIFEST, ImageLayout, build_image, build_index, layout_tags
+from .images import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    assert_layout_holds,
+    build_image,
+    build_index,
+)
 from .servers import ManagedServer
 
 pytestmark = pytest.mark.e2e
@@ -28,16 +34,6 @@ MANIFEST_ACCEPT = ", ".join(
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 )
-
-
-def _assert_layout_holds(layout: Path, tag: str, expected: ImageLayout) -> None:
-    """A pulled-back OCI layout has the tag at the expected digest and every blob, byte-equal."""
-    assert layout_tags(layout)[tag] == expected.digest
-    for digest in expected.all_digests:
-        blob = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-        assert blob.is_file(), f"{digest} missing from {layout}"
-        assert clients.sha256_digest(blob.read_bytes()) == digest, f"{blob} is corrupt"
-        assert blob.read_bytes() == expected.blob(digest), f"{blob} differs from what was pushed"
 
 
 def _manifest_status(server: ManagedServer, repo: str, reference: str) -> int:
@@ -73,9 +69,9 @@ def test_skopeo_single_image_push_pull_list_delete(
 
     back = tmp_path / "back"
     clients.pull_to_layout(host, "e2e/skopeo-single", "v1", back, dest_tag="v1")
-    _assert_layout_holds(back, "v1", image)
+    assert_layout_holds(back, "v1", image)
     clients.pull_to_layout(host, "e2e/skopeo-single", image.digest, back, dest_tag="bydigest")
-    _assert_layout_holds(back, "bydigest", image)
+    assert_layout_holds(back, "bydigest", image)
 
     # skopeo delete removes the manifest the tag names: both tags (same digest) are gone.
     clients.delete(host, "e2e/skopeo-single", "v1")
@@ -109,7 +105,7 @@ def test_skopeo_multiarch_index_push_pull_list_delete(
 
     back = tmp_path / "back"
     clients.pull_to_layout(host, "e2e/skopeo-multi", "v1", back, dest_tag="v1", all_images=True)
-    _assert_layout_holds(back, "v1", index)
+    assert_layout_holds(back, "v1", index)
 
     clients.push(index.ref, host, "e2e/skopeo-multi", "v2", all_images=True)
     assert sorted(clients.list_tags(host, "e2e/skopeo-multi")) == ["v1", "v2"]

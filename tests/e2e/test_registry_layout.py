@@ -15,7 +15,14 @@ import httpx
 import pytest
 
 from . import clients
-from .images import OCI_INDEX, OCI_MANIFEST, ImageLayout, build_image, build_index, layout_tags
+from .images import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    ImageLayout,
+    assert_layout_holds,
+    build_image,
+    build_index,
+)
 from .servers import ManagedServer, ServerFactory
 
 pytestmark = pytest.mark.e2e
@@ -28,15 +35,6 @@ MANIFEST_ACCEPT = ", ".join(
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 )
-
-
-def _assert_layout_holds(layout: Path, tag: str, expected: ImageLayout) -> None:
-    """A pulled-back OCI layout has the tag at the expected digest and every blob, byte-equal."""
-    assert layout_tags(layout)[tag] == expected.digest
-    for digest in expected.all_digests:
-        blob = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-        assert blob.is_file(), f"{digest} missing from {layout}"
-        assert blob.read_bytes() == expected.blob(digest), f"{blob} differs from what was pushed"
 
 
 def _blob_store_problems(root: Path) -> list[str]:
@@ -96,7 +94,7 @@ def _assert_serves(
             assert clients.inspect_digest(server.host, repo, digest) == digest
         back = tmp_path / f"back-{server.name.replace(':', '')}-{n}"  # no ":" in oci: refs
         clients.pull_to_layout(server.host, repo, tag, back, dest_tag=tag, all_images=True)
-        _assert_layout_holds(back, tag, what)
+        assert_layout_holds(back, tag, what)
 
 
 def test_entrepot_serves_what_registry2_wrote(

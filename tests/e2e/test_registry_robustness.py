@@ -19,7 +19,12 @@ import httpx
 import pytest
 
 from . import clients
-from .images import OCI_INDEX, OCI_MANIFEST, ImageLayout, build_image, layout_tags
+from .images import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    assert_layout_holds,
+    build_image,
+)
 from .servers import ManagedServer, ServerFactory
 
 pytestmark = pytest.mark.e2e
@@ -47,14 +52,6 @@ def _blob_store_problems(root: Path) -> list[str]:
         if actual != data.parent.name:
             problems.append(f"{data}: {data.stat().st_size} bytes hashing to sha256:{actual}")
     return problems
-
-
-def _assert_layout_holds(layout: Path, tag: str, expected: ImageLayout) -> None:
-    assert layout_tags(layout)[tag] == expected.digest
-    for digest in expected.all_digests:
-        blob = layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-        assert blob.is_file(), f"{digest} missing from {layout}"
-        assert blob.read_bytes() == expected.blob(digest), f"{blob} differs from what was pushed"
 
 
 def _error_codes(response: httpx.Response) -> list[str]:
@@ -156,7 +153,7 @@ def test_kill_9_mid_push_then_restart(entrepot_factory: ServerFactory, tmp_path:
     assert clients.inspect_digest(server.host, "e2e/crash/done", "v1") == done.digest
     back = tmp_path / "back-done"
     clients.pull_to_layout(server.host, "e2e/crash/done", "v1", back, dest_tag="v1")
-    _assert_layout_holds(back, "v1", done)
+    assert_layout_holds(back, "v1", done)
 
     # And the interrupted image can simply be pushed again.
     clients.push(big.ref, server.host, "e2e/crash/big", "v1")
