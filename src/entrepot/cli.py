@@ -1,4 +1,5 @@
-"""The ``entrepot`` command: ``entrepot serve [CONFIG]``, like registry:2's ``registry serve``.
+"""The ``entrepot`` command: ``entrepot serve [CONFIG]`` and ``entrepot garbage-collect CONFIG``,
+like registry:2's ``registry serve`` and ``registry garbage-collect``.
 
 The server is Granian (ASGI) with the factory ``entrepot.root:create_app_from_env``; each
 worker re-reads the configuration from the path in ``ENTREPOT_CONFIG`` (and the same
@@ -8,6 +9,7 @@ worker re-reads the configuration from the path in ``ENTREPOT_CONFIG`` (and the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.util
 import logging
@@ -21,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrepot import __version__
-from entrepot.config import Config, ConfigError, load_config
+from entrepot.config import Config, ConfigError, load_config, parse_duration
+from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.root_auth import SECRET_ENV
+from entrepot.storage import StorageError
 
 if TYPE_CHECKING:
     from granian.server.mp import MPServer
@@ -50,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command == "garbage-collect":
+        return garbage_collect(
+            args.config,
+            GcOptions(dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=args.grace),
+        )
     if args.command != "serve":
         parser.print_help(sys.stderr)
         return 2
@@ -90,6 +99,54 @@ def serve(path: str | None, *, workers: int = 1) -> int:
     return 0
 
 
+def garbage_collect(path: str, options: GcOptions) -> int:
+    """registry:2's ``garbage-collect``: mark and sweep the storage ``path`` configures."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"entrepot: config error: {exc}", file=sys.stderr)
+        return 2
+    from entrepot.root import create_driver
+
+    async def collect() -> GcResult:
+        driver = create_driver(config)
+        try:
+            return await GarbageCollector(driver, options, emit=_say).run()
+        finally:
+            await driver.close()
+
+    try:
+        result = asyncio.run(collect())
+    except StorageError as exc:
+        print(f"entrepot: storage error in {config.storage.rootdirectory}: {exc}", file=sys.stderr)
+        return 1
+    if options.dry_run:
+        _say(f"dry run: nothing deleted ({result.seconds:.1f}s)")
+    else:
+        _say(
+            f"deleted {len(result.blobs_deleted)} blobs ({result.bytes_freed} bytes), "
+            f"{len(result.manifests_deleted)} manifests, {result.layer_links_deleted} layer "
+            f"links and {len(result.repositories_removed)} empty repositories; "
+            f"{result.blobs_relinked} blobs kept as a push linked them during the sweep "
+            f"({result.seconds:.1f}s)"
+        )
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _grace(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="entrepot",
@@ -117,6 +174,33 @@ def _parser() -> argparse.ArgumentParser:
         # A string default goes through `type` too, so a bad $ENTREPOT_WORKERS is a usage error.
         default=os.environ.get("ENTREPOT_WORKERS", "1"),
         help="worker processes (default: $ENTREPOT_WORKERS, else 1)",
+    )
+    gc_cmd = commands.add_parser(
+        "garbage-collect",
+        help="delete blobs and manifests no image references",
+        description=(
+            "registry:2's garbage-collect: delete the blobs no manifest references (and, with "
+            "--delete-untagged, the untagged manifests, keeping tagged images whole). Safe "
+            "while the registry serves: nothing written or linked within --grace is deleted."
+        ),
+    )
+    gc_cmd.add_argument("config", metavar="CONFIG", help="registry:2 config.yml")
+    gc_cmd.add_argument(
+        "-d", "--dry-run", action="store_true", help="print what would be deleted, delete nothing"
+    )
+    gc_cmd.add_argument(
+        "-m",
+        "--delete-untagged",
+        action="store_true",
+        help="also delete manifests no tag reaches (index children and referrers of a "
+        "tagged manifest stay)",
+    )
+    gc_cmd.add_argument(
+        "--grace",
+        type=_grace,
+        default="1h",
+        metavar="DURATION",
+        help="keep what was written or linked this recently, e.g. 30m, 0 (default: 1h)",
     )
     return parser
 
