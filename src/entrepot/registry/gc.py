@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.epochs import CATALOG, bump_epoch
+from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch
 from entrepot.registry.gcscan import (
     Limited,
     ManifestRefs,
@@ -56,6 +56,8 @@ class GcResult:
     repositories: int = 0
     manifests_marked: int = 0
     blobs_marked: int = 0
+    manifests_eligible: list[tuple[str, Digest]] = field(default_factory=list)
+    blobs_eligible: dict[Digest, int] = field(default_factory=dict)  # digest -> bytes
     manifests_deleted: list[tuple[str, Digest]] = field(default_factory=list)
     blobs_deleted: dict[Digest, int] = field(default_factory=dict)  # digest -> bytes
     blobs_kept_fresh: int = 0  # unmarked, but written or linked within the grace window
@@ -121,6 +123,8 @@ class GarbageCollector:
         marked, unkept = await self._mark(scans, blobs)
         doomed = await self._unmarked_blobs(blobs - marked, scans.values())
         result = self.result
+        result.blobs_eligible = dict(doomed)
+        result.manifests_eligible = sorted((n, d) for n, ds in unkept.items() for d in ds)
         n_manifests = sum(len(v) for v in unkept.values())
         self.emit(
             f"{len(scans)} repositories, {result.manifests_marked} manifests and "
@@ -240,9 +244,11 @@ class GarbageCollector:
             self.result.blobs_deleted[digest] = doomed[digest]
         await self._unlink_layers([*scans.values(), *rescans.values()], set(deleted))
         empty = await self._empty_repositories(rescans.values(), gone, set(deleted))
-        await each(empty, self._remove_repository)
+        for name in reversed(empty):  # nested ones first: their parents may empty with them
+            await self._remove_repository(name)
         self.result.repositories_removed = empty
         if empty:
+            await bump_epoch(self.driver, CATALOG_REMOVALS)
             await bump_epoch(self.driver, CATALOG)
 
     async def _unlink_manifests(
