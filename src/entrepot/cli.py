@@ -18,9 +18,9 @@ import secrets
 import ssl
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from entrepot import __version__
 from entrepot.config import Config, ConfigError, load_config, parse_duration
@@ -45,6 +45,7 @@ ACCESS_LOG_FORMAT = (
 )
 
 logger = logging.getLogger("entrepot.cli")
+_T = TypeVar("_T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +117,7 @@ def garbage_collect(path: str, options: GcOptions) -> int:
             await driver.close()
 
     try:
-        result = asyncio.run(collect())
+        result = _run_async(collect())
     except StorageError as exc:
         print(f"entrepot: storage error in {config.storage.rootdirectory}: {exc}", file=sys.stderr)
         return 1
@@ -131,6 +132,15 @@ def garbage_collect(path: str, options: GcOptions) -> int:
             f"({result.seconds:.1f}s)"
         )
     return 0
+
+
+def _run_async(work: Coroutine[object, object, _T]) -> _T:
+    """On uvloop when it is installed (the server's loop too): many small storage calls."""
+    if importlib.util.find_spec("uvloop"):
+        import uvloop
+
+        return uvloop.run(work)
+    return asyncio.run(work)
 
 
 def _say(line: str) -> None:

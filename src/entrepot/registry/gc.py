@@ -71,6 +71,24 @@ class GcResult:
         return sum(self.blobs_deleted.values())
 
 
+class Progress:
+    """A line every few seconds on a long run: ``<what>: done/total``."""
+
+    def __init__(
+        self, emit: Callable[[str], None], what: str, total: int, options: GcOptions
+    ) -> None:
+        self.emit, self.what, self.total = emit, what, total
+        self.every = options.progress_every
+        self.done = 0
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        self.done += 1
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self.emit(f"{self.what}: {self.done}/{self.total}")
+
+
 def keep_closure(
     valid: set[Digest], roots: Iterable[Digest], refs: dict[Digest, ManifestRefs]
 ) -> set[Digest]:
@@ -150,16 +168,15 @@ class GarbageCollector:
         return result
 
     async def _scan_all(self, names: list[str], phase: str) -> dict[str, RepoScan]:
-        done = 0
-        last = time.monotonic()
+        progress = Progress(self.emit, f"{phase}: repositories read", len(names), self.options)
+        # A few repositories at a time (each makes several calls at once), so they finish
+        # steadily and the progress line means something.
+        slots = asyncio.Semaphore(self.options.concurrency)
 
         async def scan(name: str) -> RepoScan:
-            nonlocal done, last
-            found = await scan_repository(self.store, name, self.cutoff)
-            done += 1
-            if time.monotonic() - last >= self.options.progress_every:
-                last = time.monotonic()
-                self.emit(f"{phase}: {done}/{len(names)} repositories read")
+            async with slots:
+                found = await scan_repository(self.store, name, self.cutoff)
+            progress.tick()
             return found
 
         return {s.name: s for s in await each(names, scan)}
@@ -239,7 +256,13 @@ class GarbageCollector:
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
         deleted = [d for d in quarantined if d not in relinked]
-        await each(deleted, self._delete_blob)
+        progress = Progress(self.emit, "sweeping: blobs deleted", len(deleted), self.options)
+
+        async def delete(digest: Digest) -> None:
+            await self._delete_blob(digest)
+            progress.tick()
+
+        await each(deleted, delete)
         for digest in deleted:
             self.result.blobs_deleted[digest] = doomed[digest]
         await self._unlink_layers([*scans.values(), *rescans.values()], set(deleted))
