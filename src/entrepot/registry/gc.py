@@ -257,9 +257,11 @@ class GarbageCollector:
         await each(relinked, self._release)
         deleted = [d for d in quarantined if d not in relinked]
         progress = Progress(self.emit, "sweeping: blobs deleted", len(deleted), self.options)
+        slots = asyncio.Semaphore(self.options.concurrency)  # steady progress, as reading
 
         async def delete(digest: Digest) -> None:
-            await self._delete_blob(digest)
+            async with slots:
+                await self._delete_blob(digest)
             progress.tick()
 
         await each(deleted, delete)

@@ -80,9 +80,12 @@ class Limited:
     async def linked(self, prefix: str) -> dict[Digest, float]:
         """The digests under ``prefix`` (as ``digests``) whose ``link`` file exists, with its
         mtime: registry:2 deletes a manifest by removing the link and keeps the folder."""
-        found = sorted(await self.digests(prefix), key=str)
-        infos = await each(found, lambda d: self.stat(f"{prefix}/{d.algorithm}/{d.encoded}/link"))
-        return {d: info.mtime for d, info in zip(found, infos, strict=True) if info is not None}
+        found: dict[Digest, float] = {}
+        for digest in await self.digests(prefix):
+            info = await self.stat(f"{prefix}/{digest.algorithm}/{digest.encoded}/link")
+            if info is not None:
+                found[digest] = info.mtime
+        return found
 
     async def read_link(self, key: str) -> Digest | None:
         raw = await self.get(key)
@@ -155,28 +158,22 @@ class RepoScan:
 
 async def scan_repository(store: Limited, name: str, fresh_after: float) -> RepoScan:
     """Read a repository's revisions, layer links, tags (what each points at) and upload
-    sessions; an upload written to after ``fresh_after`` is in progress."""
+    sessions; an upload written to after ``fresh_after`` is in progress. One call after
+    another: the parallelism is across repositories (fewer tasks, less overhead)."""
     scan = RepoScan(name)
-    tags = await store.children(layout.tags_dir(name))
-
-    async def tag(tag: str) -> None:
+    scan.revision_mtimes = await store.linked(f"{layout.repository(name)}/_manifests/revisions")
+    scan.revisions = set(scan.revision_mtimes)
+    scan.layers = await store.digests(layout.layers_dir(name))
+    scan.tag_names = await store.children(layout.tags_dir(name))
+    for tag in scan.tag_names:
         digest = await store.read_link(layout.tag_current_link(name, tag))
         if digest is not None:
             scan.tags[tag] = digest
-
-    async def upload(upload_id: str) -> None:
+    scan.uploads = await store.children(layout.uploads_dir(name))
+    for upload_id in scan.uploads:
         info = await store.stat(layout.upload_data(name, upload_id))
         if info is not None and info.mtime > fresh_after:
             scan.upload_active = True
-
-    revisions, layers, uploads = await asyncio.gather(
-        store.linked(f"{layout.repository(name)}/_manifests/revisions"),
-        store.digests(layout.layers_dir(name)),
-        store.children(layout.uploads_dir(name)),
-    )
-    scan.revisions, scan.revision_mtimes = set(revisions), revisions
-    scan.layers, scan.uploads, scan.tag_names = layers, uploads, tags
-    await asyncio.gather(each(tags, tag), each(uploads, upload))
     return scan
 
 
