@@ -311,11 +311,12 @@ class GarbageCollector:
         await self.store.move(f"{layout.blob_dir(digest)}/{QUARANTINE}", layout.blob_data(digest))
 
     async def _delete_blob(self, digest: Digest) -> None:
-        await self.store.delete(f"{layout.blob_dir(digest)}/{QUARANTINE}")
-        # registry:2 removes the blob's folder too; a driver with real directories keeps
-        # it empty otherwise (a push of the same bytes may have refilled it: then it stays).
-        if not await self.store.children(layout.blob_dir(digest)):
+        # The blob's folder with the quarantined bytes, as registry:2 removes the folder;
+        # unless a push of the same bytes refilled it meanwhile: then only the quarantine.
+        if await self.store.stat(layout.blob_data(digest)) is None:
             await self.store.delete(layout.blob_dir(digest))
+        else:
+            await self.store.delete(f"{layout.blob_dir(digest)}/{QUARANTINE}")
 
     async def _relinked(
         self,
