@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(path, workers=args.workers)
 
 
-def serve(path: str | None, *, workers: int = 1) -> int:
+def serve(path: str | None, *, workers: int | None = None) -> int:
     """Load the configuration at ``path`` (None: defaults) and run the server."""
     try:
         config = load_config(path)
@@ -94,7 +94,7 @@ def serve(path: str | None, *, workers: int = 1) -> int:
         os.environ.pop(CONFIG_ENV, None)
     with _client_ca_bundle(config) as client_ca:
         try:
-            server = _granian(config, workers, client_ca)
+            server = _granian(config, workers or default_workers(), client_ca)
         except (OSError, ssl.SSLError) as exc:
             print(f"entrepot: config error: cannot load http.tls: {exc}", file=sys.stderr)
             return 2
@@ -166,10 +166,16 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         # A string default goes through `type` too, so a bad $ENTREPOT_WORKERS is a usage error.
-        default=os.environ.get("ENTREPOT_WORKERS", "1"),
-        help="worker processes (default: $ENTREPOT_WORKERS, else 1)",
+        default=os.environ.get("ENTREPOT_WORKERS", str(default_workers())),
+        help="worker processes (default: $ENTREPOT_WORKERS, else one per CPU core: "
+        f"{default_workers()} here)",
     )
     return parser
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may run on, as registry:2 uses every core."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _positive_int(text: str) -> int:
