@@ -111,7 +111,9 @@ class TokenAuthConfig:
     realm: str = key("realm", "", doc="the token server's absolute URL (required)")
     service: str = key("service", "", doc="this registry's name in tokens (required)")
     issuer: str = key("issuer", "", doc="the token server's name in tokens (required)")
-    rootcertbundle: Path = key("rootcertbundle", Path(), doc="PEM certificates (required)")
+    rootcertbundle: Path = key(
+        "rootcertbundle", Path(), doc="PEM certificates of the signers: x5c chain or kid (required)"
+    )
 
     def checked(self, at: At) -> TokenAuthConfig:
         realm = _required(at, "realm", self.realm, "the token server's URL")

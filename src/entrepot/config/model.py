@@ -60,7 +60,7 @@ class LogConfig:
 class UploadPurging:
     """``storage.maintenance.uploadpurging``: abandoned uploads are removed."""
 
-    enabled: bool = key("enabled", True, doc="")
+    enabled: bool = key("enabled", True, doc="remove abandoned uploads")
     age_s: float = key("age", 168 * 3600.0, doc="uploads older than this are removed")
     interval_s: float = key("interval", 24 * 3600.0, doc="how often")
     dryrun: bool = key("dryrun", False, doc="only log what would be removed")
@@ -177,7 +177,9 @@ class Config:
         "catalog",
     )
     version: str = key("version", "0.1", parse=lambda v, _: scalar_text(v), doc="`0.1`")
-    auth: AuthConfig | None = key("auth", None, doc="one access controller (see Security)")
+    auth: AuthConfig | None = key(
+        "auth", None, doc="one access controller: `htpasswd`, `token` or `builtin` (see Security)"
+    )
     loglevel: str | None = key(
         "loglevel", None, lower=True, choices=_LOG_LEVELS, doc="registry:2's old `log.level`"
     )
@@ -186,7 +188,7 @@ class Config:
     http: HttpConfig = key("http", factory=HttpConfig, doc="")
     health: HealthConfig = key("health", factory=HealthConfig, doc="")
     proxy: ProxyBlockConfig | None = key(
-        "proxy", None, doc="registry:2's upstream: becomes the mirror among `proxies`"
+        "proxy", None, doc="registry:2's upstream: the mirror among `proxies`; pushes still land"
     )
     proxies: tuple[ProxyUpstreamConfig, ...] = key(
         "proxies", (), doc="Entrepot's upstreams, each cached under `/v2/<host>/...`"

@@ -282,6 +282,8 @@ def as_str(value: Any, key_path: str) -> str:
 
 
 def format_duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0s"
     for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
@@ -320,7 +322,7 @@ def _plain(value: Any, hint: Any) -> Any:
 def key_table(cls: type) -> str:
     """The Markdown table of every key of model ``cls``, for the README."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
-    lines += [f"| `{p}` | {d} | {doc} |" for p, d, doc in _rows(cls, "")]
+    lines += [f"| {p} | {d} | {doc} |" for p, d, doc in _rows(cls, "")]
     return "\n".join(lines) + "\n"
 
 
@@ -328,26 +330,28 @@ def _rows(cls: type, prefix: str) -> Iterator[tuple[str, str, str]]:
     defaults = {f.name: f for f in dataclasses.fields(cls)}
     for f in fields_of(cls):
         path = prefix + f.key.path
-        inner = [a for a in get_args(f.hint) if a is not type(None)] or [f.hint]
-        model = next(
-            (a for a in [*inner, *get_args(inner[0])] if dataclasses.is_dataclass(a)), None
-        )
-        if model is not None:
-            suffix = "[N]" if get_origin(inner[0]) in (tuple, list) else ""
+        hint = f.hint
+        if get_origin(hint) in (Union, types.UnionType):
+            hint = next(a for a in get_args(hint) if a is not type(None))
+        listed = get_origin(hint) in (tuple, list)
+        model = get_args(hint)[0] if listed else hint
+        if dataclasses.is_dataclass(model):
+            suffix = "[N]" if listed else ""
             if f.key.doc:
-                yield path + suffix, "", f.key.doc
+                yield f"`{path}{suffix}`", "", f.key.doc
             yield from _rows(model, f"{path}{suffix}.")  # type: ignore[arg-type]
             continue
-        yield path, _default_text(defaults[f.name]), f.key.doc
-    for name in _flag(cls, "NOT_IMPLEMENTED"):
-        yield prefix + name, "", "not implemented yet: a warning names the key"
+        yield f"`{path}`", _default_text(defaults[f.name]), f.key.doc
+    missing = [f"`{prefix}{name}`" for name in _flag(cls, "NOT_IMPLEMENTED")]
+    if missing:
+        yield ", ".join(missing), "", "not implemented yet: a warning names the key"
 
 
 def _default_text(f: dataclasses.Field[Any]) -> str:
     if f.default is dataclasses.MISSING:
         return "(required)" if f.default_factory is dataclasses.MISSING else ""
     value = f.default
-    if value is None or value == "":
+    if value in (None, "", (), Path()):
         return ""
     if isinstance(value, float):
         return format_duration(value)
