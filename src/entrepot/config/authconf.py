@@ -1,42 +1,10 @@
 """The ``auth`` section: registry:2's access controllers and Entrepot's token service.
 
 As in registry:2, ``auth`` names exactly one access controller (``auth: htpasswd``, a
-bare name, is ``auth: {htpasswd: {}}``)::
-
-    auth:
-      htpasswd:                   # HTTP basic auth: any listed user may do everything
-        realm: basic-realm
-        path: /auth/htpasswd      # bcrypt entries, as htpasswd -B writes them
-
-    auth:
-      token:                      # bearer tokens from an external token server
-        realm: https://auth.example.com/token
-        service: registry.example.com
-        issuer: auth.example.com
-        rootcertbundle: /certs/token-signers.pem
-
-Entrepot adds ``builtin``, its own token service with access rules::
-
-    auth:
-      builtin:
-        service: entrepot                                # the defaults
-        issuer: entrepot
-        realm: https://registry.example.com/auth/token   # default: <registry>/auth/token
-        htpasswd: /etc/entrepot/htpasswd                 # users, and/or:
-        users:
-          ci: $2y$05$...                                 # bcrypt hash (htpasswd -nB ci)
-        groups:
-          team: [alice, bob]
-        expiration: 5m                                   # token lifetime
-        maxfailures: 10                                  # failed sign-ins a minute per client
-        access:                                          # what the rules grant adds up
-          - who: [anonymous]                             # or a user, group:<name>,
-            repositories: ["docker.io/*"]                #   authenticated, "*"
-            actions: [pull]                              # pull, push, delete, "*"
-          - who: [admin]
-            repositories: ["*"]
-            actions: ["*"]
-            catalog: true                                # may list all repositories
+bare name, is ``auth: {htpasswd: {}}``): ``htpasswd`` (HTTP basic auth, any listed user
+may do everything) or ``token`` (bearer tokens from an external token server); Entrepot
+adds ``builtin``, its own token service with access rules (the README shows an example;
+the keys are declared below).
 
 Differences from registry:2, all refusing rather than starting more open than asked:
 

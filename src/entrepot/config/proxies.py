@@ -1,27 +1,10 @@
 """The pull-through cache's upstreams: registry:2's ``proxy`` block and ``proxies``.
 
-registry:2 proxies one upstream, configured by ``proxy`` (``remoteurl``, ``username``,
-``password``, ``ttl``), and then serves nothing else. Entrepot serves its own
-repositories and caches any number of upstreams, each under ``/v2/<host>/...``:
-
-```yaml
-proxies:
-  - host: docker.io                  # the registry this upstream stands for
-    remoteurls:                      # or remoteurl: one URL; tried in order
-      - https://mirror.gcr.io
-      - https://registry-1.docker.io
-    username: me
-    passwordfile: /run/secrets/hub   # or password: ..., or passwordenv: HUB_TOKEN
-    mirror: true                     # unprefixed names with no local repository
-    allowpush: false                 # accept pushes into /v2/docker.io/...
-    tagttl: 1m                       # serve a cached tag without asking upstream
-    negativettl: 15s                 # remember an upstream 404
-    connecttimeout: 3s
-    readtimeout: 30s
-```
-
-registry:2's ``proxy`` block becomes one more upstream, the mirror, whose host comes
-from ``remoteurl`` (Docker Hub's URLs give "docker.io"). It is listed first.
+registry:2 proxies one upstream, configured by ``proxy``, and then serves nothing else.
+Entrepot serves its own repositories and caches any number of upstreams (``proxies``),
+each under ``/v2/<host>/...``; registry:2's ``proxy`` block becomes one more upstream,
+the mirror, listed first, whose host comes from ``remoteurl`` (Docker Hub's URLs give
+"docker.io").
 
 Passwords never appear in errors or warnings, and are kept out of ``repr``. A
 password, username or ``remoteurl`` must be a YAML string: ``password: 0123`` would be

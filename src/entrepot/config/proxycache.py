@@ -1,12 +1,5 @@
 """``proxycache``: Entrepot's own limits on the pull-through cache (not in registry:2).
 
-```yaml
-proxycache:
-  maxsize: 100GiB      # total size of cached upstream blobs; beyond it the oldest
-                       # cached are evicted (pushed content never)
-  sweepinterval: 10m   # how often the size is checked
-```
-
 ``maxsize`` is an integer number of bytes or a number with a unit: B, KB, MB, GB, TB
 (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024). The unit's letters are
 case-insensitive, a space may separate it from the number (``"500 MB"``) and the number
