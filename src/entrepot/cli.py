@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from entrepot import __version__
 from entrepot.config import CONFIG_ENV, CONFIGURATION_PATH_ENV, Config, ConfigError, load_config
-from entrepot.config.check import check_storage_root, check_tls_files, effective_yaml, summary
+from entrepot.config.check import check_tls_files, effective_yaml, summary
 from entrepot.log_setup import configure_logging
 from entrepot.root_auth import SECRET_ENV
 
@@ -64,14 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(path, workers=args.workers)
 
 
-def _load(path: str | None, *, full: bool = False) -> Config | None:
-    """The configuration, its warnings printed; None (after one line) on a config error.
-    ``full`` also checks that the storage root is writable."""
+def _load(path: str | None) -> Config | None:
+    """The configuration, its warnings printed; None (after one line) on a config error."""
     try:
         config = load_config(path)
         check_tls_files(config)
-        if full:
-            check_storage_root(config)
     except ConfigError as exc:
         print(f"entrepot: config error: {exc}", file=sys.stderr)
         return None
@@ -82,11 +79,22 @@ def _load(path: str | None, *, full: bool = False) -> Config | None:
     return config
 
 
+def _storage_problem(config: Config) -> str | None:
+    from entrepot.root import storage_problem  # the root imports the app: only when needed
+
+    problem = storage_problem(config)
+    if problem:
+        print(f"entrepot: storage error: {problem}", file=sys.stderr)
+    return problem
+
+
 def check_config(path: str | None) -> int:
     """Print the configuration in effect (secrets masked) and every warning; serve nothing."""
-    config = _load(path, full=True)
+    config = _load(path)
     if config is None:
         return CONFIG_ERROR_EXIT
+    if _storage_problem(config):
+        return 1
     print(f"# {summary(config, path)}\n{effective_yaml(config)}", end="")
     return 0
 
@@ -96,6 +104,8 @@ def serve(path: str | None, *, workers: int = 1) -> int:
     config = _load(path)
     if config is None:
         return CONFIG_ERROR_EXIT
+    if _storage_problem(config):
+        return 1
     configure_logging(config.log)
     logger.info("starting: %s", summary(config, path))
     if not config.http.secret and SECRET_ENV not in os.environ:

@@ -1,10 +1,9 @@
-"""What ``entrepot check-config`` and ``serve`` check beyond the file itself: the files
-the configuration names can be used, and what the configuration amounts to."""
+"""What ``entrepot check-config`` and ``serve`` check beyond the file itself (the TLS
+files; the storage is probed by the root), and what the configuration amounts to."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -13,7 +12,7 @@ from entrepot.config.errors import ConfigError
 from entrepot.config.model import Config
 from entrepot.config.schema import effective
 
-__all__ = ["check_storage_root", "check_tls_files", "effective_yaml", "summary"]
+__all__ = ["check_tls_files", "effective_yaml", "summary"]
 
 
 def check_tls_files(config: Config) -> None:
@@ -52,34 +51,6 @@ def _check_tls_pair(certificate: Path, key: Path) -> None:
             f"config key 'http.tls.key': the key in {key} does not match "
             f"the certificate in {certificate} (key values mismatch)"
         )
-
-
-def check_storage_root(config: Config) -> None:
-    """The filesystem storage root is a writable directory, or can be created."""
-    if config.storage.readonly:
-        return  # nothing will be written
-    root = config.storage.rootdirectory
-    where = "config key 'storage.filesystem.rootdirectory'"
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{where}: {root} cannot be created: {existing} is not a directory")
-    if existing != root:
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(
-                f"{where}: {root} does not exist and cannot be created: {existing} is not "
-                "writable; create it for the user Entrepot runs as"
-            )
-        return
-    try:
-        with tempfile.TemporaryFile(dir=root, prefix=".entrepot-check-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"{where}: {root} is not writable ({exc.strerror or exc}); give the user "
-            "Entrepot runs as write access to it"
-        ) from None
 
 
 def effective_yaml(config: Config) -> str:
