@@ -14,40 +14,25 @@ from entrepot.config.authconf import (
 from entrepot.config.durations import parse_duration
 from entrepot.config.environ import CONFIG_ENV, CONFIGURATION_PATH_ENV
 from entrepot.config.errors import ConfigError
-from entrepot.config.httpconf import HttpConfig, TlsConfig, parse_listen_addr
+from entrepot.config.httpconf import parse_listen_addr
 from entrepot.config.loader import load_config
-from entrepot.config.model import (
-    SUPPORTED_STORAGE_DRIVERS,
-    Config,
-    HealthConfig,
-    LogConfig,
-    StorageConfig,
-    StorageHealth,
-    UploadPurging,
-)
+from entrepot.config.model import Config, LogConfig
 from entrepot.config.proxies import ProxyUpstreamConfig
 from entrepot.config.proxycache import ProxyCacheConfig
 
 __all__ = [
     "CONFIGURATION_PATH_ENV",
     "CONFIG_ENV",
-    "SUPPORTED_STORAGE_DRIVERS",
     "AccessRuleConfig",
     "AuthConfig",
     "BuiltinAuthConfig",
     "Config",
     "ConfigError",
-    "HealthConfig",
     "HtpasswdAuthConfig",
-    "HttpConfig",
     "LogConfig",
     "ProxyCacheConfig",
     "ProxyUpstreamConfig",
-    "StorageConfig",
-    "StorageHealth",
-    "TlsConfig",
     "TokenAuthConfig",
-    "UploadPurging",
     "load_config",
     "parse_duration",
     "parse_listen_addr",

@@ -1,56 +1,43 @@
 """``REGISTRY_*`` environment overrides, applied the way registry:2 applies them.
 
-registry:2 (``configuration/parser.go``) takes every environment variable whose name
-starts with ``REGISTRY_``, sorts them by name (so ``REGISTRY_STORAGE`` is applied before
-``REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY``), splits the rest of the name on ``_``
-and walks the configuration with it. Which sections are fixed, free-form or lists, and
-which keys are strings, comes from the models' key declarations (``env_schema``):
+registry:2 (``configuration/parser.go``) takes every variable whose name starts with
+``REGISTRY_``, in name order (``REGISTRY_STORAGE`` before
+``REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY``), splits the rest on ``_`` and walks the
+configuration with it; how, comes from the models' key declarations (``env_schema``):
 
-* through a fixed section (a Go struct: ``http``, ``http.tls``, ``log``, ``health`` ...)
-  a name part must match a known key, upper-cased; an unknown part is ignored with a
-  warning (``REGISTRY_PORT`` set by a Kubernetes service named "registry" is such a case);
-* through a free-form section (a Go map: ``storage`` and its driver parameters,
-  ``log.fields``, ``http.headers``, ``auth`` ...) an existing key matching the part
-  (upper-cased) is followed, otherwise the part is added lower-cased; below ``auth``
-  the access controllers Entrepot knows (``htpasswd``, ``token``, ``builtin``) have
-  known keys, any other name is added (and refused by the loader), so
-  ``REGISTRY_AUTH_HTPASSWD_PATH`` and ``REGISTRY_AUTH_BUILTIN_ACCESS_0_WHO`` work;
-* through a list, the part is an index (``REGISTRY_HTTP_TLS_CLIENTCAS_0``); the index
-  may be the list's length, which appends;
-* the last part is set to the variable's value parsed as a YAML scalar/document, so
-  ``"true"`` is a boolean, ``"5000"`` an integer, ``"[a, b]"`` a list. A field that is
-  a Go string (``proxy.password``, ``proxies[N].username`` ...) keeps the text as
-  written when YAML reads a number, boolean or date (go-yaml does the same), so
-  ``REGISTRY_PROXY_PASSWORD=0123`` is "0123", not 83; a list or mapping there is an error.
+* through a fixed section (a Go struct: a model) a part must match a key, upper-cased;
+  an unknown part is ignored with a warning (``REGISTRY_PORT``, which Kubernetes sets
+  for a service named "registry");
+* through a free-form section (a Go map: ``storage``, ``auth`` (models marked ``OPEN``),
+  ``log.fields``, ``http.headers``, keys not implemented yet) an existing key matching
+  the part is followed, otherwise the part is added lower-cased; a known key keeps its
+  shape, so ``REGISTRY_AUTH_BUILTIN_ACCESS_0_WHO`` works;
+* through a list, the part is an index (``REGISTRY_PROXIES_0_HOST``); the list's length
+  appends;
+* the last part is set to the value parsed as YAML (``"true"`` is a boolean, ``"[a, b]"``
+  a list); a string field (``proxy.password``) keeps the text as written when YAML reads
+  a number, boolean or date, as go-yaml does (``0123`` stays "0123").
 
-``version`` cannot be overridden (registry:2 reads it before applying the environment).
-``REGISTRY_STORAGE=filesystem`` (a driver name alone) selects that driver with no
-parameters, replacing the whole ``storage`` section, as in registry:2; likewise
-``REGISTRY_AUTH=htpasswd`` replaces the whole ``auth`` section (the file may also say
-``auth: htpasswd``), and later variables such as ``REGISTRY_AUTH_HTPASSWD_REALM`` fill it.
-``REGISTRY_CONFIGURATION_PATH`` names the configuration file and is not an override.
-Entrepot's own ``proxies`` list is addressed like registry:2's lists, e.g.
-``REGISTRY_PROXIES_0_HOST=ghcr.io`` and ``REGISTRY_PROXIES_0_REMOTEURL=https://ghcr.io``;
-its ``proxycache`` section too: ``REGISTRY_PROXYCACHE_MAXSIZE=100GiB`` and
-``REGISTRY_PROXYCACHE_SWEEPINTERVAL=10m``.
-The value of a variable whose name ends in ``PASSWORD`` or ``SECRET``, or that may set
-a password hash (``REGISTRY_AUTH``, ``REGISTRY_AUTH_BUILTIN``,
-``REGISTRY_AUTH_BUILTIN_USERS...``), never appears in an error message.
+``version`` cannot be overridden (registry:2 reads it first). ``REGISTRY_STORAGE=filesystem``
+(a driver name alone) replaces the whole ``storage`` section, as in registry:2; likewise
+``REGISTRY_AUTH=htpasswd``. ``REGISTRY_CONFIGURATION_PATH`` names the configuration file.
+The value of a variable that may hold a password or a password hash (ending in
+``PASSWORD`` or ``SECRET``, ``REGISTRY_AUTH``, ``REGISTRY_AUTH_BUILTIN``,
+``REGISTRY_AUTH_BUILTIN_USERS...``) never appears in an error message.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import yaml
 
 from entrepot.config.errors import ConfigError
-from entrepot.config.schema import fields_of
+from entrepot.config.schema import fields_of, nest, optional_of
 
 __all__ = [
     "CONFIGURATION_PATH_ENV",
@@ -97,28 +84,17 @@ def env_schema(model: type) -> dict[str, Any] | _MapOf:
     fixed section (a free-form map if ``OPEN``), its ``NOT_IMPLEMENTED`` keys free-form."""
     tree: dict[str, Any] = {}
     for f in fields_of(model):
-        *parents, last = f.key.path.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = _node(f.hint)
+        nest(tree, f.key.path, _node(optional_of(f.hint)))
     for name in getattr(model, "NOT_IMPLEMENTED", ()):
-        *parents, last = name.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = _FREE
+        nest(tree, name, _FREE)
     return _MapOf(tree) if getattr(model, "OPEN", False) else tree
 
 
 def _node(hint: Any) -> _Schema:
-    inner = [a for a in get_args(hint) if a is not type(None)]
-    if get_origin(hint) in (Union, types.UnionType):
-        return _node(inner[0])
     if dataclasses.is_dataclass(hint):
         return env_schema(hint)  # type: ignore[arg-type]
     if get_origin(hint) in (tuple, list):
-        element = inner[0]
+        element = get_args(hint)[0]
         if dataclasses.is_dataclass(element):
             schema = env_schema(element)  # type: ignore[arg-type]
             return _ListOf(schema if isinstance(schema, dict) else schema.known)

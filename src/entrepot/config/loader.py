@@ -1,25 +1,11 @@
-"""Reading and validating registry:2's ``config.yml``.
+"""Reading registry:2's ``config.yml`` into the models, with ``REGISTRY_*`` overrides.
 
-Deliberate differences from registry:2 (2.8), all in the direction of refusing or
-reporting rather than silently misbehaving:
-
-* keys Entrepot does not implement, and keys registry:2 does not know, are reported in
-  ``Config.warnings`` with a "did you mean" suggestion (registry:2 silently ignores
-  unknown keys); an unknown key in Entrepot's own sections (``proxies``, ``proxycache``,
-  ``auth.builtin``) is an error. A key whose value is empty, null or false is not
-  reported: it asks for nothing.
-* a value of the wrong type is an error (registry:2 sometimes panics, sometimes
-  silently ignores it, e.g. a quoted ``delete: {enabled: "true"}``).
-* ``http.addr`` is validated here; an absent ``http.addr`` means ":5000" (registry:2
-  would listen on a random port).
-* upload purging keys left out of a present ``uploadpurging`` section take their
-  defaults (registry:2 panics), and integer durations are accepted there (nanoseconds).
-* ``auth``: its files must be readable at load time, ``auth.silly`` and access
-  controllers Entrepot does not know are errors (an open registry where the operator
-  asked for access control is worse than none), and Entrepot adds ``auth.builtin``.
-* ``proxy`` (registry:2's single upstream) does not turn the registry into a read-only
-  cache: it is the mirror among Entrepot's upstreams, beside ``proxies``; ``proxy.ttl``
-  is accepted with a warning.
+Deliberate differences from registry:2 (2.8), all refusing or reporting rather than
+silently misbehaving: unknown keys are reported (a warning with a suggestion; an error in
+Entrepot's own sections), values of the wrong type are errors, an absent ``http.addr`` is
+":5000" (not a random port), upload purging keys left out take their defaults, ``auth``
+files must be readable now and ``auth.silly`` is refused, and ``proxy`` makes the
+registry a mirror beside its own repositories, not a read-only cache.
 """
 
 from __future__ import annotations

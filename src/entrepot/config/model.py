@@ -1,13 +1,6 @@
-"""The configuration's models: registry:2's sections and Entrepot's own, one
-declaration per key (see ``schema``); ``http``, ``auth``, ``proxies`` and ``proxycache``
-have their own modules.
-
-To add a section: write its model (a frozen dataclass of ``key(...)`` fields, ``OWN``
-if it is Entrepot's, ``checked`` for what the types cannot say) and declare it as one
-field of ``Config`` (or of its parent); if registry:2 has it, take its name out of the
-parent's ``NOT_IMPLEMENTED``. Parsing, ``REGISTRY_*`` overrides, unknown-key reports,
-``check-config`` output and the README table follow.
-"""
+"""The configuration's models, one declaration per key (see ``schema``); ``http``,
+``auth``, ``proxies`` and ``proxycache`` have their own modules. The README's design
+section says how to add a section."""
 
 from __future__ import annotations
 

@@ -1,23 +1,15 @@
 """One declaration per configuration key: the models' fields say everything.
 
-A model is a frozen dataclass whose fields are declared with ``key(...)``: the YAML key
-path (relative to the model, dots for nesting), the default, a line of documentation,
-and whether the value is a secret. From these declarations, and nothing else:
-
-* ``parse_section`` reads a YAML mapping into the model: the value's type comes from the
-  field's annotation (bool, int, str, Path, float = a registry:2 duration, lists, maps,
-  nested models, tuples of models, ``X | None``); an empty or null value means the
-  default, as in registry:2;
-* keys nobody declared are reported with a "did you mean" suggestion: a warning in
-  registry:2's sections, an error in a model marked ``OWN`` (Entrepot's own sections); a
-  key listed in the model's ``NOT_IMPLEMENTED`` warns "not implemented yet";
-* ``environ`` derives the ``REGISTRY_*`` override schema (``env_schema``);
-* ``check`` prints the effective configuration (``effective``) with secrets masked;
-* ``key_table`` writes the README's key table.
-
-A model may define ``checked(self, at) -> value``: cross-field validation and derived
-fields, returning what is stored (usually ``dataclasses.replace(self, ...)``), and the
-classmethod ``accept(at)``, which sees the raw mapping before any field is read.
+A model is a frozen dataclass whose fields are declared with ``key(path, default,
+doc=...)``; from these declarations alone ``parse_section`` reads YAML (the type from the
+annotation: bool, int, str, Path, float = a registry:2 duration, lists, maps, models,
+``X | None``; an empty value is the default, as in registry:2), unknown keys are reported
+with a "did you mean" (a warning in registry:2's sections, an error in models marked
+``OWN``; keys in ``NOT_IMPLEMENTED`` warn "not implemented yet"), ``environ`` derives the
+``REGISTRY_*`` schema, ``effective`` gives the configuration with secrets masked and
+``key_table`` the README's table. A model's optional ``checked(self, at)`` returns what is
+stored (cross-field rules, derived fields); its optional classmethod ``accept(at)`` sees
+the raw mapping before any field is read.
 """
 
 from __future__ import annotations
@@ -47,6 +39,8 @@ __all__ = [
     "is_empty",
     "key",
     "key_table",
+    "nest",
+    "optional_of",
     "parse_section",
     "scalar_text",
 ]
@@ -133,16 +127,27 @@ def _hints(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
+def nest(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``path`` "a.b.c", making the mappings between."""
+    *parents, last = path.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def optional_of(hint: Any) -> Any:
+    """``X`` for ``X | None``, else ``hint``."""
+    if get_origin(hint) in (Union, types.UnionType):
+        return next(a for a in get_args(hint) if a is not type(None))
+    return hint
+
+
 @functools.cache
 def _tree(cls: type) -> dict[str, Any]:
     """Key name -> _Field, or a dict for an intermediate mapping (``delete.enabled``)."""
     tree: dict[str, Any] = {}
     for f in fields_of(cls):
-        *parents, last = f.key.path.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = f
+        nest(tree, f.key.path, f)
     return tree
 
 
@@ -207,9 +212,8 @@ def _unknown(cls: type, rel: str, at: At, known: list[str]) -> None:
 def _value(hint: Any, value: Any, path: str, at: At, decl: Key | None = None) -> Any:
     if decl is not None and decl.parse is not None:
         return decl.parse(value, path)
+    hint = optional_of(hint)
     origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType):
-        return _value(next(a for a in args if a is not type(None)), value, path, at, decl)
     if dataclasses.is_dataclass(hint):
         return parse_section(hint, value, at.below(path))  # type: ignore[arg-type]
     if origin in (tuple, list):
@@ -297,21 +301,17 @@ def effective(model: Any) -> dict[str, Any]:
         value = getattr(model, f.name)
         if value is None or value == () or value == {} or value == []:
             continue
-        *parents, last = f.key.path.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = MASK if f.key.secret else _plain(value, f.hint)
+        nest(out, f.key.path, MASK if f.key.secret else _plain(value))
     return out
 
 
-def _plain(value: Any, hint: Any) -> Any:
+def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return effective(value)
     if isinstance(value, tuple | list):
-        return [_plain(item, None) for item in value]
+        return [_plain(item) for item in value]
     if isinstance(value, dict):
-        return {k: _plain(v, None) for k, v in value.items()}
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, float) and not isinstance(value, bool):
@@ -330,9 +330,7 @@ def _rows(cls: type, prefix: str) -> Iterator[tuple[str, str, str]]:
     defaults = {f.name: f for f in dataclasses.fields(cls)}
     for f in fields_of(cls):
         path = prefix + f.key.path
-        hint = f.hint
-        if get_origin(hint) in (Union, types.UnionType):
-            hint = next(a for a in get_args(hint) if a is not type(None))
+        hint = optional_of(f.hint)
         listed = get_origin(hint) in (tuple, list)
         model = get_args(hint)[0] if listed else hint
         if dataclasses.is_dataclass(model):
