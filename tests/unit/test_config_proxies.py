@@ -450,6 +450,7 @@ def test_password_never_shows(tmp_path: Path) -> None:
         ("proxy:\n  remoteurl: https://ghcr.io\n", {"REGISTRY_PROXY_PASSWORD": f"[{SECRET}]"}),
         ("", {"REGISTRY_PROXIES_0_PASSWORD": f"{{{SECRET}"}),
         (f"proxy:\n  remoteurl: https://ghcr.io\n  password: {SECRET}\n", {}),  # no username
+        (hub(f", username: me, password: x, pasword: {SECRET}"), {}),  # a typo: an error
     ],
 )
 def test_password_never_shows_in_errors(tmp_path: Path, extra: str, env: dict[str, str]) -> None:
