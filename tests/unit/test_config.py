@@ -433,6 +433,14 @@ def test_storage_as_bare_driver_name(tmp_path: Path) -> None:
     assert config.storage.rootdirectory == Path("/var/lib/registry")
 
 
+def test_an_empty_header_value_is_no_value_and_a_secret_is_never_echoed(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL + "http:\n  headers:\n    X-A:\n").http.headers == {"X-A": []}
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, MINIMAL + "http:\n  secret: [hunter2]\n")
+    assert "'http.secret' must be a single value" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
 def test_env_override_of_a_nested_key_comes_from_the_schema(tmp_path: Path) -> None:
     env = {
         "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE": "1h",

@@ -229,7 +229,9 @@ def _value(hint: Any, value: Any, path: str, at: At, decl: Key | None = None) ->
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}' must be a mapping, got {value!r}")
         return {
-            scalar_text(k): _value(args[1], "" if v is None else v, f"{path}.{k}", at)
+            scalar_text(k): _value(
+                args[1], "" if v is None and args[1] is str else v, f"{path}.{k}", at
+            )
             for k, v in value.items()
         }
     return _scalar(hint, value, path, decl)
@@ -252,6 +254,8 @@ def _scalar(hint: Any, value: Any, path: str, decl: Key | None) -> Any:
         if seconds < 0:
             raise ConfigError(f"config key '{path}' must not be negative")
         return seconds
+    if decl is not None and decl.secret and isinstance(value, dict | list):
+        raise ConfigError(f"config key '{path}' must be a single value (not shown: a secret)")
     text = as_str(value, path)
     if decl is not None and decl.lower:
         text = text.lower()
