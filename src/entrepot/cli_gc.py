@@ -50,7 +50,9 @@ def add_command(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = GcOptions(dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=args.grace)
+    options = GcOptions(
+        dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=args.grace
+    )
     return garbage_collect(args.config, options)
 
 
