@@ -158,7 +158,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                 await upstream.client.aclose()
             await driver.close()
 
-    app = build_app(api, lifespan=lifespan)
+    app = build_app(api, lifespan=lifespan, access_log=not config.log.accesslog_disabled)
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.
         outer = Starlette(

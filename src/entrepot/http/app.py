@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
 from entrepot.http import blobs, listing, manifests, metrics, token, uploads
+from entrepot.http.accesslog import AccessLog
 from entrepot.http.context import ApiContext, context, namespace_of, realm_base
 from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -115,6 +117,7 @@ def build_app(
     *,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     extra_routes: Sequence[Route] = (),
+    access_log: bool = True,
 ) -> Starlette:
     routes = [
         Route("/v2/", base, methods=["GET", "HEAD"]),
@@ -139,6 +142,8 @@ def build_app(
             Exception: handle_unexpected,
         },
         lifespan=lifespan or default_lifespan,
+        # Outermost, so the line has the final status, also of errors the handlers wrote.
+        middleware=[Middleware(AccessLog, enabled=access_log)],
     )
     app.state.api = api
     return app

@@ -35,6 +35,7 @@ from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, ManifestPut, UploadStatus
 from entrepot.registry.blobs import read_link
 from entrepot.registry.local import LocalRegistry
+from entrepot.requestinfo import note_cache
 from entrepot.storage import StorageError, StorageNotFound
 
 log = logging.getLogger("entrepot.proxy")
@@ -131,6 +132,7 @@ class CachedRepository:
         link = layout.tag_current_link(self.name, tag)
         cached = await read_link(self._driver, link)
         if cached is not None and (await self._pinned(tag) or await self._fresh(link)):
+            note_cache("hit", self.upstream.host)
             return cached
         negative_key = (self.upstream.host, self.upstream_name, tag)
         if self.cache.known_missing(negative_key):
@@ -148,6 +150,7 @@ class CachedRepository:
             if cached is None:
                 raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, tag) from exc
             self.cache.stats[("stale_served", self.upstream.host)] += 1
+            note_cache("stale", self.upstream.host)
             log.warning(
                 "serving stale %s:%s from cache: upstream %s failed: %s",
                 self.name,
@@ -178,8 +181,10 @@ class CachedRepository:
         client = self.upstream.client
         head = await client.head_manifest(self.upstream_name, tag, ACCEPT)
         digest = head.digest
+        note_cache("revalidated", self.upstream.host)
         if digest is None or not await self._adopt_known_manifest(digest):
             self.cache.stats[("manifest_get", self.upstream.host)] += 1
+            note_cache("fill", self.upstream.host)
             remote = await client.get_manifest(
                 self.upstream_name, str(digest) if digest else tag, ACCEPT
             )
@@ -212,6 +217,7 @@ class CachedRepository:
 
     async def _manifest_by_digest(self, digest: Digest, reference: str) -> Digest:
         if await read_link(self._driver, layout.manifest_revision_link(self.name, digest)):
+            note_cache("hit", self.upstream.host)
             return digest
         negative_key = (self.upstream.host, self.upstream_name, reference)
         if self.cache.known_missing(negative_key):
@@ -227,6 +233,7 @@ class CachedRepository:
                 if await self._adopt_known_manifest(digest):
                     return digest
             self.cache.stats[("manifest_get", self.upstream.host)] += 1
+            note_cache("fill", self.upstream.host)
             remote = await client.get_manifest(self.upstream_name, reference, ACCEPT)
             return await self._store_manifest(remote.raw, remote.media_type, reference)
 
@@ -252,6 +259,7 @@ class CachedRepository:
             cached = await self._local.manifests.tags(self.name, missing_ok=True)
             if cached and not isinstance(exc, UpstreamNotFound):
                 self.cache.stats[("stale_served", self.upstream.host)] += 1
+                note_cache("stale", self.upstream.host)
                 log.warning("tags of %s from cache: upstream failed: %s", self.name, exc)
                 return cached
             raise self._error(exc, ErrorCode.NAME_UNKNOWN, self.upstream_name) from exc
@@ -297,7 +305,9 @@ class CachedRepository:
     async def open_blob(self, digest: Digest) -> BlobContent:
         cached = await self._cached_blob(digest)
         if cached is not None:
+            note_cache("hit", self.upstream.host)
             return self._local.blobs.content(cached)
+        note_cache("fill", self.upstream.host)  # started here, or joined
         key = self._fill_key(digest)
         fill = self.cache.filler.active(key)
         if fill is None:
