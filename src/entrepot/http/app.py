@@ -16,9 +16,10 @@ from starlette.routing import Route
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
-from entrepot.http import blobs, listing, manifests, metrics, token, uploads
-from entrepot.http.context import ApiContext, context, namespace_of, realm_base
+from entrepot.http import blobs, discovery, manifests, metrics, probes, token, uploads
+from entrepot.http.context import ApiContext, context, realm_base
 from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
+from entrepot.http.repositories import namespace_of
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
 
@@ -29,7 +30,7 @@ DELETE = frozenset({"delete"})
 
 # (pattern over the path after /v2/, {method: (handler, actions it needs)}); first match wins.
 _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]]]] = [
-    (re.compile(r"^(.+)/tags/list()$"), {"GET": (listing.tags_list, PULL)}),
+    (re.compile(r"^(.+)/tags/list()$"), {"GET": (discovery.tags_list, PULL)}),
     (
         re.compile(r"^(.+)/manifests/([^/]+)$"),
         {
@@ -52,7 +53,7 @@ _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]
         re.compile(r"^(.+)/blobs/([^/]+)$"),
         {"GET": (blobs.get_blob, PULL), "DELETE": (blobs.delete_blob, DELETE)},
     ),
-    (re.compile(r"^(.+)/referrers/([^/]+)$"), {"GET": (listing.referrers, PULL)}),
+    (re.compile(r"^(.+)/referrers/([^/]+)$"), {"GET": (discovery.referrers, PULL)}),
 ]
 
 _ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
@@ -102,12 +103,12 @@ async def dispatch(request: Request) -> Response:
 
 async def base(request: Request) -> Response:
     await guard(request, [])
-    return await listing.base(request)
+    return await probes.base(request)
 
 
 async def catalog(request: Request) -> Response:
     await guard(request, [CATALOG])
-    return await listing.catalog(request)
+    return await discovery.catalog(request)
 
 
 def build_app(
@@ -122,7 +123,7 @@ def build_app(
         Route("/v2/_catalog", catalog, methods=["GET"]),
         Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),
-        Route("/health", listing.health, methods=["GET", "HEAD"]),
+        Route("/health", probes.health, methods=["GET", "HEAD"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
         *extra_routes,
     ]

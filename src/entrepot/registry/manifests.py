@@ -49,30 +49,35 @@ class ManifestCache:
             self._items.popitem(last=False)
 
 
-class ManifestService:
+def deletes_disabled() -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNSUPPORTED, "deletes are disabled (storage.delete.enabled is false)"
+    )
+
+
+class ManifestStore:
+    """The manifests of the local store: verified bytes by digest, shared by every
+    repository, and each repository's manifests and tags (``of``)."""
+
     def __init__(
-        self, driver: StorageDriver, blobs: BlobStore, cache: ManifestCache, links: LinkWriter
+        self,
+        driver: StorageDriver,
+        blobs: BlobStore,
+        cache: ManifestCache,
+        links: LinkWriter,
+        *,
+        delete_enabled: bool = False,
     ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.cache = cache
         self.links = links
+        self.delete_enabled = delete_enabled
         # Tag lists by repository, with the tags epoch they were read at.
-        self._tag_lists: dict[str, tuple[bytes | None, list[str]]] = {}
+        self.tag_lists: dict[str, tuple[bytes | None, list[str]]] = {}
 
-    async def resolve(self, name: str, reference: str) -> Digest:
-        """The digest a tag or digest reference names in this repository."""
-        if is_digest(reference):
-            digest = Digest.parse(reference)
-            linked = await read_link(self.driver, layout.manifest_revision_link(name, digest))
-            if linked is None:
-                raise manifest_unknown(reference)
-            return digest
-        validate_tag(reference)
-        current = await read_link(self.driver, layout.tag_current_link(name, reference))
-        if current is None:
-            raise manifest_unknown(reference)
-        return current
+    def of(self, name: str) -> RepositoryManifests:
+        return RepositoryManifests(self, name)
 
     async def load(self, digest: Digest, reference: str) -> Manifest:
         cached = self.cache.get(digest)
@@ -94,109 +99,37 @@ class ManifestService:
         self.cache.put(manifest)
         return manifest
 
-    async def get(self, name: str, reference: str) -> ManifestContent:
-        digest = await self.resolve(name, reference)
-        manifest = await self.load(digest, reference)
-        return ManifestContent(digest, manifest.media_type, manifest.raw)
 
-    async def put(
-        self, name: str, reference: str, raw: bytes, content_type: str | None
-    ) -> ManifestPut:
-        manifest = parse_manifest(raw, content_type)
-        if is_digest(reference):
-            expected = Digest.parse(reference)
-            actual = Digest.of(raw, expected.algorithm)
-            if actual != expected:
-                raise RegistryError(
-                    ErrorCode.DIGEST_INVALID,
-                    "manifest digest does not match the reference",
-                    {"expected": str(expected), "actual": str(actual)},
-                )
-            manifest = _with_digest(manifest, expected)
-            tag = None
-        else:
-            tag = validate_tag(reference)
-        await self._check_references(name, manifest)
-        await self.store(name, manifest, tag)
-        return ManifestPut(manifest.digest, manifest.subject.digest if manifest.subject else None)
+class RepositoryTags:
+    """The tags of one local repository."""
 
-    async def store(self, name: str, manifest: Manifest, tag: str | None) -> None:
-        """Store verified manifest bytes and link them (and the tag) into the repository."""
-        digest = manifest.digest
-        await self.blobs.put(digest, manifest.raw)
-        await self.links.write(name, layout.manifest_revision_link(name, digest), digest)
-        if manifest.subject is not None:
-            await write_link(
-                self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
-            )
-        if tag is not None:
-            await self.set_tag(name, tag, digest)
-        self.cache.put(manifest)
+    def __init__(self, store: ManifestStore, name: str) -> None:
+        self.store = store
+        self.driver = store.driver
+        self.name = name
 
-    async def set_tag(self, name: str, tag: str, digest: Digest) -> None:
+    async def set(self, tag: str, digest: Digest) -> None:
         """Point ``tag`` at ``digest`` (writing it again also marks it fresh: its mtime)."""
-        current = layout.tag_current_link(name, tag)
+        current = layout.tag_current_link(self.name, tag)
         is_new = await read_link(self.driver, current) is None
-        await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
+        await write_link(self.driver, layout.tag_index_link(self.name, tag, digest), digest)
         await write_link(self.driver, current, digest)
         if is_new:
-            await self._tags_changed(name)
+            await self.changed()
 
-    async def _tags_changed(self, name: str) -> None:
-        self._tag_lists.pop(name, None)
+    async def changed(self) -> None:
+        self.store.tag_lists.pop(self.name, None)
         try:
-            await bump_epoch(self.driver, tags_epoch(name))
+            await bump_epoch(self.driver, tags_epoch(self.name))
         except StorageError as exc:
             raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
 
-    async def _check_references(self, name: str, manifest: Manifest) -> None:
-        for blob in manifest.required_blobs():
-            if await read_link(self.driver, layout.layer_link(name, blob.digest)) is None:
-                raise RegistryError(
-                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                    f"blob {blob.digest} is not in repository {name}",
-                    {"digest": str(blob.digest)},
-                )
-        for child in manifest.manifests:
-            link = layout.manifest_revision_link(name, child.digest)
-            if await read_link(self.driver, link) is None:
-                raise RegistryError(
-                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                    f"manifest {child.digest} is not in repository {name}",
-                    {"digest": str(child.digest)},
-                )
-
-    async def delete(self, name: str, reference: str) -> None:
-        if not is_digest(reference):
-            validate_tag(reference)
-            if not await delete_key(self.driver, layout.tag_dir(name, reference)):
-                raise manifest_unknown(reference)
-            await self._tags_changed(name)
-            return
-        digest = await self.resolve(name, reference)
-        manifest: Manifest | None
-        try:
-            manifest = await self.load(digest, reference)
-        except RegistryError:
-            manifest = None
-        await delete_key(self.driver, layout.manifest_revision_dir(name, digest))
-        # registry:2 also untags every tag that points at a deleted manifest.
-        untagged = False
-        for tag in await self.tags(name, missing_ok=True):
-            if await read_link(self.driver, layout.tag_current_link(name, tag)) == digest:
-                await delete_key(self.driver, layout.tag_dir(name, tag))
-                untagged = True
-        if untagged:
-            await self._tags_changed(name)
-        if manifest is not None and manifest.subject is not None:
-            link = layout.referrer_link(name, manifest.subject.digest, digest)
-            await delete_key(self.driver, link.removesuffix("/link"))
-
-    async def tags(self, name: str, *, missing_ok: bool = False) -> list[str]:
+    async def list(self, *, missing_ok: bool = False) -> list[str]:
         """The repository's tags, sorted; kept in memory until the repository's tags epoch
         changes (one small read per request instead of listing the directory)."""
+        name, tag_lists = self.name, self.store.tag_lists
         epoch = await read_epoch(self.driver, tags_epoch(name))
-        cached = self._tag_lists.get(name)
+        cached = tag_lists.get(name)
         # No epoch yet (a root registry:2 wrote, or tags never changed here) is an epoch too:
         # every tag Entrepot creates or deletes writes one.
         if cached is not None and cached[0] == epoch:
@@ -215,14 +148,123 @@ class ManifestService:
             return []
         except StorageError as exc:
             raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
-        if len(self._tag_lists) >= _CACHE_ENTRIES:
-            self._tag_lists.pop(next(iter(self._tag_lists)))
-        self._tag_lists[name] = (epoch, tags)
+        if len(tag_lists) >= _CACHE_ENTRIES:
+            tag_lists.pop(next(iter(tag_lists)))
+        tag_lists[name] = (epoch, tags)
         return tags
 
+
+class RepositoryManifests:
+    """The manifests of one local repository: its manifests facet and manifest writer."""
+
+    def __init__(self, store: ManifestStore, name: str) -> None:
+        self.store = store
+        self.driver = store.driver
+        self.name = name
+        self.tags = RepositoryTags(store, name)
+
+    async def resolve(self, reference: str) -> Digest:
+        """The digest a tag or digest reference names in this repository."""
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+            link = layout.manifest_revision_link(self.name, digest)
+            if await read_link(self.driver, link) is None:
+                raise manifest_unknown(reference)
+            return digest
+        validate_tag(reference)
+        current = await read_link(self.driver, layout.tag_current_link(self.name, reference))
+        if current is None:
+            raise manifest_unknown(reference)
+        return current
+
+    async def get(self, reference: str) -> ManifestContent:
+        digest = await self.resolve(reference)
+        manifest = await self.store.load(digest, reference)
+        return ManifestContent(digest, manifest.media_type, manifest.raw)
+
+    async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:
+        manifest = parse_manifest(raw, content_type)
+        if is_digest(reference):
+            expected = Digest.parse(reference)
+            actual = Digest.of(raw, expected.algorithm)
+            if actual != expected:
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    "manifest digest does not match the reference",
+                    {"expected": str(expected), "actual": str(actual)},
+                )
+            manifest = _with_digest(manifest, expected)
+            tag = None
+        else:
+            tag = validate_tag(reference)
+        await self._check_references(manifest)
+        await self.store_verified(manifest, tag)
+        return ManifestPut(manifest.digest, manifest.subject.digest if manifest.subject else None)
+
+    async def store_verified(self, manifest: Manifest, tag: str | None) -> None:
+        """Store verified manifest bytes and link them (and the tag) into the repository."""
+        name, digest = self.name, manifest.digest
+        await self.store.blobs.put(digest, manifest.raw)
+        await self.store.links.write(name, layout.manifest_revision_link(name, digest), digest)
+        if manifest.subject is not None:
+            await write_link(
+                self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
+            )
+        if tag is not None:
+            await self.tags.set(tag, digest)
+        self.store.cache.put(manifest)
+
+    async def _check_references(self, manifest: Manifest) -> None:
+        name = self.name
+        for blob in manifest.required_blobs():
+            if await read_link(self.driver, layout.layer_link(name, blob.digest)) is None:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"blob {blob.digest} is not in repository {name}",
+                    {"digest": str(blob.digest)},
+                )
+        for child in manifest.manifests:
+            link = layout.manifest_revision_link(name, child.digest)
+            if await read_link(self.driver, link) is None:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"manifest {child.digest} is not in repository {name}",
+                    {"digest": str(child.digest)},
+                )
+
+    async def delete(self, reference: str) -> None:
+        if not self.store.delete_enabled:
+            raise deletes_disabled()
+        name = self.name
+        if not is_digest(reference):
+            validate_tag(reference)
+            if not await delete_key(self.driver, layout.tag_dir(name, reference)):
+                raise manifest_unknown(reference)
+            await self.tags.changed()
+            return
+        digest = await self.resolve(reference)
+        manifest: Manifest | None
+        try:
+            manifest = await self.store.load(digest, reference)
+        except RegistryError:
+            manifest = None
+        await delete_key(self.driver, layout.manifest_revision_dir(name, digest))
+        # registry:2 also untags every tag that points at a deleted manifest.
+        untagged = False
+        for tag in await self.tags.list(missing_ok=True):
+            if await read_link(self.driver, layout.tag_current_link(name, tag)) == digest:
+                await delete_key(self.driver, layout.tag_dir(name, tag))
+                untagged = True
+        if untagged:
+            await self.tags.changed()
+        if manifest is not None and manifest.subject is not None:
+            link = layout.referrer_link(name, manifest.subject.digest, digest)
+            await delete_key(self.driver, link.removesuffix("/link"))
+
     async def referrers(
-        self, name: str, subject: Digest, artifact_type: str | None
+        self, subject: Digest, artifact_type: str | None
     ) -> list[dict[str, object]]:
+        name = self.name
         try:
             algorithms = await self.driver.list(layout.referrers_dir(name, subject))
         except StorageNotFound:
@@ -246,7 +288,7 @@ class ManifestService:
                 ):
                     continue
                 try:
-                    manifest = await self.load(digest, str(digest))
+                    manifest = await self.store.load(digest, str(digest))
                 except RegistryError:
                     continue
                 entry = manifest.referrer_descriptor()
