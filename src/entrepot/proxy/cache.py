@@ -192,7 +192,7 @@ class CachedManifests(_CachedFacet):
             )
             digest = await self._store_manifest(remote.raw, remote.media_type, str(remote.digest))
         # Writing the link again also marks the tag fresh (its mtime).
-        await self._manifests.tags.set(tag, digest)
+        await self._local.manifests.set_tag(self.name, tag, digest)
         return digest
 
     async def _store_manifest(self, raw: bytes | None, media_type: str, reference: str) -> Digest:
@@ -204,7 +204,7 @@ class CachedManifests(_CachedFacet):
             raise UpstreamInvalid(
                 f"upstream manifest {reference} is invalid: {exc.message}"
             ) from exc
-        await self._manifests.store_verified(manifest, None)
+        await self._manifests.store(manifest, None)
         return manifest.digest
 
     async def _adopt_known_manifest(self, digest: Digest) -> bool:
@@ -214,7 +214,7 @@ class CachedManifests(_CachedFacet):
         raw = await self._local.blobs.get(digest)
         if raw is None or Digest.of(raw, digest.algorithm) != digest:
             return False
-        await self._manifests.store_verified(parse_manifest(raw), None)
+        await self._manifests.store(parse_manifest(raw), None)
         return True
 
     async def _manifest_by_digest(self, digest: Digest, reference: str) -> Digest:
@@ -261,7 +261,7 @@ class CachedTags(_CachedFacet):
         try:
             return await self.upstream.client.list_tags(self.upstream_name)
         except UpstreamError as exc:
-            cached = await self._manifests.tags.list(missing_ok=True)
+            cached = await self._local.manifests.tags(self.name, missing_ok=True)
             if cached and not isinstance(exc, UpstreamNotFound):
                 self.cache.stats[("stale_served", self.upstream.host)] += 1
                 log.warning("tags of %s from cache: upstream failed: %s", self.name, exc)

@@ -57,7 +57,7 @@ def layered_repository(
         name,
         LayeredBlobs(blobs, cached_blobs),
         layered,
-        LayeredTags(manifests.tags, CachedTags(*cached)),
+        LayeredTags(RepositoryTags(local.manifests, name), CachedTags(*cached)),
         Writes(blobs, layered),
     )
 

@@ -13,8 +13,9 @@ from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, read_link
 from entrepot.registry.catalog import RepositoryIndex, paginate
 from entrepot.registry.manifests import (
     ManifestCache,
-    ManifestStore,
+    ManifestService,
     RepositoryManifests,
+    RepositoryTags,
     deletes_disabled,
 )
 from entrepot.registry.uploads import UploadService
@@ -37,7 +38,7 @@ class LocalRegistry:
         self.index = RepositoryIndex(driver)
         self.links = LinkWriter(driver, self.index.note)
         self.uploads = UploadService(driver, self.blobs, self.links)
-        self.manifests = ManifestStore(
+        self.manifests = ManifestService(
             driver, self.blobs, ManifestCache(), self.links, delete_enabled=delete_enabled
         )
 
@@ -58,7 +59,8 @@ def local_repository(
 ) -> Repository:
     blobs = LocalBlobs(registry, name)
     manifests = manifests or registry.manifests.of(name)
-    return Repository(name, blobs, manifests, manifests.tags, Writes(blobs, manifests))
+    tags = RepositoryTags(registry.manifests, name)
+    return Repository(name, blobs, manifests, tags, Writes(blobs, manifests))
 
 
 class LocalBlobs:

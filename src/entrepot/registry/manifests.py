@@ -55,9 +55,9 @@ def deletes_disabled() -> RegistryError:
     )
 
 
-class ManifestStore:
-    """The manifests of the local store: verified bytes by digest, shared by every
-    repository, and each repository's manifests and tags (``of``)."""
+class ManifestService:
+    """The manifests of the local store: verified bytes by digest and tag lists, shared by
+    every repository; ``of`` is one repository's manifests."""
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class ManifestStore:
         self.links = links
         self.delete_enabled = delete_enabled
         # Tag lists by repository, with the tags epoch they were read at.
-        self.tag_lists: dict[str, tuple[bytes | None, list[str]]] = {}
+        self._tag_lists: dict[str, tuple[bytes | None, list[str]]] = {}
 
     def of(self, name: str) -> RepositoryManifests:
         return RepositoryManifests(self, name)
@@ -99,37 +99,27 @@ class ManifestStore:
         self.cache.put(manifest)
         return manifest
 
-
-class RepositoryTags:
-    """The tags of one local repository."""
-
-    def __init__(self, store: ManifestStore, name: str) -> None:
-        self.store = store
-        self.driver = store.driver
-        self.name = name
-
-    async def set(self, tag: str, digest: Digest) -> None:
+    async def set_tag(self, name: str, tag: str, digest: Digest) -> None:
         """Point ``tag`` at ``digest`` (writing it again also marks it fresh: its mtime)."""
-        current = layout.tag_current_link(self.name, tag)
+        current = layout.tag_current_link(name, tag)
         is_new = await read_link(self.driver, current) is None
-        await write_link(self.driver, layout.tag_index_link(self.name, tag, digest), digest)
+        await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
         await write_link(self.driver, current, digest)
         if is_new:
-            await self.changed()
+            await self.tags_changed(name)
 
-    async def changed(self) -> None:
-        self.store.tag_lists.pop(self.name, None)
+    async def tags_changed(self, name: str) -> None:
+        self._tag_lists.pop(name, None)
         try:
-            await bump_epoch(self.driver, tags_epoch(self.name))
+            await bump_epoch(self.driver, tags_epoch(name))
         except StorageError as exc:
             raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
 
-    async def list(self, *, missing_ok: bool = False) -> list[str]:
+    async def tags(self, name: str, *, missing_ok: bool = False) -> list[str]:
         """The repository's tags, sorted; kept in memory until the repository's tags epoch
         changes (one small read per request instead of listing the directory)."""
-        name, tag_lists = self.name, self.store.tag_lists
         epoch = await read_epoch(self.driver, tags_epoch(name))
-        cached = tag_lists.get(name)
+        cached = self._tag_lists.get(name)
         # No epoch yet (a root registry:2 wrote, or tags never changed here) is an epoch too:
         # every tag Entrepot creates or deletes writes one.
         if cached is not None and cached[0] == epoch:
@@ -148,38 +138,38 @@ class RepositoryTags:
             return []
         except StorageError as exc:
             raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
-        if len(tag_lists) >= _CACHE_ENTRIES:
-            tag_lists.pop(next(iter(tag_lists)))
-        tag_lists[name] = (epoch, tags)
+        if len(self._tag_lists) >= _CACHE_ENTRIES:
+            self._tag_lists.pop(next(iter(self._tag_lists)))
+        self._tag_lists[name] = (epoch, tags)
         return tags
 
 
 class RepositoryManifests:
     """The manifests of one local repository: its manifests facet and manifest writer."""
 
-    def __init__(self, store: ManifestStore, name: str) -> None:
-        self.store = store
-        self.driver = store.driver
+    def __init__(self, service: ManifestService, name: str) -> None:
+        self.service = service
+        self.driver = service.driver
         self.name = name
-        self.tags = RepositoryTags(store, name)
 
     async def resolve(self, reference: str) -> Digest:
         """The digest a tag or digest reference names in this repository."""
+        name = self.name
         if is_digest(reference):
             digest = Digest.parse(reference)
-            link = layout.manifest_revision_link(self.name, digest)
-            if await read_link(self.driver, link) is None:
+            linked = await read_link(self.driver, layout.manifest_revision_link(name, digest))
+            if linked is None:
                 raise manifest_unknown(reference)
             return digest
         validate_tag(reference)
-        current = await read_link(self.driver, layout.tag_current_link(self.name, reference))
+        current = await read_link(self.driver, layout.tag_current_link(name, reference))
         if current is None:
             raise manifest_unknown(reference)
         return current
 
     async def get(self, reference: str) -> ManifestContent:
         digest = await self.resolve(reference)
-        manifest = await self.store.load(digest, reference)
+        manifest = await self.service.load(digest, reference)
         return ManifestContent(digest, manifest.media_type, manifest.raw)
 
     async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:
@@ -198,21 +188,22 @@ class RepositoryManifests:
         else:
             tag = validate_tag(reference)
         await self._check_references(manifest)
-        await self.store_verified(manifest, tag)
+        await self.store(manifest, tag)
         return ManifestPut(manifest.digest, manifest.subject.digest if manifest.subject else None)
 
-    async def store_verified(self, manifest: Manifest, tag: str | None) -> None:
+    async def store(self, manifest: Manifest, tag: str | None) -> None:
         """Store verified manifest bytes and link them (and the tag) into the repository."""
-        name, digest = self.name, manifest.digest
-        await self.store.blobs.put(digest, manifest.raw)
-        await self.store.links.write(name, layout.manifest_revision_link(name, digest), digest)
+        name = self.name
+        digest = manifest.digest
+        await self.service.blobs.put(digest, manifest.raw)
+        await self.service.links.write(name, layout.manifest_revision_link(name, digest), digest)
         if manifest.subject is not None:
             await write_link(
                 self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
             )
         if tag is not None:
-            await self.tags.set(tag, digest)
-        self.store.cache.put(manifest)
+            await self.service.set_tag(name, tag, digest)
+        self.service.cache.put(manifest)
 
     async def _check_references(self, manifest: Manifest) -> None:
         name = self.name
@@ -233,30 +224,30 @@ class RepositoryManifests:
                 )
 
     async def delete(self, reference: str) -> None:
-        if not self.store.delete_enabled:
+        if not self.service.delete_enabled:
             raise deletes_disabled()
         name = self.name
         if not is_digest(reference):
             validate_tag(reference)
             if not await delete_key(self.driver, layout.tag_dir(name, reference)):
                 raise manifest_unknown(reference)
-            await self.tags.changed()
+            await self.service.tags_changed(name)
             return
         digest = await self.resolve(reference)
         manifest: Manifest | None
         try:
-            manifest = await self.store.load(digest, reference)
+            manifest = await self.service.load(digest, reference)
         except RegistryError:
             manifest = None
         await delete_key(self.driver, layout.manifest_revision_dir(name, digest))
         # registry:2 also untags every tag that points at a deleted manifest.
         untagged = False
-        for tag in await self.tags.list(missing_ok=True):
+        for tag in await self.service.tags(name, missing_ok=True):
             if await read_link(self.driver, layout.tag_current_link(name, tag)) == digest:
                 await delete_key(self.driver, layout.tag_dir(name, tag))
                 untagged = True
         if untagged:
-            await self.tags.changed()
+            await self.service.tags_changed(name)
         if manifest is not None and manifest.subject is not None:
             link = layout.referrer_link(name, manifest.subject.digest, digest)
             await delete_key(self.driver, link.removesuffix("/link"))
@@ -288,13 +279,24 @@ class RepositoryManifests:
                 ):
                     continue
                 try:
-                    manifest = await self.store.load(digest, str(digest))
+                    manifest = await self.service.load(digest, str(digest))
                 except RegistryError:
                     continue
                 entry = manifest.referrer_descriptor()
                 if artifact_type is None or entry.get("artifactType") == artifact_type:
                     entries.append(entry)
         return entries
+
+
+class RepositoryTags:
+    """The tags of one local repository (their lists are cached by the service)."""
+
+    def __init__(self, service: ManifestService, name: str) -> None:
+        self.service = service
+        self.name = name
+
+    async def list(self) -> list[str]:
+        return await self.service.tags(self.name)
 
 
 def _with_digest(manifest: Manifest, digest: Digest) -> Manifest:
