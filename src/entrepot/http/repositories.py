@@ -29,7 +29,7 @@ async def writes_for(request: Request, name: str) -> Writes:
     if repo.writes is None:
         raise RegistryError(
             ErrorCode.DENIED,
-            f"{repo.name} is a read-only cache of an upstream registry; "
-            "push to a name without the upstream prefix",
+            f"{repo.namespace or repo.name} is a cache of an upstream registry; pushes to it "
+            "are not allowed (set allowpush on that upstream to allow them)",
         )
     return repo.writes

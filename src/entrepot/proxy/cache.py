@@ -99,14 +99,9 @@ def pinned_marker(name: str, tag: str) -> str:
 def cached_repository(cache: ProxyCache, upstream: Upstream, upstream_name: str) -> Repository:
     """An upstream repository seen through the cache: read-only (no ``writes``)."""
     facet = (cache, upstream, upstream_name)
-    return Repository(
-        upstream.cache_name(upstream_name),
-        CachedBlobs(*facet),
-        CachedManifests(*facet),
-        CachedTags(*facet),
-        writes=None,
-        namespace=upstream.host,
-    )
+    blobs, manifests, tags = CachedBlobs(*facet), CachedManifests(*facet), CachedTags(*facet)
+    name = upstream.cache_name(upstream_name)
+    return Repository(name, blobs, manifests, tags, writes=None, namespace=upstream.host)
 
 
 class _CachedFacet:

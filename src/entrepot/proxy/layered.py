@@ -53,12 +53,9 @@ def layered_repository(
     cached = (cache, mirror, mirror.upstream_name(name))
     cached_blobs = CachedBlobs(*cached)
     layered = LayeredManifests(blobs, manifests, cached_blobs, CachedManifests(*cached))
+    tags = LayeredTags(RepositoryTags(local.manifests, name), CachedTags(*cached))
     return Repository(
-        name,
-        LayeredBlobs(blobs, cached_blobs),
-        layered,
-        LayeredTags(RepositoryTags(local.manifests, name), CachedTags(*cached)),
-        Writes(blobs, layered),
+        name, LayeredBlobs(blobs, cached_blobs), layered, tags, Writes(blobs, layered)
     )
 
 

@@ -65,15 +65,10 @@ class ProxyResolver:
 
     async def _cached(self, upstream: Upstream, name: str, for_push: bool) -> Repository:
         upstream_name = upstream.upstream_name(name)
-        if for_push:
-            if not upstream.allow_push:
-                raise RegistryError(
-                    ErrorCode.DENIED,
-                    f"{upstream.host} is a cache of an upstream registry; pushes to it are not "
-                    "allowed (set allowpush on that upstream to allow them)",
-                )
+        if for_push and upstream.allow_push:
             name = upstream.cache_name(upstream_name)
             return local_repository(self.local, name, PinnedManifests(self.local.manifests, name))
+        # Read-only: the HTTP layer refuses writes to a repository without them.
         return cached_repository(self.cache, upstream, upstream_name)
 
     def scope_name(self, name: str, namespace: str | None) -> str:
