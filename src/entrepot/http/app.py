@@ -1,8 +1,10 @@
 """The ASGI application: one route table for the /v2/ API, parsed right to left because
-repository names contain slashes."""
+repository names contain slashes, and the endpoints that probe the application itself
+(/v2/, /health)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -16,7 +18,7 @@ from starlette.routing import Route
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
-from entrepot.http import blobs, discovery, manifests, metrics, probes, token, uploads
+from entrepot.http import blobs, discovery, manifests, metrics, token, uploads
 from entrepot.http.context import ApiContext, context, realm_base
 from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
 from entrepot.http.repositories import namespace_of
@@ -102,8 +104,19 @@ async def dispatch(request: Request) -> Response:
 
 
 async def base(request: Request) -> Response:
+    """/v2/: clients check the API version here and learn how to authenticate."""
     await guard(request, [])
-    return await probes.base(request)
+    ctx = context(request)
+    if not ctx.is_healthy():
+        raise RegistryError(ErrorCode.UNAVAILABLE, "storage backend is unhealthy")
+    return Response(b"{}", media_type="application/json", headers=ctx.headers())
+
+
+async def health(request: Request) -> Response:
+    """A plain endpoint for load balancers: 200 while storage is healthy, else 503."""
+    healthy = context(request).is_healthy()
+    body = json.dumps({"status": "ok" if healthy else "unhealthy"}).encode()
+    return Response(body, status_code=200 if healthy else 503, media_type="application/json")
 
 
 async def catalog(request: Request) -> Response:
@@ -123,7 +136,7 @@ def build_app(
         Route("/v2/_catalog", catalog, methods=["GET"]),
         Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),
-        Route("/health", probes.health, methods=["GET", "HEAD"]),
+        Route("/health", health, methods=["GET", "HEAD"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
         *extra_routes,
     ]
