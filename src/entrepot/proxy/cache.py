@@ -32,7 +32,7 @@ from entrepot.proxy.upstream import (
 )
 from entrepot.proxy.upstreams import Upstream, translate
 from entrepot.registry import layout
-from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, ManifestPut, UploadStatus
+from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, Repository
 from entrepot.registry.blobs import read_link
 from entrepot.registry.local import LocalRegistry
 from entrepot.requestinfo import note_cache
@@ -97,30 +97,32 @@ def pinned_marker(name: str, tag: str) -> str:
     return f"{layout.tag_dir(name, tag)}/pushed"
 
 
-def _read_only(host: str) -> RegistryError:
-    return RegistryError(
-        ErrorCode.DENIED,
-        f"{host} is a cache of an upstream registry and cannot be pushed to; "
-        "push to a name without the upstream prefix",
-    )
+def cached_repository(cache: ProxyCache, upstream: Upstream, upstream_name: str) -> Repository:
+    """An upstream repository seen through the cache: read-only (no ``writes``)."""
+    facet = (cache, upstream, upstream_name)
+    blobs, manifests, tags = CachedBlobs(*facet), CachedManifests(*facet), CachedTags(*facet)
+    name = upstream.cache_name(upstream_name)
+    return Repository(name, blobs, manifests, tags, writes=None, namespace=upstream.host)
 
 
-class CachedRepository:
+class _CachedFacet:
+    """What every facet of a cached repository works with."""
+
     def __init__(self, cache: ProxyCache, upstream: Upstream, upstream_name: str) -> None:
         self.cache = cache
         self.upstream = upstream
         self.upstream_name = upstream_name
         self.name = upstream.cache_name(upstream_name)
-        self.namespace: str | None = upstream.host
         self._local = cache.local
         self._driver = cache.local.driver
+        self._manifests = cache.local.manifests.of(self.name)
 
     def _error(self, exc: UpstreamError, missing: ErrorCode, reference: str) -> RegistryError:
         return translate(exc, self.upstream.host, missing, reference)
 
-    # ---- manifests -------------------------------------------------------------------
 
-    async def get_manifest(self, reference: str) -> ManifestContent:
+class CachedManifests(_CachedFacet):
+    async def get(self, reference: str) -> ManifestContent:
         if is_digest(reference):
             digest = await self._manifest_by_digest(Digest.parse(reference), reference)
         else:
@@ -202,7 +204,7 @@ class CachedRepository:
             raise UpstreamInvalid(
                 f"upstream manifest {reference} is invalid: {exc.message}"
             ) from exc
-        await self._local.manifests.store(self.name, manifest, None)
+        await self._manifests.store(manifest, None)
         return manifest.digest
 
     async def _adopt_known_manifest(self, digest: Digest) -> bool:
@@ -212,7 +214,7 @@ class CachedRepository:
         raw = await self._local.blobs.get(digest)
         if raw is None or Digest.of(raw, digest.algorithm) != digest:
             return False
-        await self._local.manifests.store(self.name, parse_manifest(raw), None)
+        await self._manifests.store(parse_manifest(raw), None)
         return True
 
     async def _manifest_by_digest(self, digest: Digest, reference: str) -> Digest:
@@ -252,7 +254,12 @@ class CachedRepository:
             )
         return digest
 
-    async def list_tags(self) -> list[str]:
+    async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
+        return await self._manifests.referrers(digest, artifact_type)
+
+
+class CachedTags(_CachedFacet):
+    async def list(self) -> list[str]:
         try:
             return await self.upstream.client.list_tags(self.upstream_name)
         except UpstreamError as exc:
@@ -264,16 +271,10 @@ class CachedRepository:
                 return cached
             raise self._error(exc, ErrorCode.NAME_UNKNOWN, self.upstream_name) from exc
 
-    async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
-        return await self._local.manifests.referrers(self.name, digest, artifact_type)
 
-    # ---- blobs -------------------------------------------------------------------------
-
-    async def held_blob(self, digest: Digest) -> BlobInfo | None:
+class CachedBlobs(_CachedFacet):
+    async def held(self, digest: Digest) -> BlobInfo | None:
         """The blob if this cache holds it already (verified); never asks upstream."""
-        return await self._cached_blob(digest)
-
-    async def _cached_blob(self, digest: Digest) -> BlobInfo | None:
         if await read_link(self._driver, layout.layer_link(self.name, digest)) != digest:
             return None
         return await self._local.blobs.stat(digest)
@@ -292,8 +293,8 @@ class CachedRepository:
         await self._local.links.write(self.name, layout.layer_link(self.name, digest), digest)
         return held
 
-    async def stat_blob(self, digest: Digest) -> BlobInfo:
-        cached = await self._cached_blob(digest)
+    async def stat(self, digest: Digest) -> BlobInfo:
+        cached = await self.held(digest)
         if cached is not None:
             return cached
         fill = self.cache.filler.active(self._fill_key(digest))
@@ -302,8 +303,8 @@ class CachedRepository:
         size = await self._confirm_upstream(digest)
         return await self._link_if_held(digest, size) or BlobInfo(digest, size)
 
-    async def open_blob(self, digest: Digest) -> BlobContent:
-        cached = await self._cached_blob(digest)
+    async def open(self, digest: Digest) -> BlobContent:
+        cached = await self.held(digest)
         if cached is not None:
             note_cache("hit", self.upstream.host)
             return self._local.blobs.content(cached)
@@ -378,39 +379,6 @@ class CachedRepository:
                 os.unlink(temp)
 
         return Spool(temp, publish_copy, discard_copy)
-
-    async def delete_blob(self, digest: Digest) -> None:
-        raise _read_only(self.upstream.host)
-
-    async def mount_blob(self, digest: Digest, source: str | None) -> BlobInfo | None:
-        raise _read_only(self.upstream.host)
-
-    async def start_upload(self) -> UploadStatus:
-        raise _read_only(self.upstream.host)
-
-    async def upload_status(self, upload_id: str) -> UploadStatus:
-        raise _read_only(self.upstream.host)
-
-    async def append_upload(
-        self, upload_id: str, chunks: AsyncIterator[bytes], start: int | None
-    ) -> UploadStatus:
-        raise _read_only(self.upstream.host)
-
-    async def finish_upload(
-        self, upload_id: str, digest: Digest, chunks: AsyncIterator[bytes] | None
-    ) -> BlobInfo:
-        raise _read_only(self.upstream.host)
-
-    async def cancel_upload(self, upload_id: str) -> None:
-        raise _read_only(self.upstream.host)
-
-    async def put_manifest(
-        self, reference: str, raw: bytes, content_type: str | None
-    ) -> ManifestPut:
-        raise _read_only(self.upstream.host)
-
-    async def delete_manifest(self, reference: str) -> None:
-        raise _read_only(self.upstream.host)
 
 
 @contextlib.asynccontextmanager
