@@ -21,7 +21,7 @@ from entrepot.http.metrics import Sample
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
-from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.health import StorageHealthCheck
 from entrepot.registry.local import LocalRegistry
