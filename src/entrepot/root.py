@@ -19,7 +19,7 @@ from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
-from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.health import StorageHealthCheck, check_writable
 from entrepot.registry.local import LocalRegistry

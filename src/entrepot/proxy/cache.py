@@ -24,7 +24,7 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool, temp_spool_path
-from entrepot.proxy.upstream import (
+from entrepot.proxy.upstream_client import (
     RemoteBlob,
     UpstreamError,
     UpstreamInvalid,
