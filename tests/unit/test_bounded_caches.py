@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
+from entrepot.auth import guard, tokens
+from entrepot.auth.htpasswd import UserDirectory
+from entrepot.auth.ratelimit import FailedLoginLimiter
+from entrepot.http import manifests as http_manifests
 from entrepot.oci import digest as digests
 from entrepot.oci import names
 from entrepot.oci.digest import Digest
 from entrepot.oci.manifest import parse_manifest
+from entrepot.proxy.auth import MAX_CACHED, Token, TokenCache, TokenKey
 from entrepot.proxy.cache import MAX_NEGATIVE, ProxyCache
 from entrepot.registry.keyedlocks import KeyedLocks
 from entrepot.registry.local import LocalRegistry
@@ -199,3 +207,59 @@ def test_remembered_upstream_404s_are_bounded_and_expire(tmp_path: Path) -> None
     assert len(cache._negative) <= MAX_NEGATIVE
     assert cache.known_missing(("docker.io", f"library/app{MAX_NEGATIVE + 499}", "latest"))
     assert not cache.known_missing(("docker.io", "gone", "latest"))
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+def test_verified_token_cache_keeps_at_most_its_entries() -> None:
+    cache = tokens._VerifiedCache()
+    claims = tokens.TokenClaims("alice", (), expires=time.time() + 3600)
+    for n in range(tokens._CACHE_ENTRIES + 100):
+        cache.put(f"token-{n}", claims)
+
+    assert len(cache._items) == tokens._CACHE_ENTRIES
+    assert cache.get(f"token-{tokens._CACHE_ENTRIES + 99}") is claims
+
+
+def test_failed_sign_ins_are_remembered_for_a_bounded_number_of_clients() -> None:
+    limiter = FailedLoginLimiter(max_failures=3, window=60)
+    for n in range(100_100):
+        limiter.failed(f"alice\0198.51.{n // 256}.{n % 256}")
+
+    assert len(limiter._failures) <= 100_000
+
+
+async def test_verified_passwords_are_remembered_for_a_bounded_number_of_pairs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # bcrypt is what the cache saves; here every password is right, at no cost.
+    monkeypatch.setattr(guard, "check_password", lambda hashed, password: True)
+    users = UserDirectory(None, {"alice": "$2y$05$stand-in-hash"})
+    checker = guard.PasswordChecker(users, FailedLoginLimiter())
+    for n in range(10_050):
+        assert await checker.verify("alice", f"password {n}", "192.0.2.1")
+
+    assert len(checker._good) <= 10_001
+
+
+async def test_upstream_token_cache_keeps_at_most_max_cached_tokens() -> None:
+    cache = TokenCache(time.monotonic)
+
+    async def fetch() -> Token:
+        return Token("secret", 300.0)
+
+    for n in range(MAX_CACHED + 50):
+        await cache.get(
+            TokenKey("https://auth.test/token", "registry", f"repository:app{n}:pull"), fetch
+        )
+
+    assert len(cache._tokens) == MAX_CACHED
+
+
+def test_accept_header_matches_are_memoised_for_a_bounded_number_of_headers() -> None:
+    for n in range(3000):
+        http_manifests._accepts([f"application/x-custom-{n}+json"], OCI_MANIFEST)
+
+    info = http_manifests._accepted.cache_info()
+    assert info.maxsize is not None and info.currsize <= info.maxsize <= 4096
