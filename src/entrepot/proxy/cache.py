@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from cachetools import TLRUCache
+
 from entrepot.oci import mediatypes as mt
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -42,6 +44,13 @@ log = logging.getLogger("entrepot.proxy")
 
 ACCEPT = (mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST)
 T = TypeVar("T")
+# Upstream 404s remembered at most (each until its negativettl ends): a client asking for
+# many missing names cannot grow memory without end.
+MAX_NEGATIVE = 10_000
+
+
+def _until_expiry(_key: object, expiry: float, _now: float) -> float:
+    return expiry
 
 
 class ProxyCache:
@@ -53,7 +62,9 @@ class ProxyCache:
         self.clock = clock
         # (event, upstream host) -> count; exported at /metrics.
         self.stats: Counter[tuple[str, str]] = Counter()
-        self._negative: dict[tuple[str, str, str], float] = {}
+        self._negative: TLRUCache[tuple[str, str, str], float] = TLRUCache(
+            MAX_NEGATIVE, _until_expiry, timer=time.monotonic
+        )
         self._inflight: dict[tuple[str, ...], asyncio.Task[object]] = {}
 
     async def once(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
@@ -80,13 +91,7 @@ class ProxyCache:
         self._negative[key] = time.monotonic() + ttl
 
     def known_missing(self, key: tuple[str, str, str]) -> bool:
-        expiry = self._negative.get(key)
-        if expiry is None:
-            return False
-        if expiry < time.monotonic():
-            del self._negative[key]
-            return False
-        return True
+        return key in self._negative  # expired entries are not in it
 
     async def aclose(self) -> None:
         await self.filler.aclose()
