@@ -102,7 +102,7 @@ class ManifestService:
     async def put(
         self, name: str, reference: str, raw: bytes, content_type: str | None
     ) -> ManifestPut:
-        manifest = parse_manifest(raw, content_type)
+        manifest = parse_manifest(raw, content_type, strict=True)
         if is_digest(reference):
             expected = Digest.parse(reference)
             actual = Digest.of(raw, expected.algorithm)
