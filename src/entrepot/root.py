@@ -5,32 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import os
-import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from entrepot.config import Config, load_config
+from entrepot.config import CONFIG_ENV, Config, load_config
 from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
 from entrepot.http.metrics import Sample
+from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
-from entrepot.registry.health import StorageHealthCheck
+from entrepot.registry.health import StorageHealthCheck, check_writable
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
 from entrepot.root_auth import create_guard, derive_key, shared_secret
-from entrepot.storage import StorageDriver
+from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
-
-CONFIG_ENV = "ENTREPOT_CONFIG"
 
 
 def create_driver(config: Config) -> StorageDriver:
@@ -38,59 +34,32 @@ def create_driver(config: Config) -> StorageDriver:
     return FilesystemDriver(config.storage.rootdirectory)
 
 
-class JsonFormatter(logging.Formatter):
-    """registry:2's ``log.formatter: json`` (and logstash): one JSON object per line, with
-    the configured ``log.fields``."""
+def storage_problem(config: Config) -> str | None:
+    """Why the configured storage cannot be used, in one line naming it, or None. Run
+    before serving, so that an unwritable root stops start-up instead of failing every
+    push later (read-only mode only needs to read)."""
 
-    def __init__(self, fields: Mapping[str, str]) -> None:
-        super().__init__()
-        self.fields = dict(fields)
+    async def probe() -> None:
+        driver = create_driver(config)
+        try:
+            if config.storage.readonly:
+                with contextlib.suppress(StorageNotFound):
+                    await driver.stat("")
+            else:
+                await check_writable(driver)
+        finally:
+            await driver.close()
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **self.fields,
-        }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(config: Config) -> None:
-    level = getattr(logging, config.log.level.upper(), logging.INFO)
-    if config.log.formatter in ("json", "logstash"):
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter(config.log.fields))
-        logging.basicConfig(level=level, handlers=[handler])
-    else:
-        fields = " ".join(f"{k}={v}" for k, v in sorted(config.log.fields.items()))
-        fmt = "%(asctime)s %(levelname)s %(name)s " + (f"{fields} " if fields else "")
-        logging.basicConfig(level=level, format=fmt + "%(message)s")
-    access = logging.getLogger("granian.access")
-    if not any(isinstance(f, EscapeControlCharacters) for f in access.filters):
-        access.addFilter(EscapeControlCharacters())
-
-
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\"]")
-
-
-class EscapeControlCharacters(logging.Filter):
-    """Granian's access log writes the decoded request path as it came: a "%0d%0a" in it
-    would start a line of the attacker's choosing, a '"' would end the quoted field. Both are
-    written percent-encoded instead (registry:2 logs the raw, still-escaped request URI)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, Mapping):
-            record.args = {
-                key: _CONTROL_CHARACTERS.sub(lambda m: f"%{ord(m.group()):02X}", value)
-                if isinstance(value, str)
-                else value
-                for key, value in record.args.items()
-            }
-        return True
+    root = config.storage.rootdirectory
+    try:
+        asyncio.run(probe())
+    except StorageError as exc:
+        verb = "read" if config.storage.readonly else "write to"
+        return (
+            f"cannot {verb} storage.filesystem.rootdirectory {root} ({exc}); "
+            "make it writable by this user or choose another rootdirectory"
+        )
+    return None
 
 
 def create_upstreams(config: Config) -> list[Upstream]:
@@ -124,7 +93,12 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     cache = ProxyCache(local)
     resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
     health_cfg = config.health.storagedriver
-    health = StorageHealthCheck(driver, health_cfg.interval_s, health_cfg.threshold)
+    health = StorageHealthCheck(
+        driver,
+        health_cfg.interval_s,
+        health_cfg.threshold,
+        writable=not config.storage.readonly,
+    )
 
     def samples() -> list[Sample]:
         found = [
@@ -197,5 +171,5 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
 def create_app_from_env() -> Starlette:
     """Granian's factory target: the CLI passes the config path in ENTREPOT_CONFIG."""
     config = load_config(os.environ.get(CONFIG_ENV) or None)
-    configure_logging(config)
+    configure_logging(config.log)
     return create_app(config)
