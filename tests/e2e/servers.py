@@ -288,7 +288,12 @@ def registry2_binary() -> str | None:
 
 
 def registry2_server(
-    root: Path, workdir: Path, *, config: Mapping[str, Any] | None = None, port: int | None = None
+    root: Path,
+    workdir: Path,
+    *,
+    config: Mapping[str, Any] | None = None,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ManagedServer:
     binary = registry2_binary() or "docker-registry"
     base_extra: dict[str, Any] = {
@@ -302,6 +307,7 @@ def registry2_server(
         workdir=workdir,
         config=deep_merge(base_extra, config or {}),
         port=port,
+        env=env,
     )
 
 

@@ -22,6 +22,7 @@ import asyncio
 import configparser
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -66,6 +67,7 @@ class S3Settings:
     parts_in_flight: int = 4
     encrypt: bool = False
     keyid: str | None = None
+    redirect: bool = True  # False: storage.redirect.disable (blob GETs stream through us)
 
 
 def aws_credentials(environ: dict[str, str] | None = None) -> tuple[str, str, str | None] | None:
@@ -91,10 +93,19 @@ def aws_credentials(environ: dict[str, str] | None = None) -> tuple[str, str, st
     return key, secret, section.get("aws_session_token")
 
 
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_HTTP_STATUS = re.compile(r"status code: (\d{3}[^:]*)")
+
+
 def _reason(exc: BaseException) -> str:
-    """obstore's messages carry a multi-line debug dump; the first line says it."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """A short reason: S3's error code and the HTTP status when the server answered
+    (obstore's message holds the whole response and a debug dump), else its first line."""
+    text = str(exc).strip()
+    code, status = _S3_CODE.search(text), _HTTP_STATUS.search(text)
+    if code and status:
+        return f"{code.group(1)} (HTTP {status.group(1).strip()})"
+    lines = text.splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 class _Aborted(Exception):
@@ -362,8 +373,10 @@ class S3Driver(StorageDriver):
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
 
-    async def redirect_url(self, key: str) -> str:
+    async def redirect_url(self, key: str) -> str | None:
         path = self.object_key(key)
+        if not self.settings.redirect:
+            return None
         try:
             return await obstore.sign_async(self.store, "GET", path, REDIRECT_EXPIRY)
         except (BaseError, OSError) as exc:
@@ -375,7 +388,6 @@ class S3Driver(StorageDriver):
         try:
             await obstore.list_with_delimiter_async(self.store, self._dir_key(""))
         except (BaseError, OSError) as exc:
-            reason = _reason(exc)
-            if isinstance(exc, _MISSING):
-                reason = f"no such bucket ({reason})"
-            raise StorageError(f"S3 bucket {self.bucket!r} at {self.endpoint}: {reason}") from exc
+            raise StorageError(
+                f"S3 bucket {self.bucket!r} at {self.endpoint}: {_reason(exc)}"
+            ) from exc
