@@ -108,6 +108,28 @@ def _reason(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
+async def _rechunk(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """Chunks of exactly ``size`` bytes (the last may be shorter) from pieces of any size,
+    copying each byte once."""
+    pending = b""
+    async for piece in pieces:
+        view = memoryview(piece)
+        start = 0
+        if pending:
+            start = size - len(pending)
+            pending += view[:start]
+            if len(pending) < size:
+                continue
+            yield pending
+            pending = b""
+        while len(view) - start >= size:
+            yield bytes(view[start : start + size])
+            start += size
+        pending = bytes(view[start:])
+    if pending:
+        yield pending
+
+
 class _Aborted(Exception):
     """Raised into the uploader by ``cancel``."""
 
@@ -292,16 +314,8 @@ class S3Driver(StorageDriver):
             return
         try:
             result = await obstore.get_async(self.store, path, options={"range": (offset, end)})
-            pending = b""
-            async for piece in result.stream(min_chunk_size=chunk_size):
-                data = pending + bytes(piece) if pending else bytes(piece)
-                start = 0
-                while len(data) - start >= chunk_size:
-                    yield data[start : start + chunk_size]
-                    start += chunk_size
-                pending = data[start:]
-            if pending:
-                yield pending
+            async for chunk in _rechunk(result.stream(min_chunk_size=chunk_size), chunk_size):
+                yield chunk
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
 
@@ -381,6 +395,12 @@ class S3Driver(StorageDriver):
             return await obstore.sign_async(self.store, "GET", path, REDIRECT_EXPIRY)
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
+
+    async def close(self) -> None:
+        # Drop the client now: obstore aborts the process if a store with open connections
+        # is still alive when the interpreter finalises.
+        with contextlib.suppress(AttributeError):
+            del self.store
 
     async def check_bucket(self) -> None:
         """Raise StorageError naming the bucket, the endpoint and the reason unless the
