@@ -47,11 +47,12 @@ from entrepot.config.model import (
 )
 from entrepot.config.proxies import parse_proxies
 from entrepot.config.proxycache import parse_proxycache
+from entrepot.config.s3conf import parse_s3
 from entrepot.config.sections import Section, as_str, scalar_text
 
 __all__ = ["SUPPORTED_STORAGE_DRIVERS", "load_config"]
 
-SUPPORTED_STORAGE_DRIVERS = ("filesystem",)
+SUPPORTED_STORAGE_DRIVERS = ("filesystem", "s3")
 SUPPORTED_VERSION = "0.1"
 _LOG_LEVELS = ("error", "warn", "info", "debug")
 _LOG_FORMATTERS = ("text", "json", "logstash")
@@ -167,7 +168,7 @@ def _storage(root: Section, warnings: list[str]) -> StorageConfig:
             f"({', '.join(drivers)}); configure exactly one"
         )
     if not drivers:
-        raise ConfigError("config key 'storage' names no storage driver; supported: filesystem")
+        raise ConfigError("config key 'storage' names no storage driver; supported: filesystem, s3")
     driver = drivers[0]
     if driver not in SUPPORTED_STORAGE_DRIVERS:
         raise ConfigError(
@@ -175,7 +176,8 @@ def _storage(root: Section, warnings: list[str]) -> StorageConfig:
             f"supported: {', '.join(SUPPORTED_STORAGE_DRIVERS)}"
         )
     params = section.section(driver)
-    root_dir = params.get_str("rootdirectory")
+    s3 = parse_s3(params) if driver == "s3" else None
+    root_dir = None if s3 else params.get_str("rootdirectory")
     params.finish()
 
     delete = section.section("delete")
@@ -220,6 +222,7 @@ def _storage(root: Section, warnings: list[str]) -> StorageConfig:
         redirect_disabled=redirect_disabled,
         uploadpurging=purging,
         readonly=readonly,
+        s3=s3,
     )
 
 

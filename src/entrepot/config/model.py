@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from entrepot.config.s3conf import S3StorageConfig
+
 __all__ = [
     "DEFAULT_ROOTDIRECTORY",
     "AccessRuleConfig",
@@ -64,6 +66,7 @@ class StorageConfig:
     redirect_disabled: bool = False
     uploadpurging: UploadPurging = field(default_factory=UploadPurging)
     readonly: bool = False
+    s3: S3StorageConfig | None = None  # storage.s3, when that is the driver
 
 
 @dataclass(frozen=True)

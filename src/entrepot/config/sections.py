@@ -25,6 +25,7 @@ NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "log": ("hooks",),
     "storage": ("tag",),
     "storage.filesystem": ("maxthreads",),
+    "storage.s3": ("objectacl", "useragent", "usedualstack", "accelerate", "loglevel"),
     "storage.cache": ("blobdescriptorsize",),
     "http": ("relativeurls", "draintimeout", "http2", "h2c"),
     "http.tls": ("ciphersuites", "clientauth", "letsencrypt"),

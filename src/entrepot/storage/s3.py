@@ -41,7 +41,7 @@ from entrepot.storage.driver import (
     check_key,
 )
 
-__all__ = ["S3Driver", "S3Settings", "aws_credentials"]
+__all__ = ["S3Driver", "S3Settings", "aws_credentials", "probe_bucket"]
 
 MIN_CHUNK = 5 * 1024 * 1024  # S3's smallest part (but the last)
 REDIRECT_EXPIRY = timedelta(minutes=20)  # registry:2's presigned URLs last 20 minutes
@@ -411,3 +411,26 @@ class S3Driver(StorageDriver):
             raise StorageError(
                 f"S3 bucket {self.bucket!r} at {self.endpoint}: {_reason(exc)}"
             ) from exc
+
+
+def probe_bucket(settings: S3Settings, write_key: str | None) -> str | None:
+    """Why the bucket cannot be used (naming bucket, endpoint and S3's reason), or None:
+    it must list, and with ``write_key`` take a small object there and delete it. For
+    start-up, in a process of its own (obstore's runtime must not be started in a process
+    that forks afterwards); blocking."""
+
+    async def probe() -> None:
+        driver = S3Driver(settings)
+        try:
+            await driver.check_bucket()
+            if write_key is not None:
+                await driver.put_content(write_key, b"entrepot storage probe\n")
+                await driver.delete(write_key)
+        finally:
+            await driver.close()
+
+    try:
+        asyncio.run(probe())
+    except StorageError as exc:
+        return str(exc)
+    return None
