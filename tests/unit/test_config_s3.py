@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from entrepot.config import Config, ConfigError, load_config
+from entrepot.config.check import effective_yaml, summary
 
 
 def load(tmp_path: Path, storage: str, env: dict[str, str] | None = None) -> Config:
@@ -103,3 +104,13 @@ def test_keys_that_cannot_be_honoured_warn_by_name(tmp_path: Path) -> None:
 def test_bad_s3_sections_name_the_key(tmp_path: Path, storage: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load(tmp_path, storage)
+
+
+def test_check_config_masks_the_secret_and_names_the_bucket(tmp_path: Path) -> None:
+    config = load(tmp_path, FULL)
+    shown = effective_yaml(config)
+    assert "secretkey: '********'" in shown or "secretkey: ********" in shown
+    assert ": SK" not in shown
+    assert "bucket: images" in shown
+    line = summary(config, None)
+    assert "storage s3 at bucket images/registry at http://127.0.0.1:7480;" in line
