@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,44 @@ def test_start_refuses_a_pull_through_cache_on_s3(
     proxies = [{"host": "docker.io", "remoteurl": "http://127.0.0.1:9"}]
     line = _start_error(entrepot_factory, s3_storage(s3_server, s3_shared_bucket), proxies=proxies)
     assert "storage.s3" in line and "proxies" in line
+
+
+def _wait_for_v2(server: ManagedServer, status: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := httpx.get(f"{server.url}/v2/").status_code) != status:
+        assert time.monotonic() < deadline, f"/v2/ stayed {got}, expected {status}"
+        time.sleep(0.2)
+
+
+def _delete_bucket(client: Any, bucket: str, timeout: float = 30.0) -> None:
+    """Empty and delete ``bucket`` (retrying: Entrepot's health probe may be writing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+        for obj in listing:
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+        try:
+            client.delete_bucket(Bucket=bucket)
+            return
+        except client.exceptions.ClientError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_storage_health_covers_the_bucket(
+    s3_server: CephS3, s3_bucket: Callable[[], str], entrepot_factory: ServerFactory
+) -> None:
+    bucket = s3_bucket()
+    health = {"storagedriver": {"enabled": True, "interval": "1s", "threshold": 1}}
+    server = entrepot_factory(config={"storage": s3_storage(s3_server, bucket), "health": health})
+    assert httpx.get(f"{server.url}/v2/").status_code == 200
+
+    client = s3_client(s3_server)
+    _delete_bucket(client, bucket)  # the bucket goes away while Entrepot serves
+    _wait_for_v2(server, 503)
+    assert "NoSuchBucket" in server.log() and bucket in server.log()
+
+    client.create_bucket(Bucket=bucket)
+    _wait_for_v2(server, 200)
+    digest = clients.upload_blob(server.url, "e2e/s3/health", b"after the outage")
+    assert digest.startswith("sha256:")

@@ -182,3 +182,17 @@ def test_aws_credentials_from_environment_then_shared_file(tmp_path: Any) -> Non
     assert aws_credentials({**shared, "AWS_PROFILE": "ci"}) == ("CK", "CS", None)
     assert aws_credentials({**shared, "AWS_PROFILE": "absent"}) is None
     assert aws_credentials({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}) is None
+
+
+async def test_a_deleted_bucket_is_an_error_not_a_missing_key(
+    settings: S3Settings, s3_bucket: Any, client: Any
+) -> None:
+    bucket = s3_bucket()
+    driver = S3Driver(replace(settings, bucket=bucket))
+    await driver.put_content("k", b"v")
+    client.delete_object(Bucket=bucket, Key=driver.object_key("k"))
+    client.delete_bucket(Bucket=bucket)
+    for attempt in (driver.put_content("k", b"v"), driver.get_content("k")):
+        with pytest.raises(StorageError, match="NoSuchBucket") as info:
+            await attempt
+        assert not isinstance(info.value, StorageNotFound)

@@ -279,8 +279,11 @@ class S3Driver(StorageDriver):
     def where(self, key: str) -> str:
         return f"s3 bucket {self.bucket} key {self._prefix}{key} at {self.endpoint}"
 
-    def _error(self, exc: BaseException, key: str) -> StorageError:
-        if isinstance(exc, _MISSING):
+    def _error(self, exc: BaseException, key: str, missing: bool = True) -> StorageError:
+        """StorageNotFound for a missing key (``missing``: the operation reads it), else
+        StorageError naming bucket, key, endpoint and S3's reason. A 404 for the bucket
+        (NoSuchBucket: it was deleted) is an error, not a missing key."""
+        if missing and isinstance(exc, _MISSING) and "NoSuchBucket" not in str(exc):
             return StorageNotFound(key)
         return StorageError(f"{self.where(key)}: {_reason(exc)}")
 
@@ -297,7 +300,7 @@ class S3Driver(StorageDriver):
         try:
             await obstore.put_async(self.store, path, data, use_multipart=False)
         except (BaseError, OSError) as exc:
-            raise self._error(exc, key) from exc
+            raise self._error(exc, key, missing=False) from exc
 
     async def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
