@@ -22,7 +22,6 @@ import asyncio
 import configparser
 import contextlib
 import os
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,12 +39,12 @@ from entrepot.storage.driver import (
     StorageWriter,
     check_key,
 )
+from entrepot.storage.s3stream import S3Writer, reason, rechunk
 
 __all__ = ["S3Driver", "S3Settings", "aws_credentials", "probe_bucket"]
 
 MIN_CHUNK = 5 * 1024 * 1024  # S3's smallest part (but the last)
 REDIRECT_EXPIRY = timedelta(minutes=20)  # registry:2's presigned URLs last 20 minutes
-QUEUE_DEPTH = 8  # writes waiting for the uploader
 # obstore raises its NotFoundError for some calls and FileNotFoundError for others.
 _MISSING = (NotFoundError, FileNotFoundError)
 
@@ -91,135 +90,6 @@ def aws_credentials(environ: dict[str, str] | None = None) -> tuple[str, str, st
     if not key or not secret:
         return None
     return key, secret, section.get("aws_session_token")
-
-
-_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
-_HTTP_STATUS = re.compile(r"status code: (\d{3}[^:]*)")
-
-
-def _reason(exc: BaseException) -> str:
-    """A short reason: S3's error code and the HTTP status when the server answered
-    (obstore's message holds the whole response and a debug dump), else its first line."""
-    text = str(exc).strip()
-    code, status = _S3_CODE.search(text), _HTTP_STATUS.search(text)
-    if code and status:
-        return f"{code.group(1)} (HTTP {status.group(1).strip()})"
-    lines = text.splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
-async def _rechunk(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    """Chunks of exactly ``size`` bytes (the last may be shorter) from pieces of any size,
-    copying each byte once."""
-    pending = b""
-    async for piece in pieces:
-        view = memoryview(piece)
-        start = 0
-        if pending:
-            start = size - len(pending)
-            pending += view[:start]
-            if len(pending) < size:
-                continue
-            yield pending
-            pending = b""
-        while len(view) - start >= size:
-            yield bytes(view[start : start + size])
-            start += size
-        pending = bytes(view[start:])
-    if pending:
-        yield pending
-
-
-class _Aborted(Exception):
-    """Raised into the uploader by ``cancel``."""
-
-
-class S3Writer(StorageWriter):
-    """See the module docstring. One task at a time may use a writer."""
-
-    def __init__(self, driver: S3Driver, key: str, existing: int | None) -> None:
-        self._driver = driver
-        self._key = key
-        self._existing = existing  # bytes to copy first (append), or None
-        self._size = existing or 0
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
-        self._cancelled = False
-        self._closed = False
-        self._upload = asyncio.ensure_future(self._run())
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        if self._existing:
-            async for chunk in self._driver.read(self._key, chunk_size=self._driver.chunksize):
-                yield chunk
-        while (item := await self._queue.get()) is not None:
-            yield item
-        if self._cancelled:  # raising makes put_async abort the multipart upload
-            raise _Aborted
-
-    async def _run(self) -> None:
-        d = self._driver
-        await obstore.put_async(
-            d.store,
-            d.object_key(self._key),
-            self._chunks(),
-            chunk_size=d.chunksize,
-            max_concurrency=d.parts_in_flight,
-        )
-
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise StorageError(f"{self._key}: writer already committed or cancelled")
-        if self._upload.done():
-            raise self._failure()
-
-    def _failure(self) -> StorageError:
-        exc = None if self._upload.cancelled() else self._upload.exception()
-        reason = _reason(exc) if exc is not None else "upload stopped"
-        return StorageError(f"{self._driver.where(self._key)}: upload failed: {reason}")
-
-    async def _put(self, item: bytes | None) -> None:
-        """Queue ``item`` for the uploader, or raise if the upload failed meanwhile."""
-        if not self._queue.full():
-            self._queue.put_nowait(item)
-            return
-        put = asyncio.ensure_future(self._queue.put(item))
-        await asyncio.wait([put, self._upload], return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():
-            put.cancel()
-            raise self._failure()
-
-    async def write(self, data: bytes) -> None:
-        self._check_usable()
-        if data:
-            await self._put(bytes(data))
-            self._size += len(data)
-
-    async def commit(self) -> None:
-        self._check_usable()
-        self._closed = True
-        await self._put(None)
-        try:
-            await self._upload
-        except StorageError:
-            raise
-        except (BaseError, OSError, ValueError) as exc:
-            raise self._failure() from exc
-
-    async def cancel(self) -> None:
-        """Abort the multipart upload; a no-op once committed or cancelled."""
-        if self._closed:
-            return
-        self._closed = True
-        self._cancelled = True
-        while not self._queue.empty():  # the uploader need not send what it has not taken
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
-        with contextlib.suppress(BaseException):  # the abort is the expected outcome
-            await self._upload
 
 
 class S3Driver(StorageDriver):
@@ -285,7 +155,7 @@ class S3Driver(StorageDriver):
         (NoSuchBucket: it was deleted) is an error, not a missing key."""
         if missing and isinstance(exc, _MISSING) and "NoSuchBucket" not in str(exc):
             return StorageNotFound(key)
-        return StorageError(f"{self.where(key)}: {_reason(exc)}")
+        return StorageError(f"{self.where(key)}: {reason(exc)}")
 
     async def get_content(self, key: str) -> bytes:
         path = self.object_key(key)
@@ -317,7 +187,7 @@ class S3Driver(StorageDriver):
             return
         try:
             result = await obstore.get_async(self.store, path, options={"range": (offset, end)})
-            async for chunk in _rechunk(result.stream(min_chunk_size=chunk_size), chunk_size):
+            async for chunk in rechunk(result.stream(min_chunk_size=chunk_size), chunk_size):
                 yield chunk
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
@@ -412,7 +282,7 @@ class S3Driver(StorageDriver):
             await obstore.list_with_delimiter_async(self.store, self._dir_key(""))
         except (BaseError, OSError) as exc:
             raise StorageError(
-                f"S3 bucket {self.bucket!r} at {self.endpoint}: {_reason(exc)}"
+                f"S3 bucket {self.bucket!r} at {self.endpoint}: {reason(exc)}"
             ) from exc
 
 
