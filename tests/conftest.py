@@ -1,4 +1,6 @@
-"""Session-wide fixtures shared by the storage suite and the end-to-end tests.
+"""Fixtures shared by the test suites.
+
+loopback       (tests/loopback.py) for the in-process suites
 
 s3_server      a throwaway Ceph radosgw on 127.0.0.1 (tests/cephs3.py), started once per
                session; it skips locally and fails under $CI when Ceph is not installed
@@ -15,6 +17,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.cephs3 import CephS3, ceph_missing, s3_client
+from tests.loopback import loopback
+
+__all__ = ["loopback", "s3_bucket", "s3_server", "s3_shared_bucket"]
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
-from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
@@ -208,7 +208,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                 await upstream.client.aclose()
             await driver.close()
 
-    app = build_app(api, lifespan=lifespan)
+    app = build_app(api, lifespan=lifespan, access_log=not config.log.accesslog_disabled)
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.
         outer = Starlette(

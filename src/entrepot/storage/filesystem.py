@@ -213,7 +213,12 @@ def _delete(path: str) -> None:
 # ---- async side -------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=65536)
+# Keys found valid, remembered (about 350 bytes each); uploads bring new keys on every
+# request, so only the recently used ones are kept.
+CHECKED_KEYS_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=CHECKED_KEYS_CACHE_SIZE)
 def _check_key(key: str) -> None:
     """The contract's key rules, and no segment naming a temp file."""
     check_key(key)
