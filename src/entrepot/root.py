@@ -4,7 +4,9 @@ wires storage, registry services and the HTTP app together."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import multiprocessing
 import os
 from collections.abc import AsyncIterator
 
@@ -22,23 +24,51 @@ from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
-from entrepot.registry.health import StorageHealthCheck, check_writable
+from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.s3 import S3Driver, S3Settings, aws_credentials, probe_bucket
 
 
 def create_driver(config: Config) -> StorageDriver:
     # load_config already refused drivers Entrepot does not have.
-    return FilesystemDriver(config.storage.rootdirectory)
+    if config.storage.s3 is None:
+        return FilesystemDriver(config.storage.rootdirectory)
+    return S3Driver(s3_settings(config))
+
+
+def s3_settings(config: Config) -> S3Settings:
+    s3 = config.storage.s3
+    assert s3 is not None
+    access, secret, token = s3.accesskey, s3.secretkey, s3.sessiontoken
+    if not access:
+        access, secret, token = aws_credentials() or (None, None, None)
+    return S3Settings(
+        bucket=s3.bucket,
+        region=s3.region or "us-east-1",
+        endpoint=s3.endpoint,
+        access_key=access,
+        secret_key=secret,
+        session_token=token,
+        path_style=s3.path_style,
+        skip_verify=s3.skipverify,
+        rootdirectory=s3.rootdirectory,
+        chunksize=s3.chunksize,
+        encrypt=s3.encrypt,
+        keyid=s3.keyid,
+        redirect=not config.storage.redirect_disabled,
+    )
 
 
 def storage_problem(config: Config) -> str | None:
     """Why the configured storage cannot be used, in one line naming it, or None. Run
-    before serving, so that an unwritable root stops start-up instead of failing every
-    push later (read-only mode only needs to read)."""
+    before serving, so that an unwritable root or an unusable bucket stops start-up
+    instead of failing every push later (read-only mode only needs to read)."""
+    if config.storage.s3 is not None:
+        return _s3_problem(config)
 
     async def probe() -> None:
         driver = create_driver(config)
@@ -51,16 +81,36 @@ def storage_problem(config: Config) -> str | None:
         finally:
             await driver.close()
 
-    root = config.storage.rootdirectory
     try:
         asyncio.run(probe())
     except StorageError as exc:
         verb = "read" if config.storage.readonly else "write to"
         return (
-            f"cannot {verb} storage.filesystem.rootdirectory {root} ({exc}); "
-            "make it writable by this user or choose another rootdirectory"
+            f"cannot {verb} storage.filesystem.rootdirectory {config.storage.rootdirectory} "
+            f"({exc}); make it writable by this user or choose another rootdirectory"
         )
     return None
+
+
+def _s3_problem(config: Config) -> str | None:
+    if config.proxies:
+        return (
+            "the pull-through cache (proxy, proxies) cannot be kept on storage.s3 yet; "
+            "use storage.filesystem for a cache, or remove proxy and proxies"
+        )
+    try:
+        settings = s3_settings(config)
+    except StorageError as exc:  # an unreadable AWS credentials file
+        return f"cannot use storage.s3 ({exc})"
+    # The S3 client's (obstore's) runtime does not survive fork(), and the server forks
+    # its workers after this check: probe from a fresh process, never this one.
+    context = multiprocessing.get_context("spawn")
+    write_key = None if config.storage.readonly else probe_key()
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        problem = pool.submit(probe_bucket, settings, write_key).result()
+    if problem is None:
+        return None
+    return f"cannot use storage.s3 ({problem}); check the bucket, regionendpoint and credentials"
 
 
 def create_upstreams(config: Config) -> list[Upstream]:

@@ -20,12 +20,12 @@ def test_config_error_exits_1_with_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
     path = tmp_path / "config.yml"
-    path.write_text("version: 0.1\nstorage:\n  s3:\n    bucket: b\n")
+    path.write_text("version: 0.1\nstorage:\n  gcs:\n    bucket: b\n")
     argv = ["serve", str(path)] if how == "positional" else ["serve", "--config", str(path)]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("entrepot: config error: ")
-    assert "storage driver 's3' is not supported yet" in err
+    assert "storage driver 'gcs' is not supported yet" in err
 
 
 def test_missing_config_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

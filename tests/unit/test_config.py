@@ -259,7 +259,7 @@ VS = "version: 0.1\nstorage: filesystem\n"
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (V + "storage: {s3: {bucket: b}}", "storage driver 's3' is not supported yet; supported: "),
+        (V + "storage: {gcs: {bucket: b}}", "storage driver 'gcs' is not supported yet; supported"),
         (V + "storage: {inmemory: }", "storage driver 'inmemory' is not supported yet"),
         (V + "storage: azure", "storage driver 'azure' is not supported yet"),
         (
