@@ -16,7 +16,7 @@ from starlette.routing import Route
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
-from entrepot.http import blobs, listing, manifests, metrics, token, uploads
+from entrepot.http import blobs, listing, manifests, token, uploads
 from entrepot.http.context import ApiContext, context, namespace_of, realm_base
 from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -123,7 +123,6 @@ def build_app(
         Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),
         Route("/health", listing.health, methods=["GET", "HEAD"]),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
         *extra_routes,
     ]
 

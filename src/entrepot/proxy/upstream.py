@@ -5,7 +5,6 @@ token auth (``auth.py``), failover between urls, and errors saying what went wro
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import re
@@ -26,6 +25,7 @@ from entrepot.oci.errors import RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE
 from entrepot.proxy import blobstream
 from entrepot.proxy.auth import Authenticator, AuthError, describe
+from entrepot.proxy.metrics import RequestCounts
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,14 @@ class UpstreamClient:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         aiohttp_blobs: bool | None = None,
+        requests: RequestCounts | None = None,
     ) -> None:
         if not settings.urls:
             raise ValueError(f"upstream {settings.host} has no urls")
         self.settings = settings
         self.host = settings.host
-        self.requests: collections.Counter[str] = collections.Counter()
+        # Counts by kind; exported and told each response's headers (proxy/metrics.py).
+        self.requests = requests if requests is not None else RequestCounts(settings.host)
         self._urls = tuple(url.rstrip("/") for url in settings.urls)
         self._preferred = 0
         # read, write and pool waits get read_timeout.
@@ -363,6 +365,7 @@ class UpstreamClient:
             except AuthError as exc:
                 self._auth_failed(exc, base, failures)
                 continue
+            self.requests.saw(response.headers)
             if response.status_code >= 500:
                 await response.aclose()
                 failures.append(f"{base}: HTTP {response.status_code}")
