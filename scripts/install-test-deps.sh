@@ -27,9 +27,10 @@ declare -A PACKAGE_OF=(
   [wrk]=wrk
   [openssl]=openssl
   [curl]=curl
+  [nginx]=nginx                       # in front of docker-registry: sends ratelimit-* headers
 )
 # Fixed order, for stable messages.
-COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl)
+COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl nginx)
 
 check_only=0
 case "${1:-}" in
