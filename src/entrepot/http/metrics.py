@@ -28,6 +28,7 @@ __all__ = [
     "metrics_endpoint",
     "samples",
     "scrape_registry",
+    "upstream_figures",
     "worker_stopped",
     "workers_registry",
 ]
@@ -185,3 +186,38 @@ def samples(registry: CollectorRegistry) -> Iterable[Sample]:
             if sample.name.endswith("_created"):
                 continue
             yield Sample(sample.name, tuple(sorted(sample.labels.items())), sample.value)
+
+
+# What a page shows per upstream: figure name -> (metric, labels it must have).
+_FIGURES = {
+    "manifest hits": ("entrepot_proxy_hits_total", {"type": "manifest"}),
+    "blob hits": ("entrepot_proxy_hits_total", {"type": "blob"}),
+    "manifest misses": ("entrepot_proxy_misses_total", {"type": "manifest"}),
+    "blob misses": ("entrepot_proxy_misses_total", {"type": "blob"}),
+    "blob fills": ("entrepot_proxy_fills_total", {}),
+    "bytes fetched": ("entrepot_proxy_fetched_bytes_total", {}),
+    "bytes served from cache": ("entrepot_proxy_served_bytes_total", {}),
+    "stale serves": ("entrepot_proxy_stale_served_total", {}),
+    "revalidations": ("entrepot_proxy_revalidations_total", {}),
+    "pulls deferred (low budget)": ("entrepot_proxy_pulls_deferred_total", {}),
+    "upstream errors": ("entrepot_proxy_upstream_errors_total", {}),
+    "upstream requests": ("entrepot_upstream_requests_total", {}),
+    "pull budget left": ("entrepot_upstream_ratelimit_remaining", {}),
+    "pull budget": ("entrepot_upstream_ratelimit_limit", {}),
+}
+
+
+def upstream_figures(found: Iterable[Sample]) -> dict[str, dict[str, float]]:
+    """Per upstream host, its cache figures (summed over other labels), for a page. The
+    pull budget figures are there only once the upstream reported one."""
+    figures: dict[str, dict[str, float]] = {}
+    for sample in found:
+        labels = dict(sample.labels)
+        host = labels.get("upstream")
+        if host is None:
+            continue
+        for figure, (metric, wanted) in _FIGURES.items():
+            if sample.metric == metric and all(labels.get(k) == v for k, v in wanted.items()):
+                mine = figures.setdefault(host, {})
+                mine[figure] = mine.get(figure, 0.0) + sample.value
+    return figures
