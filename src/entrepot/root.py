@@ -37,6 +37,7 @@ from entrepot.registry.purge import run_upload_purger
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.timed import TimedDriver
 
 
 def create_driver(config: Config) -> StorageDriver:
@@ -103,11 +104,13 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
 
 
 def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette:
-    driver = driver if driver is not None else create_driver(config)
-    local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
     registry = CollectorRegistry()
-    proxy_metrics = ProxyMetrics(registry)
     http_metrics = HttpMetrics(registry)
+    driver = TimedDriver(
+        driver if driver is not None else create_driver(config), http_metrics.storage_action
+    )
+    local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
+    proxy_metrics = ProxyMetrics(registry)
     upstreams = create_upstreams(config, proxy_metrics)
     cache = ProxyCache(local, events=CacheEvents(proxy_metrics))
     resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)

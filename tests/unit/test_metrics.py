@@ -3,12 +3,17 @@ budget from ``ratelimit-*`` headers, registry:2's handler names, per-upstream fi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry
 
-from entrepot.http.metrics import handler_of, samples, upstream_figures
+from entrepot.http.metrics import HttpMetrics, handler_of, samples, upstream_figures
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.ratelimit import RateBudget, parse_ratelimit
+from entrepot.storage import StorageNotFound
+from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.timed import TimedDriver
 
 HOST = "docker.io"
 
@@ -147,3 +152,25 @@ def test_upstream_figures_for_a_page(registry: CollectorRegistry) -> None:
     assert figures[HOST]["bytes served from cache"] == 300
     assert "pull budget left" not in figures[HOST]
     assert figures["ghcr.io"]["bytes fetched"] == 100
+
+
+async def test_storage_actions_are_timed_with_registry2_names(
+    registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    driver = TimedDriver(FilesystemDriver(tmp_path), HttpMetrics(registry).storage_action)
+    await driver.put_content("a/b", b"hello")
+    assert await driver.get_content("a/b") == b"hello"
+    assert b"".join([c async for c in driver.read("a/b", offset=1)]) == b"ello"
+    assert (await driver.stat("a/b")).size == 5
+    with pytest.raises(StorageNotFound):  # errors pass through, timed too
+        await driver.get_content("missing")
+    await driver.close()
+
+    def count(action: str) -> float | None:
+        name = "registry_storage_action_seconds_count"
+        return value(registry, name, driver="filesystem", action=action)
+
+    assert count("PutContent") == 1
+    assert count("GetContent") == 2
+    assert count("Reader") == 1
+    assert count("Stat") == 1

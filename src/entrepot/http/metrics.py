@@ -59,7 +59,8 @@ def handler_of(path: str) -> str:
 
 
 class HttpMetrics:
-    """registry:2's ``registry_http_*`` metrics, as an ASGI middleware counts them."""
+    """registry:2's ``registry_http_*`` metrics, as an ASGI middleware counts them, and
+    its ``registry_storage_action_seconds`` (fed by storage/timed.py)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -81,6 +82,15 @@ class HttpMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.storage_actions = Histogram(
+            "registry_storage_action_seconds",
+            "The number of seconds that the storage action takes",
+            ["driver", "action"],
+            registry=registry,
+        )
+
+    def storage_action(self, driver: str, action: str, seconds: float) -> None:
+        self.storage_actions.labels(driver, action).observe(seconds)
 
 
 class MetricsMiddleware:
