@@ -122,11 +122,16 @@ def serve(path: str | None, *, workers: int | None = None) -> int:
     # run (old files would be summed in), removed at exit; set before anything imports
     # prometheus_client, which reads it then (and workers are forked from this process).
     metrics_dir = tempfile.mkdtemp(prefix="entrepot-metrics-")
+    previous = os.environ.get(METRICS_DIR_ENV)
     os.environ[METRICS_DIR_ENV] = metrics_dir
     try:
         return _serve(config, path, workers)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(METRICS_DIR_ENV, None)
+        else:
+            os.environ[METRICS_DIR_ENV] = previous
 
 
 def _serve(config: Config, path: str | None, workers: int | None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,26 @@ def test_serve_runs_one_worker_per_core_unless_told(monkeypatch: pytest.MonkeyPa
     assert _parser().parse_args(["serve", "--workers", "3"]).workers == 3
     monkeypatch.setenv("ENTREPOT_WORKERS", "5")
     assert _parser().parse_args(["serve"]).workers == 5
+
+
+def test_debug_address_in_use_exits_1_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the workers' metrics dir is made
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        path = tmp_path / "config.yml"
+        path.write_text(
+            f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+            f"http:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:{port}\n"
+            "    prometheus:\n      enabled: true\n"
+        )
+        assert main(["serve", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on http.debug.addr 127.0.0.1:{port}: it is already in use" in err
+    # The metrics directory is gone, and the variable with it.
+    assert not list(tmp_path.glob("entrepot-metrics-*"))
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
