@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,14 @@ def test_serve_runs_one_worker_per_core_unless_told(monkeypatch: pytest.MonkeyPa
 def test_debug_address_in_use_exits_1_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the workers' metrics dir is made
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(prefix: str | None = None) -> str:
+        made.append(real_mkdtemp(prefix=prefix, dir=tmp_path))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)  # where the workers' metrics dir is made
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -114,5 +122,6 @@ def test_debug_address_in_use_exits_1_naming_it(
     err = capsys.readouterr().err
     assert f"cannot listen on http.debug.addr 127.0.0.1:{port}: it is already in use" in err
     # The metrics directory is gone, and the variable with it.
-    assert not list(tmp_path.glob("entrepot-metrics-*"))
+    assert len(made) == 1 and Path(made[0]).name.startswith("entrepot-metrics-")
+    assert not Path(made[0]).exists()
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
