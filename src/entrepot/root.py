@@ -171,7 +171,12 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     # With access control on, metrics are only on http.debug.addr (a listener operators
     # keep private): the main address's /metrics would tell anyone what is pulled.
     public = [] if config.auth is not None else [Route("/metrics", metrics_endpoint(collect))]
-    app = build_app(api, lifespan=lifespan, extra_routes=public)
+    app = build_app(
+        api,
+        lifespan=lifespan,
+        extra_routes=public,
+        access_log=not config.log.accesslog_disabled,
+    )
     app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.

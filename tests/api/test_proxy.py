@@ -149,6 +149,18 @@ async def test_push_into_a_cache_namespace_is_denied(setup: Setup) -> None:
         assert "cache" in response.json()["errors"][0]["message"]
     via_ns = await setup.client.http.post("/v2/org/app/blobs/uploads/?ns=ghcr.io")
     assert via_ns.status_code == 403
+    # Every write, not only uploads: a cache has nothing to write through.
+    digest = "sha256:" + "0" * 64
+    writes = [
+        setup.client.http.put("/v2/ghcr.io/org/app/manifests/v1", content=b"{}"),
+        setup.client.http.delete(f"/v2/ghcr.io/org/app/manifests/{digest}"),
+        setup.client.http.delete(f"/v2/ghcr.io/org/app/blobs/{digest}"),
+        setup.client.http.delete(f"/v2/ghcr.io/org/app/blobs/uploads/{digest[7:43]}"),
+    ]
+    for write in writes:
+        refused = await write
+        assert refused.status_code == 403, refused.request.url
+        assert "ghcr.io is a cache" in refused.json()["errors"][0]["message"]
 
 
 async def test_tag_revalidation_uses_head_and_follows_upstream_changes(setup: Setup) -> None:

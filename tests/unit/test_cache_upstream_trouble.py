@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 from entrepot.oci.errors import ErrorCode, RegistryError
-from entrepot.proxy.cache import CachedRepository, ProxyCache
+from entrepot.proxy.cache import ProxyCache, cached_repository
 from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
+from entrepot.registry.api import Repository
 from entrepot.registry.local import LocalRegistry
 from entrepot.storage.filesystem import FilesystemDriver
 
@@ -42,7 +43,7 @@ class Upstream429:
         return httpx.Response(200, headers=headers, content=MANIFEST)
 
 
-def _repo(tmp_path: Path, upstream: Upstream429, name: str) -> tuple[CachedRepository, ProxyCache]:
+def _repo(tmp_path: Path, upstream: Upstream429, name: str) -> tuple[Repository, ProxyCache]:
     local = LocalRegistry(FilesystemDriver(tmp_path))
     client = UpstreamClient(
         UpstreamSettings("quay.io", ("https://quay.test",)),
@@ -50,7 +51,7 @@ def _repo(tmp_path: Path, upstream: Upstream429, name: str) -> tuple[CachedRepos
     )
     cache = ProxyCache(local)
     up = Upstream("quay.io", client, CachePolicy(tag_ttl=0.0))
-    return CachedRepository(cache, up, name), cache
+    return cached_repository(cache, up, name), cache
 
 
 async def test_rate_limited_uncached_content_is_toomanyrequests_with_retry_after(
@@ -60,7 +61,7 @@ async def test_rate_limited_uncached_content_is_toomanyrequests_with_retry_after
     upstream.limited = True
     repo, _ = _repo(tmp_path, upstream, "org/app")
     with pytest.raises(RegistryError) as err:
-        await repo.get_manifest("v1")
+        await repo.manifests.get("v1")
     assert err.value.code is ErrorCode.TOOMANYREQUESTS
     assert err.value.status == 429
     assert err.value.headers["Retry-After"] == "42"
@@ -69,8 +70,8 @@ async def test_rate_limited_uncached_content_is_toomanyrequests_with_retry_after
 async def test_rate_limited_revalidation_serves_the_cached_tag(tmp_path: Path) -> None:
     upstream = Upstream429()
     repo, cache = _repo(tmp_path, upstream, "org/app")
-    first = await repo.get_manifest("v1")
+    first = await repo.manifests.get("v1")
     upstream.limited = True
-    again = await repo.get_manifest("v1")
+    again = await repo.manifests.get("v1")
     assert again.raw == first.raw == MANIFEST
     assert cache.total("stale_served") == 1
