@@ -320,4 +320,7 @@ def _granian(config: Config, workers: int, client_ca: Path | None) -> MPServer |
         else SSLProtocols.tls12,
         ssl_ca=client_ca,
         ssl_client_verify=client_ca is not None,
+        # A worker that dies (killed, out of memory) is replaced; without this Granian
+        # stops the whole server, and every other worker with it.
+        respawn_failed_workers=True,
     )

@@ -29,7 +29,7 @@ from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.routing import ProxyResolver
-from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.health import StorageHealthCheck, check_writable
 from entrepot.registry.local import LocalRegistry

@@ -1,6 +1,7 @@
 """Metrics of the pull-through cache and of HTTP requests, in-process: the upstream is a
-second, real Entrepot registry behind httpx's ASGI transport, which here also says what
-pull budget is left (Docker Hub's ``ratelimit-remaining``) or answers 429."""
+second, real Entrepot registry served on 127.0.0.1 (reached by the production upstream
+client), which here also says what pull budget is left (Docker Hub's
+``ratelimit-remaining``) or answers 429."""
 
 from __future__ import annotations
 
@@ -20,39 +21,33 @@ from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.routing import ProxyResolver
-from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.local import LocalRegistry
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.api.auth_setup import app_client, write_htpasswd
 from tests.api.oci_client import OciClient, make_image, sha256
 from tests.api.test_auth import BUILTIN
+from tests.loopback import Loopback, Servers
 
 HUB = "docker.io"
 
 
-class Hub(httpx.AsyncBaseTransport):
-    """Docker Hub's network: requests are recorded; responses carry the pull budget
-    (``remaining``, None: no header) and manifest requests can be refused with 429."""
+class Hub(httpx.ASGITransport):
+    """Docker Hub: a registry whose responses carry the pull budget (``remaining``, None:
+    no header) and whose manifest requests can be refused with 429."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-        self.remaining: int | None = None
-        self.refusing = False
-        self.requests: list[tuple[str, str]] = []
+    remaining: int | None = None
+    refusing = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append((request.method, request.url.path))
         if self.refusing and "/manifests/" in request.url.path:
             return httpx.Response(429, headers={"Retry-After": "60"}, request=request)
-        response = await self.inner.handle_async_request(request)
+        response = await super().handle_async_request(request)
         if self.remaining is not None:
             response.headers["ratelimit-limit"] = "100;w=21600"
             response.headers["ratelimit-remaining"] = f"{self.remaining};w=21600"
         return response
-
-    def count(self, method: str, fragment: str) -> int:
-        return sum(1 for m, path in self.requests if m == method and fragment in path)
 
 
 @dataclass
@@ -60,6 +55,7 @@ class Setup:
     client: OciClient
     upstream: OciClient
     hub: Hub
+    seen: Loopback  # the requests the hub received
     registry: CollectorRegistry
     budget: RateBudget
 
@@ -68,19 +64,16 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    upstream_app = httpx.ASGITransport(
-        app=build_app(ApiContext(resolver=LocalRegistry(FilesystemDriver(tmp_path / "hub"))))
-    )
-    hub = Hub(upstream_app)
+async def setup(tmp_path: Path, loopback: Servers) -> AsyncIterator[Setup]:
+    upstream_app = build_app(ApiContext(resolver=LocalRegistry(FilesystemDriver(tmp_path / "hub"))))
+    hub = Hub(app=upstream_app)
+    seen = await loopback.asgi(hub)
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry)
     metrics.upstream(HUB)
     budget = RateBudget()
     counts = RequestCounts(HUB, metrics, budget)
-    client = UpstreamClient(
-        UpstreamSettings(HUB, ("http://hub.test",)), transport=hub, requests=counts
-    )
+    client = UpstreamClient(UpstreamSettings(HUB, (seen.url,)), requests=counts)
     # tagttl 0: every tag pull past the first revalidates.
     policy = CachePolicy(tag_ttl=0.0, negative_ttl=60.0)
     upstream = Upstream(host=HUB, client=client, policy=policy, mirror=True, budget=budget)
@@ -93,9 +86,11 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e.test") as http,
-        httpx.AsyncClient(transport=upstream_app, base_url="http://hub.test") as hub_http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=upstream_app), base_url="http://hub.test"
+        ) as hub_http,
     ):
-        yield Setup(OciClient(http), OciClient(hub_http), hub, registry, budget)
+        yield Setup(OciClient(http), OciClient(hub_http), hub, seen, registry, budget)
     await cache.aclose()
     await client.aclose()
 
@@ -130,7 +125,7 @@ async def test_a_pull_through_counts_misses_then_hits_and_bytes(setup: Setup) ->
     assert setup.value("registry_proxy_pulled_bytes_total", type="blob") == len(layer)
     assert setup.value("registry_proxy_pushed_bytes_total", type="blob") == 2 * len(layer)
     assert setup.value("entrepot_proxy_revalidations_total", upstream=HUB) == 1
-    upstream_heads = setup.hub.count("HEAD", "/manifests/")
+    upstream_heads = setup.seen.count("HEAD", "/manifests/")
     assert upstream_heads == 2
     assert (
         setup.value("entrepot_upstream_requests_total", upstream=HUB, request="HEAD manifest")
@@ -173,13 +168,13 @@ async def test_a_low_pull_budget_serves_changed_tags_from_cache(setup: Setup) ->
 
     await setup.upstream.push_image("library/app", second, tag="latest")
     setup.hub.remaining = 5  # at or under 10% of the limit: low
-    setup.hub.requests.clear()
+    setup.seen.requests.clear()
     for _ in range(2):
         pulled = await setup.client.get_manifest("library/app", "latest")
         assert pulled.status_code == 200
         assert pulled.content == first.manifest
-    assert setup.hub.count("GET", "/manifests/") == 0
-    assert setup.hub.count("HEAD", "/manifests/") >= 1  # HEADs are free: they tell the budget
+    assert setup.seen.count("GET", "/manifests/") == 0
+    assert setup.seen.count("HEAD", "/manifests/") >= 1  # HEADs are free: they tell the budget
     assert setup.budget.low
     assert setup.value("entrepot_upstream_ratelimit_remaining", upstream=HUB) == 5
     assert setup.value("entrepot_proxy_pulls_deferred_total", upstream=HUB) >= 1
@@ -187,7 +182,7 @@ async def test_a_low_pull_budget_serves_changed_tags_from_cache(setup: Setup) ->
     setup.hub.remaining = 80  # the window restarted: the revalidating HEAD learns it
     pulled = await setup.client.get_manifest("library/app", "latest")
     assert pulled.content == second.manifest
-    assert setup.hub.count("GET", "/manifests/") == 1
+    assert setup.seen.count("GET", "/manifests/") == 1
 
 
 async def test_metrics_endpoint_speaks_prometheus_text(setup: Setup) -> None:

@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from cachetools import TLRUCache
+
 from entrepot.oci import mediatypes as mt
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -24,7 +26,7 @@ from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool, temp_spool_path
 from entrepot.proxy.metrics import CacheEvents
-from entrepot.proxy.upstream import (
+from entrepot.proxy.upstream_client import (
     RemoteBlob,
     UpstreamError,
     UpstreamInvalid,
@@ -42,6 +44,13 @@ log = logging.getLogger("entrepot.proxy")
 
 ACCEPT = (mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST)
 T = TypeVar("T")
+# Upstream 404s remembered at most (each until its negativettl ends): a client asking for
+# many missing names cannot grow memory without end.
+MAX_NEGATIVE = 10_000
+
+
+def _until_expiry(_key: object, expiry: float, _now: float) -> float:
+    return expiry
 
 
 class ProxyCache:
@@ -58,7 +67,9 @@ class ProxyCache:
         self.clock = clock
         # (event, upstream host) -> count (events: proxy/metrics.py), exported as metrics.
         self.stats = events if events is not None else CacheEvents()
-        self._negative: dict[tuple[str, str, str], float] = {}
+        self._negative: TLRUCache[tuple[str, str, str], float] = TLRUCache(
+            MAX_NEGATIVE, _until_expiry, timer=time.monotonic
+        )
         self._inflight: dict[tuple[str, ...], asyncio.Task[object]] = {}
 
     async def once(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
@@ -85,13 +96,7 @@ class ProxyCache:
         self._negative[key] = time.monotonic() + ttl
 
     def known_missing(self, key: tuple[str, str, str]) -> bool:
-        expiry = self._negative.get(key)
-        if expiry is None:
-            return False
-        if expiry < time.monotonic():
-            del self._negative[key]
-            return False
-        return True
+        return key in self._negative  # expired entries are not in it
 
     async def aclose(self) -> None:
         await self.filler.aclose()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.proxy.ratelimit import RateBudget
-from entrepot.proxy.upstream import (
+from entrepot.proxy.upstream_client import (
     UpstreamClient,
     UpstreamDenied,
     UpstreamError,
