@@ -492,3 +492,14 @@ def test_debug_server_needs_prometheus_enabled(tmp_path: Path) -> None:
     assert config.http.debug.prometheus.path == "/debug/metrics"
     with pytest.raises(ConfigError, match=r"http\.debug\.addr"):
         load(tmp_path, MINIMAL + "http:\n  debug:\n    addr: nope\n")
+
+
+STORAGE = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /tmp/x\n"
+
+
+def test_trusted_proxies_must_be_addresses_or_networks(tmp_path: Path) -> None:
+    config = load(tmp_path, STORAGE + "http:\n  trustedproxies: [10.0.0.5, 10.1.0.0/16]\n")
+    assert config.http.trustedproxies == ["10.0.0.5", "10.1.0.0/16"]
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, STORAGE + "http:\n  trustedproxies: [10.0.0.5, proxy.local]\n")
+    assert "config key 'http.trustedproxies[1]': 'proxy.local' is not an IP" in str(err.value)

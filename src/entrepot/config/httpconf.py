@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,6 +162,12 @@ class HttpConfig:
     )
     prefix: str = key("prefix", "/", doc="serve the API below this path")
     headers: dict[str, list[str]] = key("headers", factory=dict, doc="headers added to responses")
+    trustedproxies: list[str] = key(
+        "trustedproxies",
+        factory=list,
+        doc="Entrepot's own: addresses or networks of reverse proxies whose X-Forwarded-For "
+        "names the client (for sign-in limits and logs); none by default",
+    )
     tls: TlsConfig | None = key("tls", None, doc="")
     debug: DebugConfig | None = key("debug", None, doc="")
     host: str = derived("0.0.0.0")
@@ -186,6 +193,14 @@ class HttpConfig:
                 )
                 host_url = None
         prefix = "/" + self.prefix.strip("/") + "/" if self.prefix.strip("/") else "/"
+        for index, network in enumerate(self.trustedproxies):
+            try:
+                ipaddress.ip_network(str(network), strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"config key 'http.trustedproxies[{index}]': {network!r} is not an IP "
+                    "address or network (such as 10.0.0.5 or 10.0.0.0/8)"
+                ) from None
         return replace(
             self, host=host, port=port, unix_socket=unix_socket, host_url=host_url, prefix=prefix
         )
