@@ -34,10 +34,11 @@ declare -A PACKAGE_OF=(
   [monmaptool]=ceph-mon
   [ceph-osd]=ceph-osd
   [ceph]=ceph-common
+  [nginx]=nginx                       # in front of docker-registry: sends ratelimit-* headers
 )
 # Fixed order, for stable messages.
 COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl
-  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph)
+  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph nginx)
 
 check_only=0
 case "${1:-}" in

@@ -10,17 +10,27 @@ import multiprocessing
 import os
 from collections.abc import AsyncIterator
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
-from entrepot.config import CONFIG_ENV, Config, load_config
+from entrepot.config import CONFIG_ENV, METRICS_DIR_ENV, Config, load_config
 from entrepot.http.app import build_app
 from entrepot.http.clientaddr import ClientAddresses
 from entrepot.http.context import ApiContext
-from entrepot.http.metrics import Sample
+from entrepot.http.metrics import (
+    HttpMetrics,
+    MetricsMiddleware,
+    metrics_endpoint,
+    samples,
+    scrape_registry,
+    worker_stopped,
+)
 from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
+from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
+from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
@@ -31,6 +41,7 @@ from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.s3 import S3Driver, S3Settings, aws_credentials, probe_bucket
+from entrepot.storage.timed import TimedDriver
 
 
 def create_driver(config: Config) -> StorageDriver:
@@ -113,9 +124,12 @@ def _s3_problem(config: Config) -> str | None:
     return f"cannot use storage.s3 ({problem}); check the bucket, regionendpoint and credentials"
 
 
-def create_upstreams(config: Config) -> list[Upstream]:
+def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> list[Upstream]:
     upstreams = []
     for proxy in config.proxies:
+        budget = RateBudget(proxy.ratelimit_reserve)
+        if metrics is not None:
+            metrics.upstream(proxy.host)
         settings = UpstreamSettings(
             host=proxy.host,
             urls=proxy.remoteurls,
@@ -128,20 +142,28 @@ def create_upstreams(config: Config) -> list[Upstream]:
         upstreams.append(
             Upstream(
                 host=proxy.host,
-                client=UpstreamClient(settings),
+                client=UpstreamClient(
+                    settings, requests=RequestCounts(proxy.host, metrics, budget)
+                ),
                 policy=policy,
                 mirror=proxy.mirror,
                 allow_push=proxy.allow_push,
+                budget=budget,
             )
         )
     return upstreams
 
 
 def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette:
-    driver = driver if driver is not None else create_driver(config)
+    registry = CollectorRegistry()
+    http_metrics = HttpMetrics(registry)
+    driver = TimedDriver(
+        driver if driver is not None else create_driver(config), http_metrics.storage_action
+    )
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
-    upstreams = create_upstreams(config)
-    cache = ProxyCache(local)
+    proxy_metrics = ProxyMetrics(registry)
+    upstreams = create_upstreams(config, proxy_metrics)
+    cache = ProxyCache(local, events=CacheEvents(proxy_metrics))
     resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
     health_cfg = config.health.storagedriver
     health = StorageHealthCheck(
@@ -151,29 +173,15 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         writable=not config.storage.readonly,
     )
 
-    def samples() -> list[Sample]:
-        found = [
-            Sample("entrepot_proxy_events_total", (("upstream", host), ("event", event)), n)
-            for (event, host), n in cache.stats.items()
-        ]
-        for upstream in upstreams:
-            found.extend(
-                Sample(
-                    "entrepot_upstream_requests_total",
-                    (("upstream", upstream.host), ("request", kind)),
-                    n,
-                )
-                for kind, n in upstream.client.requests.items()
-            )
-        return found
-
+    multiproc_dir = os.environ.get(METRICS_DIR_ENV) or None
+    collect = scrape_registry(registry, multiproc_dir)
     secret = shared_secret(config)
     guard, token_service = create_guard(config, secret)
     api = ApiContext(
         resolver=resolver,
         guard=guard,
         token_service=token_service,
-        metrics=samples,
+        metrics=lambda: samples(collect()),
         upload_secret=None if config.auth is None else derive_key(secret, "upload-state"),
         extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
         base_url=(config.http.host_url or "").rstrip("/") + config.http.prefix.rstrip("/"),
@@ -209,8 +217,19 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
             for upstream in upstreams:
                 await upstream.client.aclose()
             await driver.close()
+            if multiproc_dir is not None:
+                worker_stopped(multiproc_dir)
 
-    app = build_app(api, lifespan=lifespan, access_log=not config.log.accesslog_disabled)
+    # With access control on, metrics are only on http.debug.addr (a listener operators
+    # keep private): the main address's /metrics would tell anyone what is pulled.
+    public = [] if config.auth is not None else [Route("/metrics", metrics_endpoint(collect))]
+    app = build_app(
+        api,
+        lifespan=lifespan,
+        extra_routes=public,
+        access_log=not config.log.accesslog_disabled,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.
         outer = Starlette(

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
-from entrepot.http import blobs, discovery, manifests, metrics, token, uploads
+from entrepot.http import blobs, discovery, manifests, token, uploads
 from entrepot.http.accesslog import AccessLog
 from entrepot.http.context import ApiContext, context, realm_base
 from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
@@ -140,7 +140,6 @@ def build_app(
         Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),
         Route("/health", health, methods=["GET", "HEAD"]),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
         *extra_routes,
     ]
 
