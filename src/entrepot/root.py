@@ -18,6 +18,7 @@ from entrepot.config import Config, load_config
 from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
 from entrepot.http.metrics import Sample
+from entrepot.http.ui import UiSettings, access_for, ui_routes
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
@@ -184,7 +185,14 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                 await upstream.client.aclose()
             await driver.close()
 
-    app = build_app(api, lifespan=lifespan)
+    ui = UiSettings(
+        store=local,
+        upstreams=upstreams,
+        access=access_for(guard, token_service),
+        session_key=derive_key(secret, "ui-session"),
+        delete_enabled=config.storage.delete_enabled,
+    )
+    app = build_app(api, lifespan=lifespan, extra_routes=ui_routes(ui))
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.
         outer = Starlette(
