@@ -27,9 +27,10 @@ declare -A PACKAGE_OF=(
   [wrk]=wrk
   [openssl]=openssl
   [curl]=curl
+  [chromium]=chromium                 # the web UI's browser tests (driven by Playwright)
 )
 # Fixed order, for stable messages.
-COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl)
+COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl chromium)
 
 check_only=0
 case "${1:-}" in

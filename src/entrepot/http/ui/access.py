@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 
 from entrepot.auth.access import repository
 from entrepot.auth.guard import (
@@ -25,31 +25,36 @@ SESSION_COOKIE = "entrepot_session"
 SESSION_SECONDS = 12 * 3600
 
 
-@dataclass(frozen=True)
 class UiAccess:
     """The API's rules as the UI asks them: "may ``user`` do ``action`` on ``name``?".
 
     ``passwords`` None means nobody can sign in here: no auth at all (``open``), or an
     external token server (auth.token), whose users and rules Entrepot does not know.
+    ``policy`` None with passwords (htpasswd): every signed-in user may do everything.
     """
 
-    open: bool
-    passwords: PasswordChecker | None
-    policy: AccessPolicy | None  # None with htpasswd: every signed-in user may do everything
+    def __init__(
+        self, *, open: bool, passwords: PasswordChecker | None, policy: AccessPolicy | None
+    ) -> None:
+        self.open = open
+        self.passwords = passwords
+        self.policy = policy
+        # The rules never change while the server runs, and a repository list asks them
+        # once per name: remember the answers.
+        self.may = functools.lru_cache(maxsize=65_536)(self._decide)
 
     @property
     def sign_in(self) -> bool:
         return self.passwords is not None
 
-    def may(self, user: str | None, name: str, action: str) -> bool:
+    def _decide(self, user: str | None, name: str, action: str) -> bool:
         if self.open:
             return True
         if self.passwords is None:
             return False
         if self.policy is None:
             return user is not None
-        granted = self.policy.grant(user, repository(name, action))
-        return granted is not None
+        return self.policy.grant(user, repository(name, action)) is not None
 
     async def verify(self, user: str, password: str, client: str) -> bool:
         """Check a password (rate-limited per client, as the API's sign-ins are)."""
