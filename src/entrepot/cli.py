@@ -72,6 +72,12 @@ def serve(path: str | None, *, workers: int = 1) -> int:
         print(f"warning: {warning}", file=sys.stderr)
         if logging.getLogger().hasHandlers():  # else logging would print it a second time
             logger.warning("%s", warning)
+    from entrepot.root import storage_problem  # the root imports the app: only to serve
+
+    problem = storage_problem(config)
+    if problem:
+        print(f"entrepot: storage error: {problem}", file=sys.stderr)
+        return 1
     if not config.http.secret and SECRET_ENV not in os.environ:
         # Like registry:2 without http.secret, but shared: every worker must accept the
         # tokens and upload states any other worker signed.

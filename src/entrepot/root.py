@@ -24,11 +24,11 @@ from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
-from entrepot.registry.health import StorageHealthCheck
+from entrepot.registry.health import StorageHealthCheck, check_writable
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
 from entrepot.root_auth import create_guard, derive_key, shared_secret
-from entrepot.storage import StorageDriver
+from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
 
 CONFIG_ENV = "ENTREPOT_CONFIG"
@@ -37,6 +37,34 @@ CONFIG_ENV = "ENTREPOT_CONFIG"
 def create_driver(config: Config) -> StorageDriver:
     # load_config already refused drivers Entrepot does not have.
     return FilesystemDriver(config.storage.rootdirectory)
+
+
+def storage_problem(config: Config) -> str | None:
+    """Why the configured storage cannot be used, in one line naming it, or None. Run
+    before serving, so that an unwritable root stops start-up instead of failing every
+    push later (read-only mode only needs to read)."""
+
+    async def probe() -> None:
+        driver = create_driver(config)
+        try:
+            if config.storage.readonly:
+                with contextlib.suppress(StorageNotFound):
+                    await driver.stat("")
+            else:
+                await check_writable(driver)
+        finally:
+            await driver.close()
+
+    root = config.storage.rootdirectory
+    try:
+        asyncio.run(probe())
+    except StorageError as exc:
+        verb = "read" if config.storage.readonly else "write to"
+        return (
+            f"cannot {verb} storage.filesystem.rootdirectory {root} ({exc}); "
+            "make it writable by this user or choose another rootdirectory"
+        )
+    return None
 
 
 class JsonFormatter(logging.Formatter):
@@ -125,7 +153,12 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     cache = ProxyCache(local)
     resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
     health_cfg = config.health.storagedriver
-    health = StorageHealthCheck(driver, health_cfg.interval_s, health_cfg.threshold)
+    health = StorageHealthCheck(
+        driver,
+        health_cfg.interval_s,
+        health_cfg.threshold,
+        writable=not config.storage.readonly,
+    )
 
     def samples() -> list[Sample]:
         found = [

@@ -91,12 +91,19 @@ def test_readonly_refuses_pushes_and_serves_pulls(tmp_path: Path) -> None:
 
 
 class FlakyDriver(FilesystemDriver):
+    """Storage that fails every call while ``broken``."""
+
     broken = False
 
     async def stat(self, key: str) -> FileInfo:
-        if self.broken and key == "":
+        if self.broken:
             raise StorageError("disk on fire")
         return await super().stat(key)
+
+    async def put_content(self, key: str, data: bytes) -> None:
+        if self.broken:
+            raise StorageError("disk on fire")
+        await super().put_content(key, data)
 
 
 def _wait_for(predicate: object, timeout: float = 5.0) -> None:

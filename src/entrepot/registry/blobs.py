@@ -6,6 +6,7 @@ A blob is visible in a repository when the repository has a link to it (registry
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from entrepot.oci.digest import Digest
@@ -16,8 +17,13 @@ from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 RepositoryNoter = Callable[[str], Awaitable[None]]
 
+log = logging.getLogger("entrepot.storage")
+
 
 def storage_unavailable(exc: StorageError) -> RegistryError:
+    """The client's error for a storage failure. The client learns only that storage is
+    unavailable; the log line keeps the driver's reason (key or path, OS or S3 error)."""
+    log.error("storage failure: %s", exc)
     return RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable, try again later")
 
 

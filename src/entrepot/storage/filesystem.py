@@ -226,7 +226,8 @@ def _check_key(key: str) -> None:
 def _storage_error(exc: OSError, key: str, missing: bool) -> StorageError:
     if missing and isinstance(exc, _MISSING):
         return StorageNotFound(key)
-    return StorageError(f"{key}: {exc.strerror or exc}")
+    # The OS path (exc.filename) tells the operator which directory to fix.
+    return StorageError(f"{exc.filename or key}: {exc.strerror or exc}")
 
 
 async def _run(key: str, missing: bool, fn: Callable[[*Ts], T], *args: *Ts) -> T:
