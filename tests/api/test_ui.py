@@ -99,6 +99,10 @@ async def test_root_redirects_to_the_ui(open_ui: httpx.AsyncClient) -> None:
     page = await open_ui.get("/ui/")
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
+    # Nothing from elsewhere, no script, never framed by another site.
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert "<script" not in page.text
     css = await open_ui.get("/ui/static/ui.css")
     assert css.status_code == 200 and "text/css" in css.headers["content-type"]
 

@@ -28,6 +28,15 @@ from entrepot.registry.api import RepositoryResolver
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 FORM_LIMIT = 64 * 1024
+# Pages load nothing from elsewhere and run no script; no other site may frame them (a
+# framed delete button could be clicked by a trick), and they show what one user may see.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "private, no-store",
+}
 
 
 @dataclass
@@ -159,7 +168,11 @@ class Ui:
             **values,
         }
         return self.templates.TemplateResponse(
-            request, template, values, status_code=status, headers=headers
+            request,
+            template,
+            values,
+            status_code=status,
+            headers={**PAGE_HEADERS, **(headers or {})},
         )
 
     def may_delete(self, user: str | None, name: str) -> bool:
