@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         help="smoke run: small data (32 MiB layer, 1,000 repos, 100 tags), "
         "2 s per row; about a minute",
     )
-    p.add_argument("--workers", type=int, default=2, help="Entrepot worker processes (default 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="Entrepot worker processes (default: Entrepot's own, one per core, as users get)",
+    )
     p.add_argument(
         "--server-cpus",
         default=all_cpus,

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from bench.clients import parse_cpus
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REGISTRY2_BINARY = "/usr/bin/docker-registry"
 
@@ -71,7 +73,7 @@ class Server:
     root: Path
     workdir: Path
     cpus: str
-    workers: int = 1
+    workers: int | None = None  # None: Entrepot's default (one per core)
     proxy_url: str | None = None
     quiet: bool = True
     port: int = 0
@@ -80,6 +82,11 @@ class Server:
 
     def __post_init__(self) -> None:
         self.log_path = self.workdir / f"{self.kind}.log"
+
+    @property
+    def worker_count(self) -> int:
+        # Entrepot's default: one per core it may run on, i.e. per CPU taskset gives it.
+        return self.workers if self.workers is not None else len(parse_cpus(self.cpus))
 
     @property
     def url(self) -> str:
@@ -93,7 +100,8 @@ class Server:
     def argv(self, config_path: Path) -> list[str]:
         if self.kind == "entrepot":
             cmd = [sys.executable, "-m", "entrepot", "serve", str(config_path)]
-            cmd += ["--workers", str(self.workers)]
+            if self.workers is not None:
+                cmd += ["--workers", str(self.workers)]
         else:
             cmd = [REGISTRY2_BINARY, "serve", str(config_path)]
         return ["taskset", "-c", self.cpus, *cmd]
@@ -139,7 +147,7 @@ class Server:
 
     def _wait_for_workers(self, deadline: float) -> None:
         """Granian answers as soon as one worker is up: wait for all of them."""
-        while len(process_tree(self.pid)) < 1 + self.workers and time.monotonic() < deadline:
+        while len(process_tree(self.pid)) < 1 + self.worker_count and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)
 

@@ -50,7 +50,7 @@ class Settings:
     chunk: int
     server_cpus: str
     client_cpus: str
-    workers: int
+    workers: int | None
     connections: int = 32
     wrk_threads: int = 1
     pull_clients: int = 8

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import logging
 import os
 import secrets
+import socket
 import ssl
 import sys
 import tempfile
@@ -60,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(path, workers=args.workers)
 
 
-def serve(path: str | None, *, workers: int = 1) -> int:
+def serve(path: str | None, *, workers: int | None = None) -> int:
     """Load the configuration at ``path`` (None: defaults) and run the server."""
     try:
         config = load_config(path)
@@ -72,6 +74,10 @@ def serve(path: str | None, *, workers: int = 1) -> int:
         print(f"warning: {warning}", file=sys.stderr)
         if logging.getLogger().hasHandlers():  # else logging would print it a second time
             logger.warning("%s", warning)
+    problem = listen_problem(config)
+    if problem:
+        print(f"entrepot: {problem}", file=sys.stderr)
+        return 1
     from entrepot.root import storage_problem  # the root imports the app: only to serve
 
     problem = storage_problem(config)
@@ -88,12 +94,51 @@ def serve(path: str | None, *, workers: int = 1) -> int:
         os.environ.pop(CONFIG_ENV, None)
     with _client_ca_bundle(config) as client_ca:
         try:
-            server = _granian(config, workers, client_ca)
+            server = _granian(config, workers or default_workers(), client_ca)
         except (OSError, ssl.SSLError) as exc:
             print(f"entrepot: config error: cannot load http.tls: {exc}", file=sys.stderr)
             return 2
         server.serve()
     return 0
+
+
+def listen_problem(config: Config) -> str | None:
+    """Why Entrepot cannot listen on ``http.addr``, in one line, or None.
+
+    Granian's workers bind with SO_REUSEPORT, with which a second server on the same port
+    would share it silently (requests alternating between two registries). A trial bind
+    without SO_REUSEPORT fails while anything listens there, Entrepot included."""
+    http = config.http
+    if http.unix_socket is not None:
+        path = http.unix_socket
+        if not path.exists():
+            return None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError:
+                return None  # a stale socket file: Granian replaces it
+        return (
+            f"http.addr {path} is already in use (a process listens on that socket); "
+            "stop it or set another http.addr"
+        )
+    host = http.host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    shown = f"[{host}]:{http.port}" if family == socket.AF_INET6 else f"{host}:{http.port}"
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Lingering TIME_WAIT connections of a server just stopped are no conflict.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, http.port))
+            probe.listen(1)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"http.addr {shown} is already in use by another process; "
+                    "stop it or set another http.addr"
+                )
+            return f"cannot listen on http.addr {shown}: {exc.strerror or exc}"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,10 +166,16 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         # A string default goes through `type` too, so a bad $ENTREPOT_WORKERS is a usage error.
-        default=os.environ.get("ENTREPOT_WORKERS", "1"),
-        help="worker processes (default: $ENTREPOT_WORKERS, else 1)",
+        default=os.environ.get("ENTREPOT_WORKERS", str(default_workers())),
+        help="worker processes (default: $ENTREPOT_WORKERS, else one per CPU core: "
+        f"{default_workers()} here)",
     )
     return parser
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may run on, as registry:2 uses every core."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _positive_int(text: str) -> int:

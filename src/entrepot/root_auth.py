@@ -66,4 +66,4 @@ def create_guard(config: Config, secret: bytes) -> tuple[Guard, TokenService | N
         builtin.groups,
     )
     service = TokenService(tokens, passwords, policy)
-    return TokenGuard(tokens, builtin.realm, builtin.service), service
+    return TokenGuard(tokens, builtin.realm, builtin.service, policy), service

@@ -163,24 +163,73 @@ async def test_wrong_password_at_the_token_endpoint(builtin: httpx.AsyncClient) 
     assert "guess" not in response.text
 
 
-async def test_failed_sign_ins_are_rate_limited(builtin: httpx.AsyncClient) -> None:
-    statuses = []
-    for _ in range(5):
-        response = await builtin.get(
+async def test_failed_sign_ins_are_limited_per_user_and_address(
+    builtin: httpx.AsyncClient,
+) -> None:
+    async def sign_in(user: str, password: str) -> httpx.Response:
+        return await builtin.get(
             "/auth/token",
             params={"service": "entrepot"},
-            headers={"Authorization": basic("alice", "guess")},
+            headers={"Authorization": basic(user, password)},
         )
-        statuses.append(response.status_code)
+
+    assert (await sign_in("alice", PASSWORDS["alice"])).status_code == 200
+    statuses = [(await sign_in("alice", "guess")).status_code for _ in range(5)]
     assert statuses == [401, 401, 401, 429, 429]
-    limited = await builtin.get(
-        "/auth/token",
-        params={"service": "entrepot"},
-        headers={"Authorization": basic("alice", PASSWORDS["alice"])},
-    )
+    # alice's own clients, which signed in with her password before, keep working,
+    assert (await sign_in("alice", PASSWORDS["alice"])).status_code == 200
+    # and another user behind the same address (NAT, a proxy) is not locked out.
+    assert (await sign_in("bob", PASSWORDS["bob"])).status_code == 200
+    # A guesser's next try is refused unchecked, the right password included.
+    for _ in range(3):
+        await sign_in("admin", "guess")
+    limited = await sign_in("admin", PASSWORDS["admin"])
     assert limited.status_code == 429
     assert error_code(limited) == "TOOMANYREQUESTS"
     assert int(limited.headers["retry-after"]) >= 1
+
+
+async def test_signing_in_never_loses_what_anonymous_may_do(builtin: httpx.AsyncClient) -> None:
+    admin_token = await TokenClient(builtin, "admin").token("repository:public/app:push,pull")
+    builtin.headers["Authorization"] = f"Bearer {admin_token}"
+    assert (
+        await OciClient(builtin).push_image("public/app", make_image(), tag="1")
+    ).status_code == 201
+    del builtin.headers["Authorization"]
+
+    anonymous = await TokenClient(builtin).request("GET", "/v2/public/app/manifests/1")
+    assert anonymous.status_code == 200
+    # bob has no rule of his own: signed in, he still has what anonymous has.
+    bob = await TokenClient(builtin, "bob").request("GET", "/v2/public/app/manifests/1")
+    assert bob.status_code == 200
+
+
+async def test_signed_in_user_refused_gets_403_denied_on_get_and_head(
+    builtin: httpx.AsyncClient,
+) -> None:
+    alice = TokenClient(builtin, "alice")
+    for method in ("GET", "HEAD"):
+        refused = await alice.request(method, "/v2/other/app/manifests/latest")
+        assert refused.status_code == 403, method
+        # A HEAD has no body: the challenge header carries the reason clients show.
+        reason = challenge(refused)
+        assert reason["error"] == "insufficient_scope"
+        assert "alice" in reason["error_description"]
+    assert error_code(await alice.request("GET", "/v2/other/app/manifests/latest")) == "DENIED"
+
+
+async def test_a_token_narrower_than_the_rules_gets_the_challenge(
+    builtin: httpx.AsyncClient,
+) -> None:
+    alice = TokenClient(builtin, "alice")
+    pull_only = await alice.token("repository:team/app:pull")
+    response = await builtin.post(
+        "/v2/team/app/blobs/uploads/", headers={"Authorization": f"Bearer {pull_only}"}
+    )
+    # The rules would let alice push: 401, so her client fetches a token that says so.
+    assert response.status_code == 401
+    assert challenge(response)["error"] == "insufficient_scope"
+    assert challenge(response)["scope"] == "repository:team/app:pull,push"
 
 
 async def test_htpasswd_mode_is_registry2s_basic_auth(tmp_path: Path) -> None:

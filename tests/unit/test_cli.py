@@ -78,3 +78,16 @@ def test_json_log_formatter_writes_one_object_per_line() -> None:
         "msg": "stale x",
         "service": "registry",
     }
+
+
+def test_serve_runs_one_worker_per_core_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from entrepot.cli import _parser
+
+    monkeypatch.delenv("ENTREPOT_WORKERS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert _parser().parse_args(["serve"]).workers == cores
+    assert _parser().parse_args(["serve", "--workers", "3"]).workers == 3
+    monkeypatch.setenv("ENTREPOT_WORKERS", "5")
+    assert _parser().parse_args(["serve"]).workers == 5

@@ -71,7 +71,7 @@ def _detail(needed: list[Access]) -> list[dict[str, str]]:
 def _too_many(retry_after: int) -> RegistryError:
     return RegistryError(
         ErrorCode.TOOMANYREQUESTS,
-        "too many failed sign-ins from this address; try again later",
+        "too many failed sign-ins for this user from this address; try again later",
         headers={"Retry-After": str(retry_after)},
     )
 
@@ -97,13 +97,17 @@ class PasswordChecker:
         self._good: dict[bytes, bytes] = {}
 
     async def verify(self, user: str, password: str, client: str) -> bool:
-        retry = self.limiter.retry_after(client)
-        if retry is not None:
-            raise _too_many(retry)
         hashed = self.users.lookup(user)
         key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
         if hashed is not None and self._good.get(key) == hashed:
+            # Verified before: a guesser cannot have it, so no limit applies.
             return True
+        # Per user and address: behind NAT or a proxy, one client guessing a password
+        # must not lock out everyone else from that address.
+        limited = f"{user}\0{client}"
+        retry = self.limiter.retry_after(limited)
+        if retry is not None:
+            raise _too_many(retry)
         # bcrypt is slow on purpose: off the event loop.
         ok = await asyncio.to_thread(check_password, hashed, password)
         if ok and hashed is not None:
@@ -111,7 +115,7 @@ class PasswordChecker:
                 self._good.clear()
             self._good[key] = hashed
         else:
-            self.limiter.failed(client)
+            self.limiter.failed(limited)
         return ok
 
 
@@ -144,23 +148,50 @@ class HtpasswdGuard:
 
 class TokenGuard:
     """Bearer tokens: from an external token server (registry:2's ``auth.token``) or
-    Entrepot's own token service. ``realm`` None means "<this registry>/auth/token"."""
+    Entrepot's own token service. ``realm`` None means "<this registry>/auth/token".
+    ``policy`` (the built-in service's rules) tells a token that is merely too narrow
+    (401: fetch a wider one) from a user the rules refuse (403 DENIED)."""
 
     def __init__(
-        self, verifier: BuiltinTokens | ExternalTokens, realm: str | None, service: str
+        self,
+        verifier: BuiltinTokens | ExternalTokens,
+        realm: str | None,
+        service: str,
+        policy: AccessPolicy | None = None,
     ) -> None:
         self.verifier = verifier
         self.realm = realm
         self.service = service
+        self.policy = policy
 
-    def _challenge(self, needed: list[Access], realm_base: str, error: str | None) -> str:
+    def _challenge(
+        self,
+        needed: list[Access],
+        realm_base: str,
+        error: str | None,
+        description: str | None = None,
+    ) -> str:
         realm = self.realm or f"{realm_base}/auth/token"
         parts = [f'Bearer realm="{realm}"', f'service="{self.service}"']
         if needed:
             parts.append(f'scope="{challenge_scope(needed)}"')
         if error:
             parts.append(f'error="{error}"')
+        if description:
+            # RFC 6750's error_description: what clients show for a HEAD, which has no body.
+            parts.append(f'error_description="{description}"')
         return ",".join(parts)
+
+    def _may_be_granted(self, user: str, missing: list[Access]) -> bool:
+        """Whether the rules would give ``user`` every missing access (the client only
+        asked for a narrower token). Unknown without the rules (external tokens)."""
+        if self.policy is None:
+            return False
+        for access in missing:
+            granted = self.policy.grant(user, access)
+            if granted is None or not covers([granted], access):
+                return False
+        return True
 
     async def check(
         self,
@@ -193,16 +224,23 @@ class TokenGuard:
         missing = [a for a in needed if not identity.allows(a)]
         if not missing:
             return identity
-        if identity.user is not None and not bodyless:
-            # A signed-in user asked for what the rules do not give them: say so plainly.
+        if identity.user is not None and not self._may_be_granted(identity.user, missing):
+            # A signed-in user asked for what the rules do not give them: 403 DENIED,
+            # GET and HEAD alike; the challenge header repeats the reason for a HEAD.
             actions = ", ".join(f"{a.name}: {','.join(sorted(a.actions))}" for a in missing)
+            message = f"user {identity.user!r} may not do this ({actions})"
             raise RegistryError(
                 ErrorCode.DENIED,
-                f"user {identity.user!r} may not do this ({actions})",
+                message,
                 _detail(missing),
+                headers={
+                    "WWW-Authenticate": self._challenge(
+                        needed, realm_base, "insufficient_scope", message.replace('"', "'")
+                    )
+                },
             )
-        # Anonymous, or a HEAD (no body to carry DENIED's message): registry:2's answer,
-        # which clients report as "denied: requested access to the resource is denied".
+        # Anonymous, or a token narrower than the rules allow: the challenge, so the
+        # client signs in or fetches a token for the scope it needs.
         raise RegistryError(
             ErrorCode.UNAUTHORIZED,
             "authentication required",

@@ -14,9 +14,10 @@ AUTHENTICATED = "authenticated"  # any signed-in user
 
 @dataclass(frozen=True)
 class AccessRule:
-    """``who`` lists user names, ``group:<name>``, ``anonymous``, ``authenticated`` or
-    ``*`` (everyone); ``repositories`` are glob patterns (``team/*``, ``docker.io/*``,
-    ``*``; ``*`` also matches '/'); ``actions`` are pull, push, delete or ``*``."""
+    """``who`` lists user names, ``group:<name>``, ``anonymous`` (everyone, signed in or
+    not), ``authenticated`` (any signed-in user) or ``*`` (everyone); ``repositories``
+    are glob patterns (``team/*``, ``docker.io/*``, ``*``; ``*`` also matches '/');
+    ``actions`` are pull, push, delete or ``*``."""
 
     who: tuple[str, ...]
     repositories: tuple[str, ...]
@@ -24,14 +25,14 @@ class AccessRule:
     catalog: bool = False  # also grants registry:catalog:* (listing all repositories)
 
     def applies_to(self, user: str | None, groups: frozenset[str]) -> bool:
+        # Rules add up: what anonymous may do, a signed-in user may do too (signing in
+        # must never lose a right, e.g. pulling the caches after `docker login`).
         for subject in self.who:
-            if subject == "*":
+            if subject in ("*", ANONYMOUS):
                 return True
-            if user is None:
-                if subject == ANONYMOUS:
-                    return True
-            elif subject in (AUTHENTICATED, user) or (
-                subject.startswith("group:") and subject[6:] in groups
+            if user is not None and (
+                subject in (AUTHENTICATED, user)
+                or (subject.startswith("group:") and subject[6:] in groups)
             ):
                 return True
         return False

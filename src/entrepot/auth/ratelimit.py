@@ -1,4 +1,5 @@
-"""Failed sign-ins are limited per client address, so passwords cannot be guessed fast."""
+"""Failed sign-ins are limited per key (the caller uses user and client address), so
+passwords cannot be guessed fast."""
 
 from __future__ import annotations
 
