@@ -246,8 +246,8 @@ async def test_signed_in_user_sees_and_does_what_the_rules_allow(
     assert signed_in.status_code == 303 and signed_in.headers["location"] == "/ui/r/team/app"
     assert "httponly" in signed_in.headers["set-cookie"].lower()
     page = await builtin_ui.get("/ui/")
-    # As through the API: the rule for anonymous does not cover a signed-in user.
-    assert links(page, "/ui/r/") == ["team/app"]
+    # As through the API: what anonymous may pull, signed-in users may too.
+    assert links(page, "/ui/r/") == ["public/base", "team/app"]
     assert 'id="user">alice<' in page.text
     repo = await builtin_ui.get("/ui/r/team/app")
     assert repo.status_code == 200 and "Delete tag" not in repo.text  # alice may not delete

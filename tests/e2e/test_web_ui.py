@@ -153,8 +153,12 @@ def attach_sbom(entrepot: ManagedServer, repo: str, subject: ImageLayout) -> str
     return digest
 
 
-@pytest.fixture
-def site(registry2_factory: ServerFactory, entrepot_factory: ServerFactory, tmp_path: Path) -> Site:
+def start_site(
+    registry2_factory: ServerFactory,
+    entrepot_factory: ServerFactory,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+) -> Site:
     """Docker Hub's stand-in holding library/app:1; an Entrepot caching it, where anonymous
     may pull docker.io/*, alice may pull and push team/*, and ops may do everything."""
     hub = registry2_factory()
@@ -170,7 +174,8 @@ def site(registry2_factory: ServerFactory, entrepot_factory: ServerFactory, tmp_
         config={
             "proxies": [{"host": "docker.io", "remoteurl": hub.url, "mirror": True}],
             "auth": {"builtin": {"htpasswd": str(htpasswd), "access": rules}},
-        }
+        },
+        env=env,
     )
     creds = ["--dest-creds", f"ops:{USERS['ops']}"]
     web_index = build_index(tmp_path / "web-index", tag="2.0", seed=302, label="web")
@@ -183,6 +188,22 @@ def site(registry2_factory: ServerFactory, entrepot_factory: ServerFactory, tmp_
     clients.skopeo_copy(api.ref, f"{target}/team/api:1", extra=creds)
     attach_sbom(entrepot, "team/web", web_single)
     return Site(entrepot, hub, hub_image, web_index, web_single)
+
+
+@pytest.fixture
+def site(registry2_factory: ServerFactory, entrepot_factory: ServerFactory, tmp_path: Path) -> Site:
+    """Served by the default number of workers: a sign-in through one is honoured by all."""
+    return start_site(registry2_factory, entrepot_factory, tmp_path)
+
+
+@pytest.fixture
+def single_worker_site(
+    registry2_factory: ServerFactory, entrepot_factory: ServerFactory, tmp_path: Path
+) -> Site:
+    """One worker: the cache counters are still kept per process, so the page that shows
+    them must be served by the process that did the fills."""
+    env = {"ENTREPOT_WORKERS": "1"}
+    return start_site(registry2_factory, entrepot_factory, tmp_path, env)
 
 
 def sign_in(page: Any, site: Site, user: str) -> None:
@@ -281,7 +302,10 @@ def test_delete_as_an_allowed_user_and_refused_as_another(site: Site, page: Any)
     assert sorted(api_tags(site.entrepot, "team/web")) == ["1.0", "2.0"]
 
 
-def test_cache_page_after_a_pull_through(site: Site, page: Any, tmp_path: Path) -> None:
+def test_cache_page_after_a_pull_through(
+    single_worker_site: Site, page: Any, tmp_path: Path
+) -> None:
+    site = single_worker_site
     pulled = tmp_path / "pulled"
     pulled.mkdir()
     clients.skopeo_copy(
