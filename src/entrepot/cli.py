@@ -1,4 +1,5 @@
-"""The ``entrepot`` command: ``entrepot serve [CONFIG]``, like registry:2's ``registry serve``.
+"""The ``entrepot`` command: ``entrepot serve [CONFIG]``, like registry:2's ``registry serve``,
+and ``entrepot check-config [CONFIG]``, which checks a configuration without serving.
 
 The server is Granian (ASGI) with the factory ``entrepot.root:create_app_from_env``; each
 worker re-reads the configuration from the path in ``ENTREPOT_CONFIG`` (and the same
@@ -23,19 +24,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrepot import __version__
-from entrepot.config import Config, ConfigError, load_config
+from entrepot.config import CONFIG_ENV, CONFIGURATION_PATH_ENV, Config, ConfigError, load_config
+from entrepot.config.check import check_tls_files, effective_yaml, summary
+from entrepot.log_setup import configure_logging
 from entrepot.root_auth import SECRET_ENV
 
 if TYPE_CHECKING:
     from granian.server.mp import MPServer
     from granian.server.mt import MTServer
 
-__all__ = ["APP_FACTORY", "CONFIG_ENV", "main"]
+__all__ = ["APP_FACTORY", "main"]
 
 APP_FACTORY = "entrepot.root:create_app_from_env"
-CONFIG_ENV = "ENTREPOT_CONFIG"
-# registry:2 also takes the config path from this variable when no argument is given.
-REGISTRY_CONFIG_ENV = "REGISTRY_CONFIGURATION_PATH"
+# An operator's configuration mistake: one line on stderr, this exit status.
+CONFIG_ERROR_EXIT = 1
 # Close to registry:2's access log (Apache combined format).
 ACCESS_LOG_FORMAT = (
     '%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d - '
@@ -52,38 +54,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    if args.command != "serve":
+    if args.command not in ("serve", "check-config"):
         parser.print_help(sys.stderr)
         return 2
     if args.config and args.config_option and args.config != args.config_option:
         print("entrepot: give the config file once, as CONFIG or --config", file=sys.stderr)
         return 2
-    path = args.config or args.config_option or os.environ.get(REGISTRY_CONFIG_ENV) or None
+    path = args.config or args.config_option or os.environ.get(CONFIGURATION_PATH_ENV) or None
+    if args.command == "check-config":
+        return check_config(path)
     return serve(path, workers=args.workers)
 
 
-def serve(path: str | None, *, workers: int | None = None) -> int:
-    """Load the configuration at ``path`` (None: defaults) and run the server."""
+def _load(path: str | None) -> Config | None:
+    """The configuration, its warnings printed; None (after one line) on a config error."""
     try:
         config = load_config(path)
-        _check_tls_files(config)
+        check_tls_files(config)
     except ConfigError as exc:
         print(f"entrepot: config error: {exc}", file=sys.stderr)
-        return 2
+        return None
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
         if logging.getLogger().hasHandlers():  # else logging would print it a second time
             logger.warning("%s", warning)
-    problem = listen_problem(config)
-    if problem:
-        print(f"entrepot: {problem}", file=sys.stderr)
-        return 1
-    from entrepot.root import storage_problem  # the root imports the app: only to serve
+    return config
+
+
+def _storage_problem(config: Config) -> str | None:
+    from entrepot.root import storage_problem  # the root imports the app: only when needed
 
     problem = storage_problem(config)
     if problem:
         print(f"entrepot: storage error: {problem}", file=sys.stderr)
+    return problem
+
+
+def check_config(path: str | None) -> int:
+    """Print the configuration in effect (secrets masked) and every warning; serve nothing."""
+    config = _load(path)
+    if config is None:
+        return CONFIG_ERROR_EXIT
+    if _storage_problem(config):
         return 1
+    print(f"# {summary(config, path)}\n{effective_yaml(config)}", end="")
+    return 0
+
+
+def serve(path: str | None, *, workers: int | None = None) -> int:
+    """Load the configuration at ``path`` (None: defaults) and run the server."""
+    config = _load(path)
+    if config is None:
+        return CONFIG_ERROR_EXIT
+    problem = listen_problem(config)
+    if problem:
+        print(f"entrepot: {problem}", file=sys.stderr)
+        return 1
+    if _storage_problem(config):
+        return 1
+    configure_logging(config.log)
+    logger.info("starting: %s", summary(config, path))
     if not config.http.secret and SECRET_ENV not in os.environ:
         # Like registry:2 without http.secret, but shared: every worker must accept the
         # tokens and upload states any other worker signed.
@@ -97,7 +127,7 @@ def serve(path: str | None, *, workers: int | None = None) -> int:
             server = _granian(config, workers or default_workers(), client_ca)
         except (OSError, ssl.SSLError) as exc:
             print(f"entrepot: config error: cannot load http.tls: {exc}", file=sys.stderr)
-            return 2
+            return CONFIG_ERROR_EXIT
         server.serve()
     return 0
 
@@ -153,15 +183,24 @@ def _parser() -> argparse.ArgumentParser:
         help="run the registry",
         description="Run the registry with registry:2's config.yml.",
     )
-    serve_cmd.add_argument(
-        "config",
-        nargs="?",
-        metavar="CONFIG",
-        help=f"registry:2 config.yml (default: ${REGISTRY_CONFIG_ENV}, else built-in defaults)",
+    check_cmd = commands.add_parser(
+        "check-config",
+        help="check a configuration without serving",
+        description="Validate the configuration (with REGISTRY_* overrides), check the files "
+        "it names, print it as in effect with secrets masked, and every warning. "
+        "Exits 1 on an error.",
     )
-    serve_cmd.add_argument(
-        "--config", dest="config_option", metavar="CONFIG", help="same as the CONFIG argument"
-    )
+    for command in (serve_cmd, check_cmd):
+        command.add_argument(
+            "config",
+            nargs="?",
+            metavar="CONFIG",
+            help=f"registry:2 config.yml (default: ${CONFIGURATION_PATH_ENV}, else built-in "
+            "defaults)",
+        )
+        command.add_argument(
+            "--config", dest="config_option", metavar="CONFIG", help="same as the CONFIG argument"
+        )
     serve_cmd.add_argument(
         "--workers",
         type=_positive_int,
@@ -186,44 +225,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
-
-
-def _check_tls_files(config: Config) -> None:
-    tls = config.http.tls
-    if tls is None:
-        return
-    named = [("http.tls.certificate", tls.certificate), ("http.tls.key", tls.key)]
-    named += [(f"http.tls.clientcas[{i}]", ca) for i, ca in enumerate(tls.clientcas)]
-    for key, file in named:
-        if not os.access(file, os.R_OK) or not file.is_file():
-            raise ConfigError(f"config key '{key}': cannot read file {file}")
-    _check_tls_pair(tls.certificate, tls.key)
-
-
-def _check_tls_pair(certificate: Path, key: Path) -> None:
-    """The certificate and key files hold what their keys say, and belong together; the
-    TLS library would only say "PEM lib" or "key values mismatch"."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        leaf = x509.load_pem_x509_certificates(certificate.read_bytes())[0]
-    except ValueError:
-        raise ConfigError(
-            f"config key 'http.tls.certificate': {certificate} holds no PEM certificate"
-        ) from None
-    try:
-        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
-    except (ValueError, TypeError):
-        raise ConfigError(
-            f"config key 'http.tls.key': {key} holds no unencrypted PEM private key"
-        ) from None
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-        raise ConfigError(
-            f"config key 'http.tls.key': the key in {key} does not match "
-            f"the certificate in {certificate} (key values mismatch)"
-        )
 
 
 @contextlib.contextmanager

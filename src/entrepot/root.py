@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import os
-import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from entrepot.config import Config, load_config
+from entrepot.config import CONFIG_ENV, Config, load_config
 from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
 from entrepot.http.metrics import Sample
 from entrepot.http.ui import UiSettings, access_for, ui_routes
+from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
@@ -30,8 +28,6 @@ from entrepot.registry.purge import run_upload_purger
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
-
-CONFIG_ENV = "ENTREPOT_CONFIG"
 
 
 def create_driver(config: Config) -> StorageDriver:
@@ -65,61 +61,6 @@ def storage_problem(config: Config) -> str | None:
             "make it writable by this user or choose another rootdirectory"
         )
     return None
-
-
-class JsonFormatter(logging.Formatter):
-    """registry:2's ``log.formatter: json`` (and logstash): one JSON object per line, with
-    the configured ``log.fields``."""
-
-    def __init__(self, fields: Mapping[str, str]) -> None:
-        super().__init__()
-        self.fields = dict(fields)
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **self.fields,
-        }
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(config: Config) -> None:
-    level = getattr(logging, config.log.level.upper(), logging.INFO)
-    if config.log.formatter in ("json", "logstash"):
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter(config.log.fields))
-        logging.basicConfig(level=level, handlers=[handler])
-    else:
-        fields = " ".join(f"{k}={v}" for k, v in sorted(config.log.fields.items()))
-        fmt = "%(asctime)s %(levelname)s %(name)s " + (f"{fields} " if fields else "")
-        logging.basicConfig(level=level, format=fmt + "%(message)s")
-    access = logging.getLogger("granian.access")
-    if not any(isinstance(f, EscapeControlCharacters) for f in access.filters):
-        access.addFilter(EscapeControlCharacters())
-
-
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\"]")
-
-
-class EscapeControlCharacters(logging.Filter):
-    """Granian's access log writes the decoded request path as it came: a "%0d%0a" in it
-    would start a line of the attacker's choosing, a '"' would end the quoted field. Both are
-    written percent-encoded instead (registry:2 logs the raw, still-escaped request URI)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, Mapping):
-            record.args = {
-                key: _CONTROL_CHARACTERS.sub(lambda m: f"%{ord(m.group()):02X}", value)
-                if isinstance(value, str)
-                else value
-                for key, value in record.args.items()
-            }
-        return True
 
 
 def create_upstreams(config: Config) -> list[Upstream]:
@@ -238,5 +179,5 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
 def create_app_from_env() -> Starlette:
     """Granian's factory target: the CLI passes the config path in ENTREPOT_CONFIG."""
     config = load_config(os.environ.get(CONFIG_ENV) or None)
-    configure_logging(config)
+    configure_logging(config.log)
     return create_app(config)

@@ -16,24 +16,24 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("how", ["positional", "option"])
-def test_config_error_exits_2_with_message(
+def test_config_error_exits_1_with_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
     path = tmp_path / "config.yml"
     path.write_text("version: 0.1\nstorage:\n  s3:\n    bucket: b\n")
     argv = ["serve", str(path)] if how == "positional" else ["serve", "--config", str(path)]
-    assert main(argv) == 2
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("entrepot: config error: ")
     assert "storage driver 's3' is not supported yet" in err
 
 
-def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", str(tmp_path / "missing.yml")]) == 2
+def test_missing_config_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(tmp_path / "missing.yml")]) == 1
     assert "entrepot: config error: cannot read config file" in capsys.readouterr().err
 
 
-def test_unreadable_tls_certificate_exits_2(
+def test_unreadable_tls_certificate_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "config.yml"
@@ -41,7 +41,7 @@ def test_unreadable_tls_certificate_exits_2(
         "version: 0.1\nstorage: filesystem\nhttp:\n  tls:\n"
         f"    certificate: {tmp_path}/nope.crt\n    key: {tmp_path}/nope.key\n"
     )
-    assert main(["serve", str(path)]) == 2
+    assert main(["serve", str(path)]) == 1
     assert "http.tls.certificate" in capsys.readouterr().err
 
 
@@ -51,7 +51,7 @@ def test_registry_configuration_path_is_used(
     path = tmp_path / "config.yml"
     path.write_text("version: 0.2\n")
     monkeypatch.setenv("REGISTRY_CONFIGURATION_PATH", str(path))
-    assert main(["serve"]) == 2
+    assert main(["serve"]) == 1
     assert "unsupported version" in capsys.readouterr().err
 
 
@@ -65,7 +65,7 @@ def test_json_log_formatter_writes_one_object_per_line() -> None:
     import json
     import logging
 
-    from entrepot.root import JsonFormatter
+    from entrepot.log_setup import JsonFormatter
 
     record = logging.LogRecord(
         "entrepot.proxy", logging.WARNING, __file__, 1, "stale %s", ("x",), None

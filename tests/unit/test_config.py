@@ -204,6 +204,12 @@ def test_env_value_must_be_yaml(tmp_path: Path) -> None:
         ("http:\n  addr: :5000\n  http2:\n    disabled: true\n", "'http.http2' is not implemented"),
         ("bogus: 1\n", "'bogus' is not a registry:2 configuration key"),
         ("http:\n  adress: :5000\n", "'http.adress' is not a registry:2 configuration key"),
+        (
+            "http:\n  adr: :5000\n",
+            "config key 'http.adr' is not a registry:2 configuration key and is ignored "
+            "(did you mean 'http.addr'?)",
+        ),
+        ("storage:\n  filesystem: {}\n  delete: {enabeld: true}\n", "'storage.delete.enabled'?"),
         ("log:\n  level: info\n  colour: red\n", "'log.colour' is not a registry:2"),
         ("health:\n  file:\n    - file: /x\n", "'health.file' is not implemented yet"),
     ],
@@ -425,3 +431,45 @@ def test_deprecated_loglevel(tmp_path: Path) -> None:
 def test_storage_as_bare_driver_name(tmp_path: Path) -> None:
     config = load(tmp_path, "version: 0.1\nstorage: filesystem\n")
     assert config.storage.rootdirectory == Path("/var/lib/registry")
+
+
+def test_an_empty_header_value_is_no_value_and_a_secret_is_never_echoed(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL + "http:\n  headers:\n    X-A:\n").http.headers == {"X-A": []}
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, MINIMAL + "http:\n  secret: [hunter2]\n")
+    assert "'http.secret' must be a single value" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_env_override_of_a_nested_key_comes_from_the_schema(tmp_path: Path) -> None:
+    env = {
+        "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE": "1h",
+        "REGISTRY_AUTH_BUILTIN_ACCESS_0_WHO": "[anonymous]",
+        "REGISTRY_AUTH_BUILTIN_ACCESS_0_REPOSITORIES": "['*']",
+        "REGISTRY_AUTH_BUILTIN_ACCESS_0_ACTIONS": "[pull]",
+        "REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD": "4",
+    }
+    config = load(tmp_path, MINIMAL, env)
+    assert config.storage.uploadpurging.age_s == 3600.0
+    assert config.health.storagedriver.threshold == 4
+    assert config.auth is not None and config.auth.builtin is not None
+    assert config.auth.builtin.access[0].actions == ("pull",)
+    assert config.warnings == ()
+
+
+def test_every_declared_key_has_its_registry_variable() -> None:
+    """Each key of the README's table (so of the models) can be set through REGISTRY_*."""
+    from entrepot.config.environ import apply_env_overrides, env_schema
+    from entrepot.config.schema import key_table
+
+    schema = env_schema(Config)
+    assert isinstance(schema, dict)
+    paths = re.findall(r"^\| `([^`]+)`", key_table(Config), re.M)
+    assert paths[0] == "version" and "storage.maintenance.uploadpurging.dryrun" in paths
+    for path in paths[1:]:  # not version: it comes from the file only
+        name = "REGISTRY_" + path.replace("[N]", ".0").replace(".", "_").upper()
+        warnings = apply_env_overrides({}, {name: "x"}, schema)
+        assert warnings == [], name
+    assert apply_env_overrides({}, {"REGISTRY_HTTP_ADR": "x"}, schema) == [
+        "ignoring environment variable REGISTRY_HTTP_ADR: no such configuration key"
+    ]

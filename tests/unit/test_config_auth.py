@@ -213,11 +213,6 @@ def test_builtin_without_users_warns(files: Path, extra: str, warned: str | None
         ),
         (
             "auth:\n  builtin:\n    htpasswd: @D/htpasswd\n    access:\n"
-            '      - {who: [a], repositories: ["*"], actions: [pull], colour: red}\n',
-            "config key 'auth.builtin.access[0].colour' is not a registry:2 configuration key",
-        ),
-        (
-            "auth:\n  builtin:\n    htpasswd: @D/htpasswd\n    access:\n"
             '      - {who: ["group:tema"], repositories: ["*"], actions: [pull]}\n',
             "group 'tema' is not defined in 'auth.builtin.groups'",
         ),
@@ -395,7 +390,7 @@ TOKEN = (
         ),
         (
             "auth:\n  builtin: {access: {who: [a]}}\n",
-            "'auth.builtin.access' must be a list of rules",
+            "'auth.builtin.access' must be a list, each item with who, repositories, actions",
         ),
         (
             RULE + "{who: [a], repositories: ['*'], actions: [pul]}\n",
@@ -427,6 +422,17 @@ TOKEN = (
             "'auth.builtin.access[0].catalog' must be true or false",
         ),
         ("auth:\n  builtin:\n    access:\n      - just-a-string\n", "access[0]' must be a mapping"),
+        # auth.builtin is Entrepot's own: a typo there is an error, with a suggestion.
+        (
+            "auth:\n  builtin:\n    htpasswd: @D/htpasswd\n    access:\n"
+            '      - {who: [a], repositories: ["*"], actons: [pull]}\n',
+            "config key 'auth.builtin.access[0].actons' is not an Entrepot configuration key "
+            "(did you mean 'auth.builtin.access[0].actions'?)",
+        ),
+        (
+            "auth:\n  builtin:\n    htpasswd: @D/htpasswd\n    expiraton: 5m\n",
+            "(did you mean 'auth.builtin.expiration'?)",
+        ),
     ],
 )
 def test_errors(files: Path, extra: str, message: str) -> None:

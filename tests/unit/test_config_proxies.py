@@ -177,18 +177,23 @@ def test_host_that_clients_read_as_a_hub_namespace_warns(tmp_path: Path) -> None
     assert len(config.warnings) == 1 and "'proxies[0].host'" in config.warnings[0]
 
 
-def test_unknown_key_in_an_entry_warns_with_its_path(tmp_path: Path) -> None:
-    config = load(
-        tmp_path,
-        """\
+def test_unknown_key_in_an_entry_is_an_error_naming_its_path(tmp_path: Path) -> None:
+    text = """\
         proxies:
           - {host: ghcr.io, remoteurl: "https://ghcr.io"}
-          - {host: quay.io, remoteurl: "https://quay.io", foo: 1, ttl: 1h}
-        """,
+          - {host: quay.io, remoteurl: "https://quay.io", tagtll: 1h}
+        """
+    assert error_of(tmp_path, text).startswith(
+        "config key 'proxies[1].tagtll' is not an Entrepot configuration key "
+        "(did you mean 'proxies[1].tagttl'?)"
     )
+
+
+def test_unknown_key_in_the_proxy_block_warns_with_a_suggestion(tmp_path: Path) -> None:
+    config = load(tmp_path, PROXY_HUB + "  usename: me\n")
     assert config.warnings == (
-        "config key 'proxies[1].foo' is not a registry:2 configuration key and is ignored",
-        "config key 'proxies[1].ttl' is not a registry:2 configuration key and is ignored",
+        "config key 'proxy.usename' is not a registry:2 configuration key and is ignored "
+        "(did you mean 'proxy.username'?)",
     )
 
 
@@ -417,7 +422,6 @@ def test_password_never_shows(tmp_path: Path) -> None:
             remoteurl: https://ghcr.io
             username: me
             passwordfile: {secret_file}
-            unknown: 1
           - host: quay.io
             remoteurl: https://quay.io
             username: me
@@ -426,7 +430,7 @@ def test_password_never_shows(tmp_path: Path) -> None:
         {"QUAY": SECRET},
     )
     assert [u.password for u in config.proxies] == [SECRET] * 3
-    assert len(config.warnings) == 3
+    assert len(config.warnings) == 2
     for text in (repr(config), str(config), *config.warnings):
         assert SECRET not in text
         assert "password=" not in text
@@ -446,6 +450,7 @@ def test_password_never_shows(tmp_path: Path) -> None:
         ("proxy:\n  remoteurl: https://ghcr.io\n", {"REGISTRY_PROXY_PASSWORD": f"[{SECRET}]"}),
         ("", {"REGISTRY_PROXIES_0_PASSWORD": f"{{{SECRET}"}),
         (f"proxy:\n  remoteurl: https://ghcr.io\n  password: {SECRET}\n", {}),  # no username
+        (hub(f", username: me, password: x, pasword: {SECRET}"), {}),  # a typo: an error
     ],
 )
 def test_password_never_shows_in_errors(tmp_path: Path, extra: str, env: dict[str, str]) -> None:

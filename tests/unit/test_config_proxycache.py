@@ -137,12 +137,15 @@ def test_env_unknown_key_is_ignored_with_a_warning(tmp_path: Path) -> None:
     )
 
 
-def test_unknown_key_warns(tmp_path: Path) -> None:
-    config = load(tmp_path, "proxycache:\n  maxsize: 1GiB\n  colour: red\n")
-    assert config.proxycache.maxsize_bytes == GIB
-    assert config.warnings == (
-        "config key 'proxycache.colour' is not a registry:2 configuration key and is ignored",
+def test_unknown_key_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
+    # proxycache is Entrepot's own: a typo there cannot be a registry:2 key.
+    message = error_of(tmp_path, "proxycache:\n  maxsize: 1GiB\n  sweepintervall: 5m\n")
+    assert message == (
+        "config key 'proxycache.sweepintervall' is not an Entrepot configuration key "
+        "(did you mean 'proxycache.sweepinterval'?); fix or remove it (see the README's "
+        "configuration table)"
     )
+    assert "did you mean" not in error_of(tmp_path, "proxycache:\n  colour: red\n")
 
 
 @pytest.mark.parametrize(

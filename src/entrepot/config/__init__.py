@@ -1,49 +1,38 @@
 """registry:2's configuration (config.yml plus ``REGISTRY_*`` overrides), validated.
 
-``load_config(path)`` returns a frozen ``Config``; see ``loader`` for what is checked
-and ``environ`` for how environment overrides work.
+``load_config(path)`` returns a frozen ``Config``; ``schema`` says how each key is
+declared once, ``loader`` what is checked and ``environ`` how environment overrides work.
 """
 
-from entrepot.config.durations import parse_duration
-from entrepot.config.errors import ConfigError
-from entrepot.config.httpconf import parse_listen_addr
-from entrepot.config.loader import SUPPORTED_STORAGE_DRIVERS, load_config
-from entrepot.config.model import (
+from entrepot.config.authconf import (
     AccessRuleConfig,
     AuthConfig,
     BuiltinAuthConfig,
-    Config,
-    HealthConfig,
     HtpasswdAuthConfig,
-    HttpConfig,
-    LogConfig,
-    ProxyCacheConfig,
-    ProxyUpstreamConfig,
-    StorageConfig,
-    StorageHealth,
-    TlsConfig,
     TokenAuthConfig,
-    UploadPurging,
 )
+from entrepot.config.durations import parse_duration
+from entrepot.config.environ import CONFIG_ENV, CONFIGURATION_PATH_ENV
+from entrepot.config.errors import ConfigError
+from entrepot.config.httpconf import parse_listen_addr
+from entrepot.config.loader import load_config
+from entrepot.config.model import Config, LogConfig
+from entrepot.config.proxies import ProxyUpstreamConfig
+from entrepot.config.proxycache import ProxyCacheConfig
 
 __all__ = [
-    "SUPPORTED_STORAGE_DRIVERS",
+    "CONFIGURATION_PATH_ENV",
+    "CONFIG_ENV",
     "AccessRuleConfig",
     "AuthConfig",
     "BuiltinAuthConfig",
     "Config",
     "ConfigError",
-    "HealthConfig",
     "HtpasswdAuthConfig",
-    "HttpConfig",
     "LogConfig",
     "ProxyCacheConfig",
     "ProxyUpstreamConfig",
-    "StorageConfig",
-    "StorageHealth",
-    "TlsConfig",
     "TokenAuthConfig",
-    "UploadPurging",
     "load_config",
     "parse_duration",
     "parse_listen_addr",

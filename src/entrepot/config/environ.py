@@ -1,55 +1,58 @@
 """``REGISTRY_*`` environment overrides, applied the way registry:2 applies them.
 
-registry:2 (``configuration/parser.go``) takes every environment variable whose name
-starts with ``REGISTRY_``, sorts them by name (so ``REGISTRY_STORAGE`` is applied before
-``REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY``), splits the rest of the name on ``_``
-and walks the configuration with it:
+registry:2 (``configuration/parser.go``) takes every variable whose name starts with
+``REGISTRY_``, in name order (``REGISTRY_STORAGE`` before
+``REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY``), splits the rest on ``_`` and walks the
+configuration with it; how, comes from the models' key declarations (``env_schema``):
 
-* through a fixed section (a Go struct: ``http``, ``http.tls``, ``log``, ``health`` ...)
-  a name part must match a known key, upper-cased; an unknown part is ignored with a
-  warning (``REGISTRY_PORT`` set by a Kubernetes service named "registry" is such a case);
-* through a free-form section (a Go map: ``storage`` and its driver parameters,
-  ``log.fields``, ``http.headers``, ``auth`` ...) an existing key matching the part
-  (upper-cased) is followed, otherwise the part is added lower-cased; below ``auth``
-  the access controllers Entrepot knows (``htpasswd``, ``token``, ``builtin``) have
-  known keys, any other name is added (and refused by the loader), so
-  ``REGISTRY_AUTH_HTPASSWD_PATH`` and ``REGISTRY_AUTH_BUILTIN_ACCESS_0_WHO`` work;
-* through a list, the part is an index (``REGISTRY_HTTP_TLS_CLIENTCAS_0``); the index
-  may be the list's length, which appends;
-* the last part is set to the variable's value parsed as a YAML scalar/document, so
-  ``"true"`` is a boolean, ``"5000"`` an integer, ``"[a, b]"`` a list. A field that is
-  a Go string (``proxy.password``, ``proxies[N].username`` ...) keeps the text as
-  written when YAML reads a number, boolean or date (go-yaml does the same), so
-  ``REGISTRY_PROXY_PASSWORD=0123`` is "0123", not 83; a list or mapping there is an error.
+* through a fixed section (a Go struct: a model) a part must match a key, upper-cased;
+  an unknown part is ignored with a warning (``REGISTRY_PORT``, which Kubernetes sets
+  for a service named "registry");
+* through a free-form section (a Go map: ``storage``, ``auth`` (models marked ``OPEN``),
+  ``log.fields``, ``http.headers``, keys not implemented yet) an existing key matching
+  the part is followed, otherwise the part is added lower-cased; a known key keeps its
+  shape, so ``REGISTRY_AUTH_BUILTIN_ACCESS_0_WHO`` works;
+* through a list, the part is an index (``REGISTRY_PROXIES_0_HOST``); the list's length
+  appends;
+* the last part is set to the value parsed as YAML (``"true"`` is a boolean, ``"[a, b]"``
+  a list); a string field (``proxy.password``) keeps the text as written when YAML reads
+  a number, boolean or date, as go-yaml does (``0123`` stays "0123").
 
-``version`` cannot be overridden (registry:2 reads it before applying the environment).
-``REGISTRY_STORAGE=filesystem`` (a driver name alone) selects that driver with no
-parameters, replacing the whole ``storage`` section, as in registry:2; likewise
-``REGISTRY_AUTH=htpasswd`` replaces the whole ``auth`` section (the file may also say
-``auth: htpasswd``), and later variables such as ``REGISTRY_AUTH_HTPASSWD_REALM`` fill it.
-``REGISTRY_CONFIGURATION_PATH`` names the configuration file and is not an override.
-Entrepot's own ``proxies`` list is addressed like registry:2's lists, e.g.
-``REGISTRY_PROXIES_0_HOST=ghcr.io`` and ``REGISTRY_PROXIES_0_REMOTEURL=https://ghcr.io``;
-its ``proxycache`` section too: ``REGISTRY_PROXYCACHE_MAXSIZE=100GiB`` (kept as text, like
-a string field) and ``REGISTRY_PROXYCACHE_SWEEPINTERVAL=10m``.
-The value of a variable whose name ends in ``PASSWORD`` or ``SECRET``, or that may set
-a password hash (``REGISTRY_AUTH``, ``REGISTRY_AUTH_BUILTIN``,
-``REGISTRY_AUTH_BUILTIN_USERS...``), never appears in an error message.
+``version`` cannot be overridden (registry:2 reads it first). ``REGISTRY_STORAGE=filesystem``
+(a driver name alone) replaces the whole ``storage`` section, as in registry:2; likewise
+``REGISTRY_AUTH=htpasswd``. ``REGISTRY_CONFIGURATION_PATH`` names the configuration file.
+The value of a variable that may hold a password or a password hash (ending in
+``PASSWORD`` or ``SECRET``, ``REGISTRY_AUTH``, ``REGISTRY_AUTH_BUILTIN``,
+``REGISTRY_AUTH_BUILTIN_USERS...``) never appears in an error message.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import yaml
 
 from entrepot.config.errors import ConfigError
+from entrepot.config.schema import fields_of, nest, optional_of
 
-__all__ = ["PREFIX", "apply_env_overrides", "normalize_sections"]
+__all__ = [
+    "CONFIGURATION_PATH_ENV",
+    "CONFIG_ENV",
+    "PREFIX",
+    "apply_env_overrides",
+    "env_schema",
+    "normalize_sections",
+]
 
 PREFIX = "REGISTRY_"
+# registry:2 takes the config path from this variable when no argument is given.
+CONFIGURATION_PATH_ENV = "REGISTRY_CONFIGURATION_PATH"
+# The CLI passes the config file's absolute path to Granian's workers in this variable.
+CONFIG_ENV = "ENTREPOT_CONFIG"
 
 # A schema node is a dict (fixed section: known keys only), or one of these markers.
 _LEAF = "leaf"  # a scalar field: only settable as a whole
@@ -75,105 +78,30 @@ class _MapOf:
 
 _Schema = dict[str, Any] | _ListOf | _MapOf | str
 
-# One entry of Entrepot's ``proxies`` list (see ``proxies``).
-_PROXIES_ENTRY: dict[str, Any] = {
-    "host": _STR,
-    "remoteurl": _STR,
-    "remoteurls": _LIST,
-    "username": _STR,
-    "password": _STR,
-    "passwordfile": _STR,
-    "passwordenv": _STR,
-    "mirror": _LEAF,
-    "allowpush": _LEAF,
-    "tagttl": _LEAF,
-    "negativettl": _LEAF,
-    "connecttimeout": _LEAF,
-    "readtimeout": _LEAF,
-}
 
-# ``auth``: registry:2's access controllers and Entrepot's own token service.
-_AUTH: _MapOf = _MapOf(
-    {
-        "htpasswd": {"realm": _STR, "path": _STR},
-        "token": {
-            "realm": _STR,
-            "service": _STR,
-            "issuer": _STR,
-            "rootcertbundle": _STR,
-            "autoredirect": _LEAF,
-            "autoredirectpath": _STR,
-            "jwks": _STR,
-            "signingalgorithms": _LIST,
-        },
-        "builtin": {
-            "service": _STR,
-            "issuer": _STR,
-            "realm": _STR,
-            "htpasswd": _STR,
-            "users": _FREE,
-            "groups": _FREE,
-            "expiration": _LEAF,
-            "maxfailures": _LEAF,
-            "access": _ListOf(
-                {"who": _LIST, "repositories": _LIST, "actions": _LIST, "catalog": _LEAF}
-            ),
-        },
-    }
-)
+def env_schema(model: type) -> dict[str, Any] | _MapOf:
+    """The override schema of ``model``, derived from its key declarations: a model is a
+    fixed section (a free-form map if ``OPEN``), its ``NOT_IMPLEMENTED`` keys free-form."""
+    tree: dict[str, Any] = {}
+    for f in fields_of(model):
+        nest(tree, f.key.path, _node(optional_of(f.hint)))
+    for name in getattr(model, "NOT_IMPLEMENTED", ()):
+        nest(tree, name, _FREE)
+    return _MapOf(tree) if getattr(model, "OPEN", False) else tree
 
-# The registry:2 (2.8) Configuration struct, by YAML key. Sections Entrepot does not
-# implement yet are free-form here: whatever lands in them is reported by the loader.
-_SCHEMA: dict[str, Any] = {
-    "version": _LEAF,
-    "loglevel": _LEAF,
-    "log": {
-        "accesslog": {"disabled": _LEAF},
-        "level": _LEAF,
-        "formatter": _LEAF,
-        "fields": _FREE,
-        "hooks": _LIST,
-    },
-    "storage": _FREE,
-    "auth": _AUTH,
-    "middleware": _FREE,
-    "reporting": _FREE,
-    "http": {
-        "addr": _LEAF,
-        "net": _LEAF,
-        "host": _LEAF,
-        "prefix": _LEAF,
-        "secret": _LEAF,
-        "relativeurls": _LEAF,
-        "draintimeout": _LEAF,
-        "tls": {
-            "certificate": _LEAF,
-            "key": _LEAF,
-            "clientcas": _LIST,
-            "minimumtls": _LEAF,
-            "ciphersuites": _LIST,
-            "letsencrypt": {"cachefile": _LEAF, "email": _LEAF, "hosts": _LIST},
-        },
-        "headers": _FREE,
-        "debug": {"addr": _LEAF, "prometheus": {"enabled": _LEAF, "path": _LEAF}},
-        "http2": {"disabled": _LEAF},
-        "h2c": {"enabled": _LEAF},
-    },
-    "notifications": _FREE,
-    "redis": _FREE,
-    "health": {
-        "file": _LIST,
-        "http": _LIST,
-        "tcp": _LIST,
-        "storagedriver": {"enabled": _LEAF, "interval": _LEAF, "threshold": _LEAF},
-    },
-    "proxy": {"remoteurl": _STR, "username": _STR, "password": _STR, "ttl": _LEAF},
-    "proxies": _ListOf(_PROXIES_ENTRY),
-    "proxycache": {"maxsize": _STR, "sweepinterval": _LEAF},
-    "compatibility": _FREE,
-    "validation": _FREE,
-    "policy": _FREE,
-}
+
+def _node(hint: Any) -> _Schema:
+    if dataclasses.is_dataclass(hint):
+        return env_schema(hint)  # type: ignore[arg-type]
+    if get_origin(hint) in (tuple, list):
+        element = get_args(hint)[0]
+        if dataclasses.is_dataclass(element):
+            schema = env_schema(element)  # type: ignore[arg-type]
+            return _ListOf(schema if isinstance(schema, dict) else schema.known)
+        return _LIST
+    if get_origin(hint) is dict:
+        return _FREE
+    return _STR if hint in (str, Path) else _LEAF
 
 
 class _Ignored(Exception):
@@ -198,7 +126,9 @@ class _Payload:
         return self.raw.strip()
 
 
-def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+def apply_env_overrides(
+    tree: dict[str, Any], environ: Mapping[str, str], schema: dict[str, Any]
+) -> list[str]:
     """Apply ``REGISTRY_*`` variables from ``environ`` to ``tree`` in place.
 
     Returns warnings for variables that were ignored. Raises ``ConfigError`` for a
@@ -206,7 +136,7 @@ def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> lis
     """
     warnings: list[str] = []
     for name in sorted(environ):
-        if not name.startswith(PREFIX) or name == "REGISTRY_CONFIGURATION_PATH":
+        if not name.startswith(PREFIX) or name == CONFIGURATION_PATH_ENV:
             continue
         parts = name[len(PREFIX) :].split("_")
         if parts == ["VERSION"]:
@@ -217,7 +147,7 @@ def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> lis
             continue
         try:
             payload = _Payload(name, environ[name], _parse_yaml(name, environ[name]))
-            _overwrite(tree, _SCHEMA, parts, payload)
+            _overwrite(tree, schema, parts, payload)
         except _Ignored as exc:
             warnings.append(f"ignoring environment variable {name}: {exc}")
         normalize_sections(tree)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from entrepot.config.errors import ConfigError
-from entrepot.config.model import HttpConfig, TlsConfig
-from entrepot.config.sections import Section
+from entrepot.config.schema import At, derived, key
 
-__all__ = ["parse_http", "parse_listen_addr"]
+__all__ = ["HttpConfig", "TlsConfig", "parse_listen_addr"]
 
 _TLS_VERSIONS = ("tls1.0", "tls1.1", "tls1.2", "tls1.3")
 
@@ -45,97 +46,104 @@ def parse_listen_addr(addr: str, net: str = "tcp") -> tuple[str, int]:
         raise ValueError(f"invalid address {addr!r}: port {port_text!r} is not a number") from None
 
 
-def parse_http(section: Section) -> HttpConfig:
-    net = (section.get_str("net") or "tcp").lower()
-    addr = section.get_str("addr") or ":5000"
-    host, port, unix_socket = "", 0, None
-    if net == "unix":
-        unix_socket = Path(addr)
-    elif net in ("tcp", "tcp4", "tcp6"):
-        try:
-            host, port = parse_listen_addr(addr, net)
-        except ValueError as exc:
-            raise ConfigError(f"config key 'http.addr': {exc}") from exc
-    else:
-        raise ConfigError(f"config key 'http.net': unsupported network {net!r}; use tcp or unix")
+@dataclass(frozen=True)
+class TlsConfig:
+    """``http.tls``; kept only when a certificate is configured (as in registry:2).
+    A non-empty ``clientcas`` means client certificates are required and verified."""
 
-    host_url = section.get_str("host")
-    if host_url is not None:
-        parts = urlsplit(host_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            section.warnings.append(
-                f"config key 'http.host': {host_url!r} is not an absolute http(s) URL "
-                "and is ignored"
-            )
-            host_url = None
-
-    prefix = section.get_str("prefix") or "/"
-    prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
-
-    headers_section = section.section("headers")
-    headers = {str(name): headers_section.str_list(str(name)) for name in headers_section.data}
-
-    debug = section.section("debug")
-    debug_addr = debug.get_str("addr")
-    if debug_addr:
-        section.warnings.append(
-            "config key 'http.debug.addr' is not implemented yet and is ignored: no debug "
-            "server is started (health is served at /health on the main address)"
-        )
-    debug.finish()
-
-    secret = section.get_str("secret")
-    tls = _parse_tls(section.section("tls"))
-    section.finish()
-    return HttpConfig(
-        host=host,
-        port=port,
-        unix_socket=unix_socket,
-        host_url=host_url,
-        secret=secret,
-        prefix=prefix,
-        headers=headers,
-        tls=tls,
-        debug_addr=debug_addr,
+    NOT_IMPLEMENTED: ClassVar = ("ciphersuites", "clientauth", "letsencrypt")
+    certificate: Path = key("certificate", Path(), doc="PEM certificate (chain) file")
+    clientcas: list[Path] = key("clientcas", factory=list, doc="CA files for client certificates")
+    minimumtls: str | None = key(
+        "minimumtls",
+        None,
+        choices=_TLS_VERSIONS,
+        doc="lowest TLS version; TLS 1.2 is the lowest Granian offers",
     )
+    # Last: from here on "key" in this class body is the field, not the function.
+    key: Path = key("key", Path(), doc="its unencrypted PEM private key file")
 
-
-def _parse_tls(section: Section) -> TlsConfig | None:
-    certificate = section.get_str("certificate")
-    key = section.get_str("key")
-    clientcas = section.str_list("clientcas")
-    minimumtls = section.get_str("minimumtls")
-    if minimumtls is not None and minimumtls not in _TLS_VERSIONS:
-        raise ConfigError(
-            f"config key 'http.tls.minimumtls': unknown TLS version {minimumtls!r}; "
-            f"must be one of {', '.join(_TLS_VERSIONS)}"
-        )
-    letsencrypt = section.section("letsencrypt")
-    if letsencrypt.get_str("cachefile"):
-        raise ConfigError(
-            "config key 'http.tls.letsencrypt' is not supported yet; "
-            "configure http.tls.certificate and http.tls.key instead"
-        )
-    section.finish()
-    if certificate is None:
-        if key is not None:
-            section.warnings.append(
-                "config key 'http.tls.key' is set but 'http.tls.certificate' is not; "
-                "TLS is disabled (as in registry:2)"
+    @classmethod
+    def accept(cls, at: At) -> None:
+        letsencrypt = at.raw.get("letsencrypt")
+        if isinstance(letsencrypt, dict) and letsencrypt.get("cachefile"):
+            raise ConfigError(
+                "config key 'http.tls.letsencrypt' is not supported yet; "
+                "configure http.tls.certificate and http.tls.key instead"
             )
-        return None
-    if key is None:
-        raise ConfigError(
-            "config key 'http.tls.key' is required when 'http.tls.certificate' is set"
-        )
-    if minimumtls in ("tls1.0", "tls1.1"):
-        section.warnings.append(
-            f"config key 'http.tls.minimumtls': {minimumtls} is not supported; "
-            "TLS 1.2 is the minimum"
-        )
-    return TlsConfig(
-        certificate=Path(certificate),
-        key=Path(key),
-        clientcas=[Path(ca) for ca in clientcas],
-        minimumtls=minimumtls,
+
+    def checked(self, at: At) -> TlsConfig | None:
+        has_key = at.raw.get("key") not in (None, "")
+        if at.raw.get("certificate") in (None, ""):
+            if has_key:
+                at.warn(
+                    "config key 'http.tls.key' is set but 'http.tls.certificate' is not; "
+                    "TLS is disabled (as in registry:2)"
+                )
+            return None
+        if not has_key:
+            raise ConfigError(
+                "config key 'http.tls.key' is required when 'http.tls.certificate' is set"
+            )
+        if self.minimumtls in ("tls1.0", "tls1.1"):
+            at.warn(
+                f"config key 'http.tls.minimumtls': {self.minimumtls} is not supported; "
+                "TLS 1.2 is the minimum"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """``http``. ``host``/``port`` are derived from ``http.addr`` (an empty host, as in
+    ":5000", means all IPv4 interfaces, "::" with ``net: tcp6``); with ``net: unix``,
+    ``unix_socket`` is the socket path and ``host``/``port`` are "" and 0."""
+
+    NOT_IMPLEMENTED: ClassVar = ("relativeurls", "draintimeout", "http2", "h2c", "debug.prometheus")
+    addr: str = key("addr", ":5000", doc="listen address: `host:port`, `:port`, a socket path")
+    net: str = key(
+        "net",
+        "tcp",
+        lower=True,
+        choices=("tcp", "tcp4", "tcp6", "unix"),
+        doc="`tcp`, `tcp6`, `unix`",
     )
+    host_url: str | None = key("host", None, doc="the externally reachable base URL")
+    secret: str | None = key(
+        "secret", None, secret=True, doc="signs tokens and upload state (default: random, shared)"
+    )
+    prefix: str = key("prefix", "/", doc="serve the API below this path")
+    headers: dict[str, list[str]] = key("headers", factory=dict, doc="headers added to responses")
+    tls: TlsConfig | None = key("tls", None, doc="")
+    debug_addr: str | None = key("debug.addr", None, doc="not implemented yet: a warning")
+    host: str = derived("0.0.0.0")
+    port: int = derived(5000)
+    unix_socket: Path | None = derived(None)
+
+    def checked(self, at: At) -> HttpConfig:
+        host, port, unix_socket = "", 0, None
+        if self.net == "unix":
+            unix_socket = Path(self.addr)
+        else:
+            try:
+                host, port = parse_listen_addr(self.addr, self.net)
+            except ValueError as exc:
+                raise ConfigError(f"config key 'http.addr': {exc}") from exc
+        host_url = self.host_url
+        if host_url is not None:
+            parts = urlsplit(host_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                at.warn(
+                    f"config key 'http.host': {host_url!r} is not an absolute http(s) URL "
+                    "and is ignored"
+                )
+                host_url = None
+        prefix = "/" + self.prefix.strip("/") + "/" if self.prefix.strip("/") else "/"
+        if self.debug_addr:
+            at.warn(
+                "config key 'http.debug.addr' is not implemented yet and is ignored: no debug "
+                "server is started (health is served at /health on the main address)"
+            )
+        return replace(
+            self, host=host, port=port, unix_socket=unix_socket, host_url=host_url, prefix=prefix
+        )

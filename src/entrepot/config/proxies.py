@@ -1,27 +1,10 @@
 """The pull-through cache's upstreams: registry:2's ``proxy`` block and ``proxies``.
 
-registry:2 proxies one upstream, configured by ``proxy`` (``remoteurl``, ``username``,
-``password``, ``ttl``), and then serves nothing else. Entrepot serves its own
-repositories and caches any number of upstreams, each under ``/v2/<host>/...``:
-
-```yaml
-proxies:
-  - host: docker.io                  # the registry this upstream stands for
-    remoteurls:                      # or remoteurl: one URL; tried in order
-      - https://mirror.gcr.io
-      - https://registry-1.docker.io
-    username: me
-    passwordfile: /run/secrets/hub   # or password: ..., or passwordenv: HUB_TOKEN
-    mirror: true                     # unprefixed names with no local repository
-    allowpush: false                 # accept pushes into /v2/docker.io/...
-    tagttl: 1m                       # serve a cached tag without asking upstream
-    negativettl: 15s                 # remember an upstream 404
-    connecttimeout: 3s
-    readtimeout: 30s
-```
-
-registry:2's ``proxy`` block becomes one more upstream, the mirror, whose host comes
-from ``remoteurl`` (Docker Hub's URLs give "docker.io"). It is listed first.
+registry:2 proxies one upstream, configured by ``proxy``, and then serves nothing else.
+Entrepot serves its own repositories and caches any number of upstreams (``proxies``),
+each under ``/v2/<host>/...``; registry:2's ``proxy`` block becomes one more upstream,
+the mirror, listed first, whose host comes from ``remoteurl`` (Docker Hub's URLs give
+"docker.io").
 
 Passwords never appear in errors or warnings, and are kept out of ``repr``. A
 password, username or ``remoteurl`` must be a YAML string: ``password: 0123`` would be
@@ -36,15 +19,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from entrepot.config.errors import ConfigError
-from entrepot.config.model import ProxyUpstreamConfig
-from entrepot.config.sections import Section, absolute_url, is_empty
+from entrepot.config.schema import At, absolute_url, is_empty, key
 
-__all__ = ["DOCKER_HUB", "DOCKER_HUB_NAMES", "parse_proxies"]
+__all__ = [
+    "DOCKER_HUB",
+    "DOCKER_HUB_NAMES",
+    "ProxyBlockConfig",
+    "ProxyUpstreamConfig",
+    "check_upstreams",
+]
 
 DOCKER_HUB = "docker.io"
 # Docker Hub's names: a remoteurl or host with one of them stands for "docker.io".
@@ -59,153 +48,169 @@ TTL_NOT_IMPLEMENTED = (
     "proxy.ttl: cached content is kept until deleted; expiry by ttl is not implemented yet"
 )
 
-_DEFAULTS = ProxyUpstreamConfig(host="", remoteurls=())
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 # A registry host as image references write it (distribution/reference's domain).
 _HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]+)?")
 
 
-def parse_proxies(root: Section, environ: Mapping[str, str]) -> tuple[ProxyUpstreamConfig, ...]:
-    """Read ``proxy`` and ``proxies`` from the root section; raises ``ConfigError``."""
-    found: list[tuple[str, ProxyUpstreamConfig]] = []
-    proxy = _proxy_block(root.section("proxy"))
-    if proxy is not None:
-        found.append(("proxy", proxy))
-    entries = root.take("proxies")
-    if entries is not None:
-        if not isinstance(entries, list):
-            raise ConfigError(
-                "config key 'proxies' must be a list of upstreams (each with host and remoteurl)"
-            )
-        for index, entry in enumerate(entries):
-            section = Section(entry, f"proxies[{index}]", root.warnings)
-            found.append((section.path, _entry(section, environ)))
-    _check_together(found)
-    return tuple(upstream for _, upstream in found)
-
-
-def _proxy_block(section: Section) -> ProxyUpstreamConfig | None:
-    """registry:2's ``proxy``: the mirror, its host taken from ``remoteurl``."""
-    if is_empty(section.data):
-        section.finish()
-        return None
-    remoteurl = section.take("remoteurl")
-    if remoteurl is None:
-        raise ConfigError(
-            "config key 'proxy.remoteurl' is required when 'proxy' is configured "
-            "(such as https://registry-1.docker.io)"
-        )
-    url = _remote_url(remoteurl, section.key("remoteurl"))
-    username, password = _credentials(section, None)
-    if section.duration("ttl", 0.0) > 0:
-        section.warnings.append(TTL_NOT_IMPLEMENTED)
-    section.finish()
-    return ProxyUpstreamConfig(
-        host=_host_of(url),
-        remoteurls=(url,),
-        username=username,
-        password=password,
-        mirror=True,
-    )
-
-
-def _entry(section: Section, environ: Mapping[str, str]) -> ProxyUpstreamConfig:
-    """One entry of ``proxies``."""
-    host = _host(section)
-    remoteurls = _remote_urls(section)
-    username, password = _credentials(section, environ)
-    upstream = ProxyUpstreamConfig(
-        host=host,
-        remoteurls=remoteurls,
-        username=username,
-        password=password,
-        mirror=section.get_bool("mirror", False),
-        allow_push=section.get_bool("allowpush", False),
-        tag_ttl_s=section.duration("tagttl", _DEFAULTS.tag_ttl_s),
-        negative_ttl_s=section.duration("negativettl", _DEFAULTS.negative_ttl_s),
-        connect_timeout_s=section.duration("connecttimeout", _DEFAULTS.connect_timeout_s),
-        read_timeout_s=section.duration("readtimeout", _DEFAULTS.read_timeout_s),
-    )
-    for name, seconds in (
-        ("connecttimeout", upstream.connect_timeout_s),
-        ("readtimeout", upstream.read_timeout_s),
-    ):
-        if seconds == 0:
-            raise ConfigError(f"config key '{section.key(name)}' must be more than 0")
-    section.finish()
-    return upstream
-
-
-def _host(section: Section) -> str:
-    key = section.key("host")
-    host = section.get_str("host")
-    if host is None or not host.strip():
-        raise ConfigError(
-            f"config key '{key}' is required: the registry this upstream stands for, "
-            "such as docker.io, ghcr.io or localhost:5000"
-        )
-    if "/" in host:
-        raise ConfigError(
-            f"config key '{key}': {host!r} must be a registry host such as ghcr.io or "
-            "localhost:5000, without a scheme or path (put the URL in remoteurl)"
-        )
-    if host != host.lower():
-        raise ConfigError(f"config key '{key}': {host!r} must be lower-case")
-    if not _HOST.fullmatch(host):
-        raise ConfigError(
-            f"config key '{key}': {host!r} is not a registry host such as ghcr.io or localhost:5000"
-        )
-    if host in DOCKER_HUB_NAMES:
-        return DOCKER_HUB
-    if "." not in host and ":" not in host and host != "localhost":
-        section.warnings.append(
-            f"config key '{key}': {host!r} has no '.' or ':' and is not 'localhost'; "
-            f"Docker clients read '{host}/name' as a Docker Hub repository, not as this "
-            "registry"
-        )
-    return host
-
-
-def _remote_urls(section: Section) -> tuple[str, ...]:
-    single = section.take("remoteurl")
-    many = section.take("remoteurls")
-    if single is not None and many is not None:
-        raise ConfigError(
-            f"config key '{section.key('remoteurls')}': set remoteurl or remoteurls, not both"
-        )
-    if single is not None:
-        return (_remote_url(single, section.key("remoteurl")),)
-    if many is None:
-        raise ConfigError(
-            f"config key '{section.key('remoteurl')}' is required (or remoteurls, a list): "
-            "the upstream's URL, such as https://ghcr.io"
-        )
-    key = section.key("remoteurls")
-    if not isinstance(many, list):
-        raise ConfigError(f"config key '{key}' must be a list of URLs (or use remoteurl)")
-    if not many:
-        raise ConfigError(f"config key '{key}' must list at least one URL")
-    return tuple(_remote_url(url, f"{key}[{i}]") for i, url in enumerate(many))
-
-
-def _remote_url(value: Any, key: str) -> str:
+def _remote_url(value: Any, key_path: str) -> str:
     """An absolute http(s) URL, without a trailing "/"; never with credentials in it."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(
-            f"config key '{key}' must be an absolute http or https URL "
+            f"config key '{key_path}' must be an absolute http or https URL "
             "(such as https://registry-1.docker.io)"
         )
     text = value.strip()
     if "@" in text:
         # Do not echo it: what precedes "@" is likely a password.
         raise ConfigError(
-            f"config key '{key}': the URL must not hold credentials ('@'); "
+            f"config key '{key_path}': the URL must not hold credentials ('@'); "
             "use username and password"
         )
-    parts = absolute_url(key, text, "https://registry-1.docker.io")
+    parts = absolute_url(key_path, text, "https://registry-1.docker.io")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise ConfigError(f"config key '{key}': {text!r} must not have a query or fragment")
+        raise ConfigError(f"config key '{key_path}': {text!r} must not have a query or fragment")
     return f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _remote_urls(value: Any, key_path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"config key '{key_path}' must be a list of URLs (or use remoteurl)")
+    return tuple(_remote_url(url, f"{key_path}[{i}]") for i, url in enumerate(value))
+
+
+def _string(value: Any, key_path: str) -> str:
+    """A string value, never echoed in the error (it may be a secret)."""
+    if isinstance(value, str):
+        return value
+    raise ConfigError(
+        f"config key '{key_path}' must be a string: quote it in YAML "
+        "(a number such as 0123 would otherwise change)"
+    )
+
+
+@dataclass(frozen=True)
+class ProxyUpstreamConfig:
+    """One upstream of the pull-through cache: an entry of Entrepot's ``proxies`` list,
+    or registry:2's ``proxy`` block (the mirror). After loading, ``host`` is lower-case
+    with Docker Hub's other names made "docker.io", ``remoteurls`` holds the URL(s)
+    (``remoteurl`` is folded into it) and ``password`` the password from whichever source."""
+
+    OWN: ClassVar = True
+    host: str = key(
+        "host", "", doc="the registry host this upstream stands for, as in image references"
+    )
+    remoteurl: str | None = key(
+        "remoteurl", None, parse=_remote_url, doc="the upstream's base URL (or `remoteurls`)"
+    )
+    remoteurls: tuple[str, ...] = key(
+        "remoteurls", (), parse=_remote_urls, doc="base URLs, the next tried when one fails"
+    )
+    username: str | None = key("username", None, parse=_string, doc="upstream user name")
+    password: str | None = key(
+        "password", None, parse=_string, secret=True, doc="upstream password (or the next two)"
+    )
+    passwordfile: Path | None = key("passwordfile", None, doc="a file holding the password")
+    passwordenv: str | None = key("passwordenv", None, doc="a variable holding the password")
+    mirror: bool = key(
+        "mirror", False, doc="serve plain names with no local repository from here (one at most)"
+    )
+    allow_push: bool = key("allowpush", False, doc="accept pushes into `/v2/<host>/...`")
+    tag_ttl_s: float = key("tagttl", 60.0, doc="serve a cached tag without asking upstream")
+    negative_ttl_s: float = key("negativettl", 15.0, doc="remember an upstream 404")
+    connect_timeout_s: float = key("connecttimeout", 3.0, doc="connecting to the upstream")
+    read_timeout_s: float = key("readtimeout", 30.0, doc="waiting for upstream bytes")
+
+    def checked(self, at: At) -> ProxyUpstreamConfig:
+        host = _host(at, self.host)
+        if self.remoteurl is not None and "remoteurls" in at.raw:
+            raise ConfigError(
+                f"config key '{at.key('remoteurls')}': set remoteurl or remoteurls, not both"
+            )
+        urls = (self.remoteurl,) if self.remoteurl is not None else self.remoteurls
+        if self.remoteurl is None and at.raw.get("remoteurls") is None:
+            raise ConfigError(
+                f"config key '{at.key('remoteurl')}' is required (or remoteurls, a list): "
+                "the upstream's URL, such as https://ghcr.io"
+            )
+        if not urls:
+            raise ConfigError(f"config key '{at.key('remoteurls')}' must list at least one URL")
+        timeouts = (
+            ("connecttimeout", self.connect_timeout_s),
+            ("readtimeout", self.read_timeout_s),
+        )
+        for name, seconds in timeouts:
+            if seconds == 0:
+                raise ConfigError(f"config key '{at.key(name)}' must be more than 0")
+        password = _password(at, self)
+        return replace(self, host=host, remoteurl=None, remoteurls=urls, password=password)
+
+
+@dataclass(frozen=True)
+class ProxyBlockConfig:
+    """registry:2's ``proxy``: one upstream, the mirror, its host taken from ``remoteurl``."""
+
+    remoteurl: str | None = key(
+        "remoteurl", None, parse=_remote_url, doc="the upstream, such as Docker Hub's URL"
+    )
+    username: str | None = key("username", None, parse=_string, doc="upstream user name")
+    password: str | None = key(
+        "password", None, parse=_string, secret=True, doc="upstream password"
+    )
+    ttl: float = key("ttl", 0.0, doc="accepted with a warning: cached content is kept")
+
+    def checked(self, at: At) -> ProxyBlockConfig | None:
+        if is_empty(at.raw):
+            return None
+        if self.remoteurl is None:
+            raise ConfigError(
+                "config key 'proxy.remoteurl' is required when 'proxy' is configured "
+                "(such as https://registry-1.docker.io)"
+            )
+        _pair(at, self.username, self.password)
+        if self.ttl > 0:
+            at.warn(TTL_NOT_IMPLEMENTED)
+        return self
+
+    def upstream(self) -> ProxyUpstreamConfig:
+        assert self.remoteurl is not None  # checked
+        return ProxyUpstreamConfig(
+            host=_host_of(self.remoteurl),
+            remoteurls=(self.remoteurl,),
+            username=self.username,
+            password=self.password,
+            mirror=True,
+        )
+
+
+def _host(at: At, host: str) -> str:
+    where = at.key("host")
+    if not host.strip():
+        raise ConfigError(
+            f"config key '{where}' is required: the registry this upstream stands for, "
+            "such as docker.io, ghcr.io or localhost:5000"
+        )
+    if "/" in host:
+        raise ConfigError(
+            f"config key '{where}': {host!r} must be a registry host such as ghcr.io or "
+            "localhost:5000, without a scheme or path (put the URL in remoteurl)"
+        )
+    if host != host.lower():
+        raise ConfigError(f"config key '{where}': {host!r} must be lower-case")
+    if not _HOST.fullmatch(host):
+        raise ConfigError(
+            f"config key '{where}': {host!r} is not a registry host such as ghcr.io or "
+            "localhost:5000"
+        )
+    if host in DOCKER_HUB_NAMES:
+        return DOCKER_HUB
+    if "." not in host and ":" not in host and host != "localhost":
+        at.warn(
+            f"config key '{where}': {host!r} has no '.' or ':' and is not 'localhost'; "
+            f"Docker clients read '{host}/name' as a Docker Hub repository, not as this "
+            "registry"
+        )
+    return host
 
 
 def _host_of(url: str) -> str:
@@ -219,76 +224,61 @@ def _host_of(url: str) -> str:
     return hostname if parts.port is None else f"{hostname}:{parts.port}"
 
 
-def _credentials(
-    section: Section, environ: Mapping[str, str] | None
-) -> tuple[str | None, str | None]:
-    """``username`` and the password from ``password``, or from ``passwordfile`` or
-    ``passwordenv`` (read only with ``environ``: not in registry:2's ``proxy``)."""
-    username = _string(section, "username")
-    password = _string(section, "password")
-    path = variable = None
-    if environ is not None:
-        path = section.get_str("passwordfile")
-        variable = section.get_str("passwordenv")
-    given = {"password": password, "passwordfile": path, "passwordenv": variable}
+def _password(at: At, entry: ProxyUpstreamConfig) -> str | None:
+    """The password from ``password``, ``passwordfile`` or ``passwordenv`` (one of them)."""
+    given = {
+        "password": entry.password,
+        "passwordfile": entry.passwordfile,
+        "passwordenv": entry.passwordenv,
+    }
     sources = [name for name, value in given.items() if value is not None]
     if len(sources) > 1:
-        raise ConfigError(f"config key '{section.path}': set only one of {', '.join(sources)}")
-    if path is not None:
-        password = _read_password_file(Path(path), section.key("passwordfile"))
-    if variable is not None and environ is not None:
-        password = _read_password_env(variable, environ, section.key("passwordenv"))
+        raise ConfigError(f"config key '{at.path}': set only one of {', '.join(sources)}")
+    password = entry.password
+    if entry.passwordfile is not None:
+        password = _read_password_file(entry.passwordfile, at.key("passwordfile"))
+    if entry.passwordenv is not None:
+        password = _read_password_env(entry.passwordenv, at.environ, at.key("passwordenv"))
+    _pair(at, entry.username, password)
+    return password
+
+
+def _pair(at: At, username: str | None, password: str | None) -> None:
     if username is not None and password is None:
         raise ConfigError(
-            f"config key '{section.key('username')}' is set but no password is; set both or neither"
+            f"config key '{at.key('username')}' is set but no password is; set both or neither"
         )
     if password is not None and username is None:
         raise ConfigError(
-            f"config key '{section.key('username')}' is required with a password; "
-            "set both or neither"
+            f"config key '{at.key('username')}' is required with a password; set both or neither"
         )
-    return username, password
 
 
-def _string(section: Section, name: str) -> str | None:
-    """A string value, never echoed in the error (it may be a secret)."""
-    value = section.take(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise ConfigError(
-        f"config key '{section.key(name)}' must be a string: quote it in YAML "
-        "(a number such as 0123 would otherwise change)"
-    )
-
-
-def _read_password_file(path: Path, key: str) -> str:
+def _read_password_file(path: Path, key_path: str) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
-            f"config key '{key}': cannot read {path}: {exc.strerror or type(exc).__name__}"
+            f"config key '{key_path}': cannot read {path}: {exc.strerror or type(exc).__name__}"
         ) from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config key '{key}': {path} is not UTF-8 text") from None
-    if text.endswith("\r\n"):
-        text = text[:-2]
-    elif text.endswith("\n"):
-        text = text[:-1]
+        raise ConfigError(f"config key '{key_path}': {path} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
     if not text:
-        raise ConfigError(f"config key '{key}': {path} is empty")
+        raise ConfigError(f"config key '{key_path}': {path} is empty")
     return text
 
 
-def _read_password_env(variable: str, environ: Mapping[str, str], key: str) -> str:
+def _read_password_env(variable: str, environ: Mapping[str, str], key_path: str) -> str:
     value = environ.get(variable)
     if value is None:
-        raise ConfigError(f"config key '{key}': environment variable {variable} is not set")
+        raise ConfigError(f"config key '{key_path}': environment variable {variable} is not set")
     if not value:
-        raise ConfigError(f"config key '{key}': environment variable {variable} is empty")
+        raise ConfigError(f"config key '{key_path}': environment variable {variable} is empty")
     return value
 
 
-def _check_together(found: list[tuple[str, ProxyUpstreamConfig]]) -> None:
+def check_upstreams(found: list[tuple[str, ProxyUpstreamConfig]]) -> None:
     """Each host once; at most one mirror (registry:2's ``proxy`` is one)."""
     hosts: dict[str, str] = {}
     mirror: str | None = None

@@ -1,12 +1,5 @@
 """``proxycache``: Entrepot's own limits on the pull-through cache (not in registry:2).
 
-```yaml
-proxycache:
-  maxsize: 100GiB      # total size of cached upstream blobs; beyond it the oldest
-                       # cached are evicted (pushed content never)
-  sweepinterval: 10m   # how often the size is checked
-```
-
 ``maxsize`` is an integer number of bytes or a number with a unit: B, KB, MB, GB, TB
 (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024). The unit's letters are
 case-insensitive, a space may separate it from the number (``"500 MB"``) and the number
@@ -18,15 +11,14 @@ registry:2's others (a bare integer is nanoseconds) and must be more than 0.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from entrepot.config.errors import ConfigError
-from entrepot.config.model import ProxyCacheConfig
-from entrepot.config.sections import Section
+from entrepot.config.schema import At, key
 
-__all__ = ["SIZE_UNITS", "parse_proxycache", "parse_size"]
-
+__all__ = ["SIZE_UNITS", "ProxyCacheConfig", "parse_size"]
 # Unit (lower-cased) -> bytes.
 SIZE_UNITS: dict[str, int] = {
     "b": 1,
@@ -71,22 +63,27 @@ def parse_size(value: object) -> int:
     return size
 
 
-def parse_proxycache(section: Section) -> ProxyCacheConfig:
-    """Read ``proxycache``; raises ``ConfigError`` naming the key."""
-    default = ProxyCacheConfig()
-    maxsize_bytes = _size(section, "maxsize")
-    sweepinterval_s = section.duration("sweepinterval", default.sweepinterval_s)
-    if sweepinterval_s == 0:
-        raise ConfigError(f"config key '{section.key('sweepinterval')}' must be more than 0")
-    section.finish()
-    return ProxyCacheConfig(maxsize_bytes=maxsize_bytes, sweepinterval_s=sweepinterval_s)
-
-
-def _size(section: Section, name: str) -> int | None:
-    value: Any = section.take(name)
-    if value is None:
-        return None
+def _size(value: Any, key_path: str) -> int:
     try:
         return parse_size(value)
     except ValueError as exc:
-        raise ConfigError(f"config key '{section.key(name)}': {exc}") from None
+        raise ConfigError(f"config key '{key_path}': {exc}") from None
+
+
+@dataclass(frozen=True)
+class ProxyCacheConfig:
+    """``proxycache``: limits on the pull-through cache as a whole."""
+
+    OWN: ClassVar = True
+    maxsize_bytes: int | None = key(
+        "maxsize",
+        None,
+        parse=_size,
+        doc="cap on cached upstream blobs (`100GiB`, `500 MB`); the oldest are evicted",
+    )
+    sweepinterval_s: float = key("sweepinterval", 600.0, doc="how often the size is checked")
+
+    def checked(self, at: At) -> ProxyCacheConfig:
+        if self.sweepinterval_s == 0:
+            raise ConfigError(f"config key '{at.key('sweepinterval')}' must be more than 0")
+        return self

@@ -1,0 +1,250 @@
+"""``entrepot check-config``: the configuration in effect with secrets masked, every
+warning, exit 1 on an error; and the files it names (TLS, htpasswd, storage root) usable
+by the user Entrepot runs as. Permission cases run as a real unprivileged process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import pytest
+import yaml
+
+from entrepot.cli import main
+from entrepot.config import load_config
+from entrepot.config.check import summary
+
+SECRET = "s3cr3t-Hunter2"
+HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+MASK = "********"
+
+
+def write(directory: Path, text: str) -> Path:
+    path = directory / "config.yml"
+    path.write_text(text)
+    return path
+
+
+def test_prints_the_effective_config_with_secrets_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "htpasswd").write_text(f"alice:{HASH}\n")
+    path = write(
+        tmp_path,
+        f"""\
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: {tmp_path}/data
+http:
+  addr: :5000
+  secret: {SECRET}
+  adr: :5001
+auth:
+  builtin:
+    htpasswd: {tmp_path}/htpasswd
+    users:
+      ci: "{HASH}"
+    access:
+      - {{who: [anonymous], repositories: ["*"], actions: [pull]}}
+proxies:
+  - host: ghcr.io
+    remoteurl: https://ghcr.io
+    username: me
+    password: {SECRET}
+notifications:
+  endpoints:
+    - {{name: a, headers: {{Authorization: [Bearer {SECRET}]}}}}
+""",
+    )
+    monkeypatch.setenv("REGISTRY_HTTP_ADDR", "127.0.0.1:6000")
+    assert main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert HASH not in out + err
+    effective = yaml.safe_load(out)
+    assert effective["http"]["addr"] == "127.0.0.1:6000"  # after REGISTRY_* overrides
+    assert effective["http"]["secret"] == MASK
+    assert effective["auth"]["builtin"]["users"] == MASK
+    assert effective["auth"]["builtin"]["htpasswd"] == f"{tmp_path}/htpasswd"
+    assert effective["proxies"][0]["password"] == MASK
+    assert effective["proxies"][0]["remoteurls"] == ["https://ghcr.io"]
+    assert effective["storage"]["filesystem"]["rootdirectory"] == f"{tmp_path}/data"
+    assert effective["storage"]["maintenance"]["uploadpurging"]["age"] == "168h"
+    assert effective["proxycache"]["sweepinterval"] == "10m"
+    assert err.splitlines() == [
+        "warning: config key 'http.adr' is not a registry:2 configuration key and is ignored "
+        "(did you mean 'http.addr'?)",
+        "warning: config key 'notifications' is not implemented yet and is ignored",
+    ]
+    assert out.startswith(f"# config {path}; storage filesystem at {tmp_path}/data;")
+
+
+def test_an_unknown_entrepot_key_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        "version: 0.1\nstorage: filesystem\nproxies:\n"
+        "  - {host: ghcr.io, remoteurl: 'https://ghcr.io', mirorr: true}\n",
+    )
+    for command in ("check-config", "serve"):
+        assert main([command, str(path)]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == (
+            "entrepot: config error: config key 'proxies[0].mirorr' is not an Entrepot "
+            "configuration key (did you mean 'proxies[0].mirror'?); fix or remove it (see the "
+            "README's configuration table)\n"
+        )
+
+
+def test_a_storage_root_below_a_file_cannot_be_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("")
+    path = write(
+        tmp_path,
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/afile/data\n",
+    )
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"entrepot: storage error: cannot write to storage.filesystem.rootdirectory "
+        f"{tmp_path}/afile/data ("
+    )
+    assert len(err.splitlines()) == 1
+
+
+def test_a_storage_root_that_can_be_created_is_fine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path, f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/a/b\n"
+    )
+    assert main(["check-config", str(path)]) == 0
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another user can enter (pytest's tmp_path is private to root)."""
+    directory = Path(tempfile.mkdtemp(prefix="entrepot-check-"))
+    directory.chmod(0o755)
+    yield directory
+    for path in directory.rglob("*"):
+        path.chmod(0o755)
+    shutil.rmtree(directory)
+
+
+def check_config_as_unprivileged_user(config: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``entrepot check-config`` as a real process; as nobody when we are root (root
+    may read and write everything)."""
+    command = [sys.executable, "-m", "entrepot", "check-config", str(config)]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    env = {"PATH": os.environ["PATH"], "HOME": str(config.parent)}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def test_an_unreadable_htpasswd_file_exits_1(shared_dir: Path) -> None:
+    (shared_dir / "data").mkdir(mode=0o777)
+    (shared_dir / "data").chmod(0o777)
+    htpasswd = shared_dir / "htpasswd"
+    htpasswd.write_text(f"alice:{HASH}\n")
+    htpasswd.chmod(0o000)
+    config = write(
+        shared_dir,
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {shared_dir}/data\n"
+        f"auth:\n  htpasswd:\n    realm: r\n    path: {htpasswd}\n",
+    )
+    config.chmod(0o644)
+    result = check_config_as_unprivileged_user(config)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"entrepot: config error: config key 'auth.htpasswd.path': cannot read {htpasswd}: "
+        "Permission denied\n"
+    )
+    htpasswd.chmod(0o644)
+    assert check_config_as_unprivileged_user(config).returncode == 0
+
+
+def test_an_unwritable_storage_root_exits_1(shared_dir: Path) -> None:
+    root = shared_dir / "data"
+    root.mkdir()
+    root.chmod(0o555)
+    config = write(
+        shared_dir, f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n"
+    )
+    config.chmod(0o644)
+    result = check_config_as_unprivileged_user(config)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(
+        f"entrepot: storage error: cannot write to storage.filesystem.rootdirectory {root} ("
+    )
+    assert "Permission denied" in result.stderr and len(result.stderr.splitlines()) == 1
+    missing = write(
+        shared_dir, f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/sub\n"
+    )
+    result = check_config_as_unprivileged_user(missing)
+    assert result.returncode == 1
+    assert f"cannot write to storage.filesystem.rootdirectory {root}/sub (" in result.stderr
+    root.chmod(0o777)
+    assert check_config_as_unprivileged_user(config).returncode == 0
+
+
+def test_summary_names_what_is_in_effect_and_no_secret(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""\
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /srv/registry
+http:
+  addr: 127.0.0.1:5001
+  secret: {SECRET}
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: me
+  password: {SECRET}
+proxies:
+  - {{host: ghcr.io, remoteurl: "https://ghcr.io"}}
+""",
+    )
+    line = summary(load_config(path, {}), str(path))
+    assert line == (
+        f"config {path}; storage filesystem at /srv/registry; listening on "
+        "http://127.0.0.1:5001/; auth none; upstreams docker.io (mirror), ghcr.io"
+    )
+
+
+def test_serve_logs_one_summary_line_at_start(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = write(
+        tmp_path,
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {SECRET}\n",
+    )
+    command = [sys.executable, "-m", "entrepot", "serve", str(path)]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as server:
+        try:
+            assert server.stderr is not None
+            line = server.stderr.readline()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    assert line.endswith(
+        f"INFO entrepot.cli starting: config {path}; storage filesystem at {tmp_path}/data; "
+        f"listening on http://127.0.0.1:{port}/; auth none; upstreams none\n"
+    )
+    assert SECRET not in line
