@@ -205,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         # A string default goes through `type` too, so a bad $ENTREPOT_WORKERS is a usage error.
-        default=os.environ.get("ENTREPOT_WORKERS", str(default_workers())),
+        default=os.environ.get("ENTREPOT_WORKERS") or str(default_workers()),  # empty: unset
         help="worker processes (default: $ENTREPOT_WORKERS, else one per CPU core: "
         f"{default_workers()} here)",
     )

@@ -324,7 +324,15 @@ def entrepot_server(
         workdir=workdir,
         config=config,
         port=port,
-        env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath, **(env or {})},
+        # One worker unless a test asks for more (ENTREPOT_WORKERS in ``env``): counts of
+        # upstream requests and tokens are per process. Tests with several workers, and the
+        # default of one per core, are explicit (test_proxy_coalescing, test_workers).
+        env={
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": pythonpath,
+            "ENTREPOT_WORKERS": "1",
+            **(env or {}),
+        },
     )
 
 
