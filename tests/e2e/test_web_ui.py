@@ -192,18 +192,17 @@ def start_site(
 
 @pytest.fixture
 def site(registry2_factory: ServerFactory, entrepot_factory: ServerFactory, tmp_path: Path) -> Site:
-    """Served by the default number of workers: a sign-in through one is honoured by all."""
+    """One worker: the cache counters are still kept per process, so the page that shows
+    them must be served by the process that did the fills."""
     return start_site(registry2_factory, entrepot_factory, tmp_path)
 
 
 @pytest.fixture
-def single_worker_site(
+def two_worker_site(
     registry2_factory: ServerFactory, entrepot_factory: ServerFactory, tmp_path: Path
 ) -> Site:
-    """One worker: the cache counters are still kept per process, so the page that shows
-    them must be served by the process that did the fills."""
-    env = {"ENTREPOT_WORKERS": "1"}
-    return start_site(registry2_factory, entrepot_factory, tmp_path, env)
+    """Two workers: a sign-in through one is honoured by the other."""
+    return start_site(registry2_factory, entrepot_factory, tmp_path, {"ENTREPOT_WORKERS": "2"})
 
 
 def sign_in(page: Any, site: Site, user: str) -> None:
@@ -218,7 +217,8 @@ def listed(page: Any) -> list[str]:
     return [a.inner_text() for a in page.query_selector_all("#repositories td a")]
 
 
-def test_browse_search_and_open_a_manifest(site: Site, page: Any) -> None:
+def test_browse_search_and_open_a_manifest(two_worker_site: Site, page: Any) -> None:
+    site = two_worker_site
     # Anonymous may pull only docker.io/*, of which nothing is cached yet.
     page.goto(site.entrepot.url)
     assert page.url == f"{site.entrepot.url}/ui/"
@@ -265,7 +265,8 @@ def test_browse_search_and_open_a_manifest(site: Site, page: Any) -> None:
     shoot(page, "manifest")
 
 
-def test_delete_as_an_allowed_user_and_refused_as_another(site: Site, page: Any) -> None:
+def test_delete_as_an_allowed_user_and_refused_as_another(two_worker_site: Site, page: Any) -> None:
+    site = two_worker_site
     sign_in(page, site, "alice")
     page.goto(f"{site.entrepot.url}/ui/r/team/web")
     assert page.query_selector("text=Delete tag") is None
@@ -302,10 +303,7 @@ def test_delete_as_an_allowed_user_and_refused_as_another(site: Site, page: Any)
     assert sorted(api_tags(site.entrepot, "team/web")) == ["1.0", "2.0"]
 
 
-def test_cache_page_after_a_pull_through(
-    single_worker_site: Site, page: Any, tmp_path: Path
-) -> None:
-    site = single_worker_site
+def test_cache_page_after_a_pull_through(site: Site, page: Any, tmp_path: Path) -> None:
     pulled = tmp_path / "pulled"
     pulled.mkdir()
     clients.skopeo_copy(
