@@ -4,6 +4,8 @@
 #   make test    install test tools, then ruff, mypy, import-linter and the whole pytest suite
 #   make lint    only the static checks
 #   make bench   Entrepot against registry:2, one table (python -m bench; BENCH_ARGS=--quick)
+#   make soak    64 clients for 10 minutes through 2 workers, then a verdict (python -m bench.soak;
+#                SOAK_ARGS="--clients 16 --duration 120"); a short run of it is in `make test`
 #   make clean   remove the venv and caches (./data is kept)
 #
 # Override on the command line, e.g. `make test PYTEST_ARGS="-m e2e -x"` or `make run PYTHON=python3.12`.
@@ -13,6 +15,7 @@ VENV ?= .venv
 CONFIG ?= config/dev.yml
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 PIP_FLAGS ?= --disable-pip-version-check -q
 
 BIN := $(VENV)/bin
@@ -20,7 +23,7 @@ VENV_PY := $(BIN)/python
 RUN_STAMP := $(VENV)/.stamp-install
 TEST_STAMP := $(VENV)/.stamp-install-test
 
-.PHONY: run test lint test-deps bench clean
+.PHONY: run test lint test-deps bench soak clean
 
 $(VENV_PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +69,17 @@ bench: $(TEST_STAMP)
 		fi; \
 	fi
 	$(VENV_PY) -m bench $(BENCH_ARGS)
+
+# The soak's upstream is Debian's docker-registry: install it when missing (as root), then run.
+soak: $(TEST_STAMP)
+	@if ! command -v docker-registry >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-registry; \
+		else \
+			echo "soak: missing Debian package: docker-registry" >&2; exit 1; \
+		fi; \
+	fi
+	$(VENV_PY) -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -243,9 +243,14 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def process_rss(pid: int) -> int:
+    """VmRSS of one process, in bytes (0 once it is gone)."""
+    return _status_kib(pid, "VmRSS:") * 1024
+
+
 def rss_bytes(pid: int) -> int:
     """VmRSS summed over the process and its descendants."""
-    return sum(_status_kib(p, "VmRSS:") for p in process_tree(pid)) * 1024
+    return sum(process_rss(p) for p in process_tree(pid))
 
 
 def pss_bytes(pid: int) -> int:

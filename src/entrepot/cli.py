@@ -38,11 +38,6 @@ __all__ = ["APP_FACTORY", "main"]
 APP_FACTORY = "entrepot.root:create_app_from_env"
 # An operator's configuration mistake: one line on stderr, this exit status.
 CONFIG_ERROR_EXIT = 1
-# Close to registry:2's access log (Apache combined format).
-ACCESS_LOG_FORMAT = (
-    '%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d - '
-    '"%(header{referer})s" "%(header{user-agent})s"'
-)
 
 logger = logging.getLogger("entrepot.cli")
 
@@ -257,8 +252,7 @@ def _granian(config: Config, workers: int, client_ca: Path | None) -> MPServer |
         workers=workers,
         loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.auto,
         log_level=LogLevels(config.log.level),  # validated: error/warn/info/debug
-        log_access=not config.log.accesslog_disabled,
-        log_access_format=ACCESS_LOG_FORMAT,
+        log_access=False,  # Entrepot writes its own (http/accesslog.py): more to tell
         ssl_cert=tls.certificate if tls else None,
         ssl_key=tls.key if tls else None,
         # registry:2 allows tls1.0 and tls1.1; Granian's floor is TLS 1.2.
@@ -267,4 +261,7 @@ def _granian(config: Config, workers: int, client_ca: Path | None) -> MPServer |
         else SSLProtocols.tls12,
         ssl_ca=client_ca,
         ssl_client_verify=client_ca is not None,
+        # A worker that dies (killed, out of memory) is replaced; without this Granian
+        # stops the whole server, and every other worker with it.
+        respawn_failed_workers=True,
     )

@@ -8,9 +8,23 @@ import logging
 import re
 from collections.abc import Mapping
 
+from entrepot import requestinfo
 from entrepot.config import LogConfig
 
-__all__ = ["EscapeControlCharacters", "JsonFormatter", "configure_logging"]
+__all__ = ["EscapeControlCharacters", "JsonFormatter", "RequestIdFilter", "configure_logging"]
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every record the id of the request it was written for (X-Request-Id), so
+    the lines of one request can be found together; ``request_suffix`` is " id=..." for
+    text logs (the access line carries the id already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = requestinfo.current_request_id()
+        record.request_id = request_id
+        shown = request_id != "-" and record.name != "entrepot.access"
+        record.request_suffix = f" id={request_id}" if shown else ""
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,6 +43,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             **self.fields,
         }
+        request_id = getattr(record, "request_id", "-")
+        if request_id != "-":
+            entry["request_id"] = request_id
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -43,10 +60,22 @@ def configure_logging(log: LogConfig) -> None:
     else:
         fields = " ".join(f"{k}={v}" for k, v in sorted(log.fields.items()))
         fmt = "%(asctime)s %(levelname)s %(name)s " + (f"{fields} " if fields else "")
-        logging.basicConfig(level=level, format=fmt + "%(message)s")
-    access = logging.getLogger("granian.access")
-    if not any(isinstance(f, EscapeControlCharacters) for f in access.filters):
-        access.addFilter(EscapeControlCharacters())
+        logging.basicConfig(level=level, format=fmt + "%(message)s%(request_suffix)s")
+    for root_handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RequestIdFilter) for f in root_handler.filters):
+            root_handler.addFilter(RequestIdFilter())
+    # The access log is one bare line per request (Apache's combined format first, as
+    # registry:2 writes it), so log tools that read registry:2's keep working.
+    access = logging.getLogger("entrepot.access")
+    if not access.handlers:
+        line_handler = logging.StreamHandler()
+        line_handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(line_handler)
+        access.propagate = False
+    access.setLevel(logging.INFO)
+    granian_access = logging.getLogger("granian.access")
+    if not any(isinstance(f, EscapeControlCharacters) for f in granian_access.filters):
+        granian_access.addFilter(EscapeControlCharacters())
 
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\"]")

@@ -20,7 +20,7 @@ from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.routing import ProxyResolver
-from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.health import StorageHealthCheck, check_writable
 from entrepot.registry.local import LocalRegistry
@@ -166,7 +166,12 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         session_key=derive_key(secret, "ui-session"),
         delete_enabled=config.storage.delete_enabled,
     )
-    app = build_app(api, lifespan=lifespan, extra_routes=ui_routes(ui))
+    app = build_app(
+        api,
+        lifespan=lifespan,
+        extra_routes=ui_routes(ui),
+        access_log=not config.log.accesslog_disabled,
+    )
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.
         outer = Starlette(

@@ -1,5 +1,5 @@
-"""Push and pull-through cache on one endpoint, in-process: the upstream is a second,
-real Entrepot registry reached through httpx's ASGI transport (no mocks)."""
+"""Push and pull-through cache on one endpoint, in-process: each upstream is a second, real
+Entrepot registry served on 127.0.0.1, reached by the production upstream client (no mocks)."""
 
 from __future__ import annotations
 
@@ -14,37 +14,20 @@ from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.routing import ProxyResolver
-from entrepot.proxy.upstream import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.local import LocalRegistry
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.api.oci_client import OciClient, error_code, make_image, make_index
-
-
-class Switch(httpx.AsyncBaseTransport):
-    """The upstream's network: on, or off (connection refused)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-        self.up = True
-        self.requests: list[tuple[str, str]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not self.up:
-            raise httpx.ConnectError("connection refused", request=request)
-        self.requests.append((request.method, request.url.path))
-        return await self.inner.handle_async_request(request)
-
-    def count(self, method: str, fragment: str) -> int:
-        return sum(1 for m, path in self.requests if m == method and fragment in path)
+from tests.loopback import Loopback, Servers
 
 
 @dataclass
 class Setup:
     client: OciClient  # talks to Entrepot
     upstream: OciClient  # talks to the upstream registry directly
-    hub: Switch  # docker.io's network
-    ghcr: Switch
+    hub: Loopback  # docker.io, served on 127.0.0.1; ``await hub.stop()`` takes it down
+    ghcr: Loopback
     cache: ProxyCache
     root: Path
 
@@ -55,26 +38,22 @@ def _upstream_app(root: Path) -> httpx.ASGITransport:
 
 
 @pytest.fixture
-async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    hub_transport = _upstream_app(tmp_path / "hub")
-    hub = Switch(hub_transport)
-    ghcr = Switch(_upstream_app(tmp_path / "ghcr"))
+async def setup(tmp_path: Path, loopback: Servers) -> AsyncIterator[Setup]:
+    hub_app = _upstream_app(tmp_path / "hub")
+    hub = await loopback.asgi(hub_app)
+    ghcr = await loopback.asgi(_upstream_app(tmp_path / "ghcr"))
     local = LocalRegistry(FilesystemDriver(tmp_path / "entrepot"), delete_enabled=True)
     policy = CachePolicy(tag_ttl=0.0, negative_ttl=60.0)
     upstreams = [
         Upstream(
             host="docker.io",
-            client=UpstreamClient(
-                UpstreamSettings("docker.io", ("http://hub.test",)), transport=hub
-            ),
+            client=UpstreamClient(UpstreamSettings("docker.io", (hub.url,))),
             policy=policy,
             mirror=True,
         ),
         Upstream(
             host="ghcr.io",
-            client=UpstreamClient(
-                UpstreamSettings("ghcr.io", ("http://ghcr.test",)), transport=ghcr
-            ),
+            client=UpstreamClient(UpstreamSettings("ghcr.io", (ghcr.url,))),
             policy=policy,
         ),
     ]
@@ -82,10 +61,12 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     app = build_app(ApiContext(resolver=ProxyResolver(local, cache, upstreams)))
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e.test") as http,
-        httpx.AsyncClient(transport=hub_transport, base_url="http://hub.test") as hub_http,
+        httpx.AsyncClient(transport=hub_app, base_url="http://hub.test") as hub_http,
     ):
         yield Setup(OciClient(http), OciClient(hub_http), hub, ghcr, cache, tmp_path / "entrepot")
     await cache.aclose()
+    for upstream in upstreams:
+        await upstream.client.aclose()
 
 
 async def _seed_hub(s: Setup, name: str = "library/nginx", tag: str = "latest") -> object:
@@ -149,6 +130,18 @@ async def test_push_into_a_cache_namespace_is_denied(setup: Setup) -> None:
         assert "cache" in response.json()["errors"][0]["message"]
     via_ns = await setup.client.http.post("/v2/org/app/blobs/uploads/?ns=ghcr.io")
     assert via_ns.status_code == 403
+    # Every write, not only uploads: a cache has nothing to write through.
+    digest = "sha256:" + "0" * 64
+    writes = [
+        setup.client.http.put("/v2/ghcr.io/org/app/manifests/v1", content=b"{}"),
+        setup.client.http.delete(f"/v2/ghcr.io/org/app/manifests/{digest}"),
+        setup.client.http.delete(f"/v2/ghcr.io/org/app/blobs/{digest}"),
+        setup.client.http.delete(f"/v2/ghcr.io/org/app/blobs/uploads/{digest[7:43]}"),
+    ]
+    for write in writes:
+        refused = await write
+        assert refused.status_code == 403, refused.request.url
+        assert "ghcr.io is a cache" in refused.json()["errors"][0]["message"]
 
 
 async def test_tag_revalidation_uses_head_and_follows_upstream_changes(setup: Setup) -> None:
@@ -168,7 +161,7 @@ async def test_tag_revalidation_uses_head_and_follows_upstream_changes(setup: Se
 async def test_stale_tag_served_when_upstream_is_down(setup: Setup) -> None:
     image = await _seed_hub(setup)
     await setup.client.get_manifest("library/nginx", "latest")
-    setup.hub.up = False
+    await setup.hub.stop()
     stale = await setup.client.get_manifest("library/nginx", "latest")
     assert stale.status_code == 200
     assert stale.content == image.manifest  # type: ignore[attr-defined]
@@ -208,13 +201,13 @@ async def test_tags_list_from_upstream_then_from_cache(setup: Setup) -> None:
     await setup.client.get_manifest("docker.io/library/nginx", "latest")
     listed = await setup.client.get_json("/v2/docker.io/library/nginx/tags/list")
     assert listed["tags"] == ["latest"]
-    setup.hub.up = False
+    await setup.hub.stop()
     cached = await setup.client.get_json("/v2/docker.io/library/nginx/tags/list")
     assert cached["tags"] == ["latest"]
 
 
 async def test_push_to_plain_name_works_while_the_mirror_is_down(setup: Setup) -> None:
-    setup.hub.up = False
+    await setup.hub.stop()
     mine = make_image("offline")
     pushed = await setup.client.push_image("team/offline", mine, tag="1")
     assert pushed.status_code == 201
@@ -243,7 +236,7 @@ async def test_push_reusing_mirror_layers_under_the_same_name(setup: Setup) -> N
         "application/vnd.oci.image.manifest.v1+json",
     )
     assert pushed.status_code == 201, pushed.text
-    setup.hub.up = False  # the pushed image holds its own blobs now
+    await setup.hub.stop()  # the pushed image holds its own blobs now
     for blob in blobs:
         assert (
             await setup.client.http.get(f"/v2/library/nginx/blobs/{sha256(blob)}")

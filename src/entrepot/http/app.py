@@ -1,14 +1,17 @@
 """The ASGI application: one route table for the /v2/ API, parsed right to left because
-repository names contain slashes."""
+repository names contain slashes, and the endpoints that probe the application itself
+(/v2/, /health)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -16,9 +19,11 @@ from starlette.routing import BaseRoute, Route
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
-from entrepot.http import blobs, listing, manifests, metrics, token, uploads
-from entrepot.http.context import ApiContext, context, namespace_of, realm_base
+from entrepot.http import blobs, discovery, manifests, metrics, token, uploads
+from entrepot.http.accesslog import AccessLog
+from entrepot.http.context import ApiContext, context, realm_base
 from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
+from entrepot.http.repositories import namespace_of
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
 
@@ -29,7 +34,7 @@ DELETE = frozenset({"delete"})
 
 # (pattern over the path after /v2/, {method: (handler, actions it needs)}); first match wins.
 _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]]]] = [
-    (re.compile(r"^(.+)/tags/list()$"), {"GET": (listing.tags_list, PULL)}),
+    (re.compile(r"^(.+)/tags/list()$"), {"GET": (discovery.tags_list, PULL)}),
     (
         re.compile(r"^(.+)/manifests/([^/]+)$"),
         {
@@ -52,7 +57,7 @@ _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]
         re.compile(r"^(.+)/blobs/([^/]+)$"),
         {"GET": (blobs.get_blob, PULL), "DELETE": (blobs.delete_blob, DELETE)},
     ),
-    (re.compile(r"^(.+)/referrers/([^/]+)$"), {"GET": (listing.referrers, PULL)}),
+    (re.compile(r"^(.+)/referrers/([^/]+)$"), {"GET": (discovery.referrers, PULL)}),
 ]
 
 _ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
@@ -101,13 +106,24 @@ async def dispatch(request: Request) -> Response:
 
 
 async def base(request: Request) -> Response:
+    """/v2/: clients check the API version here and learn how to authenticate."""
     await guard(request, [])
-    return await listing.base(request)
+    ctx = context(request)
+    if not ctx.is_healthy():
+        raise RegistryError(ErrorCode.UNAVAILABLE, "storage backend is unhealthy")
+    return Response(b"{}", media_type="application/json", headers=ctx.headers())
+
+
+async def health(request: Request) -> Response:
+    """A plain endpoint for load balancers: 200 while storage is healthy, else 503."""
+    healthy = context(request).is_healthy()
+    body = json.dumps({"status": "ok" if healthy else "unhealthy"}).encode()
+    return Response(body, status_code=200 if healthy else 503, media_type="application/json")
 
 
 async def catalog(request: Request) -> Response:
     await guard(request, [CATALOG])
-    return await listing.catalog(request)
+    return await discovery.catalog(request)
 
 
 def build_app(
@@ -115,6 +131,7 @@ def build_app(
     *,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    access_log: bool = True,
 ) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/v2/", base, methods=["GET", "HEAD"]),
@@ -122,7 +139,7 @@ def build_app(
         Route("/v2/_catalog", catalog, methods=["GET"]),
         Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),
-        Route("/health", listing.health, methods=["GET", "HEAD"]),
+        Route("/health", health, methods=["GET", "HEAD"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
         *extra_routes,
     ]
@@ -139,6 +156,8 @@ def build_app(
             Exception: handle_unexpected,
         },
         lifespan=lifespan or default_lifespan,
+        # Outermost, so the line has the final status, also of errors the handlers wrote.
+        middleware=[Middleware(AccessLog, enabled=access_log)],
     )
     app.state.api = api
     return app

@@ -8,7 +8,8 @@ import re
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from entrepot.http.context import context, repository_for
+from entrepot.http.context import context
+from entrepot.http.repositories import repository_for, writes_for
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 
@@ -45,11 +46,11 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
     headers = ctx.headers(repo, Docker_Content_Digest=str(digest), ETag=f'"{digest}"')
     headers["Cache-Control"] = "max-age=31536000"
     if request.method == "HEAD":
-        info = await repo.stat_blob(digest)
+        info = await repo.blobs.stat(digest)
         headers["Content-Length"] = str(info.size)
         headers["Accept-Ranges"] = "bytes"
         return Response(b"", media_type=OCTET_STREAM, headers=headers)
-    blob = await repo.open_blob(digest)
+    blob = await repo.blobs.open(digest)
     if blob.local_path is not None:
         return FileResponse(blob.local_path, media_type=OCTET_STREAM, headers=headers)
     size = blob.info.size
@@ -78,6 +79,6 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
 
 async def delete_blob(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
-    repo = await repository_for(request, name, for_push=True)
-    await repo.delete_blob(Digest.parse(reference))
+    writes = await writes_for(request, name)
+    await writes.blobs.delete(Digest.parse(reference))
     return Response(b"", status_code=202, headers=ctx.headers())

@@ -8,7 +8,9 @@ import functools
 from starlette.requests import Request
 from starlette.responses import Response
 
-from entrepot.http.context import context, read_body, repository_for
+from entrepot.http.bodies import read_body
+from entrepot.http.context import context
+from entrepot.http.repositories import repository_for, writes_for
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE
 
@@ -36,7 +38,7 @@ def _accepted(accept_headers: tuple[str, ...], media_type: str) -> bool:
 async def get_manifest(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
     repo = await repository_for(request, name)
-    content = await repo.get_manifest(reference)
+    content = await repo.manifests.get(reference)
     if not _accepts(request.headers.getlist("accept"), content.media_type):
         # registry:2 answers this way when a client cannot take the stored type.
         raise RegistryError(
@@ -58,9 +60,9 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
 
 async def put_manifest(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
-    repo = await repository_for(request, name, for_push=True)
+    writes = await writes_for(request, name)
     raw = await read_body(request, MAX_MANIFEST_SIZE)
-    result = await repo.put_manifest(reference, raw, request.headers.get("content-type"))
+    result = await writes.manifests.put(reference, raw, request.headers.get("content-type"))
     digest = str(result.digest)
     headers = ctx.headers(
         Location=ctx.location(f"/v2/{name}/manifests/{digest}"),
@@ -73,6 +75,6 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
 
 async def delete_manifest(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
-    repo = await repository_for(request, name, for_push=True)
-    await repo.delete_manifest(reference)
+    writes = await writes_for(request, name)
+    await writes.manifests.delete(reference)
     return Response(b"", status_code=202, headers=ctx.headers())

@@ -12,10 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from entrepot.auth.access import repository as access
-from entrepot.http.context import ApiContext, body_chunks, context, identity, repository_for
+from entrepot.http.bodies import body_chunks
+from entrepot.http.context import ApiContext, context, identity
+from entrepot.http.repositories import writes_for
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
-from entrepot.registry.api import BlobInfo, Repository, UploadStatus
+from entrepot.registry.api import BlobInfo, BlobWriter, UploadStatus
 
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
@@ -80,7 +82,7 @@ def _has_body(request: Request) -> bool:
 
 async def start_upload(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
-    repo = await repository_for(request, name, for_push=True)
+    blobs = (await writes_for(request, name)).blobs
     params = request.query_params
     mount = params.get("mount")
     if mount:
@@ -95,66 +97,66 @@ async def start_upload(request: Request, name: str, reference: str) -> Response:
         elif source is not None and who is not None and not who.allows(access(source, "pull")):
             info = None
         else:
-            info = await repo.mount_blob(Digest.parse(mount), source)
+            info = await blobs.mount(Digest.parse(mount), source)
         if info is not None:
             return _created(ctx, name, info)
         # Not mountable: the spec says fall back to an ordinary upload session.
     digest = _digest_param(request) if params.get("digest") is not None and not mount else None
-    status = await repo.start_upload()
+    status = await blobs.start_upload()
     if digest is not None:
         try:
-            info = await repo.finish_upload(status.upload_id, digest, body_chunks(request))
+            info = await blobs.finish_upload(status.upload_id, digest, body_chunks(request))
         except BaseException:
-            await _cancel_quietly(repo, status.upload_id)
+            await _cancel_quietly(blobs, status.upload_id)
             raise
         return _created(ctx, name, info)
     return Response(b"", status_code=202, headers=_upload_headers(request, name, status))
 
 
-async def _cancel_quietly(repo: Repository, upload_id: str) -> None:
+async def _cancel_quietly(blobs: BlobWriter, upload_id: str) -> None:
     with contextlib.suppress(RegistryError):
-        await repo.cancel_upload(upload_id)
+        await blobs.cancel_upload(upload_id)
 
 
 async def upload_status(request: Request, name: str, reference: str) -> Response:
     _check_state(request, name, reference)
-    repo = await repository_for(request, name, for_push=True)
-    status = await repo.upload_status(reference)
+    blobs = (await writes_for(request, name)).blobs
+    status = await blobs.upload_status(reference)
     return Response(b"", status_code=204, headers=_upload_headers(request, name, status))
 
 
 async def patch_upload(request: Request, name: str, reference: str) -> Response:
     _check_state(request, name, reference)
-    repo = await repository_for(request, name, for_push=True)
+    blobs = (await writes_for(request, name)).blobs
     start: int | None = None
     content_range = request.headers.get("content-range")
     if content_range:
         match = _CONTENT_RANGE.match(content_range.strip())
         if match is None or int(match.group(2)) < int(match.group(1)):
-            status = await repo.upload_status(reference)
+            status = await blobs.upload_status(reference)
             raise RegistryError(
                 ErrorCode.RANGE_INVALID,
                 f"invalid Content-Range {content_range!r}",
                 headers=_upload_headers(request, name, status),
             )
         start = int(match.group(1))
-    status = await repo.append_upload(reference, body_chunks(request), start)
+    status = await blobs.append_upload(reference, body_chunks(request), start)
     return Response(b"", status_code=202, headers=_upload_headers(request, name, status))
 
 
 async def finish_upload(request: Request, name: str, reference: str) -> Response:
     _check_state(request, name, reference)
     ctx = context(request)
-    repo = await repository_for(request, name, for_push=True)
+    blobs = (await writes_for(request, name)).blobs
     digest = _digest_param(request)
     chunks = body_chunks(request) if _has_body(request) else None
-    info = await repo.finish_upload(reference, digest, chunks)
+    info = await blobs.finish_upload(reference, digest, chunks)
     return _created(ctx, name, info)
 
 
 async def cancel_upload(request: Request, name: str, reference: str) -> Response:
     _check_state(request, name, reference)
     ctx = context(request)
-    repo = await repository_for(request, name, for_push=True)
-    await repo.cancel_upload(reference)
+    blobs = (await writes_for(request, name)).blobs
+    await blobs.cancel_upload(reference)
     return Response(b"", status_code=204, headers=ctx.headers())

@@ -11,6 +11,9 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 
 # image-spec descriptor.md: algorithm ":" encoded, with registered algorithms checked strictly.
 _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
+# Parsed digests remembered (about 300 bytes each): pushes bring new digests all the
+# time, so only the recently used ones are kept.
+PARSED_CACHE_SIZE = 4096
 _ENCODED = {"sha256": re.compile(r"^[a-f0-9]{64}$"), "sha512": re.compile(r"^[a-f0-9]{128}$")}
 
 
@@ -32,7 +35,7 @@ class Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
 def _parse_digest(text: str) -> Digest:
     # Cached: digests repeat on every request for the same content.
     match = _DIGEST_RE.match(text)

@@ -13,9 +13,12 @@ _NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 # registry:2 limits repository names to 255 characters; so does the spec's guidance.
 MAX_NAME_LENGTH = 255
+# Validated names and tags remembered (a few hundred bytes each): the ones a fleet asks
+# for again and again stay, the long tail is pushed out instead of filling memory.
+VALIDATED_CACHE_SIZE = 4096
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=VALIDATED_CACHE_SIZE)
 def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid repository name, else raise NAME_INVALID.
 
@@ -37,7 +40,7 @@ def is_valid_tag(tag: str) -> bool:
     return _TAG_RE.match(tag) is not None
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=VALIDATED_CACHE_SIZE)
 def validate_tag(tag: str) -> str:
     if not is_valid_tag(tag):
         raise RegistryError(ErrorCode.TAG_INVALID, "invalid tag", {"tag": tag})

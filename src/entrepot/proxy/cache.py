@@ -18,13 +18,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from cachetools import TLRUCache
+
 from entrepot.oci import mediatypes as mt
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool, temp_spool_path
-from entrepot.proxy.upstream import (
+from entrepot.proxy.upstream_client import (
     RemoteBlob,
     UpstreamError,
     UpstreamInvalid,
@@ -32,15 +34,23 @@ from entrepot.proxy.upstream import (
 )
 from entrepot.proxy.upstreams import Upstream, translate
 from entrepot.registry import layout
-from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, ManifestPut, UploadStatus
+from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, Repository
 from entrepot.registry.blobs import read_link
 from entrepot.registry.local import LocalRegistry
+from entrepot.requestinfo import note_cache
 from entrepot.storage import StorageError, StorageNotFound
 
 log = logging.getLogger("entrepot.proxy")
 
 ACCEPT = (mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST)
 T = TypeVar("T")
+# Upstream 404s remembered at most (each until its negativettl ends): a client asking for
+# many missing names cannot grow memory without end.
+MAX_NEGATIVE = 10_000
+
+
+def _until_expiry(_key: object, expiry: float, _now: float) -> float:
+    return expiry
 
 
 class ProxyCache:
@@ -52,7 +62,9 @@ class ProxyCache:
         self.clock = clock
         # (event, upstream host) -> count; exported at /metrics.
         self.stats: Counter[tuple[str, str]] = Counter()
-        self._negative: dict[tuple[str, str, str], float] = {}
+        self._negative: TLRUCache[tuple[str, str, str], float] = TLRUCache(
+            MAX_NEGATIVE, _until_expiry, timer=time.monotonic
+        )
         self._inflight: dict[tuple[str, ...], asyncio.Task[object]] = {}
 
     async def once(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
@@ -79,13 +91,7 @@ class ProxyCache:
         self._negative[key] = time.monotonic() + ttl
 
     def known_missing(self, key: tuple[str, str, str]) -> bool:
-        expiry = self._negative.get(key)
-        if expiry is None:
-            return False
-        if expiry < time.monotonic():
-            del self._negative[key]
-            return False
-        return True
+        return key in self._negative  # expired entries are not in it
 
     async def aclose(self) -> None:
         await self.filler.aclose()
@@ -96,30 +102,32 @@ def pinned_marker(name: str, tag: str) -> str:
     return f"{layout.tag_dir(name, tag)}/pushed"
 
 
-def _read_only(host: str) -> RegistryError:
-    return RegistryError(
-        ErrorCode.DENIED,
-        f"{host} is a cache of an upstream registry and cannot be pushed to; "
-        "push to a name without the upstream prefix",
-    )
+def cached_repository(cache: ProxyCache, upstream: Upstream, upstream_name: str) -> Repository:
+    """An upstream repository seen through the cache: read-only (no ``writes``)."""
+    facet = (cache, upstream, upstream_name)
+    blobs, manifests, tags = CachedBlobs(*facet), CachedManifests(*facet), CachedTags(*facet)
+    name = upstream.cache_name(upstream_name)
+    return Repository(name, blobs, manifests, tags, writes=None, namespace=upstream.host)
 
 
-class CachedRepository:
+class _CachedFacet:
+    """What every facet of a cached repository works with."""
+
     def __init__(self, cache: ProxyCache, upstream: Upstream, upstream_name: str) -> None:
         self.cache = cache
         self.upstream = upstream
         self.upstream_name = upstream_name
         self.name = upstream.cache_name(upstream_name)
-        self.namespace: str | None = upstream.host
         self._local = cache.local
         self._driver = cache.local.driver
+        self._manifests = cache.local.manifests.of(self.name)
 
     def _error(self, exc: UpstreamError, missing: ErrorCode, reference: str) -> RegistryError:
         return translate(exc, self.upstream.host, missing, reference)
 
-    # ---- manifests -------------------------------------------------------------------
 
-    async def get_manifest(self, reference: str) -> ManifestContent:
+class CachedManifests(_CachedFacet):
+    async def get(self, reference: str) -> ManifestContent:
         if is_digest(reference):
             digest = await self._manifest_by_digest(Digest.parse(reference), reference)
         else:
@@ -131,6 +139,7 @@ class CachedRepository:
         link = layout.tag_current_link(self.name, tag)
         cached = await read_link(self._driver, link)
         if cached is not None and (await self._pinned(tag) or await self._fresh(link)):
+            note_cache("hit", self.upstream.host)
             return cached
         negative_key = (self.upstream.host, self.upstream_name, tag)
         if self.cache.known_missing(negative_key):
@@ -148,6 +157,7 @@ class CachedRepository:
             if cached is None:
                 raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, tag) from exc
             self.cache.stats[("stale_served", self.upstream.host)] += 1
+            note_cache("stale", self.upstream.host)
             log.warning(
                 "serving stale %s:%s from cache: upstream %s failed: %s",
                 self.name,
@@ -178,8 +188,10 @@ class CachedRepository:
         client = self.upstream.client
         head = await client.head_manifest(self.upstream_name, tag, ACCEPT)
         digest = head.digest
+        note_cache("revalidated", self.upstream.host)
         if digest is None or not await self._adopt_known_manifest(digest):
             self.cache.stats[("manifest_get", self.upstream.host)] += 1
+            note_cache("fill", self.upstream.host)
             remote = await client.get_manifest(
                 self.upstream_name, str(digest) if digest else tag, ACCEPT
             )
@@ -197,7 +209,7 @@ class CachedRepository:
             raise UpstreamInvalid(
                 f"upstream manifest {reference} is invalid: {exc.message}"
             ) from exc
-        await self._local.manifests.store(self.name, manifest, None)
+        await self._manifests.store(manifest, None)
         return manifest.digest
 
     async def _adopt_known_manifest(self, digest: Digest) -> bool:
@@ -207,11 +219,12 @@ class CachedRepository:
         raw = await self._local.blobs.get(digest)
         if raw is None or Digest.of(raw, digest.algorithm) != digest:
             return False
-        await self._local.manifests.store(self.name, parse_manifest(raw), None)
+        await self._manifests.store(parse_manifest(raw), None)
         return True
 
     async def _manifest_by_digest(self, digest: Digest, reference: str) -> Digest:
         if await read_link(self._driver, layout.manifest_revision_link(self.name, digest)):
+            note_cache("hit", self.upstream.host)
             return digest
         negative_key = (self.upstream.host, self.upstream_name, reference)
         if self.cache.known_missing(negative_key):
@@ -227,6 +240,7 @@ class CachedRepository:
                 if await self._adopt_known_manifest(digest):
                     return digest
             self.cache.stats[("manifest_get", self.upstream.host)] += 1
+            note_cache("fill", self.upstream.host)
             remote = await client.get_manifest(self.upstream_name, reference, ACCEPT)
             return await self._store_manifest(remote.raw, remote.media_type, reference)
 
@@ -245,27 +259,27 @@ class CachedRepository:
             )
         return digest
 
-    async def list_tags(self) -> list[str]:
+    async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
+        return await self._manifests.referrers(digest, artifact_type)
+
+
+class CachedTags(_CachedFacet):
+    async def list(self) -> list[str]:
         try:
             return await self.upstream.client.list_tags(self.upstream_name)
         except UpstreamError as exc:
             cached = await self._local.manifests.tags(self.name, missing_ok=True)
             if cached and not isinstance(exc, UpstreamNotFound):
                 self.cache.stats[("stale_served", self.upstream.host)] += 1
+                note_cache("stale", self.upstream.host)
                 log.warning("tags of %s from cache: upstream failed: %s", self.name, exc)
                 return cached
             raise self._error(exc, ErrorCode.NAME_UNKNOWN, self.upstream_name) from exc
 
-    async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
-        return await self._local.manifests.referrers(self.name, digest, artifact_type)
 
-    # ---- blobs -------------------------------------------------------------------------
-
-    async def held_blob(self, digest: Digest) -> BlobInfo | None:
+class CachedBlobs(_CachedFacet):
+    async def held(self, digest: Digest) -> BlobInfo | None:
         """The blob if this cache holds it already (verified); never asks upstream."""
-        return await self._cached_blob(digest)
-
-    async def _cached_blob(self, digest: Digest) -> BlobInfo | None:
         if await read_link(self._driver, layout.layer_link(self.name, digest)) != digest:
             return None
         return await self._local.blobs.stat(digest)
@@ -284,8 +298,8 @@ class CachedRepository:
         await self._local.links.write(self.name, layout.layer_link(self.name, digest), digest)
         return held
 
-    async def stat_blob(self, digest: Digest) -> BlobInfo:
-        cached = await self._cached_blob(digest)
+    async def stat(self, digest: Digest) -> BlobInfo:
+        cached = await self.held(digest)
         if cached is not None:
             return cached
         fill = self.cache.filler.active(self._fill_key(digest))
@@ -294,10 +308,12 @@ class CachedRepository:
         size = await self._confirm_upstream(digest)
         return await self._link_if_held(digest, size) or BlobInfo(digest, size)
 
-    async def open_blob(self, digest: Digest) -> BlobContent:
-        cached = await self._cached_blob(digest)
+    async def open(self, digest: Digest) -> BlobContent:
+        cached = await self.held(digest)
         if cached is not None:
+            note_cache("hit", self.upstream.host)
             return self._local.blobs.content(cached)
+        note_cache("fill", self.upstream.host)  # started here, or joined
         key = self._fill_key(digest)
         fill = self.cache.filler.active(key)
         if fill is None:
@@ -368,39 +384,6 @@ class CachedRepository:
                 os.unlink(temp)
 
         return Spool(temp, publish_copy, discard_copy)
-
-    async def delete_blob(self, digest: Digest) -> None:
-        raise _read_only(self.upstream.host)
-
-    async def mount_blob(self, digest: Digest, source: str | None) -> BlobInfo | None:
-        raise _read_only(self.upstream.host)
-
-    async def start_upload(self) -> UploadStatus:
-        raise _read_only(self.upstream.host)
-
-    async def upload_status(self, upload_id: str) -> UploadStatus:
-        raise _read_only(self.upstream.host)
-
-    async def append_upload(
-        self, upload_id: str, chunks: AsyncIterator[bytes], start: int | None
-    ) -> UploadStatus:
-        raise _read_only(self.upstream.host)
-
-    async def finish_upload(
-        self, upload_id: str, digest: Digest, chunks: AsyncIterator[bytes] | None
-    ) -> BlobInfo:
-        raise _read_only(self.upstream.host)
-
-    async def cancel_upload(self, upload_id: str) -> None:
-        raise _read_only(self.upstream.host)
-
-    async def put_manifest(
-        self, reference: str, raw: bytes, content_type: str | None
-    ) -> ManifestPut:
-        raise _read_only(self.upstream.host)
-
-    async def delete_manifest(self, reference: str) -> None:
-        raise _read_only(self.upstream.host)
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import tempfile
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -73,7 +74,8 @@ OpenRemote = Callable[[], AbstractAsyncContextManager[tuple[int | None, AsyncIte
 class BlobFill:
     """One upstream download of one blob, shared by every reader."""
 
-    def __init__(self, digest: Digest, spool: Spool) -> None:
+    def __init__(self, digest: Digest, spool: Spool, label: str = "") -> None:
+        self.label = label or str(digest)  # "<upstream> <repository>@<digest>", for logs
         self.digest = digest
         self.spool = spool
         self.size: int | None = None
@@ -117,6 +119,7 @@ class BlobFill:
         self._adopt_fd(fd)
         verifier = DigestVerifier(self.digest.algorithm)
         error: BaseException | None = None
+        started = time.monotonic()
         try:
             async with open_remote() as (size, chunks):
                 self.size = size
@@ -135,9 +138,11 @@ class BlobFill:
             self.size = verifier.size
             await self.spool.publish()
             self.verified = True
+            seconds = time.monotonic() - started
+            log.info("filled %s: %d bytes in %.2fs", self.label, verifier.size, seconds)
         except BaseException as exc:
             error = exc
-            log.warning("fill of %s failed: %s", self.digest, exc)
+            log.warning("fill of %s failed after %d bytes: %s", self.label, self.written, exc)
             with contextlib.suppress(Exception):
                 await self.spool.discard()
             with contextlib.suppress(OSError):
@@ -304,7 +309,7 @@ class BlobFiller:
         existing = self._fills.get(key)
         if existing is not None:
             return existing
-        fill = BlobFill(key[2], spool)
+        fill = BlobFill(key[2], spool, f"{key[0]} {key[1]}@{key[2]}")
         # A few small syscalls, inline: deciding who downloads must not yield, or two
         # tasks of this process could both decide to.
         fd = _open_spool(spool.path)

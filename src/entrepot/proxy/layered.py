@@ -4,14 +4,25 @@ content is never replaced by upstream content."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
-from entrepot.proxy.cache import CachedRepository
-from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, ManifestPut, UploadStatus
-from entrepot.registry.local import LocalRepository
+from entrepot.proxy.cache import CachedBlobs, CachedManifests, CachedTags, ProxyCache
+from entrepot.proxy.upstreams import Upstream
+from entrepot.registry.api import (
+    BlobContent,
+    BlobInfo,
+    ManifestContent,
+    ManifestPut,
+    Repository,
+    Writes,
+)
+from entrepot.registry.local import LocalBlobs, LocalRegistry, blob_unknown
+from entrepot.registry.manifests import RepositoryManifests, RepositoryTags
 
+T = TypeVar("T")
 _MISSING = frozenset({ErrorCode.MANIFEST_UNKNOWN, ErrorCode.BLOB_UNKNOWN, ErrorCode.NAME_UNKNOWN})
 
 
@@ -23,61 +34,82 @@ def _unknown_blob(exc: RegistryError) -> str | None:
     return digest if isinstance(digest, str) else None
 
 
-class LayeredRepository:
-    namespace: str | None = None
+async def _unless_missing(local: Awaitable[T]) -> T | None:
+    """What the local side answers; None when it does not hold it."""
+    try:
+        return await local
+    except RegistryError as exc:
+        if exc.code not in _MISSING:
+            raise
+    return None
 
-    def __init__(self, local: LocalRepository, cached: CachedRepository) -> None:
+
+def layered_repository(
+    local: LocalRegistry, name: str, cache: ProxyCache, mirror: Upstream
+) -> Repository:
+    """``name`` pushed here, over its mirror's cache. Blobs are written as to the local
+    repository; manifest puts adopt mirrored blobs."""
+    blobs, manifests = LocalBlobs(local, name), local.manifests.of(name)
+    cached = (cache, mirror, mirror.upstream_name(name))
+    cached_blobs = CachedBlobs(*cached)
+    layered = LayeredManifests(blobs, manifests, cached_blobs, CachedManifests(*cached))
+    tags = LayeredTags(RepositoryTags(local.manifests, name), CachedTags(*cached))
+    return Repository(
+        name, LayeredBlobs(blobs, cached_blobs), layered, tags, Writes(blobs, layered)
+    )
+
+
+class LayeredBlobs:
+    def __init__(self, local: LocalBlobs, cached: CachedBlobs) -> None:
         self.local = local
         self.cached = cached
-        self.name = local.name
 
-    async def get_manifest(self, reference: str) -> ManifestContent:
-        try:
-            return await self.local.get_manifest(reference)
-        except RegistryError as exc:
-            if exc.code not in _MISSING:
-                raise
-        return await self.cached.get_manifest(reference)
-
-    async def stat_blob(self, digest: Digest) -> BlobInfo:
-        try:
-            return await self.local.stat_blob(digest)
-        except RegistryError as exc:
-            if exc.code not in _MISSING:
-                raise
-            missing = exc
+    async def stat(self, digest: Digest) -> BlobInfo:
         # A push asks "is this blob here?" with HEAD before uploading it, and a HEAD cannot
         # be told from a pull's. Answer from what this registry holds (pushed, or in the
-        # mirror's cache, which put_manifest adopts), never by asking the upstream: private
+        # mirror's cache, which manifest puts adopt), never by asking the upstream: private
         # repository names and digests are not sent to the mirror, and a push does not
         # wait on it.
-        held = await self.cached.held_blob(digest)
-        if held is None:
-            raise missing
-        return held
+        found = await _unless_missing(self.local.stat(digest)) or await self.cached.held(digest)
+        if found is None:
+            raise blob_unknown(digest)
+        return found
 
-    async def open_blob(self, digest: Digest) -> BlobContent:
-        try:
-            return await self.local.open_blob(digest)
-        except RegistryError as exc:
-            if exc.code not in _MISSING:
-                raise
-        return await self.cached.open_blob(digest)
+    async def open(self, digest: Digest) -> BlobContent:
+        return await _unless_missing(self.local.open(digest)) or await self.cached.open(digest)
 
-    async def list_tags(self) -> list[str]:
-        local: list[str] = []
+
+class LayeredTags:
+    def __init__(self, local: RepositoryTags, cached: CachedTags) -> None:
+        self.local = local
+        self.cached = cached
+
+    async def list(self) -> list[str]:
+        local = await _unless_missing(self.local.list()) or []
         try:
-            local = await self.local.list_tags()
-        except RegistryError as exc:
-            if exc.code not in _MISSING:
-                raise
-        try:
-            upstream = await self.cached.list_tags()
+            upstream = await self.cached.list()
         except RegistryError:
             if local:
                 return local
             raise
         return sorted(set(local) | set(upstream))
+
+
+class LayeredManifests:
+    def __init__(
+        self,
+        local_blobs: LocalBlobs,
+        local: RepositoryManifests,
+        cached_blobs: CachedBlobs,
+        cached: CachedManifests,
+    ) -> None:
+        self.local_blobs = local_blobs
+        self.local = local
+        self.cached_blobs = cached_blobs
+        self.cached = cached
+
+    async def get(self, reference: str) -> ManifestContent:
+        return await _unless_missing(self.local.get(reference)) or await self.cached.get(reference)
 
     async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
         entries = await self.local.referrers(digest, artifact_type)
@@ -87,13 +119,11 @@ class LayeredRepository:
 
     # Writes: always the local (pushed) side.
 
-    async def put_manifest(
-        self, reference: str, raw: bytes, content_type: str | None
-    ) -> ManifestPut:
+    async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:
         adopted: set[str] = set()
         while True:
             try:
-                return await self.local.put_manifest(reference, raw, content_type)
+                return await self.local.put(reference, raw, content_type)
             except RegistryError as exc:
                 digest = _unknown_blob(exc)
                 if digest is None or digest in adopted or not await self._adopt(digest):
@@ -105,42 +135,18 @@ class LayeredRepository:
         mirror answered its HEAD for this name; fetched through the cache first when only the
         upstream has it. The pushed image then holds its own links and needs nothing cached."""
         parsed = Digest.parse(digest)
+        local, cached = self.local_blobs, self.cached_blobs
         try:
             # Only what the mirror vouches for under this name (cached here, or upstream has
             # it): naming a digest gives a pusher no blob of another repository.
-            await self.cached.stat_blob(parsed)
-            if await self.local.registry.blobs.stat(parsed) is None:
-                content = await self.cached.open_blob(parsed)
+            await cached.stat(parsed)
+            if await local.registry.blobs.stat(parsed) is None:
+                content = await cached.open(parsed)
                 async for _ in content.open_stream(0, None):
                     pass  # completes the cache fill
         except RegistryError:
             return False
-        return await self.local.mount_blob(parsed, None) is not None
+        return await local.mount(parsed, None) is not None
 
-    async def delete_manifest(self, reference: str) -> None:
-        await self.local.delete_manifest(reference)
-
-    async def delete_blob(self, digest: Digest) -> None:
-        await self.local.delete_blob(digest)
-
-    async def mount_blob(self, digest: Digest, source: str | None) -> BlobInfo | None:
-        return await self.local.mount_blob(digest, source)
-
-    async def start_upload(self) -> UploadStatus:
-        return await self.local.start_upload()
-
-    async def upload_status(self, upload_id: str) -> UploadStatus:
-        return await self.local.upload_status(upload_id)
-
-    async def append_upload(
-        self, upload_id: str, chunks: AsyncIterator[bytes], start: int | None
-    ) -> UploadStatus:
-        return await self.local.append_upload(upload_id, chunks, start)
-
-    async def finish_upload(
-        self, upload_id: str, digest: Digest, chunks: AsyncIterator[bytes] | None
-    ) -> BlobInfo:
-        return await self.local.finish_upload(upload_id, digest, chunks)
-
-    async def cancel_upload(self, upload_id: str) -> None:
-        await self.local.cancel_upload(upload_id)
+    async def delete(self, reference: str) -> None:
+        await self.local.delete(reference)

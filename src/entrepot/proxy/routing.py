@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from entrepot.oci.digest import is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
-from entrepot.proxy.cache import CachedRepository, ProxyCache, pinned_marker
-from entrepot.proxy.layered import LayeredRepository
+from entrepot.proxy.cache import ProxyCache, cached_repository, pinned_marker
+from entrepot.proxy.layered import layered_repository
 from entrepot.proxy.upstreams import Upstream
 from entrepot.registry.api import ManifestPut, Repository
 from entrepot.registry.blobs import write_link
-from entrepot.registry.local import LocalRegistry, LocalRepository
+from entrepot.registry.local import LocalRegistry, local_repository
+from entrepot.registry.manifests import RepositoryManifests
 
 
 class ProxyResolver:
@@ -54,29 +55,21 @@ class ProxyResolver:
         upstream = self._by_host.get(first) if rest else None
         if upstream is not None:
             return await self._cached(upstream, rest, for_push)
-        local = LocalRepository(self.local, name)  # name validated above
         if self.mirror is None or namespace:
             # An ns we do not cache names some other registry (or this one): what was
             # pushed here answers, never the Docker Hub mirror.
-            return local
-        # Pushes too: writes go to `local`, and a manifest PUT adopts the blobs the client
-        # skipped because the mirror answered their HEAD.
-        mirror = self.mirror
-        return LayeredRepository(
-            local, CachedRepository(self.cache, mirror, mirror.upstream_name(name))
-        )
+            return local_repository(self.local, name)  # name validated above
+        # Pushes too: writes go to the local side, and a manifest PUT adopts the blobs the
+        # client skipped because the mirror answered their HEAD.
+        return layered_repository(self.local, name, self.cache, self.mirror)
 
     async def _cached(self, upstream: Upstream, name: str, for_push: bool) -> Repository:
         upstream_name = upstream.upstream_name(name)
-        if for_push:
-            if not upstream.allow_push:
-                raise RegistryError(
-                    ErrorCode.DENIED,
-                    f"{upstream.host} is a cache of an upstream registry; pushes to it are not "
-                    "allowed (set allowpush on that upstream to allow them)",
-                )
-            return PinnedRepository(self.local, upstream.cache_name(upstream_name))
-        return CachedRepository(self.cache, upstream, upstream_name)
+        if for_push and upstream.allow_push:
+            name = upstream.cache_name(upstream_name)
+            return local_repository(self.local, name, PinnedManifests(self.local.manifests, name))
+        # Read-only: the HTTP layer refuses writes to a repository without them.
+        return cached_repository(self.cache, upstream, upstream_name)
 
     def scope_name(self, name: str, namespace: str | None) -> str:
         upstream = self._by_host.get(namespace.lower()) if namespace else None
@@ -89,16 +82,12 @@ class ProxyResolver:
         return await self.local.catalog(n, last)
 
 
-class PinnedRepository(LocalRepository):
-    """A push into a cache namespace (allowpush): its tags are marked so that cache
-    revalidation never replaces them with upstream content."""
+class PinnedManifests(RepositoryManifests):
+    """Manifests pushed into a cache namespace (allowpush): their tags are marked so that
+    cache revalidation never replaces them with upstream content."""
 
-    async def put_manifest(
-        self, reference: str, raw: bytes, content_type: str | None
-    ) -> ManifestPut:
-        result = await super().put_manifest(reference, raw, content_type)
+    async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:
+        result = await super().put(reference, raw, content_type)
         if not is_digest(reference):
-            await write_link(
-                self.registry.driver, pinned_marker(self.name, reference), result.digest
-            )
+            await write_link(self.driver, pinned_marker(self.name, reference), result.digest)
         return result

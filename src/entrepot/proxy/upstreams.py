@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from entrepot.oci.errors import ErrorCode, RegistryError
-from entrepot.proxy.upstream import (
+from entrepot.proxy.upstream_client import (
     UpstreamClient,
     UpstreamDenied,
     UpstreamError,

@@ -1,5 +1,5 @@
-"""What the HTTP layer sees of a repository, local or cached: one interface for both, so
-handlers never ask "is this a cache?"."""
+"""What the HTTP layer sees of a repository, local or cached: one interface for both, split
+into facets the way distribution splits it, so handlers never ask "is this a cache?"."""
 
 from __future__ import annotations
 
@@ -44,19 +44,30 @@ class UploadStatus:
     size: int
 
 
-class Repository(Protocol):
-    name: str
-    # The upstream registry host this repository caches, when it was reached by the
-    # ``ns`` query parameter (answered with the OCI-Namespace header); None otherwise.
-    namespace: str | None
+class Blobs(Protocol):
+    """A repository's blobs, as a pull reads them."""
 
-    # Blobs
-    async def stat_blob(self, digest: Digest) -> BlobInfo: ...
-    async def open_blob(self, digest: Digest) -> BlobContent: ...
-    async def delete_blob(self, digest: Digest) -> None: ...
-    async def mount_blob(self, digest: Digest, source: str | None) -> BlobInfo | None: ...
+    async def stat(self, digest: Digest) -> BlobInfo: ...
+    async def open(self, digest: Digest) -> BlobContent: ...
 
-    # Uploads
+
+class Manifests(Protocol):
+    """A repository's manifests, by tag or digest, and what refers to them."""
+
+    async def get(self, reference: str) -> ManifestContent: ...
+    async def referrers(
+        self, digest: Digest, artifact_type: str | None
+    ) -> list[dict[str, object]]: ...
+
+
+class Tags(Protocol):
+    async def list(self) -> list[str]: ...
+
+
+class BlobWriter(Protocol):
+    """Blobs going into a repository (upload sessions, cross-repository mounts) and out
+    of it."""
+
     async def start_upload(self) -> UploadStatus: ...
     async def upload_status(self, upload_id: str) -> UploadStatus: ...
     async def append_upload(
@@ -66,17 +77,40 @@ class Repository(Protocol):
         self, upload_id: str, digest: Digest, chunks: AsyncIterator[bytes] | None
     ) -> BlobInfo: ...
     async def cancel_upload(self, upload_id: str) -> None: ...
+    async def mount(self, digest: Digest, source: str | None) -> BlobInfo | None:
+        """Link a blob another repository holds; None when it cannot be mounted."""
+        ...
 
-    # Manifests and tags
-    async def get_manifest(self, reference: str) -> ManifestContent: ...
-    async def put_manifest(
-        self, reference: str, raw: bytes, content_type: str | None
-    ) -> ManifestPut: ...
-    async def delete_manifest(self, reference: str) -> None: ...
-    async def list_tags(self) -> list[str]: ...
-    async def referrers(
-        self, digest: Digest, artifact_type: str | None
-    ) -> list[dict[str, object]]: ...
+    async def delete(self, digest: Digest) -> None: ...
+
+
+class ManifestWriter(Protocol):
+    async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut: ...
+    async def delete(self, reference: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Writes:
+    """What a push or a delete changes in a repository."""
+
+    blobs: BlobWriter
+    manifests: ManifestWriter
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    """A repository as distribution sees one: facets for blobs, manifests and tags, and
+    ``writes`` for pushes and deletes, None when the repository is read-only (a cache of
+    an upstream), so handlers never ask what kind of repository they hold."""
+
+    name: str
+    blobs: Blobs
+    manifests: Manifests
+    tags: Tags
+    writes: Writes | None
+    # The upstream registry host a cached repository answers for (sent as the
+    # OCI-Namespace header); None for what was pushed here.
+    namespace: str | None = None
 
 
 class RepositoryResolver(Protocol):

@@ -8,8 +8,9 @@ kept in a small in-memory cache keyed by digest.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import replace
+
+from cachetools import LRUCache
 
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -21,7 +22,19 @@ from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, read_link
 from entrepot.registry.epochs import bump_epoch, read_epoch, tags_epoch
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
-_CACHE_ENTRIES = 4096
+# Memory budgets of the two caches, so they stay flat however many manifests and
+# repositories go by. A parsed manifest costs about 2 KiB plus its raw size (measured:
+# 2.8 KiB for a 731-byte image manifest); a tag in a cached list about 70 bytes.
+MANIFEST_CACHE_BYTES = 4 << 20
+TAG_LIST_CACHE_TAGS = 100_000
+
+
+def _manifest_cost(manifest: Manifest) -> int:
+    return 2048 + 2 * len(manifest.raw)
+
+
+def _tag_list_cost(entry: tuple[bytes | None, list[str]]) -> int:
+    return 1 + len(entry[1])
 
 
 def manifest_unknown(reference: str) -> RegistryError:
@@ -31,48 +44,60 @@ def manifest_unknown(reference: str) -> RegistryError:
 
 
 class ManifestCache:
-    """Verified manifests by digest (content-addressed, so never stale)."""
+    """Verified manifests by digest (content-addressed, so never stale), the least
+    recently used pushed out beyond ``max_bytes`` (estimated)."""
 
-    def __init__(self, entries: int = _CACHE_ENTRIES) -> None:
-        self._entries = entries
-        self._items: OrderedDict[Digest, Manifest] = OrderedDict()
+    def __init__(self, max_bytes: int = MANIFEST_CACHE_BYTES) -> None:
+        self._items: LRUCache[Digest, Manifest] = LRUCache(max_bytes, getsizeof=_manifest_cost)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def cost(self) -> int:
+        return int(self._items.currsize)
 
     def get(self, digest: Digest) -> Manifest | None:
-        item = self._items.get(digest)
-        if item is not None:
-            self._items.move_to_end(digest)
-        return item
+        return self._items.get(digest)
 
     def put(self, manifest: Manifest) -> None:
-        self._items[manifest.digest] = manifest
-        if len(self._items) > self._entries:
-            self._items.popitem(last=False)
+        if _manifest_cost(manifest) <= self._items.maxsize:  # else too big to keep
+            self._items[manifest.digest] = manifest
+
+
+def deletes_disabled() -> RegistryError:
+    return RegistryError(
+        ErrorCode.UNSUPPORTED, "deletes are disabled (storage.delete.enabled is false)"
+    )
 
 
 class ManifestService:
+    """The manifests of the local store: verified bytes by digest and tag lists, shared by
+    every repository; ``of`` is one repository's manifests."""
+
     def __init__(
-        self, driver: StorageDriver, blobs: BlobStore, cache: ManifestCache, links: LinkWriter
+        self,
+        driver: StorageDriver,
+        blobs: BlobStore,
+        cache: ManifestCache,
+        links: LinkWriter,
+        *,
+        delete_enabled: bool = False,
+        max_cached_tags: int = TAG_LIST_CACHE_TAGS,
     ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.cache = cache
         self.links = links
-        # Tag lists by repository, with the tags epoch they were read at.
-        self._tag_lists: dict[str, tuple[bytes | None, list[str]]] = {}
+        self.delete_enabled = delete_enabled
+        # Tag lists by repository, with the tags epoch they were read at; at most
+        # ``max_cached_tags`` tags in all, the least recently used lists pushed out.
+        self._tag_lists: LRUCache[str, tuple[bytes | None, list[str]]] = LRUCache(
+            max_cached_tags, getsizeof=_tag_list_cost
+        )
 
-    async def resolve(self, name: str, reference: str) -> Digest:
-        """The digest a tag or digest reference names in this repository."""
-        if is_digest(reference):
-            digest = Digest.parse(reference)
-            linked = await read_link(self.driver, layout.manifest_revision_link(name, digest))
-            if linked is None:
-                raise manifest_unknown(reference)
-            return digest
-        validate_tag(reference)
-        current = await read_link(self.driver, layout.tag_current_link(name, reference))
-        if current is None:
-            raise manifest_unknown(reference)
-        return current
+    def of(self, name: str) -> RepositoryManifests:
+        return RepositoryManifests(self, name)
 
     async def load(self, digest: Digest, reference: str) -> Manifest:
         cached = self.cache.get(digest)
@@ -94,45 +119,6 @@ class ManifestService:
         self.cache.put(manifest)
         return manifest
 
-    async def get(self, name: str, reference: str) -> ManifestContent:
-        digest = await self.resolve(name, reference)
-        manifest = await self.load(digest, reference)
-        return ManifestContent(digest, manifest.media_type, manifest.raw)
-
-    async def put(
-        self, name: str, reference: str, raw: bytes, content_type: str | None
-    ) -> ManifestPut:
-        manifest = parse_manifest(raw, content_type)
-        if is_digest(reference):
-            expected = Digest.parse(reference)
-            actual = Digest.of(raw, expected.algorithm)
-            if actual != expected:
-                raise RegistryError(
-                    ErrorCode.DIGEST_INVALID,
-                    "manifest digest does not match the reference",
-                    {"expected": str(expected), "actual": str(actual)},
-                )
-            manifest = _with_digest(manifest, expected)
-            tag = None
-        else:
-            tag = validate_tag(reference)
-        await self._check_references(name, manifest)
-        await self.store(name, manifest, tag)
-        return ManifestPut(manifest.digest, manifest.subject.digest if manifest.subject else None)
-
-    async def store(self, name: str, manifest: Manifest, tag: str | None) -> None:
-        """Store verified manifest bytes and link them (and the tag) into the repository."""
-        digest = manifest.digest
-        await self.blobs.put(digest, manifest.raw)
-        await self.links.write(name, layout.manifest_revision_link(name, digest), digest)
-        if manifest.subject is not None:
-            await write_link(
-                self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
-            )
-        if tag is not None:
-            await self.set_tag(name, tag, digest)
-        self.cache.put(manifest)
-
     async def set_tag(self, name: str, tag: str, digest: Digest) -> None:
         """Point ``tag`` at ``digest`` (writing it again also marks it fresh: its mtime)."""
         current = layout.tag_current_link(name, tag)
@@ -140,57 +126,14 @@ class ManifestService:
         await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
         await write_link(self.driver, current, digest)
         if is_new:
-            await self._tags_changed(name)
+            await self.tags_changed(name)
 
-    async def _tags_changed(self, name: str) -> None:
+    async def tags_changed(self, name: str) -> None:
         self._tag_lists.pop(name, None)
         try:
             await bump_epoch(self.driver, tags_epoch(name))
         except StorageError as exc:
             raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
-
-    async def _check_references(self, name: str, manifest: Manifest) -> None:
-        for blob in manifest.required_blobs():
-            if await read_link(self.driver, layout.layer_link(name, blob.digest)) is None:
-                raise RegistryError(
-                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                    f"blob {blob.digest} is not in repository {name}",
-                    {"digest": str(blob.digest)},
-                )
-        for child in manifest.manifests:
-            link = layout.manifest_revision_link(name, child.digest)
-            if await read_link(self.driver, link) is None:
-                raise RegistryError(
-                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                    f"manifest {child.digest} is not in repository {name}",
-                    {"digest": str(child.digest)},
-                )
-
-    async def delete(self, name: str, reference: str) -> None:
-        if not is_digest(reference):
-            validate_tag(reference)
-            if not await delete_key(self.driver, layout.tag_dir(name, reference)):
-                raise manifest_unknown(reference)
-            await self._tags_changed(name)
-            return
-        digest = await self.resolve(name, reference)
-        manifest: Manifest | None
-        try:
-            manifest = await self.load(digest, reference)
-        except RegistryError:
-            manifest = None
-        await delete_key(self.driver, layout.manifest_revision_dir(name, digest))
-        # registry:2 also untags every tag that points at a deleted manifest.
-        untagged = False
-        for tag in await self.tags(name, missing_ok=True):
-            if await read_link(self.driver, layout.tag_current_link(name, tag)) == digest:
-                await delete_key(self.driver, layout.tag_dir(name, tag))
-                untagged = True
-        if untagged:
-            await self._tags_changed(name)
-        if manifest is not None and manifest.subject is not None:
-            link = layout.referrer_link(name, manifest.subject.digest, digest)
-            await delete_key(self.driver, link.removesuffix("/link"))
 
     async def tags(self, name: str, *, missing_ok: bool = False) -> list[str]:
         """The repository's tags, sorted; kept in memory until the repository's tags epoch
@@ -215,14 +158,123 @@ class ManifestService:
             return []
         except StorageError as exc:
             raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
-        if len(self._tag_lists) >= _CACHE_ENTRIES:
-            self._tag_lists.pop(next(iter(self._tag_lists)))
-        self._tag_lists[name] = (epoch, tags)
+        if _tag_list_cost((epoch, tags)) <= self._tag_lists.maxsize:  # else listed each time
+            self._tag_lists[name] = (epoch, tags)
         return tags
 
+
+class RepositoryManifests:
+    """The manifests of one local repository: its manifests facet and manifest writer."""
+
+    def __init__(self, service: ManifestService, name: str) -> None:
+        self.service = service
+        self.driver = service.driver
+        self.name = name
+
+    async def resolve(self, reference: str) -> Digest:
+        """The digest a tag or digest reference names in this repository."""
+        name = self.name
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+            linked = await read_link(self.driver, layout.manifest_revision_link(name, digest))
+            if linked is None:
+                raise manifest_unknown(reference)
+            return digest
+        validate_tag(reference)
+        current = await read_link(self.driver, layout.tag_current_link(name, reference))
+        if current is None:
+            raise manifest_unknown(reference)
+        return current
+
+    async def get(self, reference: str) -> ManifestContent:
+        digest = await self.resolve(reference)
+        manifest = await self.service.load(digest, reference)
+        return ManifestContent(digest, manifest.media_type, manifest.raw)
+
+    async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:
+        manifest = parse_manifest(raw, content_type)
+        if is_digest(reference):
+            expected = Digest.parse(reference)
+            actual = Digest.of(raw, expected.algorithm)
+            if actual != expected:
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    "manifest digest does not match the reference",
+                    {"expected": str(expected), "actual": str(actual)},
+                )
+            manifest = _with_digest(manifest, expected)
+            tag = None
+        else:
+            tag = validate_tag(reference)
+        await self._check_references(manifest)
+        await self.store(manifest, tag)
+        return ManifestPut(manifest.digest, manifest.subject.digest if manifest.subject else None)
+
+    async def store(self, manifest: Manifest, tag: str | None) -> None:
+        """Store verified manifest bytes and link them (and the tag) into the repository."""
+        name = self.name
+        digest = manifest.digest
+        await self.service.blobs.put(digest, manifest.raw)
+        await self.service.links.write(name, layout.manifest_revision_link(name, digest), digest)
+        if manifest.subject is not None:
+            await write_link(
+                self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
+            )
+        if tag is not None:
+            await self.service.set_tag(name, tag, digest)
+        self.service.cache.put(manifest)
+
+    async def _check_references(self, manifest: Manifest) -> None:
+        name = self.name
+        for blob in manifest.required_blobs():
+            if await read_link(self.driver, layout.layer_link(name, blob.digest)) is None:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"blob {blob.digest} is not in repository {name}",
+                    {"digest": str(blob.digest)},
+                )
+        for child in manifest.manifests:
+            link = layout.manifest_revision_link(name, child.digest)
+            if await read_link(self.driver, link) is None:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"manifest {child.digest} is not in repository {name}",
+                    {"digest": str(child.digest)},
+                )
+
+    async def delete(self, reference: str) -> None:
+        if not self.service.delete_enabled:
+            raise deletes_disabled()
+        name = self.name
+        if not is_digest(reference):
+            validate_tag(reference)
+            if not await delete_key(self.driver, layout.tag_dir(name, reference)):
+                raise manifest_unknown(reference)
+            await self.service.tags_changed(name)
+            return
+        digest = await self.resolve(reference)
+        manifest: Manifest | None
+        try:
+            manifest = await self.service.load(digest, reference)
+        except RegistryError:
+            manifest = None
+        await delete_key(self.driver, layout.manifest_revision_dir(name, digest))
+        # registry:2 also untags every tag that points at a deleted manifest.
+        untagged = False
+        for tag in await self.service.tags(name, missing_ok=True):
+            if await read_link(self.driver, layout.tag_current_link(name, tag)) == digest:
+                await delete_key(self.driver, layout.tag_dir(name, tag))
+                untagged = True
+        if untagged:
+            await self.service.tags_changed(name)
+        if manifest is not None and manifest.subject is not None:
+            link = layout.referrer_link(name, manifest.subject.digest, digest)
+            await delete_key(self.driver, link.removesuffix("/link"))
+
     async def referrers(
-        self, name: str, subject: Digest, artifact_type: str | None
+        self, subject: Digest, artifact_type: str | None
     ) -> list[dict[str, object]]:
+        name = self.name
         try:
             algorithms = await self.driver.list(layout.referrers_dir(name, subject))
         except StorageNotFound:
@@ -246,13 +298,24 @@ class ManifestService:
                 ):
                     continue
                 try:
-                    manifest = await self.load(digest, str(digest))
+                    manifest = await self.service.load(digest, str(digest))
                 except RegistryError:
                     continue
                 entry = manifest.referrer_descriptor()
                 if artifact_type is None or entry.get("artifactType") == artifact_type:
                     entries.append(entry)
         return entries
+
+
+class RepositoryTags:
+    """The tags of one local repository (their lists are cached by the service)."""
+
+    def __init__(self, service: ManifestService, name: str) -> None:
+        self.service = service
+        self.name = name
+
+    async def list(self) -> list[str]:
+        return await self.service.tags(self.name)
 
 
 def _with_digest(manifest: Manifest, digest: Digest) -> Manifest:

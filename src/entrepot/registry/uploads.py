@@ -14,15 +14,22 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from cachetools import LRUCache
+
 from entrepot.oci.digest import Digest, DigestVerifier
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import layout
 from entrepot.registry.api import BlobInfo, UploadStatus
 from entrepot.registry.blobs import BlobStore, LinkWriter, storage_unavailable
+from entrepot.registry.keyedlocks import KeyedLocks
 from entrepot.registry.streams import pump
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 _HASH_CHUNK = 1 << 20
+# Running hashes kept in memory (a few hundred bytes each). An upload another worker
+# finished, or a client abandoned, leaves its hash here until it is pushed out; an
+# upload whose hash was pushed out is re-read from storage on its next chunk.
+MAX_RUNNING_HASHES = 1024
 
 
 def new_upload_id() -> str:
@@ -44,21 +51,25 @@ def _valid_upload_id(upload_id: str) -> bool:
 class UploadService:
     """Uploads of one registry. Keeps the running hash of in-flight uploads in memory so
     chunked uploads are hashed once; falls back to re-reading the data when another
-    process appended to the upload (several workers) or after a restart."""
+    process appended to the upload (several workers), after a restart, or once the
+    hash was pushed out of the bounded cache."""
 
-    def __init__(self, driver: StorageDriver, blobs: BlobStore, links: LinkWriter) -> None:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        blobs: BlobStore,
+        links: LinkWriter,
+        *,
+        max_hashes: int = MAX_RUNNING_HASHES,
+    ) -> None:
         self.driver = driver
         self.blobs = blobs
         self.links = links
-        self._hashes: dict[tuple[str, str], DigestVerifier] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-
-    def _lock(self, name: str, upload_id: str) -> asyncio.Lock:
-        return self._locks.setdefault((name, upload_id), asyncio.Lock())
+        self._hashes: LRUCache[tuple[str, str], DigestVerifier] = LRUCache(max_hashes)
+        self._locks = KeyedLocks()
 
     def _forget(self, name: str, upload_id: str) -> None:
         self._hashes.pop((name, upload_id), None)
-        self._locks.pop((name, upload_id), None)
 
     async def start(self, name: str) -> UploadStatus:
         upload_id = new_upload_id()
@@ -87,7 +98,7 @@ class UploadService:
     async def append(
         self, name: str, upload_id: str, chunks: AsyncIterator[bytes], start: int | None
     ) -> UploadStatus:
-        async with self._lock(name, upload_id):
+        async with self._locks.hold((name, upload_id)):
             current = await self.status(name, upload_id)
             if start is not None and start != current.size:
                 raise RegistryError(
@@ -145,7 +156,7 @@ class UploadService:
         digest: Digest,
         chunks: AsyncIterator[bytes] | None,
     ) -> BlobInfo:
-        async with self._lock(name, upload_id):
+        async with self._locks.hold((name, upload_id)):
             current = await self.status(name, upload_id)
             size = current.size
             if chunks is not None:
@@ -170,7 +181,7 @@ class UploadService:
             return BlobInfo(digest, size)
 
     async def cancel(self, name: str, upload_id: str) -> None:
-        async with self._lock(name, upload_id):
+        async with self._locks.hold((name, upload_id)):
             await self.status(name, upload_id)
             await self._discard(name, upload_id)
 

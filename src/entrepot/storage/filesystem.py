@@ -212,7 +212,12 @@ def _delete(path: str) -> None:
 # ---- async side -------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=65536)
+# Keys found valid, remembered (about 350 bytes each); uploads bring new keys on every
+# request, so only the recently used ones are kept.
+CHECKED_KEYS_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=CHECKED_KEYS_CACHE_SIZE)
 def _check_key(key: str) -> None:
     """StorageError for a key that could escape the root or name a temp file. Cached: the
     same keys (tag links, blobs) come back on every request; refusals are not cached."""

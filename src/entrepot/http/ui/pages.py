@@ -17,7 +17,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from entrepot.auth.guard import parse_basic
-from entrepot.http.context import context, read_body
+from entrepot.http.bodies import read_body
+from entrepot.http.context import context
+from entrepot.http.repositories import writes_for
 from entrepot.http.ui.access import SESSION_COOKIE, SESSION_SECONDS, Sessions, UiAccess
 from entrepot.http.ui.store import Browser, cache_counters
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -237,7 +239,10 @@ class Ui:
         user = await self.require(request, name, "delete")
         if not self.sessions.check_form_token(user, form.get("form_token", "")):
             raise RegistryError(ErrorCode.DENIED, "the form expired; reload the page and retry")
-        await self.browser.delete(context(request).resolver, name, reference)
+        # The API's DELETE path: storage.delete.enabled, read-only mode and caches that
+        # refuse writes apply here as they do there.
+        writes = await writes_for(request, name)
+        await writes.manifests.delete(reference)
         return RedirectResponse(self.url(request, f"r/{name}", deleted=reference), 303)
 
     @page

@@ -33,7 +33,7 @@ class ManifestView:
     manifest: Manifest
     children: list[Child] = field(default_factory=list)
     config: dict[str, Any] | None = None
-    referrers: list[dict[str, Any]] = field(default_factory=list)
+    referrers: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -81,21 +81,21 @@ class RepositoryReader:
         self.repo = repo
 
     async def tags(self) -> list[str]:
-        return sorted(await self.repo.list_tags())
+        return sorted(await self.repo.tags.list())
 
     async def manifest(self, reference: str) -> Manifest:
-        content = await self.repo.get_manifest(reference)
+        content = await self.repo.manifests.get(reference)
         return parse_manifest(content.raw, content.media_type)
 
-    async def referrers(self, digest: Digest) -> list[dict[str, Any]]:
-        return await self.repo.referrers(digest, None)
+    async def referrers(self, digest: Digest) -> list[dict[str, object]]:
+        return await self.repo.manifests.referrers(digest, None)
 
     async def json_blob(self, descriptor: Descriptor) -> dict[str, Any] | None:
         """A small JSON blob (an image config), or None when it is not held or not JSON."""
         if descriptor.size > CONFIG_CAP:
             return None
         try:
-            content = await self.repo.open_blob(descriptor.digest)
+            content = await self.repo.blobs.open(descriptor.digest)
             raw = b"".join([chunk async for chunk in content.open_stream(0, None)])
             body = json.loads(raw)
         except (RegistryError, ValueError):
@@ -199,12 +199,6 @@ class Browser:
         else:
             view.config = await self._config(reader, manifest)
         return view
-
-    async def delete(self, resolver: RepositoryResolver, name: str, reference: str) -> None:
-        """Delete as the API's DELETE does: through the resolver the API uses, so the same
-        rules apply (storage.delete.enabled, read-only mode, caches refusing writes)."""
-        repo = await resolver.repository(name, for_push=True)
-        await repo.delete_manifest(reference)
 
 
 def _created(config: dict[str, Any] | None) -> str | None:

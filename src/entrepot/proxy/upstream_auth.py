@@ -1,22 +1,21 @@
-"""Authenticating to an upstream registry: WWW-Authenticate challenges, Basic
-credentials, and Docker token auth (distribution's docs/content/spec/auth/token.md) with a
-token cache that fetches each token once however many requests need it.
+"""Signing in to an upstream registry (not to be confused with ``entrepot.auth``, which
+controls our own clients): WWW-Authenticate challenges, Basic credentials, and Docker token
+auth (distribution's docs/content/spec/auth/token.md) with a token cache that fetches each
+token once however many requests need it. No HTTP here: ``upstream_client.py`` sends.
 
-Failures are AuthError carrying the token endpoint's status; ``upstream.py`` turns them
-into its error types. No message here contains a password, token or Authorization header.
+Failures are AuthError carrying the token endpoint's status; ``upstream_client.py`` turns
+them into its error types. No message here contains a password, token or Authorization.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import collections
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-import httpx
 
 # RFC 9110 token characters, and an auth-param value: a token or a quoted string.
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -27,7 +26,6 @@ _ESCAPE_RE = re.compile(r"\\(.)")
 DEFAULT_EXPIRES_IN = 60.0  # token spec: expires_in defaults to 60 seconds
 EXPIRY_MARGIN = 10.0  # stop using a token this long before it expires
 MAX_CACHED = 1024  # tokens (one per repository scope) kept at most
-MAX_TOKEN_RESPONSE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,46 +205,35 @@ class AuthError(Exception):
 
 
 class Authenticator:
-    """Sends requests with the credentials an upstream asks for. Once a url has challenged,
-    later requests carry credentials up front (a warm token cache costs one request, not
-    two); a 401 with a challenge is answered and the request retried once."""
+    """The credentials an upstream asks for. Once a url has challenged, later requests
+    carry credentials up front (a warm token cache costs one request, not two); the
+    client answers a 401's challenge once. Tokens come from ``fetch(key, basic)``, which
+    raises AuthError."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        fetch: Callable[[TokenKey, str | None], Awaitable[Token]],
         username: str | None,
         password: str | None,
         clock: Callable[[], float],
-        requests: collections.Counter[str],
     ) -> None:
-        self._client = client
+        self._fetch = fetch
         self._basic = None
         if username is not None and password is not None:
             self._basic = basic_authorization(username, password)
         self._tokens = TokenCache(clock)
         self._challenges: dict[str, Challenge] = {}  # base url -> the challenge it sent
         self._scopes: dict[tuple[str, str], str] = {}  # (base, name) -> a non-default scope
-        self._requests = requests
-
-    async def send(
-        self, kind: str, method: str, base: str, path: str, name: str, headers: dict[str, str]
-    ) -> httpx.Response:
-        """Send ``method base+path`` streaming; the response is open (the caller closes)."""
-        authorization = await self.authorization(base, name)
-        response = await self._send(kind, method, base + path, headers, authorization)
-        if response.status_code != 401:
-            return response
-        challenge = pick_challenge(response.headers.get_list("www-authenticate"))
-        if challenge is None:
-            return response
-        await response.aclose()
-        authorization = await self._answer(challenge, base, name, authorization)
-        return await self._send(kind, method, base + path, headers, authorization)
 
     async def authorization(self, base: str, name: str) -> str | None:
         """The Authorization to send up front to ``base`` for repository ``name``: None
-        until the url has challenged. For clients other than the httpx one (blob bodies)."""
-        return await self._known(base, name)
+        until the url has challenged."""
+        challenge = self._challenges.get(base)
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return self._basic
+        return await self._bearer(challenge, self._scopes.get((base, name)) or pull_scope(name))
 
     async def answer(
         self, www_authenticate: list[str], base: str, name: str, rejected: str | None
@@ -256,31 +243,6 @@ class Authenticator:
         challenge = pick_challenge(www_authenticate)
         if challenge is None:
             return None
-        return await self._answer(challenge, base, name, rejected)
-
-    async def aclose(self) -> None:
-        await self._tokens.aclose()
-
-    async def _send(
-        self, kind: str, method: str, url: str, headers: dict[str, str], authorization: str | None
-    ) -> httpx.Response:
-        if authorization:
-            headers = {**headers, "Authorization": authorization}
-        self._requests[kind] += 1
-        request = self._client.build_request(method, url, headers=headers)
-        return await self._client.send(request, stream=True)
-
-    async def _known(self, base: str, name: str) -> str | None:
-        challenge = self._challenges.get(base)
-        if challenge is None:
-            return None
-        if challenge.scheme == "basic":
-            return self._basic
-        return await self._bearer(challenge, self._scopes.get((base, name)) or pull_scope(name))
-
-    async def _answer(
-        self, challenge: Challenge, base: str, name: str, rejected: str | None
-    ) -> str:
         if challenge.scheme == "basic":
             if self._basic is None:
                 raise AuthError("credentials are required and none are configured", 401)
@@ -298,49 +260,11 @@ class Authenticator:
         stale = rejected.removeprefix("Bearer ") if rejected else None
         return await self._bearer(challenge, scope, rejected=stale)
 
+    async def aclose(self) -> None:
+        await self._tokens.aclose()
+
     async def _bearer(self, challenge: Challenge, scope: str, rejected: str | None = None) -> str:
         key = TokenKey(challenge.params["realm"], challenge.params.get("service", ""), scope)
-        token = await self._tokens.get(key, lambda: self._fetch_token(key), rejected=rejected)
+        fetch = functools.partial(self._fetch, key, self._basic)
+        token = await self._tokens.get(key, fetch, rejected=rejected)
         return f"Bearer {token}"
-
-    async def _fetch_token(self, key: TokenKey) -> Token:
-        """GET realm?service=...&scope=..., anonymously or with Basic credentials."""
-        params: list[tuple[str, str | int | float | bool | None]] = []
-        if key.service:
-            params.append(("service", key.service))
-        params += [("scope", scope) for scope in key.scope.split()]
-        headers = {"Authorization": self._basic} if self._basic else {}
-        what = f"token for {key.scope!r} from {key.realm.partition('?')[0]}"
-        self._requests["token"] += 1
-        try:
-            request = self._client.build_request("GET", key.realm, params=params, headers=headers)
-            response = await self._client.send(request, stream=True)
-        except (httpx.RequestError, httpx.InvalidURL) as exc:
-            raise AuthError(f"{what}: {describe(exc)}", None) from exc
-        try:
-            status = response.status_code
-            if status in (401, 403):
-                who = "the configured credentials were" if self._basic else "anonymous access was"
-                raise AuthError(f"{what}: HTTP {status}, {who} refused", status)
-            if not response.is_success:
-                retry_after = response.headers.get("retry-after")
-                raise AuthError(f"{what}: HTTP {status}", status, retry_after)
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_TOKEN_RESPONSE:
-                    raise AuthError(f"{what}: response over {MAX_TOKEN_RESPONSE} bytes", status)
-        except httpx.RequestError as exc:
-            raise AuthError(f"{what}: {describe(exc)}", None) from exc
-        finally:
-            await response.aclose()
-        try:
-            return parse_token_response(bytes(body))
-        except ValueError as exc:
-            raise AuthError(f"{what}: {exc}", status) from None
-
-
-def describe(exc: Exception) -> str:
-    """An httpx exception, briefly (its text never holds request headers)."""
-    text = str(exc)[:200]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,6 +1,11 @@
 """The HTTP client for one upstream registry: manifests (exact bytes, digest-checked),
 blobs (streamed as received; the caller's verifying writer checks them) and tags, with
-token auth (``auth.py``), failover between urls, and errors saying what went wrong.
+sign-in (``upstream_auth.py``), failover between urls, and errors saying what went wrong.
+
+Everything goes over one aiohttp session: its C HTTP parser streams blob bodies several
+times faster than a pure-Python one (a cold pull through the cache is bounded by it). It
+follows redirects, dropping the Authorization header for good once one leaves the origin
+(Docker Hub and ghcr.io answer blob GETs with a 307 to a CDN), and decodes gzip/deflate.
 """
 
 from __future__ import annotations
@@ -10,26 +15,37 @@ import json
 import logging
 import re
 import time
-import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, NoReturn
 
 import aiohttp
-import httpx
+from aiohttp.http_exceptions import ContentEncodingError
+from yarl import URL
 
 from entrepot import __version__
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE
-from entrepot.proxy import blobstream
-from entrepot.proxy.auth import Authenticator, AuthError, describe
+from entrepot.proxy.upstream_auth import (
+    Authenticator,
+    AuthError,
+    Token,
+    TokenKey,
+    parse_token_response,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_TAGS_PAGE = 16 * 1024 * 1024
+MAX_TOKEN_RESPONSE = 1024 * 1024
+MAX_ERROR_BODY = 64 * 1024
+MAX_REDIRECTS = 5
+CHUNK_SIZE = 1 << 20
+# Blob GETs ask for identity; what a server applies anyway is decoded (as Docker's Go
+# client does) when aiohttp can: anything else would reach the digest check undecoded.
+_BLOB_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
 _GENERIC_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
 _LINK_RE = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,]+)*)")
 
@@ -93,25 +109,11 @@ class UpstreamInvalid(UpstreamError):
     """A response that breaks the protocol: digest mismatch, bad JSON, missing headers."""
 
 
-class _NoCookies(DefaultCookiePolicy):
-    # httpx keeps cookies across requests by default; a registry client has no use for them.
-    def set_ok(self, cookie: Any, request: Any) -> bool:
-        return False
-
-
 class UpstreamClient:
-    """Talks to one upstream registry. Safe for concurrent use by many tasks.
-
-    Blob bodies go over aiohttp (``blobstream.py``), everything else over httpx. With a
-    ``transport`` given (tests), blobs go through it too unless ``aiohttp_blobs``."""
+    """Talks to one upstream registry. Safe for concurrent use by many tasks."""
 
     def __init__(
-        self,
-        settings: UpstreamSettings,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        aiohttp_blobs: bool | None = None,
+        self, settings: UpstreamSettings, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         if not settings.urls:
             raise ValueError(f"upstream {settings.host} has no urls")
@@ -120,32 +122,34 @@ class UpstreamClient:
         self.requests: collections.Counter[str] = collections.Counter()
         self._urls = tuple(url.rstrip("/") for url in settings.urls)
         self._preferred = 0
-        # read, write and pool waits get read_timeout.
-        timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
-        # httpx drops Authorization when a redirect leaves the origin (blob GETs -> CDN).
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=timeout,
-            follow_redirects=True,
-            headers={"User-Agent": f"entrepot/{__version__}"},
-            cookies=CookieJar(policy=_NoCookies()),
+        # sock_connect bounds the TCP+TLS connect and sock_read each read; ``connect``
+        # (waiting for a pooled connection, then connecting) gets both.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.connect_timeout + settings.read_timeout,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.read_timeout,
         )
-        self._auth = Authenticator(
-            self._client, settings.username, settings.password, clock, self.requests
-        )
-        self._blobs: blobstream.BlobSession | None = None
-        if aiohttp_blobs or (aiohttp_blobs is None and transport is None):
-            self._blobs = blobstream.BlobSession(
-                connect_timeout=settings.connect_timeout,
-                read_timeout=settings.read_timeout,
-                user_agent=f"entrepot/{__version__}",
+        self._session: aiohttp.ClientSession | None = None
+        self._auth = Authenticator(self._fetch_token, settings.username, settings.password, clock)
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The session, created on first use inside the running event loop (aiohttp binds
+        a session to it). Proxies come from the environment; cookies are not kept."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                headers={"User-Agent": f"entrepot/{__version__}"},
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=True,
+                requote_redirect_url=False,  # signed CDN URLs must keep their encoding
             )
+        return self._session
 
     async def aclose(self) -> None:
         await self._auth.aclose()
-        await self._client.aclose()
-        if self._blobs is not None:
-            await self._blobs.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     # -- the API -----------------------------------------------------------------------
 
@@ -155,7 +159,7 @@ class UpstreamClient:
         """HEAD a manifest (does not count as a pull on Docker Hub). By digest, the digest
         is the reference's when the upstream sends no Docker-Content-Digest."""
         response, what = await self._manifest_request("HEAD", name, reference, accept)
-        await response.aclose()
+        response.release()
         expected = _reference_digest(reference)
         header, size = self._head_facts(response, expected, what)
         media_type = _content_type(response)
@@ -190,32 +194,32 @@ class UpstreamClient:
         return RemoteManifest(digest, media_type, len(raw), raw)
 
     async def stat_blob(self, name: str, digest: Digest) -> int:
-        """HEAD a blob; its size."""
+        """HEAD a blob (following redirects); its size."""
         what, path = f"HEAD blob {name}@{digest}", f"/v2/{name}/blobs/{digest}"
         response = await self._request("HEAD blob", name, "HEAD", path, {}, what)
-        await response.aclose()
+        response.release()
         return self._head_facts(response, digest, what)[1]
 
     @asynccontextmanager
     async def open_blob(self, name: str, digest: Digest) -> AsyncIterator[RemoteBlob]:
         """GET a blob, streaming, following redirects. Identity encoding is asked for; a
-        Content-Encoding the server applies anyway is decoded (as Docker's Go client does),
-        and then the size is unknown. The response closes when the context exits."""
+        gzip or deflate Content-Encoding the server applies anyway is decoded, and then
+        the size is unknown. The response closes when the context exits."""
         what, path = f"GET blob {name}@{digest}", f"/v2/{name}/blobs/{digest}"
-        if self._blobs is not None:
-            async with self._open_blob_aiohttp(self._blobs, name, path, what) as blob:
-                yield blob
-            return
         headers = {"Accept-Encoding": "identity"}
         response = await self._request("GET blob", name, "GET", path, headers, what)
-        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
-        size = None if encoded else _content_length(response)
-        chunks = self._stream(response, size, what)
         try:
-            yield RemoteBlob(size, chunks)
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in _BLOB_ENCODINGS:
+                raise self._invalid(f"{what}: unsupported Content-Encoding {encoding[:50]!r}")
+            size = _content_length(response) if encoding == "identity" else None
+            chunks = self._stream(response, what)
+            try:
+                yield RemoteBlob(size, chunks)
+            finally:
+                await chunks.aclose()
         finally:
-            await chunks.aclose()
-            await response.aclose()
+            response.release()
 
     async def list_tags(self, name: str) -> list[str]:
         """All tags, following Link rel="next" pagination."""
@@ -227,65 +231,38 @@ class UpstreamClient:
             response = await self._request("GET tags", name, "GET", path, {}, what)
             raw = await self._read_capped(response, MAX_TAGS_PAGE, what)
             tags.extend(self._parse_tags(raw, what))
-            link = _next_link(response.headers.get_list("link"))
+            link = _next_link(response.headers.getall("Link", []))
             if link is None:
                 return tags
-            path = self._relative(response.url.join(link))
+            path = self._relative(response.url.join(URL(link, encoded=True)))
             if path in seen:
                 raise self._invalid(f"{what}: pagination loops back to {path}")
             seen.add(path)
 
-    # -- blob bodies over aiohttp ----------------------------------------------------
+    # -- requests, failover, sign-in -------------------------------------------------
 
-    @asynccontextmanager
-    async def _open_blob_aiohttp(
-        self, blobs: blobstream.BlobSession, name: str, path: str, what: str
-    ) -> AsyncIterator[RemoteBlob]:
-        response = await self._blob_request(blobs, name, path, what)
-        try:
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            decoder = None
-            if encoding != "identity":
-                try:
-                    decoder = blobstream.Decoder(encoding)
-                except ValueError as exc:
-                    raise self._invalid(f"{what}: {exc}") from None
-            size = None if decoder else response.content_length
-            chunks = self._stream_aiohttp(response, decoder, size, what)
-            try:
-                yield RemoteBlob(size, chunks)
-            finally:
-                await chunks.aclose()
-        finally:
-            response.release()
+    async def _manifest_request(
+        self, method: str, name: str, reference: str, accept: Sequence[str]
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        what = f"{method} manifest {name}{'@' if is_digest(reference) else ':'}{reference}"
+        headers = {"Accept": ", ".join(accept)} if accept else {}
+        path = f"/v2/{name}/manifests/{reference}"
+        return await self._request(f"{method} manifest", name, method, path, headers, what), what
 
-    async def _blob_request(
-        self, blobs: blobstream.BlobSession, name: str, path: str, what: str
+    async def _request(
+        self, kind: str, name: str, method: str, path: str, headers: dict[str, str], what: str
     ) -> aiohttp.ClientResponse:
-        """``_request`` for a blob GET over aiohttp: the same failover, credentials (from
-        the Authenticator, answering one 401 challenge) and errors. An open 2xx response."""
+        """Send to the first url that answers without a transport error or 5xx, starting
+        with the last one that did. Returns an open 2xx response (the caller releases
+        it); raises otherwise."""
         failures: list[str] = []
-        headers = {"Accept-Encoding": "identity"}
         for step in range(len(self._urls)):
             index = (self._preferred + step) % len(self._urls)
             base = self._urls[index]
             try:
-                authorization = await self._auth.authorization(base, name)
-                self.requests["GET blob"] += 1
-                response = await blobs.get(base + path, headers, authorization)
-                if response.status == 401:
-                    challenges = response.headers.getall("WWW-Authenticate", [])
-                    try:
-                        answer = await self._auth.answer(challenges, base, name, authorization)
-                    except BaseException:
-                        response.release()
-                        raise
-                    if answer is not None:
-                        response.release()
-                        self.requests["GET blob"] += 1
-                        response = await blobs.get(base + path, headers, answer)
-            except (aiohttp.ClientError, TimeoutError, blobstream.RedirectError) as exc:
-                failures.append(f"{base}: {blobstream.describe(exc)}")
+                response = await self._signed_in(kind, name, method, base, path, headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures.append(f"{base}: {describe(exc)}")
                 continue
             except AuthError as exc:
                 self._auth_failed(exc, base, failures)
@@ -299,84 +276,65 @@ class UpstreamClient:
             self._preferred = index
             if not 200 <= response.status < 300:
                 try:
-                    status = response.status
-                    hint = " (authentication failed, or the repository does not exist)"
-                    hint = hint if status == 401 else ""
-                    detail = await _aiohttp_error_detail(response)
-                    message = f"{what}: HTTP {status}{detail}{hint}"
-                    raise self._error(status, message, response.headers.get("Retry-After"))
+                    await self._raise_for_status(response, what)
                 finally:
                     response.release()
             return response
         raise UpstreamUnavailable(f"{what}: {'; '.join(failures)}", upstream=self.host)
 
-    async def _stream_aiohttp(
-        self,
-        response: aiohttp.ClientResponse,
-        decoder: blobstream.Decoder | None,
-        size: int | None,
-        what: str,
-    ) -> AsyncGenerator[bytes, None]:
-        received = 0
-        try:
-            async for chunk in response.content.iter_chunked(blobstream.CHUNK_SIZE):
-                received += len(chunk)
-                if decoder is None:
-                    yield chunk
-                elif data := decoder.decode(chunk):
-                    yield data
-            if decoder is not None and (data := decoder.flush()):
-                yield data
-        except zlib.error as exc:
-            raise self._invalid(f"{what}: Content-Encoding: {exc}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            message = f"{what}: body broke off after {received} bytes: {blobstream.describe(exc)}"
-            raise UpstreamUnavailable(message, upstream=self.host) from exc
-        if size is not None and received != size:
-            message = f"{what}: body ended after {received} of {size} bytes"
-            raise UpstreamUnavailable(message, upstream=self.host)
-
-    # -- requests, failover, auth ----------------------------------------------------
-
-    async def _manifest_request(
-        self, method: str, name: str, reference: str, accept: Sequence[str]
-    ) -> tuple[httpx.Response, str]:
-        what = f"{method} manifest {name}{'@' if is_digest(reference) else ':'}{reference}"
-        headers = {"Accept": ", ".join(accept)} if accept else {}
-        path = f"/v2/{name}/manifests/{reference}"
-        return await self._request(f"{method} manifest", name, method, path, headers, what), what
-
-    async def _request(
-        self, kind: str, name: str, method: str, path: str, headers: dict[str, str], what: str
-    ) -> httpx.Response:
-        """Send to the first url that answers without a transport error or 5xx, starting
-        with the last one that did. Returns an open 2xx response; raises otherwise."""
-        failures: list[str] = []
-        for step in range(len(self._urls)):
-            index = (self._preferred + step) % len(self._urls)
-            base = self._urls[index]
-            try:
-                response = await self._auth.send(kind, method, base, path, name, headers)
-            except httpx.RequestError as exc:
-                failures.append(f"{base}: {describe(exc)}")
-                continue
-            except AuthError as exc:
-                self._auth_failed(exc, base, failures)
-                continue
-            if response.status_code >= 500:
-                await response.aclose()
-                failures.append(f"{base}: HTTP {response.status_code}")
-                continue
-            if failures:
-                log.warning("upstream %s: %s: using %s after %s", self.host, what, base, failures)
-            self._preferred = index
-            if not response.is_success:
-                try:
-                    await self._raise_for_status(response, what)
-                finally:
-                    await response.aclose()
+    async def _signed_in(
+        self, kind: str, name: str, method: str, base: str, path: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send with the credentials ``base`` asked for before; answer one 401 challenge."""
+        authorization = await self._auth.authorization(base, name)
+        response = await self._send(kind, method, base + path, headers, authorization)
+        if response.status != 401:
             return response
-        raise UpstreamUnavailable(f"{what}: {'; '.join(failures)}", upstream=self.host)
+        try:
+            challenges = response.headers.getall("WWW-Authenticate", [])
+            answer = await self._auth.answer(challenges, base, name, authorization)
+        except BaseException:
+            response.release()
+            raise
+        if answer is None:
+            return response
+        response.release()
+        return await self._send(kind, method, base + path, headers, answer)
+
+    async def _send(
+        self, kind: str, method: str, url: str, headers: dict[str, str], authorization: str | None
+    ) -> aiohttp.ClientResponse:
+        if authorization:
+            headers = {**headers, "Authorization": authorization}
+        self.requests[kind] += 1
+        # aiohttp's max_redirects counts the redirect that stops it.
+        return await self._open().request(
+            method, URL(url, encoded=True), headers=headers, max_redirects=MAX_REDIRECTS + 1
+        )
+
+    async def _fetch_token(self, key: TokenKey, basic: str | None) -> Token:
+        """GET realm?service=...&scope=..., anonymously or with Basic credentials."""
+        params = [("service", key.service)] if key.service else []
+        params += [("scope", scope) for scope in key.scope.split()]
+        headers = {"Authorization": basic} if basic else {}
+        what = f"token for {key.scope!r} from {key.realm.partition('?')[0]}"
+        self.requests["token"] += 1
+        status: int | None = None
+        try:
+            async with self._open().get(key.realm, params=params, headers=headers) as response:
+                status = response.status
+                if status in (401, 403):
+                    who = "the configured credentials were" if basic else "anonymous access was"
+                    raise AuthError(f"{what}: HTTP {status}, {who} refused", status)
+                if not 200 <= status < 300:
+                    retry_after = response.headers.get("Retry-After")
+                    raise AuthError(f"{what}: HTTP {status}", status, retry_after)
+                body = await read_body(response, MAX_TOKEN_RESPONSE)
+                return parse_token_response(body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AuthError(f"{what}: {describe(exc)}", None) from exc
+        except ValueError as exc:  # too large, or not a token response
+            raise AuthError(f"{what}: {exc}", status) from None
 
     def _auth_failed(self, exc: AuthError, base: str, failures: list[str]) -> None:
         """A failed sign-in at ``base``: raise what it means, unless the token endpoint is
@@ -401,50 +359,43 @@ class UpstreamClient:
 
     # -- responses -------------------------------------------------------------------
 
-    async def _raise_for_status(self, response: httpx.Response, what: str) -> NoReturn:
-        status = response.status_code
+    async def _raise_for_status(self, response: aiohttp.ClientResponse, what: str) -> NoReturn:
+        status = response.status
         hint = " (authentication failed, or the repository does not exist)" if status == 401 else ""
         message = f"{what}: HTTP {status}{await _error_detail(response)}{hint}"
-        raise self._error(status, message, response.headers.get("retry-after"))
+        raise self._error(status, message, response.headers.get("Retry-After"))
 
-    async def _read_capped(self, response: httpx.Response, cap: int, what: str) -> bytes:
-        """The whole body, at most ``cap`` bytes; closes the response."""
-        body = bytearray()
+    async def _read_capped(self, response: aiohttp.ClientResponse, cap: int, what: str) -> bytes:
+        """The whole body, at most ``cap`` bytes; releases the response."""
         try:
-            length = _content_length(response)
-            if length is not None and length > cap:
-                raise self._invalid(f"{what}: body of {length} bytes exceeds {cap}")
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > cap:
-                    raise self._invalid(f"{what}: body exceeds {cap} bytes")
-        except httpx.DecodingError as exc:
-            raise self._invalid(f"{what}: {describe(exc)}") from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(f"{what}: {describe(exc)}", upstream=self.host) from exc
+            return await read_body(response, cap)
+        except ValueError as exc:
+            raise self._invalid(f"{what}: {exc}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._broken(exc, what) from exc
         finally:
-            await response.aclose()
-        return bytes(body)
+            response.release()
 
     async def _stream(
-        self, response: httpx.Response, size: int | None, what: str
+        self, response: aiohttp.ClientResponse, what: str
     ) -> AsyncGenerator[bytes, None]:
         received = 0
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.content.iter_chunked(CHUNK_SIZE):
                 received += len(chunk)
                 yield chunk
-        except httpx.DecodingError as exc:
-            raise self._invalid(f"{what}: {describe(exc)}") from exc
-        except httpx.TransportError as exc:
-            message = f"{what}: body broke off after {received} bytes: {describe(exc)}"
-            raise UpstreamUnavailable(message, upstream=self.host) from exc
-        if size is not None and received != size:
-            message = f"{what}: body ended after {received} of {size} bytes"
-            raise UpstreamUnavailable(message, upstream=self.host)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # aiohttp raises too when a body ends short of its Content-Length.
+            raise self._broken(exc, f"{what}: body broke off after {received} bytes") from exc
+
+    def _broken(self, exc: BaseException, what: str) -> UpstreamError:
+        """A body that could not be read: undecodable (invalid) or cut off (unavailable)."""
+        if _undecodable(exc):
+            return self._invalid(f"{what}: the Content-Encoding does not decode")
+        return UpstreamUnavailable(f"{what}: {describe(exc)}", upstream=self.host)
 
     def _head_facts(
-        self, response: httpx.Response, expected: Digest | None, what: str
+        self, response: aiohttp.ClientResponse, expected: Digest | None, what: str
     ) -> tuple[Digest | None, int]:
         """A HEAD response's Docker-Content-Digest (checked against ``expected``) and size."""
         header = self._header_digest(response, what)
@@ -455,8 +406,8 @@ class UpstreamClient:
             raise self._invalid(f"{what}: no valid Content-Length")
         return header, size
 
-    def _header_digest(self, response: httpx.Response, what: str) -> Digest | None:
-        value = response.headers.get("docker-content-digest")
+    def _header_digest(self, response: aiohttp.ClientResponse, what: str) -> Digest | None:
+        value = response.headers.get("Docker-Content-Digest")
         if not value:
             return None
         try:
@@ -471,55 +422,33 @@ class UpstreamClient:
             raise self._invalid(f"{what}: the tag list is malformed")
         return [str(t) for t in tags]
 
-    def _relative(self, url: httpx.URL) -> str:
+    def _relative(self, url: URL) -> str:
         """A pagination link as a path (with query) under the upstream's base url."""
-        prefix = httpx.URL(self._urls[self._preferred]).raw_path.decode("ascii").rstrip("/")
-        path = url.raw_path.decode("ascii")
+        prefix = URL(self._urls[self._preferred], encoded=True).raw_path.rstrip("/")
+        path = url.raw_path_qs
         return path.removeprefix(prefix) if prefix and path.startswith(prefix + "/") else path
 
     def _invalid(self, message: str) -> UpstreamInvalid:
         return UpstreamInvalid(message, upstream=self.host)
 
 
-def _reference_digest(reference: str) -> Digest | None:
-    return Digest.parse(reference) if is_digest(reference) else None
+async def read_body(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The whole body; ValueError when it is over ``cap`` bytes."""
+    length = response.content_length
+    if length is not None and length > cap:
+        raise ValueError(f"body of {length} bytes exceeds {cap}")
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > cap:
+            raise ValueError(f"body exceeds {cap} bytes")
+    return bytes(body)
 
 
-def _json(raw: bytes) -> Any:
+async def _error_detail(response: aiohttp.ClientResponse) -> str:
+    """The first error of a distribution-spec error body, briefly, or ""."""
     try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def _content_type(response: httpx.Response) -> str:
-    return str(response.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
-
-
-def _content_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-length", "")
-    return int(value) if value.isascii() and value.isdigit() else None
-
-
-def _next_link(values: list[str]) -> str | None:
-    for value in values:
-        for target, params in _LINK_RE.findall(value):
-            for param in params.split(";"):
-                key, _, rel = param.partition("=")
-                if key.strip().lower() == "rel" and "next" in rel.strip().strip('"').split():
-                    return str(target)
-    return None
-
-
-async def _aiohttp_error_detail(response: aiohttp.ClientResponse) -> str:
-    """``_error_detail`` for an aiohttp response."""
-    try:
-        body = bytearray()
-        while len(body) <= 65536 and (chunk := await response.content.read(65537 - len(body))):
-            body += chunk
-        if len(body) > 65536:
-            return ""
-        first = json.loads(body)["errors"][0]
+        first = json.loads(await read_body(response, MAX_ERROR_BODY))["errors"][0]
         return f" ({str(first.get('code'))[:50]}: {str(first.get('message'))[:200]})"
     except (
         aiohttp.ClientError,
@@ -533,15 +462,48 @@ async def _aiohttp_error_detail(response: aiohttp.ClientResponse) -> str:
         return ""
 
 
-async def _error_detail(response: httpx.Response) -> str:
-    """The first error of a distribution-spec error body, briefly, or ""."""
-    body = bytearray()
+def _undecodable(exc: BaseException) -> bool:
+    # aiohttp reports a body it cannot decode as a broken payload caused by this.
+    return isinstance(exc.__cause__, ContentEncodingError)
+
+
+def describe(exc: BaseException) -> str:
+    """An aiohttp exception, briefly; never a URL (which may be signed) or a header."""
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return f"more than {MAX_REDIRECTS} redirects"
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.ClientResponseError):
+        return type(exc).__name__  # their text holds the URL
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({exc})" if str(exc) else "timed out"
+    text = str(exc)[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _reference_digest(reference: str) -> Digest | None:
+    return Digest.parse(reference) if is_digest(reference) else None
+
+
+def _json(raw: bytes) -> Any:
     try:
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > 65536:
-                return ""
-        first = json.loads(body)["errors"][0]
-        return f" ({str(first.get('code'))[:50]}: {str(first.get('message'))[:200]})"
-    except (httpx.HTTPError, ValueError, AttributeError, TypeError, IndexError, KeyError):
-        return ""
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _content_type(response: aiohttp.ClientResponse) -> str:
+    return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+def _content_length(response: aiohttp.ClientResponse) -> int | None:
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _next_link(values: list[str]) -> str | None:
+    for value in values:
+        for target, params in _LINK_RE.findall(value):
+            for param in params.split(";"):
+                key, _, rel = param.partition("=")
+                if key.strip().lower() == "rel" and "next" in rel.strip().strip('"').split():
+                    return str(target)
+    return None

@@ -1,0 +1,125 @@
+"""The access log and request ids: one line per request, in Apache's combined format
+(as registry:2 writes it, so log tools keep working) followed by what an operator asks
+"what happened?" with: the duration, the request id, and what the cache did.
+
+    127.0.0.1 - alice [29/Nov/2026:21:00:00 +0000] "GET /v2/library/nginx/manifests/1?ns=docker.io
+    HTTP/1.1" 200 1234 "-" "containerd/1.6" 3.1ms id=4f0c... cache=hit upstream=docker.io
+
+A client's ``X-Request-Id`` (if it is a sane token) is kept, else one is made; it is
+returned in the response and carried by every log line written for that request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from entrepot import requestinfo
+
+access_log = logging.getLogger("entrepot.access")
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Bytes a log line must not carry as they are: a CR LF would start a forged line, a '"'
+# would end a quoted field. They are written percent-encoded.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"]")
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", text)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class AccessLog:
+    """ASGI middleware (plain ASGI: no per-request task or body buffering)."""
+
+    def __init__(self, app: ASGIApp, *, enabled: bool = True) -> None:
+        self.app = app
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _SANE_ID.match(given) else secrets.token_hex(8)
+        info, token = requestinfo.begin(request_id)
+        started = time.perf_counter()
+        status = 0
+        sent = 0
+        length = "-"
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status, sent, length
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                for key, value in headers:
+                    if key.lower() == b"content-length":
+                        length = value.decode("latin-1")
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.pathsend":
+                sent = -1  # a file the server sends itself: Content-Length says its size
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        except BaseException:
+            status = status or 500  # answered by the server's last-resort handler
+            raise
+        finally:
+            if self.enabled:
+                size = length if sent < 0 else str(sent)
+                self._write(scope, info, status, size, time.perf_counter() - started)
+            requestinfo.end(token)
+
+    def _write(
+        self,
+        scope: Scope,
+        info: requestinfo.RequestInfo,
+        status: int,
+        size: str,
+        seconds: float,
+    ) -> None:
+        client = scope.get("client")
+        addr = client[0] if client else "-"
+        raw_path = scope.get("raw_path") or scope.get("path", "").encode()
+        target = raw_path.decode("latin-1")
+        query = scope.get("query_string", b"")
+        if query:
+            target += "?" + query.decode("latin-1")
+        state: dict[str, Any] = scope.get("state", {})
+        identity = state.get("identity")
+        user = getattr(identity, "user", None) or "-"
+        protocol = f"HTTP/{scope.get('http_version', '1.1')}"
+        now = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        access_log.info(
+            '%s - %s [%s] "%s %s %s" %d %s "%s" "%s" %.1fms id=%s cache=%s upstream=%s',
+            addr,
+            _safe(user),
+            now,
+            scope.get("method", "-"),
+            _safe(target),
+            protocol,
+            status,
+            size,
+            _safe(_header(scope, b"referer") or "-"),
+            _safe(_header(scope, b"user-agent") or "-"),
+            seconds * 1000,
+            info.request_id,
+            info.cache,
+            info.upstream,
+        )

@@ -1,0 +1,28 @@
+"""Access-log lines name the signed-in user, and every response carries its request id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.api.auth_setup import PASSWORDS, app_client, basic, write_htpasswd
+
+
+async def test_access_line_names_the_user_and_the_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    auth = f"  htpasswd:\n    realm: basic-realm\n    path: {htpasswd}\n"
+    caplog.set_level("INFO", logger="entrepot.access")
+    async with app_client(tmp_path, auth) as http:
+        response = await http.get(
+            "/v2/team/app/tags/list?n=5",
+            headers={"Authorization": basic("bob", PASSWORDS["bob"]), "X-Request-Id": "r-1"},
+        )
+    assert response.status_code == 404
+    assert response.headers["x-request-id"] == "r-1"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "entrepot.access"]
+    assert line.startswith("127.0.0.1 - bob [")
+    assert f'"GET /v2/team/app/tags/list?n=5 HTTP/1.1" 404 {len(response.content)} ' in line
+    assert " id=r-1 cache=- upstream=-" in line
