@@ -34,11 +34,12 @@ declare -A PACKAGE_OF=(
   [monmaptool]=ceph-mon
   [ceph-osd]=ceph-osd
   [ceph]=ceph-common
+  [chromium]=chromium                 # the web UI's browser tests (driven by Playwright)
   [nginx]=nginx                       # in front of docker-registry: sends ratelimit-* headers
 )
 # Fixed order, for stable messages.
 COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl
-  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph nginx)
+  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph nginx chromium)
 
 check_only=0
 case "${1:-}" in

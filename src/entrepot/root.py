@@ -26,6 +26,7 @@ from entrepot.http.metrics import (
     scrape_registry,
     worker_stopped,
 )
+from entrepot.http.ui import UiSettings, access_for, ui_routes
 from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
@@ -223,10 +224,17 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     # With access control on, metrics are only on http.debug.addr (a listener operators
     # keep private): the main address's /metrics would tell anyone what is pulled.
     public = [] if config.auth is not None else [Route("/metrics", metrics_endpoint(collect))]
+    ui = UiSettings(
+        store=local,
+        upstreams=upstreams,
+        access=access_for(guard, token_service),
+        session_key=derive_key(secret, "ui-session"),
+        delete_enabled=config.storage.delete_enabled,
+    )
     app = build_app(
         api,
         lifespan=lifespan,
-        extra_routes=public,
+        extra_routes=[*public, *ui_routes(ui)],
         access_log=not config.log.accesslog_disabled,
     )
     app.add_middleware(MetricsMiddleware, metrics=http_metrics)

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
@@ -130,10 +130,10 @@ def build_app(
     api: ApiContext,
     *,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
-    extra_routes: Sequence[Route] = (),
+    extra_routes: Sequence[BaseRoute] = (),
     access_log: bool = True,
 ) -> Starlette:
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v2/", base, methods=["GET", "HEAD"]),
         Route("/v2", base, methods=["GET", "HEAD"]),
         Route("/v2/_catalog", catalog, methods=["GET"]),
