@@ -211,9 +211,7 @@ def cache_counters(samples: Iterable[Sample]) -> dict[str, dict[str, float]]:
     """Per upstream host, its cache figures as /metrics counts them (all workers), with
     the hit ratio of the requests the cache answered."""
     # Counters of an upstream exist (at zero) before anything was fetched from it.
-    figures = {
-        host: mine for host, mine in upstream_figures(samples).items() if any(mine.values())
-    }
+    figures = {host: mine for host, mine in upstream_figures(samples).items() if any(mine.values())}
     for mine in figures.values():
         hits = mine.get("manifest hits", 0.0) + mine.get("blob hits", 0.0)
         misses = mine.get("manifest misses", 0.0) + mine.get("blob misses", 0.0)
