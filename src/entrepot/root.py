@@ -18,9 +18,10 @@ from entrepot.http.metrics import Sample
 from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
+from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
-from entrepot.proxy.upstreams import CachePolicy, Upstream
+from entrepot.proxy.upstreams import CachePolicy, Upstream, host_aliases
 from entrepot.registry.health import StorageHealthCheck, check_writable
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
@@ -62,6 +63,38 @@ def storage_problem(config: Config) -> str | None:
     return None
 
 
+def create_registry2_store(config: Config, driver: StorageDriver) -> Registry2Store:
+    upstreams = config.proxies
+    return Registry2Store(
+        driver,
+        mode=config.proxycache.registry2store,
+        mirror=any(upstream.mirror for upstream in upstreams),
+        routed={name for u in upstreams for name in host_aliases(u.host, u.aliases)},
+        readonly=config.storage.readonly,
+    )
+
+
+def take_over_store(config: Config) -> str | None:
+    """Decide, once, what a registry:2 store's plain-name repositories are
+    (proxy/registry2_store.py), before any worker serves; a storage error in one line."""
+
+    async def decide() -> None:
+        driver = create_driver(config)
+        try:
+            await create_registry2_store(config, driver).open()
+        finally:
+            await driver.close()
+
+    try:
+        asyncio.run(decide())
+    except StorageError as exc:
+        return (
+            f"cannot read the repositories under storage.filesystem.rootdirectory "
+            f"{config.storage.rootdirectory} ({exc})"
+        )
+    return None
+
+
 def create_upstreams(config: Config) -> list[Upstream]:
     upstreams = []
     for proxy in config.proxies:
@@ -81,6 +114,7 @@ def create_upstreams(config: Config) -> list[Upstream]:
                 policy=policy,
                 mirror=proxy.mirror,
                 allow_push=proxy.allow_push,
+                other_hosts=proxy.aliases,
             )
         )
     return upstreams
@@ -91,7 +125,13 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
     upstreams = create_upstreams(config)
     cache = ProxyCache(local)
-    resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
+    resolver = ProxyResolver(
+        local,
+        cache,
+        upstreams,
+        readonly=config.storage.readonly,
+        registry2=create_registry2_store(config, driver),
+    )
     health_cfg = config.health.storagedriver
     health = StorageHealthCheck(
         driver,

@@ -66,7 +66,10 @@ def summary(config: Config, path: str | None) -> str:
     else:
         host = f"[{http.host}]" if ":" in http.host else http.host
         address = f"{'https' if http.tls else 'http'}://{host}:{http.port}{http.prefix}"
-    upstreams = [u.host + (" (mirror)" if u.mirror else "") for u in config.proxies]
+    upstreams = [
+        u.host + (" (mirror)" if u.mirror else "") + "".join(f" (also {a})" for a in u.aliases)
+        for u in config.proxies
+    ]
     return (
         f"config {Path(path).resolve() if path else '(built-in defaults)'}; "
         f"storage {config.storage.driver} at {config.storage.rootdirectory}; "

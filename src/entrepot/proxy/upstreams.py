@@ -37,6 +37,8 @@ class Upstream:
     policy: CachePolicy
     mirror: bool = False
     allow_push: bool = False
+    # Hosts that also route here (registry:2's proxy block: its remoteurl's host).
+    other_hosts: tuple[str, ...] = ()
 
     @property
     def is_docker_hub(self) -> bool:
@@ -50,10 +52,7 @@ class Upstream:
 
     @property
     def aliases(self) -> tuple[str, ...]:
-        names = {self.host, self.prefix}
-        if self.is_docker_hub:
-            names.update(DOCKER_HUB_ALIASES)
-        return tuple(sorted(names))
+        return host_aliases(self.host, self.other_hosts)
 
     def upstream_name(self, name: str) -> str:
         """The repository name upstream: Docker Hub's one-component names gain library/."""
@@ -63,6 +62,16 @@ class Upstream:
 
     def cache_name(self, upstream_name: str) -> str:
         return f"{self.prefix}/{upstream_name}"
+
+
+def host_aliases(host: str, other_hosts: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What routes to an upstream: its hosts as ns values and as a path's first component
+    (where a port's colon becomes "_"), and Docker Hub's other names."""
+    hosts = {host, *other_hosts}
+    names = hosts | {name.replace(":", "_") for name in hosts}
+    if host in DOCKER_HUB_ALIASES:
+        names.update(DOCKER_HUB_ALIASES)
+    return tuple(sorted(names))
 
 
 def translate(exc: UpstreamError, host: str, missing: ErrorCode, reference: str) -> RegistryError:

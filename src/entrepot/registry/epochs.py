@@ -12,11 +12,12 @@ import secrets
 
 from entrepot.storage import StorageDriver, StorageNotFound
 
-CATALOG = "entrepot/epochs/catalog"
+EPOCHS = "entrepot/epochs"
+CATALOG = f"{EPOCHS}/catalog"
 
 
 def tags_epoch(name: str) -> str:
-    return f"entrepot/epochs/tags/{name}/epoch"
+    return f"{EPOCHS}/tags/{name}/epoch"
 
 
 async def read_epoch(driver: StorageDriver, key: str) -> bytes | None:
