@@ -90,8 +90,8 @@ def take_over_store(config: Config) -> str | None:
         asyncio.run(decide())
     except StorageError as exc:
         return (
-            f"cannot read the repositories under storage.filesystem.rootdirectory "
-            f"{config.storage.rootdirectory} ({exc})"
+            f"cannot record what the repositories under storage.filesystem.rootdirectory "
+            f"{config.storage.rootdirectory} are (registry:2's cache or pushed): {exc}"
         )
     return None
 
