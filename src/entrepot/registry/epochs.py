@@ -14,6 +14,9 @@ from entrepot.storage import StorageDriver, StorageNotFound
 
 EPOCHS = "entrepot/epochs"
 CATALOG = f"{EPOCHS}/catalog"
+# Bumped (with CATALOG) when repositories are removed: a process that remembers having
+# announced a repository must announce it again if it is pushed anew.
+CATALOG_REMOVALS = f"{EPOCHS}/catalog-removals"
 
 
 def tags_epoch(name: str) -> str:
