@@ -96,6 +96,15 @@ def _storage_problem(config: Config) -> str | None:
     return problem
 
 
+def _takeover_problem(config: Config) -> str | None:
+    from entrepot.root import take_over_store
+
+    problem = take_over_store(config)
+    if problem:
+        print(f"entrepot: storage error: {problem}", file=sys.stderr)
+    return problem
+
+
 def check_config(path: str | None) -> int:
     """Print the configuration in effect (secrets masked) and every warning; serve nothing."""
     config = _load(path)
@@ -137,6 +146,8 @@ def _serve(config: Config, path: str | None, workers: int | None) -> int:
         return 1
     configure_logging(config.log)
     logger.info("starting: %s", summary(config, path))
+    if _takeover_problem(config):
+        return 1
     if not config.http.secret and SECRET_ENV not in os.environ:
         # Like registry:2 without http.secret, but shared: every worker must accept the
         # tokens and upload states any other worker signed.

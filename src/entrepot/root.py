@@ -32,9 +32,10 @@ from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.ratelimit import RateBudget
+from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
-from entrepot.proxy.upstreams import CachePolicy, Upstream
+from entrepot.proxy.upstreams import CachePolicy, Upstream, host_aliases
 from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
@@ -125,6 +126,38 @@ def _s3_problem(config: Config) -> str | None:
     return f"cannot use storage.s3 ({problem}); check the bucket, regionendpoint and credentials"
 
 
+def create_registry2_store(config: Config, driver: StorageDriver) -> Registry2Store:
+    upstreams = config.proxies
+    return Registry2Store(
+        driver,
+        mode=config.proxycache.registry2store,
+        mirror=any(upstream.mirror for upstream in upstreams),
+        routed={name for u in upstreams for name in host_aliases(u.host, u.aliases)},
+        readonly=config.storage.readonly,
+    )
+
+
+def take_over_store(config: Config) -> str | None:
+    """Decide, once, what a registry:2 store's plain-name repositories are
+    (proxy/registry2_store.py), before any worker serves; a storage error in one line."""
+
+    async def decide() -> None:
+        driver = create_driver(config)
+        try:
+            await create_registry2_store(config, driver).open()
+        finally:
+            await driver.close()
+
+    try:
+        asyncio.run(decide())
+    except StorageError as exc:
+        return (
+            f"cannot record what the repositories under storage.filesystem.rootdirectory "
+            f"{config.storage.rootdirectory} are (registry:2's cache or pushed): {exc}"
+        )
+    return None
+
+
 def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> list[Upstream]:
     upstreams = []
     for proxy in config.proxies:
@@ -150,6 +183,7 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
                 mirror=proxy.mirror,
                 allow_push=proxy.allow_push,
                 budget=budget,
+                other_hosts=proxy.aliases,
             )
         )
     return upstreams
@@ -165,7 +199,13 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     proxy_metrics = ProxyMetrics(registry)
     upstreams = create_upstreams(config, proxy_metrics)
     cache = ProxyCache(local, events=CacheEvents(proxy_metrics))
-    resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
+    resolver = ProxyResolver(
+        local,
+        cache,
+        upstreams,
+        readonly=config.storage.readonly,
+        registry2=create_registry2_store(config, driver),
+    )
     health_cfg = config.health.storagedriver
     health = StorageHealthCheck(
         driver,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,23 +31,57 @@ def error_of(tmp_path: Path, extra: str, env: dict[str, str] | None = None) -> s
 
 
 @pytest.mark.parametrize(
-    ("remoteurl", "host", "stored"),
+    ("remoteurl", "alias", "stored"),
     [
-        ("https://registry-1.docker.io", "docker.io", "https://registry-1.docker.io"),
-        ("https://index.docker.io/", "docker.io", "https://index.docker.io"),
-        ("https://docker.io", "docker.io", "https://docker.io"),
+        ("https://registry-1.docker.io", None, "https://registry-1.docker.io"),
+        ("https://index.docker.io/", None, "https://index.docker.io"),
+        ("https://docker.io", None, "https://docker.io"),
+        # Docker Hub mirrors, as the seed's operator used them.
+        ("https://so8cv4zt.mirror.aliyuncs.com", "so8cv4zt.mirror.aliyuncs.com", None),
+        ("https://registry.docker-cn.com", "registry.docker-cn.com", None),
         ("https://ghcr.io", "ghcr.io", "https://ghcr.io"),
         ("http://localhost:5000", "localhost:5000", "http://localhost:5000"),
         ("HTTPS://Quay.IO:8443/", "quay.io:8443", "https://Quay.IO:8443"),
         ("https://[::1]:5000", "[::1]:5000", "https://[::1]:5000"),
     ],
 )
-def test_registry2_proxy_block_is_the_mirror(
-    tmp_path: Path, remoteurl: str, host: str, stored: str
+def test_registry2_proxy_block_is_the_docker_hub_mirror(
+    tmp_path: Path, remoteurl: str, alias: str | None, stored: str | None
 ) -> None:
+    """Docker's registry-mirrors and containerd's ?ns=docker.io reach registry:2's proxy
+    block whatever its remoteurl; the remoteurl's host still names it too."""
     config = load(tmp_path, f"proxy:\n  remoteurl: {remoteurl}\n")
-    assert config.proxies == (ProxyUpstreamConfig(host=host, remoteurls=(stored,), mirror=True),)
+    aliases = (alias,) if alias else ()
+    assert config.proxies == (
+        ProxyUpstreamConfig(
+            host="docker.io",
+            remoteurls=(stored or remoteurl,),
+            mirror=True,
+            aliases=aliases,
+        ),
+    )
     assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("remoteurl", "entries", "expected"),
+    [
+        # A docker.io entry keeps docker.io: the block stands for its remoteurl host.
+        (
+            "https://mirror.example",
+            ["docker.io", "quay.io"],
+            [("mirror.example", True, ()), ("docker.io", False, ()), ("quay.io", False, ())],
+        ),
+        # An entry for the remoteurl's host keeps that host: the block has no alias.
+        ("https://ghcr.io", ["ghcr.io"], [("docker.io", True, ()), ("ghcr.io", False, ())]),
+    ],
+)
+def test_proxies_entries_keep_their_hosts_beside_the_proxy_block(
+    tmp_path: Path, remoteurl: str, entries: list[str], expected: list[tuple[Any, ...]]
+) -> None:
+    listed = "".join(f"  - {{host: {h}, remoteurl: 'https://{h}'}}\n" for h in entries)
+    config = load(tmp_path, f"proxy:\n  remoteurl: {remoteurl}\nproxies:\n{listed}")
+    assert [(u.host, u.mirror, u.aliases) for u in config.proxies] == expected
 
 
 def test_registry2_proxy_block_with_credentials_and_ttl(tmp_path: Path) -> None:
@@ -250,11 +285,12 @@ def test_passwordenv_reads_the_environ_given(tmp_path: Path) -> None:
                 "REGISTRY_PROXY_PASSWORD": "0123",  # a Go string field: kept as written
             },
             ProxyUpstreamConfig(
-                host="ghcr.io",
+                host="docker.io",
                 remoteurls=("https://ghcr.io",),
                 username="me",
                 password="0123",
                 mirror=True,
+                aliases=("ghcr.io",),
             ),
         ),
         (
@@ -287,7 +323,7 @@ def test_env_remoteurl_overrides_the_file(tmp_path: Path) -> None:
     extra = "proxy:\n  remoteurl: https://registry-1.docker.io\n  username: me\n"
     env = {"REGISTRY_PROXY_REMOTEURL": "https://mirror.gcr.io", "REGISTRY_PROXY_PASSWORD": SECRET}
     (upstream,) = load(tmp_path, extra, env).proxies
-    assert upstream.host == "mirror.gcr.io"
+    assert (upstream.host, upstream.aliases) == ("docker.io", ("mirror.gcr.io",))
     assert upstream.remoteurls == ("https://mirror.gcr.io",)
     assert (upstream.username, upstream.password) == ("me", SECRET)
 

@@ -177,3 +177,36 @@ def test_unknown_key_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
 )
 def test_errors_name_the_key(tmp_path: Path, extra: str, env: dict[str, str], message: str) -> None:
     assert message in error_of(tmp_path, extra, env)
+
+
+PROXY_BLOCK = "proxy:\n  remoteurl: https://registry-1.docker.io\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "mode"),
+    [
+        ("", {}, "auto"),
+        (PROXY_BLOCK + "proxycache:\n  registry2store: cache\n", {}, "cache"),
+        ("proxycache:\n  registry2store: Pushed\n", {}, "pushed"),
+        (PROXY_BLOCK, {"REGISTRY_PROXYCACHE_REGISTRY2STORE": "cache"}, "cache"),
+    ],
+)
+def test_registry2store(tmp_path: Path, extra: str, env: dict[str, str], mode: str) -> None:
+    assert load(tmp_path, extra, env).proxycache.registry2store == mode
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("proxycache:\n  registry2store: cached\n", "'proxycache.registry2store'"),
+        # Nothing could revalidate a cache without an upstream for plain names.
+        ("proxycache:\n  registry2store: cache\n", "no upstream serves plain names"),
+        (
+            "proxies:\n  - {host: ghcr.io, remoteurl: 'https://ghcr.io'}\n"
+            "proxycache:\n  registry2store: cache\n",
+            "configure registry:2's proxy block",
+        ),
+    ],
+)
+def test_registry2store_errors(tmp_path: Path, extra: str, message: str) -> None:
+    assert message in error_of(tmp_path, extra)

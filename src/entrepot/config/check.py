@@ -66,7 +66,10 @@ def summary(config: Config, path: str | None) -> str:
     else:
         host = f"[{http.host}]" if ":" in http.host else http.host
         address = f"{'https' if http.tls else 'http'}://{host}:{http.port}{http.prefix}"
-    upstreams = [u.host + (" (mirror)" if u.mirror else "") for u in config.proxies]
+    upstreams = [
+        u.host + (" (mirror)" if u.mirror else "") + "".join(f" (also {a})" for a in u.aliases)
+        for u in config.proxies
+    ]
     s3 = config.storage.s3
     where = (
         f"bucket {s3.bucket}{'/' + s3.rootdirectory.strip('/') if s3.rootdirectory else ''}"

@@ -191,7 +191,9 @@ class Config:
     http: HttpConfig = key("http", factory=HttpConfig, doc="")
     health: HealthConfig = key("health", factory=HealthConfig, doc="")
     proxy: ProxyBlockConfig | None = key(
-        "proxy", None, doc="registry:2's upstream: the mirror among `proxies`; pushes still land"
+        "proxy",
+        None,
+        doc="registry:2's upstream: the docker.io mirror among `proxies`; pushes still land",
     )
     proxies: tuple[ProxyUpstreamConfig, ...] = key(
         "proxies", (), doc="Entrepot's upstreams, each cached under `/v2/<host>/...`"
@@ -211,7 +213,14 @@ class Config:
             log = replace(log, level=self.loglevel)
         found = [(f"proxies[{i}]", upstream) for i, upstream in enumerate(self.proxies)]
         if self.proxy is not None:
-            found.insert(0, ("proxy", self.proxy.upstream()))
+            taken = {upstream.host for _, upstream in found}
+            found.insert(0, ("proxy", self.proxy.upstream(taken)))
         check_upstreams(found)
         proxies = tuple(upstream for _, upstream in found)
+        if self.proxycache.registry2store == "cache" and not any(u.mirror for u in proxies):
+            raise ConfigError(
+                "config key 'proxycache.registry2store' is 'cache', but no upstream serves "
+                "plain names: configure registry:2's proxy block (or a proxies entry with "
+                "mirror: true), or use auto or pushed"
+            )
         return replace(self, log=log, loglevel=None, proxy=None, proxies=proxies)

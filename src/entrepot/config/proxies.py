@@ -3,8 +3,10 @@
 registry:2 proxies one upstream, configured by ``proxy``, and then serves nothing else.
 Entrepot serves its own repositories and caches any number of upstreams (``proxies``),
 each under ``/v2/<host>/...``; registry:2's ``proxy`` block becomes one more upstream,
-the mirror, listed first, whose host comes from ``remoteurl`` (Docker Hub's URLs give
-"docker.io").
+the mirror, listed first. It stands for "docker.io" (Docker's ``registry-mirrors`` and
+containerd's ``?ns=docker.io`` reach it), whether ``remoteurl`` is Docker Hub or a
+mirror of it; the ``remoteurl`` host also names it (an alias). Only when a ``proxies``
+entry is docker.io itself does the block stand for its ``remoteurl`` host instead.
 
 Passwords never appear in errors or warnings, and are kept out of ``repr``. A
 password, username or ``remoteurl`` must be a YAML string: ``password: 0123`` would be
@@ -25,7 +27,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from entrepot.config.errors import ConfigError
-from entrepot.config.schema import At, absolute_url, is_empty, key
+from entrepot.config.schema import At, absolute_url, derived, is_empty, key
 
 __all__ = [
     "DOCKER_HUB",
@@ -126,6 +128,8 @@ class ProxyUpstreamConfig:
         doc="pulls left (per the upstream's `ratelimit-remaining`) at which cached tags stop "
         "being re-fetched; default 10% of its `ratelimit-limit`",
     )
+    # Other hosts this upstream answers for (registry:2's proxy block: its remoteurl host).
+    aliases: tuple[str, ...] = derived(())
 
     def checked(self, at: At) -> ProxyUpstreamConfig:
         host = _host(at, self.host)
@@ -156,10 +160,13 @@ class ProxyUpstreamConfig:
 
 @dataclass(frozen=True)
 class ProxyBlockConfig:
-    """registry:2's ``proxy``: one upstream, the mirror, its host taken from ``remoteurl``."""
+    """registry:2's ``proxy``: one upstream, the mirror of Docker Hub (see the module)."""
 
     remoteurl: str | None = key(
-        "remoteurl", None, parse=_remote_url, doc="the upstream, such as Docker Hub's URL"
+        "remoteurl",
+        None,
+        parse=_remote_url,
+        doc="Docker Hub's URL or a Docker Hub mirror's; its host also names the upstream",
     )
     username: str | None = key("username", None, parse=_string, doc="upstream user name")
     password: str | None = key(
@@ -180,14 +187,20 @@ class ProxyBlockConfig:
             at.warn(TTL_NOT_IMPLEMENTED)
         return self
 
-    def upstream(self) -> ProxyUpstreamConfig:
+    def upstream(self, taken: set[str]) -> ProxyUpstreamConfig:
+        """The mirror upstream; ``taken``: the hosts of the ``proxies`` entries, which keep
+        them (a docker.io entry leaves the block its ``remoteurl`` host, as before)."""
         assert self.remoteurl is not None  # checked
+        remote_host = _host_of(self.remoteurl)
+        host = remote_host if DOCKER_HUB in taken else DOCKER_HUB
+        aliases = () if remote_host in taken | {host} else (remote_host,)
         return ProxyUpstreamConfig(
-            host=_host_of(self.remoteurl),
+            host=host,
             remoteurls=(self.remoteurl,),
             username=self.username,
             password=self.password,
             mirror=True,
+            aliases=aliases,
         )
 
 

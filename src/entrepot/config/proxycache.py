@@ -6,6 +6,11 @@ case-insensitive, a space may separate it from the number (``"500 MB"``) and the
 may have a fraction (``1.5GiB``; a fraction of a byte is dropped). It must be at least
 one byte; absent (or empty) means no cap. ``sweepinterval`` is a duration like
 registry:2's others (a bare integer is nanoseconds) and must be more than 0.
+
+``registry2store`` says what the repositories under plain names (``library/nginx``) of
+a registry:2 store were, decided when Entrepot first opens the store: ``auto`` (registry:2
+in proxy mode refuses pushes, so with a mirror upstream configured they were its cache),
+``cache`` or ``pushed`` (see proxy/registry2_store.py).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Any, ClassVar
 from entrepot.config.errors import ConfigError
 from entrepot.config.schema import At, key
 
-__all__ = ["SIZE_UNITS", "ProxyCacheConfig", "parse_size"]
+__all__ = ["REGISTRY2_STORE_MODES", "SIZE_UNITS", "ProxyCacheConfig", "parse_size"]
+REGISTRY2_STORE_MODES = ("auto", "cache", "pushed")
 # Unit (lower-cased) -> bytes.
 SIZE_UNITS: dict[str, int] = {
     "b": 1,
@@ -82,6 +88,14 @@ class ProxyCacheConfig:
         doc="cap on cached upstream blobs (`100GiB`, `500 MB`); the oldest are evicted",
     )
     sweepinterval_s: float = key("sweepinterval", 600.0, doc="how often the size is checked")
+    registry2store: str = key(
+        "registry2store",
+        "auto",
+        lower=True,
+        choices=REGISTRY2_STORE_MODES,
+        doc="what a registry:2 store's plain-name repositories were: `auto`, `cache` "
+        "(registry:2's pull-through cache) or `pushed` (see Moving over)",
+    )
 
     def checked(self, at: At) -> ProxyCacheConfig:
         if self.sweepinterval_s == 0:

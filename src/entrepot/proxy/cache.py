@@ -118,11 +118,19 @@ def cached_repository(cache: ProxyCache, upstream: Upstream, upstream_name: str)
 class _CachedFacet:
     """What every facet of a cached repository works with."""
 
-    def __init__(self, cache: ProxyCache, upstream: Upstream, upstream_name: str) -> None:
+    def __init__(
+        self,
+        cache: ProxyCache,
+        upstream: Upstream,
+        upstream_name: str,
+        *,
+        stored_as: str | None = None,
+    ) -> None:
         self.cache = cache
         self.upstream = upstream
         self.upstream_name = upstream_name
-        self.name = upstream.cache_name(upstream_name)
+        # Where the cached copy is stored: ``<host>/<name>``, or where registry:2 cached it.
+        self.name = stored_as or upstream.cache_name(upstream_name)
         self._local = cache.local
         self._driver = cache.local.driver
         self._manifests = cache.local.manifests.of(self.name)
@@ -161,8 +169,7 @@ class CachedManifests(_CachedFacet):
             )
         try:
             return await self.cache.once(
-                ("tag", self.upstream.host, self.upstream_name, tag),
-                lambda: self._revalidate(tag, cached),
+                ("tag", self.name, tag), lambda: self._revalidate(tag, cached)
             )
         except UpstreamNotFound as exc:
             self.cache.remember_missing(negative_key, self.upstream.policy.negative_ttl)
@@ -275,9 +282,7 @@ class CachedManifests(_CachedFacet):
             return await self._fetch_manifest(reference)
 
         try:
-            stored = await self.cache.once(
-                ("digest", self.upstream.host, self.upstream_name, reference), fetch
-            )
+            stored = await self.cache.once(("digest", self.name, reference), fetch)
         except UpstreamNotFound as exc:
             self.cache.remember_missing(negative_key, self.upstream.policy.negative_ttl)
             raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, reference) from exc

@@ -1,10 +1,14 @@
 """A plain name with a mirror upstream (Docker's registry-mirrors): what was pushed here
 answers first, the mirror's cache second. Writes always go to the pushed side, so pushed
-content is never replaced by upstream content."""
+content is never replaced by upstream content.
+
+A plain name that registry:2 cached (proxy/registry2_store.py) is read as the mirror's
+cache instead, stored where registry:2 put it; a manifest pushed to it makes it a pushed
+repository again."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from entrepot.oci.digest import Digest
@@ -57,6 +61,50 @@ def layered_repository(
     return Repository(
         name, LayeredBlobs(blobs, cached_blobs), layered, tags, Writes(blobs, layered)
     )
+
+
+def registry2_cache_repository(
+    local: LocalRegistry,
+    name: str,
+    cache: ProxyCache,
+    mirror: Upstream,
+    pushed: Callable[[str], Awaitable[None]],
+) -> Repository:
+    """``name`` as registry:2 cached it: the mirror's cache stored under ``name`` itself.
+    Pushes write there as to a local repository; ``pushed(name)`` runs before a manifest
+    put, which makes it a pushed repository."""
+    blobs, manifests = LocalBlobs(local, name), local.manifests.of(name)
+    cached = (cache, mirror, mirror.upstream_name(name))
+    cached_blobs = CachedBlobs(*cached, stored_as=name)
+    cached_manifests = CachedManifests(*cached, stored_as=name)
+    layered = LayeredManifests(blobs, manifests, cached_blobs, cached_manifests)
+    writes = Writes(blobs, ReleasingManifests(layered, name, pushed))
+    return Repository(
+        name,
+        LayeredBlobs(blobs, cached_blobs),
+        cached_manifests,
+        CachedTags(*cached, stored_as=name),
+        writes,
+    )
+
+
+class ReleasingManifests:
+    """Manifest writes to a cached name that tell, first, that the name was pushed to."""
+
+    def __init__(
+        self, inner: LayeredManifests, name: str, pushed: Callable[[str], Awaitable[None]]
+    ) -> None:
+        self.inner = inner
+        self.name = name
+        self.pushed = pushed
+
+    async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:
+        await self.pushed(self.name)
+        return await self.inner.put(reference, raw, content_type)
+
+    async def delete(self, reference: str) -> None:
+        # A cached tag or manifest deleted: the next pull fills it again.
+        await self.inner.delete(reference)
 
 
 class LayeredBlobs:

@@ -1,6 +1,8 @@
 """Which repository answers a request: containerd's ``ns`` parameter, a path prefix naming
 an upstream (``/v2/ghcr.io/org/app/...``), or a plain name (local first, then the mirror
-upstream). All three reach one shared cache, stored under ``<host>/<upstream name>``."""
+upstream). All three reach one shared cache, stored under ``<host>/<upstream name>``;
+plain names that registry:2 cached before Entrepot took its store over stay the mirror's
+cache where registry:2 stored them (registry2_store.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from entrepot.oci.digest import is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
 from entrepot.proxy.cache import ProxyCache, cached_repository, pinned_marker
-from entrepot.proxy.layered import layered_repository
+from entrepot.proxy.layered import layered_repository, registry2_cache_repository
+from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.upstreams import Upstream
 from entrepot.registry.api import ManifestPut, Repository
 from entrepot.registry.blobs import write_link
@@ -26,8 +29,10 @@ class ProxyResolver:
         upstreams: Sequence[Upstream],
         *,
         readonly: bool = False,
+        registry2: Registry2Store | None = None,
     ) -> None:
         self.local = local
+        self.registry2 = registry2
         self.readonly = readonly
         self.cache = cache
         self.upstreams = tuple(upstreams)
@@ -59,6 +64,11 @@ class ProxyResolver:
             # An ns we do not cache names some other registry (or this one): what was
             # pushed here answers, never the Docker Hub mirror.
             return local_repository(self.local, name)  # name validated above
+        if self.registry2 is not None and await self.registry2.is_cache(name):
+            # What registry:2 cached under this plain name: the mirror's cache, in place.
+            return registry2_cache_repository(
+                self.local, name, self.cache, self.mirror, self.registry2.release
+            )
         # Pushes too: writes go to the local side, and a manifest PUT adopts the blobs the
         # client skipped because the mirror answered their HEAD.
         return layered_repository(self.local, name, self.cache, self.mirror)

@@ -40,6 +40,8 @@ class Upstream:
     allow_push: bool = False
     # What the upstream last said about its pull budget (fed by the client's responses).
     budget: RateBudget = field(default_factory=RateBudget)
+    # Hosts that also route here (registry:2's proxy block: its remoteurl's host).
+    other_hosts: tuple[str, ...] = ()
 
     @property
     def is_docker_hub(self) -> bool:
@@ -53,10 +55,7 @@ class Upstream:
 
     @property
     def aliases(self) -> tuple[str, ...]:
-        names = {self.host, self.prefix}
-        if self.is_docker_hub:
-            names.update(DOCKER_HUB_ALIASES)
-        return tuple(sorted(names))
+        return host_aliases(self.host, self.other_hosts)
 
     def upstream_name(self, name: str) -> str:
         """The repository name upstream: Docker Hub's one-component names gain library/."""
@@ -77,6 +76,16 @@ def error_kind(exc: UpstreamError) -> str:
         (UpstreamUnavailable, "unavailable"),
     )
     return next((name for cls, name in kinds if isinstance(exc, cls)), "invalid")
+
+
+def host_aliases(host: str, other_hosts: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What routes to an upstream: its hosts as ns values and as a path's first component
+    (where a port's colon becomes "_"), and Docker Hub's other names."""
+    hosts = {host, *other_hosts}
+    names = hosts | {name.replace(":", "_") for name in hosts}
+    if host in DOCKER_HUB_ALIASES:
+        names.update(DOCKER_HUB_ALIASES)
+    return tuple(sorted(names))
 
 
 def translate(exc: UpstreamError, host: str, missing: ErrorCode, reference: str) -> RegistryError:

@@ -12,14 +12,15 @@ import secrets
 
 from entrepot.storage import StorageDriver, StorageNotFound
 
-CATALOG = "entrepot/epochs/catalog"
+EPOCHS = "entrepot/epochs"
+CATALOG = f"{EPOCHS}/catalog"
 # Bumped (with CATALOG) when repositories are removed: a process that remembers having
 # announced a repository must announce it again if it is pushed anew.
-CATALOG_REMOVALS = "entrepot/epochs/catalog-removals"
+CATALOG_REMOVALS = f"{EPOCHS}/catalog-removals"
 
 
 def tags_epoch(name: str) -> str:
-    return f"entrepot/epochs/tags/{name}/epoch"
+    return f"{EPOCHS}/tags/{name}/epoch"
 
 
 async def read_epoch(driver: StorageDriver, key: str) -> bytes | None:
