@@ -198,6 +198,15 @@ def _sorted_entries(path: str) -> list[str]:
     """A directory's entries in key order: a directory sorts as "name/", which is where
     the keys below it sort. [] for a directory gone meanwhile (or not a directory)."""
     try:
+        # A directory's link count is 2 + its subdirectories (ext4, xfs, tmpfs; not btrfs):
+        # when every entry is a directory, os.listdir is enough, and much cheaper than a
+        # DirEntry per entry (it is most of the time of listing 100,000 repositories).
+        links = os.stat(path).st_nlink
+        names = os.listdir(path)
+        if links == len(names) + 2:
+            entries = [f"{name}/" for name in names]
+            entries.sort()
+            return entries
         with os.scandir(path) as scan:
             entries = []
             for entry in scan:
