@@ -228,10 +228,12 @@ class RepositoryIndex:
         fresh = self._fresh(epoch)
         if fresh is not None:
             return paginate(fresh, n, last)
-        build = self._rebuild(epoch)
         if n is None:
-            return paginate(await asyncio.shield(build), n, last)
-        return await read_page(self.driver, n, last)
+            return paginate(await asyncio.shield(self._rebuild(epoch)), n, last)
+        page = await read_page(self.driver, n, last)
+        # Built after the page, not meanwhile: the two walks would share the CPU.
+        self._rebuild(epoch)
+        return page
 
     async def note(self, name: str) -> None:
         """Called whenever a repository gains a link: a repository this process has not
