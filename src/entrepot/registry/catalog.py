@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from bisect import bisect_right
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from entrepot.registry import layout
-from entrepot.registry.epochs import CATALOG, bump_epoch, read_epoch
+from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, read_epoch
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 log = logging.getLogger("entrepot.catalog")
@@ -186,6 +187,8 @@ class RepositoryIndex:
         self._generation = 0  # of the build that made _names
         self._started = 0  # builds started
         self._build: tuple[bytes | None, asyncio.Task[list[str]]] | None = None
+        self._removals: bytes | None = None
+        self._removals_checked = float("-inf")
 
     async def _current_epoch(self) -> bytes | None:
         return await read_epoch(self.driver, CATALOG)
@@ -237,9 +240,18 @@ class RepositoryIndex:
 
     async def note(self, name: str) -> None:
         """Called whenever a repository gains a link: a repository this process has not
-        seen yet bumps the epoch (one small write per new repository, none after)."""
-        if name in self._known:
+        seen yet bumps the epoch (one small write per new repository, none after). After
+        garbage collection removed repositories (checked at most once a second), every
+        repository counts as unseen again, so one pushed anew is listed again."""
+        if name in self._known and time.monotonic() - self._removals_checked < 1.0:
             return
+        if name in self._known:
+            self._removals_checked = time.monotonic()
+            removals = await read_epoch(self.driver, CATALOG_REMOVALS)
+            if removals == self._removals:
+                return
+            self._removals = removals
+            self._known.clear()
         self._known.add(name)
         try:
             await bump_epoch(self.driver, CATALOG)
