@@ -84,7 +84,7 @@ class _Reorder:
     async def add(self, name: str, key: str) -> None:
         settles = ""
         for i, char in enumerate(name):
-            if char in _EARLY_SEPARATORS:
+            if char in _EARLY_SEPARATORS and i > 0:  # a stray "-x" has no prefix
                 marker = f"{name[:i]}/_manifests/"
                 if marker > key and marker > settles and await self._is_directory(name[:i]):
                     settles = marker
