@@ -254,6 +254,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await local.index.close()
             await cache.aclose()
             for upstream in upstreams:
                 await upstream.client.aclose()

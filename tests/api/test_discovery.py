@@ -133,6 +133,13 @@ async def test_catalog_sees_repositories_pushed_through_another_worker(tmp_path:
     assert (await second.get_json("/v2/_catalog"))["repositories"] == ["one", "three", "two"]
     await second.push_blob("four", b"4")
     assert (await first.get_json("/v2/_catalog"))["repositories"] == ["four", "one", "three", "two"]
+    # A page (read from storage while the full list is rebuilt) sees it as well.
+    await first.push_blob("five", b"5")
+    assert (await second.get_json("/v2/_catalog?n=2"))["repositories"] == ["five", "four"]
+    assert (await second.get_json("/v2/_catalog?n=2&last=one"))["repositories"] == [
+        "three",
+        "two",
+    ]
 
 
 async def test_tags_list_sees_tags_pushed_and_deleted_through_another_worker(

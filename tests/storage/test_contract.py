@@ -261,6 +261,88 @@ async def test_list_missing(driver: StorageDriver) -> None:
         await driver.list("a/b")  # an object has no children
 
 
+@pytest.fixture(params=["driver", "default"])
+def listing_walk(request: pytest.FixtureRequest) -> bool:
+    """Walk tests run with the driver's walk and with the contract's default (list, stat)."""
+    return bool(request.param == "default")
+
+
+async def walked(
+    driver: StorageDriver, prefix: str, after: str = "", collapse: str = "", default: bool = False
+) -> list[str]:
+    walk = StorageDriver.walk if default else type(driver).walk
+    batches = [batch async for batch in walk(driver, prefix, after=after, collapse=collapse)]
+    assert all(batches), "no empty batches"
+    return [key for batch in batches for key in batch]
+
+
+TREE = ("r/a/_layers/x/link", "r/a-b/_layers/y", "r/a/0/f", "r/a/z", "r/b", "r/_up/f", "q")
+
+
+async def test_walk_lists_every_key_in_lexical_order(
+    driver: StorageDriver, listing_walk: bool
+) -> None:
+    for key in TREE:
+        await driver.put_content(key, b"v")
+    keys = await walked(driver, "r", default=listing_walk)
+    assert keys == sorted(key.removeprefix("r/") for key in TREE if key.startswith("r/"))
+    assert keys == ["_up/f", "a-b/_layers/y", "a/0/f", "a/_layers/x/link", "a/z", "b"]
+    assert await walked(driver, "", default=listing_walk) == sorted(TREE)
+
+
+async def test_walk_after_skips_what_sorts_before(
+    driver: StorageDriver, listing_walk: bool
+) -> None:
+    for key in TREE:
+        await driver.put_content(key, b"v")
+    everything = await walked(driver, "r", default=listing_walk)
+    for after in ("a", "a-b/_layers/y", "a/", "a/0/f", "a/1", "az", "b", "c"):
+        assert await walked(driver, "r", after=after, default=listing_walk) == [
+            k for k in everything if k > after
+        ]
+
+
+async def test_walk_collapse_reports_directories_without_entering(
+    driver: StorageDriver, listing_walk: bool
+) -> None:
+    for key in TREE:
+        await driver.put_content(key, b"v")
+    assert await walked(driver, "r", collapse="_", default=listing_walk) == [
+        "_up/",
+        "a-b/_layers/",
+        "a/0/f",
+        "a/_layers/",
+        "a/z",
+        "b",
+    ]
+    assert await walked(driver, "r", after="a/0/f", collapse="_", default=listing_walk) == [
+        "a/_layers/",
+        "a/z",
+        "b",
+    ]
+    await driver.put_content("r/_file", b"v")  # an object, not a directory: listed as is
+    assert "_file" in await walked(driver, "r", collapse="_", default=listing_walk)
+
+
+async def test_walk_missing_prefix_yields_nothing(
+    driver: StorageDriver, listing_walk: bool
+) -> None:
+    assert await walked(driver, "", default=listing_walk) == []
+    await driver.put_content("a/b", b"x")
+    assert await walked(driver, "nope", default=listing_walk) == []
+    assert await walked(driver, "a/b", default=listing_walk) == []  # an object has no keys below it
+
+
+async def test_walk_many_keys_in_several_batches(driver: StorageDriver) -> None:
+    keys = [f"d/{i // 100:03d}/{i % 100:03d}" for i in range(600)]
+    await asyncio.gather(*(driver.put_content(key, b"") for key in keys))
+    assert await walked(driver, "d") == [key.removeprefix("d/") for key in keys]
+    await driver.put_content("d/000/000", b"new")  # stopping early leaves nothing open
+    async for batch in driver.walk("d"):
+        assert batch[0] == "000/000"
+        break
+
+
 # ---- move, delete ---------------------------------------------------------------------
 
 

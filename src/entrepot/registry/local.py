@@ -10,7 +10,7 @@ from entrepot.oci.names import validate_name
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo, Repository, UploadStatus, Writes
 from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, read_link
-from entrepot.registry.catalog import RepositoryIndex, paginate
+from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.manifests import (
     ManifestCache,
     ManifestService,
@@ -48,7 +48,7 @@ class LocalRegistry:
         return local_repository(self, validate_name(name))
 
     async def catalog(self, n: int | None, last: str | None) -> list[str]:
-        return paginate(await self.index.names(), n, last)
+        return await self.index.page(n, last)
 
     def scope_name(self, name: str, namespace: str | None) -> str:
         return name

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+
+# A batch of keys from ``walk`` (an alias: in StorageDriver, ``list`` names the method).
+Keys = list[str]
 
 
 class StorageError(Exception):
@@ -114,6 +117,23 @@ class StorageDriver(abc.ABC):
         it is an object. A driver with real directories (filesystem, like registry:2's)
         returns [] for a directory left empty by ``delete``: treat [] like not found."""
 
+    async def walk(
+        self, prefix: str, *, after: str = "", collapse: str = ""
+    ) -> AsyncGenerator[Keys, None]:
+        """Keys of every object under ``prefix``, relative to it, in lexical order, in
+        batches; only keys greater than ``after``. Lazy: a caller that stops early has not
+        paid for the rest of the tree. A missing prefix yields nothing.
+
+        With ``collapse`` set, a directory whose name starts with it is not entered: it
+        is yielded once as its relative path plus "/" (where its keys would sort), so the
+        caller learns it exists without listing what is inside. A driver with real
+        directories may so report an empty one. Flat stores list everything under the
+        prefix in one paged listing (S3: ListObjectsV2 without a delimiter, StartAfter)
+        and fold the keys below a collapsed directory into it; this default walks with
+        ``list`` and ``stat``, one call each per entry."""
+        async for batch in _walk_by_listing(self, prefix, "", after, collapse):
+            yield batch
+
     @abc.abstractmethod
     async def move(self, src: str, dst: str) -> None:
         """Atomically move an object to ``dst``, replacing what was there.
@@ -138,3 +158,44 @@ class StorageDriver(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections and background resources."""
+
+
+def join_key(prefix: str, rel: str) -> str:
+    return f"{prefix}/{rel}" if prefix and rel else prefix or rel
+
+
+def below(after: str, directory: str) -> bool:
+    """Whether every key under ``directory`` (a relative path ending in "/") sorts at or
+    before ``after``, so a walk that starts after ``after`` skips the directory."""
+    return after > directory and not after.startswith(directory)
+
+
+async def _walk_by_listing(
+    driver: StorageDriver, prefix: str, rel: str, after: str, collapse: str
+) -> AsyncGenerator[Keys, None]:
+    try:
+        names = await driver.list(join_key(prefix, rel.rstrip("/")))
+    except StorageNotFound:
+        return
+    entries: list[str] = []
+    for name in names:
+        try:
+            info = await driver.stat(join_key(prefix, rel + name))
+        except StorageNotFound:
+            continue  # deleted meanwhile
+        entries.append(f"{name}/" if info.is_dir else name)
+    entries.sort()
+    batch: list[str] = []
+    for entry in entries:
+        key = rel + entry
+        if not entry.endswith("/") or (collapse and entry.startswith(collapse)):
+            if key > after:
+                batch.append(key)
+        elif not below(after, key):
+            if batch:
+                yield batch
+                batch = []
+            async for inner in _walk_by_listing(driver, prefix, key, after, collapse):
+                yield inner
+    if batch:
+        yield batch
