@@ -174,3 +174,19 @@ async def test_storage_actions_are_timed_with_registry2_names(
     assert count("GetContent") == 2
     assert count("Reader") == 1
     assert count("Stat") == 1
+
+
+def test_timed_driver_forwards_every_driver_method() -> None:
+    # A method the wrapper does not forward silently falls back to the contract's
+    # default: no presigned redirects on S3, a slow catalog walk on a filesystem.
+    from entrepot.storage.driver import StorageDriver
+    from entrepot.storage.timed import TimedDriver
+
+    methods = [
+        name
+        for name, value in vars(StorageDriver).items()
+        if callable(value) and not name.startswith("_")
+    ]
+    assert {"walk", "redirect_url", "local_path", "close"} <= set(methods)
+    for name in methods:
+        assert getattr(TimedDriver, name) is not getattr(StorageDriver, name), name

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
-from entrepot.storage.driver import FileInfo, StorageDriver, StorageWriter
+from entrepot.storage.driver import FileInfo, Keys, StorageDriver, StorageWriter
 
 __all__ = ["TimedDriver"]
 
@@ -75,6 +75,16 @@ class TimedDriver(StorageDriver):
     async def delete(self, key: str) -> None:
         with self._timed("Delete"):
             await self.inner.delete(key)
+
+    async def walk(
+        self, prefix: str, *, after: str = "", collapse: str = ""
+    ) -> AsyncGenerator[Keys, None]:
+        # The inner driver's own walk (one listing for many keys), not the default one.
+        async for batch in self.inner.walk(prefix, after=after, collapse=collapse):
+            yield batch
+
+    async def redirect_url(self, key: str) -> str | None:
+        return await self.inner.redirect_url(key)
 
     def local_path(self, key: str) -> str | None:
         return self.inner.local_path(key)
