@@ -138,7 +138,9 @@ SIZE_OVER_INT64 = _text(BASE).replace(f'"size": {len(CONFIG)}', '"size": 9223372
 FRACTIONAL_VERSION = _text(BASE).replace('"schemaVersion": 2', '"schemaVersion": 2.0')
 NUMBER_ANNOTATION = _text({**ARTIFACT, "annotations": {"org.example": 1}})
 NUMBER_ARTIFACT_TYPE = _text({**ARTIFACT, "artifactType": 5})
+NULL_MEDIA_TYPE = _text({**ARTIFACT, "mediaType": None})
 REGRESSIONS = [
+    NULL_MEDIA_TYPE.encode(),
     NESTED_TOO_DEEPLY.encode(),
     URLS_NOT_A_LIST.encode(),
     CONFIG_TWICE.encode(),

@@ -179,7 +179,8 @@ def parse_manifest(
         raise _invalid("manifest must be a JSON object")
 
     declared = body.get("mediaType")
-    if declared is not None and not isinstance(declared, str):
+    if (declared is not None or (strict and "mediaType" in body)) and not isinstance(declared, str):
+        # null too, in a push: Go clients read it as "" and cannot tell what it is.
         raise _invalid("mediaType must be a string")
     header = _bare_media_type(content_type)
     if header in ("application/json", "application/octet-stream"):
