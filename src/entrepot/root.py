@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -15,6 +18,7 @@ from entrepot.config import CONFIG_ENV, Config, load_config
 from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
 from entrepot.http.metrics import Sample
+from entrepot.http.notify import EndpointSettings, Notifier
 from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
@@ -86,6 +90,40 @@ def create_upstreams(config: Config) -> list[Upstream]:
     return upstreams
 
 
+def create_notifier(config: Config) -> Notifier | None:
+    """registry:2's notification endpoints (disabled ones left out), None without any."""
+    settings = []
+    for endpoint in config.notifications.endpoints:
+        if endpoint.disabled:
+            logging.getLogger("entrepot.notifications").info(
+                "notification endpoint %s is disabled, skipping", endpoint.name
+            )
+            continue
+        settings.append(
+            EndpointSettings(
+                name=endpoint.name,
+                url=endpoint.url,
+                headers=tuple((k, v) for k, values in endpoint.headers.items() for v in values),
+                timeout=endpoint.timeout_s,
+                threshold=endpoint.threshold,
+                backoff=endpoint.backoff_s,
+                queue_size=endpoint.queuesize,
+                ignored_media_types=endpoint.ignored_media_types,
+                ignored_actions=frozenset(endpoint.ignore.actions),
+            )
+        )
+    if not settings:
+        return None
+    # registry:2's source record: this host and the port it listens on; a new id per start.
+    port = config.http.port
+    addr = f"{socket.gethostname()}:{port}" if port else socket.gethostname()
+    return Notifier(
+        settings,
+        source={"addr": addr, "instanceID": str(uuid.uuid4())},
+        include_references=config.notifications.includereferences,
+    )
+
+
 def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette:
     driver = driver if driver is not None else create_driver(config)
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
@@ -116,6 +154,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
             )
         return found
 
+    notifier = create_notifier(config)
     secret = shared_secret(config)
     guard, token_service = create_guard(config, secret)
     api = ApiContext(
@@ -123,6 +162,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         guard=guard,
         token_service=token_service,
         metrics=samples,
+        notifier=notifier,
         upload_secret=None if config.auth is None else derive_key(secret, "upload-state"),
         extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
         base_url=(config.http.host_url or "").rstrip("/") + config.http.prefix.rstrip("/"),
@@ -132,6 +172,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks = []
+        if notifier is not None:
+            await notifier.start()
         if health_cfg.enabled:
             tasks.append(asyncio.create_task(health.run()))
         purging = config.storage.uploadpurging
@@ -154,6 +196,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await cache.aclose()
+            if notifier is not None:
+                await notifier.aclose()
             for upstream in upstreams:
                 await upstream.client.aclose()
             await driver.close()

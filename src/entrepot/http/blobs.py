@@ -8,6 +8,7 @@ import re
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
+from entrepot.http import events
 from entrepot.http.context import context
 from entrepot.http.repositories import repository_for, writes_for
 from entrepot.oci.digest import Digest
@@ -47,10 +48,12 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
     headers["Cache-Control"] = "max-age=31536000"
     if request.method == "HEAD":
         info = await repo.blobs.stat(digest)
+        events.blob_pulled(request, name, info)  # registry:2 counts a HEAD as a pull
         headers["Content-Length"] = str(info.size)
         headers["Accept-Ranges"] = "bytes"
         return Response(b"", media_type=OCTET_STREAM, headers=headers)
     blob = await repo.blobs.open(digest)
+    events.blob_pulled(request, name, blob.info)
     if blob.local_path is not None:
         return FileResponse(blob.local_path, media_type=OCTET_STREAM, headers=headers)
     size = blob.info.size
@@ -80,5 +83,7 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
 async def delete_blob(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
     writes = await writes_for(request, name)
-    await writes.blobs.delete(Digest.parse(reference))
+    digest = Digest.parse(reference)
+    await writes.blobs.delete(digest)
+    events.blob_deleted(request, name, digest)
     return Response(b"", status_code=202, headers=ctx.headers())

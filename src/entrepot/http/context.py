@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from entrepot.auth.guard import Guard, Identity, OpenGuard, TokenService
+from entrepot.http.notify import Notifier
 from entrepot.registry.api import Repository, RepositoryResolver
 
 
@@ -29,6 +30,8 @@ class ApiContext:
     upload_secret: bytes | None = None
     # What /metrics reports (see http/metrics.py); nothing by default.
     metrics: Callable[[], Iterable[Any]] = lambda: ()
+    # registry:2's notifications (http/events.py); None when no endpoint is configured.
+    notifier: Notifier | None = None
 
     def headers(self, repo: Repository | None = None, /, **values: str) -> dict[str, str]:
         headers = {"Docker-Distribution-Api-Version": "registry/2.0", **self.extra_headers}

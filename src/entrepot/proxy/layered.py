@@ -148,5 +148,5 @@ class LayeredManifests:
             return False
         return await local.mount(parsed, None) is not None
 
-    async def delete(self, reference: str) -> None:
-        await self.local.delete(reference)
+    async def delete(self, reference: str) -> tuple[str, ...]:
+        return await self.local.delete(reference)
