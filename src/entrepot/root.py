@@ -152,6 +152,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                 )
                 for kind, n in upstream.client.requests.items()
             )
+        if notifier is not None:
+            found.extend(notifier.samples())
         return found
 
     notifier = create_notifier(config)

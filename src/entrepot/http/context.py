@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
 from entrepot.auth.guard import Guard, Identity, OpenGuard, TokenService
-from entrepot.http.notify import Notifier
 from entrepot.registry.api import Repository, RepositoryResolver
+
+if TYPE_CHECKING:  # notify reports its counters through metrics, which needs this module
+    from entrepot.http.notify import Notifier
 
 
 @dataclass

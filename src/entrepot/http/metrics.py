@@ -24,6 +24,9 @@ HELP = {
         "Pull-through cache events (stale_served, blob_fill, manifest_get) by upstream."
     ),
     "entrepot_upstream_requests_total": "Requests sent to each upstream registry, by kind.",
+    "registry_notifications_events_total": "Notification events by type and endpoint.",
+    "registry_notifications_status_total": "Notification responses by status and endpoint.",
+    "entrepot_notifications_dropped_total": "Notification events dropped: the queue was full.",
 }
 
 MetricsSource = Callable[[], Iterable[Sample]]

@@ -18,9 +18,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
+
+from entrepot.http.metrics import Sample
 
 __all__ = [
     "EVENTS_MEDIA_TYPE",
@@ -173,6 +176,14 @@ class Endpoint:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
 
+def _status_text(code: int) -> str:
+    """Go's "202 Accepted", as registry:2 labels statuses."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
 def http_sender(session: aiohttp.ClientSession, settings: EndpointSettings) -> Sender:
     """POSTs an envelope to the endpoint with its headers and timeout (redirects followed,
     as Go's client follows them)."""
@@ -203,6 +214,38 @@ class Notifier:
         self.endpoints: list[Endpoint] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def samples(self) -> list[Sample]:
+        """registry:2's notification counters (``registry_notifications_events_total``
+        by type, ``registry_notifications_status_total`` by code) and the events dropped."""
+        found = []
+        for endpoint in self.endpoints:
+            name, stats = endpoint.settings.name, endpoint.stats
+            for kind, n in (
+                ("Events", stats.events),
+                ("Successes", stats.successes),
+                ("Failures", stats.failures),
+                ("Errors", stats.errors),
+            ):
+                found.append(
+                    Sample(
+                        "registry_notifications_events_total",
+                        (("type", kind), ("endpoint", name)),
+                        n,
+                    )
+                )
+            found.extend(
+                Sample(
+                    "registry_notifications_status_total",
+                    (("code", _status_text(code)), ("endpoint", name)),
+                    n,
+                )
+                for code, n in stats.statuses.items()
+            )
+            found.append(
+                Sample("entrepot_notifications_dropped_total", (("endpoint", name),), stats.dropped)
+            )
+        return found
 
     def publish(self, event: Event) -> None:
         for endpoint in self.endpoints:
