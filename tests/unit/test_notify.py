@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,7 +22,7 @@ from entrepot.http.notify import (
 )
 
 
-def an_event(action: str = "push", media_type: str = "application/octet-stream") -> dict:
+def an_event(action: str = "push", media_type: str = "application/octet-stream") -> dict[str, Any]:
     return {"id": "1", "action": action, "target": {"mediaType": media_type, "size": 3}}
 
 
