@@ -16,6 +16,7 @@ from starlette.routing import Mount
 
 from entrepot.config import CONFIG_ENV, Config, load_config
 from entrepot.http.app import build_app
+from entrepot.http.clientaddr import ClientAddresses
 from entrepot.http.context import ApiContext
 from entrepot.http.metrics import Sample
 from entrepot.http.notify import EndpointSettings, Notifier
@@ -169,6 +170,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
         base_url=(config.http.host_url or "").rstrip("/") + config.http.prefix.rstrip("/"),
         is_healthy=(lambda: health.healthy) if health_cfg.enabled else (lambda: True),
+        client_addresses=ClientAddresses.trusting(config.http.trustedproxies),
     )
 
     @contextlib.asynccontextmanager

@@ -27,7 +27,9 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def app_client(tmp_path: Path, auth_yaml: str, *, extra: str = "") -> httpx.AsyncClient:
+def app_client(
+    tmp_path: Path, auth_yaml: str, *, extra: str = "", http_extra: str = ""
+) -> httpx.AsyncClient:
     config = tmp_path / "config.yml"
     config.write_text(
         "version: 0.1\n"
@@ -35,6 +37,7 @@ def app_client(tmp_path: Path, auth_yaml: str, *, extra: str = "") -> httpx.Asyn
         f"  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
         "  delete:\n    enabled: true\n"
         "http:\n  addr: :5000\n  secret: test-secret\n"
+        f"{http_extra}"
         f"auth:\n{auth_yaml}\n{extra}"
     )
     app = create_app(load_config(config))

@@ -5,14 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from entrepot.http.app import build_app
-from entrepot.http.context import ApiContext
-from entrepot.registry.local import LocalRegistry
-from entrepot.storage.filesystem import FilesystemDriver
-from tests.api.oci_client import OciClient
+from tests.api.oci_client import OciClient, local_client
 
 
 @pytest.fixture
@@ -21,11 +16,8 @@ def root(tmp_path: Path) -> Path:
 
 
 async def _client(root: Path, *, delete_enabled: bool = True) -> AsyncIterator[OciClient]:
-    local = LocalRegistry(FilesystemDriver(root), delete_enabled=delete_enabled)
-    app = build_app(ApiContext(resolver=local))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as http:
-        yield OciClient(http)
+    async with local_client(root, delete_enabled=delete_enabled) as client:
+        yield client
 
 
 @pytest.fixture

@@ -5,10 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from entrepot.http.app import build_app
+from entrepot.http.context import ApiContext
+from entrepot.registry.local import LocalRegistry
+from entrepot.storage.filesystem import FilesystemDriver
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -140,3 +148,13 @@ def error_code(response: httpx.Response) -> str:
     body = response.json()
     code: str = body["errors"][0]["code"]
     return code
+
+
+@asynccontextmanager
+async def local_client(root: Path, *, delete_enabled: bool = True) -> AsyncIterator[OciClient]:
+    """A client of the real app, in process, over a filesystem registry at ``root``."""
+    local = LocalRegistry(FilesystemDriver(root), delete_enabled=delete_enabled)
+    app = build_app(ApiContext(resolver=local))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry.test") as http:
+        yield OciClient(http)

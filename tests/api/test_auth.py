@@ -324,3 +324,31 @@ async def test_expired_and_foreign_service_tokens_are_refused(
     other_service = await builtin.get("/auth/token", params={"service": "someone-else"})
     assert other_service.status_code == 403
     assert error_code(other_service) == "DENIED"
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["behind-trusted-proxy", "untrusted"])
+async def test_sign_in_limit_uses_forwarded_address_only_from_trusted_proxies(
+    tmp_path: Path, trusted: bool
+) -> None:
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    extra = "  trustedproxies: [127.0.0.1]\n" if trusted else ""
+    config = BUILTIN.format(htpasswd=htpasswd)
+    async with app_client(tmp_path, config, http_extra=extra) as http:
+
+        async def sign_in(password: str, forwarded_for: str) -> int:
+            response = await http.get(
+                "/auth/token",
+                params={"service": "entrepot"},
+                headers={
+                    "Authorization": basic("alice", password),
+                    "X-Forwarded-For": forwarded_for,
+                },
+            )
+            return response.status_code
+
+        guesses = [await sign_in("guess", "203.0.113.9") for _ in range(4)]
+        assert guesses == [401, 401, 401, 429]
+        # alice from another address behind the same proxy: her own limit, if the proxy
+        # is trusted; the same one otherwise (the header is anyone's to write).
+        elsewhere = await sign_in(PASSWORDS["alice"], "198.51.100.7")
+        assert elsewhere == (200 if trusted else 429)

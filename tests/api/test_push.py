@@ -278,3 +278,17 @@ async def test_invalid_tag_is_refused(client: OciClient) -> None:
     response = await client.push_image("app", image, tag="-bad-tag")
     assert response.status_code == 400
     assert error_code(response) == "TAG_INVALID"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+async def test_reference_neither_tag_nor_digest_names_no_manifest(
+    client: OciClient, method: str
+) -> None:
+    # registry:2 and the conformance suite: ".INVALID_MANIFEST_NAME" is a manifest that does
+    # not exist (404 MANIFEST_UNKNOWN), not a bad request; only a push says TAG_INVALID.
+    await client.push_image("app", make_image(), tag="1")
+    response = await client.http.request(method, "/v2/app/manifests/.INVALID_MANIFEST_NAME")
+    assert response.status_code == 404
+    if method != "HEAD":
+        assert error_code(response) == "MANIFEST_UNKNOWN"
+    assert (await client.get_manifest("app", "1")).status_code == 200

@@ -331,7 +331,7 @@ CASES: dict[str, Hostile] = {
     "name over 255 characters": Hostile(
         "GET", "/v2/team/" + "a" * 251 + "/tags/list", 400, "NAME_INVALID"
     ),
-    "dot-dot tag": Hostile("GET", "/v2/team/app/manifests/..", 400, "TAG_INVALID"),
+    "dot-dot tag": Hostile("GET", "/v2/team/app/manifests/..", 404, "MANIFEST_UNKNOWN"),
     "dot-dot digest": Hostile("GET", "/v2/team/app/blobs/sha256:..", 400, "DIGEST_INVALID"),
     "encoded traversal digest": Hostile(
         "GET", "/v2/team/app/blobs/sha256:..%2F..%2F..%2Fetc%2Fpasswd", 400, "NAME_INVALID"

@@ -477,3 +477,14 @@ def test_every_declared_key_has_its_registry_variable() -> None:
     assert apply_env_overrides({}, {"REGISTRY_HTTP_ADR": "x"}, schema) == [
         "ignoring environment variable REGISTRY_HTTP_ADR: no such configuration key"
     ]
+
+
+STORAGE = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /tmp/x\n"
+
+
+def test_trusted_proxies_must_be_addresses_or_networks(tmp_path: Path) -> None:
+    config = load(tmp_path, STORAGE + "http:\n  trustedproxies: [10.0.0.5, 10.1.0.0/16]\n")
+    assert config.http.trustedproxies == ["10.0.0.5", "10.1.0.0/16"]
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, STORAGE + "http:\n  trustedproxies: [10.0.0.5, proxy.local]\n")
+    assert "config key 'http.trustedproxies[1]': 'proxy.local' is not an IP" in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -114,6 +115,12 @@ class HttpConfig:
     )
     prefix: str = key("prefix", "/", doc="serve the API below this path")
     headers: dict[str, list[str]] = key("headers", factory=dict, doc="headers added to responses")
+    trustedproxies: list[str] = key(
+        "trustedproxies",
+        factory=list,
+        doc="Entrepot's own: addresses or networks of reverse proxies whose X-Forwarded-For "
+        "names the client (for sign-in limits and logs); none by default",
+    )
     tls: TlsConfig | None = key("tls", None, doc="")
     debug_addr: str | None = key("debug.addr", None, doc="not implemented yet: a warning")
     host: str = derived("0.0.0.0")
@@ -139,6 +146,14 @@ class HttpConfig:
                 )
                 host_url = None
         prefix = "/" + self.prefix.strip("/") + "/" if self.prefix.strip("/") else "/"
+        for index, network in enumerate(self.trustedproxies):
+            try:
+                ipaddress.ip_network(str(network), strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"config key 'http.trustedproxies[{index}]': {network!r} is not an IP "
+                    "address or network (such as 10.0.0.5 or 10.0.0.0/8)"
+                ) from None
         if self.debug_addr:
             at.warn(
                 "config key 'http.debug.addr' is not implemented yet and is ignored: no debug "

@@ -20,6 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from entrepot import requestinfo
+from entrepot.http.clientaddr import ClientAddresses
 
 access_log = logging.getLogger("entrepot.access")
 
@@ -43,9 +44,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class AccessLog:
     """ASGI middleware (plain ASGI: no per-request task or body buffering)."""
 
-    def __init__(self, app: ASGIApp, *, enabled: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, *, enabled: bool = True, addresses: ClientAddresses | None = None
+    ) -> None:
         self.app = app
         self.enabled = enabled
+        self.addresses = addresses or ClientAddresses()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,8 +98,7 @@ class AccessLog:
         size: str,
         seconds: float,
     ) -> None:
-        client = scope.get("client")
-        addr = client[0] if client else "-"
+        addr = self.addresses.of(scope)
         raw_path = scope.get("raw_path") or scope.get("path", "").encode()
         target = raw_path.decode("latin-1")
         query = scope.get("query_string", b"")

@@ -70,7 +70,7 @@ async def guard(request: Request, needed: list[Access]) -> None:
     ctx = context(request)
     if isinstance(ctx.guard, OpenGuard):
         return
-    client = request.client.host if request.client else "unknown"
+    client = ctx.client_addresses.of(request.scope)
     request.state.identity = await ctx.guard.check(
         request.headers.get("authorization"),
         client,
@@ -157,7 +157,7 @@ def build_app(
         },
         lifespan=lifespan or default_lifespan,
         # Outermost, so the line has the final status, also of errors the handlers wrote.
-        middleware=[Middleware(AccessLog, enabled=access_log)],
+        middleware=[Middleware(AccessLog, enabled=access_log, addresses=api.client_addresses)],
     )
     app.state.api = api
     return app

@@ -14,7 +14,7 @@ from entrepot.http.repositories import repository_for, writes_for
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 OCTET_STREAM = "application/octet-stream"
 
 
@@ -28,6 +28,8 @@ def _single_range(header: str, size: int) -> tuple[int, int] | None:
         return None
     if first == "":
         start, end = max(size - int(last), 0), size
+    elif last and int(last) < int(first):
+        return None  # RFC 9110: an invalid range-spec makes the header ignored
     else:
         start = int(first)
         end = min(int(last) + 1, size) if last else size
@@ -54,7 +56,10 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
         return Response(b"", media_type=OCTET_STREAM, headers=headers)
     blob = await repo.blobs.open(digest)
     events.blob_pulled(request, name, blob.info)
-    if blob.local_path is not None:
+    range_header = request.headers.get("range")
+    if blob.local_path is not None and range_header is None:
+        # Ranges go the streamed way below: FileResponse would answer a bad or
+        # unsatisfiable one in plain text, not in the spec's error format.
         return FileResponse(blob.local_path, media_type=OCTET_STREAM, headers=headers)
     size = blob.info.size
     if size < 0:
@@ -63,7 +68,7 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
             blob.open_stream(0, None), media_type=OCTET_STREAM, headers=headers
         )
     headers["Accept-Ranges"] = "bytes"
-    span = _single_range(request.headers.get("range", ""), size)
+    span = _single_range(range_header or "", size)
     if span is None:
         headers["Content-Length"] = str(size)
         return StreamingResponse(

@@ -24,7 +24,7 @@ async def body_chunks(request: Request) -> AsyncIterator[bytes]:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing anything over ``limit`` bytes with 413."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     parts: list[bytes] = []
     size = 0

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from entrepot.auth.guard import Guard, Identity, OpenGuard, TokenService
+from entrepot.http.clientaddr import ClientAddresses
 from entrepot.registry.api import Repository, RepositoryResolver
 
 if TYPE_CHECKING:  # notify reports its counters through metrics, which needs this module
@@ -30,6 +31,8 @@ class ApiContext:
     # Signs upload locations (registry:2's "_state") so an upload is bound to the
     # repository and user that opened it; None when there is no access control.
     upload_secret: bytes | None = None
+    # Who the client is behind trusted reverse proxies (http.trustedproxies).
+    client_addresses: ClientAddresses = field(default_factory=ClientAddresses)
     # What /metrics reports (see http/metrics.py); nothing by default.
     metrics: Callable[[], Iterable[Any]] = lambda: ()
     # registry:2's notifications (http/events.py); None when no endpoint is configured.

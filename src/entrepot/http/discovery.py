@@ -27,7 +27,7 @@ def parse_page(request: Request) -> tuple[int | None, str | None]:
     last = request.query_params.get("last") or None
     if raw_n is None or raw_n == "":
         return None, last
-    if not raw_n.isdigit():
+    if not (raw_n.isascii() and raw_n.isdigit()):  # "²" is a digit to isdigit, not to int
         raise RegistryError(
             ErrorCode.PAGINATION_NUMBER_INVALID, "n must be a non-negative integer", {"n": raw_n}
         )

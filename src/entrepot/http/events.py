@@ -185,16 +185,12 @@ def _timestamp() -> str:
 
 
 def _remote_addr(request: Request) -> str:
-    """registry:2's RemoteAddr: the first X-Forwarded-For entry, else X-Real-Ip, else the
-    peer's address and port."""
-    forwarded = request.headers.get("x-forwarded-for", "")
-    if forwarded:
-        return forwarded.split(",", 1)[0].strip()
-    real = request.headers.get("x-real-ip", "")
-    if real:
-        return real.strip()
+    """The client's address and port, as registry:2's request record has it; behind a
+    trusted proxy (``http.trustedproxies``), the address its X-Forwarded-For names (a
+    header from anyone else is not believed, unlike registry:2)."""
     client = request.client
-    if client is None:
-        return ""
+    address = context(request).client_addresses.of(request.scope)
+    if client is None or address != client.host:
+        return address
     host = f"[{client.host}]" if ":" in client.host else client.host
     return f"{host}:{client.port}"

@@ -12,8 +12,11 @@ from entrepot.http import events
 from entrepot.http.bodies import read_body
 from entrepot.http.context import context
 from entrepot.http.repositories import repository_for, writes_for
+from entrepot.oci.digest import is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE
+from entrepot.oci.names import is_valid_tag
+from entrepot.registry.manifests import manifest_unknown
 
 
 def _accepts(accept_headers: list[str], media_type: str) -> bool:
@@ -36,8 +39,18 @@ def _accepted(accept_headers: tuple[str, ...], media_type: str) -> bool:
     return any(item in (media_type, "*/*", f"{major}/*") for item in offered)
 
 
+def _existing(reference: str) -> str:
+    """A reference that can name a stored manifest. Neither a tag nor a digest names none:
+    404 MANIFEST_UNKNOWN, as registry:2 answers and the conformance suite expects (its
+    "nonexistent manifest" is ``.INVALID_MANIFEST_NAME``). A push still gets TAG_INVALID."""
+    if not is_digest(reference) and not is_valid_tag(reference):
+        raise manifest_unknown(reference)
+    return reference
+
+
 async def get_manifest(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
+    _existing(reference)
     repo = await repository_for(request, name)
     content = await repo.manifests.get(reference)
     if not _accepts(request.headers.getlist("accept"), content.media_type):
@@ -79,6 +92,6 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
 async def delete_manifest(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
     writes = await writes_for(request, name)
-    untagged = await writes.manifests.delete(reference)
+    untagged = await writes.manifests.delete(_existing(reference))
     events.manifest_deleted(request, name, reference, untagged)
     return Response(b"", status_code=202, headers=ctx.headers())

@@ -22,7 +22,7 @@ async def issue_token(request: Request) -> Response:
             "this registry has no token service (auth.builtin is not set)",
             status=404,
         )
-    client = request.client.host if request.client else "unknown"
+    client = context(request).client_addresses.of(request.scope)
     scopes = parse_scopes(request.query_params.getlist("scope"))
     token, issued_at, expires_in = await ctx.token_service.issue(
         request.headers.get("authorization"),

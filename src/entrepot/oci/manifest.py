@@ -38,22 +38,22 @@ class Descriptor:
             raise _invalid(f"{where}.mediaType is missing")
         if not isinstance(digest, str):
             raise _invalid(f"{where}.digest is missing")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise _invalid(f"{where}.size must be a non-negative integer")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= _INT64_MAX:
+            raise _invalid(f"{where}.size must be an integer from 0 to {_INT64_MAX}")
         try:
             parsed = Digest.parse(digest)
         except RegistryError as exc:
             raise _invalid(f"{where}.digest: {exc.message}") from exc
-        annotations = value.get("annotations")
-        artifact_type = value.get("artifactType")
-        urls = value.get("urls") or ()
+        urls = value.get("urls")
+        if urls is not None and not _is_list_of_strings(urls):
+            raise _invalid(f"{where}.urls must be a list of strings")
         return cls(
             media_type=media_type,
             digest=parsed,
             size=size,
-            artifact_type=artifact_type if isinstance(artifact_type, str) else None,
-            annotations=annotations if isinstance(annotations, dict) else None,
-            urls=tuple(u for u in urls if isinstance(u, str)),
+            artifact_type=_optional_string(value, "artifactType", where),
+            annotations=_annotations(value, where),
+            urls=tuple(urls or ()),
         )
 
 
@@ -104,24 +104,77 @@ def _invalid(message: str) -> RegistryError:
     return RegistryError(ErrorCode.MANIFEST_INVALID, message)
 
 
+# Sizes are int64 to the Go clients (containerd, registry:2) that read what we accept.
+_INT64_MAX = 2**63 - 1
+
+
+def _is_list_of_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _optional_string(body: dict[str, Any], key: str, where: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _invalid(f"{where}.{key} must be a string")
+    return value
+
+
+def _annotations(body: dict[str, Any], where: str) -> dict[str, str] | None:
+    """image-spec: annotations are a map of strings to strings."""
+    value = body.get("annotations")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _invalid(f"{where}.annotations must map strings to strings")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuse a key given twice: clients that keep the first and a registry that keeps
+    the last would see two different manifests under one digest."""
+    body: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in body:
+            raise _invalid(f"key {key!r} appears more than once")
+        body[key] = value
+    return body
+
+
+def _decode(raw: bytes, strict: bool) -> Any:
+    """The JSON value of ``raw``; MANIFEST_INVALID for anything that is not one."""
+    try:
+        if strict:
+            # RFC 8259: JSON between systems is UTF-8, without a byte order mark
+            # (json.loads would also take UTF-16 and UTF-32, Go clients do not).
+            return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(f"manifest is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise _invalid("manifest is nested too deeply") from exc
+
+
 def _bare_media_type(content_type: str | None) -> str | None:
     if not content_type:
         return None
     return content_type.split(";", 1)[0].strip().lower() or None
 
 
-def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
-    """Parse manifest bytes as pushed with ``content_type`` (None when reading from storage)."""
+def parse_manifest(
+    raw: bytes, content_type: str | None = None, *, strict: bool = False
+) -> Manifest:
+    """Parse manifest bytes as pushed with ``content_type`` (None when reading from storage).
+
+    ``strict`` (a push): also refuse what JSON allows but clients read differently or not
+    at all: encodings other than UTF-8, a byte order mark, duplicate keys, a fractional
+    schemaVersion. What is already stored or comes from an upstream is read as it is."""
     if len(raw) > MAX_MANIFEST_SIZE:
         raise RegistryError(
             ErrorCode.SIZE_INVALID,
             f"manifest is larger than {MAX_MANIFEST_SIZE} bytes",
             status=PAYLOAD_TOO_LARGE,
         )
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _invalid(f"manifest is not valid JSON: {exc}") from exc
+    body = _decode(raw, strict)
     if not isinstance(body, dict):
         raise _invalid("manifest must be a JSON object")
 
@@ -139,7 +192,8 @@ def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
         raise _invalid("Docker schema1 manifests are not supported; push schema2 or OCI")
     if media_type not in mt.MANIFEST_TYPES:
         raise _invalid(f"unsupported manifest media type {media_type!r}")
-    if body.get("schemaVersion") != 2:
+    version = body.get("schemaVersion")
+    if version != 2 or (strict and type(version) is not int):
         raise _invalid("schemaVersion must be 2")
 
     config: Descriptor | None = None
@@ -162,8 +216,8 @@ def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
     subject = None
     if body.get("subject") is not None:
         subject = Descriptor.from_json(body["subject"], "subject")
-    artifact_type = body.get("artifactType")
-    annotations = body.get("annotations")
+    artifact_type = _optional_string(body, "artifactType", "manifest")
+    annotations = _annotations(body, "manifest")
     return Manifest(
         raw=raw,
         digest=Digest.of(raw),
@@ -172,8 +226,8 @@ def parse_manifest(raw: bytes, content_type: str | None = None) -> Manifest:
         layers=layers,
         manifests=manifests,
         subject=subject,
-        artifact_type=artifact_type if isinstance(artifact_type, str) else None,
-        annotations=annotations if isinstance(annotations, dict) else None,
+        artifact_type=artifact_type,
+        annotations=annotations,
     )
 
 

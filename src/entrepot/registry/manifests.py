@@ -192,7 +192,7 @@ class RepositoryManifests:
         return ManifestContent(digest, manifest.media_type, manifest.raw)
 
     async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:
-        manifest = parse_manifest(raw, content_type)
+        manifest = parse_manifest(raw, content_type, strict=True)
         if is_digest(reference):
             expected = Digest.parse(reference)
             actual = Digest.of(raw, expected.algorithm)
