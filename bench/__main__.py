@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import fixtures, report
+from bench import fixtures, gc, report
 from bench.servers import REGISTRY2_BINARY, Server
 from bench.workloads import GROUPS, ServerRun, Settings, Shared, py_spy, remove_tree
 
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         results_dir=args.output.parent,
     )
     settings.results_dir.mkdir(parents=True, exist_ok=True)
+    gc_blobs = 10 * settings.repos  # 100,000 blobs for 10,000 repositories
     machine = report.machine()
     print(f"bench: fixtures in {workdir}, server data in {datadir}", flush=True)
     upstream: Server | None = None
@@ -192,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         shared = Shared(read, layer, push_layer, upstream, upstream_image)
+        if "gc" in groups:
+            shared.gc_fixture = workdir / "gc"
+            shared.gc_kept = gc.write_gc_fixture(shared.gc_fixture, settings.repos, gc_blobs)
         for kind in servers:
             t = time.monotonic()
             run = ServerRun(kind, settings, shared)
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk": report.size_label(settings.chunk),
         "pull": settings.pull_clients,
         "mem": settings.memory_clients,
+        "gc_blobs": gc_blobs,
     }
     rows = report.build_rows(results, labels)
     runtime = time.monotonic() - t0

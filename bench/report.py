@@ -95,6 +95,13 @@ ROWS: tuple[Row, ...] = (
         lambda r, e, x: x >= 3,
     ),
     Row(
+        "gc",
+        "garbage-collect, {repos:,} repos, {gc_blobs:,} blobs (half unreferenced)",
+        "seconds",
+        "<= 0.2x",
+        lambda r, e, x: x <= 0.2,
+    ),
+    Row(
         "memory",
         "peak RSS, {mem} clients downloading {layer} at once",
         "bytes",

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from bench import clients
+from bench import clients, gc
 from bench.fixtures import (
     MANIFEST_ACCEPT,
     PROXIED_REPO,
@@ -35,7 +35,7 @@ from bench.fixtures import (
 from bench.loadgen import LoadResult, lua_script, run_ab_head, run_wrk
 from bench.servers import RssSampler, Server, pss_bytes, rss_bytes, running
 
-GROUPS = ("read", "memory", "push", "pull")
+GROUPS = ("read", "memory", "push", "pull", "gc")
 
 
 @dataclass
@@ -72,6 +72,8 @@ class Shared:
     push_layer: PushLayer
     upstream: Server | None
     upstream_image: Image | None
+    gc_fixture: Path | None = None  # a store to collect, and how many blobs it keeps
+    gc_kept: int = 0
 
 
 # Each measurement: {"value": float, ...details}; rows[row_key] = that dict.
@@ -205,6 +207,12 @@ class ServerRun:
                     self._push_rows(server)
             finally:
                 remove_tree(root)
+        if "gc" in s.groups and self.shared.gc_fixture is not None:
+            _progress(f"{self.kind}: garbage-collect")
+            seconds = gc.collect(
+                self.kind, self.shared.gc_fixture, self.shared.gc_kept, s.datadir, s.server_cpus
+            )
+            self.rows["gc"] = {"value": seconds}
         if "pull" in s.groups:
             assert self.shared.upstream is not None
             root = s.datadir / f"cache-{self.kind}"

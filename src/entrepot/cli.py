@@ -1,5 +1,6 @@
 """The ``entrepot`` command: ``entrepot serve [CONFIG]``, like registry:2's ``registry serve``,
-and ``entrepot check-config [CONFIG]``, which checks a configuration without serving.
+``entrepot check-config [CONFIG]``, which checks a configuration without serving, and
+``entrepot garbage-collect CONFIG``, registry:2's ``registry garbage-collect`` (cli_gc).
 
 The server is Granian (ASGI) with the factory ``entrepot.root:create_app_from_env``; each
 worker re-reads the configuration from the path in ``ENTREPOT_CONFIG`` (and the same
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrepot import __version__
+from entrepot import __version__, cli_gc
 from entrepot.config import CONFIG_ENV, CONFIGURATION_PATH_ENV, Config, ConfigError, load_config
 from entrepot.config.check import check_tls_files, effective_yaml, summary
 from entrepot.log_setup import configure_logging
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.command == cli_gc.COMMAND:
+        return cli_gc.run(args)
     if args.command not in ("serve", "check-config"):
         parser.print_help(sys.stderr)
         return 2
@@ -204,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes (default: $ENTREPOT_WORKERS, else one per CPU core: "
         f"{default_workers()} here)",
     )
+    cli_gc.add_command(commands)
     return parser
 
 

@@ -189,6 +189,22 @@ async def test_push_manifest_by_digest(client: OciClient) -> None:
     assert (await client.get_manifest("app", image.digest)).content == image.manifest
 
 
+async def test_manifest_needs_the_bytes_not_only_the_link(client: OciClient, root: Path) -> None:
+    # Garbage collection puts an unreferenced blob aside before deleting it; a manifest
+    # pushed meanwhile must not be accepted on the strength of the link alone.
+    image = make_image()
+    for blob in [image.config, *image.layers]:
+        assert (await client.push_blob("app", blob)).status_code == 201
+    hexa = sha256(image.layers[0]).split(":")[1]
+    data = root / f"docker/registry/v2/blobs/sha256/{hexa[:2]}/{hexa}/data"
+    data.rename(data.with_name("collecting"))
+    refused = await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)
+    assert refused.status_code == 400
+    assert error_code(refused) == "MANIFEST_BLOB_UNKNOWN"
+    assert (await client.push_blob("app", image.layers[0])).status_code == 201
+    assert (await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)).status_code == 201
+
+
 async def test_index_needs_its_children_first(client: OciClient) -> None:
     children = [make_image("amd64"), make_image("arm64")]
     index = make_index(children)

@@ -91,3 +91,18 @@ def test_serve_runs_one_worker_per_core_unless_told(monkeypatch: pytest.MonkeyPa
     assert _parser().parse_args(["serve", "--workers", "3"]).workers == 3
     monkeypatch.setenv("ENTREPOT_WORKERS", "5")
     assert _parser().parse_args(["serve"]).workers == 5
+
+
+def test_garbage_collect_flags_and_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["garbage-collect", str(tmp_path / "missing.yml")]) == 1
+    assert "entrepot: config error: cannot read config file" in capsys.readouterr().err
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    assert main(["garbage-collect", str(config), "--grace", "soon"]) == 2
+    assert "invalid duration" in capsys.readouterr().err
+    assert main(["garbage-collect", str(config), "-d", "-m", "--grace", "30m"]) == 0
+    out = capsys.readouterr().out
+    assert "0 repositories, 0 manifests and 0 blobs marked" in out
+    assert "dry run: nothing deleted" in out

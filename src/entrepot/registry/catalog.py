@@ -13,10 +13,11 @@ worker is listed at once by every other.
 from __future__ import annotations
 
 import asyncio
+import time
 from bisect import bisect_right
 
 from entrepot.registry import layout
-from entrepot.registry.epochs import CATALOG, bump_epoch, read_epoch
+from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, read_epoch
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 _MARKERS = frozenset({"_layers", "_manifests"})
@@ -55,6 +56,8 @@ class RepositoryIndex:
         self._known: set[str] = set()
         self._epoch: bytes | None = None
         self._lock = asyncio.Lock()
+        self._removals: bytes | None = None
+        self._removals_checked = float("-inf")
 
     async def _current_epoch(self) -> bytes | None:
         return await read_epoch(self.driver, CATALOG)
@@ -72,9 +75,18 @@ class RepositoryIndex:
 
     async def note(self, name: str) -> None:
         """Called whenever a repository gains a link: a repository this process has not
-        seen yet bumps the epoch (one small write per new repository, none after)."""
-        if name in self._known:
+        seen yet bumps the epoch (one small write per new repository, none after). After
+        garbage collection removed repositories (checked at most once a second), every
+        repository counts as unseen again, so one pushed anew is listed again."""
+        if name in self._known and time.monotonic() - self._removals_checked < 1.0:
             return
+        if name in self._known:
+            self._removals_checked = time.monotonic()
+            removals = await read_epoch(self.driver, CATALOG_REMOVALS)
+            if removals == self._removals:
+                return
+            self._removals = removals
+            self._known.clear()
         self._known.add(name)
         try:
             await bump_epoch(self.driver, CATALOG)

@@ -13,6 +13,9 @@ import secrets
 from entrepot.storage import StorageDriver, StorageNotFound
 
 CATALOG = "entrepot/epochs/catalog"
+# Bumped (with CATALOG) when repositories are removed: a process that remembers having
+# announced a repository must announce it again if it is pushed anew.
+CATALOG_REMOVALS = "entrepot/epochs/catalog-removals"
 
 
 def tags_epoch(name: str) -> str:

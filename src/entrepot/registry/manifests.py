@@ -227,7 +227,10 @@ class RepositoryManifests:
     async def _check_references(self, manifest: Manifest) -> None:
         name = self.name
         for blob in manifest.required_blobs():
-            if await read_link(self.driver, layout.layer_link(name, blob.digest)) is None:
+            # The bytes too, as registry:2 checks: garbage collection may have put an
+            # unreferenced blob aside while its link still stands.
+            linked = await read_link(self.driver, layout.layer_link(name, blob.digest))
+            if linked is None or await self.service.blobs.stat(blob.digest) is None:
                 raise RegistryError(
                     ErrorCode.MANIFEST_BLOB_UNKNOWN,
                     f"blob {blob.digest} is not in repository {name}",

@@ -1,0 +1,111 @@
+"""Garbage collection of a large store: each server's ``garbage-collect`` on its own copy.
+
+The store is written straight in registry:2's layout: ``repos`` repositories of one tagged
+image each (a config and five layers drawn from a shared pool) and as many blobs again that
+nothing references, so both commands mark every repository and delete the same blobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.fixtures import ROOT
+from bench.servers import REGISTRY2_BINARY, REPO_ROOT
+
+LAYERS_PER_IMAGE = 5
+
+
+def write_gc_fixture(root: Path, repos: int, blobs: int) -> int:
+    """Write the store; returns how many blobs a correct collection leaves."""
+    v2 = f"{root}/{ROOT}"
+
+    def put(path: str, data: bytes) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as out:
+            out.write(data)
+
+    def blob(data: bytes) -> str:
+        hexa = hashlib.sha256(data).hexdigest()
+        put(f"{v2}/blobs/sha256/{hexa[:2]}/{hexa}/data", data)
+        return hexa
+
+    def link(repo: str, kind: str, hexa: str) -> None:
+        put(f"{v2}/repositories/{repo}/{kind}/sha256/{hexa}/link", f"sha256:{hexa}".encode())
+
+    rng = random.Random(0)
+    pool = [blob(f"layer {n}".encode()) for n in range(max(blobs // 2 - 2 * repos, 10))]
+    used: set[str] = set()
+    for n in range(repos):
+        repo = f"team{n % 100}/app{n}"
+        config = blob(f"config {n}".encode())
+        layers = rng.sample(pool, LAYERS_PER_IMAGE)
+        used.update(layers)
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": _descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [_descriptor("application/vnd.oci.image.layer.v1.tar", h) for h in layers],
+        }
+        manifest = blob(json.dumps(doc).encode())
+        for hexa in (config, *layers):
+            link(repo, "_layers", hexa)
+        link(repo, "_manifests/revisions", manifest)
+        link(repo, "_manifests/tags/latest/index", manifest)
+        put(
+            f"{v2}/repositories/{repo}/_manifests/tags/latest/current/link",
+            f"sha256:{manifest}".encode(),
+        )
+    for n in range(blobs - len(pool) - 2 * repos):
+        blob(f"orphan {n}".encode())
+    return 2 * repos + len(used)
+
+
+def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> float:
+    """Seconds ``kind``'s garbage-collect takes on a fresh copy of ``fixture``; it must
+    leave exactly ``kept`` blobs (a collection that deletes too much is not fast)."""
+    root = workdir / f"gc-{kind}"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(fixture, root, symlinks=True)
+    config = workdir / f"gc-{kind}.yml"
+    storage = {"filesystem": {"rootdirectory": str(root)}}
+    config.write_text(yaml.safe_dump({"version": 0.1, "storage": storage}))
+    env = dict(os.environ)
+    if kind == "entrepot":
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT / "src"), env.get("PYTHONPATH")) if p
+        )
+        cmd = [sys.executable, "-m", "entrepot", "garbage-collect", str(config), "--grace", "0"]
+    else:
+        cmd = [REGISTRY2_BINARY, "garbage-collect", str(config)]
+    started = time.monotonic()
+    done = subprocess.run(
+        ["taskset", "-c", cpus, *cmd],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    try:
+        if done.returncode != 0:
+            raise RuntimeError(f"{kind} garbage-collect failed: {done.stderr.decode()[-2000:]}")
+        left = sum(1 for _ in Path(root, ROOT, "blobs").rglob("data"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if left != kept:
+        raise RuntimeError(f"{kind} garbage-collect left {left} blobs, not {kept}")
+    return seconds
+
+
+def _descriptor(media_type: str, hexa: str) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": f"sha256:{hexa}", "size": 1}

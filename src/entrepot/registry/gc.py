@@ -1,0 +1,385 @@
+"""Garbage collection: registry:2's ``garbage-collect`` (mark and sweep), safe to run
+against the storage of a running registry, without a read-only mode.
+
+Mark: every manifest of every repository and what it references (with
+``delete_untagged``: the tagged manifests and, unlike registry:2, which drops them
+(distribution #3178), their index children and referrers, so a tagged image stays whole),
+plus every layer of a repository with an upload in progress. Anything written or linked
+within ``grace`` seconds (the object's mtime) is kept too, so a push under way keeps what it
+has sent; on a store older than that, the result is registry:2's.
+
+Sweep: untagged manifests are unlinked after their repository's tags are read once more.
+Unmarked blobs are first moved aside (quarantined), then every repository is read again and
+a blob that a push linked meanwhile is moved back; the rest are deleted with their layer
+links (as registry:2 v3 does; v2.8 leaves those links behind). A repository left with no
+manifest loses its folders and leaves the catalog (its epoch is bumped so every worker
+walks again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from entrepot.oci.digest import Digest
+from entrepot.registry import layout
+from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch
+from entrepot.registry.gcscan import (
+    Limited,
+    ManifestRefs,
+    RepoScan,
+    each,
+    find_blobs,
+    find_repositories,
+    read_refs,
+    scan_repository,
+)
+from entrepot.storage import StorageDriver
+
+QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks it
+_REPO_FOLDERS = ("_manifests", "_layers", "_referrers", "_uploads")
+
+
+@dataclass(frozen=True)
+class GcOptions:
+    dry_run: bool = False
+    delete_untagged: bool = False
+    grace: float = 3600.0  # seconds
+    concurrency: int = 32  # storage calls in flight
+    progress_every: float = 5.0  # seconds between progress lines
+
+
+@dataclass
+class GcResult:
+    repositories: int = 0
+    manifests_marked: int = 0
+    blobs_marked: int = 0
+    manifests_eligible: list[tuple[str, Digest]] = field(default_factory=list)
+    blobs_eligible: dict[Digest, int] = field(default_factory=dict)  # digest -> bytes
+    manifests_deleted: list[tuple[str, Digest]] = field(default_factory=list)
+    blobs_deleted: dict[Digest, int] = field(default_factory=dict)  # digest -> bytes
+    blobs_kept_fresh: int = 0  # unmarked, but written or linked within the grace window
+    blobs_relinked: int = 0  # quarantined, then found linked by a push during the sweep
+    layer_links_deleted: int = 0
+    repositories_removed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(self.blobs_deleted.values())
+
+
+class Progress:
+    """A line every few seconds on a long run: ``<what>: done/total``."""
+
+    def __init__(
+        self, emit: Callable[[str], None], what: str, total: int, options: GcOptions
+    ) -> None:
+        self.emit, self.what, self.total = emit, what, total
+        self.every = options.progress_every
+        self.done = 0
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        self.done += 1
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self.emit(f"{self.what}: {self.done}/{self.total}")
+
+
+def keep_closure(
+    valid: set[Digest], roots: Iterable[Digest], refs: dict[Digest, ManifestRefs]
+) -> set[Digest]:
+    """The manifests of one repository kept from ``roots``: with their index children and
+    their referrers (manifests whose ``subject`` is kept), transitively."""
+    referrers: dict[Digest, list[Digest]] = {}
+    for digest in valid:
+        subject = refs.get(digest)
+        if subject is not None and subject.subject is not None:
+            referrers.setdefault(subject.subject, []).append(digest)
+    kept: set[Digest] = set()
+    stack = [d for d in roots if d in valid]
+    while stack:
+        digest = stack.pop()
+        if digest in kept:
+            continue
+        kept.add(digest)
+        found = refs.get(digest)
+        if found is not None:
+            stack.extend(c for c in found.children if c in valid)
+        stack.extend(referrers.get(digest, ()))
+    return kept
+
+
+class GarbageCollector:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        options: GcOptions,
+        emit: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.driver = driver
+        self.options = options
+        self.store = Limited(driver, options.concurrency)
+        self.emit = emit
+        self.clock = clock
+        self.cutoff = 0.0  # objects with a later mtime are fresh
+        self.refs: dict[Digest, ManifestRefs] = {}
+        self.result = GcResult()
+
+    def _fresh(self, mtime: float) -> bool:
+        return mtime > self.cutoff
+
+    async def run(self) -> GcResult:
+        started = time.monotonic()
+        self.cutoff = self.clock() - self.options.grace
+        names, blobs = await asyncio.gather(find_repositories(self.store), find_blobs(self.store))
+        scans = await self._scan_all(names, "marking")
+        marked, unkept = await self._mark(scans, blobs)
+        doomed = await self._unmarked_blobs(blobs - marked, scans.values())
+        result = self.result
+        result.blobs_eligible = dict(doomed)
+        result.manifests_eligible = sorted((n, d) for n, ds in unkept.items() for d in ds)
+        n_manifests = sum(len(v) for v in unkept.values())
+        self.emit(
+            f"{len(scans)} repositories, {result.manifests_marked} manifests and "
+            f"{len(marked)} blobs marked; {len(doomed)} blobs "
+            f"({sum(doomed.values())} bytes) and {n_manifests} manifests eligible for deletion; "
+            f"{result.blobs_kept_fresh} unmarked blobs kept (written or linked within "
+            f"the grace window)"
+        )
+        for name, digests in sorted(unkept.items()):
+            for digest in sorted(digests, key=str):
+                self.emit(f"manifest eligible for deletion: {name}@{digest}")
+        for digest in sorted(doomed, key=str):
+            self.emit(f"blob eligible for deletion: {digest}")
+        if self.options.dry_run:
+            gone = {name: digests for name, digests in unkept.items()}
+            empty = await self._empty_repositories(scans.values(), gone, set(doomed))
+            for name in empty:
+                self.emit(f"repository eligible for removal: {name}")
+            result.repositories_removed = empty
+        else:
+            await self._sweep(scans, unkept, doomed)
+        result.seconds = time.monotonic() - started
+        return result
+
+    async def _scan_all(self, names: list[str], phase: str) -> dict[str, RepoScan]:
+        progress = Progress(self.emit, f"{phase}: repositories read", len(names), self.options)
+        # A few repositories at a time (each makes several calls at once), so they finish
+        # steadily and the progress line means something.
+        slots = asyncio.Semaphore(self.options.concurrency)
+
+        async def scan(name: str) -> RepoScan:
+            async with slots:
+                found = await scan_repository(self.store, name, self.cutoff)
+            progress.tick()
+            return found
+
+        return {s.name: s for s in await each(names, scan)}
+
+    async def _mark(
+        self, scans: dict[str, RepoScan], blobs: set[Digest]
+    ) -> tuple[set[Digest], dict[str, set[Digest]]]:
+        """The marked blobs, and by repository the manifests that are not kept."""
+        await read_refs(
+            self.store, (d for s in scans.values() for d in s.revisions & blobs), self.refs
+        )
+        marked: set[Digest] = set()
+        unkept: dict[str, set[Digest]] = {}
+        for scan in scans.values():
+            valid = scan.revisions & blobs
+            roots = valid
+            if self.options.delete_untagged:
+                roots = scan.tagged | self._fresh_untagged(scan)
+            kept = keep_closure(valid, roots, self.refs)
+            self.result.manifests_marked += len(kept)
+            for digest in kept:
+                marked.add(digest)
+                marked |= self.refs[digest].references
+            if scan.upload_active:
+                marked |= scan.layers
+            if valid - kept:
+                unkept[scan.name] = valid - kept
+        self.result.repositories = len(scans)
+        self.result.blobs_marked = len(marked)
+        return marked, unkept
+
+    def _fresh_untagged(self, scan: RepoScan) -> set[Digest]:
+        """Untagged manifests linked within the grace window."""
+        untagged = scan.revisions - scan.tagged
+        return {d for d in untagged if self._fresh(scan.revision_mtimes[d])}
+
+    async def _unmarked_blobs(
+        self, unmarked: set[Digest], scans: Iterable[RepoScan]
+    ) -> dict[Digest, int]:
+        """Unmarked blobs neither written nor linked within the grace window, with sizes."""
+        doomed: dict[Digest, int] = {}
+        linked_fresh: set[Digest] = set()
+
+        async def blob(digest: Digest) -> None:
+            info = await self.store.stat(layout.blob_data(digest))
+            if info is None:
+                return  # a directory without data: nothing to free
+            if self._fresh(info.mtime):
+                self.result.blobs_kept_fresh += 1
+            else:
+                doomed[digest] = info.size
+
+        async def link(item: tuple[str, Digest]) -> None:
+            info = await self.store.stat(layout.layer_link(*item))
+            if info is not None and self._fresh(info.mtime):
+                linked_fresh.add(item[1])
+
+        links = [(s.name, d) for s in scans for d in s.layers & unmarked]
+        await asyncio.gather(each(unmarked, blob), each(links, link))
+        for digest in linked_fresh & doomed.keys():
+            del doomed[digest]
+            self.result.blobs_kept_fresh += 1
+        return doomed
+
+    async def _sweep(
+        self, scans: dict[str, RepoScan], unkept: dict[str, set[Digest]], doomed: dict[Digest, int]
+    ) -> None:
+        removed = await each(unkept.items(), lambda item: self._unlink_manifests(scans, *item))
+        gone = {name: digests for (name, _), digests in zip(unkept.items(), removed, strict=True)}
+        quarantined = [
+            d
+            for d, moved in zip(doomed, await each(doomed, self._quarantine), strict=True)
+            if moved
+        ]
+        rescans = await self._scan_all(await find_repositories(self.store), "re-checking")
+        relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
+        self.result.blobs_relinked = len(relinked)
+        await each(relinked, self._release)
+        deleted = [d for d in quarantined if d not in relinked]
+        progress = Progress(self.emit, "sweeping: blobs deleted", len(deleted), self.options)
+        slots = asyncio.Semaphore(self.options.concurrency)  # steady progress, as reading
+
+        async def delete(digest: Digest) -> None:
+            async with slots:
+                await self._delete_blob(digest)
+            progress.tick()
+
+        await each(deleted, delete)
+        for digest in deleted:
+            self.result.blobs_deleted[digest] = doomed[digest]
+        await self._unlink_layers([*scans.values(), *rescans.values()], set(deleted))
+        empty = await self._empty_repositories(rescans.values(), gone, set(deleted))
+        for name in reversed(empty):  # nested ones first: their parents may empty with them
+            await self._remove_repository(name)
+        self.result.repositories_removed = empty
+        if empty:
+            await bump_epoch(self.driver, CATALOG_REMOVALS)
+            await bump_epoch(self.driver, CATALOG)
+
+    async def _unlink_manifests(
+        self, scans: dict[str, RepoScan], name: str, planned: set[Digest]
+    ) -> set[Digest]:
+        """Unlink the untagged manifests planned for deletion that are still untagged, after
+        reading the repository's tags and manifests again (a push may have tagged one)."""
+        before = scans[name]
+        now = await scan_repository(self.store, name, self.cutoff)
+        new = now.revisions - before.revisions
+        await read_refs(self.store, new, self.refs)
+        kept = keep_closure(now.revisions, (now.revisions - planned) | now.tagged, self.refs)
+        removed = planned - kept
+
+        async def unlink(digest: Digest) -> None:
+            for tag in now.tag_names:
+                entry = layout.tag_index_link(name, tag, digest).removesuffix("/link")
+                await self.store.delete(entry)
+            await self.store.delete(layout.manifest_revision_dir(name, digest))
+            subject = self.refs[digest].subject
+            if subject is not None:
+                link = layout.referrer_link(name, subject, digest).removesuffix("/link")
+                await self.store.delete(link)
+            self.result.manifests_deleted.append((name, digest))
+
+        await each(removed, unlink)
+        return removed
+
+    async def _quarantine(self, digest: Digest) -> bool:
+        quarantine = f"{layout.blob_dir(digest)}/{QUARANTINE}"
+        return await self.store.move(layout.blob_data(digest), quarantine)
+
+    async def _release(self, digest: Digest) -> None:
+        # Moving over a copy a push wrote meanwhile is harmless: same digest, same bytes.
+        await self.store.move(f"{layout.blob_dir(digest)}/{QUARANTINE}", layout.blob_data(digest))
+
+    async def _delete_blob(self, digest: Digest) -> None:
+        # The blob's folder with the quarantined bytes, as registry:2 removes the folder;
+        # unless a push of the same bytes refilled it meanwhile: then only the quarantine.
+        if await self.store.stat(layout.blob_data(digest)) is None:
+            await self.store.delete(layout.blob_dir(digest))
+        else:
+            await self.store.delete(f"{layout.blob_dir(digest)}/{QUARANTINE}")
+
+    async def _relinked(
+        self,
+        scans: dict[str, RepoScan],
+        rescans: dict[str, RepoScan],
+        unkept: dict[str, set[Digest]],
+        quarantined: set[Digest],
+    ) -> set[Digest]:
+        """Quarantined blobs that something linked after the mark read the store: a new
+        layer link, a new manifest (or one a new tag saved from deletion) referencing it,
+        or an upload begun in its repository."""
+        protect: set[Digest] = set()
+        manifests: set[Digest] = set()
+        for name, now in rescans.items():
+            before = scans.get(name, RepoScan(name))
+            protect |= now.layers - before.layers
+            if now.upload_active and not before.upload_active:
+                protect |= now.layers
+            manifests |= (now.revisions - before.revisions) | (
+                now.revisions & unkept.get(name, set())
+            )
+        await read_refs(self.store, manifests, self.refs)
+        for digest in manifests:
+            protect.add(digest)
+            protect |= self.refs[digest].references
+        return protect & quarantined
+
+    async def _unlink_layers(self, scans: list[RepoScan], deleted: set[Digest]) -> None:
+        links = {(s.name, d) for s in scans for d in s.layers & deleted}
+
+        async def unlink(item: tuple[str, Digest]) -> None:
+            if await self.store.delete(layout.layer_link(*item).removesuffix("/link")):
+                self.result.layer_links_deleted += 1
+
+        await each(links, unlink)
+
+    async def _empty_repositories(
+        self, scans: Iterable[RepoScan], gone: dict[str, set[Digest]], deleted: set[Digest]
+    ) -> list[str]:
+        """Repositories with no manifest left, no upload and nothing linked within the grace
+        window."""
+        candidates = [
+            s for s in scans if not s.uploads and not (s.revisions - gone.get(s.name, set()))
+        ]
+
+        async def is_stale(scan: RepoScan) -> bool:
+            for digest in scan.layers - deleted:
+                info = await self.store.stat(layout.layer_link(scan.name, digest))
+                if info is not None and self._fresh(info.mtime):
+                    return False
+            return True
+
+        stale = await each(candidates, is_stale)
+        return sorted(s.name for s, ok in zip(candidates, stale, strict=True) if ok)
+
+    async def _remove_repository(self, name: str) -> None:
+        for folder in _REPO_FOLDERS:
+            await self.store.delete(f"{layout.repository(name)}/{folder}")
+        # A driver with real directories leaves the folders empty: remove those up the tree,
+        # as long as nothing else (another repository) is in them.
+        path = layout.repository(name)
+        while path != layout.REPOSITORIES:
+            if await self.store.children(path):
+                break
+            await self.store.delete(path)
+            path = path.rsplit("/", 1)[0]

@@ -1,0 +1,234 @@
+"""What garbage collection reads: every repository's links and every blob, read with many
+storage calls in flight at once (bounded), through the driver contract only, so it works
+the same on a local disk and on object storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from entrepot.oci.digest import Digest
+from entrepot.oci.errors import RegistryError
+from entrepot.registry import layout
+from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
+
+
+class Limited:
+    """The driver calls collection makes, at most ``limit`` of them in flight."""
+
+    def __init__(self, driver: StorageDriver, limit: int) -> None:
+        self.driver = driver
+        self._slots = asyncio.Semaphore(limit)
+
+    async def children(self, prefix: str) -> list[str]:
+        """``list``, with a missing prefix (or one left empty) as no children."""
+        async with self._slots:
+            try:
+                return await self.driver.list(prefix)
+            except StorageNotFound:
+                return []
+
+    async def stat(self, key: str) -> FileInfo | None:
+        async with self._slots:
+            try:
+                return await self.driver.stat(key)
+            except StorageNotFound:
+                return None
+
+    async def get(self, key: str) -> bytes | None:
+        async with self._slots:
+            try:
+                return await self.driver.get_content(key)
+            except StorageNotFound:
+                return None
+
+    async def move(self, src: str, dst: str) -> bool:
+        async with self._slots:
+            try:
+                await self.driver.move(src, dst)
+            except StorageNotFound:
+                return False
+            return True
+
+    async def delete(self, key: str) -> bool:
+        async with self._slots:
+            try:
+                await self.driver.delete(key)
+            except StorageNotFound:
+                return False
+            return True
+
+    async def digests(self, prefix: str) -> set[Digest]:
+        """The digests named by ``<prefix>/<algorithm>/<encoded>`` directories."""
+        found: set[Digest] = set()
+        for algorithm in await self.children(prefix):
+            for encoded in await self.children(f"{prefix}/{algorithm}"):
+                digest = parse_digest(f"{algorithm}:{encoded}")
+                if digest is not None:
+                    found.add(digest)
+        return found
+
+    async def linked(self, prefix: str) -> dict[Digest, float]:
+        """The digests under ``prefix`` (as ``digests``) whose ``link`` file exists, with its
+        mtime: registry:2 deletes a manifest by removing the link and keeps the folder."""
+        found: dict[Digest, float] = {}
+        for digest in await self.digests(prefix):
+            info = await self.stat(f"{prefix}/{digest.algorithm}/{digest.encoded}/link")
+            if info is not None:
+                found[digest] = info.mtime
+        return found
+
+    async def read_link(self, key: str) -> Digest | None:
+        raw = await self.get(key)
+        return None if raw is None else parse_digest(raw.decode("ascii", "replace").strip())
+
+
+async def each(items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
+    """``work`` on every item at once (the driver wrapper bounds the storage calls)."""
+    return list(await asyncio.gather(*(work(item) for item in items)))
+
+
+def parse_digest(text: str) -> Digest | None:
+    try:
+        return Digest.parse(text)
+    except RegistryError:
+        return None
+
+
+async def find_repositories(store: Limited) -> list[str]:
+    """Every directory under ``repositories/`` that holds a repository's links or uploads
+    (the catalog lists fewer: not one that holds only uploads), walked level by level in
+    parallel."""
+    found: list[str] = []
+
+    async def walk(name: str) -> None:
+        children = await store.children(layout.repository(name) if name else layout.REPOSITORIES)
+        if any(child in _MARKERS for child in children):
+            found.append(name)
+        below = [f"{name}/{c}" if name else c for c in children if not c.startswith("_")]
+        await each(below, walk)
+
+    await walk("")
+    found.sort()
+    return found
+
+
+async def find_blobs(store: Limited) -> set[Digest]:
+    """Every blob directory under ``blobs/`` (registry:2 enumerates the same)."""
+    found: set[Digest] = set()
+
+    async def shard(algorithm: str, prefix: str) -> None:
+        for encoded in await store.children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
+            digest = parse_digest(f"{algorithm}:{encoded}")
+            if digest is not None:
+                found.add(digest)
+
+    for algorithm in await store.children(layout.BLOBS):
+        prefixes = await store.children(f"{layout.BLOBS}/{algorithm}")
+        await asyncio.gather(*(shard(algorithm, prefix) for prefix in prefixes))
+    return found
+
+
+@dataclass
+class RepoScan:
+    """One repository's links, as read at one moment."""
+
+    name: str
+    revisions: set[Digest] = field(default_factory=set)
+    revision_mtimes: dict[Digest, float] = field(default_factory=dict)
+    layers: set[Digest] = field(default_factory=set)
+    tags: dict[str, Digest] = field(default_factory=dict)  # tag -> what it points at now
+    tag_names: list[str] = field(default_factory=list)  # every tag, with a link or not
+    uploads: list[str] = field(default_factory=list)
+    upload_active: bool = False
+
+    @property
+    def tagged(self) -> set[Digest]:
+        return set(self.tags.values())
+
+
+async def scan_repository(store: Limited, name: str, fresh_after: float) -> RepoScan:
+    """Read a repository's revisions, layer links, tags (what each points at) and upload
+    sessions; an upload written to after ``fresh_after`` is in progress. One call after
+    another: the parallelism is across repositories (fewer tasks, less overhead)."""
+    scan = RepoScan(name)
+    scan.revision_mtimes = await store.linked(f"{layout.repository(name)}/_manifests/revisions")
+    scan.revisions = set(scan.revision_mtimes)
+    scan.layers = await store.digests(layout.layers_dir(name))
+    scan.tag_names = await store.children(layout.tags_dir(name))
+    for tag in scan.tag_names:
+        digest = await store.read_link(layout.tag_current_link(name, tag))
+        if digest is not None:
+            scan.tags[tag] = digest
+    scan.uploads = await store.children(layout.uploads_dir(name))
+    for upload_id in scan.uploads:
+        info = await store.stat(layout.upload_data(name, upload_id))
+        if info is not None and info.mtime > fresh_after:
+            scan.upload_active = True
+    return scan
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRefs:
+    """What a stored manifest points at: ``references`` as registry:2's ``References()``
+    (config and layers, an index's children, a schema1 manifest's layers), ``children``
+    (an index's manifests) and ``subject`` (the manifest it refers to)."""
+
+    references: frozenset[Digest]
+    children: tuple[Digest, ...]
+    subject: Digest | None
+
+
+NO_REFS = ManifestRefs(frozenset(), (), None)
+
+
+def manifest_refs(raw: bytes) -> ManifestRefs:
+    """Leniently: garbage collection must not stop at a manifest another registry accepted."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return NO_REFS
+    if not isinstance(body, dict):
+        return NO_REFS
+
+    def digests_of(value: Any, key: str = "digest") -> list[Digest]:
+        items = value if isinstance(value, list) else [value]
+        found = []
+        for item in items:
+            text = item.get(key) if isinstance(item, dict) else None
+            digest = parse_digest(text) if isinstance(text, str) else None
+            if digest is not None:
+                found.append(digest)
+        return found
+
+    children = digests_of(body.get("manifests", []))
+    references = [
+        *digests_of(body.get("config")),
+        *digests_of(body.get("layers", [])),
+        *children,
+        *digests_of(body.get("fsLayers", []), "blobSum"),
+    ]
+    subject = digests_of(body.get("subject"))
+    return ManifestRefs(frozenset(references), tuple(children), subject[0] if subject else None)
+
+
+async def read_refs(
+    store: Limited, digests: Iterable[Digest], known: dict[Digest, ManifestRefs]
+) -> None:
+    """Add the references of every manifest in ``digests`` not in ``known`` yet (each
+    manifest's bytes are read once, however many repositories link it)."""
+
+    async def read(digest: Digest) -> None:
+        raw = await store.get(layout.blob_data(digest))
+        known[digest] = NO_REFS if raw is None else manifest_refs(raw)
+
+    await each([d for d in set(digests) if d not in known], read)

@@ -1,0 +1,287 @@
+"""``entrepot garbage-collect`` against registry:2's own ``garbage-collect``.
+
+A store is written by Debian's docker-registry (images sharing layers, an overwritten tag, a
+deleted manifest, a multi-arch index, an artifact with a ``subject``, a stray blob); two copies
+are collected, one by each command, and the files left are compared. The differences are
+Entrepot's, on purpose: it also unlinks layer links whose blob it deleted (registry:2 v3 does;
+v2.8 leaves them), removes a repository left without manifests, and with
+``--delete-untagged`` keeps a tagged index's children and a tagged image's referrers
+(registry:2 deletes them: distribution #3178).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from . import clients
+from .images import OCI_MANIFEST, build_image, build_index, canonical_json, sha256_digest
+from .servers import REPO_ROOT, ManagedServer, ServerFactory, registry2_binary, registry_config
+
+pytestmark = pytest.mark.e2e
+
+V2 = "docker/registry/v2"
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+
+
+def put_manifest(base_url: str, repo: str, reference: str, doc: dict[str, Any]) -> str:
+    raw = canonical_json(doc)
+    response = httpx.put(
+        f"{base_url}/v2/{repo}/manifests/{reference}",
+        content=raw,
+        headers={"Content-Type": doc["mediaType"]},
+    )
+    assert response.status_code == 201, response.text
+    return sha256_digest(raw)
+
+
+def descriptor(media_type: str, data: bytes, digest: str) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+class Store:
+    """The scenario pushed to registry:2, with the digests the comparison needs."""
+
+    def __init__(self, server: ManagedServer, tmp: Path) -> None:
+        host = server.host
+        # Shared layers: the same image in two repositories; then app:v1 is overwritten.
+        old = build_image(tmp / "old", seed=1, label="app")
+        clients.push(old.ref, host, "team/app", "v1")
+        clients.push(old.ref, host, "team/mirror", "v1")
+        new = build_image(tmp / "new", seed=2, label="app")
+        clients.push(new.ref, host, "team/app", "v1")
+        self.old_manifest = old.digest
+        self.old_blobs = set(old.images["linux/amd64"].blob_digests)
+        # A deleted manifest: its repository is left with no manifest at all.
+        gone = build_image(tmp / "gone", seed=3, label="gone")
+        clients.push(gone.ref, host, "team/gone", "x")
+        clients.delete(host, "team/gone", gone.digest)
+        self.gone_blobs = {gone.digest, *gone.images["linux/amd64"].blob_digests}
+        # A multi-arch index, tagged; its children are untagged.
+        index = build_index(tmp / "multi", seed=4)
+        clients.push(index.ref, host, "team/multi", "v1", all_images=True)
+        self.children = set(index.manifest_digests.values())
+        self.child_blobs = {
+            d for image in index.images.values() for d in image.blob_digests
+        } - self.children
+        # An artifact (a signature) whose subject is the tagged app:v1, pushed by digest.
+        config, layer = b"{}", b"signature of app:v1"
+        config_digest = clients.upload_blob(server.url, "team/app", config)
+        layer_digest = clients.upload_blob(server.url, "team/app", layer)
+        subject_raw = clients.inspect_raw(host, "team/app", new.digest)
+        artifact = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.signature",
+            "config": descriptor(EMPTY_CONFIG, config, config_digest),
+            "layers": [descriptor("application/vnd.example.signature", layer, layer_digest)],
+            "subject": descriptor(OCI_MANIFEST, subject_raw, new.digest),
+        }
+        self.artifact = sha256_digest(canonical_json(artifact))
+        put_manifest(server.url, "team/app", self.artifact, artifact)
+        self.artifact_blobs = {config_digest, layer_digest}
+        # A blob uploaded and never referenced.
+        self.stray = clients.upload_blob(server.url, "team/app", b"stray bytes")
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """Every file of registry:2's tree (relative path -> content); folders are not files."""
+    base = root / V2
+    return {
+        str(path.relative_to(base)): path.read_bytes()
+        for path in sorted(base.rglob("*"))
+        if path.is_file()
+    }
+
+
+def blob_file(digest: str) -> str:
+    algorithm, encoded = digest.split(":")
+    return f"blobs/{algorithm}/{encoded[:2]}/{encoded}/data"
+
+
+def revision_file(repo: str, digest: str) -> str:
+    algorithm, encoded = digest.split(":")
+    return f"repositories/{repo}/_manifests/revisions/{algorithm}/{encoded}/link"
+
+
+def write_config(path: Path, root: Path) -> Path:
+    path.write_text(yaml.safe_dump(registry_config(root, 5000)))
+    return path
+
+
+def registry2_collect(root: Path, *extra: str) -> str:
+    binary = registry2_binary() or "docker-registry"
+    config = write_config(root.parent / f"{root.name}.yml", root)
+    done = subprocess.run(
+        [binary, "garbage-collect", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def entrepot_collect(root: Path, *extra: str) -> str:
+    config = write_config(root.parent / f"{root.name}.yml", root)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "entrepot", "garbage-collect", str(config), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def dangling_layer_links(left: dict[str, bytes], blobs: dict[str, bytes]) -> set[str]:
+    """Layer links in ``left`` to blobs not in ``blobs`` (registry:2 v2.8 leaves them)."""
+    return {
+        path
+        for path, content in left.items()
+        if "/_layers/" in path and blob_file(content.decode().strip()) not in blobs
+    }
+
+
+def repositories_without_manifests(left: dict[str, bytes]) -> set[str]:
+    """Every file of a repository that has no manifest revision left."""
+    by_repo: dict[str, set[str]] = {}
+    for path in left:
+        if path.startswith("repositories/"):
+            repo = path.removeprefix("repositories/").split("/_", 1)[0]
+            by_repo.setdefault(repo, set()).add(path)
+    return {
+        path
+        for paths in by_repo.values()
+        if not any("/_manifests/revisions/" in p for p in paths)
+        for path in paths
+    }
+
+
+@pytest.fixture
+def store(registry2_factory: ServerFactory, tmp_path: Path) -> tuple[Store, Path]:
+    server = registry2_factory()
+    scenario = Store(server, tmp_path / "images")
+    server.stop()
+    return scenario, server.root
+
+
+def two_copies(root: Path, tmp_path: Path) -> tuple[Path, Path]:
+    theirs, ours = tmp_path / "registry2-copy", tmp_path / "entrepot-copy"
+    shutil.copytree(root, theirs)
+    shutil.copytree(root, ours)
+    return theirs, ours
+
+
+def test_collects_what_registry2_collects(store: tuple[Store, Path], tmp_path: Path) -> None:
+    scenario, root = store
+    before = files(root)
+    theirs, ours = two_copies(root, tmp_path)
+    registry2_collect(theirs)
+    output = entrepot_collect(ours, "--grace", "0")
+
+    left_theirs, left_ours = files(theirs), files(ours)
+    assert set(before) - set(left_theirs), "registry:2 collected nothing: the scenario is wrong"
+    gone_blobs = {blob_file(d) for d in (*scenario.gone_blobs, scenario.stray)}
+    assert gone_blobs <= set(before) - set(left_theirs)
+    # Everything registry:2 keeps but dangling layer links and the emptied repository.
+    expected = set(left_theirs) - dangling_layer_links(left_theirs, left_theirs)
+    expected -= repositories_without_manifests(left_theirs)
+    assert set(left_ours) == expected
+    assert not any(p.startswith("repositories/team/gone") for p in left_ours)
+    assert all(left_ours[p] == left_theirs[p] for p in left_ours)
+    assert f"blob eligible for deletion: {scenario.stray}" in output
+    assert "deleted 5 blobs" in output  # the stray blob and team/gone's manifest, config, 2 layers
+
+
+def test_delete_untagged_keeps_tagged_images_whole(
+    store: tuple[Store, Path], tmp_path: Path
+) -> None:
+    scenario, root = store
+    theirs, ours = two_copies(root, tmp_path)
+    registry2_collect(theirs, "--delete-untagged")
+    entrepot_collect(ours, "--delete-untagged", "--grace", "0")
+
+    left_theirs, left_ours = files(theirs), files(ours)
+    # Both delete the overwritten manifest's link in team/app; its bytes stay (team/mirror
+    # still tags it).
+    for left in (left_theirs, left_ours):
+        assert revision_file("team/app", scenario.old_manifest) not in left
+        assert revision_file("team/mirror", scenario.old_manifest) in left
+        assert {blob_file(d) for d in scenario.old_blobs} <= set(left)
+    # distribution #3178: registry:2 unlinks a tagged index's children and deletes their
+    # layers, and deletes the tagged image's signature; Entrepot keeps exactly those.
+    kept_whole = {revision_file("team/multi", d) for d in scenario.children}
+    kept_whole |= {blob_file(d) for d in scenario.child_blobs}
+    kept_whole |= {revision_file("team/app", scenario.artifact), blob_file(scenario.artifact)}
+    kept_whole |= {blob_file(d) for d in scenario.artifact_blobs}
+    assert not kept_whole & set(left_theirs)
+    assert set(left_ours) - set(left_theirs) == kept_whole
+    expected_missing = dangling_layer_links(left_theirs, left_ours)
+    expected_missing |= repositories_without_manifests(left_theirs)
+    assert set(left_theirs) - set(left_ours) == expected_missing
+    for digest in scenario.children:
+        assert blob_file(digest) in left_theirs  # the index marks the children's bytes
+
+
+def test_dry_run_changes_nothing(store: tuple[Store, Path], tmp_path: Path) -> None:
+    scenario, root = store
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    before = files(copy)
+    output = entrepot_collect(copy, "--dry-run", "--delete-untagged", "--grace", "0")
+    assert files(copy) == before
+    assert f"blob eligible for deletion: {scenario.stray}" in output
+    assert f"manifest eligible for deletion: team/app@{scenario.old_manifest}" in output
+    assert "repository eligible for removal: team/gone" in output
+    assert "dry run: nothing deleted" in output
+
+
+def test_grace_window_keeps_what_was_just_written(
+    store: tuple[Store, Path], tmp_path: Path
+) -> None:
+    _, root = store
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    before = files(copy)
+    output = entrepot_collect(copy)  # the default grace, one hour: all of it is fresh
+    assert files(copy) == before
+    assert "deleted 0 blobs" in output
+    assert "5 unmarked blobs kept" in output
+
+
+def test_emptied_repository_leaves_a_running_servers_catalog(
+    entrepot_factory: ServerFactory, tmp_path: Path
+) -> None:
+    server = entrepot_factory()
+    image = build_image(tmp_path / "img", seed=5, label="short-lived")
+    clients.push(image.ref, server.host, "team/short", "v1")
+    kept = build_image(tmp_path / "kept", seed=6, label="kept")
+    clients.push(kept.ref, server.host, "team/kept", "v1")
+    catalog = httpx.get(f"{server.url}/v2/_catalog").json()["repositories"]
+    assert catalog == ["team/kept", "team/short"]
+    clients.delete(server.host, "team/short", image.digest)
+
+    entrepot_collect(server.root, "--grace", "0")
+
+    assert httpx.get(f"{server.url}/v2/_catalog").json()["repositories"] == ["team/kept"]
+    assert not (server.root / V2 / "repositories/team/short").exists()
+    assert clients.inspect_digest(server.host, "team/kept", "v1") == kept.digest
+    # Pushed again, it is back.
+    clients.push(image.ref, server.host, "team/short", "v1")
+    catalog = httpx.get(f"{server.url}/v2/_catalog").json()["repositories"]
+    assert catalog == ["team/kept", "team/short"]
+    assert json.loads(clients.inspect_raw(server.host, "team/short", "v1"))["layers"]

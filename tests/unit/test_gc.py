@@ -1,0 +1,281 @@
+"""Garbage collection on a store written through the driver, in registry:2's layout.
+
+The collector's clock runs two hours ahead, so what a test writes is older than the default
+one-hour grace window unless the test says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from entrepot.oci.digest import Digest
+from entrepot.registry import layout
+from entrepot.registry.catalog import RepositoryIndex
+from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
+from entrepot.storage import StorageDriver, StorageNotFound
+from entrepot.storage.filesystem import FilesystemDriver
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+LATER = 2 * 3600.0
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> FilesystemDriver:
+    return FilesystemDriver(tmp_path / "root")
+
+
+async def blob(driver: StorageDriver, data: bytes) -> Digest:
+    digest = Digest.of(data)
+    await driver.put_content(layout.blob_data(digest), data)
+    return digest
+
+
+async def layer(driver: StorageDriver, name: str, data: bytes) -> Digest:
+    digest = await blob(driver, data)
+    await driver.put_content(layout.layer_link(name, digest), str(digest).encode())
+    return digest
+
+
+def descriptor(digest: Digest, media_type: str = "application/octet-stream") -> dict[str, object]:
+    return {"mediaType": media_type, "digest": str(digest), "size": 1}
+
+
+async def manifest(
+    driver: StorageDriver,
+    name: str,
+    layers: list[Digest],
+    *,
+    tag: str | None = None,
+    subject: Digest | None = None,
+    children: list[Digest] | None = None,
+) -> Digest:
+    doc: dict[str, object] = {"schemaVersion": 2}
+    if children is not None:
+        doc["mediaType"] = OCI_INDEX
+        doc["manifests"] = [descriptor(c, OCI_MANIFEST) for c in children]
+    else:
+        config = await layer(driver, name, f"config of {name} {layers}".encode())
+        doc["mediaType"] = OCI_MANIFEST
+        doc["config"] = descriptor(config)
+        doc["layers"] = [descriptor(d) for d in layers]
+    if subject is not None:
+        doc["subject"] = descriptor(subject, OCI_MANIFEST)
+    digest = await blob(driver, json.dumps(doc).encode())
+    await driver.put_content(layout.manifest_revision_link(name, digest), str(digest).encode())
+    if tag is not None:
+        await driver.put_content(layout.tag_current_link(name, tag), str(digest).encode())
+        await driver.put_content(layout.tag_index_link(name, tag, digest), str(digest).encode())
+    return digest
+
+
+async def collect(driver: StorageDriver, **options: object) -> GcResult:
+    lines: list[str] = []
+    gc = GarbageCollector(
+        driver,
+        GcOptions(**options),  # type: ignore[arg-type]
+        emit=lines.append,
+        clock=lambda: time.time() + LATER,
+    )
+    return await gc.run()
+
+
+async def exists(driver: StorageDriver, key: str) -> bool:
+    try:
+        await driver.stat(key)
+    except StorageNotFound:
+        return False
+    return True
+
+
+def age(driver: FilesystemDriver, *keys: str) -> None:
+    then = time.time() - LATER
+    for key in keys:
+        os.utime(driver.local_path(key), (then, then))
+
+
+async def test_unreferenced_blobs_go_with_their_links(driver: FilesystemDriver) -> None:
+    kept = await layer(driver, "team/app", b"kept layer")
+    await manifest(driver, "team/app", [kept], tag="v1")
+    stray = await layer(driver, "team/app", b"never referenced")
+    result = await collect(driver)
+    assert set(result.blobs_deleted) == {stray}
+    assert result.bytes_freed == len(b"never referenced")
+    assert not await exists(driver, layout.blob_dir(stray))
+    assert not await exists(driver, layout.layer_link("team/app", stray))
+    assert await exists(driver, layout.blob_data(kept))
+
+
+async def test_dry_run_deletes_nothing(driver: FilesystemDriver, tmp_path: Path) -> None:
+    stray = await layer(driver, "team/app", b"never referenced")
+    await manifest(driver, "team/gone", [await layer(driver, "team/gone", b"x")])
+    before = sorted(p for p in (tmp_path / "root").rglob("*"))
+    result = await collect(driver, dry_run=True, delete_untagged=True)
+    assert stray in result.blobs_eligible
+    assert result.blobs_deleted == {}
+    assert [name for name, _ in result.manifests_eligible] == ["team/gone"]
+    assert result.repositories_removed == ["team/app", "team/gone"]
+    assert sorted(p for p in (tmp_path / "root").rglob("*")) == before
+
+
+async def test_grace_window_keeps_fresh_blobs_and_links(driver: FilesystemDriver) -> None:
+    fresh_blob = await layer(driver, "team/app", b"just uploaded")
+    old_blob_fresh_link = await layer(driver, "team/app", b"old bytes, linked again")
+    old = await layer(driver, "team/app", b"old and unlinked for long")
+    age(driver, layout.blob_data(old_blob_fresh_link), layout.blob_data(old))
+    age(driver, layout.layer_link("team/app", old))
+    gc = GarbageCollector(driver, GcOptions(), emit=lambda _: None)  # the real clock
+    result = await gc.run()
+    assert set(result.blobs_deleted) == {old}
+    assert result.blobs_kept_fresh == 2
+    assert await exists(driver, layout.blob_data(fresh_blob))
+    assert await exists(driver, layout.blob_data(old_blob_fresh_link))
+
+
+async def test_upload_in_progress_keeps_its_repository_layers(driver: FilesystemDriver) -> None:
+    # A long push: its first layer went up hours ago, the next one is still uploading.
+    sent = await layer(driver, "team/app", b"first layer of a push under way")
+    age(driver, layout.blob_data(sent), layout.layer_link("team/app", sent))
+    upload = layout.upload_data("team/app", "abc-123")
+    await driver.put_content(upload, b"second layer...")
+    gc = GarbageCollector(driver, GcOptions(), emit=lambda _: None)  # the real clock
+    result = await gc.run()
+    assert result.blobs_deleted == {}
+    assert await exists(driver, layout.blob_data(sent))
+    # Abandoned (nothing written for longer than the grace window), it protects nothing.
+    age(driver, upload)
+    result = await GarbageCollector(driver, GcOptions(), emit=lambda _: None).run()
+    assert set(result.blobs_deleted) == {sent}
+
+
+async def test_delete_untagged_keeps_index_children_and_referrers(
+    driver: FilesystemDriver,
+) -> None:
+    name = "team/multi"
+    amd = await manifest(driver, name, [await layer(driver, name, b"amd64 layer")])
+    arm = await manifest(driver, name, [await layer(driver, name, b"arm64 layer")])
+    index = await manifest(driver, name, [], children=[amd, arm], tag="v1")
+    signature = await manifest(driver, name, [await layer(driver, name, b"sig")], subject=index)
+    sbom_of_child = await manifest(driver, name, [await layer(driver, name, b"sbom")], subject=amd)
+    old_layer = await layer(driver, name, b"overwritten")
+    overwritten = await manifest(driver, name, [old_layer])
+    result = await collect(driver, delete_untagged=True)
+    assert result.manifests_deleted == [(name, overwritten)]
+    assert old_layer in result.blobs_deleted
+    for kept in (index, amd, arm, signature, sbom_of_child):
+        assert await exists(driver, layout.manifest_revision_link(name, kept))
+    assert not await exists(driver, layout.manifest_revision_dir(name, overwritten))
+
+
+async def test_emptied_repository_is_removed_and_leaves_the_catalog(
+    driver: FilesystemDriver, tmp_path: Path
+) -> None:
+    shared = await layer(driver, "team/kept", b"shared")
+    await manifest(driver, "team/kept", [shared], tag="v1")
+    await driver.put_content(layout.layer_link("team/gone", shared), str(shared).encode())
+    nested = await manifest(
+        driver, "team/gone/nested", [await layer(driver, "team/gone/nested", b"n")]
+    )
+    untagged = await manifest(driver, "team/gone", [shared])
+    index = RepositoryIndex(driver)
+    assert await index.names() == ["team/gone", "team/gone/nested", "team/kept"]
+
+    result = await collect(driver, delete_untagged=True)
+
+    assert set(result.manifests_deleted) == {("team/gone", untagged), ("team/gone/nested", nested)}
+    assert result.repositories_removed == ["team/gone", "team/gone/nested"]
+    assert await index.names() == ["team/kept"]
+    assert not (tmp_path / "root" / layout.repository("team")).joinpath("gone").exists()
+    assert await exists(driver, layout.blob_data(shared))
+
+
+Interleave = Callable[[], Awaitable[None]]
+
+
+class Interleaving(FilesystemDriver):
+    """A filesystem driver that runs ``action`` once, just before the first move onto a
+    quarantine key (the sweep has marked, and is about to put a blob aside)."""
+
+    action: Interleave | None = None
+
+    async def move(self, src: str, dst: str) -> None:
+        if dst.endswith(f"/{QUARANTINE}") and self.action is not None:
+            action, self.action = self.action, None
+            await action()
+        await super().move(src, dst)
+
+
+async def test_a_push_linking_a_blob_during_the_sweep_keeps_it(tmp_path: Path) -> None:
+    driver = Interleaving(tmp_path / "root")
+    orphan = await layer(driver, "team/app", b"unreferenced at mark time")
+
+    async def push_mounts_it() -> None:
+        # A cross-repository mount (or an upload of the same bytes) into a new repository.
+        await driver.put_content(layout.layer_link("team/new", orphan), str(orphan).encode())
+
+    driver.action = push_mounts_it
+    result = await collect(driver)
+    assert result.blobs_relinked == 1
+    assert result.blobs_deleted == {}
+    assert await exists(driver, layout.blob_data(orphan))
+    assert not await exists(driver, f"{layout.blob_dir(orphan)}/{QUARANTINE}")
+
+
+async def test_a_manifest_pushed_during_the_sweep_keeps_its_blobs(tmp_path: Path) -> None:
+    driver = Interleaving(tmp_path / "root")
+    orphan = await layer(driver, "team/app", b"linked, no manifest yet")
+
+    async def manifest_arrives() -> None:
+        await manifest(driver, "team/app", [orphan], tag="v1")
+
+    driver.action = manifest_arrives
+    result = await collect(driver)
+    assert orphan not in result.blobs_deleted
+    assert await exists(driver, layout.blob_data(orphan))
+
+
+async def test_a_tag_set_during_the_sweep_saves_its_manifest(tmp_path: Path) -> None:
+    driver = Interleaving(tmp_path / "root")
+    name = "team/app"
+    base = await layer(driver, name, b"layer of an untagged image")
+    untagged = await manifest(driver, name, [base])
+    calls = 0
+
+    class TagsWhileSweeping(Interleaving):
+        async def list(self, prefix: str) -> list[str]:
+            nonlocal calls
+            if prefix == layout.tags_dir(name):
+                calls += 1
+                if calls == 2:  # the sweep reads the tags again before unlinking
+                    await self.put_content(
+                        layout.tag_current_link(name, "late"), str(untagged).encode()
+                    )
+            return await super().list(prefix)
+
+    result = await collect(TagsWhileSweeping(tmp_path / "root"), delete_untagged=True)
+    assert result.manifests_deleted == []
+    assert result.blobs_deleted == {}
+    assert await exists(driver, layout.manifest_revision_link(name, untagged))
+    assert await exists(driver, layout.blob_data(base))
+
+
+async def test_a_repository_pushed_again_after_removal_is_listed_by_every_worker(
+    driver: FilesystemDriver,
+) -> None:
+    pusher, lister = RepositoryIndex(driver), RepositoryIndex(driver)  # two workers
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"a")])
+    await pusher.note("team/app")
+    assert await lister.names() == ["team/app"]
+    result = await collect(driver, delete_untagged=True)
+    assert result.repositories_removed == ["team/app"]
+    assert await lister.names() == []
+    # The pusher announced team/app before; pushed anew, it announces it again.
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"b")], tag="v1")
+    await pusher.note("team/app")
+    assert await lister.names() == ["team/app"]
