@@ -27,9 +27,19 @@ declare -A PACKAGE_OF=(
   [wrk]=wrk
   [openssl]=openssl
   [curl]=curl
+  # Ceph's radosgw: the S3 server the storage suite and the S3 e2e tests start (tests/cephs3.py)
+  [radosgw]=radosgw
+  [radosgw-admin]=radosgw
+  [ceph-mon]=ceph-mon
+  [monmaptool]=ceph-mon
+  [ceph-osd]=ceph-osd
+  [ceph]=ceph-common
+  [chromium]=chromium                 # the web UI's browser tests (driven by Playwright)
+  [nginx]=nginx                       # in front of docker-registry: sends ratelimit-* headers
 )
 # Fixed order, for stable messages.
-COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl)
+COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl
+  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph nginx chromium)
 
 check_only=0
 case "${1:-}" in

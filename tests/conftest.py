@@ -1,5 +1,54 @@
-"""Fixtures shared by the in-process test suites."""
+"""Fixtures shared by the test suites.
 
+loopback       (tests/loopback.py) for the in-process suites
+
+s3_server      a throwaway Ceph radosgw on 127.0.0.1 (tests/cephs3.py), started once per
+               session; it skips locally and fails under $CI when Ceph is not installed
+s3_bucket()    a fresh, empty bucket on it (its name); creating one takes radosgw ~2 s
+s3_shared_bucket  one bucket for the whole session (tests keep apart by rootdirectory)
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.cephs3 import CephS3, ceph_missing, s3_client
 from tests.loopback import loopback
 
-__all__ = ["loopback"]
+__all__ = ["loopback", "s3_bucket", "s3_server", "s3_shared_bucket"]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephS3]:
+    missing = ceph_missing()
+    if missing:
+        message = f"Ceph not installed (missing {', '.join(missing)}): scripts/install-test-deps.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = CephS3(tmp_path_factory.mktemp("ceph")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: CephS3) -> Callable[[], str]:
+    def create() -> str:
+        name = f"t-{uuid.uuid4().hex[:20]}"
+        s3_client(s3_server).create_bucket(Bucket=name)
+        return name
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def s3_shared_bucket(s3_server: CephS3) -> str:
+    name = "entrepot-tests"
+    s3_client(s3_server).create_bucket(Bucket=name)
+    return name

@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import secrets
+import shutil
 import socket
 import ssl
 import sys
@@ -25,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrepot import __version__, cli_gc
-from entrepot.config import CONFIG_ENV, CONFIGURATION_PATH_ENV, Config, ConfigError, load_config
+from entrepot.config import (
+    CONFIG_ENV,
+    CONFIGURATION_PATH_ENV,
+    METRICS_DIR_ENV,
+    Config,
+    ConfigError,
+    load_config,
+)
 from entrepot.config.check import check_tls_files, effective_yaml, summary
 from entrepot.log_setup import configure_logging
 from entrepot.root_auth import SECRET_ENV
@@ -108,6 +116,23 @@ def serve(path: str | None, *, workers: int | None = None) -> int:
     if problem:
         print(f"entrepot: {problem}", file=sys.stderr)
         return 1
+    # Every worker writes its metric values here and a scrape sums them. Fresh for each
+    # run (old files would be summed in), removed at exit; set before anything imports
+    # prometheus_client, which reads it then (and workers are forked from this process).
+    metrics_dir = tempfile.mkdtemp(prefix="entrepot-metrics-")
+    previous = os.environ.get(METRICS_DIR_ENV)
+    os.environ[METRICS_DIR_ENV] = metrics_dir
+    try:
+        return _serve(config, path, workers)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(METRICS_DIR_ENV, None)
+        else:
+            os.environ[METRICS_DIR_ENV] = previous
+
+
+def _serve(config: Config, path: str | None, workers: int | None) -> int:
     if _storage_problem(config):
         return 1
     configure_logging(config.log)
@@ -126,8 +151,42 @@ def serve(path: str | None, *, workers: int | None = None) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"entrepot: config error: cannot load http.tls: {exc}", file=sys.stderr)
             return CONFIG_ERROR_EXIT
-        server.serve()
+        with _debug_server(config) as started:
+            if not started:
+                return 1
+            server.serve()
     return 0
+
+
+@contextlib.contextmanager
+def _debug_server(config: Config) -> Iterator[bool]:
+    """registry:2's debug server on http.debug.addr (when configured) while serving;
+    yields False after one line on stderr if it cannot listen."""
+    debug = config.http.debug
+    if debug is None:
+        yield True
+        return
+    from entrepot.http.debug import DebugServer
+    from entrepot.http.metrics import workers_registry
+
+    collect = workers_registry(os.environ[METRICS_DIR_ENV])
+    server = DebugServer(debug.host, debug.port, debug.prometheus.path, collect)
+    try:
+        server.start()
+    except OSError as exc:
+        reason = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        print(
+            f"entrepot: cannot listen on http.debug.addr {debug.addr}: {reason or exc}; "
+            "stop what uses it or set another http.debug.addr",
+            file=sys.stderr,
+        )
+        yield False
+        return
+    logger.info("metrics at http://%s:%d%s", debug.host, server.port, debug.prometheus.path)
+    try:
+        yield True
+    finally:
+        server.close()
 
 
 def listen_problem(config: Config) -> str | None:

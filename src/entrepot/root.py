@@ -4,45 +4,87 @@ wires storage, registry services and the HTTP app together."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import multiprocessing
 import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 
-from entrepot.config import CONFIG_ENV, Config, load_config
+from entrepot.config import CONFIG_ENV, METRICS_DIR_ENV, Config, load_config
 from entrepot.http.app import build_app
 from entrepot.http.clientaddr import ClientAddresses
 from entrepot.http.context import ApiContext
-from entrepot.http.metrics import Sample
-from entrepot.http.notify import EndpointSettings, Notifier
+from entrepot.http.metrics import (
+    HttpMetrics,
+    MetricsMiddleware,
+    metrics_endpoint,
+    samples,
+    scrape_registry,
+    worker_stopped,
+)
+from entrepot.http.notify import EndpointSettings, NotificationMetrics, Notifier
+from entrepot.http.ui import UiSettings, access_for, ui_routes
 from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
+from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
+from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
-from entrepot.registry.health import StorageHealthCheck, check_writable
+from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.s3 import S3Driver, S3Settings, aws_credentials, probe_bucket
+from entrepot.storage.timed import TimedDriver
 
 
 def create_driver(config: Config) -> StorageDriver:
     # load_config already refused drivers Entrepot does not have.
-    return FilesystemDriver(config.storage.rootdirectory)
+    if config.storage.s3 is None:
+        return FilesystemDriver(config.storage.rootdirectory)
+    return S3Driver(s3_settings(config))
+
+
+def s3_settings(config: Config) -> S3Settings:
+    s3 = config.storage.s3
+    assert s3 is not None
+    access, secret, token = s3.accesskey, s3.secretkey, s3.sessiontoken
+    if not access:
+        access, secret, token = aws_credentials() or (None, None, None)
+    return S3Settings(
+        bucket=s3.bucket,
+        region=s3.region or "us-east-1",
+        endpoint=s3.endpoint,
+        access_key=access,
+        secret_key=secret,
+        session_token=token,
+        path_style=s3.path_style,
+        skip_verify=s3.skipverify,
+        rootdirectory=s3.rootdirectory,
+        chunksize=s3.chunksize,
+        encrypt=s3.encrypt,
+        keyid=s3.keyid,
+        redirect=not config.storage.redirect_disabled,
+    )
 
 
 def storage_problem(config: Config) -> str | None:
     """Why the configured storage cannot be used, in one line naming it, or None. Run
-    before serving, so that an unwritable root stops start-up instead of failing every
-    push later (read-only mode only needs to read)."""
+    before serving, so that an unwritable root or an unusable bucket stops start-up
+    instead of failing every push later (read-only mode only needs to read)."""
+    if config.storage.s3 is not None:
+        return _s3_problem(config)
 
     async def probe() -> None:
         driver = create_driver(config)
@@ -55,21 +97,44 @@ def storage_problem(config: Config) -> str | None:
         finally:
             await driver.close()
 
-    root = config.storage.rootdirectory
     try:
         asyncio.run(probe())
     except StorageError as exc:
         verb = "read" if config.storage.readonly else "write to"
         return (
-            f"cannot {verb} storage.filesystem.rootdirectory {root} ({exc}); "
-            "make it writable by this user or choose another rootdirectory"
+            f"cannot {verb} storage.filesystem.rootdirectory {config.storage.rootdirectory} "
+            f"({exc}); make it writable by this user or choose another rootdirectory"
         )
     return None
 
 
-def create_upstreams(config: Config) -> list[Upstream]:
+def _s3_problem(config: Config) -> str | None:
+    if config.proxies:
+        return (
+            "the pull-through cache (proxy, proxies) cannot be kept on storage.s3 yet; "
+            "use storage.filesystem for a cache, or remove proxy and proxies"
+        )
+    try:
+        settings = s3_settings(config)
+    except StorageError as exc:  # an unreadable AWS credentials file
+        return f"cannot use storage.s3 ({exc})"
+    # The S3 client's (obstore's) runtime does not survive fork(), and the server forks
+    # its workers after this check: probe from a fresh process, never this one.
+    context = multiprocessing.get_context("spawn")
+    write_key = None if config.storage.readonly else probe_key()
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        problem = pool.submit(probe_bucket, settings, write_key).result()
+    if problem is None:
+        return None
+    return f"cannot use storage.s3 ({problem}); check the bucket, regionendpoint and credentials"
+
+
+def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> list[Upstream]:
     upstreams = []
     for proxy in config.proxies:
+        budget = RateBudget(proxy.ratelimit_reserve)
+        if metrics is not None:
+            metrics.upstream(proxy.host)
         settings = UpstreamSettings(
             host=proxy.host,
             urls=proxy.remoteurls,
@@ -82,16 +147,19 @@ def create_upstreams(config: Config) -> list[Upstream]:
         upstreams.append(
             Upstream(
                 host=proxy.host,
-                client=UpstreamClient(settings),
+                client=UpstreamClient(
+                    settings, requests=RequestCounts(proxy.host, metrics, budget)
+                ),
                 policy=policy,
                 mirror=proxy.mirror,
                 allow_push=proxy.allow_push,
+                budget=budget,
             )
         )
     return upstreams
 
 
-def create_notifier(config: Config) -> Notifier | None:
+def create_notifier(config: Config, metrics: NotificationMetrics | None = None) -> Notifier | None:
     """registry:2's notification endpoints (disabled ones left out), None without any."""
     settings = []
     for endpoint in config.notifications.endpoints:
@@ -122,14 +190,20 @@ def create_notifier(config: Config) -> Notifier | None:
         settings,
         source={"addr": addr, "instanceID": str(uuid.uuid4())},
         include_references=config.notifications.includereferences,
+        metrics=metrics,
     )
 
 
 def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette:
-    driver = driver if driver is not None else create_driver(config)
+    registry = CollectorRegistry()
+    http_metrics = HttpMetrics(registry)
+    driver = TimedDriver(
+        driver if driver is not None else create_driver(config), http_metrics.storage_action
+    )
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
-    upstreams = create_upstreams(config)
-    cache = ProxyCache(local)
+    proxy_metrics = ProxyMetrics(registry)
+    upstreams = create_upstreams(config, proxy_metrics)
+    cache = ProxyCache(local, events=CacheEvents(proxy_metrics))
     resolver = ProxyResolver(local, cache, upstreams, readonly=config.storage.readonly)
     health_cfg = config.health.storagedriver
     health = StorageHealthCheck(
@@ -139,32 +213,16 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         writable=not config.storage.readonly,
     )
 
-    def samples() -> list[Sample]:
-        found = [
-            Sample("entrepot_proxy_events_total", (("upstream", host), ("event", event)), n)
-            for (event, host), n in cache.stats.items()
-        ]
-        for upstream in upstreams:
-            found.extend(
-                Sample(
-                    "entrepot_upstream_requests_total",
-                    (("upstream", upstream.host), ("request", kind)),
-                    n,
-                )
-                for kind, n in upstream.client.requests.items()
-            )
-        if notifier is not None:
-            found.extend(notifier.samples())
-        return found
-
-    notifier = create_notifier(config)
+    multiproc_dir = os.environ.get(METRICS_DIR_ENV) or None
+    collect = scrape_registry(registry, multiproc_dir)
+    notifier = create_notifier(config, NotificationMetrics(registry))
     secret = shared_secret(config)
     guard, token_service = create_guard(config, secret)
     api = ApiContext(
         resolver=resolver,
         guard=guard,
         token_service=token_service,
-        metrics=samples,
+        metrics=lambda: samples(collect()),
         notifier=notifier,
         upload_secret=None if config.auth is None else derive_key(secret, "upload-state"),
         extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
@@ -205,8 +263,26 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
             for upstream in upstreams:
                 await upstream.client.aclose()
             await driver.close()
+            if multiproc_dir is not None:
+                worker_stopped(multiproc_dir)
 
-    app = build_app(api, lifespan=lifespan, access_log=not config.log.accesslog_disabled)
+    # With access control on, metrics are only on http.debug.addr (a listener operators
+    # keep private): the main address's /metrics would tell anyone what is pulled.
+    public = [] if config.auth is not None else [Route("/metrics", metrics_endpoint(collect))]
+    ui = UiSettings(
+        store=local,
+        upstreams=upstreams,
+        access=access_for(guard, token_service),
+        session_key=derive_key(secret, "ui-session"),
+        delete_enabled=config.storage.delete_enabled,
+    )
+    app = build_app(
+        api,
+        lifespan=lifespan,
+        extra_routes=[*public, *ui_routes(ui)],
+        access_log=not config.log.accesslog_disabled,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.
         outer = Starlette(

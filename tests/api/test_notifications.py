@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from entrepot.config import load_config
@@ -153,12 +154,13 @@ def test_an_endpoint_that_never_answers_drops_beyond_its_queue(tmp_path: Path) -
     finally:
         silent.close()
     counts = {
-        line.split("{", 1)[0] + line.split("{", 1)[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if 'endpoint="silent"' in line
+        (sample.name, sample.labels.get("type", "")): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.labels.get("endpoint") == "silent"
     }
-    queued = counts['registry_notifications_events_totaltype="Events",endpoint="silent"']
-    dropped = counts['entrepot_notifications_dropped_totalendpoint="silent"']
+    queued = counts[("registry_notifications_events_total", "Events")]
+    dropped = counts[("entrepot_notifications_dropped_total", "")]
     # Eight events: at most one in flight plus two waiting were kept, the rest counted.
     assert queued + dropped == 8
     assert queued <= 3 and dropped >= 5

@@ -271,8 +271,14 @@ async def test_metrics_count_stale_serves_and_upstream_requests(tmp_path: Path) 
         failed = client.get("/v2/quay.io/org/app/manifests/1")
         assert failed.status_code == 503
         text = client.get("/metrics").text
-    assert "# TYPE entrepot_proxy_events_total counter" in text
-    assert 'entrepot_upstream_requests_total{upstream="quay.io",request="HEAD manifest"} 1' in text
+    assert "# TYPE entrepot_proxy_stale_served_total counter" in text
+    assert (
+        'entrepot_upstream_requests_total{request="HEAD manifest",upstream="quay.io"} 1.0' in text
+    )
+    assert (
+        'entrepot_proxy_upstream_errors_total{error="unavailable",upstream="quay.io"} 1.0' in text
+    )
+    assert 'registry_http_requests_total{code="503",handler="manifest",method="GET"} 1.0' in text
 
 
 async def test_ns_of_a_registry_not_cached_never_reaches_the_mirror(setup: Setup) -> None:

@@ -66,10 +66,11 @@ def free_port() -> Callable[[], int]:
 
 @pytest.fixture
 def registry2_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
-    """``start(root=None, *, config=None, port=None)`` -> a running registry:2.
+    """``start(root=None, *, config=None, port=None, env=None)`` -> a running registry:2.
 
     With `root`, the server uses that directory as its storage root (to read what another
-    server wrote); otherwise a fresh one. `config` is deep-merged into the generated config.yml.
+    server wrote); otherwise a fresh one. `config` is deep-merged into the generated config.yml;
+    `env` is added to its environment.
     """
     binary = registry2_binary()
     if binary is None:
@@ -81,10 +82,15 @@ def registry2_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
         *,
         config: Mapping[str, Any] | None = None,
         port: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ManagedServer:
         workdir = tmp_path_factory.mktemp("registry2-run")
         server = registry2_server(
-            root if root is not None else workdir / "root", workdir, config=config, port=port
+            root if root is not None else workdir / "root",
+            workdir,
+            config=config,
+            port=port,
+            env=env,
         )
         started.append(server)
         return server.start()

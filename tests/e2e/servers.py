@@ -65,10 +65,15 @@ def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
     return out
 
 
+# Keys below ``storage`` that are not a driver name (as in registry:2).
+_STORAGE_SECTIONS = ("maintenance", "cache", "delete", "redirect", "tag")
+
+
 def registry_config(
     root: Path, port: int, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The registry:2 config both servers take: filesystem root, delete on, loopback address."""
+    """The registry:2 config both servers take: filesystem root, delete on, loopback address.
+    A storage driver named in ``extra`` (such as ``s3``) replaces the filesystem one."""
     base: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "info"},
@@ -78,6 +83,9 @@ def registry_config(
         },
         "http": {"addr": f"127.0.0.1:{port}"},
     }
+    storage = (extra or {}).get("storage") or {}
+    if set(storage) - {"filesystem", *_STORAGE_SECTIONS}:
+        del base["storage"]["filesystem"]
     return deep_merge(base, extra or {})
 
 
@@ -288,7 +296,12 @@ def registry2_binary() -> str | None:
 
 
 def registry2_server(
-    root: Path, workdir: Path, *, config: Mapping[str, Any] | None = None, port: int | None = None
+    root: Path,
+    workdir: Path,
+    *,
+    config: Mapping[str, Any] | None = None,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ManagedServer:
     binary = registry2_binary() or "docker-registry"
     base_extra: dict[str, Any] = {
@@ -302,6 +315,7 @@ def registry2_server(
         workdir=workdir,
         config=deep_merge(base_extra, config or {}),
         port=port,
+        env=env,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -9,17 +10,39 @@ import pytest
 
 from entrepot.storage import StorageDriver
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.s3 import S3Driver, S3Settings
+from tests.cephs3 import ACCESS_KEY, REGION, SECRET_KEY
 
-# One entry per driver implementation; adding one (e.g. S3 against a local MinIO) is one
-# line here. A factory gets a fresh, empty temp dir and returns a driver over empty storage.
-DRIVER_FACTORIES: dict[str, Callable[[Path], StorageDriver]] = {
-    "filesystem": lambda tmp: FilesystemDriver(tmp / "root"),
+
+def s3_driver(request: pytest.FixtureRequest) -> S3Driver:
+    """A driver on the session's radosgw, under a rootdirectory of its own in a shared
+    bucket (as registry:2 deployments often are), with small parts to exercise them."""
+    server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_shared_bucket")
+    settings = S3Settings(
+        bucket=bucket,
+        region=REGION,
+        endpoint=server.endpoint,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        path_style=True,
+        rootdirectory=f"/{uuid.uuid4().hex}/registry/",
+        chunksize=5 * 1024 * 1024,
+    )
+    return S3Driver(settings)
+
+
+# One entry per driver implementation. A factory gets the test's request and a fresh, empty
+# temp dir and returns a driver over empty storage.
+DRIVER_FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], StorageDriver]] = {
+    "filesystem": lambda _, tmp: FilesystemDriver(tmp / "root"),
+    "s3": lambda request, _: s3_driver(request),
 }
 
 
 @pytest.fixture(params=sorted(DRIVER_FACTORIES))
 async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageDriver]:
-    d = DRIVER_FACTORIES[request.param](tmp_path)
+    d = DRIVER_FACTORIES[request.param](request, tmp_path)
     try:
         yield d
     finally:

@@ -308,6 +308,16 @@ async def test_delete_tree(driver: StorageDriver) -> None:
     assert await driver.get_content("keep") == b"v"
 
 
+async def test_prefixes_are_whole_segments(driver: StorageDriver) -> None:
+    for key in ("r/app/x", "r/app-2/y", "r/apple"):
+        await driver.put_content(key, b"v")
+    assert await driver.list("r/app") == ["x"]
+    assert (await driver.stat("r/app")).is_dir
+    await driver.delete("r/app")
+    assert await driver.list("r") == ["app-2", "apple"]
+    assert await driver.get_content("r/app-2/y") == b"v"
+
+
 async def test_delete_missing(driver: StorageDriver) -> None:
     with pytest.raises(StorageNotFound):
         await driver.delete("no/such/key")

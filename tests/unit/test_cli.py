@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,12 +23,12 @@ def test_config_error_exits_1_with_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
     path = tmp_path / "config.yml"
-    path.write_text("version: 0.1\nstorage:\n  s3:\n    bucket: b\n")
+    path.write_text("version: 0.1\nstorage:\n  gcs:\n    bucket: b\n")
     argv = ["serve", str(path)] if how == "positional" else ["serve", "--config", str(path)]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("entrepot: config error: ")
-    assert "storage driver 's3' is not supported yet" in err
+    assert "storage driver 'gcs' is not supported yet" in err
 
 
 def test_missing_config_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,3 +109,34 @@ def test_garbage_collect_flags_and_errors(
     out = capsys.readouterr().out
     assert "0 repositories, 0 manifests and 0 blobs marked" in out
     assert "dry run: nothing deleted" in out
+
+
+def test_debug_address_in_use_exits_1_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(prefix: str | None = None) -> str:
+        made.append(real_mkdtemp(prefix=prefix, dir=tmp_path))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)  # where the workers' metrics dir is made
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        path = tmp_path / "config.yml"
+        path.write_text(
+            f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+            f"http:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:{port}\n"
+            "    prometheus:\n      enabled: true\n"
+        )
+        assert main(["serve", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on http.debug.addr 127.0.0.1:{port}: it is already in use" in err
+    # The metrics directory is gone, and the variable with it.
+    assert len(made) == 1 and Path(made[0]).name.startswith("entrepot-metrics-")
+    assert not Path(made[0]).exists()
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ

@@ -263,7 +263,7 @@ VS = "version: 0.1\nstorage: filesystem\n"
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (V + "storage: {s3: {bucket: b}}", "storage driver 's3' is not supported yet; supported: "),
+        (V + "storage: {gcs: {bucket: b}}", "storage driver 'gcs' is not supported yet; supported"),
         (V + "storage: {inmemory: }", "storage driver 'inmemory' is not supported yet"),
         (V + "storage: azure", "storage driver 'azure' is not supported yet"),
         (
@@ -412,6 +412,8 @@ def test_http_options(tmp_path: Path) -> None:
           host: registry.example.com
           debug:
             addr: localhost:5001
+            prometheus:
+              enabled: true
         log:
           level: DEBUG
           formatter: json
@@ -421,7 +423,9 @@ def test_http_options(tmp_path: Path) -> None:
     config = load(tmp_path, text)
     assert config.http.prefix == "/my/nested/registry/"
     assert config.http.secret == "asecretforlocaldevelopment"
-    assert config.http.debug_addr == "localhost:5001"
+    assert config.http.debug is not None
+    assert (config.http.debug.host, config.http.debug.port) == ("localhost", 5001)
+    assert config.http.debug.prometheus.path == "/metrics"
     assert config.http.host_url is None  # not an absolute URL: ignored, with a warning
     assert any("http.host" in w for w in config.warnings)
     assert (config.log.level, config.log.formatter) == ("debug", "json")
@@ -477,6 +481,21 @@ def test_every_declared_key_has_its_registry_variable() -> None:
     assert apply_env_overrides({}, {"REGISTRY_HTTP_ADR": "x"}, schema) == [
         "ignoring environment variable REGISTRY_HTTP_ADR: no such configuration key"
     ]
+
+
+def test_debug_server_needs_prometheus_enabled(tmp_path: Path) -> None:
+    """registry:2's debug server also serves Go's expvar and pprof; Entrepot's serves only
+    the metrics, so an address without them starts nothing, and says so."""
+    config = load(tmp_path, MINIMAL + "http:\n  debug:\n    addr: :5001\n")
+    assert config.http.debug is None
+    assert any("http.debug.prometheus.enabled" in w for w in config.warnings)
+    text = "http:\n  debug:\n    addr: 127.0.0.1:5001\n    prometheus:\n"
+    text += "      enabled: true\n      path: /debug/metrics\n"
+    config = load(tmp_path, MINIMAL + text)
+    assert config.http.debug is not None
+    assert config.http.debug.prometheus.path == "/debug/metrics"
+    with pytest.raises(ConfigError, match=r"http\.debug\.addr"):
+        load(tmp_path, MINIMAL + "http:\n  debug:\n    addr: nope\n")
 
 
 STORAGE = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /tmp/x\n"

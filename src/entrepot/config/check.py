@@ -67,9 +67,16 @@ def summary(config: Config, path: str | None) -> str:
         host = f"[{http.host}]" if ":" in http.host else http.host
         address = f"{'https' if http.tls else 'http'}://{host}:{http.port}{http.prefix}"
     upstreams = [u.host + (" (mirror)" if u.mirror else "") for u in config.proxies]
+    s3 = config.storage.s3
+    where = (
+        f"bucket {s3.bucket}{'/' + s3.rootdirectory.strip('/') if s3.rootdirectory else ''}"
+        f" at {s3.endpoint or 'AWS ' + (s3.region or 'us-east-1')}"
+        if s3 is not None
+        else config.storage.rootdirectory
+    )
     return (
         f"config {Path(path).resolve() if path else '(built-in defaults)'}; "
-        f"storage {config.storage.driver} at {config.storage.rootdirectory}; "
+        f"storage {config.storage.driver} at {where}; "
         f"listening on {address}; auth {config.auth.mode if config.auth else 'none'}; "
         f"upstreams {', '.join(upstreams) or 'none'}"
     )

@@ -42,6 +42,7 @@ from entrepot.config.schema import fields_of, nest, optional_of
 __all__ = [
     "CONFIGURATION_PATH_ENV",
     "CONFIG_ENV",
+    "METRICS_DIR_ENV",
     "PREFIX",
     "apply_env_overrides",
     "env_schema",
@@ -53,6 +54,9 @@ PREFIX = "REGISTRY_"
 CONFIGURATION_PATH_ENV = "REGISTRY_CONFIGURATION_PATH"
 # The CLI passes the config file's absolute path to Granian's workers in this variable.
 CONFIG_ENV = "ENTREPOT_CONFIG"
+# The CLI makes a directory where every worker writes its metric values (prometheus-client's
+# multiprocess mode, which reads this variable) and names it here.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # A schema node is a dict (fixed section: known keys only), or one of these markers.
 _LEAF = "leaf"  # a scalar field: only settable as a whole

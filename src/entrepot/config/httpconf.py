@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from entrepot.config.errors import ConfigError
 from entrepot.config.schema import At, derived, key
 
-__all__ = ["HttpConfig", "TlsConfig", "parse_listen_addr"]
+__all__ = ["DebugConfig", "HttpConfig", "PrometheusConfig", "TlsConfig", "parse_listen_addr"]
 
 _TLS_VERSIONS = ("tls1.0", "tls1.1", "tls1.2", "tls1.3")
 
@@ -95,12 +95,59 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class PrometheusConfig:
+    """``http.debug.prometheus``."""
+
+    enabled: bool = key("enabled", False, doc="serve Prometheus metrics on `http.debug.addr`")
+    path: str = key("path", "/metrics", doc="their path there")
+
+    def checked(self, at: At) -> PrometheusConfig:
+        if not self.path.startswith("/"):
+            raise ConfigError(
+                f"config key '{at.key('path')}' must start with '/', got {self.path!r}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """``http.debug``: a second listener, for operators (registry:2's debug server).
+    ``host``/``port`` are derived from ``addr``; None without one."""
+
+    addr: str = key("addr", "", doc="the debug server's address (`host:port`); none when empty")
+    prometheus: PrometheusConfig = key("prometheus", factory=PrometheusConfig, present=True, doc="")
+    host: str = derived("")
+    port: int = derived(0)
+
+    def checked(self, at: At) -> DebugConfig | None:
+        if not self.addr:
+            if self.prometheus.enabled:
+                at.warn(
+                    "config key 'http.debug.prometheus.enabled' is set but 'http.debug.addr' "
+                    "is not: no metrics are served there (set http.debug.addr, e.g. :5001)"
+                )
+            return None
+        try:
+            host, port = parse_listen_addr(self.addr)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'http.debug.addr': {exc}") from exc
+        if not self.prometheus.enabled:
+            at.warn(
+                "config key 'http.debug.addr' is set but 'http.debug.prometheus.enabled' is "
+                "not: the debug server serves only Prometheus metrics (registry:2's expvar "
+                "and pprof are Go's), so it is not started"
+            )
+            return None
+        return replace(self, host=host, port=port)
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     """``http``. ``host``/``port`` are derived from ``http.addr`` (an empty host, as in
     ":5000", means all IPv4 interfaces, "::" with ``net: tcp6``); with ``net: unix``,
     ``unix_socket`` is the socket path and ``host``/``port`` are "" and 0."""
 
-    NOT_IMPLEMENTED: ClassVar = ("relativeurls", "draintimeout", "http2", "h2c", "debug.prometheus")
+    NOT_IMPLEMENTED: ClassVar = ("relativeurls", "draintimeout", "http2", "h2c")
     addr: str = key("addr", ":5000", doc="listen address: `host:port`, `:port`, a socket path")
     net: str = key(
         "net",
@@ -122,7 +169,7 @@ class HttpConfig:
         "names the client (for sign-in limits and logs); none by default",
     )
     tls: TlsConfig | None = key("tls", None, doc="")
-    debug_addr: str | None = key("debug.addr", None, doc="not implemented yet: a warning")
+    debug: DebugConfig | None = key("debug", None, doc="")
     host: str = derived("0.0.0.0")
     port: int = derived(5000)
     unix_socket: Path | None = derived(None)
@@ -154,11 +201,6 @@ class HttpConfig:
                     f"config key 'http.trustedproxies[{index}]': {network!r} is not an IP "
                     "address or network (such as 10.0.0.5 or 10.0.0.0/8)"
                 ) from None
-        if self.debug_addr:
-            at.warn(
-                "config key 'http.debug.addr' is not implemented yet and is ignored: no debug "
-                "server is started (health is served at /health on the main address)"
-            )
         return replace(
             self, host=host, port=port, unix_socket=unix_socket, host_url=host_url, prefix=prefix
         )

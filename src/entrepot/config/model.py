@@ -14,6 +14,7 @@ from entrepot.config.httpconf import HttpConfig
 from entrepot.config.notifications import NotificationsConfig
 from entrepot.config.proxies import ProxyBlockConfig, ProxyUpstreamConfig, check_upstreams
 from entrepot.config.proxycache import ProxyCacheConfig
+from entrepot.config.s3conf import S3StorageConfig
 from entrepot.config.schema import At, derived, key, scalar_text
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 DEFAULT_ROOTDIRECTORY = Path("/var/lib/registry")
-SUPPORTED_STORAGE_DRIVERS = ("filesystem",)
+SUPPORTED_STORAGE_DRIVERS = ("filesystem", "s3")
 _LOG_LEVELS = ("error", "warn", "info", "debug")
 
 
@@ -89,8 +90,14 @@ class StorageConfig:
     cache_layerinfo: str | None = key(
         "cache.layerinfo", None, doc="registry:2's old name of `cache.blobdescriptor`"
     )
+    s3: S3StorageConfig | None = key(
+        "s3", None, present=True, doc="registry:2's S3 driver (see Storage on S3)"
+    )
     redirect_disabled: bool = key(
-        "redirect.disable", False, doc="accepted (the filesystem driver never redirects)"
+        "redirect.disable",
+        False,
+        doc="S3 blob GETs stream instead of redirecting to presigned URLs "
+        "(the filesystem driver never redirects)",
     )
     uploadpurging: UploadPurging = key("maintenance.uploadpurging", factory=UploadPurging, doc="")
     readonly: bool = key("maintenance.readonly.enabled", False, doc="pushes answer 405")
@@ -105,7 +112,10 @@ class StorageConfig:
                 f"({', '.join(drivers)}); configure exactly one"
             )
         if not drivers:
-            raise ConfigError("config key 'storage' names no storage driver; supported: filesystem")
+            raise ConfigError(
+                "config key 'storage' names no storage driver; "
+                f"supported: {', '.join(SUPPORTED_STORAGE_DRIVERS)}"
+            )
         if drivers[0] not in SUPPORTED_STORAGE_DRIVERS:
             raise ConfigError(
                 f"storage driver {drivers[0]!r} is not supported yet; "

@@ -120,6 +120,12 @@ class ProxyUpstreamConfig:
     negative_ttl_s: float = key("negativettl", 15.0, doc="remember an upstream 404")
     connect_timeout_s: float = key("connecttimeout", 3.0, doc="connecting to the upstream")
     read_timeout_s: float = key("readtimeout", 30.0, doc="waiting for upstream bytes")
+    ratelimit_reserve: int | None = key(
+        "ratelimitreserve",
+        None,
+        doc="pulls left (per the upstream's `ratelimit-remaining`) at which cached tags stop "
+        "being re-fetched; default 10% of its `ratelimit-limit`",
+    )
 
     def checked(self, at: At) -> ProxyUpstreamConfig:
         host = _host(at, self.host)
@@ -142,6 +148,8 @@ class ProxyUpstreamConfig:
         for name, seconds in timeouts:
             if seconds == 0:
                 raise ConfigError(f"config key '{at.key(name)}' must be more than 0")
+        if self.ratelimit_reserve is not None and self.ratelimit_reserve < 0:
+            raise ConfigError(f"config key '{at.key('ratelimitreserve')}' must not be negative")
         password = _password(at, self)
         return replace(self, host=host, remoteurl=None, remoteurls=urls, password=password)
 

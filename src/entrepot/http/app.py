@@ -14,12 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
-from entrepot.http import blobs, discovery, manifests, metrics, token, uploads
+from entrepot.http import blobs, discovery, manifests, token, uploads
 from entrepot.http.accesslog import AccessLog
 from entrepot.http.context import ApiContext, context, realm_base
 from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
@@ -130,17 +130,16 @@ def build_app(
     api: ApiContext,
     *,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
-    extra_routes: Sequence[Route] = (),
+    extra_routes: Sequence[BaseRoute] = (),
     access_log: bool = True,
 ) -> Starlette:
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v2/", base, methods=["GET", "HEAD"]),
         Route("/v2", base, methods=["GET", "HEAD"]),
         Route("/v2/_catalog", catalog, methods=["GET"]),
         Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),
         Route("/health", health, methods=["GET", "HEAD"]),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
         *extra_routes,
     ]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from entrepot.http import events
 from entrepot.http.context import context
@@ -56,6 +56,9 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
         return Response(b"", media_type=OCTET_STREAM, headers=headers)
     blob = await repo.blobs.open(digest)
     events.blob_pulled(request, name, blob.info)
+    if blob.redirect_url is not None and (url := await blob.redirect_url()) is not None:
+        # As registry:2: the client fetches the bytes from the storage backend itself.
+        return RedirectResponse(url, status_code=307, headers=headers)
     range_header = request.headers.get("range")
     if blob.local_path is not None and range_header is None:
         # Ranges go the streamed way below: FileResponse would answer a bad or

@@ -1,15 +1,183 @@
-"""/metrics in the Prometheus text format: cache events and upstream requests, so serving
-stale, fills and upstream trouble can be watched and alerted on. Counts are per process."""
+"""Prometheus metrics: registry:2's ``registry_http_*`` (counted by the middleware here),
+the cache's (proxy/metrics.py), exposed by prometheus-client.
+
+With several workers each writes its values to ``PROMETHEUS_MULTIPROC_DIR`` (the CLI
+makes it) and a scrape, in any process, sums them: one scrape sees the whole server.
+"""
 
 from __future__ import annotations
 
+import glob
+import os
+import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from entrepot.http.context import context
+__all__ = [
+    "HttpMetrics",
+    "MetricsMiddleware",
+    "Sample",
+    "mark_dead_workers",
+    "metrics_endpoint",
+    "samples",
+    "scrape_registry",
+    "upstream_figures",
+    "worker_stopped",
+    "workers_registry",
+]
+
+Collect = Callable[[], CollectorRegistry]
+
+# registry:2's handler names (its route names), from the path after /v2/.
+_HANDLERS = (
+    (re.compile(r"^/v2/?$"), "base"),
+    (re.compile(r"^/v2/_catalog$"), "catalog"),
+    (re.compile(r"^/v2/.+/tags/list$"), "tags"),
+    (re.compile(r"^/v2/.+/manifests/[^/]+$"), "manifest"),
+    (re.compile(r"^/v2/.+/blobs/uploads/?$"), "blob_upload"),
+    (re.compile(r"^/v2/.+/blobs/uploads/[^/]+$"), "blob_upload_chunk"),
+    (re.compile(r"^/v2/.+/blobs/[^/]+$"), "blob"),
+    (re.compile(r"^/v2/.+/referrers/[^/]+$"), "referrers"),
+)
+
+
+def handler_of(path: str) -> str:
+    """registry:2's ``handler`` label for a request path (below any http.prefix)."""
+    start = path.find("/v2")
+    if start >= 0:
+        for pattern, name in _HANDLERS:
+            if pattern.match(path[start:]):
+                return name
+    return "other"
+
+
+class HttpMetrics:
+    """registry:2's ``registry_http_*`` metrics, as an ASGI middleware counts them, and
+    its ``registry_storage_action_seconds`` (fed by storage/timed.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "registry_http_requests",
+            "Total number of HTTP requests made.",
+            ["code", "handler", "method"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "registry_http_request_duration_seconds",
+            "The HTTP request latencies in seconds.",
+            ["handler", "method"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "registry_http_in_flight_requests",
+            "The in-flight HTTP requests",
+            ["handler"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.storage_actions = Histogram(
+            "registry_storage_action_seconds",
+            "The number of seconds that the storage action takes",
+            ["driver", "action"],
+            registry=registry,
+        )
+
+    def storage_action(self, driver: str, action: str, seconds: float) -> None:
+        self.storage_actions.labels(driver, action).observe(seconds)
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request into ``metrics`` (registry:2's labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        handler, method = handler_of(scope["path"]), scope["method"]
+        status = 500  # what the client gets if the app fails before answering
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics = self.metrics
+        start = time.perf_counter()
+        metrics.in_flight.labels(handler).inc()
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            metrics.in_flight.labels(handler).dec()
+            metrics.duration.labels(handler, method).observe(time.perf_counter() - start)
+            metrics.requests.labels(str(status), handler, method).inc()
+
+
+def mark_dead_workers(path: str) -> None:
+    """Drop the live gauges (in-flight requests) of worker processes that are gone, as
+    prometheus-client asks; their counters stay, summed in."""
+    pids = {
+        int(match.group(1))
+        for name in glob.glob(os.path.join(path, "gauge_live*_*.db"))
+        if (match := re.search(r"_(\d+)\.db$", name))
+    }
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def worker_stopped(path: str) -> None:
+    """This worker is stopping: its live gauges no longer count."""
+    multiprocess.mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
+
+
+def scrape_registry(local: CollectorRegistry, multiproc_dir: str | None) -> Collect:
+    """What a scrape reads: with a multiprocess directory, every worker's files (summed);
+    else this process's ``local`` registry."""
+    if multiproc_dir is None:
+        return lambda: local
+    return workers_registry(multiproc_dir)
+
+
+def workers_registry(multiproc_dir: str) -> Collect:
+    """Every worker's values, summed, from their files in ``multiproc_dir``."""
+    summed = CollectorRegistry()
+    multiprocess.MultiProcessCollector(summed, multiproc_dir)  # type: ignore[no-untyped-call]
+
+    def collect() -> CollectorRegistry:
+        mark_dead_workers(multiproc_dir)
+        return summed
+
+    return collect
+
+
+def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The exposition (Prometheus text, or OpenMetrics if asked) and its content type."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+def metrics_endpoint(collect: Collect) -> Callable[[Request], Response]:
+    def metrics(request: Request) -> Response:
+        body, content_type = render(collect(), request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
+
+    return metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,37 +187,47 @@ class Sample:
     value: float
 
 
-HELP = {
-    "entrepot_proxy_events_total": (
-        "Pull-through cache events (stale_served, blob_fill, manifest_get) by upstream."
-    ),
-    "entrepot_upstream_requests_total": "Requests sent to each upstream registry, by kind.",
-    "registry_notifications_events_total": "Notification events by type and endpoint.",
-    "registry_notifications_status_total": "Notification responses by status and endpoint.",
-    "entrepot_notifications_dropped_total": "Notification events dropped: the queue was full.",
+def samples(registry: CollectorRegistry) -> Iterable[Sample]:
+    """Every counter and gauge value (``_created`` timestamps left out), for pages."""
+    for family in registry.collect():
+        if family.type not in ("counter", "gauge"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            yield Sample(sample.name, tuple(sorted(sample.labels.items())), sample.value)
+
+
+# What a page shows per upstream: figure name -> (metric, labels it must have).
+_FIGURES = {
+    "manifest hits": ("entrepot_proxy_hits_total", {"type": "manifest"}),
+    "blob hits": ("entrepot_proxy_hits_total", {"type": "blob"}),
+    "manifest misses": ("entrepot_proxy_misses_total", {"type": "manifest"}),
+    "blob misses": ("entrepot_proxy_misses_total", {"type": "blob"}),
+    "blob fills": ("entrepot_proxy_fills_total", {}),
+    "bytes fetched": ("entrepot_proxy_fetched_bytes_total", {}),
+    "bytes served from cache": ("entrepot_proxy_served_bytes_total", {}),
+    "stale serves": ("entrepot_proxy_stale_served_total", {}),
+    "revalidations": ("entrepot_proxy_revalidations_total", {}),
+    "pulls deferred (low budget)": ("entrepot_proxy_pulls_deferred_total", {}),
+    "upstream errors": ("entrepot_proxy_upstream_errors_total", {}),
+    "upstream requests": ("entrepot_upstream_requests_total", {}),
+    "pull budget left": ("entrepot_upstream_ratelimit_remaining", {}),
+    "pull budget": ("entrepot_upstream_ratelimit_limit", {}),
 }
 
-MetricsSource = Callable[[], Iterable[Sample]]
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def render(samples: Iterable[Sample]) -> str:
-    by_metric: dict[str, list[Sample]] = {}
-    for sample in samples:
-        by_metric.setdefault(sample.metric, []).append(sample)
-    lines: list[str] = []
-    for metric in sorted(set(by_metric) | set(HELP)):
-        lines.append(f"# HELP {metric} {HELP.get(metric, metric)}")
-        lines.append(f"# TYPE {metric} counter")
-        for sample in by_metric.get(metric, []):
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels)
-            lines.append(f"{metric}{{{labels}}} {sample.value:g}")
-    return "\n".join(lines) + "\n"
-
-
-async def metrics(request: Request) -> Response:
-    body = render(context(request).metrics())
-    return Response(body, media_type="text/plain; version=0.0.4")
+def upstream_figures(found: Iterable[Sample]) -> dict[str, dict[str, float]]:
+    """Per upstream host, its cache figures (summed over other labels), for a page. The
+    pull budget figures are there only once the upstream reported one."""
+    figures: dict[str, dict[str, float]] = {}
+    for sample in found:
+        labels = dict(sample.labels)
+        host = labels.get("upstream")
+        if host is None:
+            continue
+        for figure, (metric, wanted) in _FIGURES.items():
+            if sample.metric == metric and all(labels.get(k) == v for k, v in wanted.items()):
+                mine = figures.setdefault(host, {})
+                mine[figure] = mine.get(figure, 0.0) + sample.value
+    return figures

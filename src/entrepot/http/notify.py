@@ -22,14 +22,14 @@ from http import HTTPStatus
 from typing import Any
 
 import aiohttp
-
-from entrepot.http.metrics import Sample
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 __all__ = [
     "EVENTS_MEDIA_TYPE",
     "Endpoint",
     "EndpointSettings",
     "EndpointStats",
+    "NotificationMetrics",
     "Notifier",
     "http_sender",
 ]
@@ -70,6 +70,39 @@ class EndpointStats:
     statuses: dict[int, int] = field(default_factory=dict)
 
 
+class NotificationMetrics:
+    """registry:2's notification metrics (``registry_notifications_events_total`` by type,
+    ``registry_notifications_status_total`` by code, ``registry_notifications_pending``)
+    and Entrepot's ``entrepot_notifications_dropped_total``, per endpoint."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "registry_notifications_events",
+            "The number of total events",
+            ["type", "endpoint"],
+            registry=registry,
+        )
+        self.status = Counter(
+            "registry_notifications_status",
+            "The number of status code",
+            ["code", "endpoint"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "registry_notifications_pending",
+            "The gauge of pending events in queue",
+            ["endpoint"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.dropped = Counter(
+            "entrepot_notifications_dropped",
+            "Notification events dropped because the endpoint's queue was full",
+            ["endpoint"],
+            registry=registry,
+        )
+
+
 def envelope(event: Event) -> bytes:
     """One event in registry:2's envelope, indented as registry:2 indents it."""
     return json.dumps({"events": [event]}, indent=3).encode()
@@ -83,12 +116,14 @@ class Endpoint:
         settings: EndpointSettings,
         send: Sender,
         *,
+        metrics: NotificationMetrics | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.stats = EndpointStats()
         self._send = send
+        self._metrics = metrics
         self._queue: asyncio.Queue[Event] = asyncio.Queue(settings.queue_size)
         self._clock = clock
         self._sleep = sleep
@@ -110,6 +145,8 @@ class Endpoint:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.stats.dropped += 1
+            if self._metrics is not None:
+                self._metrics.dropped.labels(settings.name).inc()
             if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
                 log.warning(
                     "notification endpoint %s (%s): %d events waiting, %d dropped so far; "
@@ -121,6 +158,9 @@ class Endpoint:
                 )
             return
         self.stats.events += 1
+        self._count("Events")
+        if self._metrics is not None:
+            self._metrics.pending.labels(settings.name).inc()
 
     async def run(self) -> None:
         """Deliver queued events, one at a time, until cancelled."""
@@ -130,6 +170,8 @@ class Endpoint:
                 await self.deliver(envelope(event))
             finally:
                 self._queue.task_done()
+                if self._metrics is not None:
+                    self._metrics.pending.labels(self.settings.name).dec()
 
     async def deliver(self, body: bytes) -> None:
         """POST ``body`` until the endpoint accepts it, backing off as registry:2 does."""
@@ -164,13 +206,22 @@ class Endpoint:
             status = await self._send(body)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             stats.errors += 1
+            self._count("Errors")
             return f"{type(exc).__name__}: {exc}".rstrip(": ")
         stats.statuses[status] = stats.statuses.get(status, 0) + 1
+        if self._metrics is not None:
+            self._metrics.status.labels(_status_text(status), self.settings.name).inc()
         if 200 <= status < 400:
             stats.successes += 1
+            self._count("Successes")
             return None
         stats.failures += 1
+        self._count("Failures")
         return f"answered {status}"
+
+    def _count(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.events.labels(kind, self.settings.name).inc()
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -207,45 +258,15 @@ class Notifier:
         *,
         source: dict[str, str],
         include_references: bool = False,
+        metrics: NotificationMetrics | None = None,
     ) -> None:
         self.settings = tuple(settings)
         self.source = source
         self.include_references = include_references
+        self.metrics = metrics
         self.endpoints: list[Endpoint] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
-
-    def samples(self) -> list[Sample]:
-        """registry:2's notification counters (``registry_notifications_events_total``
-        by type, ``registry_notifications_status_total`` by code) and the events dropped."""
-        found = []
-        for endpoint in self.endpoints:
-            name, stats = endpoint.settings.name, endpoint.stats
-            for kind, n in (
-                ("Events", stats.events),
-                ("Successes", stats.successes),
-                ("Failures", stats.failures),
-                ("Errors", stats.errors),
-            ):
-                found.append(
-                    Sample(
-                        "registry_notifications_events_total",
-                        (("type", kind), ("endpoint", name)),
-                        n,
-                    )
-                )
-            found.extend(
-                Sample(
-                    "registry_notifications_status_total",
-                    (("code", _status_text(code)), ("endpoint", name)),
-                    n,
-                )
-                for code, n in stats.statuses.items()
-            )
-            found.append(
-                Sample("entrepot_notifications_dropped_total", (("endpoint", name),), stats.dropped)
-            )
-        return found
 
     def publish(self, event: Event) -> None:
         for endpoint in self.endpoints:
@@ -255,7 +276,8 @@ class Notifier:
         """Create the endpoints' queues and start delivering (in the serving loop)."""
         self._session = aiohttp.ClientSession()
         for settings in self.settings:
-            endpoint = Endpoint(settings, http_sender(self._session, settings))
+            send = http_sender(self._session, settings)
+            endpoint = Endpoint(settings, send, metrics=self.metrics)
             self.endpoints.append(endpoint)
             self._tasks.append(asyncio.create_task(endpoint.run()))
             log.info(

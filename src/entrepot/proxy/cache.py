@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -26,13 +25,14 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool, temp_spool_path
+from entrepot.proxy.metrics import CacheEvents
 from entrepot.proxy.upstream_client import (
     RemoteBlob,
     UpstreamError,
     UpstreamInvalid,
     UpstreamNotFound,
 )
-from entrepot.proxy.upstreams import Upstream, translate
+from entrepot.proxy.upstreams import Upstream, error_kind, translate
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, Repository
 from entrepot.registry.blobs import read_link
@@ -56,12 +56,17 @@ def _until_expiry(_key: object, expiry: float, _now: float) -> float:
 class ProxyCache:
     """State shared by every cached repository: the local store, in-flight work, stats."""
 
-    def __init__(self, local: LocalRegistry, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        local: LocalRegistry,
+        clock: Callable[[], float] = time.time,
+        events: CacheEvents | None = None,
+    ) -> None:
         self.local = local
         self.filler = BlobFiller()
         self.clock = clock
-        # (event, upstream host) -> count; exported at /metrics.
-        self.stats: Counter[tuple[str, str]] = Counter()
+        # (event, upstream host) -> count (events: proxy/metrics.py), exported as metrics.
+        self.stats = events if events is not None else CacheEvents()
         self._negative: TLRUCache[tuple[str, str, str], float] = TLRUCache(
             MAX_NEGATIVE, _until_expiry, timer=time.monotonic
         )
@@ -121,8 +126,13 @@ class _CachedFacet:
         self._local = cache.local
         self._driver = cache.local.driver
         self._manifests = cache.local.manifests.of(self.name)
+        self._fetched = False  # this request fetched a manifest (else: served from cache)
+
+    def _count(self, event: str, n: int = 1) -> None:
+        self.cache.stats[(event, self.upstream.host)] += n
 
     def _error(self, exc: UpstreamError, missing: ErrorCode, reference: str) -> RegistryError:
+        self._count(f"error_{error_kind(exc)}")
         return translate(exc, self.upstream.host, missing, reference)
 
 
@@ -133,6 +143,9 @@ class CachedManifests(_CachedFacet):
         else:
             digest = await self._manifest_by_tag(validate_tag(reference))
         manifest = await self._local.manifests.load(digest, reference)
+        if not self._fetched:
+            self._count("manifest_hit")
+            self._count("manifest_bytes_served", len(manifest.raw))
         return ManifestContent(digest, manifest.media_type, manifest.raw)
 
     async def _manifest_by_tag(self, tag: str) -> Digest:
@@ -148,7 +161,8 @@ class CachedManifests(_CachedFacet):
             )
         try:
             return await self.cache.once(
-                ("tag", self.upstream.host, self.upstream_name, tag), lambda: self._revalidate(tag)
+                ("tag", self.upstream.host, self.upstream_name, tag),
+                lambda: self._revalidate(tag, cached),
             )
         except UpstreamNotFound as exc:
             self.cache.remember_missing(negative_key, self.upstream.policy.negative_ttl)
@@ -156,7 +170,8 @@ class CachedManifests(_CachedFacet):
         except UpstreamError as exc:
             if cached is None:
                 raise self._error(exc, ErrorCode.MANIFEST_UNKNOWN, tag) from exc
-            self.cache.stats[("stale_served", self.upstream.host)] += 1
+            self._count(f"error_{error_kind(exc)}")
+            self._count("stale_served")
             note_cache("stale", self.upstream.host)
             log.warning(
                 "serving stale %s:%s from cache: upstream %s failed: %s",
@@ -184,21 +199,39 @@ class CachedManifests(_CachedFacet):
             return False
         return self.cache.clock() - info.mtime < self.upstream.policy.tag_ttl
 
-    async def _revalidate(self, tag: str) -> Digest:
+    async def _revalidate(self, tag: str, cached: Digest | None) -> Digest:
         client = self.upstream.client
+        if cached is not None:
+            self._count("revalidation")
         head = await client.head_manifest(self.upstream_name, tag, ACCEPT)
         digest = head.digest
         note_cache("revalidated", self.upstream.host)
         if digest is None or not await self._adopt_known_manifest(digest):
-            self.cache.stats[("manifest_get", self.upstream.host)] += 1
-            note_cache("fill", self.upstream.host)
-            remote = await client.get_manifest(
-                self.upstream_name, str(digest) if digest else tag, ACCEPT
-            )
-            digest = await self._store_manifest(remote.raw, remote.media_type, str(remote.digest))
+            if cached is not None and self.upstream.budget.low:
+                # A pull would eat into what is left of the upstream's budget (the HEAD
+                # did not): keep serving the cached tag for another tagttl.
+                self._count("pull_deferred")
+                log.warning(
+                    "%s:%s changed upstream but %s has %s pulls left: serving the cached one",
+                    self.name,
+                    tag,
+                    self.upstream.host,
+                    self.upstream.budget.remaining,
+                )
+                digest = cached
+            else:
+                digest = await self._fetch_manifest(str(digest) if digest else tag)
         # Writing the link again also marks the tag fresh (its mtime).
         await self._local.manifests.set_tag(self.name, tag, digest)
         return digest
+
+    async def _fetch_manifest(self, reference: str) -> Digest:
+        self._fetched = True
+        self._count("manifest_get")
+        note_cache("fill", self.upstream.host)
+        remote = await self.upstream.client.get_manifest(self.upstream_name, reference, ACCEPT)
+        self._count("manifest_bytes_fetched", remote.size)
+        return await self._store_manifest(remote.raw, remote.media_type, reference)
 
     async def _store_manifest(self, raw: bytes | None, media_type: str, reference: str) -> Digest:
         if raw is None:
@@ -239,10 +272,7 @@ class CachedManifests(_CachedFacet):
                 await client.head_manifest(self.upstream_name, reference, ACCEPT)
                 if await self._adopt_known_manifest(digest):
                     return digest
-            self.cache.stats[("manifest_get", self.upstream.host)] += 1
-            note_cache("fill", self.upstream.host)
-            remote = await client.get_manifest(self.upstream_name, reference, ACCEPT)
-            return await self._store_manifest(remote.raw, remote.media_type, reference)
+            return await self._fetch_manifest(reference)
 
         try:
             stored = await self.cache.once(
@@ -270,7 +300,8 @@ class CachedTags(_CachedFacet):
         except UpstreamError as exc:
             cached = await self._local.manifests.tags(self.name, missing_ok=True)
             if cached and not isinstance(exc, UpstreamNotFound):
-                self.cache.stats[("stale_served", self.upstream.host)] += 1
+                self._count(f"error_{error_kind(exc)}")
+                self._count("stale_served")
                 note_cache("stale", self.upstream.host)
                 log.warning("tags of %s from cache: upstream failed: %s", self.name, exc)
                 return cached
@@ -312,17 +343,18 @@ class CachedBlobs(_CachedFacet):
         cached = await self.held(digest)
         if cached is not None:
             note_cache("hit", self.upstream.host)
-            return self._local.blobs.content(cached)
+            return self._served(cached)
         note_cache("fill", self.upstream.host)  # started here, or joined
         key = self._fill_key(digest)
         fill = self.cache.filler.active(key)
+        started = fill is None
         if fill is None:
             if await self._local.blobs.stat(digest) is not None:
                 held = await self._link_if_held(digest, await self._confirm_upstream(digest))
                 if held is not None:
-                    return self._local.blobs.content(held)
+                    return self._served(held)
             client = self.upstream.client
-            self.cache.stats[("blob_fill", self.upstream.host)] += 1
+            self._count("blob_fill")
             fill = self.cache.filler.start(
                 key,
                 self._spool(digest),
@@ -334,8 +366,16 @@ class CachedBlobs(_CachedFacet):
             if isinstance(exc.cause, UpstreamError):
                 raise self._error(exc.cause, ErrorCode.BLOB_UNKNOWN, str(digest)) from exc
             raise RegistryError(ErrorCode.UNAVAILABLE, f"cache fill failed: {exc}") from exc
+        self._count("blob_miss")
+        if started and fill.size is not None:
+            self._count("blob_bytes_fetched", fill.size)
         size = fill.size if fill.size is not None else -1
         return BlobContent(BlobInfo(digest, size), None, fill.read)
+
+    def _served(self, blob: BlobInfo) -> BlobContent:
+        self._count("blob_hit")
+        self._count("blob_bytes_served", blob.size)
+        return self._local.blobs.content(blob)
 
     def _fill_key(self, digest: Digest) -> tuple[str, str, Digest]:
         return (self.upstream.host, self.upstream_name, digest)

@@ -10,7 +10,6 @@ follows redirects, dropping the Authorization header for good once one leaves th
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from entrepot import __version__
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE
+from entrepot.proxy.metrics import RequestCounts
 from entrepot.proxy.upstream_auth import (
     Authenticator,
     AuthError,
@@ -113,13 +113,18 @@ class UpstreamClient:
     """Talks to one upstream registry. Safe for concurrent use by many tasks."""
 
     def __init__(
-        self, settings: UpstreamSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: UpstreamSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        requests: RequestCounts | None = None,
     ) -> None:
         if not settings.urls:
             raise ValueError(f"upstream {settings.host} has no urls")
         self.settings = settings
         self.host = settings.host
-        self.requests: collections.Counter[str] = collections.Counter()
+        # Counts by kind; exported and told each response's headers (proxy/metrics.py).
+        self.requests = requests if requests is not None else RequestCounts(settings.host)
         self._urls = tuple(url.rstrip("/") for url in settings.urls)
         self._preferred = 0
         # sock_connect bounds the TCP+TLS connect and sock_read each read; ``connect``
@@ -267,6 +272,7 @@ class UpstreamClient:
             except AuthError as exc:
                 self._auth_failed(exc, base, failures)
                 continue
+            self.requests.saw(response.headers)
             if response.status >= 500:
                 response.release()
                 failures.append(f"{base}: HTTP {response.status}")

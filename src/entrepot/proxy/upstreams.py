@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.upstream_client import (
     UpstreamClient,
     UpstreamDenied,
@@ -37,6 +38,8 @@ class Upstream:
     policy: CachePolicy
     mirror: bool = False
     allow_push: bool = False
+    # What the upstream last said about its pull budget (fed by the client's responses).
+    budget: RateBudget = field(default_factory=RateBudget)
 
     @property
     def is_docker_hub(self) -> bool:
@@ -63,6 +66,17 @@ class Upstream:
 
     def cache_name(self, upstream_name: str) -> str:
         return f"{self.prefix}/{upstream_name}"
+
+
+def error_kind(exc: UpstreamError) -> str:
+    """A short name for an upstream failure, as metrics label it."""
+    kinds = (
+        (UpstreamNotFound, "not_found"),
+        (UpstreamRateLimited, "rate_limited"),
+        (UpstreamDenied, "denied"),
+        (UpstreamUnavailable, "unavailable"),
+    )
+    return next((name for cls, name in kinds if isinstance(exc, cls)), "invalid")
 
 
 def translate(exc: UpstreamError, host: str, missing: ErrorCode, reference: str) -> RegistryError:

@@ -3,7 +3,7 @@ into facets the way distribution splits it, so handlers never ask "is this a cac
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,11 +18,14 @@ class BlobInfo:
 
 @dataclass(frozen=True, slots=True)
 class BlobContent:
-    """A readable blob: a local file to send zero-copy when there is one, else a stream."""
+    """A readable blob: a local file to send zero-copy when there is one, else a stream;
+    ``redirect_url`` gives a URL to send the client to instead (a presigned S3 URL), or
+    None to serve it here."""
 
     info: BlobInfo
     local_path: str | None
     open_stream: Callable[[int, int | None], AsyncIterator[bytes]]
+    redirect_url: Callable[[], Awaitable[str | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

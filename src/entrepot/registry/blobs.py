@@ -128,4 +128,10 @@ class BlobStore:
             async for chunk in driver.read(key, offset, length):
                 yield chunk
 
-        return BlobContent(info, driver.local_path(key), open_stream)
+        async def redirect_url() -> str | None:
+            try:
+                return await driver.redirect_url(key)
+            except StorageError as exc:
+                raise storage_unavailable(exc) from exc
+
+        return BlobContent(info, driver.local_path(key), open_stream, redirect_url)

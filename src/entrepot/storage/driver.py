@@ -15,6 +15,7 @@ SDK's exception.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -29,6 +30,18 @@ class StorageNotFound(StorageError):
     def __init__(self, key: str) -> None:
         super().__init__(f"not found: {key}")
         self.key = key
+
+
+@functools.lru_cache(maxsize=65536)
+def check_key(key: str) -> None:
+    """StorageError unless ``key`` is a valid non-empty key (see the module docstring).
+    Cached: the same keys (tag links, blobs) come back on every request; refusals are not
+    cached."""
+    if not key or key[0] == "/" or "\x00" in key or "\\" in key:
+        raise StorageError(f"invalid key: {key!r}")
+    for segment in key.split("/"):
+        if not segment or segment == "." or segment == "..":
+            raise StorageError(f"invalid key: {key!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +127,13 @@ class StorageDriver(abc.ABC):
         """A local file path for ``key`` when the driver keeps objects on a local disk,
         so the HTTP server can send the file zero-copy; None otherwise (the caller then
         streams with ``read``). It does not check that the key exists."""
+        return None
+
+    async def redirect_url(self, key: str) -> str | None:
+        """A time-limited URL at which a client can fetch ``key`` directly from the
+        backend (a presigned URL), or None when the driver has none (the caller then
+        streams). registry:2 redirects blob GETs to such URLs. It does not check that the
+        key exists."""
         return None
 
     async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract

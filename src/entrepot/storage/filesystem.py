@@ -27,6 +27,7 @@ from entrepot.storage.driver import (
     StorageError,
     StorageNotFound,
     StorageWriter,
+    check_key,
 )
 
 __all__ = ["FilesystemDriver"]
@@ -219,12 +220,10 @@ CHECKED_KEYS_CACHE_SIZE = 4096
 
 @functools.lru_cache(maxsize=CHECKED_KEYS_CACHE_SIZE)
 def _check_key(key: str) -> None:
-    """StorageError for a key that could escape the root or name a temp file. Cached: the
-    same keys (tag links, blobs) come back on every request; refusals are not cached."""
-    if key[0] == "/" or "\x00" in key or "\\" in key:
-        raise StorageError(f"invalid key: {key!r}")
+    """The contract's key rules, and no segment naming a temp file."""
+    check_key(key)
     for segment in key.split("/"):
-        if not segment or segment == "." or segment == ".." or segment.startswith(TMP_PREFIX):
+        if segment.startswith(TMP_PREFIX):
             raise StorageError(f"invalid key: {key!r}")
 
 

@@ -1,0 +1,149 @@
+"""Streaming for the S3 driver: writers that upload while data arrives, and reads cut
+into chunks of the size asked for. See ``s3`` for the design."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import obstore
+from obstore.exceptions import BaseError
+
+from entrepot.storage.driver import StorageError, StorageWriter
+
+if TYPE_CHECKING:
+    from entrepot.storage.s3 import S3Driver
+
+__all__ = ["S3Writer", "reason", "rechunk"]
+
+QUEUE_DEPTH = 8  # writes waiting for the uploader
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_HTTP_STATUS = re.compile(r"status code: (\d{3}[^:]*)")
+
+
+def reason(exc: BaseException) -> str:
+    """A short reason: S3's error code and the HTTP status when the server answered
+    (obstore's message holds the whole response and a debug dump), else its first line."""
+    text = str(exc).strip()
+    code, status = _S3_CODE.search(text), _HTTP_STATUS.search(text)
+    if code and status:
+        return f"{code.group(1)} (HTTP {status.group(1).strip()})"
+    lines = text.splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+async def rechunk(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """Chunks of exactly ``size`` bytes (the last may be shorter) from pieces of any size,
+    copying each byte once."""
+    pending = b""
+    async for piece in pieces:
+        view = memoryview(piece)
+        start = 0
+        if pending:
+            start = size - len(pending)
+            pending += view[:start]
+            if len(pending) < size:
+                continue
+            yield pending
+            pending = b""
+        while len(view) - start >= size:
+            yield bytes(view[start : start + size])
+            start += size
+        pending = bytes(view[start:])
+    if pending:
+        yield pending
+
+
+class _Aborted(Exception):
+    """Raised into the uploader by ``cancel``."""
+
+
+class S3Writer(StorageWriter):
+    """See the module docstring. One task at a time may use a writer."""
+
+    def __init__(self, driver: S3Driver, key: str, existing: int | None) -> None:
+        self._driver = driver
+        self._key = key
+        self._existing = existing  # bytes to copy first (append), or None
+        self._size = existing or 0
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
+        self._cancelled = False
+        self._closed = False
+        self._upload = asyncio.ensure_future(self._run())
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        if self._existing:
+            async for chunk in self._driver.read(self._key, chunk_size=self._driver.chunksize):
+                yield chunk
+        while (item := await self._queue.get()) is not None:
+            yield item
+        if self._cancelled:  # raising makes put_async abort the multipart upload
+            raise _Aborted
+
+    async def _run(self) -> None:
+        d = self._driver
+        await obstore.put_async(
+            d.store,
+            d.object_key(self._key),
+            self._chunks(),
+            chunk_size=d.chunksize,
+            max_concurrency=d.parts_in_flight,
+        )
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self._key}: writer already committed or cancelled")
+        if self._upload.done():
+            raise self._failure()
+
+    def _failure(self) -> StorageError:
+        exc = None if self._upload.cancelled() else self._upload.exception()
+        why = reason(exc) if exc is not None else "upload stopped"
+        return StorageError(f"{self._driver.where(self._key)}: upload failed: {why}")
+
+    async def _put(self, item: bytes | None) -> None:
+        """Queue ``item`` for the uploader, or raise if the upload failed meanwhile."""
+        if not self._queue.full():
+            self._queue.put_nowait(item)
+            return
+        put = asyncio.ensure_future(self._queue.put(item))
+        await asyncio.wait([put, self._upload], return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            raise self._failure()
+
+    async def write(self, data: bytes) -> None:
+        self._check_usable()
+        if data:
+            await self._put(bytes(data))
+            self._size += len(data)
+
+    async def commit(self) -> None:
+        self._check_usable()
+        self._closed = True
+        await self._put(None)
+        try:
+            await self._upload
+        except StorageError:
+            raise
+        except (BaseError, OSError, ValueError) as exc:
+            raise self._failure() from exc
+
+    async def cancel(self) -> None:
+        """Abort the multipart upload; a no-op once committed or cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        self._cancelled = True
+        while not self._queue.empty():  # the uploader need not send what it has not taken
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+        with contextlib.suppress(BaseException):  # the abort is the expected outcome
+            await self._upload

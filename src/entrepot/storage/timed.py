@@ -1,0 +1,83 @@
+"""A driver that times every action of another, for registry:2's
+``registry_storage_action_seconds{driver, action}`` (action names as registry:2's)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from entrepot.storage.driver import FileInfo, StorageDriver, StorageWriter
+
+__all__ = ["TimedDriver"]
+
+Observe = Callable[[str, str, float], None]  # (driver name, action, seconds)
+
+
+class TimedDriver(StorageDriver):
+    """``inner`` with each call timed into ``observe``; behaviour unchanged. A read is
+    timed until its first chunk (registry:2 times opening the reader)."""
+
+    def __init__(self, inner: StorageDriver, observe: Observe) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._observe = observe
+
+    @contextlib.contextmanager
+    def _timed(self, action: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._observe(self.name, action, time.perf_counter() - start)
+
+    async def get_content(self, key: str) -> bytes:
+        with self._timed("GetContent"):
+            return await self.inner.get_content(key)
+
+    async def put_content(self, key: str, data: bytes) -> None:
+        with self._timed("PutContent"):
+            await self.inner.put_content(key, data)
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        chunks = self.inner.read(key, offset, length, chunk_size)
+        try:
+            with self._timed("Reader"):
+                first = await anext(chunks, None)
+            if first is None:
+                return
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def writer(self, key: str, append: bool = False) -> StorageWriter:
+        with self._timed("Writer"):
+            return await self.inner.writer(key, append)
+
+    async def stat(self, key: str) -> FileInfo:
+        with self._timed("Stat"):
+            return await self.inner.stat(key)
+
+    async def list(self, prefix: str) -> list[str]:
+        with self._timed("List"):
+            return await self.inner.list(prefix)
+
+    async def move(self, src: str, dst: str) -> None:
+        with self._timed("Move"):
+            await self.inner.move(src, dst)
+
+    async def delete(self, key: str) -> None:
+        with self._timed("Delete"):
+            await self.inner.delete(key)
+
+    def local_path(self, key: str) -> str | None:
+        return self.inner.local_path(key)
+
+    async def close(self) -> None:
+        await self.inner.close()
