@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import multiprocessing
 import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry
@@ -26,6 +29,7 @@ from entrepot.http.metrics import (
     scrape_registry,
     worker_stopped,
 )
+from entrepot.http.notify import EndpointSettings, NotificationMetrics, Notifier
 from entrepot.http.ui import UiSettings, access_for, ui_routes
 from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
@@ -189,6 +193,41 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
     return upstreams
 
 
+def create_notifier(config: Config, metrics: NotificationMetrics | None = None) -> Notifier | None:
+    """registry:2's notification endpoints (disabled ones left out), None without any."""
+    settings = []
+    for endpoint in config.notifications.endpoints:
+        if endpoint.disabled:
+            logging.getLogger("entrepot.notifications").info(
+                "notification endpoint %s is disabled, skipping", endpoint.name
+            )
+            continue
+        settings.append(
+            EndpointSettings(
+                name=endpoint.name,
+                url=endpoint.url,
+                headers=tuple((k, v) for k, values in endpoint.headers.items() for v in values),
+                timeout=endpoint.timeout_s,
+                threshold=endpoint.threshold,
+                backoff=endpoint.backoff_s,
+                queue_size=endpoint.queuesize,
+                ignored_media_types=endpoint.ignored_media_types,
+                ignored_actions=frozenset(endpoint.ignore.actions),
+            )
+        )
+    if not settings:
+        return None
+    # registry:2's source record: this host and the port it listens on; a new id per start.
+    port = config.http.port
+    addr = f"{socket.gethostname()}:{port}" if port else socket.gethostname()
+    return Notifier(
+        settings,
+        source={"addr": addr, "instanceID": str(uuid.uuid4())},
+        include_references=config.notifications.includereferences,
+        metrics=metrics,
+    )
+
+
 def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette:
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
@@ -216,6 +255,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
 
     multiproc_dir = os.environ.get(METRICS_DIR_ENV) or None
     collect = scrape_registry(registry, multiproc_dir)
+    notifier = create_notifier(config, NotificationMetrics(registry))
     secret = shared_secret(config)
     guard, token_service = create_guard(config, secret)
     api = ApiContext(
@@ -223,6 +263,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         guard=guard,
         token_service=token_service,
         metrics=lambda: samples(collect()),
+        notifier=notifier,
         upload_secret=None if config.auth is None else derive_key(secret, "upload-state"),
         extra_headers={k: ", ".join(v) for k, v in config.http.headers.items()},
         base_url=(config.http.host_url or "").rstrip("/") + config.http.prefix.rstrip("/"),
@@ -233,6 +274,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks = []
+        if notifier is not None:
+            await notifier.start()
         if health_cfg.enabled:
             tasks.append(asyncio.create_task(health.run()))
         purging = config.storage.uploadpurging
@@ -256,6 +299,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                     await task
             await local.index.close()
             await cache.aclose()
+            if notifier is not None:
+                await notifier.aclose()
             for upstream in upstreams:
                 await upstream.client.aclose()
             await driver.close()

@@ -197,7 +197,11 @@ def test_env_value_must_be_yaml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "key_path"),
     [
-        ("notifications:\n  endpoints:\n    - name: a\n", "'notifications' is not implemented yet"),
+        (
+            "notifications:\n  endpoints:\n    - {name: a, url: 'http://l.test/e', tiemout: 1s}\n",
+            "'notifications.endpoints[0].tiemout' is not a registry:2 configuration key and is "
+            "ignored (did you mean 'notifications.endpoints[0].timeout'?)",
+        ),
         ("middleware:\n  registry:\n    - name: cloudfront\n", "'middleware' is not implemented"),
         ("redis:\n  addr: localhost:6379\n", "'redis' is not implemented yet"),
         ("http:\n  addr: :5000\n  draintimeout: 60s\n", "'http.draintimeout' is not implemented"),

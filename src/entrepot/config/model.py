@@ -11,6 +11,7 @@ from typing import ClassVar
 from entrepot.config.authconf import AuthConfig
 from entrepot.config.errors import ConfigError
 from entrepot.config.httpconf import HttpConfig
+from entrepot.config.notifications import NotificationsConfig
 from entrepot.config.proxies import ProxyBlockConfig, ProxyUpstreamConfig, check_upstreams
 from entrepot.config.proxycache import ProxyCacheConfig
 from entrepot.config.s3conf import S3StorageConfig
@@ -172,7 +173,6 @@ class Config:
     NOT_IMPLEMENTED: ClassVar = (
         "middleware",
         "reporting",
-        "notifications",
         "redis",
         "compatibility",
         "validation",
@@ -199,6 +199,7 @@ class Config:
         "proxies", (), doc="Entrepot's upstreams, each cached under `/v2/<host>/...`"
     )
     proxycache: ProxyCacheConfig = key("proxycache", factory=ProxyCacheConfig, doc="")
+    notifications: NotificationsConfig = key("notifications", factory=NotificationsConfig, doc="")
     warnings: tuple[str, ...] = derived(())
 
     @classmethod

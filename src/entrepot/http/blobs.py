@@ -8,6 +8,7 @@ import re
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
+from entrepot.http import events
 from entrepot.http.context import context
 from entrepot.http.repositories import repository_for, writes_for
 from entrepot.oci.digest import Digest
@@ -49,10 +50,12 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
     headers["Cache-Control"] = "max-age=31536000"
     if request.method == "HEAD":
         info = await repo.blobs.stat(digest)
+        events.blob_pulled(request, name, info)  # registry:2 counts a HEAD as a pull
         headers["Content-Length"] = str(info.size)
         headers["Accept-Ranges"] = "bytes"
         return Response(b"", media_type=OCTET_STREAM, headers=headers)
     blob = await repo.blobs.open(digest)
+    events.blob_pulled(request, name, blob.info)
     if blob.redirect_url is not None and (url := await blob.redirect_url()) is not None:
         # As registry:2: the client fetches the bytes from the storage backend itself.
         return RedirectResponse(url, status_code=307, headers=headers)
@@ -88,5 +91,7 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
 async def delete_blob(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
     writes = await writes_for(request, name)
-    await writes.blobs.delete(Digest.parse(reference))
+    digest = Digest.parse(reference)
+    await writes.blobs.delete(digest)
+    events.blob_deleted(request, name, digest)
     return Response(b"", status_code=202, headers=ctx.headers())

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
 from entrepot.auth.guard import Guard, Identity, OpenGuard, TokenService
 from entrepot.http.clientaddr import ClientAddresses
 from entrepot.registry.api import Repository, RepositoryResolver
+
+if TYPE_CHECKING:  # notify reports its counters through metrics, which needs this module
+    from entrepot.http.notify import Notifier
 
 
 @dataclass
@@ -32,6 +35,8 @@ class ApiContext:
     client_addresses: ClientAddresses = field(default_factory=ClientAddresses)
     # What /metrics reports (see http/metrics.py); nothing by default.
     metrics: Callable[[], Iterable[Any]] = lambda: ()
+    # registry:2's notifications (http/events.py); None when no endpoint is configured.
+    notifier: Notifier | None = None
 
     def headers(self, repo: Repository | None = None, /, **values: str) -> dict[str, str]:
         headers = {"Docker-Distribution-Api-Version": "registry/2.0", **self.extra_headers}

@@ -8,6 +8,7 @@ import functools
 from starlette.requests import Request
 from starlette.responses import Response
 
+from entrepot.http import events
 from entrepot.http.bodies import read_body
 from entrepot.http.context import context
 from entrepot.http.repositories import repository_for, writes_for
@@ -59,6 +60,7 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
             f"manifest is {content.media_type}, which the Accept header does not allow",
             {"reference": reference},
         )
+    events.manifest_pulled(request, name, reference, content)
     digest = str(content.digest)
     headers = ctx.headers(
         repo,
@@ -76,6 +78,7 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
     writes = await writes_for(request, name)
     raw = await read_body(request, MAX_MANIFEST_SIZE)
     result = await writes.manifests.put(reference, raw, request.headers.get("content-type"))
+    events.manifest_pushed(request, name, reference, raw, result.digest)
     digest = str(result.digest)
     headers = ctx.headers(
         Location=ctx.location(f"/v2/{name}/manifests/{digest}"),
@@ -89,5 +92,6 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
 async def delete_manifest(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
     writes = await writes_for(request, name)
-    await writes.manifests.delete(_existing(reference))
+    untagged = await writes.manifests.delete(_existing(reference))
+    events.manifest_deleted(request, name, reference, untagged)
     return Response(b"", status_code=202, headers=ctx.headers())

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from entrepot.auth.access import repository as access
+from entrepot.http import events
 from entrepot.http.bodies import body_chunks
 from entrepot.http.context import ApiContext, context, identity
 from entrepot.http.repositories import writes_for
@@ -99,6 +100,7 @@ async def start_upload(request: Request, name: str, reference: str) -> Response:
         else:
             info = await blobs.mount(Digest.parse(mount), source)
         if info is not None:
+            events.blob_mounted(request, name, info, source)
             return _created(ctx, name, info)
         # Not mountable: the spec says fall back to an ordinary upload session.
     digest = _digest_param(request) if params.get("digest") is not None and not mount else None
@@ -109,6 +111,7 @@ async def start_upload(request: Request, name: str, reference: str) -> Response:
         except BaseException:
             await _cancel_quietly(blobs, status.upload_id)
             raise
+        events.blob_pushed(request, name, info)
         return _created(ctx, name, info)
     return Response(b"", status_code=202, headers=_upload_headers(request, name, status))
 
@@ -151,6 +154,7 @@ async def finish_upload(request: Request, name: str, reference: str) -> Response
     digest = _digest_param(request)
     chunks = body_chunks(request) if _has_body(request) else None
     info = await blobs.finish_upload(reference, digest, chunks)
+    events.blob_pushed(request, name, info)
     return _created(ctx, name, info)
 
 

@@ -102,9 +102,9 @@ class ReleasingManifests:
         await self.pushed(self.name)
         return await self.inner.put(reference, raw, content_type)
 
-    async def delete(self, reference: str) -> None:
+    async def delete(self, reference: str) -> tuple[str, ...]:
         # A cached tag or manifest deleted: the next pull fills it again.
-        await self.inner.delete(reference)
+        return await self.inner.delete(reference)
 
 
 class LayeredBlobs:
@@ -196,5 +196,5 @@ class LayeredManifests:
             return False
         return await local.mount(parsed, None) is not None
 
-    async def delete(self, reference: str) -> None:
-        await self.local.delete(reference)
+    async def delete(self, reference: str) -> tuple[str, ...]:
+        return await self.local.delete(reference)

@@ -89,7 +89,10 @@ class BlobWriter(Protocol):
 
 class ManifestWriter(Protocol):
     async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut: ...
-    async def delete(self, reference: str) -> None: ...
+    async def delete(self, reference: str) -> tuple[str, ...]:
+        """Delete a manifest (and the tags on it) or a tag; returns the tags a manifest's
+        deletion took away."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

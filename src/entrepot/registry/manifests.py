@@ -245,7 +245,7 @@ class RepositoryManifests:
                     {"digest": str(child.digest)},
                 )
 
-    async def delete(self, reference: str) -> None:
+    async def delete(self, reference: str) -> tuple[str, ...]:
         if not self.service.delete_enabled:
             raise deletes_disabled()
         name = self.name
@@ -254,7 +254,7 @@ class RepositoryManifests:
             if not await delete_key(self.driver, layout.tag_dir(name, reference)):
                 raise manifest_unknown(reference)
             await self.service.tags_changed(name)
-            return
+            return ()
         digest = await self.resolve(reference)
         manifest: Manifest | None
         try:
@@ -263,16 +263,17 @@ class RepositoryManifests:
             manifest = None
         await delete_key(self.driver, layout.manifest_revision_dir(name, digest))
         # registry:2 also untags every tag that points at a deleted manifest.
-        untagged = False
+        untagged: list[str] = []
         for tag in await self.service.tags(name, missing_ok=True):
             if await read_link(self.driver, layout.tag_current_link(name, tag)) == digest:
                 await delete_key(self.driver, layout.tag_dir(name, tag))
-                untagged = True
+                untagged.append(tag)
         if untagged:
             await self.service.tags_changed(name)
         if manifest is not None and manifest.subject is not None:
             link = layout.referrer_link(name, manifest.subject.digest, digest)
             await delete_key(self.driver, link.removesuffix("/link"))
+        return tuple(untagged)
 
     async def referrers(
         self, subject: Digest, artifact_type: str | None
