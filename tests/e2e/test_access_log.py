@@ -45,6 +45,11 @@ def test_pull_through_logs_say_what_the_cache_did(
         headers={"X-Request-Id": "blob-one"},
     )
     assert blob.status_code == 200
+    missing = httpx.get(
+        f"{entrepot.url}/v2/e2e/logs/manifests/nope?ns=upstream.test",
+        headers={**accept, "X-Request-Id": "missing-one"},
+    )
+    assert missing.status_code == 404
     made_up = httpx.get(
         f"{entrepot.url}/v2/", headers={"X-Request-Id": 'bad id "quoted" ' + "x" * 200}
     )
@@ -63,3 +68,6 @@ def test_pull_through_logs_say_what_the_cache_did(
     assert len(fill_lines) == 1
     assert f": {layer.size} bytes in " in fill_lines[0]
     assert fill_lines[0].endswith("id=blob-one")
+    # Each upstream error has a line of its own, naming the upstream, repository and reference.
+    (error_line,) = _lines(entrepot, "upstream upstream.test: e2e/logs nope: not found")
+    assert error_line.endswith("id=missing-one")

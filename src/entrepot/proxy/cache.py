@@ -140,7 +140,18 @@ class _CachedFacet:
         self.cache.stats[(event, self.upstream.host)] += n
 
     def _error(self, exc: UpstreamError, missing: ErrorCode, reference: str) -> RegistryError:
-        self._count(f"error_{error_kind(exc)}")
+        kind = error_kind(exc)
+        self._count(f"error_{kind}")
+        # One line per upstream error ("not found" is routine: info), with the request id.
+        log.log(
+            logging.INFO if kind == "not_found" else logging.WARNING,
+            "upstream %s: %s %s: %s: %s",
+            self.upstream.host,
+            self.upstream_name,
+            reference,
+            kind.replace("_", " "),
+            exc,
+        )
         return translate(exc, self.upstream.host, missing, reference)
 
 
