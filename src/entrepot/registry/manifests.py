@@ -18,7 +18,14 @@ from entrepot.oci.manifest import Manifest, parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.registry import layout
 from entrepot.registry.api import ManifestContent, ManifestPut
-from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, read_link, write_link
+from entrepot.registry.blobs import (
+    BlobStore,
+    LinkWriter,
+    delete_key,
+    read_link,
+    storage_unavailable,
+    write_link,
+)
 from entrepot.registry.epochs import bump_epoch, read_epoch, tags_epoch
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
@@ -133,7 +140,7 @@ class ManifestService:
         try:
             await bump_epoch(self.driver, tags_epoch(name))
         except StorageError as exc:
-            raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
+            raise storage_unavailable(exc) from exc
 
     async def tags(self, name: str, *, missing_ok: bool = False) -> list[str]:
         """The repository's tags, sorted; kept in memory until the repository's tags epoch
@@ -157,7 +164,7 @@ class ManifestService:
                 ) from exc
             return []
         except StorageError as exc:
-            raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
+            raise storage_unavailable(exc) from exc
         if _tag_list_cost((epoch, tags)) <= self._tag_lists.maxsize:  # else listed each time
             self._tag_lists[name] = (epoch, tags)
         return tags
@@ -284,7 +291,7 @@ class RepositoryManifests:
         except StorageNotFound:
             return []
         except StorageError as exc:
-            raise RegistryError(ErrorCode.UNAVAILABLE, "storage is unavailable") from exc
+            raise storage_unavailable(exc) from exc
         entries: list[dict[str, object]] = []
         for algorithm in algorithms:
             prefix = f"{layout.referrers_dir(name, subject)}/{algorithm}"
