@@ -145,6 +145,11 @@ def take_over_store(config: Config) -> str | None:
     """Decide, once, what a registry:2 store's plain-name repositories are
     (proxy/registry2_store.py), before any worker serves; a storage error in one line."""
 
+    if config.storage.s3 is not None:
+        # No cache lives on S3 yet (refused at start), so there is nothing to take over;
+        # and the S3 client must not run in this process, whose workers fork from it.
+        return None
+
     async def decide() -> None:
         driver = create_driver(config)
         try:
