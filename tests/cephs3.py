@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from entrepot.storage.s3 import S3Settings
+
 ACCESS_KEY = "entrepot-test-access"
 SECRET_KEY = "entrepot-test-secret-0123456789abcdef"
 REGION = "us-east-1"
@@ -232,4 +234,19 @@ def s3_client(server: CephS3) -> Any:
         aws_secret_access_key=SECRET_KEY,
         region_name=REGION,
         config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def driver_settings(server: CephS3, bucket: str, rootdirectory: str) -> S3Settings:
+    """Settings for a driver on ``server`` with the test user, path-style, 5 MiB parts
+    (the smallest S3 allows, so multipart paths run on small data)."""
+    return S3Settings(
+        bucket=bucket,
+        region=REGION,
+        endpoint=server.endpoint,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        path_style=True,
+        rootdirectory=rootdirectory,
+        chunksize=5 * 1024 * 1024,
     )

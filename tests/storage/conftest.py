@@ -10,8 +10,8 @@ import pytest
 
 from entrepot.storage import StorageDriver
 from entrepot.storage.filesystem import FilesystemDriver
-from entrepot.storage.s3 import S3Driver, S3Settings
-from tests.cephs3 import ACCESS_KEY, REGION, SECRET_KEY
+from entrepot.storage.s3 import S3Driver
+from tests.cephs3 import driver_settings
 
 
 def s3_driver(request: pytest.FixtureRequest) -> S3Driver:
@@ -19,16 +19,7 @@ def s3_driver(request: pytest.FixtureRequest) -> S3Driver:
     bucket (as registry:2 deployments often are), with small parts to exercise them."""
     server = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_shared_bucket")
-    settings = S3Settings(
-        bucket=bucket,
-        region=REGION,
-        endpoint=server.endpoint,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-        path_style=True,
-        rootdirectory=f"/{uuid.uuid4().hex}/registry/",
-        chunksize=5 * 1024 * 1024,
-    )
+    settings = driver_settings(server, bucket, f"/{uuid.uuid4().hex}/registry/")
     return S3Driver(settings)
 
 

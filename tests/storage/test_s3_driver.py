@@ -15,23 +15,14 @@ import pytest
 
 from entrepot.storage import StorageError, StorageNotFound
 from entrepot.storage.s3 import S3Driver, S3Settings, aws_credentials
-from tests.cephs3 import ACCESS_KEY, REGION, SECRET_KEY, CephS3, s3_client
+from tests.cephs3 import CephS3, driver_settings, s3_client
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture
 def settings(s3_server: CephS3, s3_shared_bucket: str) -> S3Settings:
-    return S3Settings(
-        bucket=s3_shared_bucket,
-        region=REGION,
-        endpoint=s3_server.endpoint,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-        path_style=True,
-        rootdirectory=f"/{uuid.uuid4().hex}/",
-        chunksize=5 * MiB,
-    )
+    return driver_settings(s3_server, s3_shared_bucket, f"/{uuid.uuid4().hex}/")
 
 
 @pytest.fixture
