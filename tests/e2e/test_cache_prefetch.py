@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,40 @@ def test_a_bad_image_gets_one_line_and_exit_1(
     assert len(lines) == 1 and message in lines[0], result.stderr
     asked = [e for e in access_log(registry2) if e.agent.startswith("entrepot")]
     assert asked == [], "nothing may be asked upstream for a refused image"
+
+
+def test_the_server_prefetches_the_configured_list(
+    registry2: ManagedServer, entrepot_factory: ServerFactory, tmp_path: Path
+) -> None:
+    index = build_index(tmp_path / "multi", tag="3", layer_sizes=(2500,))
+    clients.push(f"oci:{index.path}:3", registry2.host, "app/listed", "3", all_images=True)
+    cache = entrepot_factory(
+        config={
+            "proxies": [{"host": UPSTREAM, "remoteurl": registry2.url}],
+            "proxycache": {
+                "prefetch": {
+                    "interval": "1h",
+                    "images": [f"{UPSTREAM}/app/listed:3"],
+                    "platforms": ["linux/arm64"],
+                }
+            },
+        }
+    )
+    arm64 = index.images["linux/arm64"]
+    deadline = time.monotonic() + 60
+    while "prefetched upstream.test/app/listed:3" not in cache.log():
+        assert time.monotonic() < deadline, f"no prefetch logged:\n{cache.log()[-3000:]}"
+        time.sleep(0.2)
+    for blob in arm64.blob_digests:
+        assert len(requests_to(registry2, "GET", f"/v2/app/listed/blobs/{blob}")) == 1
+    for blob in index.images["linux/amd64"].blob_digests:
+        assert requests_to(registry2, "GET", f"/v2/app/listed/blobs/{blob}") == []
+
+    # With the upstream gone, the prefetched platform still pulls.
+    registry2.stop()
+    pulled = tmp_path / "pulled"
+    clients.skopeo_copy(
+        f"docker://{cache.host}/{UPSTREAM}/app/listed:3",
+        f"oci:{pulled}:3",
+        extra=["--override-arch", "arm64", "--override-variant", "v8"],
+    )

@@ -23,6 +23,7 @@ from entrepot.oci.errors import RegistryError
 from entrepot.oci.manifest import Descriptor, parse_manifest
 from entrepot.oci.names import validate_name, validate_tag
 from entrepot.proxy.cache import CachedBlobs, CachedManifests, ProxyCache
+from entrepot.proxy.fetch import FetchFailed
 from entrepot.proxy.janitor import _try_lock
 from entrepot.proxy.upstreams import Upstream
 from entrepot.storage import StorageError
@@ -198,9 +199,12 @@ class Prefetcher:
             return
         self.progress.blob_started(digest, descriptor.size)
         content = await blobs.open(digest)  # starts the fill, or joins one under way
-        async for chunk in content.open_stream(0, None):
-            result.bytes_fetched += len(chunk)
-            self.progress.blob_advanced(digest, len(chunk))
+        try:
+            async for chunk in content.open_stream(0, None):
+                result.bytes_fetched += len(chunk)
+                self.progress.blob_advanced(digest, len(chunk))
+        except FetchFailed as exc:
+            raise PrefetchError(f"image {result.image}: blob {digest}: {exc}") from None
         self.progress.blob_done(digest, False)
 
     async def run_schedule(
