@@ -63,7 +63,7 @@ class UpstreamReferrers:
             try:
                 entries = await self.cache.once(
                     ("referrers", self.manifests.name, str(subject)),
-                    lambda: self._refresh(subject, key),
+                    lambda: self._refresh(subject, key, revalidating=record is not None),
                 )
             except (UpstreamError, RegistryError) as exc:
                 entries = self._stale(exc, subject, record[0] if record else None)
@@ -91,9 +91,10 @@ class UpstreamReferrers:
         )
         return cached
 
-    async def _refresh(self, subject: Digest, key: str) -> Entries:
+    async def _refresh(self, subject: Digest, key: str, *, revalidating: bool) -> Entries:
         note_cache("revalidated", self.upstream.host)
-        self.manifests._count("revalidation")
+        if revalidating:
+            self.manifests._count("revalidation")
         try:
             entries = await self.upstream.client.list_referrers(
                 self.manifests.upstream_name, subject
