@@ -5,6 +5,7 @@ holds. Both work on the configured storage whether or not a server runs on it.""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -72,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args.config)
     if config is None:
         return 1
+    # The cache's own warnings (an upstream failure, a stale tag) would repeat what the
+    # command reports per image: one line each.
+    logging.getLogger("entrepot").setLevel(logging.ERROR)
     try:
         if args.cache_command == "prefetch":
             return prefetch(config, args.images, args.platform)

@@ -184,3 +184,19 @@ def test_the_server_prefetches_the_configured_list(
         f"oci:{pulled}:3",
         extra=["--override-arch", "arm64", "--override-variant", "v8"],
     )
+
+
+def test_an_image_the_upstream_lacks_gets_one_line_and_exit_1_the_others_are_fetched(
+    registry2: ManagedServer, tmp_path: Path
+) -> None:
+    image = build_image(tmp_path / "image", tag="1", layer_sizes=(1000,))
+    clients.push(f"oci:{image.path}:1", registry2.host, "app/here", "1")
+    config = _config(tmp_path, registry2, tmp_path / "cache")
+    result = _entrepot(
+        "cache", "prefetch", str(config), f"{UPSTREAM}/app/missing:1", f"{UPSTREAM}/app/here:1"
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{UPSTREAM}/app/missing:1" in lines[0], result.stderr
+    assert "not found upstream" in lines[0]
+    assert f"prefetched {UPSTREAM}/app/here:1" in result.stdout
