@@ -5,12 +5,16 @@ fetched (counted in the upstream's access log), and mistakes get one line and ex
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -20,6 +24,7 @@ from .servers import (
     REPO_ROOT,
     ManagedServer,
     ServerFactory,
+    ThrottledForwarder,
     access_log,
     registry_config,
     requests_to,
@@ -200,3 +205,78 @@ def test_an_image_the_upstream_lacks_gets_one_line_and_exit_1_the_others_are_fet
     assert len(lines) == 1 and f"{UPSTREAM}/app/missing:1" in lines[0], result.stderr
     assert "not found upstream" in lines[0]
     assert f"prefetched {UPSTREAM}/app/here:1" in result.stdout
+
+
+def _follows_spool(pid: int, digest: str) -> bool:
+    """Whether process ``pid`` has the cache fill spool of ``digest`` open."""
+    spool = f"fill-sha256-{digest.removeprefix('sha256:')}"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if spool in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_prefetch_joins_a_fill_a_client_of_the_server_started(
+    registry2: ManagedServer,
+    entrepot_factory: ServerFactory,
+    throttled_forwarder: Callable[..., ThrottledForwarder],
+    tmp_path: Path,
+) -> None:
+    image = build_image(tmp_path / "image", tag="1", layer_sizes=(4 * 1024 * 1024,))
+    clients.push(f"oci:{image.path}:1", registry2.host, "app/big", "1")
+    layer = image.images["linux/amd64"].layers[0].descriptor.digest
+    # The server reaches the upstream through a link that holds its answers after 1 MiB.
+    link = throttled_forwarder(registry2.port, hold_after=1024 * 1024)
+    cache = entrepot_factory(config={"proxies": [{"host": UPSTREAM, "remoteurl": link.url}]})
+    config = _config(tmp_path, registry2, cache.root)  # the command's own way is direct
+
+    received: list[bytes] = []
+    client = threading.Thread(
+        target=lambda: received.append(
+            httpx.get(f"{cache.url}/v2/{UPSTREAM}/app/big/blobs/{layer}", timeout=120).content
+        )
+    )
+    client.start()
+    assert link.wait_until_holding(), "the server's download did not start"
+    pythonpath = os.pathsep.join(
+        p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p
+    )
+    command = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "entrepot",
+            "cache",
+            "prefetch",
+            str(config),
+            f"{UPSTREAM}/app/big:1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _follows_spool(command.pid, layer):
+            assert command.poll() is None, command.communicate()
+            assert time.monotonic() < deadline, "the command did not join the server's fill"
+            time.sleep(0.05)
+        link.release()
+        out, err = command.communicate(timeout=120)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    client.join(120)
+    assert command.returncode == 0, err
+    assert f"{layer}: fetched" in out, out
+    assert [hashlib.sha256(body).hexdigest() for body in received] == [layer[7:]]
+    # One download from the upstream for both: the server's.
+    assert len(requests_to(registry2, "GET", f"/v2/app/big/blobs/{layer}")) == 1
