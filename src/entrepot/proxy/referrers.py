@@ -99,7 +99,10 @@ class UpstreamReferrers:
             entries = await self.upstream.client.list_referrers(
                 self.manifests.upstream_name, subject
             )
-        except UpstreamNotFound:
+        except (UpstreamNotFound, UpstreamInvalid) as exc:
+            # 404 is the spec's "no referrers API"; some registries answer an unknown
+            # route with 400/405 or a page that is no index: the tag schema then.
+            log.info("upstream %s: no referrers API (%s): reading tags", self.upstream.host, exc)
             entries = await self._from_tag_schema(subject)
         try:
             await self.driver.put_content(key, json.dumps({"manifests": entries}).encode())
