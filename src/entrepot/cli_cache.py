@@ -9,23 +9,20 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from entrepot.cli_gc import _run_async
 from entrepot.config import Config, ConfigError, load_config
 from entrepot.oci.digest import Digest
-from entrepot.proxy.inventory import CachedTag, cached_tags
-from entrepot.proxy.prefetch import (
-    ImageRef,
-    Platform,
-    Prefetcher,
-    PrefetchError,
-    describe,
-    parse_image,
-    parse_platform,
-)
-from entrepot.proxy.upstreams import Upstream
 from entrepot.storage import StorageError
+
+if TYPE_CHECKING:
+    from entrepot.proxy.inventory import CachedTag
+    from entrepot.proxy.prefetch import ImageRef, Platform
+    from entrepot.proxy.upstreams import Upstream
+
+# The cache's modules are imported when a command runs, not with the CLI: they import
+# prometheus_client, which must not be loaded before `serve` sets its metrics directory.
 
 COMMAND = "cache"
 
@@ -69,7 +66,13 @@ def add_command(commands: Any) -> None:
     )
 
 
+class CacheCommandError(Exception):
+    """A mistake in the command's arguments: one line, exit 1."""
+
+
 def run(args: argparse.Namespace) -> int:
+    from entrepot.proxy.prefetch import PrefetchError
+
     config = _config(args.config)
     if config is None:
         return 1
@@ -80,13 +83,14 @@ def run(args: argparse.Namespace) -> int:
         if args.cache_command == "prefetch":
             return prefetch(config, args.images, args.platform)
         return list_cached(config, args.upstream)
-    except PrefetchError as exc:
+    except (PrefetchError, CacheCommandError) as exc:
         return _fail(str(exc))
     except StorageError as exc:
         return _fail(f"storage error in {config.storage.rootdirectory}: {exc}")
 
 
 def prefetch(config: Config, images: Sequence[str], platforms: Sequence[Platform]) -> int:
+    from entrepot.proxy.prefetch import Prefetcher, PrefetchError, describe, parse_image
     from entrepot.root import open_cache
 
     refs = [parse_image(text) for text in images]  # every name checked before any fetch
@@ -113,6 +117,7 @@ def prefetch(config: Config, images: Sequence[str], platforms: Sequence[Platform
 
 
 def list_cached(config: Config, upstream_host: str | None) -> int:
+    from entrepot.proxy.inventory import cached_tags
     from entrepot.root import open_cache
 
     async def work() -> list[CachedTag]:
@@ -138,13 +143,13 @@ def list_cached(config: Config, upstream_host: str | None) -> int:
 
 def _upstreams(upstreams: list[Upstream], host: str | None) -> list[Upstream]:
     if not upstreams:
-        raise PrefetchError("no upstream is configured (proxy or proxies): nothing is cached")
+        raise CacheCommandError("no upstream is configured (proxy or proxies): nothing is cached")
     if host is None:
         return upstreams
     chosen = [u for u in upstreams if host.lower() in u.aliases]
     if not chosen:
         known = ", ".join(u.host for u in upstreams)
-        raise PrefetchError(f"no upstream {host} is configured (configured: {known})")
+        raise CacheCommandError(f"no upstream {host} is configured (configured: {known})")
     return chosen
 
 
@@ -191,6 +196,8 @@ def _fail(message: str) -> int:
 
 
 def _platform(text: str) -> Platform:
+    from entrepot.proxy.prefetch import parse_platform
+
     try:
         return parse_platform(text)
     except ValueError as exc:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -107,3 +109,13 @@ def test_a_bad_prefetch_list_names_the_key(tmp_path: Path, block: str, message: 
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path, {})
     assert "proxycache.prefetch" in str(info.value)
+
+
+def test_the_cli_does_not_load_prometheus_client_before_serve_sets_its_directory() -> None:
+    # prometheus_client reads PROMETHEUS_MULTIPROC_DIR when imported; `serve` sets it
+    # after the CLI is loaded, so the cache commands import the cache only when run.
+    code = "import sys, entrepot.cli; print('prometheus_client' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
