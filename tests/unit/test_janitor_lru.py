@@ -4,17 +4,20 @@ pulls recorded in memory and written in batches; ttl; shared and pushed blobs ke
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from entrepot.oci import mediatypes as mt
 from entrepot.oci.digest import Digest
 from entrepot.oci.manifest import parse_manifest
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
+from entrepot.proxy.metrics import CacheEvents, ProxyMetrics
 from entrepot.proxy.pulls import BATCHES, MERGED, PullLog, PullRecorder
 from entrepot.registry import layout
 from entrepot.registry.local import LocalRegistry
@@ -235,6 +238,8 @@ async def test_ttl_expires_images_not_pulled_and_keeps_shared_blobs(tmp_path: Pa
     assert not _tagged(tmp_path, "docker.io/library/old", "1")
     assert _tagged(tmp_path, "docker.io/library/new", "1")
     assert _held(tmp_path, Digest.of(shared))  # the retained image still uses it
+    # ... but the expired image's repository no longer claims it
+    assert not (tmp_path / layout.layer_link("docker.io/library/old", Digest.of(shared))).exists()
     assert not _held(tmp_path, old)
 
 
@@ -267,3 +272,35 @@ async def test_pull_records_of_evicted_images_are_dropped(tmp_path: Path) -> Non
 
     pulls, _ = await PullLog(local.driver).load()
     assert pulls == {}
+
+
+async def test_each_run_logs_one_summary_line_and_counts_in_metrics(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    local = LocalRegistry(FilesystemDriver(tmp_path))
+    clock = Clock()
+    registry = CollectorRegistry()
+    metrics = ProxyMetrics(registry)
+    await _image(local, "docker.io/library/old", "1", [b"o" * 10 * KB], clock.now - 9000)
+    await _image(local, "docker.io/library/big", "1", [b"b" * 20 * KB], clock.now - 100)
+    await _image(local, "docker.io/library/new", "1", [b"n" * 10 * KB], clock.now - 50)
+    cache = ProxyCache(local, events=CacheEvents(metrics))
+    janitor = CacheJanitor(
+        cache, ["docker.io"], 15 * KB, ttls={"docker.io": 3600.0}, metrics=metrics, clock=clock
+    )
+
+    with caplog.at_level(logging.INFO, logger="entrepot.proxy.janitor"):
+        result = await janitor.sweep()
+        await janitor.sweep()  # nothing left to evict: no line
+
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("cache eviction: 2 image(s) evicted (1 not pulled within their ttl")
+    assert f"{result.freed_bytes} bytes freed" in line
+    sample = registry.get_sample_value
+    assert sample("entrepot_proxy_evicted_images_total", {"reason": "ttl"}) == 1
+    assert sample("entrepot_proxy_evicted_images_total", {"reason": "maxsize"}) == 1
+    assert sample("entrepot_proxy_evicted_tags_total", {}) == 2
+    assert sample("entrepot_proxy_evicted_blobs_total", {}) == len(result.evicted) == 6
+    assert sample("entrepot_proxy_evicted_bytes_total", {}) == result.freed_bytes > 30 * KB
+    assert sample("entrepot_proxy_eviction_runs_total", {}) == 2
+    assert sample("entrepot_proxy_cached_bytes", {}) == result.cached_bytes - result.freed_bytes

@@ -138,13 +138,22 @@ class CacheJanitor:
         return result
 
     async def _unlink(self, scan: CacheScan, plan: Plan, result: SweepResult) -> None:
-        """Remove the evicted images' tags (unless a tag moved meanwhile) and the manifests
-        no retained image of the same repository holds."""
+        """Remove the evicted images' tags (unless a tag moved meanwhile), and the manifests
+        and layer links no retained image of the same repository holds (a blob another
+        repository still uses stays, unlinked from this one)."""
         evicted = {id(unit) for unit, _ in plan.units}
         retained: dict[str, set[Digest]] = {}
         for unit in scan.units:
             if id(unit) not in evicted:
-                retained.setdefault(unit.repository, set()).update(unit.manifests)
+                retained.setdefault(unit.repository, set()).update(unit.blobs)
+        for unit, _ in plan.units:
+            name = unit.repository
+            unlinked = [
+                d
+                for d in unit.blobs - retained.get(name, set())
+                if name in scan.layer_links.get(d, ())
+            ]
+            await each([(name, d) for d in unlinked], self._unlink_layer)
         for unit, reason in plan.units:
             if unit.root is None:
                 continue
@@ -168,9 +177,7 @@ class CacheJanitor:
         self, scan: CacheScan, freed: list[Digest], result: SweepResult
     ) -> None:
         links = [(name, d) for d in freed for name in scan.layer_links.get(d, ())]
-        await each(
-            links, lambda item: self.store.delete(layout.layer_link(*item).removesuffix("/link"))
-        )
+        await each(links, self._unlink_layer)
         moved = await each(freed, self._quarantine)
         quarantined = [d for d, ok in zip(freed, moved, strict=True) if ok]
         if not quarantined:
@@ -187,6 +194,9 @@ class CacheJanitor:
                 await self.store.delete(self._aside(digest))
             result.evicted.append(digest)
             result.freed_bytes += scan.sizes[digest]
+
+    async def _unlink_layer(self, item: tuple[str, Digest]) -> bool:
+        return await self.store.delete(layout.layer_link(*item).removesuffix("/link"))
 
     def _aside(self, digest: Digest) -> str:
         return f"{layout.blob_dir(digest)}/{QUARANTINE}"
