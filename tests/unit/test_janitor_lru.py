@@ -294,7 +294,10 @@ async def test_each_run_logs_one_summary_line_and_counts_in_metrics(
         await janitor.sweep()  # nothing left to evict: no line
 
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line.startswith("cache eviction: 2 image(s) evicted (1 not pulled within their ttl")
+    assert line.startswith(
+        "cache eviction: 2 image(s) evicted (1 not pulled within their ttl, 1 least recently "
+        f"pulled beyond maxsize {15 * KB} bytes), 2 tag(s), 2 manifest(s), 6 blob(s), "
+    )
     assert f"{result.freed_bytes} bytes freed" in line
     sample = registry.get_sample_value
     assert sample("entrepot_proxy_evicted_images_total", {"reason": "ttl"}) == 1

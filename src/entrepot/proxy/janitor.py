@@ -231,15 +231,20 @@ class CacheJanitor:
         if not (result.images or result.evicted):
             log.debug("cache eviction: nothing to evict, %d bytes cached", cached_now)
             return
-        cap = "no maxsize" if self.maxsize is None else f"maxsize {self.maxsize} bytes"
+        over_size = len(result.images) - result.expired
+        reasons = [
+            *([f"{result.expired} not pulled within their ttl"] if result.expired else []),
+            *(
+                [f"{over_size} least recently pulled beyond maxsize {self.maxsize} bytes"]
+                if over_size
+                else []
+            ),
+        ]
         log.info(
-            "cache eviction: %d image(s) evicted (%d not pulled within their ttl, %d least "
-            "recently pulled over %s), %d tag(s), %d manifest(s), %d blob(s), %d bytes "
-            "freed in %.2f s; %d bytes cached now",
+            "cache eviction: %d image(s) evicted%s, %d tag(s), %d manifest(s), %d blob(s), "
+            "%d bytes freed in %.2f s; %d bytes cached now",
             len(result.images),
-            result.expired,
-            len(result.images) - result.expired,
-            cap,
+            f" ({', '.join(reasons)})" if reasons else "",
             result.tags,
             result.manifests,
             len(result.evicted),
