@@ -14,6 +14,7 @@ Pushed content is never part of a unit: a blob or manifest that a pushed reposit
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,6 +66,16 @@ async def _tag_times(store: Limited, name: str, tags: list[str]) -> dict[str, fl
     return {tag: info.mtime for tag, info in zip(tags, infos, strict=True) if info is not None}
 
 
+async def linked_digests(store: Limited, name: str) -> set[Digest]:
+    """The blobs and manifests a repository links (a manifest registry:2 deleted, whose
+    folder stays without its link, counts too: cheaper, and only ever keeps more)."""
+    layers, revisions = await asyncio.gather(
+        store.digests(layout.layers_dir(name)),
+        store.digests(f"{layout.repository(name)}/_manifests/revisions"),
+    )
+    return layers | revisions
+
+
 async def has_pushed_tags(store: Limited, scan: RepoScan) -> bool:
     found = await each(
         scan.tag_names, lambda tag: store.stat(f"{layout.tag_dir(scan.name, tag)}/pushed")
@@ -103,15 +114,17 @@ async def scan_cache(
     """Read every repository; ``refs`` keeps manifests' references across runs (a manifest
     never changes), and is pruned to what is still cached."""
     names = await find_repositories(store)
-    scans = await each(names, lambda name: scan_repository(store, name, now - UPLOAD_GRACE))
-    pushed_marks = await each(
-        scans, lambda s: has_pushed_tags(store, s) if is_cache(s.name) else _true()
+    scans = await each(
+        [n for n in names if is_cache(n)],
+        lambda name: scan_repository(store, name, now - UPLOAD_GRACE),
     )
+    pushed_marks = await each(scans, lambda s: has_pushed_tags(store, s))
     cache = [s for s, pushed in zip(scans, pushed_marks, strict=True) if not pushed]
+    pushed_names = [n for n in names if not is_cache(n)]
+    pushed_names += [s.name for s, pushed in zip(scans, pushed_marks, strict=True) if pushed]
     protected: set[Digest] = set()
-    for scan, pushed in zip(scans, pushed_marks, strict=True):
-        if pushed:
-            protected |= scan.layers | scan.revisions
+    for links in await each(pushed_names, lambda name: linked_digests(store, name)):
+        protected |= links
     await read_refs(store, (d for s in cache for d in s.revisions), refs)
     for digest in set(refs) - {d for s in cache for d in s.revisions}:
         del refs[digest]
@@ -143,7 +156,3 @@ async def scan_cache(
     cached_keys: set[PullKey] = {(u.repository, str(m)) for u in kept for m in u.manifests}
     recent = {key: when for key, when in pulls.items() if key in cached_keys}
     return CacheScan(kept, sizes, layer_links, recent)
-
-
-async def _true() -> bool:
-    return True

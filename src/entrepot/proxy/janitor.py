@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
 from entrepot.proxy.cache import ProxyCache
-from entrepot.proxy.cachescan import CacheScan, CacheUnit, scan_cache
+from entrepot.proxy.cachescan import CacheScan, CacheUnit, linked_digests, scan_cache
 from entrepot.proxy.metrics import ProxyMetrics
 from entrepot.proxy.pulls import PullLog
 from entrepot.registry import layout
-from entrepot.registry.gcscan import Limited, ManifestRefs, each, find_repositories, scan_repository
+from entrepot.registry.gcscan import Limited, ManifestRefs, each, find_repositories
 from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.proxy.janitor")
@@ -207,11 +207,9 @@ class CacheJanitor:
     async def _linked_now(self) -> set[Digest]:
         """Every blob and manifest some repository links, read again now."""
         names = await find_repositories(self.store)
-        cutoff = self.clock() - 3600.0
-        scans = await each(names, lambda name: scan_repository(self.store, name, cutoff))
         linked: set[Digest] = set()
-        for scan in scans:
-            linked |= scan.layers | scan.revisions
+        for links in await each(names, lambda name: linked_digests(self.store, name)):
+            linked |= links
         return linked
 
     def _report(self, result: SweepResult, scan: CacheScan) -> None:
