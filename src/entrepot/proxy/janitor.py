@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from entrepot.oci.digest import Digest
 from entrepot.proxy.cache import ProxyCache
 from entrepot.registry import layout
 from entrepot.registry.catalog import list_repositories
+from entrepot.registry.usage import try_lock
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 log = logging.getLogger("entrepot.proxy.janitor")
@@ -165,7 +165,7 @@ class CacheJanitor:
         while True:
             await asyncio.sleep(interval)
             try:
-                fd = _try_lock(lock_path) if lock_path is not None else None
+                fd = try_lock(lock_path) if lock_path is not None else None
                 if lock_path is not None and fd is None:
                     continue  # another worker is sweeping
                 try:
@@ -175,14 +175,3 @@ class CacheJanitor:
                         os.close(fd)
             except StorageError as exc:
                 log.warning("cache size check failed: %s", exc)
-
-
-def _try_lock(path: str) -> int | None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
