@@ -11,9 +11,14 @@
 # BASE is any Debian bookworm image (bookworm's python3 is 3.11). The tests build one with
 # debootstrap that already holds python3, python3-venv and ca-certificates; on another base
 # (debian:bookworm-slim) they are installed here.
+#
+# One COPY and one RUN: every layer is a full copy of the root filesystem with Docker's vfs
+# storage driver (the tests' dockerd), so the build makes as few as it can.
 ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 
+# The package from this checkout (see .dockerignore), the image's config and entrypoint.
+COPY . /src/entrepot/
 RUN set -eux; \
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null \
         || [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then \
@@ -25,19 +30,13 @@ RUN set -eux; \
     useradd --system --uid 10001 --gid entrepot --home-dir /var/lib/registry \
         --no-create-home --shell /usr/sbin/nologin entrepot; \
     mkdir -p /var/lib/registry /etc/docker/registry; \
-    chown entrepot:entrepot /var/lib/registry
-
-# The package from this checkout, with its dependencies from PyPI, in a venv of its own.
-COPY pyproject.toml README.md /src/entrepot/
-COPY src /src/entrepot/src
-RUN set -eux; \
+    chown entrepot:entrepot /var/lib/registry; \
     python3 -m venv /opt/entrepot; \
     /opt/entrepot/bin/pip install --no-cache-dir --disable-pip-version-check /src/entrepot; \
-    rm -rf /src/entrepot; \
-    ln -s /opt/entrepot/bin/entrepot /usr/local/bin/entrepot
-
-COPY deploy/image/config.yml /etc/docker/registry/config.yml
-COPY deploy/image/entrypoint.sh /entrypoint.sh
+    ln -s /opt/entrepot/bin/entrepot /usr/local/bin/entrepot; \
+    install -m 0644 /src/entrepot/deploy/image/config.yml /etc/docker/registry/config.yml; \
+    install -m 0755 /src/entrepot/deploy/image/entrypoint.sh /entrypoint.sh; \
+    rm -rf /src/entrepot
 
 USER entrepot:entrepot
 VOLUME ["/var/lib/registry"]

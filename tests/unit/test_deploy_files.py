@@ -148,7 +148,7 @@ def test_the_dockerfile_has_registry2s_paths_a_user_and_a_health_check(
     dockerfile = _dockerfile()
     assert dockerfile["VOLUME"] == [f'["{STORE}"]']
     assert dockerfile["EXPOSE"] == ["5000"]
-    assert f"deploy/image/config.yml {CONFIG_DIR}/config.yml" in dockerfile["COPY"]
+    assert f"deploy/image/config.yml {CONFIG_DIR}/config.yml" in dockerfile["RUN"][0]
     assert dockerfile["CMD"][-1] == f'["{CONFIG_DIR}/config.yml"]'
     assert _image_uid() != 0
     assert "entrepot healthcheck" in dockerfile["HEALTHCHECK"][0]
