@@ -45,6 +45,7 @@ from entrepot.proxy.upstreams import CachePolicy, Upstream, host_aliases
 from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
+from entrepot.registry.usage import read_usage, run_usage_meter
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
@@ -106,7 +107,8 @@ def storage_problem(config: Config) -> str | None:
         verb = "read" if config.storage.readonly else "write to"
         return (
             f"cannot {verb} storage.filesystem.rootdirectory {config.storage.rootdirectory} "
-            f"({exc}); make it writable by this user or choose another rootdirectory"
+            f"({exc}); make it writable by this user (uid {os.geteuid()}) or choose "
+            "another rootdirectory"
         )
     return None
 
@@ -326,6 +328,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                     run_upload_purger(driver, purging.age_s, purging.interval_s, purging.dryrun)
                 )
             )
+        if not config.storage.readonly:
+            tasks.append(asyncio.create_task(run_usage_meter(driver)))
         prefetch = config.proxycache.prefetch
         if prefetch is not None and prefetch.images and upstreams:
             platforms = [parse_platform(p) for p in prefetch.platforms]
@@ -365,6 +369,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         access=access_for(guard, token_service),
         session_key=derive_key(secret, "ui-session"),
         delete_enabled=config.storage.delete_enabled,
+        storage_use=lambda: read_usage(driver),
     )
     app = build_app(
         api,

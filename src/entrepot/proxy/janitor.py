@@ -13,7 +13,6 @@ the storage driver.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ from entrepot.proxy.metrics import ProxyMetrics
 from entrepot.proxy.pulls import PullLog
 from entrepot.registry import layout
 from entrepot.registry.gcscan import Limited, ManifestRefs, each, find_repositories
+from entrepot.registry.usage import try_lock
 from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.proxy.janitor")
@@ -258,7 +258,7 @@ class CacheJanitor:
         while True:
             await asyncio.sleep(interval)
             try:
-                fd = _try_lock(lock_path) if lock_path is not None else None
+                fd = try_lock(lock_path) if lock_path is not None else None
                 if lock_path is not None and fd is None:
                     continue  # another worker is sweeping
                 try:
@@ -268,14 +268,3 @@ class CacheJanitor:
                         os.close(fd)
             except StorageError as exc:
                 log.warning("cache eviction failed: %s", exc)
-
-
-def _try_lock(path: str) -> int | None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
