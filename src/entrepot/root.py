@@ -40,9 +40,13 @@ from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream, host_aliases
+from entrepot.registry.gc import GcOptions
+from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector
 from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
+from entrepot.registry.pulls import PullRecorder
 from entrepot.registry.purge import run_upload_purger
+from entrepot.registry.retention import RetentionRule
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
@@ -128,6 +132,34 @@ def _s3_problem(config: Config) -> str | None:
     if problem is None:
         return None
     return f"cannot use storage.s3 ({problem}); check the bucket, regionendpoint and credentials"
+
+
+def retention_rules(config: Config) -> tuple[RetentionRule, ...]:
+    return tuple(
+        RetentionRule(
+            repositories=rule.repositories,
+            tags=rule.tags or ("*",),
+            keep_latest=rule.keeplatest,
+            keep_pulled_within=rule.keeppulledwithin,
+            untagged_older_than=rule.untaggedolderthan,
+        )
+        for rule in config.garbagecollect.retention
+    )
+
+
+def scheduled_collector(
+    config: Config, driver: StorageDriver, registry: CollectorRegistry
+) -> ScheduledCollector | None:
+    """The server's own garbage collection (``garbagecollect.interval``), if configured."""
+    settings = config.garbagecollect
+    if not settings.interval_s or config.storage.readonly:
+        return None
+    options = GcOptions(
+        delete_untagged=settings.deleteuntagged,
+        grace=settings.grace_s,
+        rules=retention_rules(config),
+    )
+    return ScheduledCollector(driver, settings.interval_s, options, GcMetrics(registry))
 
 
 def create_registry2_store(config: Config, driver: StorageDriver) -> Registry2Store:
@@ -240,6 +272,9 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         driver if driver is not None else create_driver(config), http_metrics.storage_action
     )
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
+    if config.garbagecollect.needs_pulls and not config.storage.readonly:
+        local.manifests.pulls = PullRecorder(driver)
+    collector = scheduled_collector(config, driver, registry)
     proxy_metrics = ProxyMetrics(registry)
     upstreams = create_upstreams(config, proxy_metrics)
     cache = ProxyCache(local, events=CacheEvents(proxy_metrics))
@@ -290,6 +325,10 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                     run_upload_purger(driver, purging.age_s, purging.interval_s, purging.dryrun)
                 )
             )
+        if local.manifests.pulls is not None:
+            tasks.append(asyncio.create_task(local.manifests.pulls.run()))
+        if collector is not None:
+            tasks.append(asyncio.create_task(collector.run()))
         maxsize = config.proxycache.maxsize_bytes
         if maxsize is not None and upstreams:
             janitor = CacheJanitor(cache, [u.prefix for u in upstreams], maxsize)

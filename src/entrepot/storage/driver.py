@@ -94,6 +94,13 @@ class StorageDriver(abc.ABC):
         """Atomically replace the object: readers see the old or the new bytes, never a mix."""
 
     @abc.abstractmethod
+    async def put_new(self, key: str, data: bytes) -> bool:
+        """Store ``data`` at ``key`` only if no object is there: True if stored, False if
+        one already was (left unchanged). Atomic: of callers racing on one key, exactly one
+        gets True (a lease is taken this way: S3's ``If-None-Match: *``, a hard link on a
+        filesystem)."""
+
+    @abc.abstractmethod
     def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:

@@ -129,6 +129,27 @@ def _put(path: str, data: bytes) -> None:
     _finish_new(fd, tmp, path, data)
 
 
+def _put_new(path: str, data: bytes) -> bool:
+    """Write a temp file, then hard-link it at ``path``: link() fails if ``path`` exists,
+    so the object appears whole or not at all, and only once."""
+    fd, tmp = _open_tmp(path)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(path))
+    return True
+
+
 def _get(path: str) -> bytes:
     with open(path, "rb", buffering=0) as f:
         return f.readall()
@@ -440,6 +461,9 @@ class FilesystemDriver(StorageDriver):
 
     async def put_content(self, key: str, data: bytes) -> None:
         await _run(key, False, _put, self._path(key), data)
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        return await _run(key, False, _put_new, self._path(key), data)
 
     async def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20

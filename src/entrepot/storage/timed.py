@@ -39,6 +39,10 @@ class TimedDriver(StorageDriver):
         with self._timed("PutContent"):
             await self.inner.put_content(key, data)
 
+    async def put_new(self, key: str, data: bytes) -> bool:
+        with self._timed("PutContent"):
+            return await self.inner.put_new(key, data)
+
     async def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
