@@ -114,7 +114,13 @@ class GarbageCollector:
         self.cutoff = now - self.options.grace
         if not self.options.dry_run:
             self.result.blobs_recovered = await recover(self.store)
-        names, blobs = await asyncio.gather(find_repositories(self.store), find_blobs(self.store))
+        names, (blobs, aside) = await asyncio.gather(
+            find_repositories(self.store), find_blobs(self.store)
+        )
+        if aside and not self.options.dry_run:
+            await each(aside, lambda digest: restore(self.store, digest))
+            self.result.blobs_recovered += len(aside)
+            blobs |= aside
         scans = await self._scan_all(names, "marking")
         if self.options.rules:
             self.plan = await plan_retention(
@@ -124,7 +130,10 @@ class GarbageCollector:
         doomed = await self._unmarked_blobs(blobs - marked, scans.values())
         result = self.result
         result.blobs_eligible = dict(doomed)
-        result.manifests_eligible = sorted((n, d) for n, ds in unkept.items() for d in ds)
+        result.manifests_eligible = sorted(
+            ((n, d) for n, ds in unkept.items() for d in ds),
+            key=lambda item: (item[0], str(item[1])),
+        )
         result.tags_eligible = sorted((n, t) for n, ts in self.plan.tags.items() for t in ts)
         n_manifests = sum(len(v) for v in unkept.values())
         self.emit(
@@ -223,10 +232,8 @@ class GarbageCollector:
 
         async def blob(digest: Digest) -> None:
             info = await self.store.stat(layout.blob_data(digest))
-            if info is None:  # nothing to free; unless a crash left it aside: put it back
-                if not self.options.dry_run and await restore(self.store, digest):
-                    self.result.blobs_recovered += 1
-                return
+            if info is None:
+                return  # deleted meanwhile
             if self._fresh(info.mtime):
                 self.result.blobs_kept_fresh += 1
             else:
