@@ -27,6 +27,7 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcscan import (
+    QUARANTINE,
     Limited,
     ManifestRefs,
     Progress,
@@ -40,7 +41,6 @@ from entrepot.registry.gcscan import (
 )
 from entrepot.registry.pulls import pull_key, pulls_dir
 from entrepot.registry.quarantine import (
-    QUARANTINE,
     close_journal,
     quarantine_key,
     recover,
