@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from entrepot.config import ConfigError, load_config, parse_duration
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
-from entrepot.registry.gcschedule import LEASE, LEASE_TTL
+from entrepot.registry.lease import GC_LEASE as LEASE
+from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
 from entrepot.registry.lease import StorageLease
 from entrepot.storage import StorageError
 

@@ -20,15 +20,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcscan import Limited
+from entrepot.registry.lease import GC_LEASE as LEASE
+from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
 from entrepot.registry.lease import LeaseLost, StorageLease
 from entrepot.registry.quarantine import recover
 from entrepot.storage import StorageDriver, StorageError
 
 log = logging.getLogger("entrepot.gc")
 
-LEASE = "entrepot/gc/lease"
 LAST_RUN = "entrepot/gc/last-run"
-LEASE_TTL = 60.0  # seconds; renewed every third of it
 
 
 class GcMetrics:

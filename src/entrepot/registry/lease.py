@@ -24,6 +24,10 @@ log = logging.getLogger("entrepot.lease")
 
 _WIDTH = 12  # generations sort by name
 
+# Garbage collection's lease: the servers' scheduled runs and the command take it.
+GC_LEASE = "entrepot/gc/lease"
+GC_LEASE_TTL = 60.0  # seconds; renewed every third of it
+
 
 class LeaseLost(Exception):
     """Another holder took the lease: this one's work must stop."""
