@@ -8,8 +8,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +23,8 @@ from tests.cephs3 import CephS3
 
 from . import clients
 from .images import build_image
-from .servers import REPO_ROOT, ManagedServer, ServerFactory, registry_config
+from .servers import ManagedServer, ServerFactory, registry_config
+from .test_garbage_collect import entrepot_collect_with
 from .test_s3_interop import s3_storage
 
 pytestmark = pytest.mark.e2e
@@ -254,20 +253,6 @@ def write_config(path: Path, root: Path, extra: dict[str, Any]) -> Path:
     return path
 
 
-def entrepot_collect(config: Path, *extra: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    done = subprocess.run(
-        [sys.executable, "-m", "entrepot", "garbage-collect", str(config), *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 def test_retention_rules_dry_run_then_real_run(
     entrepot_factory: ServerFactory, tmp_path: Path
 ) -> None:
@@ -289,7 +274,7 @@ def test_retention_rules_dry_run_then_real_run(
     server.stop()  # the pull is recorded when the server stops, at the latest
     config = write_config(tmp_path / "gc.yml", server.root, retention)
 
-    planned = entrepot_collect(config, "--dry-run", "--grace", "0")
+    planned = entrepot_collect_with(config, "--dry-run", "--grace", "0")
     assert "tag eligible for deletion: team/app:v2" in planned
     assert "tag eligible for deletion: team/app:v1" not in planned
     assert f"manifest eligible for deletion: team/app@{images['v2'].digest}" in planned
@@ -297,7 +282,7 @@ def test_retention_rules_dry_run_then_real_run(
 
     server.start()
     assert clients.list_tags(server.host, "team/app") == ["stable", "v1", "v2", "v3"]
-    done = entrepot_collect(config, "--grace", "0")
+    done = entrepot_collect_with(config, "--grace", "0")
     assert "1 tags" in done
     assert clients.list_tags(server.host, "team/app") == ["stable", "v1", "v3"]
     for tag in ("stable", "v1", "v3"):

@@ -144,16 +144,22 @@ async def test_a_tag_pushed_within_the_grace_window_is_never_deleted(
 
 
 class CrashingSweep(FilesystemDriver):
-    """Stops (as a crash would) once ``crash_after`` blobs were moved aside."""
+    """Stops (as a crash would) once one blob was moved aside."""
 
-    crash_after = 1
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.moved_one: asyncio.Event | None = None
 
     async def move(self, src: str, dst: str) -> None:
-        if dst.endswith(f"/{QUARANTINE}"):
-            if self.crash_after == 0:
-                raise RuntimeError("crash")
-            self.crash_after -= 1
-        await super().move(src, dst)
+        if not dst.endswith(f"/{QUARANTINE}"):
+            await super().move(src, dst)
+        elif self.moved_one is None:
+            self.moved_one = asyncio.Event()
+            await super().move(src, dst)
+            self.moved_one.set()
+        else:
+            await self.moved_one.wait()
+            raise RuntimeError("crash")
 
 
 async def test_blobs_a_crashed_collection_left_aside_are_put_back(tmp_path: Path) -> None:
@@ -175,6 +181,20 @@ async def test_blobs_a_crashed_collection_left_aside_are_put_back(tmp_path: Path
     assert not await exists(driver, f"{layout.blob_dir(aside[0])}/{QUARANTINE}")
     assert set(result.blobs_deleted) == set(strays) - set(aside)
     assert await exists(driver, layout.blob_data(kept))
+
+
+async def test_a_server_puts_them_back_at_start(tmp_path: Path) -> None:
+    crashing = CrashingSweep(tmp_path / "root")
+    strays = [await layer(crashing, "team/app", f"stray {i}".encode()) for i in range(2)]
+    with pytest.raises(RuntimeError):
+        await collect(crashing)
+    driver = FilesystemDriver(tmp_path / "root")
+    server = ScheduledCollector(driver, 600.0, GcOptions())
+    assert await server.recover() == 1
+    for digest in strays:
+        assert await exists(driver, layout.blob_data(digest))
+        assert not await exists(driver, f"{layout.blob_dir(digest)}/{QUARANTINE}")
+    assert not await exists(driver, JOURNAL)
 
 
 async def test_a_quarantine_without_journal_is_put_back_too(driver: FilesystemDriver) -> None:
