@@ -150,12 +150,12 @@ class CrashingSweep(FilesystemDriver):
         super().__init__(root)
         self.moved_one: asyncio.Event | None = None
 
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
         if not dst.endswith(f"/{QUARANTINE}"):
-            await super().move(src, dst)
+            await super().move(src, dst, sync=sync)
         elif self.moved_one is None:
             self.moved_one = asyncio.Event()
-            await super().move(src, dst)
+            await super().move(src, dst, sync=sync)
             self.moved_one.set()
         else:
             await self.moved_one.wait()

@@ -343,7 +343,8 @@ class GarbageCollector:
         return removed
 
     async def _quarantine(self, digest: Digest) -> bool:
-        return await self.store.move(layout.blob_data(digest), quarantine_key(digest))
+        # Not synced: after a crash the blob is at either name, and both are handled.
+        return await self.store.move(layout.blob_data(digest), quarantine_key(digest), sync=False)
 
     async def _release(self, digest: Digest) -> None:
         await restore(self.store, digest)

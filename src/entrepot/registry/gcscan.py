@@ -53,10 +53,10 @@ class Limited:
             except StorageNotFound:
                 return None
 
-    async def move(self, src: str, dst: str) -> bool:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> bool:
         async with self._slots:
             try:
-                await self.driver.move(src, dst)
+                await self.driver.move(src, dst, sync=sync)
             except StorageNotFound:
                 return False
             return True

@@ -142,9 +142,12 @@ class StorageDriver(abc.ABC):
             yield batch
 
     @abc.abstractmethod
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
         """Atomically move an object to ``dst``, replacing what was there.
-        StorageNotFound (with ``key == src``) if ``src`` is missing."""
+        StorageNotFound (with ``key == src``) if ``src`` is missing. ``sync=False``: the
+        move need not be durable when this returns (a crash may undo it), for a caller to
+        whom either state is fine (garbage collection's quarantine): it spares a local
+        disk a directory fsync per move."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:

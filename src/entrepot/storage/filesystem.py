@@ -266,7 +266,7 @@ def _take(keys: Iterator[str], count: int) -> list[str]:
     return list(itertools.islice(keys, count))
 
 
-def _move(src: str, dst: str, src_key: str) -> None:
+def _move(src: str, dst: str, src_key: str, sync: bool) -> None:
     try:
         os.replace(src, dst)
     except (FileNotFoundError, NotADirectoryError):
@@ -274,7 +274,8 @@ def _move(src: str, dst: str, src_key: str) -> None:
             raise StorageNotFound(src_key) from None
         _makedirs(os.path.dirname(dst))
         os.replace(src, dst)
-    _fsync_dir(os.path.dirname(dst))
+    if sync:
+        _fsync_dir(os.path.dirname(dst))
 
 
 def _delete(path: str) -> None:
@@ -555,8 +556,8 @@ class FilesystemDriver(StorageDriver):
                 return
             size = min(size * 4, WALK_BATCH_MAX)
 
-    async def move(self, src: str, dst: str) -> None:
-        await _run(src, False, _move, self._path(src), self._path(dst), src)
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+        await _run(src, False, _move, self._path(src), self._path(dst), src, sync)
 
     async def delete(self, key: str) -> None:
         await _run(key, True, _delete, self._path(key))

@@ -243,7 +243,7 @@ class S3Driver(StorageDriver):
             raise StorageNotFound(prefix)
         return sorted(names)
 
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
         src_path, dst_path = self.object_key(src), self.object_key(dst)
         try:
             await obstore.copy_async(self.store, src_path, dst_path)

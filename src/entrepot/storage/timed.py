@@ -72,9 +72,9 @@ class TimedDriver(StorageDriver):
         with self._timed("List"):
             return await self.inner.list(prefix)
 
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
         with self._timed("Move"):
-            await self.inner.move(src, dst)
+            await self.inner.move(src, dst, sync=sync)
 
     async def delete(self, key: str) -> None:
         with self._timed("Delete"):
