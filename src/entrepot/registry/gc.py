@@ -114,13 +114,7 @@ class GarbageCollector:
         self.cutoff = now - self.options.grace
         if not self.options.dry_run:
             self.result.blobs_recovered = await recover(self.store)
-        names, (blobs, aside) = await asyncio.gather(
-            find_repositories(self.store), find_blobs(self.store)
-        )
-        if aside and not self.options.dry_run:
-            await each(aside, lambda digest: restore(self.store, digest))
-            self.result.blobs_recovered += len(aside)
-            blobs |= aside
+        names, blobs = await asyncio.gather(find_repositories(self.store), find_blobs(self.store))
         scans = await self._scan_all(names, "marking")
         if self.options.rules:
             self.plan = await plan_retention(
@@ -232,8 +226,10 @@ class GarbageCollector:
 
         async def blob(digest: Digest) -> None:
             info = await self.store.stat(layout.blob_data(digest))
-            if info is None:
-                return  # deleted meanwhile
+            if info is None:  # nothing to free; unless a crash left it aside: put it back
+                if not self.options.dry_run and await restore(self.store, digest):
+                    self.result.blobs_recovered += 1
+                return
             if self._fresh(info.mtime):
                 self.result.blobs_kept_fresh += 1
             else:

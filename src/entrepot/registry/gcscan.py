@@ -124,21 +124,22 @@ async def find_repositories(store: Limited) -> list[str]:
     return found
 
 
-async def find_blobs(store: Limited) -> tuple[set[Digest], set[Digest]]:
-    """Every blob with ``data`` under ``blobs/`` (registry:2 enumerates the same), and
-    those with only a quarantined copy (``collecting``: a collection stopped half-way),
-    in one batched walk of the tree (a flat listing on object storage)."""
-    present: set[Digest] = set()
-    aside: set[Digest] = set()
-    async for keys in store.driver.walk(layout.BLOBS):
-        for key in keys:
-            parts = key.split("/")
-            if len(parts) != 4 or parts[3] not in ("data", QUARANTINE):
-                continue
-            digest = parse_digest(f"{parts[0]}:{parts[2]}")
+async def find_blobs(store: Limited) -> set[Digest]:
+    """Every blob directory under ``blobs/`` (registry:2 enumerates the same). Listed
+    shard by shard: a walk down to each blob's ``data`` costs a local disk a directory
+    read per blob (about twice as long in all)."""
+    found: set[Digest] = set()
+
+    async def shard(algorithm: str, prefix: str) -> None:
+        for encoded in await store.children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
+            digest = parse_digest(f"{algorithm}:{encoded}")
             if digest is not None:
-                (present if parts[3] == "data" else aside).add(digest)
-    return present, aside - present
+                found.add(digest)
+
+    for algorithm in await store.children(layout.BLOBS):
+        prefixes = await store.children(f"{layout.BLOBS}/{algorithm}")
+        await asyncio.gather(*(shard(algorithm, prefix) for prefix in prefixes))
+    return found
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Blobs the sweep has moved aside (``<blob dir>/collecting``) while it re-checks them.
 
-A collection that stopped half-way (a crash, a lost lease) can leave blobs aside. The next
-collection finds them in its walk of the blobs and puts them back before it marks, so a
-blob a kept image needs is never left aside: the new run's own mark decides again. The
-collector also writes the digests it moves aside to a journal (deleted when the sweep is
-done), so a server puts them back at start with a single read, before its next run.
+Before moving any, the collector writes their digests to a journal; it deletes the journal
+once each was deleted or put back. A collection that stopped half-way (a crash, a lost
+lease) leaves the journal behind, and the next collection (or a server with a schedule, at
+start) first puts every listed blob back, so a blob a kept image needs is never left
+aside: the new run's own mark then decides again. A quarantine with no journal (left by
+a version before it) is put back when a collection finds the blob without its ``data``.
 """
 
 from __future__ import annotations
