@@ -36,15 +36,19 @@ from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.prefetch import Prefetcher, parse_platform
-from entrepot.proxy.pulls import PullRecorder
+from entrepot.proxy.pulls import PullRecorder as ImagePullRecorder
 from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream, host_aliases
+from entrepot.registry.gc import GcOptions
+from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector
 from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
+from entrepot.registry.pulls import PullRecorder as TagPullRecorder
 from entrepot.registry.purge import run_upload_purger
+from entrepot.registry.retention import RetentionRule
 from entrepot.registry.usage import read_usage, run_usage_meter
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
@@ -132,6 +136,34 @@ def _s3_problem(config: Config) -> str | None:
     if problem is None:
         return None
     return f"cannot use storage.s3 ({problem}); check the bucket, regionendpoint and credentials"
+
+
+def retention_rules(config: Config) -> tuple[RetentionRule, ...]:
+    return tuple(
+        RetentionRule(
+            repositories=rule.repositories,
+            tags=rule.tags or ("*",),
+            keep_latest=rule.keeplatest,
+            keep_pulled_within=rule.keeppulledwithin,
+            untagged_older_than=rule.untaggedolderthan,
+        )
+        for rule in config.garbagecollect.retention
+    )
+
+
+def scheduled_collector(
+    config: Config, driver: StorageDriver, registry: CollectorRegistry
+) -> ScheduledCollector | None:
+    """The server's own garbage collection (``garbagecollect.interval``), if configured."""
+    settings = config.garbagecollect
+    if not settings.interval_s or config.storage.readonly:
+        return None
+    options = GcOptions(
+        delete_untagged=settings.deleteuntagged,
+        grace=settings.grace_s,
+        rules=retention_rules(config),
+    )
+    return ScheduledCollector(driver, settings.interval_s, options, GcMetrics(registry))
 
 
 def create_registry2_store(config: Config, driver: StorageDriver) -> Registry2Store:
@@ -278,6 +310,9 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         driver if driver is not None else create_driver(config), http_metrics.storage_action
     )
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
+    if config.garbagecollect.needs_pulls and not config.storage.readonly:
+        local.manifests.pulls = TagPullRecorder(driver)
+    collector = scheduled_collector(config, driver, registry)
     proxy_metrics = ProxyMetrics(registry)
     upstreams = create_upstreams(config, proxy_metrics)
     cache = ProxyCache(local, events=CacheEvents(proxy_metrics))
@@ -339,9 +374,13 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
             tasks.append(asyncio.create_task(schedule))
         janitor = create_janitor(config, cache, upstreams, proxy_metrics)
         if janitor is not None:
-            pulls = cache.pulls = PullRecorder(driver)
+            pulls = cache.pulls = ImagePullRecorder(driver)
             tasks.append(asyncio.create_task(pulls.run()))
             tasks.append(asyncio.create_task(janitor.run(config.proxycache.sweepinterval_s)))
+        if local.manifests.pulls is not None:
+            tasks.append(asyncio.create_task(local.manifests.pulls.run()))
+        if collector is not None:
+            tasks.append(asyncio.create_task(collector.run()))
         try:
             yield
         finally:

@@ -27,6 +27,7 @@ from entrepot.registry.blobs import (
     write_link,
 )
 from entrepot.registry.epochs import bump_epoch, read_epoch, tags_epoch
+from entrepot.registry.pulls import PullRecorder
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 # Memory budgets of the two caches, so they stay flat however many manifests and
@@ -97,6 +98,7 @@ class ManifestService:
         self.cache = cache
         self.links = links
         self.delete_enabled = delete_enabled
+        self.pulls: PullRecorder | None = None  # set when retention rules need pull times
         # Tag lists by repository, with the tags epoch they were read at; at most
         # ``max_cached_tags`` tags in all, the least recently used lists pushed out.
         self._tag_lists: LRUCache[str, tuple[bytes | None, list[str]]] = LRUCache(
@@ -196,6 +198,9 @@ class RepositoryManifests:
     async def get(self, reference: str) -> ManifestContent:
         digest = await self.resolve(reference)
         manifest = await self.service.load(digest, reference)
+        pulls = self.service.pulls
+        if pulls is not None and not is_digest(reference):
+            pulls.record(self.name, reference)
         return ManifestContent(digest, manifest.media_type, manifest.raw)
 
     async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:

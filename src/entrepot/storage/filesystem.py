@@ -129,6 +129,27 @@ def _put(path: str, data: bytes) -> None:
     _finish_new(fd, tmp, path, data)
 
 
+def _put_new(path: str, data: bytes) -> bool:
+    """Write a temp file, then hard-link it at ``path``: link() fails if ``path`` exists,
+    so the object appears whole or not at all, and only once."""
+    fd, tmp = _open_tmp(path)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(path))
+    return True
+
+
 def _get(path: str) -> bytes:
     with open(path, "rb", buffering=0) as f:
         return f.readall()
@@ -245,7 +266,7 @@ def _take(keys: Iterator[str], count: int) -> list[str]:
     return list(itertools.islice(keys, count))
 
 
-def _move(src: str, dst: str, src_key: str) -> None:
+def _move(src: str, dst: str, src_key: str, sync: bool) -> None:
     try:
         os.replace(src, dst)
     except (FileNotFoundError, NotADirectoryError):
@@ -253,7 +274,8 @@ def _move(src: str, dst: str, src_key: str) -> None:
             raise StorageNotFound(src_key) from None
         _makedirs(os.path.dirname(dst))
         os.replace(src, dst)
-    _fsync_dir(os.path.dirname(dst))
+    if sync:
+        _fsync_dir(os.path.dirname(dst))
 
 
 def _delete(path: str) -> None:
@@ -441,6 +463,9 @@ class FilesystemDriver(StorageDriver):
     async def put_content(self, key: str, data: bytes) -> None:
         await _run(key, False, _put, self._path(key), data)
 
+    async def put_new(self, key: str, data: bytes) -> bool:
+        return await _run(key, False, _put_new, self._path(key), data)
+
     async def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
@@ -531,8 +556,8 @@ class FilesystemDriver(StorageDriver):
                 return
             size = min(size * 4, WALK_BATCH_MAX)
 
-    async def move(self, src: str, dst: str) -> None:
-        await _run(src, False, _move, self._path(src), self._path(dst), src)
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+        await _run(src, False, _move, self._path(src), self._path(dst), src, sync)
 
     async def delete(self, key: str) -> None:
         await _run(key, True, _delete, self._path(key))
