@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "mem": settings.memory_clients,
         "gc_blobs": gc_blobs,
     }
+    report.derive(results)
     rows = report.build_rows(results, labels)
     runtime = time.monotonic() - t0
     settings_dict = {k: v for k, v in asdict(settings).items() if k != "results_dir"}

@@ -5,7 +5,8 @@ work again and the store is consistent (layout check and ``entrepot garbage-coll
 --dry-run``).
 
 The storage root is a real size-limited tmpfs (as root, as ``make test`` runs); the disk is
-filled with a ballast file beside the registry's tree, as another program would fill it.
+filled with a ballast file beside the registry's tree (bench/diskfull.py, which the soak's
+disk-full fault uses too), as another program would fill it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bench.diskfull import fill
 from bench.soakcheck import check_layout
 
 from .servers import REPO_ROOT, ManagedServer, ServerFactory, wait_for_v2
@@ -45,30 +47,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _fill(ballast: Path, leave: int) -> None:
-    """Write ``ballast`` until the filesystem has about ``leave`` bytes free."""
-    free = os.statvfs(ballast.parent).f_bavail * os.statvfs(ballast.parent).f_frsize
-    block = b"\0" * MiB
-    with ballast.open("ab") as f:
-        todo = max(free - leave, 0)
-        try:
-            while todo > 0:
-                todo -= f.write(block[: min(todo, MiB)])
-            f.flush()
-        except OSError:  # full already
-            pass
-
-
-def _fill_up(ballast: Path) -> None:
-    """Fill the filesystem completely (until the OS refuses a byte more)."""
-    with ballast.open("ab", buffering=0) as f:
-        try:
-            while f.write(b"\0" * 4096):
-                pass
-        except OSError:
-            pass
 
 
 class Client:
@@ -160,8 +138,7 @@ def test_full_disk_refuses_pushes_cleanly_and_recovers(
     assert client.put_manifest("team/app", "v1", kept).status_code == 201
 
     # Two MiB left: a 4 MiB blob fails part-way, as one PUT and as 1 MiB PATCH chunks.
-    ballast = small_disk / "ballast"
-    _fill(ballast, leave=2 * MiB)
+    fill(small_disk, leave=2 * MiB)
     big = os.urandom(4 * MiB)
     _assert_unavailable(client.push_monolithic("team/app", big))
     assert client.http.head(f"/v2/team/app/blobs/{_digest(big)}").status_code == 404
@@ -174,7 +151,7 @@ def test_full_disk_refuses_pushes_cleanly_and_recovers(
     assert acknowledged % MiB == 0 and acknowledged < len(big)
 
     # Completely full: a manifest push is refused too, and the tag does not move.
-    _fill_up(ballast)
+    ballast = fill(small_disk)
     _assert_unavailable(client.put_manifest("team/app", "v1", []))
     assert client.pull("team/app", "v1") == kept
     wait_for_v2(server, 503)
