@@ -8,6 +8,7 @@ kept in a small in-memory cache keyed by digest.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 from cachetools import LRUCache
@@ -132,8 +133,14 @@ class ManifestService:
         """Point ``tag`` at ``digest`` (writing it again also marks it fresh: its mtime)."""
         current = layout.tag_current_link(name, tag)
         is_new = await read_link(self.driver, current) is None
-        await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
-        await write_link(self.driver, current, digest)
+        try:
+            await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
+            await write_link(self.driver, current, digest)
+        except RegistryError:
+            if is_new:  # (a full disk) no tag directory without current/link is left listed
+                with contextlib.suppress(StorageError):
+                    await self.driver.delete(layout.tag_dir(name, tag))
+            raise
         if is_new:
             await self.tags_changed(name)
 
