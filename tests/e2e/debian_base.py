@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,22 @@ def base_tarball() -> Path:
             )
             partial.rename(tarball)  # complete or absent, never half-written
     return tarball
+
+
+def prebuild_in_background() -> None:
+    """Start making the base tarball in a daemon thread unless it is cached (or cannot be
+    made here: no debootstrap). ``base_tarball()`` then waits on the same lock; a failure
+    here is left for it to report, since it tries again in the foreground."""
+    if shutil.which("debootstrap") is None or os.geteuid() != 0:
+        return
+    try:
+        if tarball_path(host_release(), host_mirror(host_release())).exists():
+            return
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return
+
+    def build() -> None:
+        with contextlib.suppress(Exception):
+            base_tarball()
+
+    threading.Thread(target=build, name="debootstrap", daemon=True).start()
