@@ -68,9 +68,9 @@ class TimedDriver(StorageDriver):
         with self._timed("List"):
             return await self.inner.list(prefix)
 
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, if_version: str | None = None) -> None:
         with self._timed("Move"):
-            await self.inner.move(src, dst)
+            await self.inner.move(src, dst, if_version=if_version)
 
     async def delete(self, key: str) -> None:
         with self._timed("Delete"):
