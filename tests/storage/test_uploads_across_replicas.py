@@ -14,6 +14,7 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import hashstate, layout
 from entrepot.registry.local import LocalRegistry
 from entrepot.storage import StorageDriver
+from entrepot.storage.timed import TimedDriver
 
 NAME = "team/app"
 
@@ -97,3 +98,21 @@ async def test_a_hash_is_never_used_for_bytes_it_did_not_cover(driver: StorageDr
         await one.uploads.finish(NAME, upload, sha256(b"mine"), None)
     assert info.value.code is ErrorCode.DIGEST_INVALID
     assert await one.blobs.stat(sha256(b"mine")) is None
+
+
+async def test_the_next_replica_resumes_the_hash_without_reading_the_upload(
+    driver: StorageDriver,
+) -> None:
+    """On a store with versions, a PUT (or the next PATCH) on another replica resumes the
+    saved hash state: it reads no byte of the upload back (the storage actions it takes
+    are counted as registry:2's metrics count them)."""
+    one = LocalRegistry(driver)
+    upload = (await one.uploads.start(NAME)).upload_id
+    data = os.urandom(200_000)
+    await one.uploads.append(NAME, upload, body(data), 0)
+    actions: list[str] = []
+    two = LocalRegistry(TimedDriver(driver, lambda _driver, action, _s: actions.append(action)))
+    await two.uploads.finish(NAME, upload, sha256(data), None)
+    versioned = (await driver.stat(layout.blob_data(sha256(data)))).version is not None
+    # Without versions (the filesystem) the other process hashes the local file again.
+    assert ("Reader" in actions) is not versioned
