@@ -1,16 +1,18 @@
 """A SHA-256 whose state can be saved and restored, so a chunked upload's running hash
 survives a change of replica (POST, PATCHes and PUT on different processes).
 
-Options measured (Python 3.11, OpenSSL 3.0, 256 MiB in 1 MiB updates, this machine):
+Options measured (Python 3.11, OpenSSL 3.0.19, 256 MiB in 1 MiB updates, five rounds on
+this 2-core machine under load): hashlib 378 MiB/s median (430 best); the ctypes hasher
+below 420 MiB/s median (710 best), the same compression code; saving a state 13 us,
+restoring one 34 us.
 
-* ``hashlib``: fastest, but its state cannot be read out: a replica that did not see the
-  previous chunk must hash every byte uploaded so far again, read back from storage
-  (on S3 a GET of the whole upload at each change of replica, and at the PUT).
+* ``hashlib``: its state cannot be read out: a replica that did not see the previous
+  chunk must hash every byte uploaded so far again, read back from storage (on S3 a GET
+  of the whole upload at each change of replica, and at the PUT).
 * ``rehash`` (PyPI, "resumable hashlib"): refuses to run on OpenSSL 3 ("OpenSSL 3 is not
   yet supported"), the only OpenSSL this Python has; unmaintained since 2022.
-* OpenSSL's own ``SHA256_CTX`` API through ctypes (this module): the same compression
-  code as hashlib (so the same speed, within noise), and the context is a plain public
-  struct (``openssl/sha.h``) that can be copied out and back in. Chosen.
+* OpenSSL's own ``SHA256_CTX`` API through ctypes (this module): the context is a plain
+  public struct (``openssl/sha.h``) that can be copied out and back in. Chosen.
 
 The saved form is registry:2's: Go's ``crypto/sha256`` ``MarshalBinary`` ("sha\\x03", the
 eight state words, the 64-byte block buffer, the byte count; 108 bytes), which registry:2
