@@ -4,7 +4,9 @@ survives a change of replica (POST, PATCHes and PUT on different processes).
 Options measured (Python 3.11, OpenSSL 3.0.19, 256 MiB in 1 MiB updates, five rounds on
 this 2-core machine under load): hashlib 378 MiB/s median (430 best); the ctypes hasher
 below 420 MiB/s median (710 best), the same compression code; saving a state 13 us,
-restoring one 34 us.
+restoring one 34 us. On radosgw (loopback, the test cluster): hashing a 64 MiB upload
+again from the bucket took 0.61-0.70 s (about 100 MiB/s), growing with the upload; saving
+and loading a state took 15-20 ms, whatever the upload's size.
 
 * ``hashlib``: its state cannot be read out: a replica that did not see the previous
   chunk must hash every byte uploaded so far again, read back from storage (on S3 a GET
