@@ -36,6 +36,7 @@ from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.prefetch import Prefetcher, parse_platform
+from entrepot.proxy.pulls import PullRecorder
 from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.routing import ProxyResolver
@@ -44,6 +45,7 @@ from entrepot.proxy.upstreams import CachePolicy, Upstream, host_aliases
 from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.purge import run_upload_purger
+from entrepot.registry.usage import read_usage, run_usage_meter
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
@@ -105,7 +107,8 @@ def storage_problem(config: Config) -> str | None:
         verb = "read" if config.storage.readonly else "write to"
         return (
             f"cannot {verb} storage.filesystem.rootdirectory {config.storage.rootdirectory} "
-            f"({exc}); make it writable by this user or choose another rootdirectory"
+            f"({exc}); make it writable by this user (uid {os.geteuid()}) or choose "
+            "another rootdirectory"
         )
     return None
 
@@ -182,7 +185,11 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
             connect_timeout=proxy.connect_timeout_s,
             read_timeout=proxy.read_timeout_s,
         )
-        policy = CachePolicy(tag_ttl=proxy.tag_ttl_s, negative_ttl=proxy.negative_ttl_s)
+        policy = CachePolicy(
+            tag_ttl=proxy.tag_ttl_s,
+            negative_ttl=proxy.negative_ttl_s,
+            expire_after=proxy.ttl_s,
+        )
         upstreams.append(
             Upstream(
                 host=proxy.host,
@@ -215,6 +222,18 @@ async def open_cache(config: Config) -> AsyncIterator[tuple[ProxyCache, list[Ups
         for upstream in upstreams:
             await upstream.client.aclose()
         await driver.close()
+
+
+def create_janitor(
+    config: Config, cache: ProxyCache, upstreams: list[Upstream], metrics: ProxyMetrics
+) -> CacheJanitor | None:
+    """The cache's eviction, when a size cap or an upstream's ttl asks for it; readonly
+    storage is never written to."""
+    maxsize = config.proxycache.maxsize_bytes
+    ttls = {u.prefix: u.policy.expire_after for u in upstreams if u.policy.expire_after > 0}
+    if config.storage.readonly or not upstreams or (maxsize is None and not ttls):
+        return None
+    return CacheJanitor(cache, [u.prefix for u in upstreams], maxsize, ttls=ttls, metrics=metrics)
 
 
 def create_notifier(config: Config, metrics: NotificationMetrics | None = None) -> Notifier | None:
@@ -309,6 +328,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                     run_upload_purger(driver, purging.age_s, purging.interval_s, purging.dryrun)
                 )
             )
+        if not config.storage.readonly:
+            tasks.append(asyncio.create_task(run_usage_meter(driver)))
         prefetch = config.proxycache.prefetch
         if prefetch is not None and prefetch.images and upstreams:
             platforms = [parse_platform(p) for p in prefetch.platforms]
@@ -316,9 +337,10 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                 prefetch.images, platforms, prefetch.interval_s
             )
             tasks.append(asyncio.create_task(schedule))
-        maxsize = config.proxycache.maxsize_bytes
-        if maxsize is not None and upstreams:
-            janitor = CacheJanitor(cache, [u.prefix for u in upstreams], maxsize)
+        janitor = create_janitor(config, cache, upstreams, proxy_metrics)
+        if janitor is not None:
+            pulls = cache.pulls = PullRecorder(driver)
+            tasks.append(asyncio.create_task(pulls.run()))
             tasks.append(asyncio.create_task(janitor.run(config.proxycache.sweepinterval_s)))
         try:
             yield
@@ -347,6 +369,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         access=access_for(guard, token_service),
         session_key=derive_key(secret, "ui-session"),
         delete_enabled=config.storage.delete_enabled,
+        storage_use=lambda: read_usage(driver),
     )
     app = build_app(
         api,

@@ -1,4 +1,5 @@
-"""The cache's size cap: oldest cached upstream blobs go first; pushed content never."""
+"""The cache's size cap on blobs held with no cached manifest (fetched on their own): the
+ones cached longest ago go first; pushed content never. Images: test_janitor_lru.py."""
 
 from __future__ import annotations
 

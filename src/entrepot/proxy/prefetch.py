@@ -24,8 +24,8 @@ from entrepot.oci.manifest import Descriptor, parse_manifest
 from entrepot.oci.names import validate_name, validate_tag
 from entrepot.proxy.cache import CachedBlobs, CachedManifests, ProxyCache
 from entrepot.proxy.fetch import FetchFailed
-from entrepot.proxy.janitor import _try_lock
 from entrepot.proxy.upstreams import Upstream
+from entrepot.registry.usage import try_lock
 from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.proxy.prefetch")
@@ -214,7 +214,7 @@ class Prefetcher:
         on a local file, when the storage is a local disk)."""
         lock_path = self.cache.local.driver.local_path(LOCK_KEY)
         while True:
-            fd = _try_lock(lock_path) if lock_path is not None else None
+            fd = try_lock(lock_path) if lock_path is not None else None
             if lock_path is None or fd is not None:
                 try:
                     await self.prefetch_all(images, platforms)
