@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+from entrepot.storage import StorageConflict, StorageDriver, StorageError, StorageNotFound
 
 BLOB = "docker/registry/v2/blobs/sha256/ab/abcdef/data"
 
@@ -372,6 +372,50 @@ async def test_move_replaces_target(driver: StorageDriver) -> None:
     await driver.put_content("dst", b"old and longer")
     await driver.move("src", "dst")
     assert await driver.get_content("dst") == b"new"
+    with pytest.raises(StorageNotFound):
+        await driver.stat("src")
+
+
+async def test_versions_name_the_object_a_writer_made(driver: StorageDriver) -> None:
+    """A writer's version is the one ``stat`` then reports; a later write changes it,
+    even to bytes of the same size. Drivers without versions report None everywhere."""
+    writer = await driver.writer("up/data")
+    await writer.write(b"first")
+    await writer.commit()
+    first = writer.version
+    assert (await driver.stat("up/data")).version == first
+    again = await driver.writer("up/data", append=True)
+    await again.write(b"!")
+    await again.commit()
+    if first is None:
+        assert again.version is None and (await driver.stat("up/data")).version is None
+        return
+    assert again.version is not None and again.version != first
+    assert (await driver.stat("up/data")).version == again.version
+    await driver.put_content("up/data", b"other!")  # same size, other bytes
+    assert (await driver.stat("up/data")).version not in (None, again.version)
+
+
+async def test_move_of_a_version(driver: StorageDriver) -> None:
+    writer = await driver.writer("src")
+    await writer.write(b"verified")
+    await writer.commit()
+    version = writer.version
+    if version is None:  # no versions: none can be named
+        with pytest.raises(StorageConflict):
+            await driver.move("src", "dst", if_version="v1")
+        assert await driver.get_content("src") == b"verified"
+        return
+    await driver.put_content("src", b"replaced")  # another writer, meanwhile
+    with pytest.raises(StorageConflict):
+        await driver.move("src", "dst", if_version=version)
+    assert await driver.get_content("src") == b"replaced"
+    with pytest.raises(StorageNotFound):
+        await driver.stat("dst")
+    now = (await driver.stat("src")).version
+    assert now is not None
+    await driver.move("src", "dst", if_version=now)
+    assert await driver.get_content("dst") == b"replaced"
     with pytest.raises(StorageNotFound):
         await driver.stat("src")
 

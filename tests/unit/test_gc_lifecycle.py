@@ -150,9 +150,11 @@ class CrashingSweep(FilesystemDriver):
         super().__init__(root)
         self.moved_one: asyncio.Event | None = None
 
-    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+    async def move(
+        self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
+    ) -> None:
         if not dst.endswith(f"/{QUARANTINE}"):
-            await super().move(src, dst, sync=sync)
+            await super().move(src, dst, sync=sync, if_version=if_version)
         elif self.moved_one is None:
             self.moved_one = asyncio.Event()
             await super().move(src, dst, sync=sync)

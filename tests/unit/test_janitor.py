@@ -84,8 +84,10 @@ async def test_a_push_that_links_the_blob_during_eviction_keeps_it(tmp_path: Pat
     # A push's manifest links the same layer right after the janitor quarantined it.
     original_move = local.driver.move
 
-    async def move_then_push(src: str, dst: str, *, sync: bool = True) -> None:
-        await original_move(src, dst, sync=sync)
+    async def move_then_push(
+        src: str, dst: str, *, sync: bool = True, if_version: str | None = None
+    ) -> None:
+        await original_move(src, dst, sync=sync, if_version=if_version)
         if dst.endswith("/evicting"):
             await local.links.write("team/app", layout.layer_link("team/app", digest), digest)
 

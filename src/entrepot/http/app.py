@@ -22,10 +22,16 @@ from entrepot.auth.guard import OpenGuard
 from entrepot.http import blobs, discovery, manifests, token, uploads
 from entrepot.http.accesslog import AccessLog
 from entrepot.http.context import ApiContext, context, realm_base
-from entrepot.http.errors import handle_http_exception, handle_registry_error, handle_unexpected
+from entrepot.http.errors import (
+    handle_http_exception,
+    handle_registry_error,
+    handle_storage_error,
+    handle_unexpected,
+)
 from entrepot.http.repositories import namespace_of
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
+from entrepot.storage import StorageError
 
 Handler = Callable[[Request, str, str], Awaitable[Response]]
 PULL = frozenset({"pull"})
@@ -166,6 +172,7 @@ def build_app(
         routes=routes,
         exception_handlers={
             RegistryError: handle_registry_error,
+            StorageError: handle_storage_error,
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },

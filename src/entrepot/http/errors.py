@@ -10,6 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.registry.blobs import storage_unavailable
+from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.http")
 
@@ -67,6 +69,13 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         message = f"no such endpoint: {request.url.path}"
     error = RegistryError(code, message, status=exc.status_code, headers=dict(exc.headers or {}))
     return error_response(error, request.method == "HEAD", _configured_headers(request))
+
+
+async def handle_storage_error(request: Request, exc: Exception) -> Response:
+    """A storage failure no service turned into UNAVAILABLE itself (an epoch read, say):
+    the client may retry (503), the log keeps the driver's reason."""
+    assert isinstance(exc, StorageError)
+    return await handle_registry_error(request, storage_unavailable(exc))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -13,7 +13,7 @@ from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo
-from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+from entrepot.storage import StorageConflict, StorageDriver, StorageError, StorageNotFound
 
 RepositoryNoter = Callable[[str], Awaitable[None]]
 
@@ -109,14 +109,18 @@ class BlobStore:
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
 
-    async def adopt(self, digest: Digest, source_key: str) -> None:
-        """Move verified bytes at ``source_key`` into place (atomic: a rename)."""
+    async def adopt(self, digest: Digest, source_key: str, version: str | None = None) -> None:
+        """Move verified bytes at ``source_key`` into place (atomic: a rename). With
+        ``version``, only the object of that version (the one verified): StorageConflict
+        if another writer replaced it meanwhile, and nothing is moved."""
         try:
             if await self.stat(digest) is not None:
                 # Same digest, same bytes: keep the existing copy.
                 await self.driver.delete(source_key)
                 return
-            await self.driver.move(source_key, layout.blob_data(digest))
+            await self.driver.move(source_key, layout.blob_data(digest), if_version=version)
+        except StorageConflict:
+            raise
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
 

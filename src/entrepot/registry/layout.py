@@ -66,6 +66,11 @@ def upload_data(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/data"
 
 
+def upload_hashstate(name: str, upload_id: str) -> str:
+    # Entrepot's own (registry:2 keeps Go hash states under hashstates/<alg>/<offset>).
+    return f"{upload_dir(name, upload_id)}/entrepot-hashstate"
+
+
 def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
 

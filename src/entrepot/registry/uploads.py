@@ -5,32 +5,63 @@ against the client's digest and moved (renamed) into the blob store, so a failed
 interrupted upload never leaves a visible blob. Each request's bytes are appended with
 a writer that is committed only when the request body arrived whole: a client that
 disconnects mid-chunk leaves the upload as it was before that chunk.
+
+Several processes (workers, or replicas on one S3 bucket) serve one upload: its POST,
+PATCHes and PUT may each land on another. The running SHA-256 is kept in memory for the
+next chunk on the same process, and, where the driver versions its objects (S3's ETag),
+also saved beside the data (``_uploads/<id>/entrepot-hashstate``: the version of the data
+it covers, then the hash state in registry:2's form, see ``hashstate``), so another
+replica resumes it instead of reading every byte back from the bucket. A hash, in memory
+or saved, is used only for the exact object it was computed over (same size, and same
+version where there are versions), and the data is moved into the blob store only if it
+is still that version; anything else is hashed again from storage. (One window is left:
+radosgw does not return the ETag of a completed multipart upload, so the S3 writer reads
+it back; a client sending two chunks of one upload at once to two replicas could have a
+chunk's hash bound to the other's object in those milliseconds. Only its own upload.)
+
+Measured (see ``hashstate``): rehashing from storage costs a GET of every byte uploaded so
+far at each change of replica; the saved state costs one ~150-byte PUT per PATCH on S3
+and nothing on the filesystem, where it is not saved (the workers of one machine re-read
+the local file, as before).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cachetools import LRUCache
 
 from entrepot.oci.digest import Digest, DigestVerifier
 from entrepot.oci.errors import ErrorCode, RegistryError
-from entrepot.registry import layout
+from entrepot.registry import hashstate, layout
 from entrepot.registry.api import BlobInfo, UploadStatus
 from entrepot.registry.blobs import BlobStore, LinkWriter, storage_unavailable
 from entrepot.registry.keyedlocks import KeyedLocks
 from entrepot.registry.streams import pump
-from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+from entrepot.storage import (
+    FileInfo,
+    StorageConflict,
+    StorageDriver,
+    StorageError,
+    StorageNotFound,
+)
+
+Hasher = DigestVerifier | hashstate.ResumableSha256
+
+log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
 # Running hashes kept in memory (a few hundred bytes each). An upload another worker
 # finished, or a client abandoned, leaves its hash here until it is pushed out; an
 # upload whose hash was pushed out is re-read from storage on its next chunk.
 MAX_RUNNING_HASHES = 1024
+_STATE_MAGIC = b"entrepot-hashstate 1\n"
 
 
 def new_upload_id() -> str:
@@ -51,9 +82,10 @@ def _valid_upload_id(upload_id: str) -> bool:
 
 class UploadService:
     """Uploads of one registry. Keeps the running hash of in-flight uploads in memory so
-    chunked uploads are hashed once; falls back to re-reading the data when another
-    process appended to the upload (several workers), after a restart, or once the
-    hash was pushed out of the bounded cache."""
+    chunked uploads are hashed once; on a versioned store also saves it in storage for
+    another replica (see the module docstring); otherwise re-reads the data when another
+    process appended to the upload, after a restart, or once the hash was pushed out of
+    the bounded cache."""
 
     def __init__(
         self,
@@ -66,7 +98,8 @@ class UploadService:
         self.driver = driver
         self.blobs = blobs
         self.links = links
-        self._hashes: LRUCache[tuple[str, str], DigestVerifier] = LRUCache(max_hashes)
+        # (upload) -> (version of the data it covers, the hash of its bytes)
+        self._hashes: LRUCache[tuple[str, str], tuple[str | None, Hasher]] = LRUCache(max_hashes)
         self._locks = KeyedLocks()
 
     def _forget(self, name: str, upload_id: str) -> None:
@@ -85,38 +118,47 @@ class UploadService:
             with contextlib.suppress(StorageError):
                 await self.driver.delete(layout.upload_dir(name, upload_id))
             raise storage_unavailable(exc) from exc
-        self._hashes[(name, upload_id)] = DigestVerifier()
         return UploadStatus(upload_id, 0)
 
-    async def status(self, name: str, upload_id: str) -> UploadStatus:
+    async def _stat(self, name: str, upload_id: str) -> FileInfo:
         if not _valid_upload_id(upload_id):
             raise _upload_unknown(upload_id)
         try:
-            info = await self.driver.stat(layout.upload_data(name, upload_id))
+            return await self.driver.stat(layout.upload_data(name, upload_id))
         except StorageNotFound as exc:
             raise _upload_unknown(upload_id) from exc
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
-        return UploadStatus(upload_id, info.size)
+
+    async def status(self, name: str, upload_id: str) -> UploadStatus:
+        return UploadStatus(upload_id, (await self._stat(name, upload_id)).size)
 
     async def append(
         self, name: str, upload_id: str, chunks: AsyncIterator[bytes], start: int | None
     ) -> UploadStatus:
         async with self._locks.hold((name, upload_id)):
-            current = await self.status(name, upload_id)
+            current = await self._stat(name, upload_id)
             if start is not None and start != current.size:
+                status = UploadStatus(upload_id, current.size)
                 raise RegistryError(
                     ErrorCode.RANGE_INVALID,
                     f"chunk starts at {start} but the upload has {current.size} bytes",
-                    headers=_range_headers(current),
+                    headers=_range_headers(status),
                 )
-            size = await self._append(name, upload_id, chunks, current.size)
-            return UploadStatus(upload_id, size)
+            written = await self._append(name, upload_id, chunks, current, save_state=True)
+            return UploadStatus(upload_id, written.size)
 
     async def _append(
-        self, name: str, upload_id: str, chunks: AsyncIterator[bytes], offset: int
-    ) -> int:
-        hasher = await self._hasher(name, upload_id, offset)
+        self,
+        name: str,
+        upload_id: str,
+        chunks: AsyncIterator[bytes],
+        current: FileInfo,
+        *,
+        save_state: bool,
+    ) -> _Written:
+        """Append the request's bytes: the upload now, and the hash of all its bytes."""
+        hasher = await self._hasher(name, upload_id, current)
         running = hasher.copy()
         try:
             writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
@@ -137,25 +179,73 @@ class UploadService:
             if isinstance(exc, StorageError):  # a full disk, an I/O error: the spec's 503
                 raise storage_unavailable(exc) from exc
             raise
-        self._hashes[(name, upload_id)] = running
-        return writer.size
+        version = writer.version
+        self._hashes[(name, upload_id)] = (version, running)
+        if save_state and version is not None and isinstance(running, hashstate.ResumableSha256):
+            await self._save_state(name, upload_id, version, running)
+        return _Written(writer.size, version, running)
 
-    async def _hasher(self, name: str, upload_id: str, size: int) -> DigestVerifier:
-        """The hash of the upload's first ``size`` bytes, cached or recomputed."""
+    def _new_hasher(self, versioned: bool) -> Hasher:
+        # The resumable one only where its state is saved (versioned stores): hashlib's
+        # object is a little cheaper to copy, and the filesystem path stays as it was.
+        if versioned and hashstate.available():
+            return hashstate.ResumableSha256()
+        return DigestVerifier()
+
+    async def _hasher(self, name: str, upload_id: str, current: FileInfo) -> Hasher:
+        """The hash of the upload's bytes as they are in ``current``: the one held in
+        memory or saved in storage if it covers exactly this object, else recomputed."""
+        versioned = current.version is not None
+        if current.size == 0:
+            return self._new_hasher(versioned)
         cached = self._hashes.get((name, upload_id))
-        if cached is not None and cached.size == size:
-            return cached
-        hasher = DigestVerifier()
+        if cached is not None and cached[1].size == current.size and cached[0] == current.version:
+            return cached[1]
+        if versioned:
+            saved = await self._load_state(name, upload_id, current)
+            if saved is not None:
+                return saved
+        hasher = self._new_hasher(versioned)
         try:
             async for chunk in self.driver.read(
-                layout.upload_data(name, upload_id), 0, size, _HASH_CHUNK
+                layout.upload_data(name, upload_id), 0, current.size, _HASH_CHUNK
             ):
-                hasher.update(chunk)
+                await asyncio.to_thread(hasher.update, chunk)
         except StorageNotFound as exc:
             raise _upload_unknown(upload_id) from exc
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
         return hasher
+
+    async def _save_state(
+        self, name: str, upload_id: str, version: str, hasher: hashstate.ResumableSha256
+    ) -> None:
+        data = _STATE_MAGIC + version.encode() + b"\n" + hasher.save()
+        try:
+            await self.driver.put_content(layout.upload_hashstate(name, upload_id), data)
+        except StorageError as exc:
+            # The chunk is stored: the next request hashes the upload again instead.
+            log.warning("upload %s of %s: could not save its hash state: %s", upload_id, name, exc)
+
+    async def _load_state(
+        self, name: str, upload_id: str, current: FileInfo
+    ) -> hashstate.ResumableSha256 | None:
+        if not hashstate.available():
+            return None
+        try:
+            data = await self.driver.get_content(layout.upload_hashstate(name, upload_id))
+        except StorageError:
+            return None  # none saved (or unreadable): hash again from the data
+        if not data.startswith(_STATE_MAGIC):
+            return None
+        version, _, state = data[len(_STATE_MAGIC) :].partition(b"\n")
+        if version.decode(errors="replace") != current.version:
+            return None  # saved for another object (an older chunk, or a racing writer)
+        try:
+            hasher = hashstate.ResumableSha256.restore(state)
+        except ValueError:
+            return None
+        return hasher if hasher.size == current.size else None
 
     async def finish(
         self,
@@ -165,11 +255,13 @@ class UploadService:
         chunks: AsyncIterator[bytes] | None,
     ) -> BlobInfo:
         async with self._locks.hold((name, upload_id)):
-            current = await self.status(name, upload_id)
-            size = current.size
+            current = await self._stat(name, upload_id)
             if chunks is not None:
-                size = await self._append(name, upload_id, chunks, size)
-            hasher = await self._hasher(name, upload_id, size)
+                written = await self._append(name, upload_id, chunks, current, save_state=False)
+            else:
+                hashed = await self._hasher(name, upload_id, current)
+                written = _Written(current.size, current.version, hashed)
+            size, hasher = written.size, written.hasher
             if digest.algorithm != hasher.algorithm:
                 hasher = DigestVerifier(digest.algorithm)
                 async for chunk in self.driver.read(layout.upload_data(name, upload_id)):
@@ -183,7 +275,16 @@ class UploadService:
                     "provided digest did not match uploaded content",
                     {"expected": str(digest), "actual": str(actual)},
                 )
-            await self.blobs.adopt(digest, layout.upload_data(name, upload_id))
+            try:
+                await self.blobs.adopt(digest, layout.upload_data(name, upload_id), written.version)
+            except StorageConflict as exc:
+                # Another replica appended meanwhile: what was verified is not what is
+                # there now. Nothing moved; the client may check the upload and go on.
+                raise RegistryError(
+                    ErrorCode.BLOB_UPLOAD_INVALID,
+                    "the upload changed while it was being completed (a concurrent request)",
+                    {"uuid": upload_id},
+                ) from exc
             await self.links.write(name, layout.layer_link(name, digest), digest)
             await self._discard(name, upload_id)
             return BlobInfo(digest, size)
@@ -201,6 +302,13 @@ class UploadService:
             pass
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    size: int
+    version: str | None  # the driver's version of the data object (None: no versions)
+    hasher: Hasher
 
 
 def _range_headers(status: UploadStatus) -> dict[str, str]:

@@ -2,10 +2,18 @@
 
 from entrepot.storage.driver import (
     FileInfo,
+    StorageConflict,
     StorageDriver,
     StorageError,
     StorageNotFound,
     StorageWriter,
 )
 
-__all__ = ["FileInfo", "StorageDriver", "StorageError", "StorageNotFound", "StorageWriter"]
+__all__ = [
+    "FileInfo",
+    "StorageConflict",
+    "StorageDriver",
+    "StorageError",
+    "StorageNotFound",
+    "StorageWriter",
+]

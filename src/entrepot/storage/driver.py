@@ -27,6 +27,10 @@ class StorageError(Exception):
     """A storage operation failed for a reason other than a missing key."""
 
 
+class StorageConflict(StorageError):
+    """The object changed (another writer) since the version the caller named."""
+
+
 class StorageNotFound(StorageError):
     """The key (or prefix) does not exist."""
 
@@ -53,6 +57,10 @@ class FileInfo:
     size: int
     mtime: float
     is_dir: bool
+    # An identity of the object's content, changed by every write (S3's ETag), or None
+    # where the driver has none. Lets a process check that an object is still the one it
+    # wrote itself, across processes that replace it whole.
+    version: str | None = None
 
 
 class StorageWriter(abc.ABC):
@@ -68,6 +76,13 @@ class StorageWriter(abc.ABC):
     @abc.abstractmethod
     def size(self) -> int:
         """Total size of the object so far, including appended-to content."""
+
+    @property
+    def version(self) -> str | None:
+        """After ``commit``: the ``FileInfo.version`` of the object this writer made
+        (known without reading it back, so another writer's later object is never taken
+        for it); None where the driver has no versions."""
+        return None
 
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
@@ -142,12 +157,16 @@ class StorageDriver(abc.ABC):
             yield batch
 
     @abc.abstractmethod
-    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+    async def move(
+        self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
+    ) -> None:
         """Atomically move an object to ``dst``, replacing what was there.
         StorageNotFound (with ``key == src``) if ``src`` is missing. ``sync=False``: the
         move need not be durable when this returns (a crash may undo it), for a caller to
         whom either state is fine (garbage collection's quarantine): it spares a local
-        disk a directory fsync per move."""
+        disk a directory fsync per move. With ``if_version`` (a ``FileInfo.version``),
+        only the object of that version moves: if ``src`` is another by then,
+        StorageConflict, ``src`` is left and nothing is at ``dst``."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:

@@ -25,6 +25,7 @@ from typing import TypeVar, TypeVarTuple
 from entrepot.storage.driver import (
     FileInfo,
     Keys,
+    StorageConflict,
     StorageDriver,
     StorageError,
     StorageNotFound,
@@ -575,7 +576,11 @@ class FilesystemDriver(StorageDriver):
                 return
             size = min(size * 4, WALK_BATCH_MAX)
 
-    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+    async def move(
+        self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
+    ) -> None:
+        if if_version is not None:  # files have no versions: none can match
+            raise StorageConflict(f"{src}: no object of version {if_version!r}")
         await _run(src, False, _move, self._path(src), self._path(dst), src, sync)
 
     async def delete(self, key: str) -> None:

@@ -33,6 +33,7 @@ from obstore.store import S3Store
 
 from entrepot.storage.driver import (
     FileInfo,
+    StorageConflict,
     StorageDriver,
     StorageError,
     StorageNotFound,
@@ -213,7 +214,8 @@ class S3Driver(StorageDriver):
         if key:
             try:
                 meta = await obstore.head_async(self.store, self.object_key(key))
-                return FileInfo(key, meta["size"], meta["last_modified"].timestamp(), False)
+                mtime = meta["last_modified"].timestamp()
+                return FileInfo(key, meta["size"], mtime, False, meta.get("e_tag"))
             except _MISSING:
                 pass
             except (BaseError, OSError) as exc:
@@ -243,12 +245,28 @@ class S3Driver(StorageDriver):
             raise StorageNotFound(prefix)
         return sorted(names)
 
-    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+    async def move(
+        self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
+    ) -> None:
         src_path, dst_path = self.object_key(src), self.object_key(dst)
         try:
             await obstore.copy_async(self.store, src_path, dst_path)
         except (BaseError, OSError) as exc:
             raise self._error(exc, src) from exc
+        if if_version is not None:
+            # A copy cannot be made conditional here (obstore): check afterwards. Still
+            # that version now means the copy is of it (a version names its content).
+            failure: BaseException | None = None
+            try:
+                now = (await obstore.head_async(self.store, src_path)).get("e_tag")
+            except (BaseError, OSError) as exc:
+                now, failure = None, None if isinstance(exc, _MISSING) else exc
+            if now != if_version:
+                with contextlib.suppress(BaseError, OSError):
+                    await obstore.delete_async(self.store, dst_path)
+                if failure is not None:
+                    raise self._error(failure, src, missing=False) from failure
+                raise StorageConflict(f"{self.where(src)}: changed while it was moved")
         try:
             await obstore.delete_async(self.store, src_path)
         except (BaseError, OSError) as exc:

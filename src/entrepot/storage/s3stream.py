@@ -72,11 +72,16 @@ class S3Writer(StorageWriter):
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
         self._cancelled = False
         self._closed = False
+        self._version: str | None = None
         self._upload = asyncio.ensure_future(self._run())
 
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def version(self) -> str | None:
+        return self._version
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         if self._existing:
@@ -89,13 +94,17 @@ class S3Writer(StorageWriter):
 
     async def _run(self) -> None:
         d = self._driver
-        await obstore.put_async(
+        result = await obstore.put_async(
             d.store,
             d.object_key(self._key),
             self._chunks(),
             chunk_size=d.chunksize,
             max_concurrency=d.parts_in_flight,
         )
+        # radosgw completes a multipart upload without an ETag header (obstore then has
+        # none): ask for it. Another writer's object could be read in the few
+        # milliseconds between (a client racing itself on one upload): see uploads.py.
+        self._version = result.get("e_tag") or (await d.stat(self._key)).version
 
     def _check_usable(self) -> None:
         if self._closed:

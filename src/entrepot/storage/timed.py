@@ -72,9 +72,11 @@ class TimedDriver(StorageDriver):
         with self._timed("List"):
             return await self.inner.list(prefix)
 
-    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+    async def move(
+        self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
+    ) -> None:
         with self._timed("Move"):
-            await self.inner.move(src, dst, sync=sync)
+            await self.inner.move(src, dst, sync=sync, if_version=if_version)
 
     async def delete(self, key: str) -> None:
         with self._timed("Delete"):
