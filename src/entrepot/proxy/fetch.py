@@ -194,7 +194,19 @@ class BlobFill:
             await asyncio.gather(asyncio.to_thread(verifier.update, data), writer.write(data))
             await self._advance(writer.readable)
 
-        await pump(chunks, consume)
+        async def watch() -> None:
+            # A driver may make bytes readable after ``write`` returned (S3 stores parts
+            # in the background): readers must not wait for the next chunk to see them.
+            while True:
+                await asyncio.sleep(self.spool.driver.follow_interval)
+                if writer.readable > self.written:
+                    await self._advance(writer.readable)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await pump(chunks, consume)
+        finally:
+            watcher.cancel()
 
     async def _follow(self, token: str) -> None:
         """Read another process's (or replica's) download as it grows."""
