@@ -200,6 +200,8 @@ def take_over_store(config: Config) -> str | None:
     if config.storage.s3 is None:
         problem = _decide_store(config)
         where = f"storage.filesystem.rootdirectory {config.storage.rootdirectory}"
+    elif not config.proxies:
+        return None  # no cache on this bucket (a process of its own costs seconds)
     else:
         # The S3 client must not run in this process, whose workers fork from it.
         context = multiprocessing.get_context("spawn")
