@@ -20,8 +20,7 @@ __all__ = ["RedisLeases", "RedisSettings"]
 
 log = logging.getLogger("entrepot.storage.redis")
 
-LEASE_TTL_MS = 30_000
-RENEW_EVERY = 10.0  # seconds: three renewals may fail before the lease lapses
+LEASE_TTL = 30.0  # seconds; renewed every third of it: two renewals may fail
 
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # noqa: E501
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"  # noqa: E501
@@ -68,10 +67,13 @@ class _RedisLease(Lease):
         self._renewal: asyncio.Task[None] | None = asyncio.create_task(self._renew())
 
     async def _renew(self) -> None:
+        ttl = self._leases.ttl
         while True:
-            await asyncio.sleep(RENEW_EVERY)
+            await asyncio.sleep(ttl / 3)
             try:
-                kept = await self._leases.redis.eval(_RENEW, 1, self._key, self.token, LEASE_TTL_MS)
+                kept = await self._leases.redis.eval(
+                    _RENEW, 1, self._key, self.token, int(ttl * 1000)
+                )
             except RedisError as exc:
                 log.warning("%s: cannot renew lease %s: %s", self._leases.address, self._key, exc)
                 continue
@@ -94,7 +96,8 @@ class _RedisLease(Lease):
 
 
 class RedisLeases(Leases):
-    def __init__(self, settings: RedisSettings, prefix: str) -> None:
+    def __init__(self, settings: RedisSettings, prefix: str, ttl: float = LEASE_TTL) -> None:
+        self.ttl = ttl
         self.address = settings.address
         self.redis = settings.client()
         self.prefix = prefix
@@ -107,7 +110,7 @@ class RedisLeases(Leases):
         key = self.prefix + name
         token = new_token()
         try:
-            taken = await self.redis.set(key, token, nx=True, px=LEASE_TTL_MS)
+            taken = await self.redis.set(key, token, nx=True, px=int(self.ttl * 1000))
         except RedisError as exc:
             raise self._error(exc, name) from exc
         return _RedisLease(self, key, token) if taken else None
