@@ -189,10 +189,7 @@ class BlobFill:
     async def _receive_and_write(
         self, chunks: AsyncIterator[bytes], verifier: DigestVerifier, writer: IngestWriter
     ) -> None:
-        async def consume(data: bytes) -> None:
-            # Hash (in a thread: hashlib releases the GIL) while the driver writes.
-            await asyncio.gather(asyncio.to_thread(verifier.update, data), writer.write(data))
-            await self._advance(writer.readable)
+        watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
             # A driver may make bytes readable after ``write`` returned (S3 stores parts
@@ -202,11 +199,19 @@ class BlobFill:
                 if writer.readable > self.written:
                     await self._advance(writer.readable)
 
-        watcher = asyncio.create_task(watch())
+        async def consume(data: bytes) -> None:
+            nonlocal watcher
+            # Hash (in a thread: hashlib releases the GIL) while the driver writes.
+            await asyncio.gather(asyncio.to_thread(verifier.update, data), writer.write(data))
+            await self._advance(writer.readable)
+            if watcher is None and writer.readable < writer.size:
+                watcher = asyncio.create_task(watch())
+
         try:
             await pump(chunks, consume)
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     async def _follow(self, token: str) -> None:
         """Read another process's (or replica's) download as it grows."""
