@@ -35,6 +35,7 @@ from entrepot.log_setup import configure_logging
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
+from entrepot.proxy.prefetch import Prefetcher, parse_platform
 from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.routing import ProxyResolver
@@ -262,6 +263,24 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
     return upstreams
 
 
+@contextlib.asynccontextmanager
+async def open_cache(config: Config) -> AsyncIterator[tuple[ProxyCache, list[Upstream]]]:
+    """The pull-through cache on the configured storage, as the server's workers have it,
+    for a command run beside them (or with no server at all)."""
+    driver = create_driver(config)
+    local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
+    upstreams = create_upstreams(config)
+    cache = ProxyCache(local)
+    try:
+        yield cache, upstreams
+    finally:
+        await local.index.close()
+        await cache.aclose()
+        for upstream in upstreams:
+            await upstream.client.aclose()
+        await driver.close()
+
+
 def create_notifier(config: Config, metrics: NotificationMetrics | None = None) -> Notifier | None:
     """registry:2's notification endpoints (disabled ones left out), None without any."""
     settings = []
@@ -354,6 +373,13 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                     run_upload_purger(driver, purging.age_s, purging.interval_s, purging.dryrun)
                 )
             )
+        prefetch = config.proxycache.prefetch
+        if prefetch is not None and prefetch.images and upstreams:
+            platforms = [parse_platform(p) for p in prefetch.platforms]
+            schedule = Prefetcher(cache, upstreams).run_schedule(
+                prefetch.images, platforms, prefetch.interval_s
+            )
+            tasks.append(asyncio.create_task(schedule))
         maxsize = config.proxycache.maxsize_bytes
         if maxsize is not None and upstreams:
             janitor = CacheJanitor(cache, [u.prefix for u in upstreams], maxsize)

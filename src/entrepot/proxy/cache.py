@@ -25,6 +25,7 @@ from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool
 from entrepot.proxy.metrics import CacheEvents
+from entrepot.proxy.referrers import UpstreamReferrers, filtered
 from entrepot.proxy.upstream_client import (
     RemoteBlob,
     UpstreamError,
@@ -305,7 +306,12 @@ class CachedManifests(_CachedFacet):
         return digest
 
     async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
-        return await self._manifests.referrers(digest, artifact_type)
+        """The upstream's referrers of ``digest``, kept like a tag (proxy/referrers.py)."""
+        return filtered(await UpstreamReferrers(self).list(digest), artifact_type)
+
+    async def held_referrers(self, digest: Digest) -> list[dict[str, object]]:
+        """Referrers of ``digest`` stored in this cached repository; never asks upstream."""
+        return await self._manifests.referrers(digest, None)
 
 
 class CachedTags(_CachedFacet):
