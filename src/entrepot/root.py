@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -47,9 +48,11 @@ from entrepot.registry.purge import run_upload_purger
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
-from entrepot.storage.redisleases import RedisLeases, RedisSettings, ping
 from entrepot.storage.s3 import S3Driver, S3Settings, aws_credentials, probe_bucket
 from entrepot.storage.timed import TimedDriver
+
+if TYPE_CHECKING:  # redis is imported only with a redis section (it is a large import)
+    from entrepot.storage.redisleases import RedisSettings
 
 
 def create_driver(config: Config) -> StorageDriver:
@@ -61,6 +64,8 @@ def create_driver(config: Config) -> StorageDriver:
     redis = redis_settings(config)
     if redis is None:
         return S3Driver(settings)
+    from entrepot.storage.redisleases import RedisLeases
+
     root = settings.rootdirectory.strip("/")
     return S3Driver(settings, RedisLeases(redis, f"entrepot:lease:{settings.bucket}/{root}:"))
 
@@ -69,6 +74,8 @@ def redis_settings(config: Config) -> RedisSettings | None:
     redis = config.redis
     if redis is None:
         return None
+    from entrepot.storage.redisleases import RedisSettings
+
     return RedisSettings(
         host=redis.host,
         port=redis.port,
@@ -162,6 +169,8 @@ def _redis_problem(config: Config) -> str | None:
     settings = redis_settings(config)
     if settings is None:
         return None
+    from entrepot.storage.redisleases import ping
+
     problem = ping(settings)
     if problem is None:
         return None
