@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from entrepot.config.authconf import AuthConfig
 from entrepot.config.errors import ConfigError
+from entrepot.config.gcconf import GarbageCollectConfig
 from entrepot.config.httpconf import HttpConfig
 from entrepot.config.notifications import NotificationsConfig
 from entrepot.config.proxies import ProxyBlockConfig, ProxyUpstreamConfig, check_upstreams
@@ -205,6 +206,9 @@ class Config:
         None,
         doc="registry:2's Redis: on S3, cache fills are coordinated across replicas through "
         "it (see Cache fills across replicas)",
+    )
+    garbagecollect: GarbageCollectConfig = key(
+        "garbagecollect", factory=GarbageCollectConfig, doc=""
     )
     warnings: tuple[str, ...] = derived(())
 

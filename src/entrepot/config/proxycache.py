@@ -126,9 +126,11 @@ class ProxyCacheConfig:
         "maxsize",
         None,
         parse=_size,
-        doc="cap on cached upstream blobs (`100GiB`, `500 MB`); the oldest are evicted",
+        doc="cap on the cache (`100GiB`, `500 MB`); the least recently pulled images are evicted",
     )
-    sweepinterval_s: float = key("sweepinterval", 600.0, doc="how often the size is checked")
+    sweepinterval_s: float = key(
+        "sweepinterval", 600.0, doc="how often the cache is checked for `maxsize` and `ttl`"
+    )
     registry2store: str = key(
         "registry2store",
         "auto",

@@ -25,6 +25,7 @@ from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool
 from entrepot.proxy.metrics import CacheEvents
+from entrepot.proxy.pulls import PullRecorder
 from entrepot.proxy.referrers import UpstreamReferrers, filtered
 from entrepot.proxy.upstream_client import (
     RemoteBlob,
@@ -71,6 +72,8 @@ class ProxyCache:
             MAX_NEGATIVE, _until_expiry, timer=time.monotonic
         )
         self._inflight: dict[tuple[str, ...], asyncio.Task[object]] = {}
+        # Pulls recorded for the cache's eviction (set when eviction is configured).
+        self.pulls: PullRecorder | None = None
 
     async def once(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work`` once for all concurrent callers with the same key. The shared task
@@ -162,6 +165,8 @@ class CachedManifests(_CachedFacet):
         else:
             digest = await self._manifest_by_tag(validate_tag(reference))
         manifest = await self._local.manifests.load(digest, reference)
+        if self.cache.pulls is not None:
+            self.cache.pulls.record(self.name, digest)
         if not self._fetched:
             self._count("manifest_hit")
             self._count("manifest_bytes_served", len(manifest.raw))
