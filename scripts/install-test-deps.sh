@@ -36,11 +36,12 @@ declare -A PACKAGE_OF=(
   [ceph]=ceph-common
   [chromium]=chromium                 # the web UI's browser tests (driven by Playwright)
   [nginx]=nginx                       # in front of docker-registry: sends ratelimit-* headers
+  [redis-server]=redis-server         # fleet-wide cache fill leases (tests/redisserver.py)
   [debootstrap]=debootstrap           # the container image test's Debian base (no registry here)
 )
 # Fixed order, for stable messages.
 COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl
-  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph nginx chromium debootstrap)
+  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph nginx chromium redis-server debootstrap)
 
 check_only=0
 case "${1:-}" in

@@ -6,6 +6,8 @@ s3_server      a throwaway Ceph radosgw on 127.0.0.1 (tests/cephs3.py), started 
                session; it skips locally and fails under $CI when Ceph is not installed
 s3_bucket()    a fresh, empty bucket on it (its name); creating one takes radosgw ~2 s
 s3_shared_bucket  one bucket for the whole session (tests keep apart by rootdirectory)
+redis_server   a throwaway redis-server on 127.0.0.1 (tests/redisserver.py), once per
+               session; it skips locally and fails under $CI when redis-server is missing
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import pytest
 
 from tests.cephs3 import CephS3, ceph_missing, s3_client
 from tests.loopback import loopback
+from tests.redisserver import RedisServer, redis_missing
 
-__all__ = ["loopback", "s3_bucket", "s3_server", "s3_shared_bucket"]
+__all__ = ["loopback", "redis_server", "s3_bucket", "s3_server", "s3_shared_bucket"]
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +55,17 @@ def s3_shared_bucket(s3_server: CephS3) -> str:
     name = "entrepot-tests"
     s3_client(s3_server).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if redis_missing():
+        message = "redis-server not installed: scripts/install-test-deps.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

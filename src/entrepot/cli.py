@@ -111,6 +111,14 @@ def _takeover_problem(config: Config) -> str | None:
     return problem
 
 
+def _log_fill_coordination(config: Config) -> None:
+    from entrepot.root import fill_coordination
+
+    said = fill_coordination(config)
+    if said is not None:
+        logger.log(*said)
+
+
 def check_config(path: str | None) -> int:
     """Print the configuration in effect (secrets masked) and every warning; serve nothing."""
     config = _load(path)
@@ -154,6 +162,7 @@ def _serve(config: Config, path: str | None, workers: int | None) -> int:
     logger.info("starting: %s", summary(config, path))
     if _takeover_problem(config):
         return 1
+    _log_fill_coordination(config)
     if not config.http.secret and SECRET_ENV not in os.environ:
         # Like registry:2 without http.secret, but shared: every worker must accept the
         # tokens and upload states any other worker signed.

@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -56,12 +57,66 @@ from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.s3 import S3Driver, S3Settings, aws_credentials, probe_bucket
 from entrepot.storage.timed import TimedDriver
 
+if TYPE_CHECKING:  # redis is imported only with a redis section (it is a large import)
+    from entrepot.storage.redisleases import RedisSettings
+
 
 def create_driver(config: Config) -> StorageDriver:
     # load_config already refused drivers Entrepot does not have.
     if config.storage.s3 is None:
+        # Lock files under the root coordinate fills: Redis is not needed on one disk.
         return FilesystemDriver(config.storage.rootdirectory)
-    return S3Driver(s3_settings(config))
+    settings = s3_settings(config)
+    redis = redis_settings(config)
+    if redis is None:
+        return S3Driver(settings)
+    from entrepot.storage.redisleases import RedisLeases
+
+    root = settings.rootdirectory.strip("/")
+    return S3Driver(settings, RedisLeases(redis, f"entrepot:lease:{settings.bucket}/{root}:"))
+
+
+def redis_settings(config: Config) -> RedisSettings | None:
+    redis = config.redis
+    if redis is None:
+        return None
+    from entrepot.storage.redisleases import RedisSettings
+
+    return RedisSettings(
+        host=redis.host,
+        port=redis.port,
+        password=redis.password,
+        db=redis.db,
+        tls=redis.tls.enabled,
+        dial_timeout=redis.dialtimeout_s or None,
+        read_timeout=redis.readtimeout_s or None,
+        write_timeout=redis.writetimeout_s or None,
+        max_connections=redis.pool.maxactive or None,
+    )
+
+
+def fill_coordination(config: Config) -> tuple[int, str] | None:
+    """What the operator gets from cache fills with this storage (a log level and a
+    line), None without upstreams."""
+    if not config.proxies:
+        return None
+    redis = redis_settings(config)
+    if config.storage.s3 is None:
+        return logging.INFO, (
+            "cache fills: one upstream download per blob for every worker process using "
+            f"storage.filesystem.rootdirectory {config.storage.rootdirectory} (lock files)"
+            + ("; the redis section is not needed for that and not used" if redis else "")
+        )
+    if redis is not None:
+        return logging.INFO, (
+            f"cache fills: one upstream download per blob for every replica using "
+            f"{redis.address} on S3 bucket {config.storage.s3.bucket}"
+        )
+    return logging.WARNING, (
+        "cache fills on storage.s3 without a redis section: the worker processes of this "
+        "machine share one upstream download per blob, but every replica downloads it "
+        "once of its own; configure redis (addr) for one download across replicas"
+    )
 
 
 def s3_settings(config: Config) -> S3Settings:
@@ -92,7 +147,7 @@ def storage_problem(config: Config) -> str | None:
     before serving, so that an unwritable root or an unusable bucket stops start-up
     instead of failing every push later (read-only mode only needs to read)."""
     if config.storage.s3 is not None:
-        return _s3_problem(config)
+        return _s3_problem(config) or _redis_problem(config)
 
     async def probe() -> None:
         driver = create_driver(config)
@@ -117,12 +172,19 @@ def storage_problem(config: Config) -> str | None:
     return None
 
 
+def _redis_problem(config: Config) -> str | None:
+    settings = redis_settings(config)
+    if settings is None:
+        return None
+    from entrepot.storage.redisleases import ping
+
+    problem = ping(settings)
+    if problem is None:
+        return None
+    return f"cannot use redis ({problem}); check redis.addr, redis.password and redis.tls"
+
+
 def _s3_problem(config: Config) -> str | None:
-    if config.proxies:
-        return (
-            "the pull-through cache (proxy, proxies) cannot be kept on storage.s3 yet; "
-            "use storage.filesystem for a cache, or remove proxy and proxies"
-        )
     try:
         settings = s3_settings(config)
     except StorageError as exc:  # an unreadable AWS credentials file
@@ -180,12 +242,26 @@ def create_registry2_store(config: Config, driver: StorageDriver) -> Registry2St
 def take_over_store(config: Config) -> str | None:
     """Decide, once, what a registry:2 store's plain-name repositories are
     (proxy/registry2_store.py), before any worker serves; a storage error in one line."""
-
-    if config.storage.s3 is not None:
-        # No cache lives on S3 yet (refused at start), so there is nothing to take over;
-        # and the S3 client must not run in this process, whose workers fork from it.
+    if config.storage.s3 is None:
+        problem = _decide_store(config)
+        where = f"storage.filesystem.rootdirectory {config.storage.rootdirectory}"
+    elif not config.proxies:
+        return None  # no cache on this bucket (a process of its own costs seconds)
+    else:
+        # The S3 client must not run in this process, whose workers fork from it.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            problem = pool.submit(_decide_store, config).result()
+        where = f"storage.s3 bucket {config.storage.s3.bucket}"
+    if problem is None:
         return None
+    return (
+        f"cannot record what the repositories under {where} are "
+        f"(registry:2's cache or pushed): {problem}"
+    )
 
+
+def _decide_store(config: Config) -> str | None:
     async def decide() -> None:
         driver = create_driver(config)
         try:
@@ -196,10 +272,7 @@ def take_over_store(config: Config) -> str | None:
     try:
         asyncio.run(decide())
     except StorageError as exc:
-        return (
-            f"cannot record what the repositories under storage.filesystem.rootdirectory "
-            f"{config.storage.rootdirectory} are (registry:2's cache or pushed): {exc}"
-        )
+        return str(exc)
     return None
 
 

@@ -3,6 +3,7 @@ storage.maintenance.readonly, health.storagedriver (through the real app and lif
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from entrepot.config import load_config
-from entrepot.root import create_app
+from entrepot.root import create_app, fill_coordination
 from entrepot.storage import FileInfo, StorageError
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.api.oci_client import error_code, sha256
@@ -128,3 +129,37 @@ def test_unhealthy_storage_makes_v2_answer_503(tmp_path: Path) -> None:
         driver.broken = False
         _wait_for(lambda: client.get("/v2/").status_code == 200)
         assert client.get("/health").status_code == 200
+
+
+FILL_CONFIG = """\
+version: 0.1
+storage:
+{storage}
+proxies:
+  - host: ghcr.io
+    remoteurl: http://127.0.0.1:9
+{redis}
+"""
+S3 = "  s3: {bucket: b, regionendpoint: 'http://127.0.0.1:9', accesskey: a, secretkey: s}"
+FS = "  filesystem: {rootdirectory: /srv/registry}"
+REDIS = "redis: {addr: '10.0.0.5:6379', db: 2}"
+
+
+@pytest.mark.parametrize(
+    ("storage", "redis", "level", "says"),
+    [
+        (FS, "", "INFO", "every worker process using storage.filesystem.rootdirectory"),
+        (FS, REDIS, "INFO", "the redis section is not needed for that and not used"),
+        (S3, REDIS, "INFO", "every replica using redis at 10.0.0.5:6379 db 2 on S3 bucket b"),
+        (S3, "", "WARNING", "every replica downloads it once of its own; configure redis"),
+    ],
+)
+def test_start_up_says_how_cache_fills_are_shared(
+    tmp_path: Path, storage: str, redis: str, level: str, says: str
+) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(FILL_CONFIG.format(storage=storage, redis=redis))
+    said = fill_coordination(load_config(str(path)))
+    assert said is not None
+    assert logging.getLevelName(said[0]) == level
+    assert says in said[1]

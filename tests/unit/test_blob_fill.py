@@ -1,4 +1,6 @@
-"""The shared, streaming cache fill: one download, many readers, nothing wrong served."""
+"""The shared, streaming cache fill: one download, many readers, nothing wrong served.
+The fill goes through a filesystem driver (its lease and ingest); each BlobFiller stands
+for a worker process (flock locks of two open files conflict within one process too)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 from entrepot.oci.digest import Digest
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool
+from entrepot.storage.filesystem import FilesystemDriver
 
 
 class FakeRemote:
@@ -40,15 +43,20 @@ class FakeRemote:
 
 
 def spool(tmp_path: Path, published: list[str]) -> Spool:
-    path = tmp_path / "spool" / "data"
+    """A spool as the cache makes one: a lease and ingests under ``fill``, published to
+    ``blobs/data``; ``published`` gets the published bytes (hex) each time."""
+    driver = FilesystemDriver(tmp_path / "root")
 
-    async def publish() -> None:
-        published.append(path.read_bytes().hex())
+    async def note_published() -> None:
+        published.append((await driver.get_content("blobs/data")).hex())
 
-    async def discard() -> None:
-        path.unlink(missing_ok=True)
+    return Spool(driver, "fill/lease", "fill", "blobs/data", note_published)
 
-    return Spool(str(path), publish, discard)
+
+def leftovers(tmp_path: Path) -> list[str]:
+    """What the fills left under the spool's directory (nothing, once they are over)."""
+    fill = tmp_path / "root" / "fill"
+    return sorted(str(p.relative_to(fill)) for p in fill.rglob("*")) if fill.exists() else []
 
 
 def digest_of(data: bytes) -> Digest:
@@ -102,8 +110,11 @@ async def test_wrong_digest_fails_every_reader_and_publishes_nothing(tmp_path: P
     )
     with pytest.raises(FetchFailed):
         await collect(fill.read())
+    assert fill.task is not None
+    await fill.task
     assert published == []
-    assert not (tmp_path / "spool" / "data").exists()
+    assert not (tmp_path / "root" / "blobs" / "data").exists()
+    assert leftovers(tmp_path) == []
 
 
 async def test_cut_off_download_fails_readers(tmp_path: Path) -> None:
@@ -167,9 +178,11 @@ async def test_reader_that_arrives_after_publish_still_reads(tmp_path: Path) -> 
     fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, published), remote.open)
     assert fill.task is not None
     await fill.task
-    # The spool is moved away when published; a reader holding the fill still gets it all.
-    (tmp_path / "spool" / "data").rename(tmp_path / "published")
+    # The ingest is gone once published; a reader holding the fill reads the blob.
+    assert leftovers(tmp_path) == []
+    assert published == [data.hex()]
     assert await collect(fill.read()) == data
+    assert await collect(fill.read(3, 5)) == data[3:8]
 
 
 async def test_range_ending_before_the_blob_end_waits_for_verification(tmp_path: Path) -> None:
@@ -185,31 +198,15 @@ async def test_range_ending_before_the_blob_end_waits_for_verification(tmp_path:
     assert first + await collect(stream) == data[:50]
 
 
-def shared_spool(tmp_path: Path, published: list[str]) -> Spool:
-    """A spool as the cache makes it on a local disk: a fixed path, published by rename."""
-    path = tmp_path / "spool" / "data"
-    final = tmp_path / "blobs" / "data"
-
-    async def publish() -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        path.rename(final)
-        published.append(final.read_bytes().hex())
-
-    async def discard() -> None:
-        path.unlink(missing_ok=True)
-
-    return Spool(str(path), publish, discard, str(final))
-
-
 async def test_two_worker_processes_share_one_download(tmp_path: Path) -> None:
-    # Each BlobFiller stands for a worker process: they meet at the spool file's lock.
+    # Each BlobFiller stands for a worker process: they meet at the lease.
     chunks = [b"w" * 3000, b"x" * 3000]
     data = b"".join(chunks)
     remote = FakeRemote(chunks)
     published: list[str] = []
     key = ("u", "r", digest_of(data))
-    leader = BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
-    follower = BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
+    leader = BlobFiller().start(key, spool(tmp_path, published), remote.open)
+    follower = BlobFiller().start(key, spool(tmp_path, published), remote.open)
     assert leader is not follower
     await leader.wait_started()
     readers = [asyncio.create_task(collect(f.read())) for f in (leader, follower)]
@@ -219,9 +216,10 @@ async def test_two_worker_processes_share_one_download(tmp_path: Path) -> None:
     assert remote.opened == 1
     assert len(published) == 1
     # A third worker arriving after the fill finds the published blob, downloads nothing.
-    late = BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
+    late = BlobFiller().start(key, spool(tmp_path, published), remote.open)
     assert await collect(late.read()) == data
     assert remote.opened == 1
+    assert leftovers(tmp_path) == []
 
 
 async def test_follower_fails_when_the_leading_worker_fails(tmp_path: Path) -> None:
@@ -229,9 +227,12 @@ async def test_follower_fails_when_the_leading_worker_fails(tmp_path: Path) -> N
     remote = FakeRemote(chunks)
     published: list[str] = []
     key = ("u", "r", digest_of(b"not these bytes"))
-    BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
-    follower = BlobFiller().start(key, shared_spool(tmp_path, published), remote.open)
+    leader = BlobFiller().start(key, spool(tmp_path, published), remote.open)
+    follower = BlobFiller().start(key, spool(tmp_path, published), remote.open)
     remote.release.set()
     with pytest.raises(FetchFailed):
         await collect(follower.read())
+    assert leader.task is not None
+    await leader.task
     assert published == []
+    assert leftovers(tmp_path) == []

@@ -203,7 +203,7 @@ def test_env_value_must_be_yaml(tmp_path: Path) -> None:
             "ignored (did you mean 'notifications.endpoints[0].timeout'?)",
         ),
         ("middleware:\n  registry:\n    - name: cloudfront\n", "'middleware' is not implemented"),
-        ("redis:\n  addr: localhost:6379\n", "'redis' is not implemented yet"),
+        ("redis:\n  addr: r:6379\n  addrs: [r:6379]\n", "'redis.addrs' is not implemented yet"),
         ("http:\n  addr: :5000\n  draintimeout: 60s\n", "'http.draintimeout' is not implemented"),
         ("http:\n  addr: :5000\n  http2:\n    disabled: true\n", "'http.http2' is not implemented"),
         ("bogus: 1\n", "'bogus' is not a registry:2 configuration key"),
@@ -224,6 +224,41 @@ def test_unknown_or_unimplemented_key_warns_with_its_path(
     config = load(tmp_path, MINIMAL + extra)
     assert len(config.warnings) == 1
     assert key_path in config.warnings[0]
+
+
+def test_redis_section_as_registry2_writes_it(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        MINIMAL + "redis:\n  addr: redis.internal:6380\n  password: s3cret\n  db: 2\n"
+        "  dialtimeout: 10ms\n  readtimeout: 1s\n  writetimeout: 2s\n"
+        "  pool:\n    maxidle: 16\n    maxactive: 64\n    idletimeout: 300s\n"
+        "  tls:\n    enabled: true\n",
+        env={"REGISTRY_REDIS_DB": "3"},
+    )
+    redis = config.redis
+    assert redis is not None and config.warnings == ()
+    assert (redis.host, redis.port, redis.db, redis.password) == (
+        "redis.internal",
+        6380,
+        3,
+        "s3cret",
+    )
+    assert (redis.dialtimeout_s, redis.readtimeout_s, redis.writetimeout_s) == (0.01, 1.0, 2.0)
+    assert (redis.pool.maxactive, redis.tls.enabled) == (64, True)
+    assert load(tmp_path, MINIMAL + "redis:\n  addr: r\n").redis.port == 6379  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("redis:\n  db: 1\n", "config key 'redis.addr' is required"),
+        ("redis:\n  addr: r:port\n", "config key 'redis.addr': 'r:port' has no valid port"),
+        ("redis:\n  addr: r:1\n  db: -1\n", "config key 'redis.db' must not be negative"),
+    ],
+)
+def test_redis_section_errors_name_the_key(tmp_path: Path, section: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(tmp_path, MINIMAL + section)
 
 
 def test_redis_blobdescriptor_cache_warns(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from entrepot.config.httpconf import HttpConfig
 from entrepot.config.notifications import NotificationsConfig
 from entrepot.config.proxies import ProxyBlockConfig, ProxyUpstreamConfig, check_upstreams
 from entrepot.config.proxycache import ProxyCacheConfig
+from entrepot.config.redisconf import RedisConfig
 from entrepot.config.s3conf import S3StorageConfig
 from entrepot.config.schema import At, derived, key, scalar_text
 
@@ -174,7 +175,6 @@ class Config:
     NOT_IMPLEMENTED: ClassVar = (
         "middleware",
         "reporting",
-        "redis",
         "compatibility",
         "validation",
         "policy",
@@ -201,6 +201,12 @@ class Config:
     )
     proxycache: ProxyCacheConfig = key("proxycache", factory=ProxyCacheConfig, doc="")
     notifications: NotificationsConfig = key("notifications", factory=NotificationsConfig, doc="")
+    redis: RedisConfig | None = key(
+        "redis",
+        None,
+        doc="registry:2's Redis: on S3, cache fills are coordinated across replicas through "
+        "it (see Cache fills across replicas)",
+    )
     garbagecollect: GarbageCollectConfig = key(
         "garbagecollect", factory=GarbageCollectConfig, doc=""
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -24,7 +23,7 @@ from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
-from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool, temp_spool_path
+from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool
 from entrepot.proxy.metrics import CacheEvents
 from entrepot.proxy.pulls import PullRecorder
 from entrepot.proxy.referrers import UpstreamReferrers, filtered
@@ -408,49 +407,16 @@ class CachedBlobs(_CachedFacet):
         return (self.upstream.host, self.upstream_name, digest)
 
     def _spool(self, digest: Digest) -> Spool:
-        """Spool into an upload of this repository when the driver is a local disk (so
-        publishing is a rename, and a crash leaves only a stale upload), else a temp file."""
-        driver = self._driver
-        # One fixed spool per blob and repository: worker processes meet there (fetch.py).
-        key = layout.upload_data(self.name, f"fill-{digest.algorithm}-{digest.encoded}")
-        path = driver.local_path(key)
+        """One place per blob and repository where every process and replica filling it
+        meets (fetch.py): an upload directory of the repository, so that what a crash
+        leaves behind is a stale upload, which upload purging removes."""
+        base = layout.upload_dir(self.name, f"fill-{digest.algorithm}-{digest.encoded}")
         link = layout.layer_link(self.name, digest)
 
-        if path is not None:
-
-            async def publish_in_place() -> None:
-                await self._local.blobs.adopt(digest, key)
-                await self._local.links.write(self.name, link, digest)
-                with contextlib.suppress(StorageError):
-                    await driver.delete(key.removesuffix("/data"))
-
-            async def discard_in_place() -> None:
-                with contextlib.suppress(StorageError):
-                    await driver.delete(key.removesuffix("/data"))
-
-            published = driver.local_path(layout.blob_data(digest))
-            return Spool(path, publish_in_place, discard_in_place, published)
-
-        temp = temp_spool_path()
-
-        async def publish_copy() -> None:
-            writer = await driver.writer(layout.blob_data(digest))
-            try:
-                with open(temp, "rb") as source:  # noqa: ASYNC230 - local temp file, chunked
-                    while chunk := await asyncio.to_thread(source.read, 1 << 20):
-                        await writer.write(chunk)
-                await writer.commit()
-            except BaseException:
-                await writer.cancel()
-                raise
+        async def link_published() -> None:
             await self._local.links.write(self.name, link, digest)
-            os.unlink(temp)
 
-        async def discard_copy() -> None:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-
-        return Spool(temp, publish_copy, discard_copy)
+        return Spool(self._driver, f"{base}/lease", base, layout.blob_data(digest), link_published)
 
 
 @contextlib.asynccontextmanager

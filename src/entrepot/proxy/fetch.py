@@ -1,39 +1,42 @@
 """Coalesced, streaming blob fills from an upstream.
 
 The first client of an uncached blob starts ONE download; every client of the same blob
-(the first included) streams from the spool file as the bytes arrive. The download runs in
-its own task, so a client that goes away does not cancel what the others share. The blob
-enters the cache only after its digest and size are checked; until then each reader holds
-back the final byte, so no client ever receives a complete body that turns out wrong: a bad
-or cut-off download ends every reader with an error (the connection is aborted).
+(the first included) streams the bytes as they arrive. The download runs in its own task,
+so a client that goes away does not cancel what the others share. The blob enters the
+cache only after its digest and size are checked; until then each reader holds back the
+final byte, so no client ever receives a complete body that turns out wrong: a bad or
+cut-off download ends every reader with an error (the connection is aborted).
 
-Across worker processes the spool file itself coordinates: it has a fixed name per blob,
-and the process holding an exclusive lock on it (flock) is the one downloading. Every
-other process follows: it streams the same file as it grows, and knows the fill is done
-when the lock is free and the blob has been published.
+Everything goes through the storage driver's contract (storage/driver.py). Across
+processes and replicas a *lease* per blob and repository elects the one that downloads
+(the leader); the leader writes an *ingest* named after its lease token, which the
+others (followers) read as it grows, and publishes it as the blob. A follower knows the
+fill is over when the lease is no longer the leader's: the blob is then published (done)
+or not (the fill failed). On a local disk the lease is a lock file and the ingest a file
+read in place; on S3 the lease is in Redis (or a lock file of this machine) and the
+ingest part objects (storage/s3ingest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
-import tempfile
 import time
-import weakref
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 from entrepot.oci.digest import Digest, DigestVerifier
 from entrepot.registry.streams import pump
+from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+from entrepot.storage.driver import IngestWriter
 
 log = logging.getLogger("entrepot.proxy.fetch")
 
 _READ_CHUNK = 4 << 20
-_EARLY_SYNC = 32 << 20
-_FOLLOW_POLL = 0.01  # seconds between a follower's looks at the leader's progress
+_TRIES = 50  # a lease that keeps changing hands while we look (a fill ends, another starts)
 
 
 class FetchFailed(Exception):
@@ -44,28 +47,20 @@ class FetchFailed(Exception):
         self.cause = cause
 
 
+@dataclass(frozen=True)
 class Spool:
-    """Where a download lands: a local file path, and what to do with it once verified.
+    """Where the fill of one blob meets, as storage keys: ``lease`` elects the leader,
+    ``base``/<leader's token> is its ingest, ``dst`` the blob's data. ``published``
+    runs once the leader's bytes are at ``dst`` (it links the blob into the repository)."""
 
-    ``published_path`` (when the spool is shared between processes) is where the blob is
-    once published; another process seeing it there knows the fill succeeded.
-    """
+    driver: StorageDriver
+    lease: str
+    base: str
+    dst: str
+    published: Callable[[], Awaitable[None]]
 
-    def __init__(
-        self,
-        path: str,
-        publish: Callable[[], Awaitable[None]],
-        discard: Callable[[], Awaitable[None]],
-        published_path: str | None = None,
-    ) -> None:
-        self.path = path
-        self.publish = publish
-        self.discard = discard
-        self.published_path = published_path
-
-    @property
-    def size_path(self) -> str:
-        return self.path + ".size"
+    def ingest_key(self, token: str) -> str:
+        return f"{self.base}/{token}"
 
 
 OpenRemote = Callable[[], AbstractAsyncContextManager[tuple[int | None, AsyncIterator[bytes]]]]
@@ -79,21 +74,14 @@ class BlobFill:
         self.digest = digest
         self.spool = spool
         self.size: int | None = None
-        self.written = 0
+        self.written = 0  # bytes readers can read
         self.finished = False
         self.verified = False
         self.error: FetchFailed | None = None
+        self.ingest_key: str | None = None
         self._started = asyncio.Event()
         self._progress = asyncio.Condition()
         self.task: asyncio.Task[None] | None = None
-        self._fd = -1
-
-    def _adopt_fd(self, fd: int) -> None:
-        # One descriptor for the writer and every reader, closed when the last holder of
-        # this fill lets go: the spool may be renamed (published) or unlinked (discarded)
-        # while readers still stream from it.
-        self._fd = fd
-        weakref.finalize(self, _close_quietly, fd)
 
     async def wait_started(self) -> None:
         """Return once the upstream answered with a body; raise if it did not."""
@@ -114,20 +102,69 @@ class BlobFill:
             self.finished = True
             self._progress.notify_all()
 
-    async def run(self, open_remote: OpenRemote, fd: int) -> None:
-        """Download as the leader, holding the lock on ``fd`` (released on close)."""
-        self._adopt_fd(fd)
-        verifier = DigestVerifier(self.digest.algorithm)
+    async def run(self, open_remote: OpenRemote) -> None:
+        """Lead or follow, whichever the lease says; the task shared by every reader."""
         error: BaseException | None = None
+        try:
+            await self._coordinate(open_remote)
+        except BaseException as exc:
+            error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            await self._finish(error)
+
+    async def _coordinate(self, open_remote: OpenRemote) -> None:
+        driver, spool = self.spool.driver, self.spool
+        for _ in range(_TRIES):
+            try:
+                lease = await driver.try_lease(spool.lease)
+            except StorageError as exc:
+                # Safe without it (publishing is atomic, the bytes are the same): at worst
+                # another process or replica downloads the blob too.
+                log.warning("%s: no lease (%s); downloading without one", self.label, exc)
+                await self._lead(open_remote, f"unleased-{uuid.uuid4().hex}")
+                return
+            if lease is not None:
+                try:
+                    if await self._published():
+                        return  # another leader finished after our caller looked
+                    await self._lead(open_remote, lease.token)
+                finally:
+                    await lease.release()
+                return
+            token = await driver.lease_holder(spool.lease)
+            if token:
+                await self._follow(token)
+                return
+            await asyncio.sleep(driver.follow_interval)  # changing hands: look again
+        raise FetchFailed(f"could not join the fill of {self.digest}: its lease keeps changing")
+
+    async def _published(self) -> bool:
+        """Whether the blob is at its destination; if so, read it from there."""
+        try:
+            info = await self.spool.driver.stat(self.spool.dst)
+        except StorageNotFound:
+            return False
+        self.size = info.size
+        self.verified = True
+        self._started.set()
+        await self._advance(info.size)
+        return True
+
+    async def _lead(self, open_remote: OpenRemote, token: str) -> None:
+        """Download, verify, publish."""
+        verifier = DigestVerifier(self.digest.algorithm)
         started = time.monotonic()
+        writer: IngestWriter | None = None
         try:
             async with open_remote() as (size, chunks):
                 self.size = size
-                if size is not None:
-                    await asyncio.to_thread(_write_text, self.spool.size_path, str(size))
+                key = self.spool.ingest_key(token)
+                writer = await self.spool.driver.ingest(key, self.spool.dst, size)
+                self.ingest_key = key
                 self._started.set()
-                await self._receive_and_write(chunks, verifier, fd)
-            await asyncio.to_thread(os.fsync, fd)
+                await self._receive_and_write(chunks, verifier, writer)
             actual = verifier.digest()
             if actual != self.digest:
                 raise FetchFailed(f"upstream sent bytes with digest {actual}, not {self.digest}")
@@ -136,80 +173,63 @@ class BlobFill:
                     f"upstream sent {verifier.size} bytes of {self.digest}, announced {self.size}"
                 )
             self.size = verifier.size
-            await self.spool.publish()
+            await writer.publish()
+            await self.spool.published()
             self.verified = True
+            await self._advance(verifier.size)
             seconds = time.monotonic() - started
             log.info("filled %s: %d bytes in %.2fs", self.label, verifier.size, seconds)
         except BaseException as exc:
-            error = exc
             log.warning("fill of %s failed after %d bytes: %s", self.label, self.written, exc)
-            with contextlib.suppress(Exception):
-                await self.spool.discard()
-            with contextlib.suppress(OSError):
-                os.unlink(self.spool.size_path)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            # Releasing the lock tells followers in other processes that we are done.
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            await self._finish(error)
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(writer.cancel())
+            raise
 
     async def _receive_and_write(
-        self, chunks: AsyncIterator[bytes], verifier: DigestVerifier, fd: int
+        self, chunks: AsyncIterator[bytes], verifier: DigestVerifier, writer: IngestWriter
     ) -> None:
-        unsynced = 0
+        watcher: asyncio.Task[None] | None = None
+
+        async def watch() -> None:
+            # A driver may make bytes readable after ``write`` returned (S3 stores parts
+            # in the background): readers must not wait for the next chunk to see them.
+            while True:
+                await asyncio.sleep(self.spool.driver.follow_interval)
+                if writer.readable > self.written:
+                    await self._advance(writer.readable)
 
         async def consume(data: bytes) -> None:
-            nonlocal unsynced
-            unsynced += len(data)
-            # Sync as we go, so the fsync before publishing finds little left to do.
-            sync = unsynced >= _EARLY_SYNC
-            if sync:
-                unsynced = 0
-            await asyncio.to_thread(_hash_and_write, verifier, fd, data, sync)
-            await self._advance(self.written + len(data))
+            nonlocal watcher
+            # Hash (in a thread: hashlib releases the GIL) while the driver writes.
+            await asyncio.gather(asyncio.to_thread(verifier.update, data), writer.write(data))
+            await self._advance(writer.readable)
+            if watcher is None and writer.readable < writer.size:
+                watcher = asyncio.create_task(watch())
 
-        await pump(chunks, consume)
-
-    async def follow(self, fd: int) -> None:
-        """Stream another process's download of the same blob from the shared spool."""
-        self._adopt_fd(fd)
-        error: BaseException | None = None
         try:
-            while True:
-                size_text = await asyncio.to_thread(_read_text, self.spool.size_path)
-                if size_text is not None and self.size is None:
-                    self.size = int(size_text)
-                    self._started.set()
-                stat = await asyncio.to_thread(os.fstat, fd)
-                if stat.st_size > self.written:
-                    self._started.set()
-                    await self._advance(stat.st_size)
-                if await asyncio.to_thread(_lock_is_free, fd):
-                    break
-                await asyncio.sleep(_FOLLOW_POLL)
-            published = self.spool.published_path
-            stat = await asyncio.to_thread(os.fstat, fd)
-            if published is None or not await asyncio.to_thread(os.path.exists, published):
-                raise FetchFailed(f"the fill of {self.digest} by another worker failed")
-            self.size = stat.st_size
-            await self._advance(stat.st_size)
-            self.verified = True
-        except BaseException as exc:
-            error = exc
-            if not isinstance(exc, Exception):
-                raise
+            await pump(chunks, consume)
         finally:
-            await self._finish(error)
+            if watcher is not None:
+                watcher.cancel()
 
-    def as_published(self, path: str) -> None:
-        """This fill is already done: read the published blob."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._adopt_fd(fd)
-        self.size = self.written = os.fstat(fd).st_size
-        self.verified = self.finished = True
-        self._started.set()
+    async def _follow(self, token: str) -> None:
+        """Read another process's (or replica's) download as it grows."""
+        driver, spool = self.spool.driver, self.spool
+        key = self.ingest_key = spool.ingest_key(token)
+        while True:
+            state = await driver.ingested(key)
+            if state is not None:
+                if self.size is None and state.size is not None:
+                    self.size = state.size
+                self._started.set()
+                if state.readable > self.written:
+                    await self._advance(state.readable)
+            if await driver.lease_holder(spool.lease) != token:
+                break
+            await asyncio.sleep(driver.follow_interval)
+        if not await self._published():
+            raise FetchFailed(f"the fill of {self.digest} by another worker or replica failed")
 
     async def read(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         """Stream the blob from ``offset`` as it arrives; the last byte only once verified."""
@@ -230,69 +250,37 @@ class BlobFill:
                         return
                     await self._progress.wait()
             want = min(limit - position, _READ_CHUNK)
-            chunk = await asyncio.to_thread(os.pread, self._fd, want, position)
-            if not chunk:
-                raise FetchFailed("spool file ended early")
-            position += len(chunk)
-            yield chunk
+            async for chunk in self._read_range(position, want):
+                position += len(chunk)
+                yield chunk
 
-
-def _open_spool(path: str) -> int:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _lock_is_free(fd: int) -> bool:
-    """Whether no process holds the exclusive lock (probing with a shared one)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return True
-
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
-def _hash_and_write(verifier: DigestVerifier, fd: int, data: bytes, sync: bool) -> None:
-    # In a worker thread: hashlib and os.write both release the GIL on large buffers, so
-    # the event loop keeps receiving while this runs.
-    verifier.update(data)
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-    if sync:
-        os.fdatasync(fd)
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip() or None
-    except FileNotFoundError:
-        return None
+    async def _read_range(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Bytes the fill has made readable: from the ingest while it lasts, else (once
+        published) from the blob."""
+        driver = self.spool.driver
+        read = 0
+        if self.ingest_key is not None:
+            with contextlib.suppress(StorageNotFound):  # published or cancelled meanwhile
+                async for chunk in driver.read_ingest(self.ingest_key, offset, length):
+                    read += len(chunk)
+                    yield chunk
+            if read == length:
+                return
+        try:
+            async for chunk in driver.read(self.spool.dst, offset + read, length - read):
+                read += len(chunk)
+                yield chunk
+        except StorageNotFound:
+            pass
+        if read < length:
+            if self.error is not None:
+                raise self.error
+            raise FetchFailed(f"the fill of {self.digest} ended before its bytes were stored")
 
 
 class BlobFiller:
-    """At most one fill per key at a time in this process, and (for a shared spool) in
-    all processes on this machine."""
+    """At most one fill per key at a time in this process; the lease makes it one for
+    every process (and replica) sharing the lease."""
 
     def __init__(self) -> None:
         self._fills: dict[tuple[str, str, Digest], BlobFill] = {}
@@ -310,28 +298,11 @@ class BlobFiller:
         if existing is not None:
             return existing
         fill = BlobFill(key[2], spool, f"{key[0]} {key[1]}@{key[2]}")
-        # A few small syscalls, inline: deciding who downloads must not yield, or two
-        # tasks of this process could both decide to.
-        fd = _open_spool(spool.path)
-        if _try_lock(fd):
-            published = spool.published_path
-            if published is not None and os.path.exists(published):
-                # Finished by another process after our caller looked: nothing to fetch.
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                _close_quietly(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(spool.path)
-                fill.as_published(published)
-                return fill
-            os.ftruncate(fd, 0)  # a crashed leader may have left bytes behind
-            work = fill.run(open_remote, fd)
-        else:
-            work = fill.follow(fd)
-        self._fills[key] = fill
+        self._fills[key] = fill  # before any await: the tasks of this process meet here
 
         async def run() -> None:
             try:
-                await work
+                await fill.run(open_remote)
             finally:
                 self._fills.pop(key, None)
 
@@ -346,9 +317,3 @@ class BlobFiller:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-
-
-def temp_spool_path() -> str:
-    fd, path = tempfile.mkstemp(prefix="entrepot-fill-")
-    os.close(fd)
-    return path

@@ -4,7 +4,7 @@ An image is named with its registry host (``docker.io/library/nginx:1.27``), whi
 the configured upstream. The work goes through the same cached repository a client's pull
 does, so what it fetches is stored, verified and coalesced exactly as then: a blob a
 client is pulling at the same moment, in this process or in a server's worker on the same
-storage, is downloaded once (fetch.py's spool lock).
+storage, is downloaded once (fetch.py's lease).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,7 +24,6 @@ from entrepot.oci.names import validate_name, validate_tag
 from entrepot.proxy.cache import CachedBlobs, CachedManifests, ProxyCache
 from entrepot.proxy.fetch import FetchFailed
 from entrepot.proxy.upstreams import Upstream
-from entrepot.registry.usage import try_lock
 from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.proxy.prefetch")
@@ -210,17 +208,21 @@ class Prefetcher:
     async def run_schedule(
         self, images: Sequence[str], platforms: Sequence[Platform], interval: float
     ) -> None:
-        """Prefetch ``images`` now and every ``interval``; one process at a time (a lock
-        on a local file, when the storage is a local disk)."""
-        lock_path = self.cache.local.driver.local_path(LOCK_KEY)
+        """Prefetch ``images`` now and every ``interval``; one process at a time (the
+        storage driver's lease: the processes of this machine, or with Redis on S3 every
+        replica)."""
+        driver = self.cache.local.driver
         while True:
-            fd = try_lock(lock_path) if lock_path is not None else None
-            if lock_path is None or fd is not None:
+            try:
+                lease = await driver.try_lease(LOCK_KEY)
+            except StorageError as exc:
+                log.warning("prefetch skipped this time: %s", exc)
+                lease = None
+            if lease is not None:
                 try:
                     await self.prefetch_all(images, platforms)
                 finally:
-                    if fd is not None:
-                        os.close(fd)
+                    await lease.release()
             await asyncio.sleep(interval)
 
     async def prefetch_all(self, images: Sequence[str], platforms: Sequence[Platform]) -> int:

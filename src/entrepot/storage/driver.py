@@ -10,6 +10,11 @@ names the root, and only ``list`` and ``stat`` accept it.
 Every driver passes tests/storage (the one contract suite). Drivers raise StorageNotFound
 for a missing key and StorageError for anything else; callers never see OSError or an
 SDK's exception.
+
+Besides objects, a driver offers what a cache fill shared by several processes (and
+replicas) needs: a *lease* (one holder at a time for a key, with a token others can read)
+and an *ingest* (an object being written that others can read while it grows, published
+atomically at another key once complete). See ``Lease`` and ``IngestWriter``.
 """
 
 from __future__ import annotations
@@ -94,10 +99,63 @@ class StorageWriter(abc.ABC):
     async def cancel(self) -> None: ...
 
 
+class Lease(abc.ABC):
+    """Held by one holder at a time, across the processes (and, where the driver says so,
+    the replicas) sharing the store. ``token`` is this holder's, unique to this lease;
+    others read it with ``StorageDriver.lease_holder``. A lease ends with ``release`` or
+    with its holder's process; one with a time limit is renewed while it is held."""
+
+    token: str
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """Give the lease up (a no-op the second time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestState:
+    """How far an ingest is: ``readable`` bytes can be read (``read_ingest``); ``size`` is
+    the size its writer announced, None when unknown."""
+
+    readable: int
+    size: int | None
+
+
+class IngestWriter(abc.ABC):
+    """An object being written that any process or replica can read while it grows: the
+    first ``readable`` bytes (``StorageDriver.ingested``, ``read_ingest``) never change.
+    ``publish`` makes the bytes the object at its destination at once, whole and durable,
+    and removes the ingest; ``cancel`` removes it: nothing written is left visible,
+    neither at the destination nor at the ingest's key. One task at a time."""
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Bytes written so far."""
+
+    @property
+    @abc.abstractmethod
+    def readable(self) -> int:
+        """Bytes others can read so far (at most ``size``)."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self) -> None: ...
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Discard everything; a no-op after ``publish`` or ``cancel``."""
+
+
 class StorageDriver(abc.ABC):
     """About ten methods; see tests/storage for the behaviour each must have."""
 
     name: str = "abstract"
+    # How often a reader following an ingest (or waiting on a lease) looks again: cheap
+    # on a local disk, a request each on an object store.
+    follow_interval: float = 0.01
 
     @abc.abstractmethod
     async def get_content(self, key: str) -> bytes:
@@ -171,6 +229,32 @@ class StorageDriver(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Delete an object or everything under a prefix. StorageNotFound if neither exists."""
+
+    @abc.abstractmethod
+    async def try_lease(self, key: str) -> Lease | None:
+        """The lease named ``key``, or None at once when another holder has it. ``key``
+        names no object: leases and objects do not meet."""
+
+    @abc.abstractmethod
+    async def lease_holder(self, key: str) -> str | None:
+        """The current holder's token, None when nobody holds the lease, or "" for a
+        holder that has not recorded its token yet (look again)."""
+
+    @abc.abstractmethod
+    async def ingest(self, key: str, dst: str, size: int | None = None) -> IngestWriter:
+        """A new ingest at ``key`` (a key no other ingest uses), published to ``dst``;
+        ``size`` is announced to followers (``ingested``)."""
+
+    @abc.abstractmethod
+    async def ingested(self, key: str) -> IngestState | None:
+        """How far the ingest at ``key`` is; None when there is none (not started yet,
+        published or cancelled)."""
+
+    @abc.abstractmethod
+    def read_ingest(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes from ``offset`` of the ingest at ``key``; they must be
+        readable already. StorageNotFound when the ingest is gone (published or
+        cancelled; a published one is then read at its destination)."""
 
     def local_path(self, key: str) -> str | None:
         """A local file path for ``key`` when the driver keeps objects on a local disk,

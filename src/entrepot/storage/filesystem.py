@@ -24,7 +24,10 @@ from typing import TypeVar, TypeVarTuple
 
 from entrepot.storage.driver import (
     FileInfo,
+    IngestState,
+    IngestWriter,
     Keys,
+    Lease,
     StorageConflict,
     StorageDriver,
     StorageError,
@@ -33,6 +36,7 @@ from entrepot.storage.driver import (
     below,
     check_key,
 )
+from entrepot.storage.leases import FlockLeases
 
 __all__ = ["FilesystemDriver"]
 
@@ -435,6 +439,94 @@ class FilesystemWriter(StorageWriter):
             await self._call(_close_unlink, self._fd, self._tmp)
 
 
+def _open_ingest(directory: str, size: int | None) -> int:
+    _makedirs(directory)
+    with open(f"{directory}/size", "w") as f:
+        f.write("" if size is None else str(size))
+    return os.open(f"{directory}/data", _NEW_FILE, 0o644)
+
+
+def _write_ingest(fd: int, data: bytes, sync: bool) -> None:
+    _write_all(fd, data)
+    if sync:
+        os.fdatasync(fd)
+
+
+def _publish_ingest(fd: int, directory: str, target: str, key: str) -> None:
+    """Sync, rename into place; the ingest's directory goes whatever happens."""
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _move(f"{directory}/data", target, key, True)  # a published blob survives a crash
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _cancel_ingest(fd: int, directory: str) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class FilesystemIngest(IngestWriter):
+    """See ``FilesystemDriver.ingest``: every write goes to the file at once (others read
+    it), synced as it goes so that publishing finds little left to sync."""
+
+    def __init__(self, key: str, directory: str, target: str, fd: int) -> None:
+        self._key = key
+        self._directory = directory
+        self._target = target
+        self._fd = fd
+        self._size = 0
+        self._unsynced = 0
+        self._closed = False
+        self._inflight: asyncio.Future[None] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def readable(self) -> int:
+        return self._size
+
+    async def _call(self, fn: Callable[[*Ts], None], *args: *Ts) -> None:
+        # Shielded, as in FilesystemWriter: a cancelled caller must not close the file
+        # under a thread still writing to it (``cancel`` waits for that thread).
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._inflight = fut
+        try:
+            await asyncio.shield(fut)
+        except OSError as exc:
+            raise _storage_error(exc, self._key, missing=False) from exc
+
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise StorageError(f"{self._key}: ingest already published or cancelled")
+        self._unsynced += len(data)
+        sync = self._unsynced >= EARLY_SYNC
+        if sync:
+            self._unsynced = 0
+        await self._call(_write_ingest, self._fd, data, sync)
+        self._size += len(data)
+
+    async def publish(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self._key}: ingest already published or cancelled")
+        self._closed = True
+        await self._call(_publish_ingest, self._fd, self._directory, self._target, self._key)
+
+    async def cancel(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+        await self._call(_cancel_ingest, self._fd, self._directory)
+
+
 class FilesystemDriver(StorageDriver):
     """Objects are files under ``rootdirectory``; prefixes are directories.
 
@@ -452,6 +544,8 @@ class FilesystemDriver(StorageDriver):
             raise ValueError("rootdirectory must not be empty")
         self._root = os.path.abspath(root)
         self._prefix = self._root if self._root.endswith("/") else self._root + "/"
+        # A lease is a lock file at its key: every process using this root meets there.
+        self.leases = FlockLeases(self._root)
 
     @property
     def rootdirectory(self) -> str:
@@ -585,6 +679,37 @@ class FilesystemDriver(StorageDriver):
 
     async def delete(self, key: str) -> None:
         await _run(key, True, _delete, self._path(key))
+
+    async def try_lease(self, key: str) -> Lease | None:
+        self._path(key)
+        return await self.leases.acquire(key)
+
+    async def lease_holder(self, key: str) -> str | None:
+        self._path(key)
+        return await self.leases.holder(key)
+
+    async def ingest(self, key: str, dst: str, size: int | None = None) -> IngestWriter:
+        """The ingest is the directory ``key`` with the file ``data``, written in place
+        (readers read what is there), and ``size``; publishing renames ``data`` to
+        ``dst``, so a reader holding it open keeps reading the same bytes."""
+        directory, target = self._path(key), self._path(dst)
+        fd = await _run(key, False, _open_ingest, directory, size)
+        return FilesystemIngest(key, directory, target, fd)
+
+    async def ingested(self, key: str) -> IngestState | None:
+        # Inline, like stat: a follower asks every few milliseconds.
+        directory = self._path(key)
+        try:
+            readable = os.stat(f"{directory}/data").st_size
+            text = _get(f"{directory}/size").strip()
+        except OSError as exc:
+            if isinstance(exc, _MISSING):
+                return None
+            raise _storage_error(exc, key, True) from exc
+        return IngestState(readable, int(text) if text else None)
+
+    def read_ingest(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        return self.read(f"{key}/data", offset, length, chunk_size=4 << 20)
 
     def local_path(self, key: str) -> str:
         return self._path(key)

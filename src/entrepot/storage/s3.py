@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import configparser
 import contextlib
+import hashlib
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +35,9 @@ from obstore.store import S3Store
 
 from entrepot.storage.driver import (
     FileInfo,
+    IngestState,
+    IngestWriter,
+    Lease,
     StorageConflict,
     StorageDriver,
     StorageError,
@@ -40,6 +45,8 @@ from entrepot.storage.driver import (
     StorageWriter,
     check_key,
 )
+from entrepot.storage.leases import FlockLeases, Leases
+from entrepot.storage.s3ingest import S3Ingest, ingest_state, read_ingest
 from entrepot.storage.s3stream import S3Writer, reason, rechunk
 
 __all__ = ["S3Driver", "S3Settings", "aws_credentials", "probe_bucket"]
@@ -97,8 +104,9 @@ class S3Driver(StorageDriver):
     """Objects in an S3 bucket (AWS, radosgw, MinIO, ...); see the module docstring."""
 
     name = "s3"
+    follow_interval = 0.1  # a listing per look
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, leases: Leases | None = None) -> None:
         self.settings = settings
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint or f"https://s3.{settings.region}.amazonaws.com"
@@ -107,6 +115,9 @@ class S3Driver(StorageDriver):
         self.chunksize = max(settings.chunksize, MIN_CHUNK)
         self.parts_in_flight = max(1, settings.parts_in_flight)
         self.store = S3Store(settings.bucket, **self._store_options(settings))
+        # Without a shared lease service (Redis), leases are lock files on this machine:
+        # its processes share one fill; other replicas each fill on their own.
+        self.leases = leases or FlockLeases(local_lease_directory(self.endpoint, self.bucket, root))
 
     @staticmethod
     def _store_options(s: S3Settings) -> dict[str, Any]:
@@ -288,6 +299,24 @@ class S3Driver(StorageDriver):
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
 
+    async def try_lease(self, key: str) -> Lease | None:
+        check_key(key)
+        return await self.leases.acquire(key)
+
+    async def lease_holder(self, key: str) -> str | None:
+        check_key(key)
+        return await self.leases.holder(key)
+
+    async def ingest(self, key: str, dst: str, size: int | None = None) -> IngestWriter:
+        self.object_key(dst)
+        return await S3Ingest.start(self, key, dst, size)
+
+    async def ingested(self, key: str) -> IngestState | None:
+        return await ingest_state(self, key)
+
+    def read_ingest(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        return read_ingest(self, key, offset, length)
+
     async def redirect_url(self, key: str) -> str | None:
         path = self.object_key(key)
         if not self.settings.redirect:
@@ -298,6 +327,7 @@ class S3Driver(StorageDriver):
             raise self._error(exc, key) from exc
 
     async def close(self) -> None:
+        await self.leases.close()
         # Drop the client now: obstore aborts the process if a store with open connections
         # is still alive when the interpreter finalises.
         with contextlib.suppress(AttributeError):
@@ -312,6 +342,13 @@ class S3Driver(StorageDriver):
             raise StorageError(
                 f"S3 bucket {self.bucket!r} at {self.endpoint}: {reason(exc)}"
             ) from exc
+
+
+def local_lease_directory(endpoint: str, bucket: str, root: str) -> str:
+    """Lock files of this machine's processes on one store: below the temp directory, in
+    a directory named after endpoint, bucket and rootdirectory."""
+    name = hashlib.sha256(f"{endpoint}\n{bucket}\n{root}".encode()).hexdigest()[:24]
+    return os.path.join(tempfile.gettempdir(), "entrepot-leases", name)
 
 
 def probe_bucket(settings: S3Settings, write_key: str | None) -> str | None:

@@ -7,7 +7,15 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
-from entrepot.storage.driver import FileInfo, Keys, StorageDriver, StorageWriter
+from entrepot.storage.driver import (
+    FileInfo,
+    IngestState,
+    IngestWriter,
+    Keys,
+    Lease,
+    StorageDriver,
+    StorageWriter,
+)
 
 __all__ = ["TimedDriver"]
 
@@ -21,6 +29,7 @@ class TimedDriver(StorageDriver):
     def __init__(self, inner: StorageDriver, observe: Observe) -> None:
         self.inner = inner
         self.name = inner.name
+        self.follow_interval = inner.follow_interval
         self._observe = observe
 
     @contextlib.contextmanager
@@ -91,6 +100,22 @@ class TimedDriver(StorageDriver):
 
     async def redirect_url(self, key: str) -> str | None:
         return await self.inner.redirect_url(key)
+
+    # Leases and ingests are not registry:2 storage actions: not timed.
+    async def try_lease(self, key: str) -> Lease | None:
+        return await self.inner.try_lease(key)
+
+    async def lease_holder(self, key: str) -> str | None:
+        return await self.inner.lease_holder(key)
+
+    async def ingest(self, key: str, dst: str, size: int | None = None) -> IngestWriter:
+        return await self.inner.ingest(key, dst, size)
+
+    async def ingested(self, key: str) -> IngestState | None:
+        return await self.inner.ingested(key)
+
+    def read_ingest(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        return self.inner.read_ingest(key, offset, length)
 
     def local_path(self, key: str) -> str | None:
         return self.inner.local_path(key)

@@ -1,0 +1,146 @@
+"""Leases in Redis (registry:2's ``redis`` section): one holder across every replica that
+shares the Redis server. A lease is the key ``<prefix><name>`` set with NX to the holder's
+token and a time limit, renewed while held (so a replica that dies lets go within the
+limit); renewal and release touch the key only while it still holds our token."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from entrepot.storage.driver import Lease, StorageError
+from entrepot.storage.leases import Leases, new_token
+
+__all__ = ["RedisLeases", "RedisSettings"]
+
+log = logging.getLogger("entrepot.storage.redis")
+
+LEASE_TTL = 30.0  # seconds; renewed every third of it: two renewals may fail
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # noqa: E501
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"  # noqa: E501
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """What the client needs, already validated (the config layer maps registry:2's keys)."""
+
+    host: str
+    port: int = 6379
+    password: str | None = None
+    db: int = 0
+    tls: bool = False
+    dial_timeout: float | None = None
+    read_timeout: float | None = None
+    write_timeout: float | None = None
+    max_connections: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"redis at {self.host}:{self.port} db {self.db}"
+
+    def client(self) -> aioredis.Redis:
+        # redis-py has one timeout for reads and writes: the longer of the two.
+        timeouts = [t for t in (self.read_timeout, self.write_timeout) if t]
+        return aioredis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            db=self.db,
+            ssl=self.tls,
+            socket_connect_timeout=self.dial_timeout or None,
+            socket_timeout=max(timeouts) if timeouts else None,
+            max_connections=self.max_connections or None,
+        )
+
+
+class _RedisLease(Lease):
+    def __init__(self, leases: RedisLeases, key: str, token: str) -> None:
+        self._leases = leases
+        self._key = key
+        self.token = token
+        self._renewal: asyncio.Task[None] | None = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        ttl = self._leases.ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                kept = await self._leases.redis.eval(
+                    _RENEW, 1, self._key, self.token, int(ttl * 1000)
+                )
+            except RedisError as exc:
+                log.warning("%s: cannot renew lease %s: %s", self._leases.address, self._key, exc)
+                continue
+            if not kept:
+                log.warning(
+                    "%s: lease %s lapsed; another replica may take over",
+                    self._leases.address,
+                    self._key,
+                )
+                return
+
+    async def release(self) -> None:
+        if self._renewal is None:
+            return
+        self._renewal.cancel()
+        self._renewal = None
+        # Shielded: a cancelled holder still lets go now rather than at the time limit.
+        with contextlib.suppress(RedisError, asyncio.CancelledError):
+            await asyncio.shield(self._leases.redis.eval(_RELEASE, 1, self._key, self.token))
+
+
+class RedisLeases(Leases):
+    def __init__(self, settings: RedisSettings, prefix: str, ttl: float = LEASE_TTL) -> None:
+        self.ttl = ttl
+        self.address = settings.address
+        self.redis = settings.client()
+        self.prefix = prefix
+        self.scope = f"every replica using {settings.address}"
+
+    def _error(self, exc: Exception, name: str) -> StorageError:
+        return StorageError(f"{self.address}: lease {name}: {exc}")
+
+    async def acquire(self, name: str) -> Lease | None:
+        key = self.prefix + name
+        token = new_token()
+        try:
+            taken = await self.redis.set(key, token, nx=True, px=int(self.ttl * 1000))
+        except RedisError as exc:
+            raise self._error(exc, name) from exc
+        return _RedisLease(self, key, token) if taken else None
+
+    async def holder(self, name: str) -> str | None:
+        try:
+            value = await self.redis.get(self.prefix + name)
+        except RedisError as exc:
+            raise self._error(exc, name) from exc
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self.redis.aclose()
+
+
+def ping(settings: RedisSettings) -> str | None:
+    """Why Redis cannot be used, naming it, or None (for start-up; blocking)."""
+
+    async def check() -> None:
+        client = settings.client()
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(check())
+    except (RedisError, OSError) as exc:
+        return f"{settings.address}: {exc}"
+    return None
