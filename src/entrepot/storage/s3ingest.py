@@ -183,9 +183,11 @@ class S3Ingest(IngestWriter):
             return
         self._closed = True
         if self._pending is not None:
-            self._pending.cancel()
-            with contextlib.suppress(BaseException):
-                await self._pending
+            # Let the part in flight land (or fail) before the parts are deleted: cancelling
+            # the awaitable does not stop obstore's request, which could then store the
+            # part after the deletion and leave it behind.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._pending)
         await self._final.cancel()
         await self._remove()
 
