@@ -383,3 +383,30 @@ async def test_automatic_offline_after_failures_then_back(
         back = await client.get_manifest("library/redis", "latest")
         assert back.status_code == 200
         assert back.content == redis.manifest
+
+
+async def test_offline_state_in_metrics_and_on_the_cache_page(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from entrepot.config import load_config
+    from entrepot.root import create_app
+
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        "proxies:\n"
+        "  - {host: quay.io, remoteurl: 'http://127.0.0.1:9', offline: true}\n"
+        "  - {host: ghcr.io, remoteurl: 'http://127.0.0.1:9', connecttimeout: 1s,"
+        " offlineafter: 1, probeinterval: 1h}\n"
+    )
+    with TestClient(create_app(load_config(config))) as client:
+        assert client.get("/v2/quay.io/org/app/manifests/1").status_code == 404
+        assert client.get("/v2/ghcr.io/org/app/manifests/1").status_code == 503  # refused
+        text = client.get("/metrics").text
+        page = client.get("/ui/cache").text
+    assert 'entrepot_upstream_offline{upstream="quay.io"} 1.0' in text
+    assert 'entrepot_upstream_offline{upstream="ghcr.io"} 1.0' in text  # after 1 failure
+    assert 'entrepot_proxy_upstream_errors_total{error="offline",upstream="quay.io"} 1.0' in text
+    assert 'entrepot_upstream_requests_total{request="HEAD manifest",upstream="quay.io"}' not in text
+    assert page.count("offline: cached content only") == 2
