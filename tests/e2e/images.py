@@ -35,6 +35,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 PLATFORMS: Mapping[str, Mapping[str, str]] = {
     "linux/amd64": {"architecture": "amd64", "os": "linux"},
     "linux/arm64": {"architecture": "arm64", "os": "linux", "variant": "v8"},
+    "linux/s390x": {"architecture": "s390x", "os": "linux"},
 }
 
 DEFAULT_LAYER_SIZES: tuple[int, ...] = (16 * 1024, 64 * 1024)
