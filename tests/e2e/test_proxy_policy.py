@@ -6,6 +6,8 @@ relay), and an index of three platforms of which only the one pulled is fetched.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,65 @@ def test_one_platform_of_a_three_platform_index_is_all_that_is_fetched(
         image = index.images[other]
         untouched = {image.manifest.digest, *image.blob_digests}
         assert not [e for e in log if any(d in e.path for d in untouched)], other
+
+
+def _metric(server: ManagedServer, series: str) -> float:
+    """The value of one series on the server's /metrics (0 when absent)."""
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)
+
+
+def test_upstream_down_goes_offline_then_comes_back(
+    registry2_factory: ServerFactory, entrepot_factory: ServerFactory, tmp_path: Path
+) -> None:
+    hub = registry2_factory()
+    cached = _seed(hub, tmp_path, "library/app", seed=47)
+    later = _seed(hub, tmp_path, "library/later", seed=48)
+    assert hub.port is not None
+    relay = ThrottledForwarder(hub.port).start()
+    offline = 'entrepot_upstream_offline{upstream="docker.io"}'
+    probes = 'entrepot_upstream_requests_total{request="probe",upstream="docker.io"}'
+    try:
+        entry = {
+            "host": "docker.io",
+            "remoteurl": relay.url,
+            "mirror": True,
+            "tagttl": "0s",  # online, every pull of a tag asks upstream
+            "offlineafter": 2,
+            "probeinterval": "1s",
+        }
+        entrepot = entrepot_factory(config={"proxies": [entry]})
+        clients.pull_to_layout(entrepot.host, "app", "1", tmp_path / "first", dest_tag="1")
+        hub.stop()
+        for _ in range(2):  # no answer: the relay finds nothing behind it
+            failed = httpx.get(f"{entrepot.url}/v2/library/later/manifests/1", timeout=30)
+            assert failed.status_code == 503, failed.text
+        assert _metric(entrepot, offline) == 1.0
+        assert "upstream docker.io is offline after 2 failed connections" in entrepot.log()
+
+        # Offline: the cached image pulls; only the health check connects meanwhile.
+        connections, probes_before = relay.connections, _metric(entrepot, probes)
+        clients.pull_to_layout(entrepot.host, "app", "1", tmp_path / "offline", dest_tag="1")
+        assert_layout_holds(tmp_path / "offline", "1", cached)
+        refused = httpx.get(f"{entrepot.url}/v2/library/later/manifests/1", timeout=30)
+        assert refused.status_code == 404
+        assert "upstream docker.io is offline" in refused.text
+        made = relay.connections - connections
+        assert made <= _metric(entrepot, probes) - probes_before
+
+        hub.start()
+        _wait_for(lambda: _metric(entrepot, offline) == 0.0, "the upstream is back online")
+        assert "upstream docker.io is back online (GET /v2/ answered HTTP" in entrepot.log()
+        clients.pull_to_layout(entrepot.host, "later", "1", tmp_path / "later", dest_tag="1")
+        assert_layout_holds(tmp_path / "later", "1", later)
+    finally:
+        relay.stop()
