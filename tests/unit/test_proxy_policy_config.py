@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from entrepot.config import Config, ConfigError, load_config
+from entrepot.config.check import summary
 from entrepot.proxy.access import NameRules
 from entrepot.proxy.health import UpstreamHealth
 
@@ -50,6 +51,8 @@ def test_lists_and_offline_settings_per_upstream(tmp_path: Path) -> None:
     assert (ghcr.deny, ghcr.offline, ghcr.offline_after) == (("org/private*",), True, 5)
     assert (quay.allow, quay.offline_after, quay.probe_interval_s) == ((), 2, 0.25)
     assert not config.warnings
+    # The start-up line says which upstreams serve their cache only.
+    assert "upstreams docker.io (mirror), ghcr.io (offline), quay.io" in summary(config, None)
 
 
 @pytest.mark.parametrize(
