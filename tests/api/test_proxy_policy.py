@@ -410,3 +410,24 @@ async def test_offline_state_in_metrics_and_on_the_cache_page(tmp_path: Path) ->
     assert 'entrepot_proxy_upstream_errors_total{error="offline",upstream="quay.io"} 1.0' in text
     assert 'request="HEAD manifest",upstream="quay.io"' not in text  # nothing sent
     assert page.count("offline: cached content only") == 2
+
+
+async def test_registry2_proxy_block_takes_the_lists_too(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from entrepot.config import load_config
+    from entrepot.root import create_app
+
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        "proxy:\n  remoteurl: http://127.0.0.1:9\n  deny: ['secret*']\n"
+    )
+    with TestClient(create_app(load_config(config))) as client:
+        for path in ("/v2/secret-db/manifests/1", "/v2/secret-db/manifests/1?ns=docker.io"):
+            refused = client.get(path)
+            assert refused.status_code == 403
+            assert "deny rule 'library/secret*' of upstream docker.io" in _message(refused)
+        text = client.get("/metrics").text
+    assert 'request="HEAD manifest",upstream="docker.io"' not in text  # nothing sent
