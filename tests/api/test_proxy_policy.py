@@ -371,7 +371,9 @@ async def test_automatic_offline_after_failures_then_back(
             assert uncached.status_code == 404
             assert "upstream docker.io is offline" in _message(uncached)
         new_connections = relay.connections - connections
-        assert new_connections <= upstreams[0].client.requests["probe"] - probes
+        # aiohttp sends an idempotent request again once when the server hangs up (as the
+        # relay does while down): at most two connections per health check.
+        assert new_connections <= 2 * (upstreams[0].client.requests["probe"] - probes)
 
         relay.down = False
         redis = await site.seed("docker.io", "library/redis")

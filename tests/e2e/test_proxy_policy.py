@@ -214,11 +214,14 @@ def test_upstream_down_goes_offline_then_comes_back(
         connections, probes_before = relay.connections, _metric(entrepot, probes)
         clients.pull_to_layout(entrepot.host, "app", "1", tmp_path / "offline", dest_tag="1")
         assert_layout_holds(tmp_path / "offline", "1", cached)
-        refused = httpx.get(f"{entrepot.url}/v2/library/later/manifests/1", timeout=30)
-        assert refused.status_code == 404
-        assert "upstream docker.io is offline" in refused.text
+        for _ in range(10):
+            refused = httpx.get(f"{entrepot.url}/v2/library/later/manifests/1", timeout=30)
+            assert refused.status_code == 404
+            assert "upstream docker.io is offline" in refused.text
         made = relay.connections - connections
-        assert made <= _metric(entrepot, probes) - probes_before
+        # aiohttp sends an idempotent request again once when the server hangs up (as the
+        # relay does with nothing behind it): at most two connections per health check.
+        assert made <= 2 * (_metric(entrepot, probes) - probes_before)
 
         hub.start()
         _wait_for(lambda: _metric(entrepot, offline) == 0.0, "the upstream is back online")
