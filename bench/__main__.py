@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import fixtures, gc, report
+from bench import fixtures, gc, report, scale
 from bench.servers import REGISTRY2_BINARY, Server
 from bench.workloads import GROUPS, ServerRun, Settings, Shared, py_spy, remove_tree
 
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream: Server | None = None
     results: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
+    scale_results: dict[int, dict[str, dict[str, Any]]] = {}
     timings: dict[str, float] = {}
     try:
         t = time.monotonic()
@@ -206,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
                 notes.extend(run.notes)
                 timings[f"{kind}_s"] = time.monotonic() - t
         push_layer.close()
+        if "scale" in groups:
+            t = time.monotonic()
+            sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
+            scale_results = scale.run_scale(
+                sizes, 1_000 if quick else 10_000, 8, list(servers), args.tmpdir
+            )
+            timings["scale_s"] = time.monotonic() - t
     finally:
         if upstream is not None:
             upstream.stop()
@@ -225,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "mem": settings.memory_clients,
         "gc_blobs": gc_blobs,
     }
+    report.derive(results)
     rows = report.build_rows(results, labels)
     runtime = time.monotonic() - t0
     settings_dict = {k: v for k, v in asdict(settings).items() if k != "results_dir"}
@@ -233,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print()
     print(report.machine_line(machine, settings_dict))
+    if scale_results:
+        print()
+        print(scale.table(scale_results))
     for note in notes:
         print(f"note: {note}")
     print(f"Total runtime {runtime:.0f} s; results in {args.output}")
@@ -247,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "notes": notes,
             "table_markdown": table,
+            "scale": {str(size): rows for size, rows in scale_results.items()},
+            "scale_table_markdown": scale.table(scale_results) if scale_results else "",
         },
     )
     return 0

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -192,3 +193,24 @@ def fetch_digest(
             hasher.update(chunk)
             size += len(chunk)
         return resp.status_code, "sha256:" + hasher.hexdigest(), size
+
+
+def dd_fsync(directory: Path, size: int, repeats: int = 3) -> dict[str, object]:
+    """This disk's durable write speed: ``dd if=/dev/zero bs=1M conv=fsync`` of ``size``
+    bytes into ``directory`` (where the servers write), the median of ``repeats`` runs."""
+    target = directory / "dd-fsync.bin"
+    speeds = []
+    try:
+        for _ in range(repeats):
+            t = time.monotonic()
+            subprocess.run(
+                ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={size // MiB}",
+                 "conv=fsync", "status=none"],
+                check=True,
+            )  # fmt: skip
+            speeds.append(size / (time.monotonic() - t))
+            target.unlink()
+    finally:
+        target.unlink(missing_ok=True)
+    speeds.sort()
+    return {"value": speeds[len(speeds) // 2], "runs_bytes_per_s": [round(v) for v in speeds]}

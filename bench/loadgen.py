@@ -169,7 +169,8 @@ def run_ab_head(
         status_errors=int(field(r"^Non-2xx responses:\s+(\d+)", "0")),
         timeouts=0,
         latency_mean_us=float(field(r"^Time per request:\s+([\d.]+) \[ms\] \(mean\)")) * 1000,
-        latency_p50_us=int(field(r"^\s+50%\s+(\d+)")) * 1000,
-        latency_p99_us=int(field(r"^\s+99%\s+(\d+)")) * 1000,
-        latency_max_us=int(field(r"^\s+100%\s+(\d+)")) * 1000,
+        # ab prints percentiles only when more than one request completed
+        latency_p50_us=int(field(r"^\s+50%\s+(\d+)", "0")) * 1000,
+        latency_p99_us=int(field(r"^\s+99%\s+(\d+)", "0")) * 1000,
+        latency_max_us=int(field(r"^\s+100%\s+(\d+)", "0")) * 1000,
     )

@@ -112,6 +112,39 @@ def table(results: dict[int, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def run_scale(
+    sizes: list[int],
+    tags: int,
+    probes: int,
+    servers: list[str],
+    tmpdir: Path,
+    compare: Path | None = None,
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """Each size's layout served fresh by each server: {size: {server: figures}}."""
+    workdir = Path(tempfile.mkdtemp(prefix="entrepot-scale-", dir=tmpdir))
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    try:
+        layer_file = workdir / "layer.bin"
+        layer = fixtures.make_layer(layer_file, fixtures.MiB)
+        for size in sizes:
+            root = workdir / f"layout-{size}"
+            t = time.monotonic()
+            fx = fixtures.write_read_fixture(root, layer_file, layer, size, tags)
+            print(f"bench.scale: {size:,} repositories in {time.monotonic() - t:.0f} s", flush=True)
+            results[size] = {}
+            kinds: list[tuple[str, Path | None]] = [(k, None) for k in servers]
+            if compare:
+                kinds.append((f"entrepot@{compare}", compare))
+            for kind, source in kinds:
+                row = measure(kind, fx, workdir / "logs", probes, source)
+                results[size][kind] = row
+                print(f"  {kind}: {row}", flush=True)
+            remove_tree(root)
+    finally:
+        remove_tree(workdir)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
     p.add_argument("--sizes", default="1000,10000,100000", help="repository counts")
@@ -128,27 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("taskset"):
         print("bench.scale: taskset missing (apt-get install util-linux)", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="entrepot-scale-", dir=args.tmpdir))
-    results: dict[int, dict[str, dict[str, Any]]] = {}
-    try:
-        layer_file = workdir / "layer.bin"
-        layer = fixtures.make_layer(layer_file, fixtures.MiB)
-        for size in (int(s) for s in args.sizes.split(",")):
-            root = workdir / f"layout-{size}"
-            t = time.monotonic()
-            fx = fixtures.write_read_fixture(root, layer_file, layer, size, args.tags)
-            print(f"bench.scale: {size:,} repositories in {time.monotonic() - t:.0f} s", flush=True)
-            results[size] = {}
-            kinds = [(k, None) for k in args.servers.split(",")]
-            if args.compare:
-                kinds.append((f"entrepot@{args.compare}", args.compare))
-            for kind, source in kinds:
-                row = measure(kind, fx, workdir / "logs", args.probes, source)
-                results[size][kind] = row
-                print(f"  {kind}: {row}", flush=True)
-            remove_tree(root)
-    finally:
-        remove_tree(workdir)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    servers = args.servers.split(",")
+    results = run_scale(sizes, args.tags, args.probes, servers, args.tmpdir, args.compare)
     print()
     print(table(results))
     return 0

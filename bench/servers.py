@@ -69,7 +69,7 @@ def registry_config(
 class Server:
     """A server process started by ``start``; ``url`` is ``http://127.0.0.1:PORT``."""
 
-    kind: str  # "registry2", "entrepot" or "upstream"
+    kind: str  # "registry2", "entrepot", "upstream" or "ceiling" (bench/ceiling.py)
     root: Path
     workdir: Path
     cpus: str
@@ -102,6 +102,12 @@ class Server:
             cmd = [sys.executable, "-m", "entrepot", "serve", str(config_path)]
             if self.workers is not None:
                 cmd += ["--workers", str(self.workers)]
+        elif self.kind == "ceiling":  # bench/ceiling.py, Granian as Entrepot starts it
+            cmd = [
+                sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
+                "--workers", str(self.worker_count), "--host", "127.0.0.1",
+                "--port", str(self.port), "--no-access-log", "bench.ceiling:app",
+            ]  # fmt: skip
         else:
             cmd = [REGISTRY2_BINARY, "serve", str(config_path)]
         return ["taskset", "-c", self.cpus, *cmd]
@@ -114,9 +120,9 @@ class Server:
         config_path = self.workdir / f"{self.kind}-{self.port}.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = dict(os.environ)
-        if self.kind == "entrepot":
-            src = str(REPO_ROOT / "src")
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        if self.kind in ("entrepot", "ceiling"):
+            paths = (str(REPO_ROOT / "src"), str(REPO_ROOT), env.get("PYTHONPATH"))
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(config_path),
@@ -141,7 +147,7 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"{self.kind} did not answer /v2/:\n{self.log_tail()}")
             time.sleep(0.1)
-        if self.kind == "entrepot":
+        if self.kind in ("entrepot", "ceiling"):
             self._wait_for_workers(deadline)
         return self
 

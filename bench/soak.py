@@ -9,10 +9,13 @@ of the last samples within 10% + 8 of the median just after the warm-up), and th
 consistent afterwards (bench/soakcheck.py). A short run of it is
 tests/e2e/test_soak_short.py.
 
-With ``--faults``, a worker is killed with SIGKILL at 30% of the run and the upstream is
-stopped at 60% and started again 10 s later. Requests may then fail, but only inside
-those windows (plus 15 s) and only as the spec's error answers, or (while the worker
-dies) as a connection cut; the memory criteria judge the workers that lived throughout.
+With ``--faults``, a worker is killed with SIGKILL at 30% of the run, the upstream is
+stopped at 60% and started again 10 s later, and the store's disk is filled at 80% and
+freed 10 s later (as root: the store is then a loop-mounted ext4 filesystem of its own,
+bench/diskfull.py; otherwise that fault is skipped and the report says so). Requests may
+then fail, but only inside those windows (plus 15 s) and only as the spec's error answers,
+or (while the worker dies or the upstream is down) as a connection cut; the memory
+criteria judge the workers that lived throughout, and the store must be consistent after.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 import httpx
 from tests.e2e.servers import ManagedServer, entrepot_server, registry2_server
 
+from bench.diskfull import LoopDisk, fill
 from bench.servers import process_rss, process_tree
 from bench.soakcheck import check_layout
 from bench.soakload import (
@@ -65,6 +69,7 @@ class Options:
 
 
 FAULT_GRACE = 15.0  # seconds after a fault during which its errors are excused
+DISK_SIZE = 16 << 30  # the loop filesystem of the disk-full fault (a sparse image)
 
 
 @dataclass
@@ -248,9 +253,17 @@ class Soak:
     upstream: ManagedServer | None = None
     entrepot: ManagedServer | None = None
     windows: list[FaultWindow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    disk: LoopDisk | None = None
     began: float = 0.0
 
     def start(self) -> None:
+        if self.options.faults:
+            if LoopDisk.possible():
+                self.disk = LoopDisk(self.base / "disk.img", self.base / "root", DISK_SIZE)
+                self.disk.__enter__()
+            else:
+                self.skipped.append("disk full (a loop-mounted filesystem needs root)")
         self.upstream = registry2_server(self.base / "up-root", self.base / "up").start()
         proxies = [{"host": UPSTREAM_HOST, "remoteurl": self.upstream.url}]
         self.entrepot = entrepot_server(
@@ -264,6 +277,10 @@ class Soak:
         for server in (self.entrepot, self.upstream):
             if server is not None:
                 server.stop()
+
+    def release_disk(self) -> None:
+        if self.disk is not None:
+            self.disk.__exit__(None, None, None)
 
     async def _seed(self, entrepot: Registry, upstream: Registry) -> Shared:
         rng = random.Random(0)
@@ -284,7 +301,8 @@ class Soak:
         return shared
 
     async def _inject_faults(self) -> None:
-        """SIGKILL one worker at 30% of the run; stop the upstream at 60%, for 10 s."""
+        """SIGKILL one worker at 30% of the run; stop the upstream at 60%, for 10 s; fill
+        the store's disk at 80%, for 10 s."""
         assert self.entrepot is not None and self.upstream is not None
         assert self.entrepot.pid is not None
         duration = self.options.duration
@@ -300,6 +318,14 @@ class Soak:
         await asyncio.to_thread(self.upstream.start)
         # Connections to the stopped upstream are cut too (our publisher's, and fills).
         self.windows.append(FaultWindow("upstream", stopped, time.monotonic(), transport_ok=True))
+        if self.disk is not None:
+            await asyncio.sleep(max(0.0, 0.8 * duration - (time.monotonic() - self.began)))
+            filled = time.monotonic()
+            ballast = await asyncio.to_thread(fill, self.disk.mountpoint)
+            await asyncio.sleep(10)
+            ballast.unlink()
+            # A full disk answers 503: no connection may be cut for it.
+            self.windows.append(FaultWindow("disk full", filled, time.monotonic(), False))
 
     async def run(self) -> tuple[Stats, list[Sample], float]:
         assert self.entrepot is not None and self.upstream is not None
@@ -338,14 +364,27 @@ def soak(options: Options) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory(prefix="entrepot-soak-", dir=options.workdir) as tmp:
         run = Soak(options, Path(tmp))
         try:
-            run.start()
-            stats, samples, seconds = asyncio.run(run.run())
+            try:
+                run.start()
+                stats, samples, seconds = asyncio.run(run.run())
+            finally:
+                run.stop()
+            layout_problems, _ = check_layout(Path(tmp) / "root", (f"{UPSTREAM_HOST}/",))
+            server_errors = _error_lines(run.entrepot.log() if run.entrepot else "")
         finally:
-            run.stop()
-        layout_problems, _ = check_layout(Path(tmp) / "root")
+            run.release_disk()
     verdicts = judge(stats, samples, options, run.windows, layout_problems)
     text = report(stats, samples, verdicts, seconds, run.windows, run.began)
+    text += "".join(f"\nfault skipped: {what}" for what in run.skipped)
+    if server_errors and not all(v.ok for v in verdicts):
+        text += "\nEntrepot's log without the access log (last 40 lines):\n"
+        text += "\n".join(server_errors[-40:])
     return all(v.ok for v in verdicts), text
+
+
+def _error_lines(log: str) -> list[str]:
+    """The server log without its access log: warnings, errors, tracebacks."""
+    return [line for line in log.splitlines() if line and not line.startswith("127.0.0.1 - ")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=float(env("SOAK_WARMUP", "60")))
     parser.add_argument("--workers", type=int, default=int(env("SOAK_WORKERS", "2")))
     parser.add_argument("--rss-growth", type=float, default=0.10)
-    parser.add_argument("--faults", action="store_true", help="kill a worker, stop the upstream")
+    parser.add_argument(
+        "--faults", action="store_true", help="kill a worker, stop the upstream, fill the disk"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     options = Options(

@@ -35,7 +35,8 @@ from bench.fixtures import (
 from bench.loadgen import LoadResult, lua_script, run_ab_head, run_wrk
 from bench.servers import RssSampler, Server, pss_bytes, rss_bytes, running
 
-GROUPS = ("read", "memory", "push", "pull", "gc")
+GROUPS = ("read", "memory", "push", "pull", "gc", "scale")
+LATENCY_CONNECTIONS = 256  # the second latency row (the first is at --connections)
 
 
 @dataclass
@@ -281,6 +282,22 @@ class ServerRun:
         blob = f"{base}/blobs/{fx.image.layer.digest}"
         self._wrk("blob_get_1", server, blob, get, 1)
         self._wrk("blob_get_4", server, blob, get, 4)
+        # Last: 256 connections leave a backlog that would slow the next row.
+        self._wrk("manifest_get_256", server, manifest, get_m, LATENCY_CONNECTIONS)
+        if self.kind == "entrepot":
+            self._ceiling_row(get_m)
+
+    def _ceiling_row(self, script: Path) -> None:
+        """Bare Starlette on Granian with Entrepot's worker count, constant answer."""
+        ceiling = Server(
+            "ceiling",
+            root=self.settings.workdir / "ceiling",
+            workdir=self.settings.workdir / "logs",
+            cpus=self.settings.server_cpus,
+            workers=self.settings.workers,
+        )
+        with running(ceiling):
+            self._wrk("ceiling", ceiling, f"{ceiling.url}/v2/any/manifests/latest", script, 32)
 
     def _memory_row(self, server: Server) -> None:
         s = self.settings
@@ -317,6 +334,11 @@ class ServerRun:
     def _push_rows(self, server: Server) -> None:
         s = self.settings
         layer = self.shared.push_layer
+        if self.kind == "entrepot":  # the disk's durable write speed, in the same run
+            self.rows["disk_fsync"] = clients.dd_fsync(s.datadir, layer.size)
+            _progress(
+                f"  disk      dd conv=fsync    {self.rows['disk_fsync']['value'] / 1e6:,.0f} MB/s"
+            )
         modes: list[tuple[str, int | None]] = [("push_monolithic", None), ("push_chunked", s.chunk)]
         with clients.pinned(s.client_cpus), httpx.Client(timeout=300) as c:
             variant = 0

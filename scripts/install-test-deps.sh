@@ -36,10 +36,11 @@ declare -A PACKAGE_OF=(
   [ceph]=ceph-common
   [chromium]=chromium                 # the web UI's browser tests (driven by Playwright)
   [nginx]=nginx                       # in front of docker-registry: sends ratelimit-* headers
+  [debootstrap]=debootstrap           # the container image test's Debian base (no registry here)
 )
 # Fixed order, for stable messages.
 COMMANDS=(skopeo docker-registry containerd ctr runc podman dockerd wrk openssl curl
-  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph nginx chromium)
+  radosgw radosgw-admin ceph-mon monmaptool ceph-osd ceph nginx chromium debootstrap)
 
 check_only=0
 case "${1:-}" in

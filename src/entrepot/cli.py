@@ -1,6 +1,8 @@
 """The ``entrepot`` command: ``entrepot serve [CONFIG]``, like registry:2's ``registry serve``,
 ``entrepot check-config [CONFIG]``, which checks a configuration without serving, and
-``entrepot garbage-collect CONFIG``, registry:2's ``registry garbage-collect`` (cli_gc).
+``entrepot garbage-collect CONFIG``, registry:2's ``registry garbage-collect`` (cli_gc),
+``entrepot cache prefetch|ls CONFIG ...`` for the pull-through cache (cli_cache), and
+``entrepot healthcheck [CONFIG]``, the container image's health check (cli_health).
 
 The server is Granian (ASGI) with the factory ``entrepot.root:create_app_from_env``; each
 worker re-reads the configuration from the path in ``ENTREPOT_CONFIG`` (and the same
@@ -25,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrepot import __version__, cli_gc
+from entrepot import __version__, cli_cache, cli_gc, cli_health
 from entrepot.config import (
     CONFIG_ENV,
     CONFIGURATION_PATH_ENV,
@@ -60,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.command == cli_gc.COMMAND:
         return cli_gc.run(args)
+    if args.command == cli_cache.COMMAND:
+        return cli_cache.run(args)
+    if args.command == cli_health.COMMAND:
+        return cli_health.healthcheck(args.config or os.environ.get(CONFIGURATION_PATH_ENV))
     if args.command not in ("serve", "check-config"):
         parser.print_help(sys.stderr)
         return 2
@@ -278,6 +284,8 @@ def _parser() -> argparse.ArgumentParser:
         f"{default_workers()} here)",
     )
     cli_gc.add_command(commands)
+    cli_cache.add_command(commands)
+    cli_health.add_command(commands)
     return parser
 
 

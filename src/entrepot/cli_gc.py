@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import sys
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from entrepot.config import ConfigError, load_config, parse_duration
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
+from entrepot.registry.lease import GC_LEASE as LEASE
+from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
+from entrepot.registry.lease import StorageLease
 from entrepot.storage import StorageError
 
 COMMAND = "garbage-collect"
@@ -56,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     return garbage_collect(args.config, options)
 
 
+class LeaseHeld(Exception):
+    """Another collection (a server's scheduled one, or another command) is running."""
+
+
 def garbage_collect(path: str, options: GcOptions) -> int:
     """Mark and sweep the storage the config at ``path`` names."""
     try:
@@ -63,17 +72,36 @@ def garbage_collect(path: str, options: GcOptions) -> int:
     except ConfigError as exc:
         print(f"entrepot: config error: {exc}", file=sys.stderr)
         return 1
-    from entrepot.root import create_driver
+    from entrepot.root import create_driver, retention_rules
+
+    options = replace(options, rules=retention_rules(config))
 
     async def collect() -> GcResult:
         driver = create_driver(config)
+        # One collection at a time over a store: the servers' scheduled ones take it too.
+        lease = StorageLease(driver, LEASE, LEASE_TTL)
         try:
-            return await GarbageCollector(driver, options, emit=_say).run()
+            if not await lease.acquire():
+                raise LeaseHeld
+            renewing = asyncio.create_task(_renew(lease))
+            try:
+                return await GarbageCollector(driver, options, emit=_say).run()
+            finally:
+                renewing.cancel()
+                await lease.release()
         finally:
             await driver.close()
 
     try:
         result = _run_async(collect())
+    except LeaseHeld:
+        print(
+            f"entrepot: another garbage collection is running on this storage (the lease "
+            f"{LEASE} is held, by a server's scheduled collection or another command); "
+            "try again when it is done",
+            file=sys.stderr,
+        )
+        return 1
     except StorageError as exc:
         print(f"entrepot: storage error in {config.storage.rootdirectory}: {exc}", file=sys.stderr)
         return 1
@@ -82,12 +110,21 @@ def garbage_collect(path: str, options: GcOptions) -> int:
     else:
         _say(
             f"deleted {len(result.blobs_deleted)} blobs ({result.bytes_freed} bytes), "
-            f"{len(result.manifests_deleted)} manifests, {result.layer_links_deleted} layer "
-            f"links and {len(result.repositories_removed)} empty repositories; "
-            f"{result.blobs_relinked} blobs kept as a push linked them during the sweep "
-            f"({result.seconds:.1f}s)"
+            f"{len(result.manifests_deleted)} manifests, {len(result.tags_deleted)} tags, "
+            f"{result.layer_links_deleted} layer links and {len(result.repositories_removed)} "
+            f"empty repositories; {result.blobs_relinked} blobs kept as a push linked them "
+            f"during the sweep ({result.seconds:.1f}s)"
         )
+        if result.blobs_recovered:
+            _say(f"put back {result.blobs_recovered} blobs an interrupted collection left aside")
     return 0
+
+
+async def _renew(lease: StorageLease) -> None:
+    while True:
+        await asyncio.sleep(LEASE_TTL / 3)
+        with contextlib.suppress(StorageError):
+            await lease.renew()
 
 
 def _run_async(work: Coroutine[object, object, _T]) -> _T:

@@ -37,14 +37,21 @@ from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.health import UpstreamHealth
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
+from entrepot.proxy.prefetch import Prefetcher, parse_platform
+from entrepot.proxy.pulls import PullRecorder as ImagePullRecorder
 from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import DOCKER_HUB_ALIASES, CachePolicy, Upstream, host_aliases
+from entrepot.registry.gc import GcOptions
+from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector
 from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
 from entrepot.registry.local import LocalRegistry
+from entrepot.registry.pulls import PullRecorder as TagPullRecorder
 from entrepot.registry.purge import run_upload_purger
+from entrepot.registry.retention import RetentionRule
+from entrepot.registry.usage import read_usage, run_usage_meter
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
@@ -106,7 +113,8 @@ def storage_problem(config: Config) -> str | None:
         verb = "read" if config.storage.readonly else "write to"
         return (
             f"cannot {verb} storage.filesystem.rootdirectory {config.storage.rootdirectory} "
-            f"({exc}); make it writable by this user or choose another rootdirectory"
+            f"({exc}); make it writable by this user (uid {os.geteuid()}) or choose "
+            "another rootdirectory"
         )
     return None
 
@@ -130,6 +138,34 @@ def _s3_problem(config: Config) -> str | None:
     if problem is None:
         return None
     return f"cannot use storage.s3 ({problem}); check the bucket, regionendpoint and credentials"
+
+
+def retention_rules(config: Config) -> tuple[RetentionRule, ...]:
+    return tuple(
+        RetentionRule(
+            repositories=rule.repositories,
+            tags=rule.tags or ("*",),
+            keep_latest=rule.keeplatest,
+            keep_pulled_within=rule.keeppulledwithin,
+            untagged_older_than=rule.untaggedolderthan,
+        )
+        for rule in config.garbagecollect.retention
+    )
+
+
+def scheduled_collector(
+    config: Config, driver: StorageDriver, registry: CollectorRegistry
+) -> ScheduledCollector | None:
+    """The server's own garbage collection (``garbagecollect.interval``), if configured."""
+    settings = config.garbagecollect
+    if not settings.interval_s or config.storage.readonly:
+        return None
+    options = GcOptions(
+        delete_untagged=settings.deleteuntagged,
+        grace=settings.grace_s,
+        rules=retention_rules(config),
+    )
+    return ScheduledCollector(driver, settings.interval_s, options, GcMetrics(registry))
 
 
 def create_registry2_store(config: Config, driver: StorageDriver) -> Registry2Store:
@@ -183,7 +219,11 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
             connect_timeout=proxy.connect_timeout_s,
             read_timeout=proxy.read_timeout_s,
         )
-        policy = CachePolicy(tag_ttl=proxy.tag_ttl_s, negative_ttl=proxy.negative_ttl_s)
+        policy = CachePolicy(
+            tag_ttl=proxy.tag_ttl_s,
+            negative_ttl=proxy.negative_ttl_s,
+            expire_after=proxy.ttl_s,
+        )
         health = UpstreamHealth(
             proxy.host,
             configured_offline=proxy.offline,
@@ -210,6 +250,36 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
             )
         )
     return upstreams
+
+
+@contextlib.asynccontextmanager
+async def open_cache(config: Config) -> AsyncIterator[tuple[ProxyCache, list[Upstream]]]:
+    """The pull-through cache on the configured storage, as the server's workers have it,
+    for a command run beside them (or with no server at all)."""
+    driver = create_driver(config)
+    local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
+    upstreams = create_upstreams(config)
+    cache = ProxyCache(local)
+    try:
+        yield cache, upstreams
+    finally:
+        await local.index.close()
+        await cache.aclose()
+        for upstream in upstreams:
+            await upstream.client.aclose()
+        await driver.close()
+
+
+def create_janitor(
+    config: Config, cache: ProxyCache, upstreams: list[Upstream], metrics: ProxyMetrics
+) -> CacheJanitor | None:
+    """The cache's eviction, when a size cap or an upstream's ttl asks for it; readonly
+    storage is never written to."""
+    maxsize = config.proxycache.maxsize_bytes
+    ttls = {u.prefix: u.policy.expire_after for u in upstreams if u.policy.expire_after > 0}
+    if config.storage.readonly or not upstreams or (maxsize is None and not ttls):
+        return None
+    return CacheJanitor(cache, [u.prefix for u in upstreams], maxsize, ttls=ttls, metrics=metrics)
 
 
 def create_notifier(config: Config, metrics: NotificationMetrics | None = None) -> Notifier | None:
@@ -254,6 +324,9 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         driver if driver is not None else create_driver(config), http_metrics.storage_action
     )
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
+    if config.garbagecollect.needs_pulls and not config.storage.readonly:
+        local.manifests.pulls = TagPullRecorder(driver)
+    collector = scheduled_collector(config, driver, registry)
     proxy_metrics = ProxyMetrics(registry)
     upstreams = create_upstreams(config, proxy_metrics)
     cache = ProxyCache(local, events=CacheEvents(proxy_metrics))
@@ -304,10 +377,24 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
                     run_upload_purger(driver, purging.age_s, purging.interval_s, purging.dryrun)
                 )
             )
-        maxsize = config.proxycache.maxsize_bytes
-        if maxsize is not None and upstreams:
-            janitor = CacheJanitor(cache, [u.prefix for u in upstreams], maxsize)
+        if not config.storage.readonly:
+            tasks.append(asyncio.create_task(run_usage_meter(driver)))
+        prefetch = config.proxycache.prefetch
+        if prefetch is not None and prefetch.images and upstreams:
+            platforms = [parse_platform(p) for p in prefetch.platforms]
+            schedule = Prefetcher(cache, upstreams).run_schedule(
+                prefetch.images, platforms, prefetch.interval_s
+            )
+            tasks.append(asyncio.create_task(schedule))
+        janitor = create_janitor(config, cache, upstreams, proxy_metrics)
+        if janitor is not None:
+            pulls = cache.pulls = ImagePullRecorder(driver)
+            tasks.append(asyncio.create_task(pulls.run()))
             tasks.append(asyncio.create_task(janitor.run(config.proxycache.sweepinterval_s)))
+        if local.manifests.pulls is not None:
+            tasks.append(asyncio.create_task(local.manifests.pulls.run()))
+        if collector is not None:
+            tasks.append(asyncio.create_task(collector.run()))
         try:
             yield
         finally:
@@ -335,6 +422,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         access=access_for(guard, token_service),
         session_key=derive_key(secret, "ui-session"),
         delete_enabled=config.storage.delete_enabled,
+        storage_use=lambda: read_usage(driver),
     )
     app = build_app(
         api,

@@ -18,7 +18,14 @@ from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.local import LocalRegistry
 from entrepot.storage.filesystem import FilesystemDriver
-from tests.api.oci_client import OciClient, error_code, make_image, make_index
+from tests.api.oci_client import (
+    OCI_MANIFEST,
+    OciClient,
+    error_code,
+    make_image,
+    make_index,
+    sha256,
+)
 from tests.loopback import Loopback, Servers
 
 
@@ -286,4 +293,42 @@ async def test_ns_of_a_registry_not_cached_never_reaches_the_mirror(setup: Setup
     response = await setup.client.get_manifest("library/nginx", "latest?ns=registry.example.com")
     assert response.status_code == 404
     assert error_code(response) == "MANIFEST_UNKNOWN"
+    assert setup.hub.requests == []
+
+
+async def test_referrers_of_a_cached_image_come_from_upstream_then_stale(setup: Setup) -> None:
+    image = await _seed_hub(setup)
+    subject = {"mediaType": OCI_MANIFEST, "digest": image.digest, "size": len(image.manifest)}  # type: ignore[attr-defined]
+    sbom = make_image("sbom", subject=subject, artifact_type="application/spdx+json")
+    assert (await setup.upstream.push_image("library/nginx", sbom)).status_code == 201
+    path = f"/v2/docker.io/library/nginx/referrers/{image.digest}"  # type: ignore[attr-defined]
+
+    listed = await setup.client.get_json(path)
+    assert [(e["digest"], e["artifactType"]) for e in listed["manifests"]] == [
+        (sbom.digest, "application/spdx+json")
+    ]
+    assert setup.hub.count("GET", "/referrers/") == 1
+    # The referrer itself pulls through the cache by digest.
+    pulled = await setup.client.get_manifest("docker.io/library/nginx", sbom.digest)
+    assert pulled.content == sbom.manifest
+
+    await setup.hub.stop()  # tagttl is 0 here: the next answer asks upstream, which fails
+    stale = await setup.client.get_json(path)
+    assert [e["digest"] for e in stale["manifests"]] == [sbom.digest]
+    assert setup.cache.total("stale_served") == 1
+    never_asked = await setup.client.http.get(
+        f"/v2/docker.io/library/nginx/referrers/{sha256(b'other')}"
+    )
+    assert never_asked.status_code == 503
+    assert error_code(never_asked) == "UNAVAILABLE"
+
+
+async def test_referrers_of_a_pushed_image_never_ask_the_mirror(setup: Setup) -> None:
+    mine = make_image("mine")
+    assert (await setup.client.push_image("team/app", mine, tag="1")).status_code == 201
+    subject = {"mediaType": OCI_MANIFEST, "digest": mine.digest, "size": len(mine.manifest)}
+    signature = make_image("sig", subject=subject, artifact_type="application/example.sig")
+    assert (await setup.client.push_image("team/app", signature)).status_code == 201
+    listed = await setup.client.get_json(f"/v2/team/app/referrers/{mine.digest}")
+    assert [e["digest"] for e in listed["manifests"]] == [signature.digest]
     assert setup.hub.requests == []

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from entrepot.config import load_config
-from entrepot.root import create_app
+from entrepot.registry.usage import record_usage
+from entrepot.root import create_app, create_driver
 from tests.api.auth_setup import PASSWORDS, basic, write_htpasswd
 from tests.api.oci_client import (
     OCI_CONFIG,
@@ -327,3 +328,28 @@ async def test_cache_page_lists_each_upstream_and_its_cached_repositories(
         assert links(cached, "/ui/r/") == []
         unknown = await http.get("/ui/", params={"group": "nowhere.test"})
         assert unknown.status_code == 404
+
+
+async def test_cache_page_shows_the_recorded_storage_use(tmp_path: Path) -> None:
+    pushed = await seed(tmp_path, ["team/one", "team/two"])
+    config = load_config(write_config(tmp_path))
+    async with client_for(write_config(tmp_path)) as http:
+        before = await http.get("/ui/cache")
+        assert "Not measured yet" in before.text
+        # What the background meter does (registry.usage), then any page view shows it.
+        driver = create_driver(config)
+        try:
+            recorded = await record_usage(driver)
+        finally:
+            await driver.close()
+        # Configs, layers and the manifests themselves (registry:2 keeps them as blobs too).
+        blobs = {
+            sha256(blob): len(blob)
+            for image in pushed.values()
+            for blob in (image.config, *image.layers, image.manifest)
+        }
+        assert (recorded.blobs, recorded.bytes) == (len(blobs), sum(blobs.values()))
+        page = await http.get("/ui/cache")
+        shown = unescape(re.sub(r"\s+", " ", page.text))
+        assert f"{len(blobs):,} blobs" in shown
+        assert f"({sum(blobs.values()):,} bytes)" in shown

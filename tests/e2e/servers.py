@@ -282,6 +282,14 @@ def probe(url: str, timeout: float = 1.0) -> int | str:
         return f"{type(exc).__name__}: {exc}"
 
 
+def wait_for_v2(server: ManagedServer, status: int, timeout: float = 30.0) -> None:
+    """Wait until the server's /v2/ answers ``status`` (a health check's verdict)."""
+    deadline = time.monotonic() + timeout
+    while probe(f"{server.url}/v2/") != status:
+        assert time.monotonic() < deadline, f"/v2/ never answered {status}\n{server.log()}"
+        time.sleep(0.2)
+
+
 # --- the two kinds of server --------------------------------------------------------------------
 
 

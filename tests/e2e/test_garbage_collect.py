@@ -133,7 +133,11 @@ def registry2_collect(root: Path, *extra: str) -> str:
 
 
 def entrepot_collect(root: Path, *extra: str) -> str:
-    config = write_config(root.parent / f"{root.name}.yml", root)
+    return entrepot_collect_with(write_config(root.parent / f"{root.name}.yml", root), *extra)
+
+
+def entrepot_collect_with(config: Path, *extra: str) -> str:
+    """``entrepot garbage-collect CONFIG ...``'s output; it must succeed."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     done = subprocess.run(
         [sys.executable, "-m", "entrepot", "garbage-collect", str(config), *extra],

@@ -1,5 +1,6 @@
-"""The cache's size cap, end to end: cached upstream blobs beyond proxycache.maxsize are
-evicted oldest first and fetched again when asked for; pushed blobs stay."""
+"""The cache's size cap, end to end, on blobs pulled on their own (no manifest): beyond
+proxycache.maxsize the one cached longest ago is evicted and fetched again when asked for;
+pushed blobs stay. Images, least recently pulled first: test_proxy_lru.py."""
 
 from __future__ import annotations
 

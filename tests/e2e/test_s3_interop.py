@@ -23,7 +23,13 @@ from tests.cephs3 import ACCESS_KEY, REGION, SECRET_KEY, CephS3, s3_client
 
 from . import clients
 from .images import assert_layout_holds, build_image, build_index
-from .servers import ManagedServer, ServerFactory, ServerStartError, find_free_port
+from .servers import (
+    ManagedServer,
+    ServerFactory,
+    ServerStartError,
+    find_free_port,
+    wait_for_v2,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -187,13 +193,6 @@ def test_start_refuses_a_pull_through_cache_on_s3(
     assert "storage.s3" in line and "proxies" in line
 
 
-def _wait_for_v2(server: ManagedServer, status: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (got := httpx.get(f"{server.url}/v2/").status_code) != status:
-        assert time.monotonic() < deadline, f"/v2/ stayed {got}, expected {status}"
-        time.sleep(0.2)
-
-
 def _delete_bucket(client: Any, bucket: str, timeout: float = 30.0) -> None:
     """Empty and delete ``bucket`` (retrying: Entrepot's health probe may be writing)."""
     deadline = time.monotonic() + timeout
@@ -219,10 +218,10 @@ def test_storage_health_covers_the_bucket(
 
     client = s3_client(s3_server)
     _delete_bucket(client, bucket)  # the bucket goes away while Entrepot serves
-    _wait_for_v2(server, 503)
+    wait_for_v2(server, 503)
     assert "NoSuchBucket" in server.log() and bucket in server.log()
 
     client.create_bucket(Bucket=bucket)
-    _wait_for_v2(server, 200)
+    wait_for_v2(server, 200)
     digest = clients.upload_blob(server.url, "e2e/s3/health", b"after the outage")
     assert digest.startswith("sha256:")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import ManagedServer, ServerFactory, ServerStartError, probe
+from .servers import ServerFactory, ServerStartError, probe, wait_for_v2
 
 pytestmark = pytest.mark.e2e
 
@@ -77,13 +76,6 @@ def _status(url: str, method: str = "GET") -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def _wait_for(server: ManagedServer, status: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while probe(f"{server.url}/v2/") != status:
-        assert time.monotonic() < deadline, f"/v2/ never answered {status}\n{server.log()}"
-        time.sleep(0.2)
-
-
 def test_start_on_unwritable_storage_is_one_clear_error(
     entrepot_factory: ServerFactory, storage: SwitchableStorage
 ) -> None:
@@ -110,7 +102,7 @@ def test_storage_turning_read_only_while_serving_shows_in_health_and_logs(
     status, body = _status(f"{server.url}/v2/team/app/blobs/uploads/", "POST")
     assert status == 503
     assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
-    _wait_for(server, 503)
+    wait_for_v2(server, 503)
     # The operator's log names the path and the OS's reason; the client's body does not.
     log = server.log()
     assert "storage failure" in log
@@ -119,6 +111,6 @@ def test_storage_turning_read_only_while_serving_shows_in_health_and_logs(
     assert str(storage.path).encode() not in body
 
     storage.writable()
-    _wait_for(server, 200)
+    wait_for_v2(server, 200)
     status, _ = _status(f"{server.url}/v2/team/app/blobs/uploads/", "POST")
     assert status == 202

@@ -61,6 +61,19 @@ async def test_concurrent_puts_leave_one_whole_value(driver: StorageDriver) -> N
     assert await driver.list("race") == ["key"]
 
 
+async def test_put_new_stores_only_where_nothing_is(driver: StorageDriver) -> None:
+    assert await driver.put_new("lease/1", b"mine")
+    assert not await driver.put_new("lease/1", b"theirs")
+    assert await driver.get_content("lease/1") == b"mine"
+
+
+async def test_racing_put_new_has_exactly_one_winner(driver: StorageDriver) -> None:
+    won = await asyncio.gather(*(driver.put_new("lease/2", bytes([i])) for i in range(8)))
+    assert won.count(True) == 1
+    assert await driver.get_content("lease/2") == bytes([won.index(True)])
+    assert await driver.list("lease") == ["2"]
+
+
 # ---- streaming reads ------------------------------------------------------------------
 
 

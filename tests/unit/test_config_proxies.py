@@ -13,9 +13,7 @@ from entrepot.config import Config, ConfigError, ProxyUpstreamConfig, load_confi
 
 MINIMAL = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/registry\n"
 SECRET = "hunter2-S3cret"
-TTL_WARNING = (
-    "proxy.ttl: cached content is kept until deleted; expiry by ttl is not implemented yet"
-)
+WEEK = 168 * 3600.0
 
 
 def load(tmp_path: Path, extra: str, env: dict[str, str] | None = None) -> Config:
@@ -57,6 +55,7 @@ def test_registry2_proxy_block_is_the_docker_hub_mirror(
             host="docker.io",
             remoteurls=(stored or remoteurl,),
             mirror=True,
+            ttl_s=WEEK,  # registry:2's default proxy.ttl
             aliases=aliases,
         ),
     )
@@ -92,21 +91,43 @@ def test_registry2_proxy_block_with_credentials_and_ttl(tmp_path: Path) -> None:
           remoteurl: https://registry-1.docker.io
           username: me
           password: {SECRET}
-          ttl: 168h
+          ttl: 24h
         """,
     )
     (upstream,) = config.proxies
     assert (upstream.host, upstream.mirror, upstream.allow_push) == ("docker.io", True, False)
     assert (upstream.username, upstream.password) == ("me", SECRET)
     assert (upstream.tag_ttl_s, upstream.negative_ttl_s) == (60.0, 15.0)
-    assert config.warnings == (TTL_WARNING,)
+    assert upstream.ttl_s == 24 * 3600  # honoured: cached images not pulled for a day expire
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("extra", "ttl"),
+    [
+        ("", 168 * 3600.0),  # registry:2's default: a week
+        ("  ttl: 0\n", 0.0),  # no expiry
+        ("  ttl: 90m\n", 5400.0),
+    ],
+)
+def test_registry2_proxy_ttl_has_registry2s_default(tmp_path: Path, extra: str, ttl: float) -> None:
+    config = load(tmp_path, "proxy:\n  remoteurl: https://ghcr.io\n" + extra)
+    assert [u.ttl_s for u in config.proxies] == [ttl]
+    assert config.warnings == ()
+
+
+def test_proxies_entries_expire_only_when_asked(tmp_path: Path) -> None:
+    listed = "proxies:\n  - {host: ghcr.io, remoteurl: 'https://ghcr.io', ttl: 12h}\n"
+    listed += "  - {host: quay.io, remoteurl: 'https://quay.io'}\n"
+    config = load(tmp_path, listed)
+    assert [u.ttl_s for u in config.proxies] == [12 * 3600.0, 0.0]
 
 
 @pytest.mark.parametrize(
     ("extra", "warning"),
     [
-        ("  ttl: 0\n", None),  # asks for no expiry: nothing to warn about
-        ("  ttl: 1h\n", TTL_WARNING),
+        ("  ttl: 0\n", None),
+        ("  ttl: 1h\n", None),
         ("  colour: red\n", "'proxy.colour' is not a registry:2 configuration key"),
         ("  passwordfile: /x\n", "'proxy.passwordfile' is not a registry:2 configuration key"),
     ],
@@ -275,7 +296,10 @@ def test_passwordenv_reads_the_environ_given(tmp_path: Path) -> None:
         (
             {"REGISTRY_PROXY_REMOTEURL": "https://registry-1.docker.io"},
             ProxyUpstreamConfig(
-                host="docker.io", remoteurls=("https://registry-1.docker.io",), mirror=True
+                host="docker.io",
+                remoteurls=("https://registry-1.docker.io",),
+                mirror=True,
+                ttl_s=WEEK,
             ),
         ),
         (
@@ -290,6 +314,7 @@ def test_passwordenv_reads_the_environ_given(tmp_path: Path) -> None:
                 username="me",
                 password="0123",
                 mirror=True,
+                ttl_s=WEEK,  # registry:2's default proxy.ttl
                 aliases=("ghcr.io",),
             ),
         ),
@@ -466,7 +491,7 @@ def test_password_never_shows(tmp_path: Path) -> None:
         {"QUAY": SECRET},
     )
     assert [u.password for u in config.proxies] == [SECRET] * 3
-    assert len(config.warnings) == 2
+    assert len(config.warnings) == 1
     for text in (repr(config), str(config), *config.warnings):
         assert SECRET not in text
         assert "password=" not in text

@@ -204,11 +204,11 @@ class Interleaving(FilesystemDriver):
 
     action: Interleave | None = None
 
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
         if dst.endswith(f"/{QUARANTINE}") and self.action is not None:
             action, self.action = self.action, None
             await action()
-        await super().move(src, dst)
+        await super().move(src, dst, sync=sync)
 
 
 async def test_a_push_linking_a_blob_during_the_sweep_keeps_it(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The cache's size cap: oldest cached upstream blobs go first; pushed content never."""
+"""The cache's size cap on blobs held with no cached manifest (fetched on their own): the
+ones cached longest ago go first; pushed content never. Images: test_janitor_lru.py."""
 
 from __future__ import annotations
 
@@ -83,8 +84,8 @@ async def test_a_push_that_links_the_blob_during_eviction_keeps_it(tmp_path: Pat
     # A push's manifest links the same layer right after the janitor quarantined it.
     original_move = local.driver.move
 
-    async def move_then_push(src: str, dst: str) -> None:
-        await original_move(src, dst)
+    async def move_then_push(src: str, dst: str, *, sync: bool = True) -> None:
+        await original_move(src, dst, sync=sync)
         if dst.endswith("/evicting"):
             await local.links.write("team/app", layout.layer_link("team/app", digest), digest)
 

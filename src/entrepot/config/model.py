@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from entrepot.config.authconf import AuthConfig
 from entrepot.config.errors import ConfigError
+from entrepot.config.gcconf import GarbageCollectConfig
 from entrepot.config.httpconf import HttpConfig
 from entrepot.config.notifications import NotificationsConfig
 from entrepot.config.proxies import ProxyBlockConfig, ProxyUpstreamConfig, check_upstreams
@@ -200,6 +201,9 @@ class Config:
     )
     proxycache: ProxyCacheConfig = key("proxycache", factory=ProxyCacheConfig, doc="")
     notifications: NotificationsConfig = key("notifications", factory=NotificationsConfig, doc="")
+    garbagecollect: GarbageCollectConfig = key(
+        "garbagecollect", factory=GarbageCollectConfig, doc=""
+    )
     warnings: tuple[str, ...] = derived(())
 
     @classmethod

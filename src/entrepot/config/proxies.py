@@ -51,9 +51,8 @@ DOCKER_HUB_NAMES = (
     "registry.hub.docker.com",
 )
 
-TTL_NOT_IMPLEMENTED = (
-    "proxy.ttl: cached content is kept until deleted; expiry by ttl is not implemented yet"
-)
+# registry:2's default for proxy.ttl (7 days); 0 keeps cached content until evicted by size.
+REGISTRY2_PROXY_TTL = 168 * 3600.0
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 # A registry host as image references write it (distribution/reference's domain).
@@ -143,6 +142,12 @@ class ProxyUpstreamConfig:
     allow_push: bool = key("allowpush", False, doc="accept pushes into `/v2/<host>/...`")
     tag_ttl_s: float = key("tagttl", 60.0, doc="serve a cached tag without asking upstream")
     negative_ttl_s: float = key("negativettl", 15.0, doc="remember an upstream 404")
+    ttl_s: float = key(
+        "ttl",
+        0.0,
+        doc="a cached image not pulled for this long is evicted (registry:2's `proxy.ttl`); "
+        "`0`: kept until `proxycache.maxsize` evicts it",
+    )
     connect_timeout_s: float = key("connecttimeout", 3.0, doc="connecting to the upstream")
     read_timeout_s: float = key("readtimeout", 30.0, doc="waiting for upstream bytes")
     ratelimit_reserve: int | None = key(
@@ -218,7 +223,11 @@ class ProxyBlockConfig:
     password: str | None = key(
         "password", None, parse=_string, secret=True, doc="upstream password"
     )
-    ttl: float = key("ttl", 0.0, doc="accepted with a warning: cached content is kept")
+    ttl: float = key(
+        "ttl",
+        REGISTRY2_PROXY_TTL,
+        doc="a cached image not pulled for this long is evicted; `0`: never (as registry:2)",
+    )
     allow: tuple[str, ...] = key(
         "allow", (), parse=_name_globs, doc="(Entrepot) as `proxies[N].allow`"
     )
@@ -236,8 +245,6 @@ class ProxyBlockConfig:
                 "(such as https://registry-1.docker.io)"
             )
         _pair(at, self.username, self.password)
-        if self.ttl > 0:
-            at.warn(TTL_NOT_IMPLEMENTED)
         return self
 
     def upstream(self, taken: set[str]) -> ProxyUpstreamConfig:
@@ -257,6 +264,7 @@ class ProxyBlockConfig:
             allow=self.allow,
             deny=self.deny,
             offline=self.offline,
+            ttl_s=self.ttl,
         )
 
 

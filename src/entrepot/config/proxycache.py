@@ -23,7 +23,13 @@ from typing import Any, ClassVar
 from entrepot.config.errors import ConfigError
 from entrepot.config.schema import At, key
 
-__all__ = ["REGISTRY2_STORE_MODES", "SIZE_UNITS", "ProxyCacheConfig", "parse_size"]
+__all__ = [
+    "REGISTRY2_STORE_MODES",
+    "SIZE_UNITS",
+    "PrefetchConfig",
+    "ProxyCacheConfig",
+    "parse_size",
+]
 REGISTRY2_STORE_MODES = ("auto", "cache", "pushed")
 # Unit (lower-cased) -> bytes.
 SIZE_UNITS: dict[str, int] = {
@@ -76,6 +82,41 @@ def _size(value: Any, key_path: str) -> int:
         raise ConfigError(f"config key '{key_path}': {exc}") from None
 
 
+_PLATFORM = re.compile(r"[a-z0-9_.-]+/[a-z0-9_.-]+(?:/[a-z0-9_.-]+)?")
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """``proxycache.prefetch``: images the server keeps pulled into the cache."""
+
+    OWN: ClassVar = True
+    images: tuple[str, ...] = key(
+        "images", (), doc="images with their registry host, e.g. `docker.io/library/nginx:1.27`"
+    )
+    platforms: tuple[str, ...] = key(
+        "platforms", (), doc="`OS/ARCH[/VARIANT]` children of an index to fetch (default: all)"
+    )
+    interval_s: float = key("interval", 3600.0, doc="how often the images are pulled again")
+
+    def checked(self, at: At) -> PrefetchConfig:
+        if self.interval_s <= 0:
+            raise ConfigError(f"config key '{at.key('interval')}' must be more than 0")
+        for platform in self.platforms:
+            if not _PLATFORM.fullmatch(platform):
+                raise ConfigError(
+                    f"config key '{at.key('platforms')}': {platform!r} is not OS/ARCH or "
+                    "OS/ARCH/VARIANT (such as linux/amd64)"
+                )
+        for image in self.images:
+            host, slash, _ = image.partition("/")
+            if not slash or not ("." in host or ":" in host or host == "localhost"):
+                raise ConfigError(
+                    f"config key '{at.key('images')}': {image!r} must start with its registry "
+                    "host, such as docker.io/library/nginx:1.27"
+                )
+        return self
+
+
 @dataclass(frozen=True)
 class ProxyCacheConfig:
     """``proxycache``: limits on the pull-through cache as a whole."""
@@ -85,9 +126,11 @@ class ProxyCacheConfig:
         "maxsize",
         None,
         parse=_size,
-        doc="cap on cached upstream blobs (`100GiB`, `500 MB`); the oldest are evicted",
+        doc="cap on the cache (`100GiB`, `500 MB`); the least recently pulled images are evicted",
     )
-    sweepinterval_s: float = key("sweepinterval", 600.0, doc="how often the size is checked")
+    sweepinterval_s: float = key(
+        "sweepinterval", 600.0, doc="how often the cache is checked for `maxsize` and `ttl`"
+    )
     registry2store: str = key(
         "registry2store",
         "auto",
@@ -96,6 +139,8 @@ class ProxyCacheConfig:
         doc="what a registry:2 store's plain-name repositories were: `auto`, `cache` "
         "(registry:2's pull-through cache) or `pushed` (see Moving over)",
     )
+
+    prefetch: PrefetchConfig | None = key("prefetch", None, doc="")
 
     def checked(self, at: At) -> ProxyCacheConfig:
         if self.sweepinterval_s == 0:

@@ -30,8 +30,22 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"]")
 
 
+_LINE = '%s - %s [%s] "%s %s %s" %d %s "%s" "%s" %.1fms id=%s cache=%s upstream=%s'
+
+
 def _safe(text: str) -> str:
     return _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", text)
+
+
+_stamp: list[Any] = [0, ""]  # the last second formatted, and its text
+
+
+def _now() -> str:
+    """Apache's timestamp, formatted once a second rather than once a request."""
+    second = int(time.time())
+    if _stamp[0] != second:
+        _stamp[:] = [second, time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))]
+    return str(_stamp[1])
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -98,6 +112,8 @@ class AccessLog:
         size: str,
         seconds: float,
     ) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         addr = self.addresses.of(scope)
         raw_path = scope.get("raw_path") or scope.get("path", "").encode()
         target = raw_path.decode("latin-1")
@@ -108,12 +124,10 @@ class AccessLog:
         identity = state.get("identity")
         user = getattr(identity, "user", None) or "-"
         protocol = f"HTTP/{scope.get('http_version', '1.1')}"
-        now = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-        access_log.info(
-            '%s - %s [%s] "%s %s %s" %d %s "%s" "%s" %.1fms id=%s cache=%s upstream=%s',
+        args = (
             addr,
             _safe(user),
-            now,
+            _now(),
             scope.get("method", "-"),
             _safe(target),
             protocol,
@@ -126,3 +140,9 @@ class AccessLog:
             info.cache,
             info.upstream,
         )
+        # What access_log.info does, without its walk up the stack for the caller's file
+        # and line (findCaller), which no access-log format shows: a tenth of a request.
+        record = access_log.makeRecord(
+            access_log.name, logging.INFO, __file__, 0, _LINE, args, None
+        )
+        access_log.handle(record)

@@ -32,10 +32,13 @@ PULL = frozenset({"pull"})
 PUSH = frozenset({"pull", "push"})  # registry:2 asks both of uploads and manifest pushes
 DELETE = frozenset({"delete"})
 
-# (pattern over the path after /v2/, {method: (handler, actions it needs)}); first match wins.
-_ENDPOINTS: list[tuple[re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]]]] = [
-    (re.compile(r"^(.+)/tags/list()$"), {"GET": (discovery.tags_list, PULL)}),
+# (a literal every match contains, pattern over the path after /v2/, {method: (handler,
+# actions it needs)}); first match wins. The literal skips most patterns without running
+# them: a pattern starting with "(.+)" backtracks over the whole path when it fails.
+_ENDPOINTS: list[tuple[str, re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]]]] = [
+    ("/tags/list", re.compile(r"^(.+)/tags/list()$"), {"GET": (discovery.tags_list, PULL)}),
     (
+        "/manifests/",
         re.compile(r"^(.+)/manifests/([^/]+)$"),
         {
             "GET": (manifests.get_manifest, PULL),
@@ -43,8 +46,13 @@ _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]
             "DELETE": (manifests.delete_manifest, DELETE),
         },
     ),
-    (re.compile(r"^(.+)/blobs/uploads/?()$"), {"POST": (uploads.start_upload, PUSH)}),
     (
+        "/blobs/uploads",
+        re.compile(r"^(.+)/blobs/uploads/?()$"),
+        {"POST": (uploads.start_upload, PUSH)},
+    ),
+    (
+        "/blobs/uploads/",
         re.compile(r"^(.+)/blobs/uploads/([^/]+)$"),
         {
             "GET": (uploads.upload_status, PUSH),
@@ -54,10 +62,15 @@ _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]
         },
     ),
     (
+        "/blobs/",
         re.compile(r"^(.+)/blobs/([^/]+)$"),
         {"GET": (blobs.get_blob, PULL), "DELETE": (blobs.delete_blob, DELETE)},
     ),
-    (re.compile(r"^(.+)/referrers/([^/]+)$"), {"GET": (discovery.referrers, PULL)}),
+    (
+        "/referrers/",
+        re.compile(r"^(.+)/referrers/([^/]+)$"),
+        {"GET": (discovery.referrers, PULL)},
+    ),
 ]
 
 _ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
@@ -86,7 +99,9 @@ async def dispatch(request: Request) -> Response:
     if any(escape in raw_path for escape in _SMUGGLED):
         raise RegistryError(ErrorCode.NAME_INVALID, "escaped characters are not allowed in names")
     method = "GET" if request.method == "HEAD" else request.method
-    for pattern, handlers in _ENDPOINTS:
+    for literal, pattern, handlers in _ENDPOINTS:
+        if literal not in path:
+            continue
         match = pattern.match(path)
         if match is None:
             continue
@@ -137,8 +152,8 @@ def build_app(
         Route("/v2/", base, methods=["GET", "HEAD"]),
         Route("/v2", base, methods=["GET", "HEAD"]),
         Route("/v2/_catalog", catalog, methods=["GET"]),
+        Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),  # early: most requests
         Route("/auth/token", token.issue_token, methods=["GET"]),
-        Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),
         Route("/health", health, methods=["GET", "HEAD"]),
         *extra_routes,
     ]

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
@@ -48,13 +49,40 @@ _HANDLERS = (
 )
 
 
+# Label children looked up once: prometheus-client's labels() validates and locks on each
+# call. Bounded: methods and codes come from clients, the lookup is only cached for the
+# first _MAX_CHILDREN label sets.
+_MAX_CHILDREN = 512
+
+
+class _Children:
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.cache.get(values)
+        if child is None:
+            child = self.metric.labels(*values)
+            if len(self.cache) < _MAX_CHILDREN:
+                self.cache[values] = child
+        return child
+
+
+# The same patterns (without their "^": matched from the "/v2") in one regex, whose
+# alternatives are tried in order: one match per request.
+_ONE_HANDLER = re.compile(
+    "|".join(f"(?P<{name}>{pattern.pattern[1:]})" for pattern, name in _HANDLERS)
+)
+
+
 def handler_of(path: str) -> str:
     """registry:2's ``handler`` label for a request path (below any http.prefix)."""
     start = path.find("/v2")
     if start >= 0:
-        for pattern, name in _HANDLERS:
-            if pattern.match(path[start:]):
-                return name
+        match = _ONE_HANDLER.match(path, start)
+        if match is not None and match.lastgroup is not None:
+            return match.lastgroup
     return "other"
 
 
@@ -89,8 +117,13 @@ class HttpMetrics:
             registry=registry,
         )
 
+        self.requests_of = _Children(self.requests)
+        self.duration_of = _Children(self.duration)
+        self.in_flight_of = _Children(self.in_flight)
+        self._storage_actions_of = _Children(self.storage_actions)
+
     def storage_action(self, driver: str, action: str, seconds: float) -> None:
-        self.storage_actions.labels(driver, action).observe(seconds)
+        self._storage_actions_of(driver, action).observe(seconds)
 
 
 class MetricsMiddleware:
@@ -115,13 +148,14 @@ class MetricsMiddleware:
 
         metrics = self.metrics
         start = time.perf_counter()
-        metrics.in_flight.labels(handler).inc()
+        in_flight = metrics.in_flight_of(handler)
+        in_flight.inc()
         try:
             await self.app(scope, receive, watch)
         finally:
-            metrics.in_flight.labels(handler).dec()
-            metrics.duration.labels(handler, method).observe(time.perf_counter() - start)
-            metrics.requests.labels(str(status), handler, method).inc()
+            in_flight.dec()
+            metrics.duration_of(handler, method).observe(time.perf_counter() - start)
+            metrics.requests_of(str(status), handler, method).inc()
 
 
 def mark_dead_workers(path: str) -> None:

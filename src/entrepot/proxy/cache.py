@@ -26,6 +26,8 @@ from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool, temp_spool_path
 from entrepot.proxy.metrics import CacheEvents
+from entrepot.proxy.pulls import PullRecorder
+from entrepot.proxy.referrers import UpstreamReferrers, filtered
 from entrepot.proxy.upstream_client import (
     RemoteBlob,
     UpstreamError,
@@ -72,6 +74,8 @@ class ProxyCache:
             MAX_NEGATIVE, _until_expiry, timer=time.monotonic
         )
         self._inflight: dict[tuple[str, ...], asyncio.Task[object]] = {}
+        # Pulls recorded for the cache's eviction (set when eviction is configured).
+        self.pulls: PullRecorder | None = None
 
     async def once(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work`` once for all concurrent callers with the same key. The shared task
@@ -177,6 +181,8 @@ class CachedManifests(_CachedFacet):
         else:
             digest = await self._manifest_by_tag(validate_tag(reference))
         manifest = await self._local.manifests.load(digest, reference)
+        if self.cache.pulls is not None:
+            self.cache.pulls.record(self.name, digest)
         if not self._fetched:
             self._count("manifest_hit")
             self._count("manifest_bytes_served", len(manifest.raw))
@@ -326,8 +332,15 @@ class CachedManifests(_CachedFacet):
         return digest
 
     async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
+        """The upstream's referrers of ``digest``, kept like a tag (proxy/referrers.py)."""
         self._check_allowed()
-        return await self._manifests.referrers(digest, artifact_type)
+        return filtered(await UpstreamReferrers(self).list(digest), artifact_type)
+
+    async def held_referrers(self, digest: Digest) -> list[dict[str, object]]:
+        """Referrers of ``digest`` stored in this cached repository; never asks upstream."""
+        if self.upstream.names.refusal(self.upstream_name) is not None:
+            return []
+        return await self._manifests.referrers(digest, None)
 
 
 class CachedTags(_CachedFacet):

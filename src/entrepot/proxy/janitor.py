@@ -1,162 +1,255 @@
-"""The cache's size cap: cached upstream blobs beyond ``maxsize`` are evicted, the ones
-cached longest ago first. Pushed content is never touched: a blob any local repository
-links (or a cache repository that holds pushed tags, with allowpush) is not a candidate.
+"""The cache's eviction: images not pulled for their upstream's ``ttl`` expire, and beyond
+``proxycache.maxsize`` the least recently pulled cached images are evicted, with their
+tags, manifests and the blobs no retained image or pushed content still references
+(proxy/cachescan.py says what an image is and when it was last pulled). An evicted image
+is fetched again from upstream on its next pull.
 
-A blob is quarantined (renamed) before it is deleted, then its protection is checked
-again, so a push that links the same bytes meanwhile keeps them. Evicted blobs are
-fetched again from upstream when next asked for.
+Tags and manifests are unlinked first, then each freed blob is quarantined (moved aside),
+every repository is read again, and a blob that something linked meanwhile (a push, or a
+pull filling the cache again) is put back; the rest are deleted. Everything goes through
+the storage driver.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
 from entrepot.proxy.cache import ProxyCache
+from entrepot.proxy.cachescan import CacheScan, CacheUnit, linked_digests, scan_cache
+from entrepot.proxy.metrics import ProxyMetrics
+from entrepot.proxy.pulls import PullLog
 from entrepot.registry import layout
-from entrepot.registry.catalog import list_repositories
-from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+from entrepot.registry.gcscan import Limited, ManifestRefs, each, find_repositories
+from entrepot.registry.usage import try_lock
+from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.proxy.janitor")
 
 LOCK_KEY = "entrepot/janitor.lock"
-
-
-@dataclass
-class CachedBlob:
-    digest: Digest
-    size: int
-    cached_at: float
-    repositories: list[str] = field(default_factory=list)
+QUARANTINE = "evicting"  # next to a blob's ``data`` while the eviction re-checks it
+CONCURRENCY = 16  # storage calls in flight
 
 
 @dataclass
 class SweepResult:
-    cached_bytes: int
-    evicted: list[Digest]
-    freed_bytes: int
+    cached_bytes: int = 0  # held by the cache before the run
+    evicted: list[Digest] = field(default_factory=list)  # blobs deleted, in eviction order
+    freed_bytes: int = 0
+    images: list[str] = field(default_factory=list)  # "<repository>@<digest>" evicted
+    expired: int = 0  # of those, by ttl
+    tags: int = 0
+    manifests: int = 0
+    seconds: float = 0.0
 
 
-async def _children(driver: StorageDriver, prefix: str) -> list[str]:
-    try:
-        return await driver.list(prefix)
-    except StorageNotFound:
-        return []
+@dataclass
+class Plan:
+    units: list[tuple[CacheUnit, str]]  # (unit, "ttl" or "maxsize"), in eviction order
+    freed: list[Digest]  # blobs no retained unit references any more, in eviction order
 
 
-async def _layer_digests(driver: StorageDriver, name: str) -> list[Digest]:
-    found = []
-    for algorithm in await _children(driver, layout.layers_dir(name)):
-        for encoded in await _children(driver, f"{layout.layers_dir(name)}/{algorithm}"):
-            found.append(Digest(algorithm, encoded))
-    return found
+def plan_eviction(
+    scan: CacheScan, maxsize: int | None, ttl_of: Callable[[str], float], now: float
+) -> Plan:
+    """Expired units first, then the least recently pulled until under ``maxsize``."""
+    users: dict[Digest, int] = {}
+    for unit in scan.units:
+        for digest in unit.blobs:
+            users[digest] = users.get(digest, 0) + 1
+    total = sum(scan.sizes.values())
+    plan = Plan([], [])
+    order = sorted(scan.units, key=lambda u: (u.last_pulled, u.label))
+    chosen: set[int] = set()
 
+    def evict(unit: CacheUnit, reason: str) -> None:
+        nonlocal total
+        chosen.add(id(unit))
+        plan.units.append((unit, reason))
+        for digest in sorted(unit.blobs, key=str):
+            users[digest] -= 1
+            if users[digest] == 0:
+                plan.freed.append(digest)
+                total -= scan.sizes[digest]
 
-async def _has_pushed_tags(driver: StorageDriver, name: str) -> bool:
-    for tag in await _children(driver, layout.tags_dir(name)):
-        try:
-            await driver.stat(f"{layout.tag_dir(name, tag)}/pushed")
-        except StorageNotFound:
-            continue
-        return True
-    return False
+    for unit in order:
+        ttl = ttl_of(unit.repository)
+        if ttl > 0 and unit.last_pulled < now - ttl:
+            evict(unit, "ttl")
+    for unit in order:
+        if maxsize is None or total <= maxsize:
+            break
+        if id(unit) not in chosen:
+            evict(unit, "maxsize")
+    return plan
 
 
 class CacheJanitor:
-    def __init__(self, cache: ProxyCache, prefixes: Sequence[str], maxsize: int) -> None:
+    """``prefixes``: the first name component of each upstream's cached repositories;
+    ``ttls``: prefix -> seconds a cached image may go unpulled (0 or absent: forever)."""
+
+    def __init__(
+        self,
+        cache: ProxyCache,
+        prefixes: Sequence[str],
+        maxsize: int | None,
+        *,
+        ttls: Mapping[str, float] | None = None,
+        metrics: ProxyMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cache = cache
         self.driver = cache.local.driver
         self.prefixes = frozenset(prefixes)
         self.maxsize = maxsize
+        self.ttls = dict(ttls or {})
+        self.metrics = metrics
+        self.clock = clock
+        self.store = Limited(self.driver, CONCURRENCY)
+        self.pull_log = PullLog(self.driver)
+        self.refs: dict[Digest, ManifestRefs] = {}  # manifests never change: kept across runs
 
     def _is_cache(self, name: str) -> bool:
         return name.split("/", 1)[0] in self.prefixes
 
-    async def _protected(self, local_repos: list[str]) -> set[Digest]:
-        protected: set[Digest] = set()
-        for name in local_repos:
-            protected.update(await _layer_digests(self.driver, name))
-        return protected
-
-    async def _still_protected(self, digest: Digest, local_repos: list[str]) -> bool:
-        # The catalog index, not the list the sweep began with: a push may have created
-        # the repository that now links these bytes.
-        current = [n for n in await self.cache.local.index.names() if not self._is_cache(n)]
-        for name in {*local_repos, *current}:
-            try:
-                await self.driver.stat(layout.layer_link(name, digest))
-            except StorageNotFound:
-                continue
-            return True
-        return False
+    def _ttl_of(self, name: str) -> float:
+        return self.ttls.get(name.split("/", 1)[0], 0.0)
 
     async def sweep(self) -> SweepResult:
-        repos = await list_repositories(self.driver)
-        local_repos = [name for name in repos if not self._is_cache(name)]
-        cache_repos: list[str] = []
-        for name in repos:
-            if self._is_cache(name):
-                # allowpush: a cache repository holding pushed tags is pushed content.
-                (local_repos if await _has_pushed_tags(self.driver, name) else cache_repos).append(
-                    name
-                )
-        protected = await self._protected(local_repos)
-        blobs: dict[Digest, CachedBlob] = {}
-        for name in cache_repos:
-            for digest in await _layer_digests(self.driver, name):
-                if digest in protected:
-                    continue
-                entry = blobs.get(digest)
-                if entry is None:
-                    try:
-                        info = await self.driver.stat(layout.blob_data(digest))
-                    except StorageNotFound:
-                        continue  # linked but not held (evicted, or never filled)
-                    entry = blobs[digest] = CachedBlob(digest, info.size, info.mtime)
-                entry.repositories.append(name)
-        total = sum(blob.size for blob in blobs.values())
-        result = SweepResult(total, [], 0)
-        for blob in sorted(blobs.values(), key=lambda b: b.cached_at):
-            if total - result.freed_bytes <= self.maxsize:
-                break
-            if await self._evict(blob, local_repos):
-                result.evicted.append(blob.digest)
-                result.freed_bytes += blob.size
-        if result.evicted:
-            self.cache.stats[("evicted_blobs", "*")] += len(result.evicted)
-            log.info(
-                "cache over %d bytes: evicted %d blob(s), %d bytes",
-                self.maxsize,
-                len(result.evicted),
-                result.freed_bytes,
-            )
+        started = time.monotonic()
+        now = self.clock()
+        if self.cache.pulls is not None:
+            await self.cache.pulls.flush()  # this worker's latest pulls count now
+        pulls, batches = await self.pull_log.load()
+        scan = await scan_cache(self.store, self._is_cache, pulls, self.refs, now)
+        plan = plan_eviction(scan, self.maxsize, self._ttl_of, now)
+        result = SweepResult(cached_bytes=sum(scan.sizes.values()))
+        if plan.units:
+            await self._unlink(scan, plan, result)
+            await self._delete_blobs(scan, plan.freed, result)
+        await self.pull_log.save(scan.pulls, batches)
+        result.seconds = time.monotonic() - started
+        self._report(result, scan)
         return result
 
-    async def _evict(self, blob: CachedBlob, local_repos: list[str]) -> bool:
-        data = layout.blob_data(blob.digest)
-        quarantine = f"{layout.blob_dir(blob.digest)}/evicting"
-        try:
-            await self.driver.move(data, quarantine)
-        except StorageNotFound:
-            return False  # gone already (another sweep)
-        if await self._still_protected(blob.digest, local_repos):
-            # A push linked these bytes meanwhile: they stay.
-            with contextlib.suppress(StorageError):
-                await self.driver.move(quarantine, data)
-            return False
-        with contextlib.suppress(StorageNotFound):
-            await self.driver.delete(quarantine)
-        for name in blob.repositories:
-            link = layout.layer_link(name, blob.digest)
-            with contextlib.suppress(StorageNotFound):
-                await self.driver.delete(link.removesuffix("/link"))
-        return True
+    async def _unlink(self, scan: CacheScan, plan: Plan, result: SweepResult) -> None:
+        """Remove the evicted images' tags (unless a tag moved meanwhile), and the manifests
+        and layer links no retained image of the same repository holds (a blob another
+        repository still uses stays, unlinked from this one)."""
+        evicted = {id(unit) for unit, _ in plan.units}
+        retained: dict[str, set[Digest]] = {}
+        for unit in scan.units:
+            if id(unit) not in evicted:
+                retained.setdefault(unit.repository, set()).update(unit.blobs)
+        for unit, _ in plan.units:
+            name = unit.repository
+            unlinked = [
+                d
+                for d in unit.blobs - retained.get(name, set())
+                if name in scan.layer_links.get(d, ())
+            ]
+            await each([(name, d) for d in unlinked], self._unlink_layer)
+        for unit, reason in plan.units:
+            if unit.root is None:
+                continue
+            result.images.append(unit.label)
+            result.expired += reason == "ttl"
+            name = unit.repository
+            for tag in unit.tags:
+                if await self.store.read_link(layout.tag_current_link(name, tag)) == unit.root:
+                    result.tags += await self.store.delete(layout.tag_dir(name, tag))
+            for digest in unit.manifests - retained.get(name, set()):
+                result.manifests += await self.store.delete(
+                    layout.manifest_revision_dir(name, digest)
+                )
+                scan.pulls.pop((name, str(digest)), None)  # its record goes with it
+                subject = self.refs[digest].subject if digest in self.refs else None
+                if subject is not None:
+                    referrer = layout.referrer_link(name, subject, digest)
+                    await self.store.delete(referrer.removesuffix("/link"))
+
+    async def _delete_blobs(
+        self, scan: CacheScan, freed: list[Digest], result: SweepResult
+    ) -> None:
+        links = [(name, d) for d in freed for name in scan.layer_links.get(d, ())]
+        await each(links, self._unlink_layer)
+        moved = await each(freed, self._quarantine)
+        quarantined = [d for d, ok in zip(freed, moved, strict=True) if ok]
+        if not quarantined:
+            return
+        linked = await self._linked_now()
+        for digest in quarantined:
+            if digest in linked:
+                # A push or a new pull linked these bytes meanwhile: they stay.
+                await self.store.move(self._aside(digest), layout.blob_data(digest))
+                continue
+            if await self.store.stat(layout.blob_data(digest)) is None:
+                await self.store.delete(layout.blob_dir(digest))
+            else:  # filled again meanwhile: keep the new copy
+                await self.store.delete(self._aside(digest))
+            result.evicted.append(digest)
+            result.freed_bytes += scan.sizes[digest]
+
+    async def _unlink_layer(self, item: tuple[str, Digest]) -> bool:
+        return await self.store.delete(layout.layer_link(*item).removesuffix("/link"))
+
+    def _aside(self, digest: Digest) -> str:
+        return f"{layout.blob_dir(digest)}/{QUARANTINE}"
+
+    async def _quarantine(self, digest: Digest) -> bool:
+        return await self.store.move(layout.blob_data(digest), self._aside(digest))
+
+    async def _linked_now(self) -> set[Digest]:
+        """Every blob and manifest some repository links, read again now."""
+        names = await find_repositories(self.store)
+        linked: set[Digest] = set()
+        for links in await each(names, lambda name: linked_digests(self.store, name)):
+            linked |= links
+        return linked
+
+    def _report(self, result: SweepResult, scan: CacheScan) -> None:
+        cached_now = result.cached_bytes - result.freed_bytes
+        if self.metrics is not None:
+            self.metrics.eviction_run(
+                images_expired=result.expired,
+                images_over_size=len(result.images) - result.expired,
+                tags=result.tags,
+                manifests=result.manifests,
+                freed_bytes=result.freed_bytes,
+                seconds=result.seconds,
+                cached_bytes=cached_now,
+            )
+        if result.evicted:
+            self.cache.stats[("evicted_blobs", "*")] += len(result.evicted)
+        if not (result.images or result.evicted):
+            log.debug("cache eviction: nothing to evict, %d bytes cached", cached_now)
+            return
+        over_size = len(result.images) - result.expired
+        reasons = [
+            *([f"{result.expired} not pulled within their ttl"] if result.expired else []),
+            *(
+                [f"{over_size} least recently pulled beyond maxsize {self.maxsize} bytes"]
+                if over_size
+                else []
+            ),
+        ]
+        log.info(
+            "cache eviction: %d image(s) evicted%s, %d tag(s), %d manifest(s), %d blob(s), "
+            "%d bytes freed in %.2f s; %d bytes cached now",
+            len(result.images),
+            f" ({', '.join(reasons)})" if reasons else "",
+            result.tags,
+            result.manifests,
+            len(result.evicted),
+            result.freed_bytes,
+            result.seconds,
+            cached_now,
+        )
 
     async def run(self, interval: float) -> None:
         """Sweep every ``interval``; one process at a time does it (a lock on a local
@@ -165,7 +258,7 @@ class CacheJanitor:
         while True:
             await asyncio.sleep(interval)
             try:
-                fd = _try_lock(lock_path) if lock_path is not None else None
+                fd = try_lock(lock_path) if lock_path is not None else None
                 if lock_path is not None and fd is None:
                     continue  # another worker is sweeping
                 try:
@@ -174,15 +267,4 @@ class CacheJanitor:
                     if fd is not None:
                         os.close(fd)
             except StorageError as exc:
-                log.warning("cache size check failed: %s", exc)
-
-
-def _try_lock(path: str) -> int | None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+                log.warning("cache eviction failed: %s", exc)

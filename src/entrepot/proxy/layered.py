@@ -14,6 +14,7 @@ from typing import TypeVar
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.proxy.cache import CachedBlobs, CachedManifests, CachedTags, ProxyCache
+from entrepot.proxy.referrers import filtered
 from entrepot.proxy.upstreams import Upstream
 from entrepot.registry.api import (
     BlobContent,
@@ -162,7 +163,11 @@ class LayeredManifests:
     async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
         entries = await self.local.referrers(digest, artifact_type)
         seen = {entry["digest"] for entry in entries}
-        cached = await self.cached.referrers(digest, artifact_type)
+        if await _unless_missing(self.local.get(str(digest))) is not None:
+            # A pushed image: its digest is not sent to the mirror (as for pushes).
+            cached = filtered(await self.cached.held_referrers(digest), artifact_type)
+        else:
+            cached = await self.cached.referrers(digest, artifact_type)
         return entries + [entry for entry in cached if entry["digest"] not in seen]
 
     # Writes: always the local (pushed) side.

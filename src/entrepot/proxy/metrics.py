@@ -34,7 +34,7 @@ EVENTS = {
     "stale_served": "a cached tag or tag list served because the upstream failed",
     "revalidation": "a cached tag checked with upstream after its tagttl",
     "pull_deferred": "a changed tag served from cache: the upstream's pull budget is low",
-    "evicted_blobs": "cached blobs evicted to stay under proxycache.maxsize",
+    "evicted_blobs": "cached blobs evicted (proxycache.maxsize, ttl)",
 }
 # Upstream failures seen by the cache, counted as ``error_<kind>`` events.
 ERROR_KINDS = ("offline", "unavailable", "rate_limited", "denied", "not_found", "invalid")
@@ -95,8 +95,34 @@ class ProxyMetrics:
             "entrepot_proxy_upstream_errors", "Upstream failures, by kind", "upstream", "error"
         )
         self.evicted = counter(
-            "entrepot_proxy_evicted_blobs", "Cached blobs evicted by proxycache.maxsize"
+            "entrepot_proxy_evicted_blobs", "Cached blobs evicted (proxycache.maxsize, ttl)"
         )
+        # The janitor's runs (proxy/janitor.py): what each evicted, summed over runs.
+        self.eviction_runs = counter("entrepot_proxy_eviction_runs", "Cache eviction runs")
+        self.eviction_seconds = counter(
+            "entrepot_proxy_eviction_seconds", "Time spent in cache eviction runs"
+        )
+        self.evicted_images = counter(
+            "entrepot_proxy_evicted_images",
+            "Cached images evicted: not pulled within their ttl, or least recently pulled "
+            "over proxycache.maxsize",
+            "reason",
+        )
+        self.evicted_tags = counter("entrepot_proxy_evicted_tags", "Cached tags evicted")
+        self.evicted_manifests = counter(
+            "entrepot_proxy_evicted_manifests", "Cached manifests evicted"
+        )
+        self.evicted_bytes = counter(
+            "entrepot_proxy_evicted_bytes", "Bytes freed by cache eviction (blobs deleted)"
+        )
+        self.cached_bytes = Gauge(
+            "entrepot_proxy_cached_bytes",
+            "Bytes of cached upstream blobs after the last eviction run",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        for reason in ("ttl", "maxsize"):
+            self.evicted_images.labels(reason)
         self.upstream_requests = counter(
             "entrepot_upstream_requests",
             "Requests sent to each upstream registry, by kind",
@@ -172,6 +198,27 @@ class ProxyMetrics:
                 simple.labels(host).inc(n)
             elif event == "evicted_blobs":
                 self.evicted.inc(n)
+
+    def eviction_run(
+        self,
+        *,
+        images_expired: int,
+        images_over_size: int,
+        tags: int,
+        manifests: int,
+        freed_bytes: int,
+        seconds: float,
+        cached_bytes: int,
+    ) -> None:
+        """One run of the cache's eviction (the blobs it deleted count as an event)."""
+        self.eviction_runs.inc()
+        self.eviction_seconds.inc(seconds)
+        self.evicted_images.labels("ttl").inc(images_expired)
+        self.evicted_images.labels("maxsize").inc(images_over_size)
+        self.evicted_tags.inc(tags)
+        self.evicted_manifests.inc(manifests)
+        self.evicted_bytes.inc(freed_bytes)
+        self.cached_bytes.set(cached_bytes)
 
     def budget(self, host: str, remaining: int, limit: int | None) -> None:
         self.ratelimit_remaining.labels(host).set(remaining)

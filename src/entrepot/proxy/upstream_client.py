@@ -26,7 +26,8 @@ from yarl import URL
 from entrepot import __version__
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import RegistryError
-from entrepot.oci.manifest import MAX_MANIFEST_SIZE
+from entrepot.oci.manifest import MAX_MANIFEST_SIZE, Descriptor
+from entrepot.oci.mediatypes import OCI_INDEX
 from entrepot.proxy.health import UpstreamHealth
 from entrepot.proxy.metrics import RequestCounts
 from entrepot.proxy.upstream_auth import (
@@ -238,16 +239,29 @@ class UpstreamClient:
     async def list_tags(self, name: str) -> list[str]:
         """All tags, following Link rel="next" pagination."""
         what = f"GET tags {name}"
-        path = f"/v2/{name}/tags/list"
-        tags: list[str] = []
+        pages = self._pages("GET tags", name, f"/v2/{name}/tags/list", {}, MAX_TAGS_PAGE, what)
+        return [tag async for raw in pages for tag in self._parse_tags(raw, what)]
+
+    async def list_referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
+        """The manifests referring to ``subject`` (distribution-spec "Listing Referrers"),
+        unfiltered, following Link pagination; each a descriptor as the upstream wrote it.
+        UpstreamNotFound (404) means the upstream has no referrers API."""
+        what = f"GET referrers {name}@{subject}"
+        path, headers = f"/v2/{name}/referrers/{subject}", {"Accept": OCI_INDEX}
+        pages = self._pages("GET referrers", name, path, headers, MAX_MANIFEST_SIZE, what)
+        return [entry async for raw in pages for entry in self._parse_descriptors(raw, what)]
+
+    async def _pages(
+        self, kind: str, name: str, path: str, headers: dict[str, str], cap: int, what: str
+    ) -> AsyncIterator[bytes]:
+        """The bodies of a paginated list, following Link rel="next"."""
         seen = {path}
         while True:
-            response = await self._request("GET tags", name, "GET", path, {}, what)
-            raw = await self._read_capped(response, MAX_TAGS_PAGE, what)
-            tags.extend(self._parse_tags(raw, what))
+            response = await self._request(kind, name, "GET", path, headers, what)
+            yield await self._read_capped(response, cap, what)
             link = _next_link(response.headers.getall("Link", []))
             if link is None:
-                return tags
+                return
             path = self._relative(response.url.join(URL(link, encoded=True)))
             if path in seen:
                 raise self._invalid(f"{what}: pagination loops back to {path}")
@@ -462,6 +476,19 @@ class UpstreamClient:
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise self._invalid(f"{what}: the tag list is malformed")
         return [str(t) for t in tags]
+
+    def _parse_descriptors(self, raw: bytes, what: str) -> list[dict[str, Any]]:
+        """The ``manifests`` of an image index, each checked to be a descriptor."""
+        body = _json(raw)
+        entries = body.get("manifests") or [] if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise self._invalid(f"{what}: not an image index")
+        for index, entry in enumerate(entries):
+            try:
+                Descriptor.from_json(entry, f"manifests[{index}]")
+            except RegistryError as exc:
+                raise self._invalid(f"{what}: {exc.message}") from None
+        return entries
 
     def _relative(self, url: URL) -> str:
         """A pagination link as a path (with query) under the upstream's base url."""

@@ -31,6 +31,8 @@ DOCKER_HUB_ALIASES = (
 class CachePolicy:
     tag_ttl: float = 60.0  # a cached tag is served without asking upstream for this long
     negative_ttl: float = 15.0  # an upstream 404 is remembered for this long
+    # A cached image not pulled for this long is evicted (registry:2's proxy.ttl); 0: never.
+    expire_after: float = 0.0
 
 
 @dataclass

@@ -25,20 +25,32 @@ from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch
+from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcscan import (
+    QUARANTINE,
     Limited,
     ManifestRefs,
+    Progress,
     RepoScan,
     each,
     find_blobs,
     find_repositories,
+    keep_closure,
     read_refs,
     scan_repository,
 )
+from entrepot.registry.pulls import pull_key, pulls_dir
+from entrepot.registry.quarantine import (
+    close_journal,
+    quarantine_key,
+    recover,
+    restore,
+    write_journal,
+)
+from entrepot.registry.retention import RetentionPlan, RetentionRule, plan_retention
 from entrepot.storage import StorageDriver
 
-QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks it
+__all__ = ["QUARANTINE", "GarbageCollector", "GcOptions", "GcResult", "keep_closure"]
 _REPO_FOLDERS = ("_manifests", "_layers", "_referrers", "_uploads")
 
 
@@ -49,6 +61,7 @@ class GcOptions:
     grace: float = 3600.0  # seconds
     concurrency: int = 32  # storage calls in flight
     progress_every: float = 5.0  # seconds between progress lines
+    rules: tuple[RetentionRule, ...] = ()  # retention rules for tags and untagged manifests
 
 
 @dataclass
@@ -59,6 +72,9 @@ class GcResult:
     manifests_eligible: list[tuple[str, Digest]] = field(default_factory=list)
     blobs_eligible: dict[Digest, int] = field(default_factory=dict)  # digest -> bytes
     manifests_deleted: list[tuple[str, Digest]] = field(default_factory=list)
+    tags_eligible: list[tuple[str, str]] = field(default_factory=list)  # by retention rules
+    tags_deleted: list[tuple[str, str]] = field(default_factory=list)
+    blobs_recovered: int = 0  # put back from an interrupted collection's quarantine
     blobs_deleted: dict[Digest, int] = field(default_factory=dict)  # digest -> bytes
     blobs_kept_fresh: int = 0  # unmarked, but written or linked within the grace window
     blobs_relinked: int = 0  # quarantined, then found linked by a push during the sweep
@@ -69,48 +85,6 @@ class GcResult:
     @property
     def bytes_freed(self) -> int:
         return sum(self.blobs_deleted.values())
-
-
-class Progress:
-    """A line every few seconds on a long run: ``<what>: done/total``."""
-
-    def __init__(
-        self, emit: Callable[[str], None], what: str, total: int, options: GcOptions
-    ) -> None:
-        self.emit, self.what, self.total = emit, what, total
-        self.every = options.progress_every
-        self.done = 0
-        self.last = time.monotonic()
-
-    def tick(self) -> None:
-        self.done += 1
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            self.emit(f"{self.what}: {self.done}/{self.total}")
-
-
-def keep_closure(
-    valid: set[Digest], roots: Iterable[Digest], refs: dict[Digest, ManifestRefs]
-) -> set[Digest]:
-    """The manifests of one repository kept from ``roots``: with their index children and
-    their referrers (manifests whose ``subject`` is kept), transitively."""
-    referrers: dict[Digest, list[Digest]] = {}
-    for digest in valid:
-        subject = refs.get(digest)
-        if subject is not None and subject.subject is not None:
-            referrers.setdefault(subject.subject, []).append(digest)
-    kept: set[Digest] = set()
-    stack = [d for d in roots if d in valid]
-    while stack:
-        digest = stack.pop()
-        if digest in kept:
-            continue
-        kept.add(digest)
-        found = refs.get(digest)
-        if found is not None:
-            stack.extend(c for c in found.children if c in valid)
-        stack.extend(referrers.get(digest, ()))
-    return kept
 
 
 class GarbageCollector:
@@ -128,6 +102,7 @@ class GarbageCollector:
         self.clock = clock
         self.cutoff = 0.0  # objects with a later mtime are fresh
         self.refs: dict[Digest, ManifestRefs] = {}
+        self.plan = RetentionPlan()
         self.result = GcResult()
 
     def _fresh(self, mtime: float) -> bool:
@@ -135,14 +110,25 @@ class GarbageCollector:
 
     async def run(self) -> GcResult:
         started = time.monotonic()
-        self.cutoff = self.clock() - self.options.grace
+        now = self.clock()
+        self.cutoff = now - self.options.grace
+        if not self.options.dry_run:
+            self.result.blobs_recovered = await recover(self.store)
         names, blobs = await asyncio.gather(find_repositories(self.store), find_blobs(self.store))
         scans = await self._scan_all(names, "marking")
+        if self.options.rules:
+            self.plan = await plan_retention(
+                self.store, scans.values(), self.options.rules, now, self.cutoff
+            )
         marked, unkept = await self._mark(scans, blobs)
         doomed = await self._unmarked_blobs(blobs - marked, scans.values())
         result = self.result
         result.blobs_eligible = dict(doomed)
-        result.manifests_eligible = sorted((n, d) for n, ds in unkept.items() for d in ds)
+        result.manifests_eligible = sorted(
+            ((n, d) for n, ds in unkept.items() for d in ds),
+            key=lambda item: (item[0], str(item[1])),
+        )
+        result.tags_eligible = sorted((n, t) for n, ts in self.plan.tags.items() for t in ts)
         n_manifests = sum(len(v) for v in unkept.values())
         self.emit(
             f"{len(scans)} repositories, {result.manifests_marked} manifests and "
@@ -151,6 +137,8 @@ class GarbageCollector:
             f"{result.blobs_kept_fresh} unmarked blobs kept (written or linked within "
             f"the grace window)"
         )
+        for name, tag in result.tags_eligible:
+            self.emit(f"tag eligible for deletion: {name}:{tag}")
         for name, digests in sorted(unkept.items()):
             for digest in sorted(digests, key=str):
                 self.emit(f"manifest eligible for deletion: {name}@{digest}")
@@ -168,7 +156,9 @@ class GarbageCollector:
         return result
 
     async def _scan_all(self, names: list[str], phase: str) -> dict[str, RepoScan]:
-        progress = Progress(self.emit, f"{phase}: repositories read", len(names), self.options)
+        progress = Progress(
+            self.emit, f"{phase}: repositories read", len(names), self.options.progress_every
+        )
         # A few repositories at a time (each makes several calls at once), so they finish
         # steadily and the progress line means something.
         slots = asyncio.Semaphore(self.options.concurrency)
@@ -192,9 +182,7 @@ class GarbageCollector:
         unkept: dict[str, set[Digest]] = {}
         for scan in scans.values():
             valid = scan.revisions & blobs
-            roots = valid
-            if self.options.delete_untagged:
-                roots = scan.tagged | self._fresh_untagged(scan)
+            roots = self._roots(scan)
             kept = keep_closure(valid, roots, self.refs)
             self.result.manifests_marked += len(kept)
             for digest in kept:
@@ -208,10 +196,26 @@ class GarbageCollector:
         self.result.blobs_marked = len(marked)
         return marked, unkept
 
-    def _fresh_untagged(self, scan: RepoScan) -> set[Digest]:
-        """Untagged manifests linked within the grace window."""
+    def _roots(self, scan: RepoScan) -> set[Digest]:
+        """The manifests the mark starts from: all of them, less the untagged ones that
+        ``delete_untagged`` or a retention rule's age lets go, and less those whose every
+        tag a retention rule deletes; a manifest linked within the grace window stays."""
+        condemned = self.plan.tags.get(scan.name, {})
+        age = self.plan.untagged_age.get(scan.name)
+        if not (self.options.delete_untagged or condemned or age is not None):
+            return scan.revisions
+        kept_tags = {d for t, d in scan.tags.items() if t not in condemned}
         untagged = scan.revisions - scan.tagged
-        return {d for d in untagged if self._fresh(scan.revision_mtimes[d])}
+        if self.options.delete_untagged:
+            older_than = self.cutoff
+        elif age is not None:
+            older_than = min(self.cutoff, self.clock() - age)
+        else:
+            older_than = float("-inf")
+        staying = {d for d in untagged if scan.revision_mtimes[d] > older_than}
+        untagged_by_rules = scan.tagged - kept_tags
+        fresh = {d for d in untagged_by_rules if self._fresh(scan.revision_mtimes.get(d, 0.0))}
+        return kept_tags | staying | fresh
 
     async def _unmarked_blobs(
         self, unmarked: set[Digest], scans: Iterable[RepoScan]
@@ -222,8 +226,10 @@ class GarbageCollector:
 
         async def blob(digest: Digest) -> None:
             info = await self.store.stat(layout.blob_data(digest))
-            if info is None:
-                return  # a directory without data: nothing to free
+            if info is None:  # nothing to free; unless a crash left it aside: put it back
+                if not self.options.dry_run and await restore(self.store, digest):
+                    self.result.blobs_recovered += 1
+                return
             if self._fresh(info.mtime):
                 self.result.blobs_kept_fresh += 1
             else:
@@ -244,8 +250,11 @@ class GarbageCollector:
     async def _sweep(
         self, scans: dict[str, RepoScan], unkept: dict[str, set[Digest]], doomed: dict[Digest, int]
     ) -> None:
+        await self._delete_tags()
         removed = await each(unkept.items(), lambda item: self._unlink_manifests(scans, *item))
         gone = {name: digests for (name, _), digests in zip(unkept.items(), removed, strict=True)}
+        if doomed:
+            await write_journal(self.store, doomed)
         quarantined = [
             d
             for d, moved in zip(doomed, await each(doomed, self._quarantine), strict=True)
@@ -256,7 +265,9 @@ class GarbageCollector:
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
         deleted = [d for d in quarantined if d not in relinked]
-        progress = Progress(self.emit, "sweeping: blobs deleted", len(deleted), self.options)
+        progress = Progress(
+            self.emit, "sweeping: blobs deleted", len(deleted), self.options.progress_every
+        )
         slots = asyncio.Semaphore(self.options.concurrency)  # steady progress, as reading
 
         async def delete(digest: Digest) -> None:
@@ -267,6 +278,8 @@ class GarbageCollector:
         await each(deleted, delete)
         for digest in deleted:
             self.result.blobs_deleted[digest] = doomed[digest]
+        if doomed:
+            await close_journal(self.store)
         await self._unlink_layers([*scans.values(), *rescans.values()], set(deleted))
         empty = await self._empty_repositories(rescans.values(), gone, set(deleted))
         for name in reversed(empty):  # nested ones first: their parents may empty with them
@@ -275,6 +288,29 @@ class GarbageCollector:
         if empty:
             await bump_epoch(self.driver, CATALOG_REMOVALS)
             await bump_epoch(self.driver, CATALOG)
+
+    async def _delete_tags(self) -> None:
+        """Delete the tags the retention rules condemned, each only if it still points
+        where it did and was not pushed again within the grace window."""
+        touched: set[str] = set()
+
+        async def delete(item: tuple[str, str, Digest]) -> None:
+            name, tag, digest = item
+            current = layout.tag_current_link(name, tag)
+            info, now = await asyncio.gather(
+                self.store.stat(current), self.store.read_link(current)
+            )
+            if info is None or now != digest or self._fresh(info.mtime):
+                return
+            if await self.store.delete(layout.tag_dir(name, tag)):
+                await self.store.delete(pull_key(name, tag))
+                self.result.tags_deleted.append((name, tag))
+                touched.add(name)
+
+        items = [(n, t, d) for n, tags in self.plan.tags.items() for t, d in tags.items()]
+        await each(items, delete)
+        await each(touched, lambda name: bump_epoch(self.driver, tags_epoch(name)))
+        self.result.tags_deleted.sort()
 
     async def _unlink_manifests(
         self, scans: dict[str, RepoScan], name: str, planned: set[Digest]
@@ -303,12 +339,11 @@ class GarbageCollector:
         return removed
 
     async def _quarantine(self, digest: Digest) -> bool:
-        quarantine = f"{layout.blob_dir(digest)}/{QUARANTINE}"
-        return await self.store.move(layout.blob_data(digest), quarantine)
+        # Not synced: after a crash the blob is at either name, and both are handled.
+        return await self.store.move(layout.blob_data(digest), quarantine_key(digest), sync=False)
 
     async def _release(self, digest: Digest) -> None:
-        # Moving over a copy a push wrote meanwhile is harmless: same digest, same bytes.
-        await self.store.move(f"{layout.blob_dir(digest)}/{QUARANTINE}", layout.blob_data(digest))
+        await restore(self.store, digest)
 
     async def _delete_blob(self, digest: Digest) -> None:
         # The blob's folder with the quarantined bytes, as registry:2 removes the folder;
@@ -316,7 +351,7 @@ class GarbageCollector:
         if await self.store.stat(layout.blob_data(digest)) is None:
             await self.store.delete(layout.blob_dir(digest))
         else:
-            await self.store.delete(f"{layout.blob_dir(digest)}/{QUARANTINE}")
+            await self.store.delete(quarantine_key(digest))
 
     async def _relinked(
         self,
@@ -375,6 +410,7 @@ class GarbageCollector:
     async def _remove_repository(self, name: str) -> None:
         for folder in _REPO_FOLDERS:
             await self.store.delete(f"{layout.repository(name)}/{folder}")
+        await self.store.delete(pulls_dir(name))
         # A driver with real directories leaves the folders empty: remove those up the tree,
         # as long as nothing else (another repository) is in them.
         path = layout.repository(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
 T = TypeVar("T")
 R = TypeVar("R")
 
+QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks it
 _MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
 
 
@@ -51,10 +53,10 @@ class Limited:
             except StorageNotFound:
                 return None
 
-    async def move(self, src: str, dst: str) -> bool:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> bool:
         async with self._slots:
             try:
-                await self.driver.move(src, dst)
+                await self.driver.move(src, dst, sync=sync)
             except StorageNotFound:
                 return False
             return True
@@ -123,7 +125,9 @@ async def find_repositories(store: Limited) -> list[str]:
 
 
 async def find_blobs(store: Limited) -> set[Digest]:
-    """Every blob directory under ``blobs/`` (registry:2 enumerates the same)."""
+    """Every blob directory under ``blobs/`` (registry:2 enumerates the same). Listed
+    shard by shard: a walk down to each blob's ``data`` costs a local disk a directory
+    read per blob (about twice as long in all)."""
     found: set[Digest] = set()
 
     async def shard(algorithm: str, prefix: str) -> None:
@@ -232,3 +236,43 @@ async def read_refs(
         known[digest] = NO_REFS if raw is None else manifest_refs(raw)
 
     await each([d for d in set(digests) if d not in known], read)
+
+
+class Progress:
+    """A line every few seconds on a long run: ``<what>: done/total``."""
+
+    def __init__(self, emit: Callable[[str], None], what: str, total: int, every: float) -> None:
+        self.emit, self.what, self.total = emit, what, total
+        self.every = every
+        self.done = 0
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        self.done += 1
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self.emit(f"{self.what}: {self.done}/{self.total}")
+
+
+def keep_closure(
+    valid: set[Digest], roots: Iterable[Digest], refs: dict[Digest, ManifestRefs]
+) -> set[Digest]:
+    """The manifests of one repository kept from ``roots``: with their index children and
+    their referrers (manifests whose ``subject`` is kept), transitively."""
+    referrers: dict[Digest, list[Digest]] = {}
+    for digest in valid:
+        subject = refs.get(digest)
+        if subject is not None and subject.subject is not None:
+            referrers.setdefault(subject.subject, []).append(digest)
+    kept: set[Digest] = set()
+    stack = [d for d in roots if d in valid]
+    while stack:
+        digest = stack.pop()
+        if digest in kept:
+            continue
+        kept.add(digest)
+        found = refs.get(digest)
+        if found is not None:
+            stack.extend(c for c in found.children if c in valid)
+        stack.extend(referrers.get(digest, ()))
+    return kept

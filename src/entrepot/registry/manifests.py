@@ -8,6 +8,7 @@ kept in a small in-memory cache keyed by digest.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 from cachetools import LRUCache
@@ -27,6 +28,7 @@ from entrepot.registry.blobs import (
     write_link,
 )
 from entrepot.registry.epochs import bump_epoch, read_epoch, tags_epoch
+from entrepot.registry.pulls import PullRecorder
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 # Memory budgets of the two caches, so they stay flat however many manifests and
@@ -97,6 +99,7 @@ class ManifestService:
         self.cache = cache
         self.links = links
         self.delete_enabled = delete_enabled
+        self.pulls: PullRecorder | None = None  # set when retention rules need pull times
         # Tag lists by repository, with the tags epoch they were read at; at most
         # ``max_cached_tags`` tags in all, the least recently used lists pushed out.
         self._tag_lists: LRUCache[str, tuple[bytes | None, list[str]]] = LRUCache(
@@ -130,8 +133,14 @@ class ManifestService:
         """Point ``tag`` at ``digest`` (writing it again also marks it fresh: its mtime)."""
         current = layout.tag_current_link(name, tag)
         is_new = await read_link(self.driver, current) is None
-        await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
-        await write_link(self.driver, current, digest)
+        try:
+            await write_link(self.driver, layout.tag_index_link(name, tag, digest), digest)
+            await write_link(self.driver, current, digest)
+        except RegistryError:
+            if is_new:  # (a full disk) no tag directory without current/link is left listed
+                with contextlib.suppress(StorageError):
+                    await self.driver.delete(layout.tag_dir(name, tag))
+            raise
         if is_new:
             await self.tags_changed(name)
 
@@ -196,6 +205,9 @@ class RepositoryManifests:
     async def get(self, reference: str) -> ManifestContent:
         digest = await self.resolve(reference)
         manifest = await self.service.load(digest, reference)
+        pulls = self.service.pulls
+        if pulls is not None and not is_digest(reference):
+            pulls.record(self.name, reference)
         return ManifestContent(digest, manifest.media_type, manifest.raw)
 
     async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:

@@ -10,6 +10,7 @@ disconnects mid-chunk leaves the upload as it was before that chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -80,6 +81,9 @@ class UploadService:
                 layout.upload_started_at(name, upload_id), started.encode()
             )
         except StorageError as exc:
+            # No half-made session is left behind for the purger (a full disk fails here).
+            with contextlib.suppress(StorageError):
+                await self.driver.delete(layout.upload_dir(name, upload_id))
             raise storage_unavailable(exc) from exc
         self._hashes[(name, upload_id)] = DigestVerifier()
         return UploadStatus(upload_id, 0)
@@ -126,8 +130,12 @@ class UploadService:
         try:
             await pump(chunks, consume)
             await writer.commit()
-        except BaseException:
-            await writer.cancel()
+        except BaseException as exc:
+            # The writer keeps only what earlier commits wrote (cancel truncates back).
+            with contextlib.suppress(StorageError):
+                await writer.cancel()
+            if isinstance(exc, StorageError):  # a full disk, an I/O error: the spec's 503
+                raise storage_unavailable(exc) from exc
             raise
         self._hashes[(name, upload_id)] = running
         return writer.size

@@ -94,6 +94,13 @@ class StorageDriver(abc.ABC):
         """Atomically replace the object: readers see the old or the new bytes, never a mix."""
 
     @abc.abstractmethod
+    async def put_new(self, key: str, data: bytes) -> bool:
+        """Store ``data`` at ``key`` only if no object is there: True if stored, False if
+        one already was (left unchanged). Atomic: of callers racing on one key, exactly one
+        gets True (a lease is taken this way: S3's ``If-None-Match: *``, a hard link on a
+        filesystem)."""
+
+    @abc.abstractmethod
     def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
@@ -135,9 +142,12 @@ class StorageDriver(abc.ABC):
             yield batch
 
     @abc.abstractmethod
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
         """Atomically move an object to ``dst``, replacing what was there.
-        StorageNotFound (with ``key == src``) if ``src`` is missing."""
+        StorageNotFound (with ``key == src``) if ``src`` is missing. ``sync=False``: the
+        move need not be durable when this returns (a crash may undo it), for a caller to
+        whom either state is fine (garbage collection's quarantine): it spares a local
+        disk a directory fsync per move."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:

@@ -129,6 +129,27 @@ def _put(path: str, data: bytes) -> None:
     _finish_new(fd, tmp, path, data)
 
 
+def _put_new(path: str, data: bytes) -> bool:
+    """Write a temp file, then hard-link it at ``path``: link() fails if ``path`` exists,
+    so the object appears whole or not at all, and only once."""
+    fd, tmp = _open_tmp(path)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(path))
+    return True
+
+
 def _get(path: str) -> bytes:
     with open(path, "rb", buffering=0) as f:
         return f.readall()
@@ -169,13 +190,21 @@ def _open_append(path: str) -> tuple[int, int]:
         raise
 
 
-def _end_append(fd: int, truncate_to: int | None, *parts: bytes | bytearray) -> None:
-    """Commit (write ``parts``) or cancel (truncate back); then fsync and close."""
+def _end_append(fd: int, start: int, commit: bool, *parts: bytes | bytearray) -> None:
+    """Commit (write ``parts``) or cancel (truncate back to ``start``); then fsync and
+    close. A commit that fails (a full disk) is cancelled too: the object keeps only
+    what an earlier commit made durable, never a partly written tail."""
     try:
-        if truncate_to is None:
-            _write_all(fd, *parts)
-        else:
-            os.ftruncate(fd, truncate_to)
+        if commit:
+            try:
+                _write_all(fd, *parts)
+                os.fsync(fd)
+                return
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        os.ftruncate(fd, start)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -245,7 +274,7 @@ def _take(keys: Iterator[str], count: int) -> list[str]:
     return list(itertools.islice(keys, count))
 
 
-def _move(src: str, dst: str, src_key: str) -> None:
+def _move(src: str, dst: str, src_key: str, sync: bool) -> None:
     try:
         os.replace(src, dst)
     except (FileNotFoundError, NotADirectoryError):
@@ -253,7 +282,8 @@ def _move(src: str, dst: str, src_key: str) -> None:
             raise StorageNotFound(src_key) from None
         _makedirs(os.path.dirname(dst))
         os.replace(src, dst)
-    _fsync_dir(os.path.dirname(dst))
+    if sync:
+        _fsync_dir(os.path.dirname(dst))
 
 
 def _delete(path: str) -> None:
@@ -286,20 +316,30 @@ def _check_key(key: str) -> None:
             raise StorageError(f"invalid key: {key!r}")
 
 
-def _storage_error(exc: OSError, key: str, missing: bool) -> StorageError:
+# Errors that only freeing space fixes: the message tells the operator so.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _storage_error(exc: OSError, key: str, missing: bool, path: str = "") -> StorageError:
     if missing and isinstance(exc, _MISSING):
         return StorageNotFound(key)
-    # The OS path (exc.filename) tells the operator which directory to fix.
-    return StorageError(f"{exc.filename or key}: {exc.strerror or exc}")
+    # The OS path tells the operator which directory to fix: the one the OS names, else
+    # the file written (a failed write or fsync names none), else the key.
+    where = exc.filename or path or key
+    reason = exc.strerror or str(exc)
+    if exc.errno in _FULL:
+        reason += " (free space on that filesystem; writes fail until then)"
+    return StorageError(f"{where}: {reason}")
 
 
-async def _run(key: str, missing: bool, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+async def _run(key: str, missing: bool, fn: Callable[[*Ts], T], *args: *Ts, path: str = "") -> T:
     """Run ``fn(*args)`` in the default executor, mapping OSError to Storage*. ``missing``
-    says whether a missing path means StorageNotFound (reads) or StorageError (writes)."""
+    says whether a missing path means StorageNotFound (reads) or StorageError (writes);
+    ``path`` is the file named in the error when the OS names none."""
     try:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
     except OSError as exc:
-        raise _storage_error(exc, key, missing) from exc
+        raise _storage_error(exc, key, missing, path) from exc
 
 
 def _close_opened(fut: asyncio.Future[tuple[int, bytes]]) -> None:
@@ -344,7 +384,7 @@ class FilesystemWriter(StorageWriter):
         try:
             await asyncio.shield(fut)
         except OSError as exc:
-            raise _storage_error(exc, self._key, missing=False) from exc
+            raise _storage_error(exc, self._key, False, self._path) from exc
 
     async def _settle(self) -> None:
         if self._inflight is not None and not self._inflight.done():
@@ -377,7 +417,7 @@ class FilesystemWriter(StorageWriter):
         self._closed = True
         buf, self._buf = self._buf, bytearray()
         if self._tmp is None:
-            await self._call(_end_append, self._fd, None, buf)
+            await self._call(_end_append, self._fd, self._start, True, buf)
         else:
             await self._call(_finish_new, self._fd, self._tmp, self._path, buf)
 
@@ -389,7 +429,7 @@ class FilesystemWriter(StorageWriter):
         self._buf = bytearray()
         await self._settle()
         if self._tmp is None:
-            await self._call(_end_append, self._fd, self._start)
+            await self._call(_end_append, self._fd, self._start, False)
         else:
             await self._call(_close_unlink, self._fd, self._tmp)
 
@@ -439,7 +479,11 @@ class FilesystemDriver(StorageDriver):
             raise _storage_error(exc, key, True) from exc
 
     async def put_content(self, key: str, data: bytes) -> None:
-        await _run(key, False, _put, self._path(key), data)
+        path = self._path(key)
+        await _run(key, False, _put, path, data, path=path)
+
+    async def put_new(self, key: str, data: bytes) -> bool:
+        return await _run(key, False, _put_new, self._path(key), data)
 
     async def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
@@ -531,8 +575,8 @@ class FilesystemDriver(StorageDriver):
                 return
             size = min(size * 4, WALK_BATCH_MAX)
 
-    async def move(self, src: str, dst: str) -> None:
-        await _run(src, False, _move, self._path(src), self._path(dst), src)
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+        await _run(src, False, _move, self._path(src), self._path(dst), src, sync)
 
     async def delete(self, key: str) -> None:
         await _run(key, True, _delete, self._path(key))

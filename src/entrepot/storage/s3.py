@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 import obstore
-from obstore.exceptions import BaseError, NotFoundError
+from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
 from obstore.store import S3Store
 
 from entrepot.storage.driver import (
@@ -172,6 +172,16 @@ class S3Driver(StorageDriver):
         except (BaseError, OSError) as exc:
             raise self._error(exc, key, missing=False) from exc
 
+    async def put_new(self, key: str, data: bytes) -> bool:
+        path = self.object_key(key)
+        try:
+            await obstore.put_async(self.store, path, data, use_multipart=False, mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        except (BaseError, OSError) as exc:
+            raise self._error(exc, key, missing=False) from exc
+        return True
+
     async def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
@@ -233,7 +243,7 @@ class S3Driver(StorageDriver):
             raise StorageNotFound(prefix)
         return sorted(names)
 
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
         src_path, dst_path = self.object_key(src), self.object_key(dst)
         try:
             await obstore.copy_async(self.store, src_path, dst_path)

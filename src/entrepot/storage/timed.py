@@ -39,6 +39,10 @@ class TimedDriver(StorageDriver):
         with self._timed("PutContent"):
             await self.inner.put_content(key, data)
 
+    async def put_new(self, key: str, data: bytes) -> bool:
+        with self._timed("PutContent"):
+            return await self.inner.put_new(key, data)
+
     async def read(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
@@ -68,9 +72,9 @@ class TimedDriver(StorageDriver):
         with self._timed("List"):
             return await self.inner.list(prefix)
 
-    async def move(self, src: str, dst: str) -> None:
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
         with self._timed("Move"):
-            await self.inner.move(src, dst)
+            await self.inner.move(src, dst, sync=sync)
 
     async def delete(self, key: str) -> None:
         with self._timed("Delete"):

@@ -1,8 +1,9 @@
 """The web UI's pages, server-rendered from the package's Jinja2 templates: repositories,
-a repository's tags, a manifest, deletes, the cache counters and sign-in."""
+a repository's tags, a manifest, deletes, the cache counters, storage use and sign-in."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
@@ -26,6 +27,8 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
 from entrepot.proxy.upstreams import Upstream
 from entrepot.registry.api import RepositoryResolver
+from entrepot.registry.usage import INTERVAL as USAGE_INTERVAL
+from entrepot.registry.usage import StorageUsage
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -48,6 +51,8 @@ class UiSettings:
     access: UiAccess
     session_key: bytes
     delete_enabled: bool
+    # The last storage use figure (registry.usage), read per view: one small object.
+    storage_use: Callable[[], Awaitable[StorageUsage | None]]
 
 
 class SignInRequired(Exception):
@@ -77,6 +82,7 @@ def _templates() -> Jinja2Templates:
     )
     env.filters["size"] = human_size
     env.filters["short"] = short_digest
+    env.filters["utc"] = lambda seconds: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
     return Jinja2Templates(env=env)
 
 
@@ -249,7 +255,12 @@ class Ui:
     async def cache(self, request: Request) -> Response:
         counters = cache_counters(context(request).metrics())
         sections = [(u, counters.get(u.host, {})) for u in self.settings.upstreams]
-        return await self.render(request, "cache.html", {"sections": sections})
+        values = {
+            "sections": sections,
+            "usage": await self.settings.storage_use(),
+            "usage_minutes": int(USAGE_INTERVAL // 60),
+        }
+        return await self.render(request, "cache.html", values)
 
     @page
     async def login(self, request: Request) -> Response:

@@ -1,0 +1,196 @@
+"""Scheduled garbage collection inside the server (``garbagecollect.interval``).
+
+Every worker of every replica runs the loop, and the one that takes the storage lease
+(registry/lease.py) collects; a run records when it started, so the others, finding the
+last run younger than the interval, wait for the next turn. A worker that stops holding
+the lease (it stalled past the lease's expiry) abandons its run; the next run puts back
+what it had moved aside. Each run logs one summary line and counts in /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
+from entrepot.registry.gcscan import Limited
+from entrepot.registry.lease import GC_LEASE as LEASE
+from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
+from entrepot.registry.lease import LeaseLost, StorageLease
+from entrepot.registry.quarantine import recover
+from entrepot.storage import StorageDriver, StorageError
+
+log = logging.getLogger("entrepot.gc")
+
+LAST_RUN = "entrepot/gc/last-run"
+
+
+class GcMetrics:
+    """``entrepot_gc_*``: counted by whichever worker collected, summed over workers."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter(
+            "entrepot_gc_runs",
+            "Garbage collections, by outcome (done, failed, lost: the lease was lost).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.deleted = Counter(
+            "entrepot_gc_deleted",
+            "What garbage collection deleted: blob, manifest, tag, repository.",
+            ["kind"],
+            registry=registry,
+        )
+        self.freed = Counter(
+            "entrepot_gc_freed_bytes",
+            "Bytes of blobs garbage collection deleted.",
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "entrepot_gc_duration_seconds",
+            "How long a garbage collection took.",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")),
+            registry=registry,
+        )
+        self.last_run = Gauge(
+            "entrepot_gc_last_run_timestamp_seconds",
+            "When the last garbage collection finished (Unix time).",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+    def count(self, result: GcResult) -> None:
+        self.runs.labels("done").inc()
+        self.deleted.labels("blob").inc(len(result.blobs_deleted))
+        self.deleted.labels("manifest").inc(len(result.manifests_deleted))
+        self.deleted.labels("tag").inc(len(result.tags_deleted))
+        self.deleted.labels("repository").inc(len(result.repositories_removed))
+        self.freed.inc(result.bytes_freed)
+        self.duration.observe(result.seconds)
+        self.last_run.set(time.time())
+
+
+def summary(result: GcResult, dry_run: bool = False) -> str:
+    """The one line a collection logs."""
+    if dry_run:
+        return (
+            f"garbage collection (dry run): would delete {len(result.blobs_eligible)} blobs "
+            f"({sum(result.blobs_eligible.values())} bytes), {len(result.manifests_eligible)} "
+            f"manifests, {len(result.tags_eligible)} tags and "
+            f"{len(result.repositories_removed)} repositories in {result.seconds:.1f}s"
+        )
+    recovered = f"; {result.blobs_recovered} blobs put back" if result.blobs_recovered else ""
+    return (
+        f"garbage collection: deleted {len(result.blobs_deleted)} blobs "
+        f"({result.bytes_freed} bytes), {len(result.manifests_deleted)} manifests, "
+        f"{len(result.tags_deleted)} tags, {result.layer_links_deleted} layer links and "
+        f"{len(result.repositories_removed)} empty repositories in {result.seconds:.1f}s; "
+        f"{result.blobs_relinked} blobs kept as a push linked them during the sweep{recovered}"
+    )
+
+
+class ScheduledCollector:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        interval: float,
+        options: GcOptions,
+        metrics: GcMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.driver = driver
+        self.interval = interval
+        self.options = options
+        self.metrics = metrics
+        self.clock = clock
+
+    async def run(self) -> None:
+        """Put back what an interrupted run left aside, then collect every interval."""
+        await asyncio.sleep(random.uniform(0.0, min(1.0, self.interval / 10)))
+        with contextlib.suppress(StorageError):
+            await self.recover()
+        while True:
+            try:
+                await asyncio.sleep(await self._until_due())
+                await self.collect_if_due()
+            except StorageError as exc:
+                log.warning("garbage collection failed: %s", exc)
+                if self.metrics is not None:
+                    self.metrics.runs.labels("failed").inc()
+
+    async def _until_due(self) -> float:
+        # A little jitter, so the workers do not all ask for the lease at one instant.
+        due = await self._last_run() + self.interval - self.clock()
+        return max(0.0, due) + random.uniform(0.0, min(5.0, self.interval / 10))
+
+    async def recover(self) -> int:
+        lease = StorageLease(self.driver, LEASE, LEASE_TTL, self.clock)
+        if not await lease.acquire():
+            return 0  # the holder is collecting; its run recovers first
+        try:
+            restored = await recover(Limited(self.driver, 8))
+        finally:
+            await lease.release()
+        if restored:
+            log.info("put back %d blobs an interrupted garbage collection left aside", restored)
+        return restored
+
+    async def _last_run(self) -> float:
+        try:
+            return float((await self.driver.get_content(LAST_RUN)).decode())
+        except (StorageError, ValueError, UnicodeDecodeError):
+            return 0.0
+
+    async def collect_if_due(self) -> GcResult | None:
+        """Collect if no run started within the interval and the lease is free."""
+        if self.clock() - await self._last_run() < self.interval:
+            return None
+        lease = StorageLease(self.driver, LEASE, LEASE_TTL, self.clock)
+        if not await lease.acquire():
+            return None
+        try:
+            if self.clock() - await self._last_run() < self.interval:
+                return None  # another worker ran while this one took the lease
+            await self.driver.put_content(LAST_RUN, repr(self.clock()).encode())
+            return await self._collect(lease)
+        finally:
+            await lease.release()
+
+    async def _collect(self, lease: StorageLease) -> GcResult | None:
+        collector = GarbageCollector(self.driver, self.options, emit=log.debug, clock=self.clock)
+        work = asyncio.create_task(collector.run())
+        renewing = asyncio.create_task(self._renew(lease, work))
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            if not renewing.done() or renewing.cancelled():
+                raise  # the server is stopping (the run is cancelled with this task)
+            log.warning("garbage collection abandoned: %s", renewing.exception())
+            if self.metrics is not None:
+                self.metrics.runs.labels("lost").inc()
+            return None
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        log.info(summary(result, self.options.dry_run))
+        if self.metrics is not None:
+            self.metrics.count(result)
+        return result
+
+    async def _renew(self, lease: StorageLease, work: asyncio.Task[GcResult]) -> None:
+        while True:
+            await asyncio.sleep(LEASE_TTL / 3)
+            try:
+                await lease.renew()
+            except LeaseLost:
+                work.cancel()
+                raise
+            except StorageError as exc:
+                log.warning("could not renew the garbage collection lease: %s", exc)

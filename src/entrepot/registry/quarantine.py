@@ -1,0 +1,51 @@
+"""Blobs the sweep has moved aside (``<blob dir>/collecting``) while it re-checks them.
+
+Before moving any, the collector writes their digests to a journal; it deletes the journal
+once each was deleted or put back. A collection that stopped half-way (a crash, a lost
+lease) leaves the journal behind, and the next collection (or a server with a schedule, at
+start) first puts every listed blob back, so a blob a kept image needs is never left
+aside: the new run's own mark then decides again. A quarantine with no journal (left by
+a version before it) is put back when a collection finds the blob without its ``data``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from entrepot.oci.digest import Digest
+from entrepot.registry import layout
+from entrepot.registry.gcscan import QUARANTINE, Limited, each, parse_digest
+
+JOURNAL = "entrepot/gc/quarantined"
+
+
+def quarantine_key(digest: Digest) -> str:
+    return f"{layout.blob_dir(digest)}/{QUARANTINE}"
+
+
+async def write_journal(store: Limited, digests: Iterable[Digest]) -> None:
+    await store.driver.put_content(JOURNAL, "\n".join(str(d) for d in digests).encode())
+
+
+async def close_journal(store: Limited) -> None:
+    await store.delete(JOURNAL)
+
+
+async def restore(store: Limited, digest: Digest) -> bool:
+    """Put a quarantined blob back (or drop the quarantine if a push wrote the same bytes
+    meanwhile); whether there was one."""
+    if await store.stat(layout.blob_data(digest)) is not None:
+        return await store.delete(quarantine_key(digest))
+    return await store.move(quarantine_key(digest), layout.blob_data(digest))
+
+
+async def recover(store: Limited) -> int:
+    """Put back every blob an interrupted collection left aside; how many."""
+    raw = await store.get(JOURNAL)
+    if raw is None:
+        return 0
+    listed = [parse_digest(line) for line in raw.decode("ascii", "replace").split()]
+    digests = [d for d in listed if d is not None]
+    restored = sum(await each(digests, lambda d: restore(store, d)))
+    await close_journal(store)
+    return restored

@@ -1,0 +1,269 @@
+"""Retention rules, the collection lease, a crashed collection's quarantine put back, pull
+records and the scheduled collection, on a store written through the driver (see
+test_gc: the collector's clock runs two hours ahead)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from entrepot.oci.digest import Digest
+from entrepot.registry import layout
+from entrepot.registry.gc import QUARANTINE, GcOptions, GcResult
+from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector, summary
+from entrepot.registry.lease import LeaseLost, StorageLease
+from entrepot.registry.pulls import PullRecorder, pull_key
+from entrepot.registry.quarantine import JOURNAL
+from entrepot.registry.retention import RetentionRule
+from entrepot.storage import StorageError
+from entrepot.storage.filesystem import FilesystemDriver
+from tests.unit.test_gc import LATER, collect, exists, layer, manifest
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> FilesystemDriver:
+    return FilesystemDriver(tmp_path / "root")
+
+
+def pushed_hours_ago(driver: FilesystemDriver, name: str, tag: str, hours: float) -> None:
+    then = time.time() - hours * HOUR
+    os.utime(driver.local_path(layout.tag_current_link(name, tag)), (then, then))
+
+
+async def image(driver: FilesystemDriver, name: str, tag: str, hours: float) -> Digest:
+    """A one-layer image tagged ``tag``, pushed ``hours`` ago."""
+    digest = await manifest(
+        driver, name, [await layer(driver, name, f"{name}:{tag}".encode())], tag=tag
+    )
+    pushed_hours_ago(driver, name, tag, hours)
+    return digest
+
+
+async def tags(driver: FilesystemDriver, name: str) -> list[str]:
+    try:
+        return sorted(await driver.list(layout.tags_dir(name)))
+    except StorageError:
+        return []
+
+
+# ---- retention rules -------------------------------------------------------------------
+
+
+async def test_keep_latest_deletes_older_tags_and_what_only_they_held(
+    driver: FilesystemDriver,
+) -> None:
+    name = "team/app"
+    digests = {
+        tag: await image(driver, name, tag, hours)
+        for tag, hours in (("v1", 9), ("v2", 8), ("v3", 7), ("v4", 6), ("stable", 10))
+    }
+    rules = (RetentionRule(repositories=("team/*",), tags=("v*",), keep_latest=2),)
+
+    planned = await collect(driver, rules=rules, dry_run=True)
+    assert planned.tags_eligible == [(name, "v1"), (name, "v2")]
+    assert {d for _, d in planned.manifests_eligible} == {digests["v1"], digests["v2"]}
+    assert await tags(driver, name) == ["stable", "v1", "v2", "v3", "v4"]  # dry run
+
+    result = await collect(driver, rules=rules)
+    assert result.tags_deleted == [(name, "v1"), (name, "v2")]
+    assert await tags(driver, name) == ["stable", "v3", "v4"]
+    assert set(result.manifests_deleted) == {(name, digests["v1"]), (name, digests["v2"])}
+    for tag in ("v1", "v2"):
+        assert not await exists(driver, layout.blob_data(digests[tag]))
+    for tag in ("v3", "v4", "stable"):
+        assert await exists(driver, layout.blob_data(digests[tag]))
+
+
+async def test_a_tag_pulled_recently_is_kept_and_rules_add_up(driver: FilesystemDriver) -> None:
+    name = "team/app"
+    for tag, hours in (("v1", 9), ("v2", 8), ("v3", 7)):
+        await image(driver, name, tag, hours)
+    now = time.time() + LATER
+    await driver.put_content(pull_key(name, "v1"), repr(now - HOUR).encode())
+    await driver.put_content(pull_key(name, "v2"), repr(now - 30 * HOUR).encode())
+    rules = (
+        RetentionRule(repositories=("team/app",), keep_latest=1, keep_pulled_within=24 * HOUR),
+        RetentionRule(repositories=("other/*",), keep_latest=0),  # not this repository
+    )
+    result = await collect(driver, rules=rules)
+    assert result.tags_deleted == [(name, "v2")]
+    assert await tags(driver, name) == ["v1", "v3"]
+    assert not await exists(driver, pull_key(name, "v2"))
+
+
+async def test_a_digest_a_kept_tag_points_to_stays_whole(driver: FilesystemDriver) -> None:
+    name = "team/multi"
+    child = await manifest(driver, name, [await layer(driver, name, b"child layer")])
+    index = await manifest(driver, name, [], children=[child], tag="old")
+    pushed_hours_ago(driver, name, "old", 9)
+    await driver.put_content(layout.tag_current_link(name, "new"), str(index).encode())
+    signature = await manifest(driver, name, [await layer(driver, name, b"sig")], subject=index)
+    rules = (RetentionRule(repositories=("*",), keep_latest=1, untagged_older_than=HOUR),)
+
+    result = await collect(driver, rules=rules)
+
+    assert result.tags_deleted == [(name, "old")]
+    assert result.manifests_deleted == []
+    for digest in (index, child, signature):
+        assert await exists(driver, layout.manifest_revision_link(name, digest))
+
+
+async def test_untagged_manifests_go_from_the_rules_age(driver: FilesystemDriver) -> None:
+    name = "team/app"
+    old = await manifest(driver, name, [await layer(driver, name, b"old untagged")])
+    young = await manifest(driver, name, [await layer(driver, name, b"young untagged")])
+    then = time.time() - 5 * HOUR
+    os.utime(driver.local_path(layout.manifest_revision_link(name, old)), (then, then))
+    rules = (RetentionRule(repositories=("team/*",), untagged_older_than=3 * HOUR),)
+    result = await collect(driver, rules=rules)
+    assert result.manifests_deleted == [(name, old)]
+    assert await exists(driver, layout.manifest_revision_link(name, young))
+    assert result.tags_deleted == []
+
+
+async def test_a_tag_pushed_within_the_grace_window_is_never_deleted(
+    driver: FilesystemDriver,
+) -> None:
+    name = "team/app"
+    await image(driver, name, "v1", 9)
+    await image(driver, name, "v2", 0)  # written now: fresh with a grace of 3 hours
+    rules = (RetentionRule(repositories=("*",), keep_latest=0),)
+    result = await collect(driver, rules=rules, grace=3 * HOUR)
+    assert result.tags_deleted == [(name, "v1")]
+    assert await tags(driver, name) == ["v2"]
+
+
+# ---- a crashed collection ----------------------------------------------------------------
+
+
+class CrashingSweep(FilesystemDriver):
+    """Stops (as a crash would) once one blob was moved aside."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.moved_one: asyncio.Event | None = None
+
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> None:
+        if not dst.endswith(f"/{QUARANTINE}"):
+            await super().move(src, dst, sync=sync)
+        elif self.moved_one is None:
+            self.moved_one = asyncio.Event()
+            await super().move(src, dst, sync=sync)
+            self.moved_one.set()
+        else:
+            await self.moved_one.wait()
+            raise RuntimeError("crash")
+
+
+async def test_blobs_a_crashed_collection_left_aside_are_put_back(tmp_path: Path) -> None:
+    crashing = CrashingSweep(tmp_path / "root")
+    strays = [await layer(crashing, "team/app", f"stray {i}".encode()) for i in range(2)]
+    with pytest.raises(RuntimeError):
+        await collect(crashing)
+    aside = [d for d in strays if await exists(crashing, f"{layout.blob_dir(d)}/{QUARANTINE}")]
+    assert len(aside) == 1 and await exists(crashing, JOURNAL)
+    # Meanwhile a push references the blob that was left aside: it must come back.
+    driver = FilesystemDriver(tmp_path / "root")
+    kept = await manifest(driver, "team/app", [aside[0]], tag="v1")
+
+    result = await collect(driver)
+
+    assert result.blobs_recovered == 1
+    assert not await exists(driver, JOURNAL)
+    assert await exists(driver, layout.blob_data(aside[0]))
+    assert not await exists(driver, f"{layout.blob_dir(aside[0])}/{QUARANTINE}")
+    assert set(result.blobs_deleted) == set(strays) - set(aside)
+    assert await exists(driver, layout.blob_data(kept))
+
+
+async def test_a_server_puts_them_back_at_start(tmp_path: Path) -> None:
+    crashing = CrashingSweep(tmp_path / "root")
+    strays = [await layer(crashing, "team/app", f"stray {i}".encode()) for i in range(2)]
+    with pytest.raises(RuntimeError):
+        await collect(crashing)
+    driver = FilesystemDriver(tmp_path / "root")
+    server = ScheduledCollector(driver, 600.0, GcOptions())
+    assert await server.recover() == 1
+    for digest in strays:
+        assert await exists(driver, layout.blob_data(digest))
+        assert not await exists(driver, f"{layout.blob_dir(digest)}/{QUARANTINE}")
+    assert not await exists(driver, JOURNAL)
+
+
+async def test_a_quarantine_without_journal_is_put_back_too(driver: FilesystemDriver) -> None:
+    # An upload under way (its layer link is fresh) whose blob an older version left aside.
+    digest = await layer(driver, "team/app", b"left aside by an older version")
+    await driver.move(layout.blob_data(digest), f"{layout.blob_dir(digest)}/{QUARANTINE}")
+    result = await collect(driver, grace=3 * HOUR)
+    assert result.blobs_recovered == 1
+    assert await exists(driver, layout.blob_data(digest))
+
+
+# ---- the lease -----------------------------------------------------------------------------
+
+
+async def test_the_lease_has_one_holder_until_released_or_expired(
+    driver: FilesystemDriver,
+) -> None:
+    now = [1000.0]
+    first, second = (StorageLease(driver, "gc/lease", 60.0, lambda: now[0]) for _ in range(2))
+    assert await first.acquire()
+    assert not await second.acquire()
+    await first.renew()
+    await first.release()
+    assert await second.acquire()
+    now[0] += 61.0  # the holder stalled past its expiry
+    assert await first.acquire()
+    with pytest.raises(LeaseLost):
+        await second.renew()
+
+
+async def test_racing_workers_take_the_lease_once(driver: FilesystemDriver) -> None:
+    leases = [StorageLease(driver, "gc/lease", 60.0) for _ in range(8)]
+    taken = await asyncio.gather(*(lease.acquire() for lease in leases))
+    assert taken.count(True) == 1
+
+
+# ---- pull records and the schedule ----------------------------------------------------------
+
+
+async def test_pulls_are_written_in_batches(driver: FilesystemDriver) -> None:
+    recorder = PullRecorder(driver, clock=lambda: 1234.5)
+    for _ in range(100):
+        recorder.record("team/app", "v1")
+    recorder.record("team/app/nested", "v1")
+    assert not await exists(driver, pull_key("team/app", "v1"))  # nothing written yet
+    assert await recorder.flush() == 2
+    assert await driver.get_content(pull_key("team/app", "v1")) == b"1234.5"
+    assert await recorder.flush() == 0
+
+
+async def test_one_worker_collects_per_interval_and_counts_it(driver: FilesystemDriver) -> None:
+    stray = await layer(driver, "team/app", b"stray")
+    registry = CollectorRegistry()
+    metrics = GcMetrics(registry)
+    clock = lambda: time.time() + LATER  # noqa: E731
+    workers = [
+        ScheduledCollector(driver, 600.0, GcOptions(), metrics if i == 0 else None, clock)
+        for i in range(2)
+    ]
+    first = await workers[0].collect_if_due()
+    assert first is not None and set(first.blobs_deleted) == {stray}
+    assert await workers[1].collect_if_due() is None  # ran within the interval
+    assert registry.get_sample_value("entrepot_gc_runs_total", {"outcome": "done"}) == 1
+    assert registry.get_sample_value("entrepot_gc_deleted_total", {"kind": "blob"}) == 1
+    assert registry.get_sample_value("entrepot_gc_freed_bytes_total") == len(b"stray")
+    assert "deleted 1 blobs (5 bytes)" in summary(first)
+
+
+def test_the_summary_line_of_a_dry_run_says_what_would_go() -> None:
+    result = GcResult(blobs_eligible={Digest.of(b"x"): 1}, tags_eligible=[("a", "v1")])
+    line = summary(result, dry_run=True)
+    assert "would delete 1 blobs (1 bytes), 0 manifests, 1 tags" in line
