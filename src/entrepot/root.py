@@ -33,7 +33,9 @@ from entrepot.http.metrics import (
 from entrepot.http.notify import EndpointSettings, NotificationMetrics, Notifier
 from entrepot.http.ui import UiSettings, access_for, ui_routes
 from entrepot.log_setup import configure_logging
+from entrepot.proxy.access import NameRules
 from entrepot.proxy.cache import ProxyCache
+from entrepot.proxy.health import UpstreamHealth
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.prefetch import Prefetcher, parse_platform
@@ -42,7 +44,7 @@ from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
-from entrepot.proxy.upstreams import CachePolicy, Upstream, host_aliases
+from entrepot.proxy.upstreams import DOCKER_HUB_ALIASES, CachePolicy, Upstream, host_aliases
 from entrepot.registry.gc import GcOptions
 from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector
 from entrepot.registry.health import StorageHealthCheck, check_writable, probe_key
@@ -295,17 +297,29 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
             negative_ttl=proxy.negative_ttl_s,
             expire_after=proxy.ttl_s,
         )
+        health = UpstreamHealth(
+            proxy.host,
+            configured_offline=proxy.offline,
+            offline_after=proxy.offline_after,
+            probe_interval=proxy.probe_interval_s,
+            on_change=metrics.offline.labels(proxy.host).set if metrics is not None else None,
+        )
+        client = UpstreamClient(
+            settings, requests=RequestCounts(proxy.host, metrics, budget), health=health
+        )
+        names = NameRules.of(
+            proxy.host, proxy.allow, proxy.deny, docker_hub=proxy.host in DOCKER_HUB_ALIASES
+        )
         upstreams.append(
             Upstream(
                 host=proxy.host,
-                client=UpstreamClient(
-                    settings, requests=RequestCounts(proxy.host, metrics, budget)
-                ),
+                client=client,
                 policy=policy,
                 mirror=proxy.mirror,
                 allow_push=proxy.allow_push,
                 budget=budget,
                 other_hosts=proxy.aliases,
+                names=names,
             )
         )
     return upstreams

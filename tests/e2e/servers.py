@@ -556,7 +556,8 @@ class ThrottledForwarder:
     delivered (over all connections) until `release()`: an upstream download that is
     certainly still in progress while a test does something. `delivered` counts the bytes
     passed on so far. Put its `url` where the target's would be (an Entrepot ``remoteurl``);
-    the target still logs every request itself.
+    the target still logs every request itself. `connections` counts the connections
+    accepted (the client's attempts to reach the target).
     """
 
     def __init__(
@@ -572,6 +573,7 @@ class ThrottledForwarder:
         self.hold_after = hold_after
         self.chunk = chunk
         self.delivered = 0
+        self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._closed = threading.Event()
@@ -623,6 +625,7 @@ class ThrottledForwarder:
                 continue
             except OSError:
                 return
+            self.connections += 1
             client.settimeout(None)
             try:
                 server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)

@@ -67,7 +67,10 @@ def summary(config: Config, path: str | None) -> str:
         host = f"[{http.host}]" if ":" in http.host else http.host
         address = f"{'https' if http.tls else 'http'}://{host}:{http.port}{http.prefix}"
     upstreams = [
-        u.host + (" (mirror)" if u.mirror else "") + "".join(f" (also {a})" for a in u.aliases)
+        u.host
+        + (" (mirror)" if u.mirror else "")
+        + (" (offline)" if u.offline else "")
+        + "".join(f" (also {a})" for a in u.aliases)
         for u in config.proxies
     ]
     s3 = config.storage.s3

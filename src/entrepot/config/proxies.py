@@ -15,6 +15,11 @@ is read when the configuration is loaded (a relative path is relative to the wor
 directory, like registry:2's other paths); one trailing newline is dropped.
 ``passwordenv`` names an environment variable holding the password, used as is (no
 YAML). An empty password from either is an error.
+
+``allow`` and ``deny`` are lists of glob patterns on repository names as the upstream
+knows them (proxy/access.py); ``offline`` serves cached content only (proxy/health.py).
+registry:2's ``proxy`` block accepts the three too (Entrepot's additions: registry:2
+does not know them).
 """
 
 from __future__ import annotations
@@ -52,6 +57,24 @@ REGISTRY2_PROXY_TTL = 168 * 3600.0
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 # A registry host as image references write it (distribution/reference's domain).
 _HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]+)?")
+# A glob over repository names: their characters and the glob's.
+_NAME_GLOB = re.compile(r"[a-z0-9._/*?\[\]!-]+")
+
+
+def _name_globs(value: Any, key_path: str) -> tuple[str, ...]:
+    """A list of glob patterns on repository names (``library/*``, ``myorg/app*``)."""
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"config key '{key_path}' must be a list of patterns such as [\"library/*\"]"
+        )
+    for i, pattern in enumerate(value):
+        if not isinstance(pattern, str) or not _NAME_GLOB.fullmatch(pattern):
+            raise ConfigError(
+                f"config key '{key_path}[{i}]': {pattern!r} is not a pattern of repository "
+                "names such as library/* or myorg/app*: lower-case letters, digits, '.', '_', "
+                "'-', '/' and the glob characters * ? [ ]"
+            )
+    return tuple(value)
 
 
 def _remote_url(value: Any, key_path: str) -> str:
@@ -133,6 +156,25 @@ class ProxyUpstreamConfig:
         doc="pulls left (per the upstream's `ratelimit-remaining`) at which cached tags stop "
         "being re-fetched; default 10% of its `ratelimit-limit`",
     )
+    allow: tuple[str, ...] = key(
+        "allow",
+        (),
+        parse=_name_globs,
+        doc="globs on upstream repository names that may be pulled (`library/*`); none: all",
+    )
+    deny: tuple[str, ...] = key(
+        "deny", (), parse=_name_globs, doc="globs refused even when allowed (`library/secret*`)"
+    )
+    offline: bool = key("offline", False, doc="serve cached content only; never connect")
+    offline_after: int = key(
+        "offlineafter",
+        5,
+        doc="failed connections in a row that make the upstream offline until a "
+        "`GET /v2/` health check answers; 0: never",
+    )
+    probe_interval_s: float = key(
+        "probeinterval", 5.0, doc="first wait between health checks (then doubling, to 5m)"
+    )
     # Other hosts this upstream answers for (registry:2's proxy block: its remoteurl host).
     aliases: tuple[str, ...] = derived(())
 
@@ -159,6 +201,10 @@ class ProxyUpstreamConfig:
                 raise ConfigError(f"config key '{at.key(name)}' must be more than 0")
         if self.ratelimit_reserve is not None and self.ratelimit_reserve < 0:
             raise ConfigError(f"config key '{at.key('ratelimitreserve')}' must not be negative")
+        if self.offline_after < 0:
+            raise ConfigError(f"config key '{at.key('offlineafter')}' must not be negative")
+        if self.probe_interval_s <= 0:
+            raise ConfigError(f"config key '{at.key('probeinterval')}' must be more than 0")
         password = _password(at, self)
         return replace(self, host=host, remoteurl=None, remoteurls=urls, password=password)
 
@@ -182,6 +228,13 @@ class ProxyBlockConfig:
         REGISTRY2_PROXY_TTL,
         doc="a cached image not pulled for this long is evicted; `0`: never (as registry:2)",
     )
+    allow: tuple[str, ...] = key(
+        "allow", (), parse=_name_globs, doc="(Entrepot) as `proxies[N].allow`"
+    )
+    deny: tuple[str, ...] = key(
+        "deny", (), parse=_name_globs, doc="(Entrepot) as `proxies[N].deny`"
+    )
+    offline: bool = key("offline", False, doc="(Entrepot) as `proxies[N].offline`")
 
     def checked(self, at: At) -> ProxyBlockConfig | None:
         if is_empty(at.raw):
@@ -208,6 +261,9 @@ class ProxyBlockConfig:
             password=self.password,
             mirror=True,
             aliases=aliases,
+            allow=self.allow,
+            deny=self.deny,
+            offline=self.offline,
             ttl_s=self.ttl,
         )
 

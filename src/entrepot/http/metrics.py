@@ -248,6 +248,7 @@ _FIGURES = {
     "upstream requests": ("entrepot_upstream_requests_total", {}),
     "pull budget left": ("entrepot_upstream_ratelimit_remaining", {}),
     "pull budget": ("entrepot_upstream_ratelimit_limit", {}),
+    "offline": ("entrepot_upstream_offline", {}),
 }
 
 

@@ -32,6 +32,7 @@ from entrepot.proxy.upstream_client import (
     UpstreamError,
     UpstreamInvalid,
     UpstreamNotFound,
+    UpstreamOffline,
 )
 from entrepot.proxy.upstreams import Upstream, error_kind, translate
 from entrepot.registry import layout
@@ -145,9 +146,10 @@ class _CachedFacet:
     def _error(self, exc: UpstreamError, missing: ErrorCode, reference: str) -> RegistryError:
         kind = error_kind(exc)
         self._count(f"error_{kind}")
-        # One line per upstream error ("not found" is routine: info), with the request id.
+        # One line per upstream error ("not found" and "offline" are routine: info), with
+        # the request id.
         log.log(
-            logging.INFO if kind == "not_found" else logging.WARNING,
+            logging.INFO if kind in ("not_found", "offline") else logging.WARNING,
             "upstream %s: %s %s: %s: %s",
             self.upstream.host,
             self.upstream_name,
@@ -157,9 +159,22 @@ class _CachedFacet:
         )
         return translate(exc, self.upstream.host, missing, reference)
 
+    def _check_allowed(self) -> None:
+        """DENIED when the upstream's allow and deny lists refuse this name: nothing is
+        fetched, and what was cached before is not served either."""
+        self.upstream.names.check(self.upstream_name)
+
+    def _unless_offline(self, missing: ErrorCode, reference: str) -> None:
+        """The spec's "unknown" error, saying why, for content not cached while offline."""
+        reason = self.upstream.client.health.reason
+        if reason is not None:
+            offline = UpstreamOffline(reason, upstream=self.upstream.host)
+            raise self._error(offline, missing, reference)
+
 
 class CachedManifests(_CachedFacet):
     async def get(self, reference: str) -> ManifestContent:
+        self._check_allowed()
         if is_digest(reference):
             digest = await self._manifest_by_digest(Digest.parse(reference), reference)
         else:
@@ -175,9 +190,13 @@ class CachedManifests(_CachedFacet):
     async def _manifest_by_tag(self, tag: str) -> Digest:
         link = layout.tag_current_link(self.name, tag)
         cached = await read_link(self._driver, link)
-        if cached is not None and (await self._pinned(tag) or await self._fresh(link)):
+        # While offline, cached tags do not expire.
+        if cached is not None and (
+            self.upstream.offline or await self._pinned(tag) or await self._fresh(link)
+        ):
             note_cache("hit", self.upstream.host)
             return cached
+        self._unless_offline(ErrorCode.MANIFEST_UNKNOWN, tag)
         negative_key = (self.upstream.host, self.upstream_name, tag)
         if self.cache.known_missing(negative_key):
             raise RegistryError(
@@ -282,6 +301,7 @@ class CachedManifests(_CachedFacet):
         if await read_link(self._driver, layout.manifest_revision_link(self.name, digest)):
             note_cache("hit", self.upstream.host)
             return digest
+        self._unless_offline(ErrorCode.MANIFEST_UNKNOWN, reference)
         negative_key = (self.upstream.host, self.upstream_name, reference)
         if self.cache.known_missing(negative_key):
             raise RegistryError(
@@ -312,15 +332,24 @@ class CachedManifests(_CachedFacet):
 
     async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
         """The upstream's referrers of ``digest``, kept like a tag (proxy/referrers.py)."""
+        self._check_allowed()
         return filtered(await UpstreamReferrers(self).list(digest), artifact_type)
 
     async def held_referrers(self, digest: Digest) -> list[dict[str, object]]:
         """Referrers of ``digest`` stored in this cached repository; never asks upstream."""
+        if self.upstream.names.refusal(self.upstream_name) is not None:
+            return []
         return await self._manifests.referrers(digest, None)
 
 
 class CachedTags(_CachedFacet):
     async def list(self) -> list[str]:
+        self._check_allowed()
+        if self.upstream.offline:
+            cached = await self._local.manifests.tags(self.name, missing_ok=True)
+            if cached:
+                return cached
+            self._unless_offline(ErrorCode.NAME_UNKNOWN, self.upstream_name)
         try:
             return await self.upstream.client.list_tags(self.upstream_name)
         except UpstreamError as exc:
@@ -336,7 +365,10 @@ class CachedTags(_CachedFacet):
 
 class CachedBlobs(_CachedFacet):
     async def held(self, digest: Digest) -> BlobInfo | None:
-        """The blob if this cache holds it already (verified); never asks upstream."""
+        """The blob if this cache holds it already (verified) and may serve it; never asks
+        upstream."""
+        if self.upstream.names.refusal(self.upstream_name) is not None:
+            return None
         if await read_link(self._driver, layout.layer_link(self.name, digest)) != digest:
             return None
         return await self._local.blobs.stat(digest)
@@ -356,16 +388,19 @@ class CachedBlobs(_CachedFacet):
         return held
 
     async def stat(self, digest: Digest) -> BlobInfo:
+        self._check_allowed()
         cached = await self.held(digest)
         if cached is not None:
             return cached
         fill = self.cache.filler.active(self._fill_key(digest))
         if fill is not None and fill.size is not None:
             return BlobInfo(digest, fill.size)
+        self._unless_offline(ErrorCode.BLOB_UNKNOWN, str(digest))
         size = await self._confirm_upstream(digest)
         return await self._link_if_held(digest, size) or BlobInfo(digest, size)
 
     async def open(self, digest: Digest) -> BlobContent:
+        self._check_allowed()
         cached = await self.held(digest)
         if cached is not None:
             note_cache("hit", self.upstream.host)
@@ -375,6 +410,7 @@ class CachedBlobs(_CachedFacet):
         fill = self.cache.filler.active(key)
         started = fill is None
         if fill is None:
+            self._unless_offline(ErrorCode.BLOB_UNKNOWN, str(digest))
             if await self._local.blobs.stat(digest) is not None:
                 held = await self._link_if_held(digest, await self._confirm_upstream(digest))
                 if held is not None:

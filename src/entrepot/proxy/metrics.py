@@ -37,7 +37,7 @@ EVENTS = {
     "evicted_blobs": "cached blobs evicted (proxycache.maxsize, ttl)",
 }
 # Upstream failures seen by the cache, counted as ``error_<kind>`` events.
-ERROR_KINDS = ("unavailable", "rate_limited", "denied", "not_found", "invalid")
+ERROR_KINDS = ("offline", "unavailable", "rate_limited", "denied", "not_found", "invalid")
 TYPES = ("blob", "manifest")
 
 
@@ -143,6 +143,15 @@ class ProxyMetrics:
             ["upstream"],
             registry=registry,
             multiprocess_mode="mostrecent",
+        )
+        # 1 while an upstream serves cached content only; with several workers, 1 when any
+        # live worker has it offline (each worker checks its upstreams on its own).
+        self.offline = Gauge(
+            "entrepot_upstream_offline",
+            "1 while the upstream is offline (configured, or after failed connections)",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         for kind in TYPES:  # registry:2 reports its counters at 0 from the start
             for metric in (self.proxy_requests, self.proxy_hits, self.proxy_misses):

@@ -143,7 +143,10 @@ class UpstreamReferrers:
             return None  # a torn write: ask upstream again
         if not isinstance(entries, list):
             return None
-        fresh = self.cache.clock() - info.mtime < self.upstream.policy.tag_ttl
+        # While the upstream is offline, what is kept does not expire (as cached tags).
+        fresh = self.upstream.offline or (
+            self.cache.clock() - info.mtime < self.upstream.policy.tag_ttl
+        )
         return entries, fresh
 
 

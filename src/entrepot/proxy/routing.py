@@ -2,7 +2,11 @@
 an upstream (``/v2/ghcr.io/org/app/...``), or a plain name (local first, then the mirror
 upstream). All three reach one shared cache, stored under ``<host>/<upstream name>``;
 plain names that registry:2 cached before Entrepot took its store over stay the mirror's
-cache where registry:2 stored them (registry2_store.py)."""
+cache where registry:2 stored them (registry2_store.py).
+
+An upstream's allow and deny lists (access.py) are enforced by the cached side itself, on
+every route; a pushed repository under a plain name the mirror refuses is served as if
+there were no mirror."""
 
 from __future__ import annotations
 
@@ -15,10 +19,12 @@ from entrepot.proxy.cache import ProxyCache, cached_repository, pinned_marker
 from entrepot.proxy.layered import layered_repository, registry2_cache_repository
 from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.proxy.upstreams import Upstream
+from entrepot.registry import layout
 from entrepot.registry.api import ManifestPut, Repository
 from entrepot.registry.blobs import write_link
 from entrepot.registry.local import LocalRegistry, local_repository
 from entrepot.registry.manifests import RepositoryManifests
+from entrepot.storage import StorageNotFound
 
 
 class ProxyResolver:
@@ -69,6 +75,10 @@ class ProxyResolver:
             return registry2_cache_repository(
                 self.local, name, self.cache, self.mirror, self.registry2.release
             )
+        refused = self.mirror.names.refusal(self.mirror.upstream_name(name)) is not None
+        if refused and await self._pushed(name):
+            # The mirror's lists do not concern what was pushed here: its misses are 404s.
+            return local_repository(self.local, name)
         # Pushes too: writes go to the local side, and a manifest PUT adopts the blobs the
         # client skipped because the mirror answered their HEAD.
         return layered_repository(self.local, name, self.cache, self.mirror)
@@ -76,10 +86,19 @@ class ProxyResolver:
     async def _cached(self, upstream: Upstream, name: str, for_push: bool) -> Repository:
         upstream_name = upstream.upstream_name(name)
         if for_push and upstream.allow_push:
+            upstream.names.check(upstream_name)  # what could not be pulled is not pushed
             name = upstream.cache_name(upstream_name)
             return local_repository(self.local, name, PinnedManifests(self.local.manifests, name))
         # Read-only: the HTTP layer refuses writes to a repository without them.
         return cached_repository(self.cache, upstream, upstream_name)
+
+    async def _pushed(self, name: str) -> bool:
+        """A pushed repository exists under this plain name (layers or manifests)."""
+        try:
+            children = await self.local.driver.list(layout.repository(name))
+        except StorageNotFound:
+            return False
+        return bool({"_layers", "_manifests"} & set(children))
 
     def scope_name(self, name: str, namespace: str | None) -> str:
         upstream = self._by_host.get(namespace.lower()) if namespace else None

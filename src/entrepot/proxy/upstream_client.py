@@ -28,6 +28,7 @@ from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE, Descriptor
 from entrepot.oci.mediatypes import OCI_INDEX
+from entrepot.proxy.health import UpstreamHealth
 from entrepot.proxy.metrics import RequestCounts
 from entrepot.proxy.upstream_auth import (
     Authenticator,
@@ -94,6 +95,10 @@ class UpstreamUnavailable(UpstreamError):
     """Connection error, timeout, 5xx, broken body, or every url failed."""
 
 
+class UpstreamOffline(UpstreamUnavailable):
+    """The upstream is offline (configured, or after failed connections): nothing was sent."""
+
+
 class UpstreamRateLimited(UpstreamError):
     """429; ``retry_after`` is the upstream's Retry-After header, if any."""
 
@@ -119,6 +124,7 @@ class UpstreamClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         requests: RequestCounts | None = None,
+        health: UpstreamHealth | None = None,
     ) -> None:
         if not settings.urls:
             raise ValueError(f"upstream {settings.host} has no urls")
@@ -126,6 +132,8 @@ class UpstreamClient:
         self.host = settings.host
         # Counts by kind; exported and told each response's headers (proxy/metrics.py).
         self.requests = requests if requests is not None else RequestCounts(settings.host)
+        # Offline (configured or automatic): no request is sent (proxy/health.py).
+        self.health = health if health is not None else UpstreamHealth(settings.host)
         self._urls = tuple(url.rstrip("/") for url in settings.urls)
         self._preferred = 0
         # sock_connect bounds the TCP+TLS connect and sock_read each read; ``connect``
@@ -153,6 +161,7 @@ class UpstreamClient:
         return self._session
 
     async def aclose(self) -> None:
+        await self.health.aclose()
         await self._auth.aclose()
         if self._session is not None:
             await self._session.close()
@@ -273,8 +282,12 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         """Send to the first url that answers without a transport error or 5xx, starting
         with the last one that did. Returns an open 2xx response (the caller releases
-        it); raises otherwise."""
+        it); raises otherwise. Nothing is sent while the upstream is offline."""
+        offline = self.health.reason
+        if offline is not None:
+            raise UpstreamOffline(offline, upstream=self.host)
         failures: list[str] = []
+        answered = False
         for step in range(len(self._urls)):
             index = (self._preferred + step) % len(self._urls)
             base = self._urls[index]
@@ -284,8 +297,10 @@ class UpstreamClient:
                 failures.append(f"{base}: {describe(exc)}")
                 continue
             except AuthError as exc:
+                answered = answered or exc.status is not None
                 self._auth_failed(exc, base, failures)
                 continue
+            answered = True
             self.requests.saw(response.headers)
             if response.status >= 500:
                 response.release()
@@ -294,13 +309,33 @@ class UpstreamClient:
             if failures:
                 log.warning("upstream %s: %s: using %s after %s", self.host, what, base, failures)
             self._preferred = index
+            self.health.answered()
             if not 200 <= response.status < 300:
                 try:
                     await self._raise_for_status(response, what)
                 finally:
                     response.release()
             return response
+        if answered:
+            self.health.answered()
+        else:
+            self.health.unanswered(failures[-1] if failures else what, self.probe)
         raise UpstreamUnavailable(f"{what}: {'; '.join(failures)}", upstream=self.host)
+
+    async def probe(self) -> str:
+        """``GET /v2/`` at each url until one answers below 500 (a 401 counts: it is up);
+        what answered. Sent even while offline: it is how an upstream comes back."""
+        failures = []
+        for base in self._urls:
+            self.requests["probe"] += 1
+            try:
+                async with self._open().get(base + "/v2/", allow_redirects=False) as response:
+                    if response.status < 500:
+                        return f"GET /v2/ answered HTTP {response.status}"
+                    failures.append(f"HTTP {response.status}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures.append(describe(exc))
+        raise UpstreamUnavailable("; ".join(failures), upstream=self.host)
 
     async def _signed_in(
         self, kind: str, name: str, method: str, base: str, path: str, headers: dict[str, str]

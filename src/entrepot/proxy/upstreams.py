@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from entrepot.oci.errors import ErrorCode, RegistryError
+from entrepot.proxy.access import NameRules
 from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.upstream_client import (
     UpstreamClient,
     UpstreamDenied,
     UpstreamError,
     UpstreamNotFound,
+    UpstreamOffline,
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
@@ -44,6 +46,13 @@ class Upstream:
     budget: RateBudget = field(default_factory=RateBudget)
     # Hosts that also route here (registry:2's proxy block: its remoteurl's host).
     other_hosts: tuple[str, ...] = ()
+    # Which repositories may be served from here (allow and deny lists).
+    names: NameRules = field(default_factory=NameRules)
+
+    @property
+    def offline(self) -> bool:
+        """Serving cached content only, sending nothing upstream (proxy/health.py)."""
+        return self.client.health.offline
 
     @property
     def is_docker_hub(self) -> bool:
@@ -72,6 +81,7 @@ class Upstream:
 def error_kind(exc: UpstreamError) -> str:
     """A short name for an upstream failure, as metrics label it."""
     kinds = (
+        (UpstreamOffline, "offline"),
         (UpstreamNotFound, "not_found"),
         (UpstreamRateLimited, "rate_limited"),
         (UpstreamDenied, "denied"),
@@ -92,6 +102,9 @@ def host_aliases(host: str, other_hosts: tuple[str, ...] = ()) -> tuple[str, ...
 
 def translate(exc: UpstreamError, host: str, missing: ErrorCode, reference: str) -> RegistryError:
     """An upstream failure as the error our client gets."""
+    if isinstance(exc, UpstreamOffline):
+        # What the spec says of content that is not here, and why it could not be fetched.
+        return RegistryError(missing, f"not cached, and {exc.message}", {"reference": reference})
     if isinstance(exc, UpstreamNotFound):
         return RegistryError(missing, f"not found upstream at {host}", {"reference": reference})
     if isinstance(exc, UpstreamRateLimited):
