@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -68,14 +67,20 @@ async def test_another_worker_with_a_fresh_figure_does_not_walk_again(tmp_path: 
     assert await usage.read_usage(driver) == recorded
 
 
-async def test_a_held_lock_means_another_worker_is_measuring(tmp_path: Path) -> None:
-    lock = str(tmp_path / "usage.lock")
-    held = usage.try_lock(lock)
+async def test_a_held_lease_means_another_worker_is_measuring(tmp_path: Path) -> None:
+    driver = FilesystemDriver(tmp_path)
+    await _put_blob(driver, b"a" * 100)
+    held = await driver.try_lease(usage.LOCK_KEY)
     assert held is not None
+    meter = asyncio.create_task(usage.run_usage_meter(driver, interval=0.05, first_delay=0))
     try:
-        assert usage.try_lock(lock) is None
+        await asyncio.sleep(0.3)
+        assert await usage.read_usage(driver) is None  # the holder measures, not this one
+        await held.release()
+        for _ in range(100):
+            if await usage.read_usage(driver) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert await usage.read_usage(driver) is not None
     finally:
-        os.close(held)
-    again = usage.try_lock(lock)
-    assert again is not None
-    os.close(again)
+        meter.cancel()

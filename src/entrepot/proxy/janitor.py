@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from entrepot.proxy.metrics import ProxyMetrics
 from entrepot.proxy.pulls import PullLog
 from entrepot.registry import layout
 from entrepot.registry.gcscan import Limited, ManifestRefs, each, find_repositories
-from entrepot.registry.usage import try_lock
 from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.proxy.janitor")
@@ -252,19 +250,17 @@ class CacheJanitor:
         )
 
     async def run(self, interval: float) -> None:
-        """Sweep every ``interval``; one process at a time does it (a lock on a local
-        file, when the storage is a local disk)."""
-        lock_path = self.driver.local_path(LOCK_KEY)
+        """Sweep every ``interval``; one process at a time does it (the storage driver's
+        lease, across workers and, where the driver's leases reach them, replicas)."""
         while True:
             await asyncio.sleep(interval)
             try:
-                fd = try_lock(lock_path) if lock_path is not None else None
-                if lock_path is not None and fd is None:
+                lease = await self.driver.try_lease(LOCK_KEY)
+                if lease is None:
                     continue  # another worker is sweeping
                 try:
                     await self.sweep()
                 finally:
-                    if fd is not None:
-                        os.close(fd)
+                    await lease.release()
             except StorageError as exc:
                 log.warning("cache eviction failed: %s", exc)

@@ -10,10 +10,8 @@ them); it is as old as its ``measured_at``.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -80,10 +78,10 @@ async def record_usage(driver: StorageDriver) -> StorageUsage:
 async def run_usage_meter(
     driver: StorageDriver, interval: float = INTERVAL, first_delay: float = FIRST_DELAY
 ) -> None:
-    """Measure every ``interval``: the worker holding the lock does it (a local file, when
-    the storage is a local disk), and only when the recorded figure is older than that
-    (another worker, or the run before a restart, may have just measured)."""
-    lock_path = driver.local_path(LOCK_KEY)
+    """Measure every ``interval``: the worker holding the storage driver's lease does it
+    (across workers, and replicas where the driver's leases reach them), and only when the
+    recorded figure is older than that (another worker, or the run before a restart, may
+    have just measured)."""
     delay = first_delay
     while True:
         await asyncio.sleep(delay)
@@ -92,29 +90,15 @@ async def run_usage_meter(
             last = await read_usage(driver)
             if last is not None and time.time() - last.measured_at < interval * 0.9:
                 continue
-            fd = try_lock(lock_path) if lock_path is not None else None
-            if lock_path is not None and fd is None:
+            lease = await driver.try_lease(LOCK_KEY)
+            if lease is None:
                 continue  # another worker is measuring
             try:
                 await record_usage(driver)
             finally:
-                if fd is not None:
-                    os.close(fd)
+                await lease.release()
         except StorageError as exc:
             log.warning("storage use measurement failed: %s", exc)
-
-
-def try_lock(path: str) -> int | None:
-    """An exclusive lock on a local file, held until the descriptor is closed; None when
-    another process holds it."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 __all__ = [
@@ -123,5 +107,4 @@ __all__ = [
     "read_usage",
     "record_usage",
     "run_usage_meter",
-    "try_lock",
 ]
