@@ -134,10 +134,12 @@ def list_cached(config: Config, upstream_host: str | None) -> int:
             _size(t.size),
             _when(t.cached_at),
             _when(t.checked_at),
+            "-" if t.pulled_at is None else _when(t.pulled_at),
         )
         for t in tags
     ]
-    print(_table(("REPOSITORY", "TAG", "DIGEST", "SIZE", "CACHED", "CHECKED"), rows))
+    header = ("REPOSITORY", "TAG", "DIGEST", "SIZE", "CACHED", "CHECKED", "PULLED")
+    print(_table(header, rows))
     return 0
 
 

@@ -98,7 +98,10 @@ def test_prefetch_of_one_platform_fetches_only_that_child_and_cache_ls_lists_it(
     index = build_index(tmp_path / "multi", tag="2", platforms=platforms, layer_sizes=(3000,))
     clients.push(f"oci:{index.path}:2", registry2.host, "app/multi", "2", all_images=True)
     # A server runs on the cache's storage meanwhile: the command works beside it.
-    cache = entrepot_factory(config={"proxies": [{"host": UPSTREAM, "remoteurl": registry2.url}]})
+    # A ttl turns pull recording on (cache ls then shows the last pull).
+    cache = entrepot_factory(
+        config={"proxies": [{"host": UPSTREAM, "remoteurl": registry2.url, "ttl": "720h"}]}
+    )
     config = _config(tmp_path, registry2, cache.root)
 
     out = _ok(
@@ -127,9 +130,15 @@ def test_prefetch_of_one_platform_fetches_only_that_child_and_cache_ls_lists_it(
 
     listing = _ok(_entrepot("cache", "ls", str(config)))
     header, *rows = listing.splitlines()
-    assert header.split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "CACHED", "CHECKED"]
+    assert header.split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE", "CACHED", "CHECKED", "PULLED"]
     row = next(r.split() for r in rows if r.startswith(f"{UPSTREAM}/app/multi "))
     assert row[:3] == [f"{UPSTREAM}/app/multi", "2", index.digest]
+
+    # The server writes the pull it served when it stops (else every few seconds).
+    cache.stop()
+    listing = _ok(_entrepot("cache", "ls", str(config)))
+    row = next(r.split() for r in listing.splitlines() if r.startswith(f"{UPSTREAM}/app/multi "))
+    assert len(row) == 11 and row[-1] != "-", row  # the date and time of the last pull
     assert _ok(_entrepot("cache", "ls", str(config), UPSTREAM)) == listing
 
 
