@@ -273,11 +273,21 @@ def test_prefetch_joins_a_fill_a_client_of_the_server_started(
         env={**os.environ, "PYTHONPATH": pythonpath},
     )
     try:
-        deadline = time.monotonic() + 60
+        # Release the held download once the command follows it: seen when it has the
+        # fill's file open, which it has only while it reads (not while it waits for more
+        # bytes), so failing that, a few seconds after it asked for the manifest (it then
+        # reaches the layer at once). The server's own read of the held upstream times out
+        # after 30 s, so this must not wait long.
+        deadline = time.monotonic() + 25
+        asked_at: float | None = None
         while not _follows_spool(command.pid, layer):
             assert command.poll() is None, command.communicate()
-            assert time.monotonic() < deadline, "the command did not join the server's fill"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, "the command did not reach the layer"
+            if asked_at is None and requests_to(registry2, "GET", "/v2/app/big/manifests/1"):
+                asked_at = time.monotonic()
+            if asked_at is not None and time.monotonic() - asked_at > 3:
+                break
+            time.sleep(0.02)
         link.release()
         out, err = command.communicate(timeout=120)
     finally:
