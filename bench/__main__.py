@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         push_layer = fixtures.PushLayer(workdir / "push.bin", layer_file)
         for n in range(2 * settings.push_repeats):  # digests before any timing
             push_layer.variant(n)
-            if "s3" in groups:
-                push_layer.variant(s3.FIRST_VARIANT + n)
+        for n in range(2 * s3.PUSH_REPEATS if "s3" in groups else 0):
+            push_layer.variant(s3.FIRST_VARIANT + n)
         upstream_image = None
         if "pull" in groups or "s3" in groups:
             up_layer_file = workdir / "upstream-layer.bin"
