@@ -44,6 +44,9 @@ ROOT = "/registry"
 # RAM, and one 256 MiB chunked push through Entrepot stores ~2 GiB (see the README).
 PUSH_REPEATS = 1
 OSD_RSS_LIMIT = 6 << 30
+# Entrepot on S3 checks the bucket before it answers; under heavy load that took over a
+# minute here.
+START_TIMEOUT = 180.0
 FIRST_VARIANT = 100  # the push layer's variants: other digests than the filesystem pushes'
 REPLICAS = 2
 APP_REPO = "bench/s3app"
@@ -139,7 +142,7 @@ class S3Run:
     def run(self) -> None:
         bucket = self._bucket("push")
         try:
-            with running(self._server(bucket, f"{self.kind}-s3")) as server:
+            with running(self._server(bucket, f"{self.kind}-s3"), START_TIMEOUT) as server:
                 _progress(f"{self.kind}: S3 pushes and reads on {server.url} (bucket {bucket})")
                 pushed = self._push_rows(server)
                 image = self._seed_image(server, pushed)
@@ -251,7 +254,7 @@ class S3Run:
         ]
         with contextlib.ExitStack() as stack:
             for replica in replicas:
-                stack.enter_context(running(replica))
+                stack.enter_context(running(replica, START_TIMEOUT))
             lb_dir = Path(tempfile.mkdtemp(prefix="nginx-", dir=s.workdir))
             balancer = Nginx(lb_dir, [r.url.removeprefix("http://") for r in replicas]).start()
             stack.callback(balancer.stop)

@@ -216,8 +216,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(server: Server) -> Iterator[Server]:
-    server.start()
+def running(server: Server, timeout: float = 60.0) -> Iterator[Server]:
+    server.start(timeout)
     try:
         yield server
     finally:
