@@ -37,6 +37,8 @@ from bench.workloads import (
     Shared,
     _expect,
     _progress,
+    check_blob,
+    check_tags,
 )
 
 ROOT = "/registry"
@@ -226,17 +228,8 @@ class S3Run:
                 r.status_code == 200 and r.content == image.manifest,
                 f"{self.kind}: S3 manifest GET answered {r.status_code} {r.text[:200]}",
             )
-            r = c.get(f"{base}/tags/list")
-            tags = r.json().get("tags") if r.status_code == 200 else None
-            _expect(
-                isinstance(tags, list) and len(tags) == self.tags,
-                f"{self.kind}: S3 tags list answered {r.status_code}, {len(tags or [])} tags",
-            )
-            status, digest, size = clients.fetch_digest(c, blob)
-            _expect(
-                status == 200 and digest == image.layer.digest and size == image.layer.size,
-                f"{self.kind}: S3 blob GET answered {status}, {size} bytes, {digest}",
-            )
+            check_tags(c, f"{self.kind} on S3", base, self.tags)
+            check_blob(c, f"{self.kind} on S3", base, image.layer)
         get_m = self.base._script("manifest-get", "GET", MANIFEST_ACCEPT)
         get = self.base._script("get", "GET")
         self.base._wrk("s3_manifest_get", server, f"{base}/manifests/latest", get_m, s.connections)

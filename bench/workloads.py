@@ -248,12 +248,7 @@ class ServerRun:
                 and int(r.headers.get("content-length", -1)) == fx.image.layer.size,
                 f"{self.kind}: blob HEAD answered {r.status_code}",
             )
-            r = c.get(f"{base}/tags/list")
-            tags = r.json().get("tags") if r.status_code == 200 else None
-            _expect(
-                isinstance(tags, list) and len(tags) == fx.tags,
-                f"{self.kind}: tags list answered {r.status_code}, {len(tags or [])} tags",
-            )
+            check_tags(c, self.kind, base, fx.tags)
             r = c.get(f"{server.url}/v2/_catalog?n=100")
             repos = r.json().get("repositories") if r.status_code == 200 else None
             expected = sorted(["bench/app"] + [f"library/repo-{i:05d}" for i in range(99)])
@@ -261,11 +256,7 @@ class ServerRun:
                 repos == expected,
                 f"{self.kind}: _catalog?n=100 answered {r.status_code} {str(repos)[:200]}",
             )
-            status, digest, size = clients.fetch_digest(c, f"{base}/blobs/{fx.image.layer.digest}")
-            _expect(
-                status == 200 and digest == fx.image.layer.digest and size == fx.image.layer.size,
-                f"{self.kind}: blob GET answered {status}, {size} bytes, {digest}",
-            )
+            check_blob(c, self.kind, base, fx.image.layer)
 
     def _read_rows(self, server: Server) -> None:
         s = self.settings
@@ -447,6 +438,25 @@ class ServerRun:
             f"{traffic['blob_bytes'] / layer.size:.2f}x the layer "
             f"({traffic['blob_gets']} blob GETs)"
         )
+
+
+def check_tags(c: httpx.Client, who: str, base: str, count: int) -> None:
+    """``base``/tags/list answers ``count`` tags."""
+    r = c.get(f"{base}/tags/list")
+    tags = r.json().get("tags") if r.status_code == 200 else None
+    _expect(
+        isinstance(tags, list) and len(tags) == count,
+        f"{who}: tags list answered {r.status_code}, {len(tags or [])} tags",
+    )
+
+
+def check_blob(c: httpx.Client, who: str, base: str, blob: Blob) -> None:
+    """A GET of ``blob`` in the repository at ``base`` answers its bytes."""
+    status, digest, size = clients.fetch_digest(c, f"{base}/blobs/{blob.digest}")
+    _expect(
+        status == 200 and digest == blob.digest and size == blob.size,
+        f"{who}: blob GET answered {status}, {size} bytes, {digest}",
+    )
 
 
 # registry:2's access log (gorilla's combined format): "... "GET /path HTTP/1.1" 200 1234 ..."
