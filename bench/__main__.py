@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="smoke run: small data (32 MiB layer, 1,000 repos, 100 tags), "
-        "2 s per row; about a minute",
+        "2 s per row; a few minutes (the s3 group about 3)",
     )
     p.add_argument(
         "--workers",
