@@ -205,6 +205,25 @@ async def test_append_to_missing_raises(driver: StorageDriver) -> None:
         await driver.writer("no/such/upload", append=True)
 
 
+async def test_driver_says_whether_appends_are_in_place(driver: StorageDriver) -> None:
+    """Uploads rely on it: where appends are not in place, each chunk is an object of its
+    own (registry/segments.py). In place means the object grows where it is."""
+    assert isinstance(type(driver).appends_in_place, bool)  # declared, no default
+    await driver.put_content("_uploads/id/data", b"first")
+    path = driver.local_path("_uploads/id/data")
+    w = await driver.writer("_uploads/id/data", append=True)
+    await w.write(b"-second")
+    await w.commit()
+    assert await driver.get_content("_uploads/id/data") == b"first-second"
+    if driver.appends_in_place:
+        assert path is not None
+        before = os.stat(path).st_ino
+        w = await driver.writer("_uploads/id/data", append=True)
+        await w.write(b"-third")
+        await w.commit()
+        assert os.stat(path).st_ino == before
+
+
 async def test_large_streaming_write(driver: StorageDriver) -> None:
     data = os.urandom(5 * 1024 * 1024)
     w = await driver.writer(BLOB)

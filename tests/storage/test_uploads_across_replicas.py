@@ -13,7 +13,7 @@ from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import hashstate, layout
 from entrepot.registry.local import LocalRegistry
-from entrepot.storage import StorageDriver
+from entrepot.storage import StorageConflict, StorageDriver, StorageNotFound
 from entrepot.storage.timed import TimedDriver
 from tests.storage.conftest import s3_driver
 
@@ -128,3 +128,87 @@ async def test_the_next_replica_resumes_the_hash_without_reading_the_upload(
     versioned = (await driver.stat(layout.blob_data(sha256(data)))).version is not None
     # Without versions (the filesystem) the other process hashes the local file again.
     assert ("Reader" in actions) is not versioned
+
+
+def segment_key(upload: str, offset: int) -> str:
+    return f"{layout.upload_data(NAME, upload)}.{offset:020d}"
+
+
+async def test_on_s3_each_chunk_is_stored_once_and_read_once(s3: StorageDriver) -> None:
+    """S3 objects cannot grow: each PATCH after the first is an object of its own (never
+    a copy of the upload so far), and the PUT reads each one once into the blob, so a
+    chunked upload moves its bytes a fixed number of times whatever its chunk count."""
+    actions: list[str] = []
+    counted = TimedDriver(s3, lambda _driver, action, _s: actions.append(action))
+    one, two = LocalRegistry(counted), LocalRegistry(counted)
+    chunks = [os.urandom(size) for size in (300_000, 200_000, 1, 150_000)]
+    upload = (await one.uploads.start(NAME)).upload_id
+    offset = 0
+    for i, chunk in enumerate(chunks):
+        await (one, two)[i % 2].uploads.append(NAME, upload, body(chunk), offset)
+        if i == 0:
+            first = await s3.stat(layout.upload_data(NAME, upload))
+        offset += len(chunk)
+    # The first chunk went to data (empty since the POST) and stayed as it was.
+    assert await s3.stat(layout.upload_data(NAME, upload)) == first
+    assert first.size == len(chunks[0])
+    offsets = [len(chunks[0]), len(chunks[0]) + len(chunks[1]), offset - len(chunks[3])]
+    for start, chunk in zip(offsets, chunks[1:], strict=True):
+        assert await s3.get_content(segment_key(upload, start)) == chunk
+    # Another replica resumed the saved hash state: no PATCH read any byte back.
+    assert "Reader" not in actions
+    assert (await two.uploads.status(NAME, upload)).size == offset
+    actions.clear()
+    whole = b"".join(chunks)
+    info = await two.uploads.finish(NAME, upload, sha256(whole), None)
+    assert info.size == len(whole)
+    assert actions.count("Reader") == len(chunks)  # each segment read once
+    assert actions.count("Writer") == 1  # into the blob, at its place
+    assert await s3.get_content(layout.blob_data(sha256(whole))) == whole
+    with pytest.raises(StorageNotFound):  # the upload folder is gone, segments and all
+        await s3.list(layout.upload_dir(NAME, upload))
+
+
+async def test_on_s3_a_chunk_cut_short_leaves_the_earlier_segments(s3: StorageDriver) -> None:
+    one, two = LocalRegistry(s3), LocalRegistry(s3)
+    upload = (await one.uploads.start(NAME)).upload_id
+    await one.uploads.append(NAME, upload, body(b"a" * 1000), 0)
+    await two.uploads.append(NAME, upload, body(b"b" * 2000), 1000)
+
+    async def disconnects() -> AsyncIterator[bytes]:
+        yield b"c" * 70_000
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await one.uploads.append(NAME, upload, disconnects(), 3000)
+    assert (await two.uploads.status(NAME, upload)).size == 3000
+    names = await s3.list(layout.upload_dir(NAME, upload))
+    assert [n for n in names if n.startswith("data")] == ["data", "data.00000000000000001000"]
+    await two.uploads.append(NAME, upload, body(b"d" * 10), 3000)
+    whole = b"a" * 1000 + b"b" * 2000 + b"d" * 10
+    assert (await one.uploads.finish(NAME, upload, sha256(whole), None)).size == len(whole)
+    assert await s3.get_content(layout.blob_data(sha256(whole))) == whole
+
+
+async def test_on_s3_a_segment_replaced_behind_the_upload_is_refused(s3: StorageDriver) -> None:
+    one, two = LocalRegistry(s3), LocalRegistry(s3)
+    upload = (await one.uploads.start(NAME)).upload_id
+    for offset, piece in ((0, b"first "), (6, b"second "), (13, b"third")):
+        await one.uploads.append(NAME, upload, body(piece), offset)
+    await s3.put_content(segment_key(upload, 6), b"SECOND ")  # same size, other bytes
+    with pytest.raises(RegistryError) as info:
+        await two.uploads.finish(NAME, upload, sha256(b"first second third"), None)
+    assert info.value.code is ErrorCode.DIGEST_INVALID
+    assert await one.blobs.stat(sha256(b"first second third")) is None
+
+
+async def test_segments_that_are_not_the_digest_never_become_the_blob(s3: StorageDriver) -> None:
+    """Assembling re-hashes the segments as it copies them: one replaced after the upload
+    was verified (between the check and the copy) leaves no blob."""
+    blobs = LocalRegistry(s3).blobs
+    digest = sha256(b"verified bytes")
+    with pytest.raises(StorageConflict):
+        await blobs.assemble(digest, body(b"verified ", b"BYTES"))
+    assert await blobs.stat(digest) is None
+    await blobs.assemble(digest, body(b"verified ", b"bytes"))
+    assert await s3.get_content(layout.blob_data(digest)) == b"verified bytes"

@@ -154,6 +154,27 @@ async def test_upload_in_progress_keeps_its_repository_layers(driver: Filesystem
     assert set(result.blobs_deleted) == {sent}
 
 
+class SegmentedFilesystem(FilesystemDriver):
+    """Keeps chunks as segments of their own, as on S3 (see registry/segments.py)."""
+
+    appends_in_place = False
+
+
+async def test_an_upload_whose_newest_segment_is_fresh_is_in_progress(tmp_path: Path) -> None:
+    driver = SegmentedFilesystem(tmp_path / "segmented")
+    sent = await layer(driver, "team/app", b"first layer of a push under way")
+    age(driver, layout.blob_data(sent), layout.layer_link("team/app", sent))
+    upload = layout.upload_data("team/app", "abc-123")
+    await driver.put_content(upload, b"first chunk, hours ago")
+    age(driver, upload)
+    await driver.put_content(f"{upload}.{22:020d}", b"the next chunk, just now")
+    result = await GarbageCollector(driver, GcOptions(), emit=lambda _: None).run()
+    assert result.blobs_deleted == {}
+    age(driver, f"{upload}.{22:020d}")
+    result = await GarbageCollector(driver, GcOptions(), emit=lambda _: None).run()
+    assert set(result.blobs_deleted) == {sent}
+
+
 async def test_delete_untagged_keeps_index_children_and_referrers(
     driver: FilesystemDriver,
 ) -> None:

@@ -6,13 +6,16 @@ A blob is visible in a repository when the repository has a link to it (registry
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from entrepot.oci.digest import Digest
+from entrepot.oci.digest import Digest, DigestVerifier
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo
+from entrepot.registry.streams import pump
 from entrepot.storage import StorageConflict, StorageDriver, StorageError, StorageNotFound
 
 RepositoryNoter = Callable[[str], Awaitable[None]]
@@ -123,6 +126,37 @@ class BlobStore:
             raise
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
+
+    async def assemble(self, digest: Digest, pieces: AsyncIterator[bytes]) -> None:
+        """Write the bytes of ``pieces`` (an upload's segments, in order) as the blob, in
+        one pass, hashing them as they go: the blob appears (at commit) only if they are
+        ``digest``'s bytes; StorageConflict if they are not (a segment was replaced since
+        the upload was verified), and nothing is left. A blob already there is kept."""
+        if await self.stat(digest) is not None:
+            return
+        verifier = DigestVerifier(digest.algorithm)
+        try:
+            writer = await self.driver.writer(layout.blob_data(digest))
+        except StorageError as exc:
+            raise storage_unavailable(exc) from exc
+
+        async def consume(data: bytes) -> None:
+            await asyncio.gather(asyncio.to_thread(verifier.update, data), writer.write(data))
+
+        try:
+            try:
+                await pump(pieces, consume)
+            except StorageNotFound as exc:
+                raise StorageConflict(f"an upload segment went away: {exc}") from exc
+            if verifier.digest() != digest:
+                raise StorageConflict(f"the upload's segments are no longer {digest}")
+            await writer.commit()
+        except BaseException as exc:
+            with contextlib.suppress(StorageError):
+                await writer.cancel()
+            if isinstance(exc, StorageError) and not isinstance(exc, StorageConflict):
+                raise storage_unavailable(exc) from exc
+            raise
 
     def content(self, info: BlobInfo) -> BlobContent:
         key = layout.blob_data(info.digest)

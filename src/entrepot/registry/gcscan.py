@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import RegistryError
 from entrepot.registry import layout
+from entrepot.registry.segments import last_segment
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
 
 T = TypeVar("T")
@@ -175,10 +176,21 @@ async def scan_repository(store: Limited, name: str, fresh_after: float) -> Repo
             scan.tags[tag] = digest
     scan.uploads = await store.children(layout.uploads_dir(name))
     for upload_id in scan.uploads:
-        info = await store.stat(layout.upload_data(name, upload_id))
-        if info is not None and info.mtime > fresh_after:
+        if await _written_after(store, name, upload_id, fresh_after):
             scan.upload_active = True
     return scan
+
+
+async def _written_after(store: Limited, name: str, upload_id: str, fresh_after: float) -> bool:
+    """Whether the upload got bytes after ``fresh_after``: its ``data`` was written then,
+    or, where chunks are segments of their own (see ``segments``), its newest one was."""
+    info = await store.stat(layout.upload_data(name, upload_id))
+    if info is None or info.mtime > fresh_after or store.driver.appends_in_place:
+        return info is not None and info.mtime > fresh_after
+    folder = layout.upload_dir(name, upload_id)
+    newest = last_segment(await store.children(folder))
+    latest = None if newest is None else await store.stat(f"{folder}/{newest}")
+    return latest is not None and latest.mtime > fresh_after
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ The upload's bytes accumulate at ``_uploads/<id>/data``; on finish they are veri
 against the client's digest and moved (renamed) into the blob store, so a failed or
 interrupted upload never leaves a visible blob. Each request's bytes are appended with
 a writer that is committed only when the request body arrived whole: a client that
-disconnects mid-chunk leaves the upload as it was before that chunk.
+disconnects mid-chunk leaves the upload as it was before that chunk. Where the driver
+cannot append in place (S3), each chunk after the first is an object of its own and the
+finish copies them all into the blob once, hashing them again (see ``segments``).
 
 Several processes (workers, or replicas on one S3 bucket) serve one upload: its POST,
 PATCHes and PUT may each land on another. The running SHA-256 is kept in memory for the
@@ -43,6 +45,7 @@ from entrepot.registry import hashstate, layout
 from entrepot.registry.api import BlobInfo, UploadStatus
 from entrepot.registry.blobs import BlobStore, LinkWriter, storage_unavailable
 from entrepot.registry.keyedlocks import KeyedLocks
+from entrepot.registry.segments import Segments, load_segments
 from entrepot.registry.streams import pump
 from entrepot.storage import (
     FileInfo,
@@ -120,11 +123,11 @@ class UploadService:
             raise storage_unavailable(exc) from exc
         return UploadStatus(upload_id, 0)
 
-    async def _stat(self, name: str, upload_id: str) -> FileInfo:
+    async def _stat(self, name: str, upload_id: str) -> Segments:
         if not _valid_upload_id(upload_id):
             raise _upload_unknown(upload_id)
         try:
-            return await self.driver.stat(layout.upload_data(name, upload_id))
+            return await load_segments(self.driver, name, upload_id)
         except StorageNotFound as exc:
             raise _upload_unknown(upload_id) from exc
         except StorageError as exc:
@@ -153,15 +156,18 @@ class UploadService:
         name: str,
         upload_id: str,
         chunks: AsyncIterator[bytes],
-        current: FileInfo,
+        current: Segments,
         *,
         save_state: bool,
     ) -> _Written:
-        """Append the request's bytes: the upload now, and the hash of all its bytes."""
+        """Append the request's bytes (in place, else as a new segment, see ``segments``):
+        the upload now, and the hash of all its bytes."""
         hasher = await self._hasher(name, upload_id, current)
         running = hasher.copy()
+        in_place = self.driver.appends_in_place
+        key = layout.upload_data(name, upload_id) if in_place else current.next_key(name, upload_id)
         try:
-            writer = await self.driver.writer(layout.upload_data(name, upload_id), append=True)
+            writer = await self.driver.writer(key, append=in_place)
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
 
@@ -171,6 +177,9 @@ class UploadService:
 
         try:
             await pump(chunks, consume)
+            if writer.size == 0 and key != layout.upload_data(name, upload_id):
+                await writer.cancel()  # an empty chunk: no empty segment
+                return _Written(current, hasher)
             await writer.commit()
         except BaseException as exc:
             # The writer keeps only what earlier commits wrote (cancel truncates back).
@@ -179,11 +188,12 @@ class UploadService:
             if isinstance(exc, StorageError):  # a full disk, an I/O error: the spec's 503
                 raise storage_unavailable(exc) from exc
             raise
-        version = writer.version
+        written = current.with_part(FileInfo(key, writer.size, 0.0, False, writer.version))
+        version = written.version
         self._hashes[(name, upload_id)] = (version, running)
         if save_state and version is not None and isinstance(running, hashstate.ResumableSha256):
             await self._save_state(name, upload_id, version, running)
-        return _Written(writer.size, version, running)
+        return _Written(written, running)
 
     def _new_hasher(self, versioned: bool) -> Hasher:
         # The resumable one only where its state is saved (versioned stores): hashlib's
@@ -192,7 +202,7 @@ class UploadService:
             return hashstate.ResumableSha256()
         return DigestVerifier()
 
-    async def _hasher(self, name: str, upload_id: str, current: FileInfo) -> Hasher:
+    async def _hasher(self, name: str, upload_id: str, current: Segments) -> Hasher:
         """The hash of the upload's bytes as they are in ``current``: the one held in
         memory or saved in storage if it covers exactly this object, else recomputed."""
         versioned = current.version is not None
@@ -207,9 +217,7 @@ class UploadService:
                 return saved
         hasher = self._new_hasher(versioned)
         try:
-            async for chunk in self.driver.read(
-                layout.upload_data(name, upload_id), 0, current.size, _HASH_CHUNK
-            ):
+            async for chunk in current.read(self.driver, _HASH_CHUNK):
                 await asyncio.to_thread(hasher.update, chunk)
         except StorageNotFound as exc:
             raise _upload_unknown(upload_id) from exc
@@ -228,7 +236,7 @@ class UploadService:
             log.warning("upload %s of %s: could not save its hash state: %s", upload_id, name, exc)
 
     async def _load_state(
-        self, name: str, upload_id: str, current: FileInfo
+        self, name: str, upload_id: str, current: Segments
     ) -> hashstate.ResumableSha256 | None:
         if not hashstate.available():
             return None
@@ -260,11 +268,11 @@ class UploadService:
                 written = await self._append(name, upload_id, chunks, current, save_state=False)
             else:
                 hashed = await self._hasher(name, upload_id, current)
-                written = _Written(current.size, current.version, hashed)
-            size, hasher = written.size, written.hasher
+                written = _Written(current, hashed)
+            segments, hasher = written.segments, written.hasher
             if digest.algorithm != hasher.algorithm:
                 hasher = DigestVerifier(digest.algorithm)
-                async for chunk in self.driver.read(layout.upload_data(name, upload_id)):
+                async for chunk in segments.read(self.driver, _HASH_CHUNK):
                     hasher.update(chunk)
             actual = hasher.digest()
             if actual != digest:
@@ -276,7 +284,11 @@ class UploadService:
                     {"expected": str(digest), "actual": str(actual)},
                 )
             try:
-                await self.blobs.adopt(digest, layout.upload_data(name, upload_id), written.version)
+                if len(segments.parts) == 1:
+                    only = segments.parts[0]
+                    await self.blobs.adopt(digest, only.key, only.version)
+                else:  # one pass over the segments, verified again as they are copied
+                    await self.blobs.assemble(digest, segments.read(self.driver, _HASH_CHUNK))
             except StorageConflict as exc:
                 # Another replica appended meanwhile: what was verified is not what is
                 # there now. Nothing moved; the client may check the upload and go on.
@@ -287,7 +299,7 @@ class UploadService:
                 ) from exc
             await self.links.write(name, layout.layer_link(name, digest), digest)
             await self._discard(name, upload_id)
-            return BlobInfo(digest, size)
+            return BlobInfo(digest, segments.size)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         async with self._locks.hold((name, upload_id)):
@@ -306,9 +318,12 @@ class UploadService:
 
 @dataclass(frozen=True, slots=True)
 class _Written:
-    size: int
-    version: str | None  # the driver's version of the data object (None: no versions)
+    segments: Segments  # the upload's objects now (with their versions, where any)
     hasher: Hasher
+
+    @property
+    def size(self) -> int:
+        return self.segments.size
 
 
 def _range_headers(status: UploadStatus) -> dict[str, str]:

@@ -156,6 +156,11 @@ class StorageDriver(abc.ABC):
     # How often a reader following an ingest (or waiting on a lease) looks again: cheap
     # on a local disk, a request each on an object store.
     follow_interval: float = 0.01
+    # Whether ``writer(key, append=True)`` adds the new bytes to the object where it is
+    # (a local file), or, False, must copy the whole object into a new one first (S3
+    # objects cannot grow): chunked uploads then keep each chunk as an object of its own.
+    # Every driver says which (no default).
+    appends_in_place: bool
 
     @abc.abstractmethod
     async def get_content(self, key: str) -> bytes:

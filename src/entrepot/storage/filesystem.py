@@ -537,6 +537,7 @@ class FilesystemDriver(StorageDriver):
     """
 
     name = "filesystem"
+    appends_in_place = True  # O_APPEND on the upload's file
 
     def __init__(self, rootdirectory: str | Path) -> None:
         root = os.fspath(rootdirectory)

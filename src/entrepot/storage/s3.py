@@ -13,7 +13,8 @@ queue and uploads it as a multipart upload in ``chunksize`` parts (a few in flig
 memory stays bounded whatever the object's size. ``commit`` completes the upload (the
 object appears whole, atomically); ``cancel`` makes the producer fail, which aborts it.
 An append writer streams the existing object into a new upload before the new bytes
-(S3 objects cannot grow in place); the result replaces the object at commit.
+(S3 objects cannot grow in place); the result replaces the object at commit. Uploads do
+not use it (``appends_in_place`` is False: they keep chunks as separate objects).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class S3Driver(StorageDriver):
 
     name = "s3"
     follow_interval = 0.1  # a listing per look
+    appends_in_place = False  # an append re-uploads the object (see S3Writer)
 
     def __init__(self, settings: S3Settings, leases: Leases | None = None) -> None:
         self.settings = settings

@@ -30,6 +30,7 @@ class TimedDriver(StorageDriver):
         self.inner = inner
         self.name = inner.name
         self.follow_interval = inner.follow_interval
+        self.appends_in_place = inner.appends_in_place
         self._observe = observe
 
     @contextlib.contextmanager
