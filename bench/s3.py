@@ -43,7 +43,7 @@ from bench.workloads import (
 
 ROOT = "/registry"
 # One push per mode, not the filesystem rows' median of 3: radosgw's OSD keeps the data in
-# RAM, and one 256 MiB chunked push through Entrepot stores ~2 GiB (see the README).
+# RAM, and a 256 MiB push stores its bytes twice (the upload, then the blob).
 PUSH_REPEATS = 1
 OSD_RSS_LIMIT = 6 << 30
 # Entrepot on S3 checks the bucket before it answers; under heavy load that took over a
@@ -260,8 +260,8 @@ class S3Run:
 
     def _collect_garbage(self) -> None:
         """Free what radosgw deleted or replaced now, not hours later (its default): the
-        OSD keeps every byte in RAM, and a chunked push on S3 replaces the upload's object
-        at each chunk. Refuse to go on past OSD_RSS_LIMIT (the machine is shared)."""
+        OSD keeps every byte in RAM, and every push leaves its upload's objects deleted.
+        Refuse to go on past OSD_RSS_LIMIT (the machine is shared)."""
         self.ceph._run("radosgw-admin", "gc", "process", "--include-all")
         osd = process_rss(self.ceph.procs[1].pid)  # mon, osd, radosgw
         _expect(
