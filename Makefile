@@ -2,6 +2,8 @@
 #
 #   make run     serve config/dev.yml (registry:2 format) on :5000, storing under ./data
 #   make test    install test tools, then ruff, mypy, import-linter and the whole pytest suite
+#                (in TEST_WORKERS=2 pytest-xdist workers: one runs the end-to-end and storage
+#                tests in order, the unit and API tests spread over both; TEST_WORKERS=0: one process)
 #   make lint    only the static checks
 #   make bench   Entrepot against registry:2, one table (python -m bench; BENCH_ARGS=--quick)
 #   make soak    64 clients for 10 minutes through 2 workers, then a verdict (python -m bench.soak;
@@ -14,6 +16,7 @@ PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= config/dev.yml
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 SOAK_ARGS ?=
 PIP_FLAGS ?= --disable-pip-version-check -q
@@ -51,7 +54,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/lint-imports
 
 test: test-deps lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The benchmark drives Debian's docker-registry with wrk, ab (HEAD), curl and taskset: install
 # the missing ones (as root), then run. `make bench BENCH_ARGS=--quick` is the smoke run.
