@@ -9,11 +9,11 @@ s3_shared_bucket  one bucket for the whole session (tests keep apart by rootdire
 redis_server   a throwaway redis-server on 127.0.0.1 (tests/redisserver.py), once per
                session; it skips locally and fails under $CI when redis-server is missing
 
-`make test` runs the suite in two pytest-xdist workers (``-n 2 --dist loadgroup``): the
-end-to-end and storage tests, and any other on the session's Ceph or redis, form one group
-that one worker runs in order, as without xdist (they start real servers and clients,
-share those session-wide ones, and some watch time or memory); the unit and API tests
-spread over both workers meanwhile.
+`make test TEST_WORKERS=2` runs the suite in two pytest-xdist workers (the default is one
+process): the end-to-end and storage tests, and any other on the session's Ceph or redis,
+form one group that one worker runs in order, as without xdist (they start real servers and
+clients, share those session-wide ones, and some watch time or memory); the unit and API
+tests spread over both workers meanwhile.
 """
 
 from __future__ import annotations
