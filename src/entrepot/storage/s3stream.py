@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["S3Writer", "reason", "rechunk"]
 
-# Bytes written but not yet taken by the uploader: beyond this (and one write), ``write``
-# waits. obstore holds up to ``parts_in_flight`` parts more while they go up.
+# Bytes written but not yet handed to the uploader whole: beyond this (and one write),
+# ``write`` waits. obstore holds up to ``parts_in_flight`` parts more while they go up.
 MAX_QUEUED = 16 << 20
 _S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _HTTP_STATUS = re.compile(r"status code: (\d{3}[^:]*)")
@@ -87,14 +87,21 @@ class S3Writer(StorageWriter):
     def version(self) -> str | None:
         return self._version
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    async def _chunks(self) -> AsyncIterator[bytes | memoryview]:
         if self._existing:
             async for chunk in self._driver.read(self._key, chunk_size=self._driver.chunksize):
                 yield chunk
+        # Large writes go to obstore a part at a time (views, no copy): handed whole, each
+        # is copied at once and cut into several parts uploading beyond max_concurrency.
+        step = self._driver.chunksize
         while (item := await self._queue.get()) is not None:
-            self._queued -= len(item)
+            view = memoryview(item)
+            for start in range(0, len(view), step):
+                if self._cancelled:
+                    break
+                yield view[start : start + step]
+            self._queued = max(0, self._queued - len(item))  # cancel may have emptied it
             self._room.set()
-            yield item
         if self._cancelled:  # raising makes put_async abort the multipart upload
             raise _Aborted
 
