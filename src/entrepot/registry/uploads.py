@@ -43,7 +43,7 @@ from entrepot.registry import hashstate, layout
 from entrepot.registry.api import BlobInfo, UploadStatus
 from entrepot.registry.blobs import BlobStore, LinkWriter, storage_unavailable
 from entrepot.registry.keyedlocks import KeyedLocks
-from entrepot.registry.streams import pump
+from entrepot.registry.streams import pump_batches
 from entrepot.storage import (
     FileInfo,
     StorageConflict,
@@ -57,6 +57,9 @@ Hasher = DigestVerifier | hashstate.ResumableSha256
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
+# Received bytes handed to the hash and the disk at once, at least (unless the body ended):
+# each batch costs two thread hops, and Granian hands over ~400 KiB at a time.
+_MIN_BATCH = 4 << 20
 # Running hashes kept in memory (a few hundred bytes each). An upload another worker
 # finished, or a client abandoned, leaves its hash here until it is pushed out; an
 # upload whose hash was pushed out is re-read from storage on its next chunk.
@@ -165,12 +168,17 @@ class UploadService:
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
 
-        async def consume(data: bytes) -> None:
-            # Hash and write at once, each in a thread (both release the GIL).
-            await asyncio.gather(asyncio.to_thread(running.update, data), writer.write(data))
+        def hash_parts(parts: list[bytes]) -> None:
+            for part in parts:
+                running.update(part)
+
+        async def consume(parts: list[bytes]) -> None:
+            # Hash and write at once, each in a thread (both release the GIL); the parts
+            # as received, never joined (a copy of every byte, and fresh memory).
+            await asyncio.gather(asyncio.to_thread(hash_parts, parts), writer.write_parts(parts))
 
         try:
-            await pump(chunks, consume)
+            await pump_batches(chunks, consume, min_batch=_MIN_BATCH)
             await writer.commit()
         except BaseException as exc:
             # The writer keeps only what earlier commits wrote (cancel truncates back).

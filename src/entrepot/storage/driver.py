@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 # A batch of keys from ``walk`` (an alias: in StorageDriver, ``list`` names the method).
@@ -91,6 +91,11 @@ class StorageWriter(abc.ABC):
 
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
+
+    async def write_parts(self, parts: Sequence[bytes]) -> None:
+        """Write ``parts`` one after the other, as ``write`` of their concatenation; a
+        driver may write them without joining them (a copy of every byte)."""
+        await self.write(b"".join(parts))
 
     @abc.abstractmethod
     async def commit(self) -> None: ...

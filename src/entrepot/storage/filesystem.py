@@ -18,7 +18,7 @@ import itertools
 import os
 import shutil
 import stat as stat_mod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
@@ -37,6 +37,7 @@ from entrepot.storage.driver import (
     check_key,
 )
 from entrepot.storage.leases import FlockLeases
+from entrepot.storage.writeback import Writeback
 
 __all__ = ["FilesystemDriver"]
 
@@ -46,7 +47,7 @@ Ts = TypeVarTuple("Ts")
 TMP_PREFIX = ".tmp-"
 # A writer gathers writes smaller than this before handing them to a thread.
 WRITE_BUFFER = 256 * 1024
-# A writer syncs what it wrote whenever this much accumulated (see FilesystemWriter.write).
+# An ingest syncs what it wrote whenever this much accumulated (see FilesystemIngest.write).
 EARLY_SYNC = 32 * 1024 * 1024
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -107,9 +108,11 @@ def _write_all(fd: int, *parts: bytes | bytearray) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _write_all_and_sync(fd: int, *parts: bytes | bytearray) -> None:
+def _write_all_and_flush(
+    fd: int, writeback: Writeback, end: int, *parts: bytes | bytearray
+) -> None:
     _write_all(fd, *parts)
-    os.fdatasync(fd)
+    writeback.written(fd, end)
 
 
 def _finish_new(fd: int, tmp: str, path: str, *parts: bytes | bytearray) -> None:
@@ -366,7 +369,7 @@ class FilesystemWriter(StorageWriter):
         self._start = size
         self._size = size
         self._buf = bytearray()
-        self._unsynced = 0
+        self._writeback = Writeback(size)
         self._inflight: asyncio.Future[None] | None = None
         self._closed = False
         self._broken = False
@@ -396,26 +399,27 @@ class FilesystemWriter(StorageWriter):
             await asyncio.wait([self._inflight])
 
     async def write(self, data: bytes) -> None:
+        await self.write_parts((data,))
+
+    async def write_parts(self, parts: Sequence[bytes]) -> None:
+        """One thread hop for all of ``parts``, written as they are (not joined)."""
         self._check_usable()
-        n = len(data)
+        n = sum(len(part) for part in parts)
         if n == 0:
             return
         if len(self._buf) + n < WRITE_BUFFER:
-            self._buf += data
+            for part in parts:
+                self._buf += part
             self._size += n
             return
         buf, self._buf = self._buf, bytearray()
         self._broken = True  # until the write is known to have completed
-        self._unsynced += len(buf) + n
-        if self._unsynced >= EARLY_SYNC:
-            # Flush as we go: the disk works while the next bytes arrive, and the fsync
-            # at commit (what makes the object durable) finds little left to do.
-            self._unsynced = 0
-            await self._call(_write_all_and_sync, self._fd, buf, data)
-        else:
-            await self._call(_write_all, self._fd, buf, data)
+        # Written back as it goes (see writeback): the disk works while the next bytes
+        # arrive, and the fsync at commit (what makes the object durable) finds little.
+        end = self._size + n
+        await self._call(_write_all_and_flush, self._fd, self._writeback, end, buf, *parts)
         self._broken = False
-        self._size += n
+        self._size = end
 
     async def commit(self) -> None:
         self._check_usable()
