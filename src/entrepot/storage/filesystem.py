@@ -198,21 +198,32 @@ def _open_append(path: str) -> tuple[int, int]:
         raise
 
 
-def _end_append(fd: int, start: int, commit: bool, *parts: bytes | bytearray) -> None:
-    """Commit (write ``parts``) or cancel (truncate back to ``start``); then fsync and
-    close. A commit that fails (a full disk) is cancelled too: the object keeps only
-    what an earlier commit made durable, never a partly written tail."""
+def _end_append(
+    fd: int, start: int, commit: bool, flush: Callable[[int], None], *parts: bytes | bytearray
+) -> None:
+    """Commit (write ``parts``, then ``flush``: fsync, or start their writeback) or
+    cancel (truncate back to ``start``, fsync); then close. A commit that fails (a full
+    disk) is cancelled too: the object keeps only what earlier commits wrote, never a
+    partly written tail."""
     try:
         if commit:
             try:
                 _write_all(fd, *parts)
-                os.fsync(fd)
+                flush(fd)
                 return
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
                 raise
         os.ftruncate(fd, start)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -421,12 +432,18 @@ class FilesystemWriter(StorageWriter):
         self._broken = False
         self._size = end
 
-    async def commit(self) -> None:
+    async def commit(self, *, durable: bool = True) -> None:
         self._check_usable()
         self._closed = True
         buf, self._buf = self._buf, bytearray()
         if self._tmp is None:
-            await self._call(_end_append, self._fd, self._start, True, buf)
+            # Not durable yet: the disk writes the tail while the client sends its next
+            # request, and FilesystemDriver.sync waits for it (a new object is always
+            # synced: its rename must not reach the disk before its bytes).
+            flush = (
+                os.fsync if durable else functools.partial(self._writeback.written, end=self._size)
+            )
+            await self._call(_end_append, self._fd, self._start, True, flush, buf)
         else:
             await self._call(_finish_new, self._fd, self._tmp, self._path, buf)
 
@@ -438,7 +455,7 @@ class FilesystemWriter(StorageWriter):
         self._buf = bytearray()
         await self._settle()
         if self._tmp is None:
-            await self._call(_end_append, self._fd, self._start, False)
+            await self._call(_end_append, self._fd, self._start, False, os.fsync)
         else:
             await self._call(_close_unlink, self._fd, self._tmp)
 
@@ -632,7 +649,8 @@ class FilesystemDriver(StorageDriver):
 
         ``append=True``: continues the existing object at ``key`` (StorageNotFound if there
         is none). To avoid copying it, the file is opened in append mode and written in
-        place: appended bytes may be visible to readers before ``commit``, which fsyncs;
+        place: appended bytes may be visible to readers before ``commit``, which fsyncs
+        (``durable=False``: starts writing the tail back, and ``sync`` waits for it);
         ``cancel`` truncates the file back to its size when the writer was opened. A crash
         before ``commit`` or ``cancel`` can leave extra bytes at the end: the resumable
         upload layer must trust its own recorded offset, as registry:2 does.
@@ -683,6 +701,9 @@ class FilesystemDriver(StorageDriver):
 
     async def delete(self, key: str) -> None:
         await _run(key, True, _delete, self._path(key))
+
+    async def sync(self, key: str) -> None:
+        await _run(key, True, _sync, self._path(key))
 
     async def try_lease(self, key: str) -> Lease | None:
         self._path(key)
