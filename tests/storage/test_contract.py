@@ -231,6 +231,21 @@ async def test_large_append_in_several_sessions(driver: StorageDriver) -> None:
     assert await driver.get_content("up") == data
 
 
+async def test_parts_written_unjoined_and_appends_made_durable_at_sync(
+    driver: StorageDriver,
+) -> None:
+    parts = [os.urandom(300_000) for _ in range(5)] + [b"", b"tail"]
+    w = await driver.writer("up/data")
+    await w.write_parts(parts[:2])
+    await w.commit()
+    w = await driver.writer("up/data", append=True)
+    await w.write_parts([b"x"])  # gathered in memory, then with the next parts
+    await w.write_parts(parts[2:])
+    await w.commit(durable=False)
+    await driver.sync("up/data")
+    assert await driver.get_content("up/data") == b"".join([*parts[:2], b"x", *parts[2:]])
+
+
 # ---- stat, list -----------------------------------------------------------------------
 
 

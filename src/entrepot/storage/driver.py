@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 # A batch of keys from ``walk`` (an alias: in StorageDriver, ``list`` names the method).
@@ -92,8 +92,17 @@ class StorageWriter(abc.ABC):
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
 
+    async def write_parts(self, parts: Sequence[bytes]) -> None:
+        """Write ``parts`` one after the other, as ``write`` of their concatenation; a
+        driver may write them without joining them (a copy of every byte)."""
+        await self.write(b"".join(parts))
+
     @abc.abstractmethod
-    async def commit(self) -> None: ...
+    async def commit(self, *, durable: bool = True) -> None:
+        """Make what was written visible at the key. ``durable=False``, for an append
+        writer: it need not be on disk yet (a crash may lose it, whole or a tail of it),
+        until ``StorageDriver.sync`` of the key; a driver whose objects are durable once
+        written ignores it."""
 
     @abc.abstractmethod
     async def cancel(self) -> None: ...
@@ -268,6 +277,12 @@ class StorageDriver(abc.ABC):
         streams). registry:2 redirects blob GETs to such URLs. It does not check that the
         key exists."""
         return None
+
+    async def sync(self, key: str) -> None:  # noqa: B027 - objects are durable as written
+        """Make the object at ``key`` durable, as it is now (after append writers that
+        committed with ``durable=False``). StorageError if that failed: what was written
+        since the last sync may not be on disk. May raise StorageNotFound if there is no
+        object. A driver whose objects are durable once written does nothing."""
 
     async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections and background resources."""

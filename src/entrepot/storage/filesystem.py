@@ -18,7 +18,7 @@ import itertools
 import os
 import shutil
 import stat as stat_mod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
@@ -37,6 +37,7 @@ from entrepot.storage.driver import (
     check_key,
 )
 from entrepot.storage.leases import FlockLeases
+from entrepot.storage.writeback import Writeback
 
 __all__ = ["FilesystemDriver"]
 
@@ -46,7 +47,7 @@ Ts = TypeVarTuple("Ts")
 TMP_PREFIX = ".tmp-"
 # A writer gathers writes smaller than this before handing them to a thread.
 WRITE_BUFFER = 256 * 1024
-# A writer syncs what it wrote whenever this much accumulated (see FilesystemWriter.write).
+# An ingest syncs what it wrote whenever this much accumulated (see FilesystemIngest.write).
 EARLY_SYNC = 32 * 1024 * 1024
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -107,9 +108,11 @@ def _write_all(fd: int, *parts: bytes | bytearray) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _write_all_and_sync(fd: int, *parts: bytes | bytearray) -> None:
+def _write_all_and_flush(
+    fd: int, writeback: Writeback, end: int, *parts: bytes | bytearray
+) -> None:
     _write_all(fd, *parts)
-    os.fdatasync(fd)
+    writeback.written(fd, end)
 
 
 def _finish_new(fd: int, tmp: str, path: str, *parts: bytes | bytearray) -> None:
@@ -195,21 +198,32 @@ def _open_append(path: str) -> tuple[int, int]:
         raise
 
 
-def _end_append(fd: int, start: int, commit: bool, *parts: bytes | bytearray) -> None:
-    """Commit (write ``parts``) or cancel (truncate back to ``start``); then fsync and
-    close. A commit that fails (a full disk) is cancelled too: the object keeps only
-    what an earlier commit made durable, never a partly written tail."""
+def _end_append(
+    fd: int, start: int, commit: bool, flush: Callable[[int], None], *parts: bytes | bytearray
+) -> None:
+    """Commit (write ``parts``, then ``flush``: fsync, or start their writeback) or
+    cancel (truncate back to ``start``, fsync); then close. A commit that fails (a full
+    disk) is cancelled too: the object keeps only what earlier commits wrote, never a
+    partly written tail."""
     try:
         if commit:
             try:
                 _write_all(fd, *parts)
-                os.fsync(fd)
+                flush(fd)
                 return
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
                 raise
         os.ftruncate(fd, start)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -366,7 +380,7 @@ class FilesystemWriter(StorageWriter):
         self._start = size
         self._size = size
         self._buf = bytearray()
-        self._unsynced = 0
+        self._writeback = Writeback(size)
         self._inflight: asyncio.Future[None] | None = None
         self._closed = False
         self._broken = False
@@ -396,33 +410,40 @@ class FilesystemWriter(StorageWriter):
             await asyncio.wait([self._inflight])
 
     async def write(self, data: bytes) -> None:
+        await self.write_parts((data,))
+
+    async def write_parts(self, parts: Sequence[bytes]) -> None:
+        """One thread hop for all of ``parts``, written as they are (not joined)."""
         self._check_usable()
-        n = len(data)
+        n = sum(len(part) for part in parts)
         if n == 0:
             return
         if len(self._buf) + n < WRITE_BUFFER:
-            self._buf += data
+            for part in parts:
+                self._buf += part
             self._size += n
             return
         buf, self._buf = self._buf, bytearray()
         self._broken = True  # until the write is known to have completed
-        self._unsynced += len(buf) + n
-        if self._unsynced >= EARLY_SYNC:
-            # Flush as we go: the disk works while the next bytes arrive, and the fsync
-            # at commit (what makes the object durable) finds little left to do.
-            self._unsynced = 0
-            await self._call(_write_all_and_sync, self._fd, buf, data)
-        else:
-            await self._call(_write_all, self._fd, buf, data)
+        # Written back as it goes (see writeback): the disk works while the next bytes
+        # arrive, and the fsync at commit (what makes the object durable) finds little.
+        end = self._size + n
+        await self._call(_write_all_and_flush, self._fd, self._writeback, end, buf, *parts)
         self._broken = False
-        self._size += n
+        self._size = end
 
-    async def commit(self) -> None:
+    async def commit(self, *, durable: bool = True) -> None:
         self._check_usable()
         self._closed = True
         buf, self._buf = self._buf, bytearray()
         if self._tmp is None:
-            await self._call(_end_append, self._fd, self._start, True, buf)
+            # Not durable yet: the disk writes the tail while the client sends its next
+            # request, and FilesystemDriver.sync waits for it (a new object is always
+            # synced: its rename must not reach the disk before its bytes).
+            flush = (
+                os.fsync if durable else functools.partial(self._writeback.written, end=self._size)
+            )
+            await self._call(_end_append, self._fd, self._start, True, flush, buf)
         else:
             await self._call(_finish_new, self._fd, self._tmp, self._path, buf)
 
@@ -434,7 +455,7 @@ class FilesystemWriter(StorageWriter):
         self._buf = bytearray()
         await self._settle()
         if self._tmp is None:
-            await self._call(_end_append, self._fd, self._start, False)
+            await self._call(_end_append, self._fd, self._start, False, os.fsync)
         else:
             await self._call(_close_unlink, self._fd, self._tmp)
 
@@ -628,7 +649,8 @@ class FilesystemDriver(StorageDriver):
 
         ``append=True``: continues the existing object at ``key`` (StorageNotFound if there
         is none). To avoid copying it, the file is opened in append mode and written in
-        place: appended bytes may be visible to readers before ``commit``, which fsyncs;
+        place: appended bytes may be visible to readers before ``commit``, which fsyncs
+        (``durable=False``: starts writing the tail back, and ``sync`` waits for it);
         ``cancel`` truncates the file back to its size when the writer was opened. A crash
         before ``commit`` or ``cancel`` can leave extra bytes at the end: the resumable
         upload layer must trust its own recorded offset, as registry:2 does.
@@ -679,6 +701,9 @@ class FilesystemDriver(StorageDriver):
 
     async def delete(self, key: str) -> None:
         await _run(key, True, _delete, self._path(key))
+
+    async def sync(self, key: str) -> None:
+        await _run(key, True, _sync, self._path(key))
 
     async def try_lease(self, key: str) -> Lease | None:
         self._path(key)
