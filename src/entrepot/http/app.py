@@ -20,7 +20,6 @@ from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
 from entrepot.http import blobs, discovery, manifests, token, uploads
-from entrepot.http.accesslog import AccessLog
 from entrepot.http.context import ApiContext, context, realm_base
 from entrepot.http.errors import (
     handle_http_exception,
@@ -28,6 +27,8 @@ from entrepot.http.errors import (
     handle_storage_error,
     handle_unexpected,
 )
+from entrepot.http.front import FrontDoor
+from entrepot.http.metrics import HttpMetrics
 from entrepot.http.repositories import namespace_of
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
@@ -153,12 +154,18 @@ def build_app(
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     access_log: bool = True,
+    metrics: HttpMetrics | None = None,
 ) -> Starlette:
-    routes: list[BaseRoute] = [
+    """The application; ``metrics``: where registry:2's ``registry_http_*`` are counted."""
+    literal_routes = [
         Route("/v2/", base, methods=["GET", "HEAD"]),
         Route("/v2", base, methods=["GET", "HEAD"]),
         Route("/v2/_catalog", catalog, methods=["GET"]),
-        Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),  # early: most requests
+    ]
+    api_route = Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS)
+    routes: list[BaseRoute] = [
+        *literal_routes,
+        api_route,  # early: most requests
         Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/health", health, methods=["GET", "HEAD"]),
         *extra_routes,
@@ -168,17 +175,28 @@ def build_app(
     async def default_lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
 
+    error_handlers = {
+        RegistryError: handle_registry_error,
+        StorageError: handle_storage_error,
+        HTTPException: handle_http_exception,
+        Exception: handle_unexpected,
+    }
+    front = Middleware(
+        FrontDoor,
+        access_log=access_log,
+        addresses=api.client_addresses,
+        metrics=metrics,
+        api_route=api_route,
+        routes_before=[route.path for route in literal_routes],
+        error_handlers=error_handlers,
+    )
     app = Starlette(
         routes=routes,
-        exception_handlers={
-            RegistryError: handle_registry_error,
-            StorageError: handle_storage_error,
-            HTTPException: handle_http_exception,
-            Exception: handle_unexpected,
-        },
+        exception_handlers=error_handlers,
         lifespan=lifespan or default_lifespan,
-        # Outermost, so the line has the final status, also of errors the handlers wrote.
-        middleware=[Middleware(AccessLog, enabled=access_log, addresses=api.client_addresses)],
+        # Outermost but for the last-resort handler, so the access-log line and the
+        # metrics have the final status, also of errors the handlers wrote.
+        middleware=[front],
     )
     app.state.api = api
     return app
