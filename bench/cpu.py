@@ -72,25 +72,26 @@ async def _lifespan(app: App) -> tuple[asyncio.Queue[Any], asyncio.Task[Any]]:
 
 
 async def measure(
-    app: App, rows: dict[str, Scope], requests: int, runs: int, profile: str | None
+    app: App, rows: dict[str, tuple[App, Scope]], requests: int, runs: int, profile: str | None
 ) -> dict[str, float]:
-    """The least CPU µs per request of ``runs`` runs of ``requests``, per row."""
+    """The least CPU µs per request of ``runs`` runs of ``requests``, per row (each row
+    names the app it goes to: ``app``, or the framework's ceiling)."""
     inbox, task = await _lifespan(app)
     best: dict[str, float] = {}
     try:
-        for name, scope in rows.items():
-            status = await _request(app, scope)
+        for name, (target, scope) in rows.items():
+            status = await _request(target, scope)
             assert status == 200, f"{name}: answered {status}"
             for _ in range(200):  # warm-up: caches, first-call imports
-                await _request(app, scope)
+                await _request(target, scope)
         for _ in range(runs):
-            for name, scope in rows.items():
+            for name, (target, scope) in rows.items():
                 profiler = cProfile.Profile() if name == profile else None
                 started = time.process_time()
                 if profiler is not None:
                     profiler.enable()
                 for _ in range(requests):
-                    await _request(app, scope)
+                    await _request(target, scope)
                 if profiler is not None:
                     profiler.disable()
                 micros = (time.process_time() - started) / requests * 1e6
@@ -138,10 +139,15 @@ def main() -> None:
         app: App = create_app(load_config(str(config_path)))
         base = f"/v2/{fixture.repo}"
         accept = [(b"accept", MANIFEST_ACCEPT.encode())]
+        from bench.ceiling import app as ceiling
+
+        manifest = f"{base}/manifests/{fixture.tag}"
         rows = {
-            "manifest_get": _scope("GET", f"{base}/manifests/{fixture.tag}", accept),
-            "manifest_head": _scope("HEAD", f"{base}/manifests/{fixture.tag}", accept),
-            "blob_head": _scope("HEAD", f"{base}/blobs/{layer.digest}", []),
+            "manifest_get": (app, _scope("GET", manifest, accept)),
+            "manifest_head": (app, _scope("HEAD", manifest, accept)),
+            "blob_head": (app, _scope("HEAD", f"{base}/blobs/{layer.digest}", [])),
+            # bare Starlette answering a constant (what `python -m bench` calls the ceiling)
+            "ceiling": (ceiling, _scope("GET", manifest, accept)),
         }
         best = asyncio.run(measure(app, rows, args.requests, args.runs, args.profile))
     shutil.rmtree(metrics_dir, ignore_errors=True)
