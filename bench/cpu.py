@@ -139,10 +139,11 @@ def main() -> None:
         app: App = create_app(load_config(str(config_path)))
         base = f"/v2/{fixture.repo}"
         accept = [(b"accept", MANIFEST_ACCEPT.encode())]
-        from bench.ceiling import app as ceiling
+        from bench.ceiling import app as ceiling_app
 
+        ceiling: App = ceiling_app
         manifest = f"{base}/manifests/{fixture.tag}"
-        rows = {
+        rows: dict[str, tuple[App, Scope]] = {
             "manifest_get": (app, _scope("GET", manifest, accept)),
             "manifest_head": (app, _scope("HEAD", manifest, accept)),
             "blob_head": (app, _scope("HEAD", f"{base}/blobs/{layer.digest}", [])),
