@@ -206,6 +206,12 @@ rgw_dns_name = 127.0.0.1
             f"--secret-key={SECRET_KEY}",
         )
 
+    def collect_garbage(self) -> None:
+        """Free the space of deleted objects now: radosgw hands their data to its garbage
+        collector, which waits two hours by default, and the memstore OSD holds it in RAM
+        meanwhile (a test that writes gigabytes calls this after deleting them)."""
+        self._run("radosgw-admin", "gc", "process", "--include-all")
+
     def stop(self) -> None:
         """radosgw, then the OSD, then the monitor: each stops at once while the ones it
         talks to are still there."""

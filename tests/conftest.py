@@ -8,6 +8,12 @@ s3_bucket()    a fresh, empty bucket on it (its name); creating one takes radosg
 s3_shared_bucket  one bucket for the whole session (tests keep apart by rootdirectory)
 redis_server   a throwaway redis-server on 127.0.0.1 (tests/redisserver.py), once per
                session; it skips locally and fails under $CI when redis-server is missing
+
+`make test TEST_WORKERS=2` runs the suite in two pytest-xdist workers (the default is one
+process): the end-to-end and storage tests, and any other on the session's Ceph or redis,
+form one group that one worker runs in order, as without xdist (they start real servers and
+clients, share those session-wide ones, and some watch time or memory); the unit and API
+tests spread over both workers meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +30,19 @@ from tests.loopback import loopback
 from tests.redisserver import RedisServer, redis_missing
 
 __all__ = ["loopback", "redis_server", "s3_bucket", "s3_server", "s3_shared_bucket"]
+
+# Directories whose tests start real servers and clients or use the session's Ceph and
+# redis (the storage suites ask for them by parameter, see tests/storage/conftest.py).
+_SERIAL_DIRS = tuple(Path(__file__).resolve().parent / name for name in ("e2e", "storage"))
+_SESSION_SERVERS = frozenset({"s3_server", "s3_bucket", "s3_shared_bucket", "redis_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parents = Path(item.path).resolve().parents
+        uses_servers = _SESSION_SERVERS & set(getattr(item, "fixturenames", ()))
+        if uses_servers or any(d in parents for d in _SERIAL_DIRS):
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 @pytest.fixture(scope="session")

@@ -32,13 +32,13 @@ from entrepot.config import (
     CONFIG_ENV,
     CONFIGURATION_PATH_ENV,
     METRICS_DIR_ENV,
+    SECRET_ENV,
     Config,
     ConfigError,
     load_config,
 )
 from entrepot.config.check import check_tls_files, effective_yaml, summary
 from entrepot.log_setup import configure_logging
-from entrepot.root_auth import SECRET_ENV
 
 if TYPE_CHECKING:
     from granian.server.mp import MPServer
@@ -94,7 +94,7 @@ def _load(path: str | None) -> Config | None:
 
 
 def _storage_problem(config: Config) -> str | None:
-    from entrepot.root import storage_problem  # the root imports the app: only when needed
+    from entrepot.preflight import storage_problem  # the root imports the app: only when needed
 
     problem = storage_problem(config)
     if problem:
@@ -103,7 +103,7 @@ def _storage_problem(config: Config) -> str | None:
 
 
 def _takeover_problem(config: Config) -> str | None:
-    from entrepot.root import take_over_store
+    from entrepot.preflight import take_over_store
 
     problem = take_over_store(config)
     if problem:
@@ -112,7 +112,7 @@ def _takeover_problem(config: Config) -> str | None:
 
 
 def _log_fill_coordination(config: Config) -> None:
-    from entrepot.root import fill_coordination
+    from entrepot.preflight import fill_coordination
 
     said = fill_coordination(config)
     if said is not None:

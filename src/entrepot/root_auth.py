@@ -20,11 +20,7 @@ from entrepot.auth.htpasswd import HtpasswdFile, UserDirectory
 from entrepot.auth.policy import AccessPolicy, AccessRule
 from entrepot.auth.ratelimit import FailedLoginLimiter
 from entrepot.auth.tokens import BuiltinTokens, ExternalTokens
-from entrepot.config import Config
-
-# The CLI puts a random secret here when http.secret is not set, so that every worker
-# signs and checks tokens and upload states alike.
-SECRET_ENV = "ENTREPOT_SECRET"
+from entrepot.config import SECRET_ENV, Config
 
 
 def shared_secret(config: Config) -> bytes:

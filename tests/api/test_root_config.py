@@ -11,7 +11,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from entrepot.config import load_config
-from entrepot.root import create_app, fill_coordination
+from entrepot.preflight import fill_coordination
+from entrepot.root import create_app
 from entrepot.storage import FileInfo, StorageError
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.api.oci_client import error_code, sha256

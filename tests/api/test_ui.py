@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from entrepot.config import load_config
+from entrepot.preflight import create_driver
 from entrepot.registry.usage import record_usage
-from entrepot.root import create_app, create_driver
+from entrepot.root import create_app
 from tests.api.auth_setup import PASSWORDS, basic, write_htpasswd
 from tests.api.oci_client import (
     OCI_CONFIG,

@@ -83,6 +83,17 @@ async def test_writer_uploads_parts_while_data_arrives_and_commit_completes(
     assert b"".join([c async for c in driver.read("blobs/big")]) == data
 
 
+async def test_writes_larger_than_a_part_are_stored_whole(settings: S3Settings) -> None:
+    # The upload pump hands the writer batches of up to 16 MiB; parts are 5 MiB here.
+    driver = S3Driver(settings)
+    data = os.urandom(19 * MiB + 7)
+    w = await driver.writer("blobs/batches")
+    await w.write(data[: 16 * MiB])
+    await w.write(data[16 * MiB :])
+    await w.commit()
+    assert b"".join([c async for c in driver.read("blobs/batches")]) == data
+
+
 async def test_cancel_aborts_the_multipart_upload(settings: S3Settings, client: Any) -> None:
     driver = S3Driver(settings)
     root = settings.rootdirectory.strip("/")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from entrepot.proxy.hostnames import host_aliases
 from entrepot.proxy.registry2_store import DECISION, Registry2Store, marker
-from entrepot.proxy.upstreams import host_aliases
 from entrepot.registry import layout
 from entrepot.registry.epochs import CATALOG, tags_epoch
 from entrepot.storage.filesystem import FilesystemDriver

@@ -19,14 +19,13 @@ from entrepot import __version__
 from entrepot.oci import mediatypes as mt
 from entrepot.oci.digest import Digest
 from entrepot.proxy.upstream_auth import parse_challenges
-from entrepot.proxy.upstream_client import (
-    UpstreamClient,
+from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
+from entrepot.proxy.upstream_errors import (
     UpstreamDenied,
     UpstreamError,
     UpstreamInvalid,
     UpstreamNotFound,
     UpstreamRateLimited,
-    UpstreamSettings,
     UpstreamUnavailable,
 )
 from tests.loopback import Handler, Servers, dead_url

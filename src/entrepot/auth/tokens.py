@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from typing import TYPE_CHECKING, Any
 
 from entrepot.auth.access import Access
+
+# PyJWT and cryptography are large imports (about 10 MB a process): they are loaded when
+# tokens are configured (the token classes' constructors), not by every worker.
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _LEEWAY = 30.0  # seconds of clock skew tolerated on exp/nbf
 _CACHE_ENTRIES = 4096
@@ -47,6 +49,8 @@ def _access_from_claims(claims: dict[str, Any]) -> tuple[Access, ...]:
 
 def _decode(token: str, key: Any, algorithms: list[str], service: str, issuer: str) -> TokenClaims:
     """Verify signature, audience (the service), issuer and time, as registry:2 does."""
+    import jwt
+
     try:
         claims = jwt.decode(
             token,
@@ -90,9 +94,12 @@ class BuiltinTokens:
         self.service = service
         self.lifetime = lifetime
         self._cache = _VerifiedCache()
+        importlib.import_module("jwt")  # now, not in the first request that needs it
 
     def issue(self, subject: str, access: list[Access]) -> tuple[str, float, float]:
         """A signed token; returns (token, issued_at, expires_in)."""
+        import jwt
+
         now = time.time()
         claims = {
             "iss": self.issuer,
@@ -129,10 +136,14 @@ class ExternalTokens:
     ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256"]
 
     def __init__(self, rootcertbundle: Path, issuer: str, service: str) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        importlib.import_module("jwt")  # now, not in the first request that needs it
         self.issuer = issuer
         self.service = service
         pem = rootcertbundle.read_bytes()
-        self.roots = x509.load_pem_x509_certificates(pem)
+        self.roots: list[x509.Certificate] = x509.load_pem_x509_certificates(pem)
         if not self.roots:
             raise ValueError(f"no certificates in {rootcertbundle}")
         self._by_kid = {
@@ -144,6 +155,8 @@ class ExternalTokens:
         self._cache = _VerifiedCache()
 
     def _signing_key(self, header: dict[str, Any]) -> Any:
+        from cryptography import x509
+
         chain = header.get("x5c")
         if isinstance(chain, list) and chain:
             try:
@@ -168,6 +181,8 @@ class ExternalTokens:
         cached = self._cache.get(token)
         if cached is not None:
             return cached
+        import jwt
+
         try:
             key = self._signing_key(jwt.get_unverified_header(token))
         except jwt.PyJWTError as exc:

@@ -12,7 +12,12 @@ from entrepot.config.authconf import (
     TokenAuthConfig,
 )
 from entrepot.config.durations import parse_duration
-from entrepot.config.environ import CONFIG_ENV, CONFIGURATION_PATH_ENV, METRICS_DIR_ENV
+from entrepot.config.environ import (
+    CONFIG_ENV,
+    CONFIGURATION_PATH_ENV,
+    METRICS_DIR_ENV,
+    SECRET_ENV,
+)
 from entrepot.config.errors import ConfigError
 from entrepot.config.httpconf import parse_listen_addr
 from entrepot.config.loader import load_config
@@ -24,6 +29,7 @@ __all__ = [
     "CONFIGURATION_PATH_ENV",
     "CONFIG_ENV",
     "METRICS_DIR_ENV",
+    "SECRET_ENV",
     "AccessRuleConfig",
     "AuthConfig",
     "BuiltinAuthConfig",

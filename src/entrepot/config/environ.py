@@ -57,6 +57,9 @@ CONFIG_ENV = "ENTREPOT_CONFIG"
 # The CLI makes a directory where every worker writes its metric values (prometheus-client's
 # multiprocess mode, which reads this variable) and names it here.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The CLI puts a random secret here when http.secret is not set, so that every worker
+# signs and checks tokens and upload states alike.
+SECRET_ENV = "ENTREPOT_SECRET"
 
 # A schema node is a dict (fixed section: known keys only), or one of these markers.
 _LEAF = "leaf"  # a scalar field: only settable as a whole

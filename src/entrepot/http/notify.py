@@ -19,10 +19,12 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+if TYPE_CHECKING:  # aiohttp is imported only when endpoints are configured (a large import)
+    import aiohttp
 
 __all__ = [
     "EVENTS_MEDIA_TYPE",
@@ -201,6 +203,8 @@ class Endpoint:
 
     async def _attempt(self, body: bytes) -> str | None:
         """One POST; None if accepted, else what went wrong."""
+        import aiohttp  # at module level it would load for servers that never notify
+
         stats = self.stats
         try:
             status = await self._send(body)
@@ -238,6 +242,8 @@ def _status_text(code: int) -> str:
 def http_sender(session: aiohttp.ClientSession, settings: EndpointSettings) -> Sender:
     """POSTs an envelope to the endpoint with its headers and timeout (redirects followed,
     as Go's client follows them)."""
+    import aiohttp
+
     headers = [("Content-Type", EVENTS_MEDIA_TYPE), *settings.headers]
     timeout = aiohttp.ClientTimeout(total=settings.timeout)
 
@@ -274,6 +280,8 @@ class Notifier:
 
     async def start(self) -> None:
         """Create the endpoints' queues and start delivering (in the serving loop)."""
+        import aiohttp
+
         self._session = aiohttp.ClientSession()
         for settings in self.settings:
             send = http_sender(self._session, settings)

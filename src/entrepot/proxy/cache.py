@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from cachetools import TLRUCache
 
@@ -27,8 +27,7 @@ from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool
 from entrepot.proxy.metrics import CacheEvents
 from entrepot.proxy.pulls import PullRecorder
 from entrepot.proxy.referrers import UpstreamReferrers, filtered
-from entrepot.proxy.upstream_client import (
-    RemoteBlob,
+from entrepot.proxy.upstream_errors import (
     UpstreamError,
     UpstreamInvalid,
     UpstreamNotFound,
@@ -41,6 +40,9 @@ from entrepot.registry.blobs import read_link
 from entrepot.registry.local import LocalRegistry
 from entrepot.requestinfo import note_cache
 from entrepot.storage import StorageError, StorageNotFound
+
+if TYPE_CHECKING:  # the client (aiohttp) is imported only with upstreams
+    from entrepot.proxy.upstream_client import RemoteBlob
 
 log = logging.getLogger("entrepot.proxy")
 

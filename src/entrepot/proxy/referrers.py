@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
-from entrepot.proxy.upstream_client import UpstreamError, UpstreamInvalid, UpstreamNotFound
+from entrepot.proxy.upstream_errors import UpstreamError, UpstreamInvalid, UpstreamNotFound
 from entrepot.proxy.upstreams import error_kind
 from entrepot.requestinfo import note_cache
 from entrepot.storage import StorageError, StorageNotFound

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.proxy.access import NameRules
+from entrepot.proxy.hostnames import DOCKER_HUB_ALIASES, host_aliases
 from entrepot.proxy.ratelimit import RateBudget
-from entrepot.proxy.upstream_client import (
-    UpstreamClient,
+from entrepot.proxy.upstream_errors import (
     UpstreamDenied,
     UpstreamError,
     UpstreamNotFound,
@@ -17,14 +18,8 @@ from entrepot.proxy.upstream_client import (
     UpstreamUnavailable,
 )
 
-DOCKER_HUB = "docker.io"
-# Names Docker Hub is known by in image references and containerd's ns parameter.
-DOCKER_HUB_ALIASES = (
-    "docker.io",
-    "index.docker.io",
-    "registry-1.docker.io",
-    "registry.hub.docker.com",
-)
+if TYPE_CHECKING:  # the client (aiohttp) is imported only with upstreams (root.py)
+    from entrepot.proxy.upstream_client import UpstreamClient
 
 
 @dataclass(frozen=True)
@@ -88,16 +83,6 @@ def error_kind(exc: UpstreamError) -> str:
         (UpstreamUnavailable, "unavailable"),
     )
     return next((name for cls, name in kinds if isinstance(exc, cls)), "invalid")
-
-
-def host_aliases(host: str, other_hosts: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """What routes to an upstream: its hosts as ns values and as a path's first component
-    (where a port's colon becomes "_"), and Docker Hub's other names."""
-    hosts = {host, *other_hosts}
-    names = hosts | {name.replace(":", "_") for name in hosts}
-    if host in DOCKER_HUB_ALIASES:
-        names.update(DOCKER_HUB_ALIASES)
-    return tuple(sorted(names))
 
 
 def translate(exc: UpstreamError, host: str, missing: ErrorCode, reference: str) -> RegistryError:

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["S3Writer", "reason", "rechunk"]
 
-QUEUE_DEPTH = 8  # writes waiting for the uploader
+# Bytes written but not yet handed to the uploader whole: beyond this (and one write),
+# ``write`` waits. obstore holds up to ``parts_in_flight`` parts more while they go up.
+MAX_QUEUED = 16 << 20
 _S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _HTTP_STATUS = re.compile(r"status code: (\d{3}[^:]*)")
 
@@ -69,7 +71,9 @@ class S3Writer(StorageWriter):
         self._key = key
         self._existing = existing  # bytes to copy first (append), or None
         self._size = existing or 0
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_DEPTH)
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queued = 0  # bytes in the queue
+        self._room = asyncio.Event()  # set when the uploader takes something
         self._cancelled = False
         self._closed = False
         self._version: str | None = None
@@ -83,12 +87,21 @@ class S3Writer(StorageWriter):
     def version(self) -> str | None:
         return self._version
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    async def _chunks(self) -> AsyncIterator[bytes | memoryview]:
         if self._existing:
             async for chunk in self._driver.read(self._key, chunk_size=self._driver.chunksize):
                 yield chunk
+        # Large writes go to obstore a part at a time (views, no copy): handed whole, each
+        # is copied at once and cut into several parts uploading beyond max_concurrency.
+        step = self._driver.chunksize
         while (item := await self._queue.get()) is not None:
-            yield item
+            view = memoryview(item)
+            for start in range(0, len(view), step):
+                if self._cancelled:
+                    break
+                yield view[start : start + step]
+            self._queued = max(0, self._queued - len(item))  # cancel may have emptied it
+            self._room.set()
         if self._cancelled:  # raising makes put_async abort the multipart upload
             raise _Aborted
 
@@ -118,15 +131,18 @@ class S3Writer(StorageWriter):
         return StorageError(f"{self._driver.where(self._key)}: upload failed: {why}")
 
     async def _put(self, item: bytes | None) -> None:
-        """Queue ``item`` for the uploader, or raise if the upload failed meanwhile."""
-        if not self._queue.full():
-            self._queue.put_nowait(item)
-            return
-        put = asyncio.ensure_future(self._queue.put(item))
-        await asyncio.wait([put, self._upload], return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():
-            put.cancel()
-            raise self._failure()
+        """Queue ``item`` for the uploader once there is room (bounded in bytes, so memory
+        stays bounded whatever the size of each write), or raise if the upload failed."""
+        size = 0 if item is None else len(item)
+        while self._queued and self._queued + size > MAX_QUEUED:
+            self._room.clear()
+            room = asyncio.ensure_future(self._room.wait())
+            await asyncio.wait([room, self._upload], return_when=asyncio.FIRST_COMPLETED)
+            if not room.done():
+                room.cancel()
+                raise self._failure()
+        self._queue.put_nowait(item)
+        self._queued += size
 
     async def write(self, data: bytes) -> None:
         self._check_usable()
@@ -153,6 +169,7 @@ class S3Writer(StorageWriter):
         self._cancelled = True
         while not self._queue.empty():  # the uploader need not send what it has not taken
             self._queue.get_nowait()
+        self._queued = 0
         self._queue.put_nowait(None)
         with contextlib.suppress(BaseException):  # the abort is the expected outcome
             await self._upload

@@ -6,16 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import wraps
-from typing import Any
+from functools import cached_property, wraps
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 
 from entrepot.auth.guard import parse_basic
 from entrepot.http.bodies import read_body
@@ -28,6 +26,9 @@ from entrepot.oci.names import validate_name
 from entrepot.proxy.upstreams import Upstream
 from entrepot.registry.api import RepositoryResolver
 from entrepot.registry.usage import INTERVAL as USAGE_INTERVAL
+
+if TYPE_CHECKING:  # Jinja2 loads with the first page shown: a worker nobody browses skips it
+    from starlette.templating import Jinja2Templates
 from entrepot.registry.usage import StorageUsage
 
 PAGE_SIZE = 50
@@ -76,6 +77,9 @@ def short_digest(digest: object) -> str:
 
 
 def _templates() -> Jinja2Templates:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    from starlette.templating import Jinja2Templates
+
     env = Environment(
         loader=PackageLoader("entrepot.http.ui", "templates"),
         autoescape=select_autoescape(default=True),
@@ -114,7 +118,10 @@ class Ui:
         self.access = settings.access
         self.sessions = Sessions(settings.session_key)
         self.browser = Browser(settings.store, settings.upstreams)
-        self.templates = _templates()
+
+    @cached_property
+    def templates(self) -> Jinja2Templates:
+        return _templates()
 
     # -- who is looking ---------------------------------------------------------------
 

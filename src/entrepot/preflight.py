@@ -1,0 +1,220 @@
+"""Part of the composition root: the storage driver the configuration asks for, and the
+checks the CLI runs on it before serving (storage usable, a registry:2 store taken over).
+
+The server's parent process only supervises its workers and forks them: it runs these
+checks, so this module keeps its imports small (no HTTP app, no aiohttp; obstore and redis
+only for S3 and a redis section). Whatever the parent imports, every worker holds too."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+import os
+from typing import TYPE_CHECKING
+
+from entrepot.config import Config
+from entrepot.proxy.hostnames import host_aliases
+from entrepot.proxy.registry2_store import Registry2Store
+from entrepot.registry.health import check_writable, probe_key
+from entrepot.storage import StorageDriver, StorageError, StorageNotFound
+from entrepot.storage.filesystem import FilesystemDriver
+
+if TYPE_CHECKING:  # imported only with storage.s3 or a redis section (large imports)
+    from entrepot.storage.redisleases import RedisSettings
+    from entrepot.storage.s3 import S3Settings
+
+
+def create_driver(config: Config) -> StorageDriver:
+    # load_config already refused drivers Entrepot does not have.
+    if config.storage.s3 is None:
+        # Lock files under the root coordinate fills: Redis is not needed on one disk.
+        return FilesystemDriver(config.storage.rootdirectory)
+    from entrepot.storage.s3 import S3Driver
+
+    settings = s3_settings(config)
+    redis = redis_settings(config)
+    if redis is None:
+        return S3Driver(settings)
+    from entrepot.storage.redisleases import RedisLeases
+
+    root = settings.rootdirectory.strip("/")
+    return S3Driver(settings, RedisLeases(redis, f"entrepot:lease:{settings.bucket}/{root}:"))
+
+
+def redis_settings(config: Config) -> RedisSettings | None:
+    redis = config.redis
+    if redis is None:
+        return None
+    from entrepot.storage.redisleases import RedisSettings
+
+    return RedisSettings(
+        host=redis.host,
+        port=redis.port,
+        password=redis.password,
+        db=redis.db,
+        tls=redis.tls.enabled,
+        dial_timeout=redis.dialtimeout_s or None,
+        read_timeout=redis.readtimeout_s or None,
+        write_timeout=redis.writetimeout_s or None,
+        max_connections=redis.pool.maxactive or None,
+    )
+
+
+def fill_coordination(config: Config) -> tuple[int, str] | None:
+    """What the operator gets from cache fills with this storage (a log level and a
+    line), None without upstreams."""
+    if not config.proxies:
+        return None
+    redis = redis_settings(config)
+    if config.storage.s3 is None:
+        return logging.INFO, (
+            "cache fills: one upstream download per blob for every worker process using "
+            f"storage.filesystem.rootdirectory {config.storage.rootdirectory} (lock files)"
+            + ("; the redis section is not needed for that and not used" if redis else "")
+        )
+    if redis is not None:
+        return logging.INFO, (
+            f"cache fills: one upstream download per blob for every replica using "
+            f"{redis.address} on S3 bucket {config.storage.s3.bucket}"
+        )
+    return logging.WARNING, (
+        "cache fills on storage.s3 without a redis section: the worker processes of this "
+        "machine share one upstream download per blob, but every replica downloads it "
+        "once of its own; configure redis (addr) for one download across replicas"
+    )
+
+
+def s3_settings(config: Config) -> S3Settings:
+    from entrepot.storage.s3 import S3Settings, aws_credentials
+
+    s3 = config.storage.s3
+    assert s3 is not None
+    access, secret, token = s3.accesskey, s3.secretkey, s3.sessiontoken
+    if not access:
+        access, secret, token = aws_credentials() or (None, None, None)
+    return S3Settings(
+        bucket=s3.bucket,
+        region=s3.region or "us-east-1",
+        endpoint=s3.endpoint,
+        access_key=access,
+        secret_key=secret,
+        session_token=token,
+        path_style=s3.path_style,
+        skip_verify=s3.skipverify,
+        rootdirectory=s3.rootdirectory,
+        chunksize=s3.chunksize,
+        encrypt=s3.encrypt,
+        keyid=s3.keyid,
+        redirect=not config.storage.redirect_disabled,
+    )
+
+
+def storage_problem(config: Config) -> str | None:
+    """Why the configured storage cannot be used, in one line naming it, or None. Run
+    before serving, so that an unwritable root or an unusable bucket stops start-up
+    instead of failing every push later (read-only mode only needs to read)."""
+    if config.storage.s3 is not None:
+        return _s3_problem(config) or _redis_problem(config)
+
+    async def probe() -> None:
+        driver = create_driver(config)
+        try:
+            if config.storage.readonly:
+                with contextlib.suppress(StorageNotFound):
+                    await driver.stat("")
+            else:
+                await check_writable(driver)
+        finally:
+            await driver.close()
+
+    try:
+        asyncio.run(probe())
+    except StorageError as exc:
+        verb = "read" if config.storage.readonly else "write to"
+        return (
+            f"cannot {verb} storage.filesystem.rootdirectory {config.storage.rootdirectory} "
+            f"({exc}); make it writable by this user (uid {os.geteuid()}) or choose "
+            "another rootdirectory"
+        )
+    return None
+
+
+def _redis_problem(config: Config) -> str | None:
+    settings = redis_settings(config)
+    if settings is None:
+        return None
+    from entrepot.storage.redisleases import ping
+
+    problem = ping(settings)
+    if problem is None:
+        return None
+    return f"cannot use redis ({problem}); check redis.addr, redis.password and redis.tls"
+
+
+def _s3_problem(config: Config) -> str | None:
+    try:
+        settings = s3_settings(config)
+    except StorageError as exc:  # an unreadable AWS credentials file
+        return f"cannot use storage.s3 ({exc})"
+    from entrepot.storage.s3 import probe_bucket
+
+    # The S3 client's (obstore's) runtime does not survive fork(), and the server forks
+    # its workers after this check: probe from a fresh process, never this one.
+    context = multiprocessing.get_context("spawn")
+    write_key = None if config.storage.readonly else probe_key()
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        problem = pool.submit(probe_bucket, settings, write_key).result()
+    if problem is None:
+        return None
+    return f"cannot use storage.s3 ({problem}); check the bucket, regionendpoint and credentials"
+
+
+def create_registry2_store(config: Config, driver: StorageDriver) -> Registry2Store:
+    upstreams = config.proxies
+    return Registry2Store(
+        driver,
+        mode=config.proxycache.registry2store,
+        mirror=any(upstream.mirror for upstream in upstreams),
+        routed={name for u in upstreams for name in host_aliases(u.host, u.aliases)},
+        readonly=config.storage.readonly,
+    )
+
+
+def take_over_store(config: Config) -> str | None:
+    """Decide, once, what a registry:2 store's plain-name repositories are
+    (proxy/registry2_store.py), before any worker serves; a storage error in one line."""
+    if config.storage.s3 is None:
+        problem = _decide_store(config)
+        where = f"storage.filesystem.rootdirectory {config.storage.rootdirectory}"
+    elif not config.proxies:
+        return None  # no cache on this bucket (a process of its own costs seconds)
+    else:
+        # The S3 client must not run in this process, whose workers fork from it.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            problem = pool.submit(_decide_store, config).result()
+        where = f"storage.s3 bucket {config.storage.s3.bucket}"
+    if problem is None:
+        return None
+    return (
+        f"cannot record what the repositories under {where} are "
+        f"(registry:2's cache or pushed): {problem}"
+    )
+
+
+def _decide_store(config: Config) -> str | None:
+    async def decide() -> None:
+        driver = create_driver(config)
+        try:
+            await create_registry2_store(config, driver).open()
+        finally:
+            await driver.close()
+
+    try:
+        asyncio.run(decide())
+    except StorageError as exc:
+        return str(exc)
+    return None
