@@ -21,7 +21,6 @@ from entrepot.http.clientaddr import ClientAddresses
 from entrepot.http.context import ApiContext
 from entrepot.http.metrics import (
     HttpMetrics,
-    MetricsMiddleware,
     metrics_endpoint,
     samples,
     scrape_registry,
@@ -315,8 +314,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         lifespan=lifespan,
         extra_routes=[*public, *ui_routes(ui)],
         access_log=not config.log.accesslog_disabled,
+        metrics=http_metrics,
     )
-    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.
         outer = Starlette(

@@ -159,8 +159,19 @@ def _put_new(path: str, data: bytes) -> bool:
 
 
 def _get(path: str) -> bytes:
-    with open(path, "rb", buffering=0) as f:
-        return f.readall()
+    # os.open and os.read rather than open(): a link is read on every manifest and blob
+    # request, and the file object costs more than the system calls.
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
+        data = os.read(fd, 1 << 16)
+        if not data:
+            return data
+        parts = [data]
+        while more := os.read(fd, 1 << 20):
+            parts.append(more)
+        return data if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _pread_full(fd: int, size: int, offset: int) -> bytes:
