@@ -281,19 +281,45 @@ def _walk_keys(root: str, after: str, collapse: str) -> Iterator[str]:
             stack.pop()
 
 
-def _take(keys: Iterator[str], count: int) -> list[str]:
-    return list(itertools.islice(keys, count))
+def _take(items: Iterator[T], count: int) -> list[T]:
+    return list(itertools.islice(items, count))
 
 
-def _take_infos(keys: Iterator[str], count: int, root: str) -> list[FileInfo]:
-    found = []
-    for key in itertools.islice(keys, count):
-        try:
-            st = os.stat(f"{root}/{key}")
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # deleted meanwhile
-        found.append(FileInfo(key, st.st_size, st.st_mtime, False))
-    return found
+def _walk_infos(root: str) -> Iterator[FileInfo]:
+    """The objects under ``root`` with size and mtime, in key order: as ``_walk_keys``, but
+    one os.scandir per directory (its entry types need no stat) and a stat per file."""
+    stack = [("", iter(_scan_entries(root)))]
+    while stack:
+        rel, entries = stack[-1]
+        for name, entry in entries:
+            if name[-1] == "/":
+                stack.append((rel + name, iter(_scan_entries(entry.path))))
+                break
+            try:
+                st = entry.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted meanwhile
+            yield FileInfo(rel + name, st.st_size, st.st_mtime, False)
+        else:
+            stack.pop()
+
+
+def _scan_entries(path: str) -> list[tuple[str, os.DirEntry[str]]]:
+    """A directory's entries in key order (a directory as "name/"); [] once gone."""
+    try:
+        with os.scandir(path) as scan:
+            entries = []
+            for entry in scan:
+                if entry.name.startswith(TMP_PREFIX):
+                    continue
+                try:
+                    entries.append((f"{entry.name}/" if entry.is_dir() else entry.name, entry))
+                except OSError:  # gone meanwhile
+                    continue
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    entries.sort(key=lambda item: item[0])
+    return entries
 
 
 def _move_all(moves: list[tuple[str, str, str]], sync: bool) -> Moved:
@@ -714,12 +740,11 @@ class FilesystemDriver(StorageDriver):
             size = min(size * 4, WALK_BATCH_MAX)
 
     async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
-        """As ``walk``, with an os.stat per key in the same worker thread."""
-        root = self._path(prefix, root_ok=True)
-        keys = _walk_keys(root, "", "")
+        """A walk in a worker thread, a batch of objects per thread hop."""
+        infos = _walk_infos(self._path(prefix, root_ok=True))
         size = WALK_BATCH_FIRST
         while True:
-            batch = await _run(prefix, True, _take_infos, keys, size, root)
+            batch = await _run(prefix, True, _take, infos, size)
             if batch:
                 yield batch
             if len(batch) < size:
