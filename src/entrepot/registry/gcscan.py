@@ -108,6 +108,18 @@ def parse_digest(text: str) -> Digest | None:
         return None
 
 
+# The registered algorithms' hex lengths: a folder name is checked as Digest.parse would,
+# without its regular expressions (a collection checks a few hundred thousand).
+_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+
+
+def digest_at(algorithm: str, encoded: str) -> Digest | None:
+    """The digest ``<algorithm>/<encoded>`` folders name, or None."""
+    if _HEX_LENGTH.get(algorithm) != len(encoded) or encoded.strip("0123456789abcdef"):
+        return None
+    return Digest(algorithm, encoded)
+
+
 async def find_repositories(store: Limited) -> list[str]:
     """Every directory under ``repositories/`` that holds a repository's links or uploads
     (the catalog lists fewer: not one that holds only uploads), walked level by level in
@@ -136,7 +148,7 @@ async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
         for info in batch:
             algorithm, _, rest = info.key.partition("/")
             encoded, _, name = rest.partition("/")[2].partition("/")
-            digest = parse_digest(f"{algorithm}:{encoded}")
+            digest = digest_at(algorithm, encoded)
             if digest is None:
                 continue
             if name == "data":
@@ -186,7 +198,7 @@ class _Scanner:
         if marker == "_manifests" and n > 2:
             if parts[1] == "revisions":
                 if n == 5 and parts[4] == "link":
-                    digest = parse_digest(f"{parts[2]}:{parts[3]}")
+                    digest = digest_at(parts[2], parts[3])
                     if digest is not None:
                         scan.revision_mtimes[digest] = info.mtime
             elif parts[1] == "tags":
@@ -195,7 +207,7 @@ class _Scanner:
                 if n == 5 and parts[3] == "current" and parts[4] == "link":
                     self.current.setdefault(name, []).append(parts[2])
         elif marker == "_layers" and n == 4 and parts[3] == "link":
-            digest = parse_digest(f"{parts[1]}:{parts[2]}")
+            digest = digest_at(parts[1], parts[2])
             if digest is not None:
                 scan.layer_mtimes[digest] = info.mtime
         elif marker == "_uploads" and n > 1:
