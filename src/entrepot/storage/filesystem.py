@@ -24,10 +24,12 @@ from typing import TypeVar, TypeVarTuple
 
 from entrepot.storage.driver import (
     FileInfo,
+    Infos,
     IngestState,
     IngestWriter,
     Keys,
     Lease,
+    Moved,
     StorageConflict,
     StorageDriver,
     StorageError,
@@ -267,6 +269,10 @@ def _sorted_entries(path: str) -> list[str]:
             entries = [f"{name}/" for name in names]
             entries.sort()
             return entries
+        if links == 2:  # no subdirectory (a blob's folder, a link's): files only
+            entries = [name for name in names if not name.startswith(TMP_PREFIX)]
+            entries.sort()
+            return entries
         with os.scandir(path) as scan:
             entries = []
             for entry in scan:
@@ -300,8 +306,68 @@ def _walk_keys(root: str, after: str, collapse: str) -> Iterator[str]:
             stack.pop()
 
 
-def _take(keys: Iterator[str], count: int) -> list[str]:
-    return list(itertools.islice(keys, count))
+def _take(items: Iterator[T], count: int) -> list[T]:
+    return list(itertools.islice(items, count))
+
+
+def _walk_infos(root: str) -> Iterator[FileInfo]:
+    """The objects under ``root`` with size and mtime, in key order: as ``_walk_keys``, but
+    one os.scandir per directory (its entry types need no stat) and a stat per file."""
+    stack = [("", iter(_scan_entries(root)))]
+    while stack:
+        rel, entries = stack[-1]
+        for name, entry in entries:
+            if name[-1] == "/":
+                stack.append((rel + name, iter(_scan_entries(entry.path))))
+                break
+            try:
+                st = entry.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted meanwhile
+            yield FileInfo(rel + name, st.st_size, st.st_mtime, False)
+        else:
+            stack.pop()
+
+
+def _scan_entries(path: str) -> list[tuple[str, os.DirEntry[str]]]:
+    """A directory's entries in key order (a directory as "name/"); [] once gone."""
+    try:
+        with os.scandir(path) as scan:
+            entries = []
+            for entry in scan:
+                if entry.name.startswith(TMP_PREFIX):
+                    continue
+                try:
+                    entries.append((f"{entry.name}/" if entry.is_dir() else entry.name, entry))
+                except OSError:  # gone meanwhile
+                    continue
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    entries.sort(key=lambda item: item[0])
+    return entries
+
+
+def _move_all(moves: list[tuple[str, str, str]], sync: bool) -> Moved:
+    moved = []
+    for src, dst, key in moves:
+        try:
+            _move(src, dst, key, sync)
+        except StorageNotFound:
+            moved.append(False)
+        else:
+            moved.append(True)
+    return moved
+
+
+def _delete_files(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except _MISSING:
+            continue
+        # Its folder too, once empty; rmdir refuses one a writer has put something in.
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))
 
 
 def _move(src: str, dst: str, src_key: str, sync: bool) -> None:
@@ -330,6 +396,9 @@ def _delete(path: str) -> None:
 # catalog) costs a few hundred thread hops, not one per directory.
 WALK_BATCH_FIRST = 256
 WALK_BATCH_MAX = 16384
+# Bulk moves and deletes: this many per thread hop, several hops at once (the kernel
+# renames and unlinks in parallel; the GIL is released meanwhile).
+BULK_CHUNK = 512
 
 
 # Keys found valid, remembered (about 350 bytes each); uploads bring new keys on every
@@ -702,6 +771,35 @@ class FilesystemDriver(StorageDriver):
             if len(batch) < size:
                 return
             size = min(size * 4, WALK_BATCH_MAX)
+
+    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+        """A walk in a worker thread, a batch of objects per thread hop."""
+        infos = _walk_infos(self._path(prefix, root_ok=True))
+        size = WALK_BATCH_FIRST
+        while True:
+            batch = await _run(prefix, True, _take, infos, size)
+            if batch:
+                yield batch
+            if len(batch) < size:
+                return
+            size = min(size * 4, WALK_BATCH_MAX)
+
+    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
+        items = [(self._path(src), self._path(dst), src) for src, dst in moves]
+        chunks = [items[i : i + BULK_CHUNK] for i in range(0, len(items), BULK_CHUNK)]
+        done = await asyncio.gather(
+            *(_run(chunk[0][2], False, _move_all, chunk, sync) for chunk in chunks)
+        )
+        return [moved for chunk in done for moved in chunk]
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        paths = [self._path(key) for key in keys if "/" in key]
+        top = [key for key in keys if "/" not in key]  # their folder is the root: kept
+        chunks = [paths[i : i + BULK_CHUNK] for i in range(0, len(paths), BULK_CHUNK)]
+        await asyncio.gather(*(_run(c[0], False, _delete_files, c) for c in chunks))
+        for key in top:
+            with contextlib.suppress(StorageNotFound):
+                await self.delete(key)
 
     async def move(
         self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 
 from entrepot.storage.driver import (
     FileInfo,
+    Infos,
     IngestState,
     IngestWriter,
     Keys,
     Lease,
+    Moved,
     StorageDriver,
     StorageWriter,
 )
@@ -108,6 +110,18 @@ class TimedDriver(StorageDriver):
         # The inner driver's own walk (one listing for many keys), not the default one.
         async for batch in self.inner.walk(prefix, after=after, collapse=collapse):
             yield batch
+
+    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+        async for batch in self.inner.scan(prefix):
+            yield batch
+
+    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
+        with self._timed("Move"):
+            return await self.inner.move_many(moves, sync=sync)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        with self._timed("Delete"):
+            await self.inner.delete_many(keys)
 
     async def redirect_url(self, key: str) -> str | None:
         return await self.inner.redirect_url(key)
