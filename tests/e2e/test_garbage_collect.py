@@ -1,12 +1,15 @@
 """``entrepot garbage-collect`` against registry:2's own ``garbage-collect``.
 
 A store is written by Debian's docker-registry (images sharing layers, an overwritten tag, a
-deleted manifest, a multi-arch index, an artifact with a ``subject``, a stray blob); two copies
-are collected, one by each command, and the files left are compared. The differences are
-Entrepot's, on purpose: it also unlinks layer links whose blob it deleted (registry:2 v3 does;
-v2.8 leaves them), removes a repository left without manifests, and with
-``--delete-untagged`` keeps a tagged index's children and a tagged image's referrers
-(registry:2 deletes them: distribution #3178).
+deleted manifest, a multi-arch index, an artifact with a ``subject``, a stray blob), once per
+storage kind; two copies are collected, one by each command, and the files left are compared.
+On S3 (Ceph's radosgw) registry:2 writes and collects with its own s3 driver, the copies are
+other rootdirectories of one bucket and the object keys and contents left are compared.
+
+The differences are Entrepot's, on purpose: it also unlinks layer links whose blob it
+deleted (registry:2 v3 does; v2.8 leaves them), removes a repository left without manifests,
+and with ``--delete-untagged`` keeps a tagged index's children and a tagged image's
+referrers (registry:2 deletes them: distribution #3178).
 """
 
 from __future__ import annotations
@@ -16,16 +19,28 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 import yaml
 
+from tests.cephs3 import CephS3, s3_client
+
 from . import clients
 from .images import OCI_MANIFEST, build_image, build_index, canonical_json, sha256_digest
-from .servers import REPO_ROOT, ManagedServer, ServerFactory, registry2_binary, registry_config
+from .servers import (
+    REPO_ROOT,
+    ManagedServer,
+    ServerFactory,
+    registry2_binary,
+    registry2_server,
+    registry_config,
+)
+from .test_s3_interop import REGISTRY2_ENV, s3_storage
 
 pytestmark = pytest.mark.e2e
 
@@ -93,14 +108,81 @@ class Store:
         self.stray = clients.upload_blob(server.url, "team/app", b"stray bytes")
 
 
-def files(root: Path) -> dict[str, bytes]:
-    """Every file of registry:2's tree (relative path -> content); folders are not files."""
-    base = root / V2
-    return {
-        str(path.relative_to(base)): path.read_bytes()
-        for path in sorted(base.rglob("*"))
-        if path.is_file()
-    }
+class Tree(Protocol):
+    """Where a registry:2 tree lives, and what its files hold."""
+
+    workdir: Path  # config files go here
+
+    def storage(self) -> dict[str, Any]:
+        """registry:2's ``storage`` driver section for it."""
+        ...
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of registry:2's tree (path under docker/registry/v2 -> content)."""
+        ...
+
+    def copy(self, name: str) -> Tree:
+        """A copy of the whole tree, named ``name``."""
+        ...
+
+
+class FilesystemTree:
+    def __init__(self, root: Path) -> None:
+        self.root, self.workdir = root, root.parent
+
+    def storage(self) -> dict[str, Any]:
+        return {"filesystem": {"rootdirectory": str(self.root)}}
+
+    def files(self) -> dict[str, bytes]:
+        base = self.root / V2  # folders are not files
+        return {
+            str(path.relative_to(base)): path.read_bytes()
+            for path in sorted(base.rglob("*"))
+            if path.is_file()
+        }
+
+    def copy(self, name: str) -> FilesystemTree:
+        shutil.copytree(self.root, self.workdir / name)
+        return FilesystemTree(self.workdir / name)
+
+
+class S3Tree:
+    """A rootdirectory in a bucket of the test radosgw."""
+
+    def __init__(self, server: CephS3, bucket: str, rootdirectory: str, workdir: Path) -> None:
+        self.server, self.bucket, self.rootdirectory = server, bucket, rootdirectory
+        self.workdir = workdir
+        self.client = s3_client(server)
+
+    def storage(self) -> dict[str, Any]:
+        storage = s3_storage(self.server, self.bucket)
+        storage["s3"]["rootdirectory"] = f"/{self.rootdirectory}"
+        return storage
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def files(self) -> dict[str, bytes]:
+        base = f"{self.rootdirectory}/{V2}/"
+        return {
+            key.removeprefix(base): self.client.get_object(Bucket=self.bucket, Key=key)[
+                "Body"
+            ].read()
+            for key in self.keys(base)
+        }
+
+    def copy(self, name: str) -> S3Tree:
+        copy = f"{self.rootdirectory}-{name}"
+        for key in self.keys(f"{self.rootdirectory}/"):
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=copy + key.removeprefix(self.rootdirectory),
+                CopySource={"Bucket": self.bucket, "Key": key},
+            )
+        return S3Tree(self.server, self.bucket, copy, self.workdir)
 
 
 def blob_file(digest: str) -> str:
@@ -113,27 +195,30 @@ def revision_file(repo: str, digest: str) -> str:
     return f"repositories/{repo}/_manifests/revisions/{algorithm}/{encoded}/link"
 
 
-def write_config(path: Path, root: Path) -> Path:
-    path.write_text(yaml.safe_dump(registry_config(root, 5000)))
+def write_config(tree: Tree, name: str) -> Path:
+    path = tree.workdir / f"{name}-{uuid.uuid4().hex[:8]}.yml"
+    config = registry_config(tree.workdir / "unused", 5000, {"storage": tree.storage()})
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
-def registry2_collect(root: Path, *extra: str) -> str:
+def registry2_collect(tree: Tree, *extra: str) -> str:
     binary = registry2_binary() or "docker-registry"
-    config = write_config(root.parent / f"{root.name}.yml", root)
+    config = write_config(tree, "registry2")
     done = subprocess.run(
         [binary, "garbage-collect", str(config), *extra],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, **REGISTRY2_ENV},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
-def entrepot_collect(root: Path, *extra: str) -> str:
-    return entrepot_collect_with(write_config(root.parent / f"{root.name}.yml", root), *extra)
+def entrepot_collect(tree: Tree, *extra: str) -> str:
+    return entrepot_collect_with(write_config(tree, "entrepot"), *extra)
 
 
 def entrepot_collect_with(config: Path, *extra: str) -> str:
@@ -175,29 +260,44 @@ def repositories_without_manifests(left: dict[str, bytes]) -> set[str]:
     }
 
 
-@pytest.fixture
-def store(registry2_factory: ServerFactory, tmp_path: Path) -> tuple[Store, Path]:
-    server = registry2_factory()
-    scenario = Store(server, tmp_path / "images")
-    server.stop()
-    return scenario, server.root
+@pytest.fixture(scope="module", params=["filesystem", "s3"])
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Store, Tree]]:
+    """The scenario, written once per storage kind by registry:2; every test collects copies."""
+    workdir = tmp_path_factory.mktemp("gc-store")
+    tree: Tree
+    if request.param == "s3":
+        server: CephS3 = request.getfixturevalue("s3_server")
+        bucket: str = request.getfixturevalue("s3_shared_bucket")
+        tree = S3Tree(server, bucket, f"gc-{uuid.uuid4().hex[:12]}", workdir)
+    else:
+        tree = FilesystemTree(workdir / "root")
+    registry2 = registry2_server(
+        workdir / "root", workdir, config={"storage": tree.storage()}, env=REGISTRY2_ENV
+    )
+    registry2.start()
+    try:
+        scenario = Store(registry2, workdir / "images")
+    finally:
+        registry2.stop()
+    yield scenario, tree
 
 
-def two_copies(root: Path, tmp_path: Path) -> tuple[Path, Path]:
-    theirs, ours = tmp_path / "registry2-copy", tmp_path / "entrepot-copy"
-    shutil.copytree(root, theirs)
-    shutil.copytree(root, ours)
-    return theirs, ours
+def two_copies(tree: Tree) -> tuple[Tree, Tree]:
+    return tree.copy(f"registry2-{uuid.uuid4().hex[:8]}"), tree.copy(
+        f"entrepot-{uuid.uuid4().hex[:8]}"
+    )
 
 
-def test_collects_what_registry2_collects(store: tuple[Store, Path], tmp_path: Path) -> None:
-    scenario, root = store
-    before = files(root)
-    theirs, ours = two_copies(root, tmp_path)
+def test_collects_what_registry2_collects(store: tuple[Store, Tree]) -> None:
+    scenario, tree = store
+    before = tree.files()
+    theirs, ours = two_copies(tree)
     registry2_collect(theirs)
     output = entrepot_collect(ours, "--grace", "0")
 
-    left_theirs, left_ours = files(theirs), files(ours)
+    left_theirs, left_ours = theirs.files(), ours.files()
     assert set(before) - set(left_theirs), "registry:2 collected nothing: the scenario is wrong"
     gone_blobs = {blob_file(d) for d in (*scenario.gone_blobs, scenario.stray)}
     assert gone_blobs <= set(before) - set(left_theirs)
@@ -211,15 +311,13 @@ def test_collects_what_registry2_collects(store: tuple[Store, Path], tmp_path: P
     assert "deleted 5 blobs" in output  # the stray blob and team/gone's manifest, config, 2 layers
 
 
-def test_delete_untagged_keeps_tagged_images_whole(
-    store: tuple[Store, Path], tmp_path: Path
-) -> None:
-    scenario, root = store
-    theirs, ours = two_copies(root, tmp_path)
+def test_delete_untagged_keeps_tagged_images_whole(store: tuple[Store, Tree]) -> None:
+    scenario, tree = store
+    theirs, ours = two_copies(tree)
     registry2_collect(theirs, "--delete-untagged")
     entrepot_collect(ours, "--delete-untagged", "--grace", "0")
 
-    left_theirs, left_ours = files(theirs), files(ours)
+    left_theirs, left_ours = theirs.files(), ours.files()
     # Both delete the overwritten manifest's link in team/app; its bytes stay (team/mirror
     # still tags it).
     for left in (left_theirs, left_ours):
@@ -241,28 +339,24 @@ def test_delete_untagged_keeps_tagged_images_whole(
         assert blob_file(digest) in left_theirs  # the index marks the children's bytes
 
 
-def test_dry_run_changes_nothing(store: tuple[Store, Path], tmp_path: Path) -> None:
-    scenario, root = store
-    copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
-    before = files(copy)
+def test_dry_run_changes_nothing(store: tuple[Store, Tree]) -> None:
+    scenario, tree = store
+    copy = tree.copy(f"dry-run-{uuid.uuid4().hex[:8]}")
+    before = copy.files()
     output = entrepot_collect(copy, "--dry-run", "--delete-untagged", "--grace", "0")
-    assert files(copy) == before
+    assert copy.files() == before
     assert f"blob eligible for deletion: {scenario.stray}" in output
     assert f"manifest eligible for deletion: team/app@{scenario.old_manifest}" in output
     assert "repository eligible for removal: team/gone" in output
     assert "dry run: nothing deleted" in output
 
 
-def test_grace_window_keeps_what_was_just_written(
-    store: tuple[Store, Path], tmp_path: Path
-) -> None:
-    _, root = store
-    copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
-    before = files(copy)
+def test_grace_window_keeps_what_was_just_written(store: tuple[Store, Tree]) -> None:
+    _, tree = store
+    copy = tree.copy(f"grace-{uuid.uuid4().hex[:8]}")
+    before = copy.files()
     output = entrepot_collect(copy)  # the default grace, one hour: all of it is fresh
-    assert files(copy) == before
+    assert copy.files() == before
     assert "deleted 0 blobs" in output
     assert "5 unmarked blobs kept" in output
 
@@ -279,7 +373,7 @@ def test_emptied_repository_leaves_a_running_servers_catalog(
     assert catalog == ["team/kept", "team/short"]
     clients.delete(server.host, "team/short", image.digest)
 
-    entrepot_collect(server.root, "--grace", "0")
+    entrepot_collect(FilesystemTree(server.root), "--grace", "0")
 
     assert httpx.get(f"{server.url}/v2/_catalog").json()["repositories"] == ["team/kept"]
     assert not (server.root / V2 / "repositories/team/short").exists()

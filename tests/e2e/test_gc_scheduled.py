@@ -180,17 +180,21 @@ def test_scheduled_collection_on_s3(
 
 # ---- pushes and pulls while collecting ------------------------------------------------------
 
-LOAD_SECONDS = 30.0
+LOAD_SECONDS = 60.0  # the issue's minute
 SHARED_LAYER = b"a base layer every image shares" * 100
 
 
 def test_pushes_and_pulls_while_collecting_every_few_seconds(
     entrepot_factory: ServerFactory,
 ) -> None:
+    """8 clients push and 8 pull for a minute while a collection runs every 2 s: afterwards
+    every pushed image pulls by tag with its digest, and every blob nothing references (the
+    deleted images' own blobs and the stray uploads) is gone from the disk."""
     server = entrepot_factory(
         config=scheduled_config(grace="3s", interval="2s"), env={"ENTREPOT_WORKERS": "2"}
     )
     kept: list[Pushed] = []
+    garbage: set[str] = set()  # deleted manifests, their own blobs, blobs never referenced
     problems: list[str] = []
     lock = threading.Lock()
     stop = time.monotonic() + LOAD_SECONDS
@@ -204,7 +208,10 @@ def test_pushes_and_pulls_while_collecting_every_few_seconds(
                 image = push_image(http, repo, f"t{i}", [SHARED_LAYER, layer])
                 if i % 3 == 2:  # garbage: a deleted image, and a blob nothing references
                     assert http.delete(f"/v2/{repo}/manifests/{image.digest}").status_code == 202
-                    upload(http, repo, os.urandom(512))
+                    stray = upload(http, repo, os.urandom(512))
+                    config, _shared, own_layer = image.blobs
+                    with lock:
+                        garbage.update((image.digest, config, own_layer, stray))
                 else:
                     with lock:
                         kept.append(image)
@@ -231,15 +238,19 @@ def test_pushes_and_pulls_while_collecting_every_few_seconds(
         thread.join(timeout=LOAD_SECONDS + 120)
     assert not any(t.is_alive() for t in threads)
     assert problems == []
-    assert len(kept) >= 16
+    assert len(kept) >= 16 and len(garbage) >= 16
     runs_during_load = metric(server, "entrepot_gc_runs_total", 'outcome="done"')
     assert runs_during_load >= 3
 
+    # Every unreferenced blob is gone, and nothing else.
     referenced = {d for image in kept for d in (image.digest, *image.blobs)}
+    assert not referenced & garbage
     wait_for(
         lambda: stored_blobs(server.root) == referenced,
         "every unreferenced blob to be collected",
     )
+    assert not stored_blobs(server.root) & garbage
+    # Every pushed image pulls, by tag, with the digest it was pushed with.
     with httpx.Client(base_url=server.url, timeout=60) as http:
         for image in kept:
             assert pull_image(http, image) == []
