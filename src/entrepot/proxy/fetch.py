@@ -5,7 +5,9 @@ The first client of an uncached blob starts ONE download; every client of the sa
 so a client that goes away does not cancel what the others share. The blob enters the
 cache only after its digest and size are checked; until then each reader holds back the
 final byte, so no client ever receives a complete body that turns out wrong: a bad or
-cut-off download ends every reader with an error (the connection is aborted).
+cut-off download ends every reader with an error (the connection is aborted). A reader
+that would rather have the whole verified blob (sent as a file, without Python per chunk)
+can ``settle``: wait for it while the fill's pace says it ends soon.
 
 Everything goes through the storage driver's contract (storage/driver.py). Across
 processes and replicas a *lease* per blob and repository elects the one that downloads
