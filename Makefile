@@ -53,13 +53,17 @@ lint: $(TEST_STAMP)
 test: test-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The benchmark drives Debian's docker-registry with wrk, ab (HEAD), curl and taskset: install
-# the missing ones (as root), then run. `make bench BENCH_ARGS=--quick` is the smoke run.
-BENCH_TOOLS := docker-registry:docker-registry wrk:wrk ab:apache2-utils curl:curl taskset:util-linux
+# The benchmark drives Debian's docker-registry with wrk, ab (HEAD), curl and taskset, and for
+# its S3 rows Ceph's radosgw, redis-server and nginx (some in /usr/sbin): install the missing
+# ones (as root), then run. `make bench BENCH_ARGS=--quick` is the smoke run.
+BENCH_TOOLS := docker-registry:docker-registry wrk:wrk ab:apache2-utils curl:curl taskset:util-linux \
+	radosgw:radosgw radosgw-admin:radosgw ceph-mon:ceph-mon monmaptool:ceph-mon ceph-osd:ceph-osd \
+	ceph:ceph-common redis-server:redis-server nginx:nginx
 
 bench: $(TEST_STAMP)
 	@missing=""; for pair in $(BENCH_TOOLS); do \
-		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null 2>&1 \
+			|| missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import fixtures, gc, report, scale
+from bench import fixtures, gc, report, s3, scale
 from bench.servers import REGISTRY2_BINARY, Server
 from bench.workloads import GROUPS, ServerRun, Settings, Shared, py_spy, remove_tree
 
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="smoke run: small data (32 MiB layer, 1,000 repos, 100 tags), "
-        "2 s per row; about a minute",
+        "2 s per row; a few minutes (the s3 group about 3)",
     )
     p.add_argument(
         "--workers",
@@ -99,8 +99,8 @@ def _default_tmpdir() -> Path:
     return Path(tempfile.gettempdir())
 
 
-def _check_tools(profile: bool) -> list[str]:
-    missing = []
+def _check_tools(profile: bool, groups: tuple[str, ...]) -> list[str]:
+    missing = s3.missing_tools() if "s3" in groups else []
     if not Path(REGISTRY2_BINARY).exists():
         missing.append(f"{REGISTRY2_BINARY} (apt-get install docker-registry)")
     for tool, package in (
@@ -120,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.time()
     t0 = time.monotonic()
-    missing = _check_tools(bool(args.profile))
+    groups = tuple(g for g in args.only.split(",") if g)
+    servers = tuple(s for s in args.servers.split(",") if s)
+    missing = _check_tools(bool(args.profile), groups)
     if missing:
         print("bench: missing tools: " + "; ".join(missing), file=sys.stderr)
         return 2
-    groups = tuple(g for g in args.only.split(",") if g)
-    servers = tuple(s for s in args.servers.split(",") if s)
     if bad := [g for g in groups if g not in GROUPS] + [s for s in servers if s not in SERVERS]:
         print(f"bench: unknown group or server: {', '.join(bad)}", file=sys.stderr)
         return 2
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         layer_size=(32 if quick else 256) * fixtures.MiB,
         repos=1_000 if quick else 10_000,
         tags=100 if quick else 1_000,
+        s3_tags=20 if quick else 100,
         duration=args.duration or (2 if quick else 8),
         warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
         push_repeats=1 if quick else 3,
@@ -172,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         push_layer = fixtures.PushLayer(workdir / "push.bin", layer_file)
         for n in range(2 * settings.push_repeats):  # digests before any timing
             push_layer.variant(n)
+        for n in range(2 * s3.PUSH_REPEATS if "s3" in groups else 0):
+            push_layer.variant(s3.FIRST_VARIANT + n)
         upstream_image = None
-        if "pull" in groups:
+        if "pull" in groups or "s3" in groups:
             up_layer_file = workdir / "upstream-layer.bin"
             up_layer = fixtures.make_layer(up_layer_file, settings.layer_size)
             upstream_image = fixtures.write_upstream_fixture(
@@ -206,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[kind] = run.rows
                 notes.extend(run.notes)
                 timings[f"{kind}_s"] = time.monotonic() - t
+        if "s3" in groups:
+            t = time.monotonic()
+            s3.run_s3(servers, settings, shared, settings.s3_tags, results, notes)
+            timings["s3_s"] = time.monotonic() - t
         push_layer.close()
         if "scale" in groups:
             t = time.monotonic()
@@ -232,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "pull": settings.pull_clients,
         "mem": settings.memory_clients,
         "gc_blobs": gc_blobs,
+        "s3_tags": settings.s3_tags,
     }
     report.derive(results)
     rows = report.build_rows(results, labels)

@@ -151,6 +151,56 @@ ROWS: tuple[Row, ...] = (
         "Entrepot < 200 MB",
         lambda r, e, x: e < 200e6,
     ),
+    # group s3: both servers on one radosgw, redirect disabled (bench/s3.py)
+    Row(
+        "s3_push_monolithic",
+        "S3: push {layer}, monolithic (POST + PUT)",
+        "bytes/s",
+        ">= 1.0x",
+        lambda r, e, x: x >= 1,
+    ),
+    Row(
+        "s3_push_chunked",
+        "S3: push {layer}, {chunk} PATCH chunks",
+        "bytes/s",
+        ">= 1.0x",
+        lambda r, e, x: x >= 1,
+    ),
+    Row(
+        "s3_blob_get_1",
+        "S3: blob GET {layer}, 1 conn",
+        "bytes/s",
+        ">= 1.0x",
+        lambda r, e, x: x >= 1,
+    ),
+    Row(
+        "s3_manifest_get",
+        "S3: manifest GET by tag, {conns} conns",
+        "req/s",
+        ">= 3x",
+        lambda r, e, x: x >= 3,
+    ),
+    Row(
+        "s3_tags_list",
+        "S3: tags list, repo with {s3_tags:,} tags, {conns} conns",
+        "req/s",
+        ">= 1.0x",
+        lambda r, e, x: x >= 1,
+    ),
+    Row(
+        "s3_pull_cold_bytes",
+        "S3: cold pull-through {layer}, {pull} clients over 2 replicas: upstream bytes",
+        "layers",
+        "Entrepot 1.0x layer",
+        lambda r, e, x: abs(e - 1.0) < 1e-9,
+    ),
+    Row(
+        "s3_pull_cold_time",
+        "S3: cold pull-through {layer}, {pull} clients over 2 replicas: wall time",
+        "seconds",
+        "<= 1.0x",
+        lambda r, e, x: x <= 1,
+    ),
 )
 
 

@@ -39,13 +39,20 @@ def free_port() -> int:
 
 
 def registry_config(
-    root: Path, port: int, *, proxy_url: str | None = None, quiet: bool = True
+    root: Path,
+    port: int,
+    *,
+    proxy_url: str | None = None,
+    quiet: bool = True,
+    storage: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One registry:2 config.yml for both servers.
 
     ``quiet``: log level warn and no access log, for the servers under test (both would
     otherwise write a line or two per request); the upstream keeps its access log, which
-    is how upstream bytes are counted.
+    is how upstream bytes are counted. ``storage``: keys that replace the filesystem
+    driver (``s3``, ``redirect``); ``extra``: top-level sections (``redis``).
     """
     config: dict[str, Any] = {
         "version": 0.1,
@@ -59,9 +66,13 @@ def registry_config(
         },
         "http": {"addr": f"127.0.0.1:{port}", "secret": "entrepot-bench"},
     }
+    if storage is not None:
+        del config["storage"]["filesystem"]
+        config["storage"].update(storage)
     if proxy_url is not None:
         # registry:2's pull-through block; Entrepot reads the same block.
         config["proxy"] = {"remoteurl": proxy_url}
+    config.update(extra or {})
     return config
 
 
@@ -76,12 +87,16 @@ class Server:
     workers: int | None = None  # None: Entrepot's default (one per core)
     proxy_url: str | None = None
     quiet: bool = True
+    storage: dict[str, Any] | None = None  # registry_config's ``storage``
+    extra: dict[str, Any] | None = None  # registry_config's ``extra``
+    env: dict[str, str] | None = None  # added to the environment
+    name: str = ""  # the log's name when several of one kind run (default: kind)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log_path = self.workdir / f"{self.kind}.log"
+        self.log_path = self.workdir / f"{self.name or self.kind}.log"
 
     @property
     def worker_count(self) -> int:
@@ -116,10 +131,17 @@ class Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        config = registry_config(self.root, self.port, proxy_url=self.proxy_url, quiet=self.quiet)
+        config = registry_config(
+            self.root,
+            self.port,
+            proxy_url=self.proxy_url,
+            quiet=self.quiet,
+            storage=self.storage,
+            extra=self.extra,
+        )
         config_path = self.workdir / f"{self.kind}-{self.port}.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        env = dict(os.environ)
+        env = dict(os.environ, **(self.env or {}))
         if self.kind in ("entrepot", "ceiling"):
             paths = (str(REPO_ROOT / "src"), str(REPO_ROOT), env.get("PYTHONPATH"))
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
@@ -194,8 +216,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(server: Server) -> Iterator[Server]:
-    server.start()
+def running(server: Server, timeout: float = 60.0) -> Iterator[Server]:
+    server.start(timeout)
     try:
         yield server
     finally:

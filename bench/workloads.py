@@ -35,7 +35,7 @@ from bench.fixtures import (
 from bench.loadgen import LoadResult, lua_script, run_ab_head, run_wrk
 from bench.servers import RssSampler, Server, pss_bytes, rss_bytes, running
 
-GROUPS = ("read", "memory", "push", "pull", "gc", "scale")
+GROUPS = ("read", "memory", "push", "pull", "gc", "scale", "s3")
 LATENCY_CONNECTIONS = 256  # the second latency row (the first is at --connections)
 
 
@@ -57,6 +57,7 @@ class Settings:
     pull_clients: int = 8
     memory_clients: int = 16
     memory_rate: str | None = "48M"
+    s3_tags: int = 100  # tags of the S3 rows' image (pushed through each server, untimed)
     groups: tuple[str, ...] = GROUPS
     profile: str | None = None  # a row key: py-spy records Entrepot during that row
     workdir: Path = Path("/tmp")  # fixtures, logs, scripts (tmpfs when there is one)
@@ -144,7 +145,7 @@ class ServerRun:
 
     def _record(self, key: str, result: LoadResult) -> None:
         row: dict[str, Any] = {"load": result.as_dict()}
-        if key.startswith("blob_get"):
+        if key.removeprefix("s3_").startswith("blob_get"):
             row["value"] = result.bytes_per_s
         else:
             row["value"] = result.req_per_s
@@ -247,12 +248,7 @@ class ServerRun:
                 and int(r.headers.get("content-length", -1)) == fx.image.layer.size,
                 f"{self.kind}: blob HEAD answered {r.status_code}",
             )
-            r = c.get(f"{base}/tags/list")
-            tags = r.json().get("tags") if r.status_code == 200 else None
-            _expect(
-                isinstance(tags, list) and len(tags) == fx.tags,
-                f"{self.kind}: tags list answered {r.status_code}, {len(tags or [])} tags",
-            )
+            check_tags(c, self.kind, base, fx.tags)
             r = c.get(f"{server.url}/v2/_catalog?n=100")
             repos = r.json().get("repositories") if r.status_code == 200 else None
             expected = sorted(["bench/app"] + [f"library/repo-{i:05d}" for i in range(99)])
@@ -260,11 +256,7 @@ class ServerRun:
                 repos == expected,
                 f"{self.kind}: _catalog?n=100 answered {r.status_code} {str(repos)[:200]}",
             )
-            status, digest, size = clients.fetch_digest(c, f"{base}/blobs/{fx.image.layer.digest}")
-            _expect(
-                status == 200 and digest == fx.image.layer.digest and size == fx.image.layer.size,
-                f"{self.kind}: blob GET answered {status}, {size} bytes, {digest}",
-            )
+            check_blob(c, self.kind, base, fx.image.layer)
 
     def _read_rows(self, server: Server) -> None:
         s = self.settings
@@ -376,39 +368,7 @@ class ServerRun:
         blob_url = f"{server.url}/v2/{PROXIED_REPO}/blobs/{layer.digest}"
         cached = cache_root / "docker/registry/v2/blobs/sha256" / layer.hex[:2] / layer.hex / "data"
 
-        # cold: N clients at once, nothing cached
-        mark = upstream.log_size()
-        with self._profiled("pull_cold", server, 5):
-            dl = clients.parallel_downloads(blob_url, s.pull_clients, s.client_cpus)
-        ok = all(code == 200 for code in dl.statuses) and all(sz == layer.size for sz in dl.sizes)
-        _expect(
-            ok, f"{self.kind}: cold pull downloads: {dl.statuses} {dl.sizes}\n{server.log_tail()}"
-        )
-        # registry:2 stores the blob in the background: wait until it is cached and the
-        # upstream has been quiet for a second before counting its bytes.
-        _wait_quiet(upstream, lambda: cached.exists(), timeout=60)
-        traffic = upstream_traffic(upstream.log_since(mark))
-        with httpx.Client(timeout=120) as c:
-            status, digest, _size = clients.fetch_digest(c, blob_url)
-        _expect(
-            status == 200 and digest == layer.digest,
-            f"{self.kind}: cached blob GET answered {status}, {digest}",
-        )
-        self.rows["pull_cold_bytes"] = {
-            "value": traffic["blob_bytes"] / layer.size,
-            "upstream": traffic,
-            "layer_size": layer.size,
-        }
-        self.rows["pull_cold_time"] = {
-            "value": dl.seconds,
-            "client_seconds": dl.client_seconds,
-            "clients": s.pull_clients,
-        }
-        _progress(
-            f"  {self.kind:9} pull_cold        {dl.seconds:.2f} s wall, upstream "
-            f"{traffic['blob_bytes'] / layer.size:.2f}x the layer "
-            f"({traffic['blob_gets']} blob GETs)"
-        )
+        self.cold_pull("pull_cold", server, blob_url, cached.exists)
 
         # warm: the image pulled once through the proxy, then manifest GETs by tag
         url = f"{server.url}/v2/{PROXIED_REPO}/manifests/latest"
@@ -428,6 +388,75 @@ class ServerRun:
         self._wrk("pull_warm", server, url, script, s.connections)
         _wait_quiet(upstream, lambda: True, timeout=10)
         self.rows["pull_warm"]["upstream"] = upstream_traffic(upstream.log_since(mark))
+
+    def cold_pull(
+        self,
+        key: str,
+        server: Server,
+        blob_url: str,
+        cached: Callable[[], bool],
+        **details: Any,
+    ) -> None:
+        """The upstream's layer fetched at once by the pull clients from ``blob_url``,
+        nothing cached: rows ``KEY_bytes`` (upstream bytes, from its access log, in
+        layers) and ``KEY_time`` (wall time). ``cached``: whether the server stored it."""
+        s = self.settings
+        upstream = self.shared.upstream
+        image = self.shared.upstream_image
+        assert upstream is not None and image is not None
+        layer = image.layer
+        mark = upstream.log_size()
+        with self._profiled(key, server, 5):
+            dl = clients.parallel_downloads(blob_url, s.pull_clients, s.client_cpus)
+        ok = all(code == 200 for code in dl.statuses) and all(sz == layer.size for sz in dl.sizes)
+        _expect(
+            ok, f"{self.kind}: cold pull downloads: {dl.statuses} {dl.sizes}\n{server.log_tail()}"
+        )
+        # registry:2 stores the blob in the background: wait until it is cached and the
+        # upstream has been quiet for a second before counting its bytes.
+        _wait_quiet(upstream, cached, timeout=120)
+        traffic = upstream_traffic(upstream.log_since(mark))
+        with httpx.Client(timeout=120) as c:
+            status, digest, _size = clients.fetch_digest(c, blob_url)
+        _expect(
+            status == 200 and digest == layer.digest,
+            f"{self.kind}: cached blob GET answered {status}, {digest}",
+        )
+        self.rows[f"{key}_bytes"] = {
+            "value": traffic["blob_bytes"] / layer.size,
+            "upstream": traffic,
+            "layer_size": layer.size,
+        }
+        self.rows[f"{key}_time"] = {
+            "value": dl.seconds,
+            "client_seconds": dl.client_seconds,
+            "clients": s.pull_clients,
+            **details,
+        }
+        _progress(
+            f"  {self.kind:9} {key:16} {dl.seconds:.2f} s wall, upstream "
+            f"{traffic['blob_bytes'] / layer.size:.2f}x the layer "
+            f"({traffic['blob_gets']} blob GETs)"
+        )
+
+
+def check_tags(c: httpx.Client, who: str, base: str, count: int) -> None:
+    """``base``/tags/list answers ``count`` tags."""
+    r = c.get(f"{base}/tags/list")
+    tags = r.json().get("tags") if r.status_code == 200 else None
+    _expect(
+        isinstance(tags, list) and len(tags) == count,
+        f"{who}: tags list answered {r.status_code}, {len(tags or [])} tags",
+    )
+
+
+def check_blob(c: httpx.Client, who: str, base: str, blob: Blob) -> None:
+    """A GET of ``blob`` in the repository at ``base`` answers its bytes."""
+    status, digest, size = clients.fetch_digest(c, f"{base}/blobs/{blob.digest}")
+    _expect(
+        status == 200 and digest == blob.digest and size == blob.size,
+        f"{who}: blob GET answered {status}, {size} bytes, {digest}",
+    )
 
 
 # registry:2's access log (gorilla's combined format): "... "GET /path HTTP/1.1" 200 1234 ..."
@@ -478,7 +507,7 @@ def _expect(condition: bool, message: str) -> None:
 
 
 def _fmt_progress(key: str, value: float) -> str:
-    if key.startswith(("blob_get", "push")):
+    if key.removeprefix("s3_").startswith(("blob_get", "push")):
         return f"{value / 1e6:,.0f} MB/s"
     return f"{value:,.0f} req/s"
 
