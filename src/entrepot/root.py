@@ -108,6 +108,7 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
             tag_ttl=proxy.tag_ttl_s,
             negative_ttl=proxy.negative_ttl_s,
             expire_after=proxy.ttl_s,
+            fill_wait=proxy.fill_wait_s,
         )
         health = UpstreamHealth(
             proxy.host,
