@@ -1,4 +1,5 @@
-"""Garbage collection of a large store: each server's ``garbage-collect`` on its own copy.
+"""Garbage collection of a large store: each server's ``garbage-collect`` on its own copy;
+and Entrepot serving pulls from that store while its ``garbage-collect`` runs in a loop.
 
 The store is written straight in registry:2's layout: ``repos`` repositories of one tagged
 image each (a config and five layers drawn from a shared pool) and as many blobs again that
@@ -14,7 +15,10 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -70,21 +74,72 @@ def write_gc_fixture(root: Path, repos: int, blobs: int) -> int:
     return 2 * repos + len(used)
 
 
+def pull_paths() -> tuple[str, str]:
+    """A tagged manifest of the fixture and a blob it references (its config), as URL
+    paths: what a client pulls while a collection runs."""
+    config = hashlib.sha256(b"config 0").hexdigest()
+    return "/v2/team0/app0/manifests/latest", f"/v2/team0/app0/blobs/sha256:{config}"
+
+
+@contextmanager
+def collecting(root: Path, workdir: Path, cpus: str) -> Iterator[list[float]]:
+    """``entrepot garbage-collect`` on the store at ``root``, run again and again (on the
+    server's CPUs) until the block ends; yields the list of each finished run's seconds."""
+    config = _config(workdir / "gc-loop.yml", root)
+    done: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            run = subprocess.run(
+                ["taskset", "-c", cpus, *_entrepot_gc(config)],
+                env=_entrepot_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                check=False,
+            )
+            if run.returncode != 0:
+                raise RuntimeError(f"garbage-collect failed: {run.stderr.decode()[-2000:]}")
+            done.append(time.monotonic() - started)
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _config(path: Path, root: Path) -> Path:
+    storage = {"filesystem": {"rootdirectory": str(root)}}
+    path.write_text(yaml.safe_dump({"version": 0.1, "storage": storage}))
+    return path
+
+
+def _entrepot_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT / "src"), env.get("PYTHONPATH")) if p
+    )
+    return env
+
+
+def _entrepot_gc(config: Path) -> list[str]:
+    return [sys.executable, "-m", "entrepot", "garbage-collect", str(config), "--grace", "0"]
+
+
 def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> float:
     """Seconds ``kind``'s garbage-collect takes on a fresh copy of ``fixture``; it must
     leave exactly ``kept`` blobs (a collection that deletes too much is not fast)."""
     root = workdir / f"gc-{kind}"
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(fixture, root, symlinks=True)
-    config = workdir / f"gc-{kind}.yml"
-    storage = {"filesystem": {"rootdirectory": str(root)}}
-    config.write_text(yaml.safe_dump({"version": 0.1, "storage": storage}))
+    config = _config(workdir / f"gc-{kind}.yml", root)
     env = dict(os.environ)
     if kind == "entrepot":
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT / "src"), env.get("PYTHONPATH")) if p
-        )
-        cmd = [sys.executable, "-m", "entrepot", "garbage-collect", str(config), "--grace", "0"]
+        env, cmd = _entrepot_env(), _entrepot_gc(config)
     else:
         cmd = [REGISTRY2_BINARY, "garbage-collect", str(config)]
     started = time.monotonic()

@@ -145,6 +145,22 @@ ROWS: tuple[Row, ...] = (
         lambda r, e, x: x <= 0.2,
     ),
     Row(
+        "gc_serving_manifest",
+        "manifest GET while garbage-collect runs in a loop / idle, {conns} conns",
+        "share",
+        ">= 0.8",
+        lambda r, e, x: e >= 0.8,
+        solo=True,
+    ),
+    Row(
+        "gc_serving_blob",
+        "blob GET (small) while garbage-collect runs in a loop / idle, {conns} conns",
+        "share",
+        ">= 0.8",
+        lambda r, e, x: e >= 0.8,
+        solo=True,
+    ),
+    Row(
         "memory",
         "peak RSS, {mem} clients downloading {layer} at once",
         "bytes",
@@ -240,6 +256,8 @@ def derive(results: dict[str, dict[str, dict[str, Any]]]) -> None:
         ("ceiling_share", "manifest_get", "ceiling"),
         ("push_monolithic_disk", "push_monolithic", "disk_fsync"),
         ("push_chunked_disk", "push_chunked", "disk_fsync"),
+        ("gc_serving_manifest", "gc_busy_manifest", "gc_idle_manifest"),
+        ("gc_serving_blob", "gc_busy_blob", "gc_idle_blob"),
     ):
         if part in ep and ep.get(whole, {}).get("value"):
             ep[key] = {"value": ep[part]["value"] / ep[whole]["value"]}

@@ -215,6 +215,8 @@ class ServerRun:
                 self.kind, self.shared.gc_fixture, self.shared.gc_kept, s.datadir, s.server_cpus
             )
             self.rows["gc"] = {"value": seconds}
+            if self.kind == "entrepot":
+                self._gc_serving_rows(self.shared.gc_fixture)
         if "pull" in s.groups:
             assert self.shared.upstream is not None
             root = s.datadir / f"cache-{self.kind}"
@@ -225,6 +227,32 @@ class ServerRun:
                     self._pull_rows(server, root)
             finally:
                 remove_tree(root)
+
+    def _gc_serving_rows(self, fixture: Path) -> None:
+        """Manifest and blob GETs on a copy of the collected store: idle, then while
+        ``entrepot garbage-collect`` runs on it again and again."""
+        s = self.settings
+        root = s.datadir / "gc-serving"
+        remove_tree(root)
+        shutil.copytree(fixture, root, symlinks=True)
+        try:
+            with running(self._server(root)) as server:
+                manifest, blob = (f"{server.url}{path}" for path in gc.pull_paths())
+                with httpx.Client(timeout=120) as c:
+                    for url in (manifest, blob):
+                        r = c.get(url, headers={"Accept": MANIFEST_ACCEPT})
+                        _expect(r.status_code == 200, f"{url} answered {r.status_code}")
+                get_m = self._script("manifest-get", "GET", MANIFEST_ACCEPT)
+                get = self._script("get", "GET")
+                self._wrk("gc_idle_manifest", server, manifest, get_m, s.connections)
+                self._wrk("gc_idle_blob", server, blob, get, s.connections)
+                with gc.collecting(root, s.workdir, s.server_cpus) as runs:
+                    self._wrk("gc_busy_manifest", server, manifest, get_m, s.connections)
+                    self._wrk("gc_busy_blob", server, blob, get, s.connections)
+                    finished = len(runs)  # and one under way
+                self.rows["gc_busy_manifest"]["collections_finished"] = finished
+        finally:
+            remove_tree(root)
 
     def _check_read(self, server: Server) -> None:
         fx = self.shared.read

@@ -21,7 +21,6 @@ from entrepot.http.clientaddr import ClientAddresses
 from entrepot.http.context import ApiContext
 from entrepot.http.metrics import (
     HttpMetrics,
-    MetricsMiddleware,
     metrics_endpoint,
     samples,
     scrape_registry,
@@ -109,6 +108,7 @@ def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> lis
             tag_ttl=proxy.tag_ttl_s,
             negative_ttl=proxy.negative_ttl_s,
             expire_after=proxy.ttl_s,
+            fill_wait=proxy.fill_wait_s,
         )
         health = UpstreamHealth(
             proxy.host,
@@ -315,8 +315,8 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         lifespan=lifespan,
         extra_routes=[*public, *ui_routes(ui)],
         access_log=not config.log.accesslog_disabled,
+        metrics=http_metrics,
     )
-    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     if config.http.prefix != "/":
         # http.prefix: the API lives below a path, as behind a reverse proxy.
         outer = Starlette(

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
-from entrepot.http.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint, samples
+from entrepot.http.metrics import HttpMetrics, metrics_endpoint, samples
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.ratelimit import RateBudget
@@ -82,8 +82,8 @@ async def setup(tmp_path: Path, loopback: Servers) -> AsyncIterator[Setup]:
     app = build_app(
         ApiContext(resolver=ProxyResolver(local, cache, [upstream])),
         extra_routes=[Route("/metrics", metrics_endpoint(lambda: registry))],
+        metrics=HttpMetrics(registry),
     )
-    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry))
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e.test") as http,
         httpx.AsyncClient(

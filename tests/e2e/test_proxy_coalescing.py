@@ -192,3 +192,30 @@ def test_a_client_leaving_early_does_not_cancel_the_shared_download(
     assert head.headers["content-length"] == str(BLOB_SIZE)
     _assert_whole(_download(setup.url(1)), setup)
     assert len(setup.upstream_gets()) == 1
+
+
+def test_clients_of_a_fast_fill_get_the_verified_file(
+    registry2_factory: ServerFactory, entrepot_factory: ServerFactory
+) -> None:
+    # No hold, and a fillwait long enough that the machine's load cannot decide: every
+    # client waits for the verified blob and Granian sends it from the file.
+    upstream = registry2_factory()
+    blob = os.urandom(8 * 1024 * 1024)
+    digest = clients.upload_blob(upstream.url, REPO, blob)
+    proxy = {"host": "ghcr.io", "remoteurl": upstream.url, "fillwait": "60s"}
+    entrepot = entrepot_factory(config={"proxies": [proxy]})
+    url = f"{entrepot.url}/v2/ghcr.io/{REPO}/blobs/{digest}"
+
+    def get() -> httpx.Response:
+        return httpx.get(url, timeout=60)
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        responses = list(pool.map(lambda _: get(), range(CLIENTS)))
+    for response in responses:
+        assert response.status_code == 200, response.text
+        assert response.content == blob
+        # A file response (as for a cached blob) carries the file's Last-Modified; a
+        # response streamed from the fill does not.
+        assert "last-modified" in response.headers, response.headers
+    settled_access_log(upstream)
+    assert len(blob_gets(upstream, REPO, digest)) == 1

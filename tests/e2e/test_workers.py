@@ -42,6 +42,11 @@ def test_a_killed_worker_is_replaced_and_the_registry_keeps_answering(
     while len(workers := _children(server.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(workers) == 2, f"expected 2 workers, found {workers}\n{server.log()}"
+    # A worker process exists before it serves (it imports the app itself): kill one only
+    # once both serve, or the one left may still be starting.
+    while server.log().count("Started worker-") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.log().count("Started worker-") == 2, server.log()
 
     os.kill(workers[0], signal.SIGKILL)
 

@@ -7,7 +7,13 @@ import os
 
 import pytest
 
-from entrepot.storage import StorageConflict, StorageDriver, StorageError, StorageNotFound
+from entrepot.storage import (
+    FileInfo,
+    StorageConflict,
+    StorageDriver,
+    StorageError,
+    StorageNotFound,
+)
 
 BLOB = "docker/registry/v2/blobs/sha256/ab/abcdef/data"
 
@@ -250,6 +256,21 @@ async def test_large_append_in_several_sessions(driver: StorageDriver) -> None:
     assert await driver.get_content("up") == data
 
 
+async def test_parts_written_unjoined_and_appends_made_durable_at_sync(
+    driver: StorageDriver,
+) -> None:
+    parts = [os.urandom(300_000) for _ in range(5)] + [b"", b"tail"]
+    w = await driver.writer("up/data")
+    await w.write_parts(parts[:2])
+    await w.commit()
+    w = await driver.writer("up/data", append=True)
+    await w.write_parts([b"x"])  # gathered in memory, then with the next parts
+    await w.write_parts(parts[2:])
+    await w.commit(durable=False)
+    await driver.sync("up/data")
+    assert await driver.get_content("up/data") == b"".join([*parts[:2], b"x", *parts[2:]])
+
+
 # ---- stat, list -----------------------------------------------------------------------
 
 
@@ -479,6 +500,78 @@ async def test_prefixes_are_whole_segments(driver: StorageDriver) -> None:
 async def test_delete_missing(driver: StorageDriver) -> None:
     with pytest.raises(StorageNotFound):
         await driver.delete("no/such/key")
+
+
+# ---- bulk: scan, move_many, delete_many -----------------------------------------------
+
+
+@pytest.fixture(params=["driver", "default"])
+def bulk_default(request: pytest.FixtureRequest) -> bool:
+    """Bulk tests run with the driver's own operation and with the contract's default."""
+    return bool(request.param == "default")
+
+
+async def scanned(driver: StorageDriver, prefix: str, default: bool) -> list[FileInfo]:
+    scan = StorageDriver.scan if default else type(driver).scan
+    batches = [batch async for batch in scan(driver, prefix)]
+    assert all(batches), "no empty batches"
+    return [info for batch in batches for info in batch]
+
+
+async def test_scan_lists_every_object_with_size_and_time(
+    driver: StorageDriver, bulk_default: bool
+) -> None:
+    for n, key in enumerate(TREE):
+        await driver.put_content(key, b"v" * n)
+    found = await scanned(driver, "r", bulk_default)
+    assert [i.key for i in found] == await walked(driver, "r")
+    for info in found:
+        stored = await driver.stat(f"r/{info.key}")
+        assert info.size == stored.size == TREE.index(f"r/{info.key}")
+        assert abs(info.mtime - stored.mtime) < 2 and not info.is_dir
+    assert [i.key for i in await scanned(driver, "", bulk_default)] == sorted(TREE)
+    assert await scanned(driver, "nope", bulk_default) == []
+
+
+async def test_scan_many_keys_in_several_batches(driver: StorageDriver) -> None:
+    keys = [f"d/{i // 100:03d}/{i % 100:03d}" for i in range(1200)]
+    await asyncio.gather(*(driver.put_content(key, b"x") for key in keys))
+    found = await scanned(driver, "d", False)
+    assert [i.key for i in found] == [key.removeprefix("d/") for key in keys]
+    assert {i.size for i in found} == {1}
+
+
+async def test_move_many_skips_missing_sources(driver: StorageDriver, bulk_default: bool) -> None:
+    await driver.put_content("b/1/data", b"one")
+    await driver.put_content("b/2/data", b"two")
+    move_many = StorageDriver.move_many if bulk_default else type(driver).move_many
+    moves = [("b/1/data", "b/1/aside"), ("b/9/data", "b/9/aside"), ("b/2/data", "b/2/aside")]
+    assert await move_many(driver, moves, sync=False) == [True, False, True]
+    assert await driver.get_content("b/1/aside") == b"one"
+    assert await driver.get_content("b/2/aside") == b"two"
+    for key in ("b/1/data", "b/2/data", "b/9/aside"):
+        with pytest.raises(StorageNotFound):
+            await driver.stat(key)
+
+
+async def test_delete_many_deletes_objects_and_their_emptied_folders(
+    driver: StorageDriver, bulk_default: bool
+) -> None:
+    keys = ["b/1/data", "b/2/data", "b/2/refilled", "top", "keep"]
+    for key in keys:
+        await driver.put_content(key, b"v")
+    delete_many = StorageDriver.delete_many if bulk_default else type(driver).delete_many
+    await delete_many(driver, ["b/1/data", "b/2/data", "b/3/missing", "top"])
+    for key in ("b/1/data", "b/2/data", "top"):
+        with pytest.raises(StorageNotFound):
+            await driver.get_content(key)
+    assert await driver.get_content("b/2/refilled") == b"v"
+    assert await driver.get_content("keep") == b"v"
+    assert await driver.list("b/2") == ["refilled"]
+    if not bulk_default:  # the default deletes objects only; folders are the driver's
+        assert await driver.list("b") == ["2"]
+        with pytest.raises(StorageNotFound):
+            await driver.stat("b/1")
 
 
 # ---- keys -----------------------------------------------------------------------------

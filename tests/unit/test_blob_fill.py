@@ -236,3 +236,91 @@ async def test_follower_fails_when_the_leading_worker_fails(tmp_path: Path) -> N
     await leader.task
     assert published == []
     assert leftovers(tmp_path) == []
+
+
+# --- waiting for the verified blob (settle): a client of a fill about to end gets the file
+
+
+async def test_a_fast_fill_settles_into_the_verified_blob(tmp_path: Path) -> None:
+    chunks = [b"f" * 4096, b"g" * 4096]
+    data = b"".join(chunks)
+    remote = FakeRemote(chunks)
+    remote.release.set()
+    published: list[str] = []
+    key = ("u", "r", digest_of(data))
+    leader = BlobFiller().start(key, spool(tmp_path, published), remote.open)
+    follower = BlobFiller().start(key, spool(tmp_path, published), remote.open)  # a 2nd worker
+    await leader.wait_started()
+    await follower.wait_started()
+    # Generous bound: only the fill's own pace decides, not this machine's load.
+    assert await leader.settle(60.0)
+    assert await follower.settle(60.0)
+    assert (tmp_path / "root" / "blobs" / "data").read_bytes() == data
+    assert published == [data.hex()]
+    assert remote.opened == 1
+
+
+class PacedRemote:
+    """An upstream that sends a chunk per ``pace`` seconds of a much bigger announced body,
+    then stops until released: a slow download, certainly still running when released."""
+
+    def __init__(self, chunk: bytes, sent_before_hold: int, size: int, pace: float) -> None:
+        self.chunk, self.count, self.size, self.pace = chunk, sent_before_hold, size, pace
+        self.release = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(self.count):
+                yield self.chunk
+                await asyncio.sleep(self.pace)
+            await self.release.wait()
+            yield b"\0" * (self.size - self.count * len(self.chunk))
+
+        yield self.size, body()
+
+
+async def test_a_slow_fill_does_not_settle_and_its_readers_stream(tmp_path: Path) -> None:
+    # 64 KiB per 20 ms of 1 GiB announced: minutes to go, so settle gives up at once
+    # (long before its bound) and the reader streams what has arrived.
+    remote = PacedRemote(b"s" * 65536, sent_before_hold=10, size=1 << 30, pace=0.02)
+    fill = BlobFiller().start(("u", "r", digest_of(b"unknown")), spool(tmp_path, []), remote.open)
+    await fill.wait_started()
+    waiting = asyncio.create_task(fill.settle(3600.0))
+    done, _ = await asyncio.wait([waiting], timeout=60)
+    assert done, "settle kept a reader waiting for a fill with minutes to go"
+    assert waiting.result() is False
+    assert not fill.finished
+    first = await anext(fill.read())
+    assert first and set(first) == {ord("s")}
+    assert fill.task is not None
+    fill.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await fill.task
+
+
+async def test_a_stalled_fill_settles_no_longer_than_its_bound(tmp_path: Path) -> None:
+    remote = FakeRemote([b"h" * 1000, b"i" * 1000])  # holds after its first chunk
+    data = b"".join(remote.chunks)
+    fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, []), remote.open)
+    await fill.wait_started()
+    assert await fill.settle(0.2) is False
+    assert not fill.finished
+    remote.release.set()
+    assert await collect(fill.read()) == data
+
+
+async def test_a_failing_fill_fails_the_settling_readers(tmp_path: Path) -> None:
+    remote = FakeRemote([b"good" * 10, b"evil"])
+    remote.release.set()
+    published: list[str] = []
+    key = ("u", "r", digest_of(b"something else"))
+    leader = BlobFiller().start(key, spool(tmp_path, published), remote.open)
+    follower = BlobFiller().start(key, spool(tmp_path, published), remote.open)
+    for fill in (leader, follower):
+        with pytest.raises(FetchFailed):
+            await fill.wait_started()  # raises if the fill failed before this one joined
+            await fill.settle(60.0)
+    assert published == []
+    assert not (tmp_path / "root" / "blobs" / "data").exists()
+    assert leftovers(tmp_path) == []

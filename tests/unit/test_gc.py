@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from entrepot.registry import layout
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
 from entrepot.storage import StorageDriver, StorageNotFound
+from entrepot.storage.driver import Infos, Moved
 from entrepot.storage.filesystem import FilesystemDriver
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -221,17 +222,25 @@ Interleave = Callable[[], Awaitable[None]]
 
 class Interleaving(FilesystemDriver):
     """A filesystem driver that runs ``action`` once, just before the first move onto a
-    quarantine key (the sweep has marked, and is about to put a blob aside)."""
+    quarantine key (the sweep has marked, and is about to put blobs aside)."""
 
     action: Interleave | None = None
+
+    async def _before(self, dst: str) -> None:
+        if dst.endswith(f"/{QUARANTINE}") and self.action is not None:
+            action, self.action = self.action, None
+            await action()
 
     async def move(
         self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
     ) -> None:
-        if dst.endswith(f"/{QUARANTINE}") and self.action is not None:
-            action, self.action = self.action, None
-            await action()
+        await self._before(dst)
         await super().move(src, dst, sync=sync, if_version=if_version)
+
+    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
+        for _, dst in moves:
+            await self._before(dst)
+        return await super().move_many(moves, sync=sync)
 
 
 async def test_a_push_linking_a_blob_during_the_sweep_keeps_it(tmp_path: Path) -> None:
@@ -268,18 +277,17 @@ async def test_a_tag_set_during_the_sweep_saves_its_manifest(tmp_path: Path) -> 
     name = "team/app"
     base = await layer(driver, name, b"layer of an untagged image")
     untagged = await manifest(driver, name, [base])
-    calls = 0
 
     class TagsWhileSweeping(Interleaving):
-        async def list(self, prefix: str) -> list[str]:
-            nonlocal calls
-            if prefix == layout.tags_dir(name):
-                calls += 1
-                if calls == 2:  # the sweep reads the tags again before unlinking
-                    await self.put_content(
-                        layout.tag_current_link(name, "late"), str(untagged).encode()
-                    )
-            return await super().list(prefix)
+        async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+            # The mark scans the whole store; the sweep reads the repository's manifests
+            # and tags again before unlinking: a push tags the manifest just before.
+            if prefix == f"{layout.repository(name)}/_manifests":
+                await self.put_content(
+                    layout.tag_current_link(name, "late"), str(untagged).encode()
+                )
+            async for batch in super().scan(prefix):
+                yield batch
 
     result = await collect(TagsWhileSweeping(tmp_path / "root"), delete_untagged=True)
     assert result.manifests_deleted == []

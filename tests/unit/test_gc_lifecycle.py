@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from entrepot.registry.pulls import PullRecorder, pull_key
 from entrepot.registry.quarantine import JOURNAL
 from entrepot.registry.retention import RetentionRule
 from entrepot.storage import StorageError
+from entrepot.storage.driver import Moved
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.unit.test_gc import LATER, collect, exists, layer, manifest
 
@@ -146,22 +148,10 @@ async def test_a_tag_pushed_within_the_grace_window_is_never_deleted(
 class CrashingSweep(FilesystemDriver):
     """Stops (as a crash would) once one blob was moved aside."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.moved_one: asyncio.Event | None = None
-
-    async def move(
-        self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
-    ) -> None:
-        if not dst.endswith(f"/{QUARANTINE}"):
-            await super().move(src, dst, sync=sync, if_version=if_version)
-        elif self.moved_one is None:
-            self.moved_one = asyncio.Event()
-            await super().move(src, dst, sync=sync)
-            self.moved_one.set()
-        else:
-            await self.moved_one.wait()
-            raise RuntimeError("crash")
+    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
+        assert all(dst.endswith(f"/{QUARANTINE}") for _, dst in moves)
+        await super().move_many(moves[:1], sync=sync)
+        raise RuntimeError("crash")
 
 
 async def test_blobs_a_crashed_collection_left_aside_are_put_back(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from entrepot.registry.streams import pump
+from entrepot.registry.streams import pump, pump_batches
 
 
 async def body(parts: list[bytes], fail_at: int | None = None) -> AsyncIterator[bytes]:
@@ -74,3 +74,31 @@ async def test_backpressure_bounds_what_is_held() -> None:
     gate.set()
     await task
     assert sum(held) == 10_000
+
+
+async def test_batches_are_the_received_chunks_at_least_min_batch_bytes_but_the_last() -> None:
+    parts = [bytes([i]) * 100 for i in range(25)]
+    batches: list[list[bytes]] = []
+
+    async def consume(batch: list[bytes]) -> None:
+        batches.append(batch)
+
+    await pump_batches(body(parts), consume, min_batch=1000)
+
+    assert [part for batch in batches for part in batch] == parts  # the objects, unjoined
+    assert all(sum(map(len, batch)) >= 1000 for batch in batches[:-1])
+    assert len(batches) <= 3
+
+
+async def test_a_min_batch_above_max_pending_still_drains() -> None:
+    parts = [b"z" * 100] * 50
+    seen = 0
+
+    async def consume(batch: list[bytes]) -> None:
+        nonlocal seen
+        seen += sum(map(len, batch))
+
+    await asyncio.wait_for(
+        pump_batches(body(parts), consume, max_pending=300, min_batch=10_000), 60
+    )
+    assert seen == 5000

@@ -148,6 +148,12 @@ class ProxyUpstreamConfig:
         doc="a cached image not pulled for this long is evicted (registry:2's `proxy.ttl`); "
         "`0`: kept until `proxycache.maxsize` evicts it",
     )
+    fill_wait_s: float = key(
+        "fillwait",
+        2.0,
+        doc="a client of a blob being downloaded waits up to this long for the verified "
+        "file when the download looks like ending by then, else streams it as it arrives",
+    )
     connect_timeout_s: float = key("connecttimeout", 3.0, doc="connecting to the upstream")
     read_timeout_s: float = key("readtimeout", 30.0, doc="waiting for upstream bytes")
     ratelimit_reserve: int | None = key(

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from entrepot import requestinfo
 from entrepot.http.clientaddr import ClientAddresses
 
 access_log = logging.getLogger("entrepot.access")
 
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Bytes a log line must not carry as they are: a CR LF would start a forged line, a '"'
 # would end a quoted field. They are written percent-encoded.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"]")
@@ -48,101 +47,51 @@ def _now() -> str:
     return str(_stamp[1])
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return str(value.decode("latin-1"))
     return None
 
 
-class AccessLog:
-    """ASGI middleware (plain ASGI: no per-request task or body buffering)."""
-
-    def __init__(
-        self, app: ASGIApp, *, enabled: bool = True, addresses: ClientAddresses | None = None
-    ) -> None:
-        self.app = app
-        self.enabled = enabled
-        self.addresses = addresses or ClientAddresses()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = _header(scope, b"x-request-id")
-        request_id = given if given and _SANE_ID.match(given) else secrets.token_hex(8)
-        info, token = requestinfo.begin(request_id)
-        started = time.perf_counter()
-        status = 0
-        sent = 0
-        length = "-"
-
-        async def send_logged(message: Message) -> None:
-            nonlocal status, sent, length
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", ()))
-                for key, value in headers:
-                    if key.lower() == b"content-length":
-                        length = value.decode("latin-1")
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            elif message["type"] == "http.response.pathsend":
-                sent = -1  # a file the server sends itself: Content-Length says its size
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_logged)
-        except BaseException:
-            status = status or 500  # answered by the server's last-resort handler
-            raise
-        finally:
-            if self.enabled:
-                size = length if sent < 0 else str(sent)
-                self._write(scope, info, status, size, time.perf_counter() - started)
-            requestinfo.end(token)
-
-    def _write(
-        self,
-        scope: Scope,
-        info: requestinfo.RequestInfo,
-        status: int,
-        size: str,
-        seconds: float,
-    ) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        addr = self.addresses.of(scope)
-        raw_path = scope.get("raw_path") or scope.get("path", "").encode()
-        target = raw_path.decode("latin-1")
-        query = scope.get("query_string", b"")
-        if query:
-            target += "?" + query.decode("latin-1")
-        state: dict[str, Any] = scope.get("state", {})
-        identity = state.get("identity")
-        user = getattr(identity, "user", None) or "-"
-        protocol = f"HTTP/{scope.get('http_version', '1.1')}"
-        args = (
-            addr,
-            _safe(user),
-            _now(),
-            scope.get("method", "-"),
-            _safe(target),
-            protocol,
-            status,
-            size,
-            _safe(_header(scope, b"referer") or "-"),
-            _safe(_header(scope, b"user-agent") or "-"),
-            seconds * 1000,
-            info.request_id,
-            info.cache,
-            info.upstream,
-        )
-        # What access_log.info does, without its walk up the stack for the caller's file
-        # and line (findCaller), which no access-log format shows: a tenth of a request.
-        record = access_log.makeRecord(
-            access_log.name, logging.INFO, __file__, 0, _LINE, args, None
-        )
-        access_log.handle(record)
+def write_access_line(
+    addresses: ClientAddresses,
+    scope: Scope,
+    info: requestinfo.RequestInfo,
+    status: int,
+    size: str,
+    seconds: float,
+) -> None:
+    """The request's line, if the access logger takes INFO lines."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    addr = addresses.of(scope)
+    raw_path = scope.get("raw_path") or scope.get("path", "").encode()
+    target = raw_path.decode("latin-1")
+    query = scope.get("query_string", b"")
+    if query:
+        target += "?" + query.decode("latin-1")
+    state: dict[str, Any] = scope.get("state", {})
+    identity = state.get("identity")
+    user = getattr(identity, "user", None) or "-"
+    protocol = f"HTTP/{scope.get('http_version', '1.1')}"
+    args = (
+        addr,
+        _safe(user),
+        _now(),
+        scope.get("method", "-"),
+        _safe(target),
+        protocol,
+        status,
+        size,
+        _safe(header(scope, b"referer") or "-"),
+        _safe(header(scope, b"user-agent") or "-"),
+        seconds * 1000,
+        info.request_id,
+        info.cache,
+        info.upstream,
+    )
+    # What access_log.info does, without its walk up the stack for the caller's file
+    # and line (findCaller), which no access-log format shows: a tenth of a request.
+    record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, _LINE, args, None)
+    access_log.handle(record)

@@ -20,7 +20,6 @@ from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
 from entrepot.auth.guard import OpenGuard
 from entrepot.http import blobs, discovery, manifests, token, uploads
-from entrepot.http.accesslog import AccessLog
 from entrepot.http.context import ApiContext, context, realm_base
 from entrepot.http.errors import (
     handle_http_exception,
@@ -28,6 +27,8 @@ from entrepot.http.errors import (
     handle_storage_error,
     handle_unexpected,
 )
+from entrepot.http.front import FrontDoor
+from entrepot.http.metrics import HttpMetrics
 from entrepot.http.repositories import namespace_of
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
@@ -101,8 +102,8 @@ async def guard(request: Request, needed: list[Access]) -> None:
 
 async def dispatch(request: Request) -> Response:
     path: str = request.path_params["path"]
-    raw_path = request.scope.get("raw_path", b"").decode("latin-1").lower()
-    if any(escape in raw_path for escape in _SMUGGLED):
+    raw_path = request.scope.get("raw_path", b"")
+    if b"%" in raw_path and any(e in raw_path.decode("latin-1").lower() for e in _SMUGGLED):
         raise RegistryError(ErrorCode.NAME_INVALID, "escaped characters are not allowed in names")
     method = "GET" if request.method == "HEAD" else request.method
     for literal, pattern, handlers in _ENDPOINTS:
@@ -120,8 +121,10 @@ async def dispatch(request: Request) -> Response:
             )
         handler, actions = entry
         name = validate_name(match.group(1))
-        scope_name = context(request).resolver.scope_name(name, namespace_of(request))
-        await guard(request, [repository_access(scope_name, *actions)])
+        ctx = context(request)
+        scope_name = ctx.resolver.scope_name(name, namespace_of(request))
+        if not isinstance(ctx.guard, OpenGuard):  # (what guard checks first, done early)
+            await guard(request, [repository_access(scope_name, *actions)])
         return await handler(request, name, match.group(2))
     raise HTTPException(404)
 
@@ -153,12 +156,18 @@ def build_app(
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     access_log: bool = True,
+    metrics: HttpMetrics | None = None,
 ) -> Starlette:
-    routes: list[BaseRoute] = [
+    """The application; ``metrics``: where registry:2's ``registry_http_*`` are counted."""
+    literal_routes = [
         Route("/v2/", base, methods=["GET", "HEAD"]),
         Route("/v2", base, methods=["GET", "HEAD"]),
         Route("/v2/_catalog", catalog, methods=["GET"]),
-        Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS),  # early: most requests
+    ]
+    api_route = Route("/v2/{path:path}", dispatch, methods=_ALL_METHODS)
+    routes: list[BaseRoute] = [
+        *literal_routes,
+        api_route,  # early: most requests
         Route("/auth/token", token.issue_token, methods=["GET"]),
         Route("/health", health, methods=["GET", "HEAD"]),
         *extra_routes,
@@ -168,17 +177,28 @@ def build_app(
     async def default_lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
 
+    error_handlers = {
+        RegistryError: handle_registry_error,
+        StorageError: handle_storage_error,
+        HTTPException: handle_http_exception,
+        Exception: handle_unexpected,
+    }
+    front = Middleware(
+        FrontDoor,
+        access_log=access_log,
+        addresses=api.client_addresses,
+        metrics=metrics,
+        api_route=api_route,
+        routes_before=[route.path for route in literal_routes],
+        error_handlers=error_handlers,
+    )
     app = Starlette(
         routes=routes,
-        exception_handlers={
-            RegistryError: handle_registry_error,
-            StorageError: handle_storage_error,
-            HTTPException: handle_http_exception,
-            Exception: handle_unexpected,
-        },
+        exception_handlers=error_handlers,
         lifespan=lifespan or default_lifespan,
-        # Outermost, so the line has the final status, also of errors the handlers wrote.
-        middleware=[Middleware(AccessLog, enabled=access_log, addresses=api.client_addresses)],
+        # Outermost but for the last-resort handler, so the access-log line and the
+        # metrics have the final status, also of errors the handlers wrote.
+        middleware=[front],
     )
     app.state.api = api
     return app

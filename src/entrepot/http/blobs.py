@@ -60,6 +60,9 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
         # As registry:2: the client fetches the bytes from the storage backend itself.
         return RedirectResponse(url, status_code=307, headers=headers)
     range_header = request.headers.get("range")
+    if blob.settled is not None and range_header is None:
+        # A fill about to end: send its complete file rather than stream it through here.
+        blob = await blob.settled() or blob
     if blob.local_path is not None and range_header is None:
         # Ranges go the streamed way below: FileResponse would answer a bad or
         # unsatisfiable one in plain text, not in the spec's error format.

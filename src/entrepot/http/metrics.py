@@ -1,4 +1,4 @@
-"""Prometheus metrics: registry:2's ``registry_http_*`` (counted by the middleware here),
+"""Prometheus metrics: registry:2's ``registry_http_*`` (counted by http/front.py),
 the cache's (proxy/metrics.py), exposed by prometheus-client.
 
 With several workers each writes its values to ``PROMETHEUS_MULTIPROC_DIR`` (the CLI
@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "HttpMetrics",
-    "MetricsMiddleware",
     "Sample",
+    "handler_of",
     "mark_dead_workers",
     "metrics_endpoint",
     "samples",
@@ -87,7 +85,7 @@ def handler_of(path: str) -> str:
 
 
 class HttpMetrics:
-    """registry:2's ``registry_http_*`` metrics, as an ASGI middleware counts them, and
+    """registry:2's ``registry_http_*`` metrics, as http/front.py counts them, and
     its ``registry_storage_action_seconds`` (fed by storage/timed.py)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -124,38 +122,6 @@ class HttpMetrics:
 
     def storage_action(self, driver: str, action: str, seconds: float) -> None:
         self._storage_actions_of(driver, action).observe(seconds)
-
-
-class MetricsMiddleware:
-    """Counts every HTTP request into ``metrics`` (registry:2's labels)."""
-
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        handler, method = handler_of(scope["path"]), scope["method"]
-        status = 500  # what the client gets if the app fails before answering
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        metrics = self.metrics
-        start = time.perf_counter()
-        in_flight = metrics.in_flight_of(handler)
-        in_flight.inc()
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            in_flight.dec()
-            metrics.duration_of(handler, method).observe(time.perf_counter() - start)
-            metrics.requests_of(str(status), handler, method).inc()
 
 
 def mark_dead_workers(path: str) -> None:

@@ -427,14 +427,31 @@ class CachedBlobs(_CachedFacet):
         try:
             await fill.wait_started()
         except FetchFailed as exc:
-            if isinstance(exc.cause, UpstreamError):
-                raise self._error(exc.cause, ErrorCode.BLOB_UNKNOWN, str(digest)) from exc
-            raise RegistryError(ErrorCode.UNAVAILABLE, f"cache fill failed: {exc}") from exc
+            raise self._fill_failed(exc, digest) from exc
         self._count("blob_miss")
         if started and fill.size is not None:
             self._count("blob_bytes_fetched", fill.size)
         size = fill.size if fill.size is not None else -1
-        return BlobContent(BlobInfo(digest, size), None, fill.read)
+        if self._driver.local_path(layout.blob_data(digest)) is None:
+            return BlobContent(BlobInfo(digest, size), None, fill.read)
+
+        async def settled() -> BlobContent | None:
+            # Sending the file costs no Python per byte, streaming the fill does: wait for
+            # the file when the fill is about to end (at most the upstream's fillwait).
+            try:
+                if not await fill.settle(self.upstream.policy.fill_wait) or fill.size is None:
+                    return None
+            except FetchFailed as exc:
+                raise self._fill_failed(exc, digest) from exc
+            return self._local.blobs.content(BlobInfo(digest, fill.size))
+
+        return BlobContent(BlobInfo(digest, size), None, fill.read, settled=settled)
+
+    def _fill_failed(self, exc: FetchFailed, digest: Digest) -> RegistryError:
+        """The spec's error for a client of a fill that failed before it sent a byte."""
+        if isinstance(exc.cause, UpstreamError):
+            return self._error(exc.cause, ErrorCode.BLOB_UNKNOWN, str(digest))
+        return RegistryError(ErrorCode.UNAVAILABLE, f"cache fill failed: {exc}")
 
     def _served(self, blob: BlobInfo) -> BlobContent:
         self._count("blob_hit")

@@ -5,7 +5,9 @@ The first client of an uncached blob starts ONE download; every client of the sa
 so a client that goes away does not cancel what the others share. The blob enters the
 cache only after its digest and size are checked; until then each reader holds back the
 final byte, so no client ever receives a complete body that turns out wrong: a bad or
-cut-off download ends every reader with an error (the connection is aborted).
+cut-off download ends every reader with an error (the connection is aborted). A reader
+that would rather have the whole verified blob (sent as a file, without Python per chunk)
+can ``settle``: wait for it while the fill's pace says it ends soon.
 
 Everything goes through the storage driver's contract (storage/driver.py). Across
 processes and replicas a *lease* per blob and repository elects the one that downloads
@@ -36,6 +38,7 @@ from entrepot.storage.driver import IngestWriter
 log = logging.getLogger("entrepot.proxy.fetch")
 
 _READ_CHUNK = 4 << 20
+_SETTLE_LOOK = 0.05  # how often a waiting client looks at a fill that makes no progress
 _TRIES = 50  # a lease that keeps changing hands while we look (a fill ends, another starts)
 
 
@@ -79,6 +82,8 @@ class BlobFill:
         self.verified = False
         self.error: FetchFailed | None = None
         self.ingest_key: str | None = None
+        # (loop time, bytes readable) at the first progress: the rate is measured from it.
+        self._first_progress: tuple[float, int] | None = None
         self._started = asyncio.Event()
         self._progress = asyncio.Condition()
         self.task: asyncio.Task[None] | None = None
@@ -91,6 +96,8 @@ class BlobFill:
 
     async def _advance(self, written: int) -> None:
         async with self._progress:
+            if self._first_progress is None:
+                self._first_progress = (asyncio.get_running_loop().time(), written)
             self.written = written
             self._progress.notify_all()
 
@@ -230,6 +237,40 @@ class BlobFill:
             await asyncio.sleep(driver.follow_interval)
         if not await self._published():
             raise FetchFailed(f"the fill of {self.digest} by another worker or replica failed")
+
+    async def settle(self, within: float) -> bool:
+        """Wait for the verified blob while the fill looks like ending within ``within``
+        seconds of now (judged from its progress rate and its announced size): True once
+        it is verified and published, False as soon as it looks slower, has no announced
+        size, or ``within`` has passed; the caller then streams it as it arrives. Raises
+        the fill's error if it fails meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        async with self._progress:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.verified:
+                    return True
+                now = loop.time()
+                if self.finished or self.size is None or now >= deadline:
+                    return False
+                if self._expected_end(self.size, now) > deadline:
+                    return False
+                # Look again at the next progress, or soon if there is none (a stalled
+                # upstream must not hold the client for the whole bound).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), min(_SETTLE_LOOK, deadline - now))
+
+    def _expected_end(self, size: int, now: float) -> float:
+        """When the download should end at the rate it has had since its first progress."""
+        if self._first_progress is None:
+            return now  # no rate yet: the deadline bounds the wait
+        since, first = self._first_progress
+        if self.written <= first or now <= since:
+            return now
+        rate = (self.written - first) / (now - since)
+        return now + max(size - self.written, 0) / rate
 
     async def read(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         """Stream the blob from ``offset`` as it arrives; the last byte only once verified."""

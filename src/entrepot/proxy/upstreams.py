@@ -28,6 +28,9 @@ class CachePolicy:
     negative_ttl: float = 15.0  # an upstream 404 is remembered for this long
     # A cached image not pulled for this long is evicted (registry:2's proxy.ttl); 0: never.
     expire_after: float = 0.0
+    # A client of a blob being filled waits up to this long for the verified file (sent
+    # from native code, no Python step per chunk) when the fill looks like ending by then.
+    fill_wait: float = 2.0
 
 
 @dataclass

@@ -20,12 +20,14 @@ class BlobInfo:
 class BlobContent:
     """A readable blob: a local file to send zero-copy when there is one, else a stream;
     ``redirect_url`` gives a URL to send the client to instead (a presigned S3 URL), or
-    None to serve it here."""
+    None to serve it here. ``settled``, for a blob still arriving (a cache fill), waits
+    briefly for the complete copy: it, or None when it is not coming soon (then stream)."""
 
     info: BlobInfo
     local_path: str | None
     open_stream: Callable[[int, int | None], AsyncIterator[bytes]]
     redirect_url: Callable[[], Awaitable[str | None]] | None = None
+    settled: Callable[[], Awaitable[BlobContent | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,16 +28,17 @@ from entrepot.registry import layout
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcscan import (
     QUARANTINE,
+    Blobs,
     Limited,
     ManifestRefs,
     Progress,
     RepoScan,
     each,
     find_blobs,
-    find_repositories,
     keep_closure,
     read_refs,
     scan_repository,
+    scan_store,
 )
 from entrepot.registry.pulls import pull_key, pulls_dir
 from entrepot.registry.quarantine import (
@@ -52,6 +53,8 @@ from entrepot.storage import StorageDriver
 
 __all__ = ["QUARANTINE", "GarbageCollector", "GcOptions", "GcResult", "keep_closure"]
 _REPO_FOLDERS = ("_manifests", "_layers", "_referrers", "_uploads")
+# Blobs (or layer links) deleted per bulk call: a progress line can follow between calls.
+_SWEEP_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -114,14 +117,16 @@ class GarbageCollector:
         self.cutoff = now - self.options.grace
         if not self.options.dry_run:
             self.result.blobs_recovered = await recover(self.store)
-        names, blobs = await asyncio.gather(find_repositories(self.store), find_blobs(self.store))
-        scans = await self._scan_all(names, "marking")
+        scans, blobs = await asyncio.gather(
+            self._scan_all("marking"),
+            find_blobs(self.store, self._progress("marking: blobs found")),
+        )
         if self.options.rules:
             self.plan = await plan_retention(
                 self.store, scans.values(), self.options.rules, now, self.cutoff
             )
         marked, unkept = await self._mark(scans, blobs)
-        doomed = await self._unmarked_blobs(blobs - marked, scans.values())
+        doomed = await self._unmarked_blobs(blobs, blobs.keys() - marked, scans.values())
         result = self.result
         result.blobs_eligible = dict(doomed)
         result.manifests_eligible = sorted(
@@ -155,33 +160,24 @@ class GarbageCollector:
         result.seconds = time.monotonic() - started
         return result
 
-    async def _scan_all(self, names: list[str], phase: str) -> dict[str, RepoScan]:
-        progress = Progress(
-            self.emit, f"{phase}: repositories read", len(names), self.options.progress_every
-        )
-        # A few repositories at a time (each makes several calls at once), so they finish
-        # steadily and the progress line means something.
-        slots = asyncio.Semaphore(self.options.concurrency)
+    def _progress(self, what: str, total: int | None = None) -> Progress:
+        return Progress(self.emit, what, total, self.options.progress_every)
 
-        async def scan(name: str) -> RepoScan:
-            async with slots:
-                found = await scan_repository(self.store, name, self.cutoff)
-            progress.tick()
-            return found
-
-        return {s.name: s for s in await each(names, scan)}
+    async def _scan_all(self, phase: str) -> dict[str, RepoScan]:
+        found = self._progress(f"{phase}: repository objects read")
+        return await scan_store(self.store, self.cutoff, found)
 
     async def _mark(
-        self, scans: dict[str, RepoScan], blobs: set[Digest]
+        self, scans: dict[str, RepoScan], blobs: Blobs
     ) -> tuple[set[Digest], dict[str, set[Digest]]]:
         """The marked blobs, and by repository the manifests that are not kept."""
         await read_refs(
-            self.store, (d for s in scans.values() for d in s.revisions & blobs), self.refs
+            self.store, (d for s in scans.values() for d in s.revisions & blobs.keys()), self.refs
         )
         marked: set[Digest] = set()
         unkept: dict[str, set[Digest]] = {}
         for scan in scans.values():
-            valid = scan.revisions & blobs
+            valid = scan.revisions & blobs.keys()
             roots = self._roots(scan)
             kept = keep_closure(valid, roots, self.refs)
             self.result.manifests_marked += len(kept)
@@ -218,33 +214,29 @@ class GarbageCollector:
         return kept_tags | staying | fresh
 
     async def _unmarked_blobs(
-        self, unmarked: set[Digest], scans: Iterable[RepoScan]
+        self, blobs: Blobs, unmarked: set[Digest], scans: Iterable[RepoScan]
     ) -> dict[Digest, int]:
-        """Unmarked blobs neither written nor linked within the grace window, with sizes."""
+        """Unmarked blobs neither written nor linked within the grace window (by the times
+        the scans read), with sizes."""
         doomed: dict[Digest, int] = {}
-        linked_fresh: set[Digest] = set()
-
-        async def blob(digest: Digest) -> None:
-            info = await self.store.stat(layout.blob_data(digest))
+        aside: list[Digest] = []
+        for digest in unmarked:
+            info = blobs[digest]
             if info is None:  # nothing to free; unless a crash left it aside: put it back
-                if not self.options.dry_run and await restore(self.store, digest):
-                    self.result.blobs_recovered += 1
-                return
-            if self._fresh(info.mtime):
+                aside.append(digest)
+            elif self._fresh(info.mtime):
                 self.result.blobs_kept_fresh += 1
             else:
                 doomed[digest] = info.size
-
-        async def link(item: tuple[str, Digest]) -> None:
-            info = await self.store.stat(layout.layer_link(*item))
-            if info is not None and self._fresh(info.mtime):
-                linked_fresh.add(item[1])
-
-        links = [(s.name, d) for s in scans for d in s.layers & unmarked]
-        await asyncio.gather(each(unmarked, blob), each(links, link))
-        for digest in linked_fresh & doomed.keys():
-            del doomed[digest]
-            self.result.blobs_kept_fresh += 1
+        if not self.options.dry_run:
+            self.result.blobs_recovered += sum(
+                await each(aside, lambda digest: restore(self.store, digest))
+            )
+        for scan in scans:
+            for digest in scan.layers & doomed.keys():
+                if self._fresh(scan.layer_mtimes[digest]):
+                    del doomed[digest]
+                    self.result.blobs_kept_fresh += 1
         return doomed
 
     async def _sweep(
@@ -255,27 +247,22 @@ class GarbageCollector:
         gone = {name: digests for (name, _), digests in zip(unkept.items(), removed, strict=True)}
         if doomed:
             await write_journal(self.store, doomed)
-        quarantined = [
-            d
-            for d, moved in zip(doomed, await each(doomed, self._quarantine), strict=True)
-            if moved
-        ]
-        rescans = await self._scan_all(await find_repositories(self.store), "re-checking")
+        # Not synced: after a crash a blob is at either name, and both are handled.
+        moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
+        moved = await self.store.driver.move_many(moves, sync=False)
+        quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
+        rescans = await self._scan_all("re-checking")
         relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
         deleted = [d for d in quarantined if d not in relinked]
-        progress = Progress(
-            self.emit, "sweeping: blobs deleted", len(deleted), self.options.progress_every
-        )
-        slots = asyncio.Semaphore(self.options.concurrency)  # steady progress, as reading
-
-        async def delete(digest: Digest) -> None:
-            async with slots:
-                await self._delete_blob(digest)
-            progress.tick()
-
-        await each(deleted, delete)
+        # With its folder, as registry:2 removes it; unless a push of the same bytes
+        # refilled it meanwhile: then only the quarantined copy goes.
+        progress = self._progress("sweeping: blobs deleted", len(deleted))
+        for start in range(0, len(deleted), _SWEEP_BATCH):
+            batch = deleted[start : start + _SWEEP_BATCH]
+            await self.store.driver.delete_many([quarantine_key(d) for d in batch])
+            progress.tick(len(batch))
         for digest in deleted:
             self.result.blobs_deleted[digest] = doomed[digest]
         if doomed:
@@ -338,20 +325,8 @@ class GarbageCollector:
         await each(removed, unlink)
         return removed
 
-    async def _quarantine(self, digest: Digest) -> bool:
-        # Not synced: after a crash the blob is at either name, and both are handled.
-        return await self.store.move(layout.blob_data(digest), quarantine_key(digest), sync=False)
-
     async def _release(self, digest: Digest) -> None:
         await restore(self.store, digest)
-
-    async def _delete_blob(self, digest: Digest) -> None:
-        # The blob's folder with the quarantined bytes, as registry:2 removes the folder;
-        # unless a push of the same bytes refilled it meanwhile: then only the quarantine.
-        if await self.store.stat(layout.blob_data(digest)) is None:
-            await self.store.delete(layout.blob_dir(digest))
-        else:
-            await self.store.delete(quarantine_key(digest))
 
     async def _relinked(
         self,
@@ -380,13 +355,10 @@ class GarbageCollector:
         return protect & quarantined
 
     async def _unlink_layers(self, scans: list[RepoScan], deleted: set[Digest]) -> None:
-        links = {(s.name, d) for s in scans for d in s.layers & deleted}
-
-        async def unlink(item: tuple[str, Digest]) -> None:
-            if await self.store.delete(layout.layer_link(*item).removesuffix("/link")):
-                self.result.layer_links_deleted += 1
-
-        await each(links, unlink)
+        links = sorted({layout.layer_link(s.name, d) for s in scans for d in s.layers & deleted})
+        for start in range(0, len(links), _SWEEP_BATCH):
+            await self.store.driver.delete_many(links[start : start + _SWEEP_BATCH])
+        self.result.layer_links_deleted = len(links)
 
     async def _empty_repositories(
         self, scans: Iterable[RepoScan], gone: dict[str, set[Digest]], deleted: set[Digest]

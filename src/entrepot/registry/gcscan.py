@@ -15,12 +15,14 @@ from typing import Any, TypeVar
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import RegistryError
 from entrepot.registry import layout
-from entrepot.registry.segments import last_segment
+from entrepot.registry.segments import holds_bytes
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Each blob found, with its ``data``'s size and mtime (None: no ``data``).
+Blobs = dict[Digest, FileInfo | None]
 QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks it
 _MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
 
@@ -107,6 +109,18 @@ def parse_digest(text: str) -> Digest | None:
         return None
 
 
+# The registered algorithms' hex lengths: a folder name is checked as Digest.parse would,
+# without its regular expressions (a collection checks a few hundred thousand).
+_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+
+
+def digest_at(algorithm: str, encoded: str) -> Digest | None:
+    """The digest ``<algorithm>/<encoded>`` folders name, or None."""
+    if _HEX_LENGTH.get(algorithm) != len(encoded) or encoded.strip("0123456789abcdef"):
+        return None
+    return Digest(algorithm, encoded)
+
+
 async def find_repositories(store: Limited) -> list[str]:
     """Every directory under ``repositories/`` that holds a repository's links or uploads
     (the catalog lists fewer: not one that holds only uploads), walked level by level in
@@ -125,21 +139,25 @@ async def find_repositories(store: Limited) -> list[str]:
     return found
 
 
-async def find_blobs(store: Limited) -> set[Digest]:
-    """Every blob directory under ``blobs/`` (registry:2 enumerates the same). Listed
-    shard by shard: a walk down to each blob's ``data`` costs a local disk a directory
-    read per blob (about twice as long in all)."""
-    found: set[Digest] = set()
-
-    async def shard(algorithm: str, prefix: str) -> None:
-        for encoded in await store.children(f"{layout.BLOBS}/{algorithm}/{prefix}"):
-            digest = parse_digest(f"{algorithm}:{encoded}")
-            if digest is not None:
-                found.add(digest)
-
-    for algorithm in await store.children(layout.BLOBS):
-        prefixes = await store.children(f"{layout.BLOBS}/{algorithm}")
-        await asyncio.gather(*(shard(algorithm, prefix) for prefix in prefixes))
+async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
+    """Every blob under ``blobs/`` (registry:2 enumerates the same) with its ``data``'s size
+    and mtime; None for a blob folder without ``data`` (one an interrupted collection left
+    aside). One ``scan``: a flat listing on object storage, a walk in a worker thread on a
+    disk."""
+    found: Blobs = {}
+    async for batch in store.driver.scan(layout.BLOBS):
+        for info in batch:
+            algorithm, _, rest = info.key.partition("/")
+            encoded, _, name = rest.partition("/")[2].partition("/")
+            digest = digest_at(algorithm, encoded)
+            if digest is None:
+                continue
+            if name == "data":
+                found[digest] = info
+            else:
+                found.setdefault(digest, None)
+        if progress is not None:
+            progress.tick(len(batch))
     return found
 
 
@@ -151,6 +169,7 @@ class RepoScan:
     revisions: set[Digest] = field(default_factory=set)
     revision_mtimes: dict[Digest, float] = field(default_factory=dict)
     layers: set[Digest] = field(default_factory=set)
+    layer_mtimes: dict[Digest, float] = field(default_factory=dict)  # of each layer link
     tags: dict[str, Digest] = field(default_factory=dict)  # tag -> what it points at now
     tag_names: list[str] = field(default_factory=list)  # every tag, with a link or not
     uploads: list[str] = field(default_factory=list)
@@ -161,36 +180,116 @@ class RepoScan:
         return set(self.tags.values())
 
 
+class _Scanner:
+    """Builds RepoScans from the objects under ``repositories/``: a key's first segment
+    starting with "_" (which no repository name component may) ends the repository's
+    name and says what the key is."""
+
+    def __init__(self, fresh_after: float) -> None:
+        self.fresh_after = fresh_after
+        self.scans: dict[str, RepoScan] = {}
+        self.current: dict[str, list[str]] = {}  # repository -> tags with a current link
+
+    def add(self, name: str, parts: list[str], info: FileInfo) -> None:
+        scan = self.scans.get(name)
+        if scan is None:
+            scan = self.scans[name] = RepoScan(name)
+        n = len(parts)
+        marker = parts[0]
+        if marker == "_manifests" and n > 2:
+            if parts[1] == "revisions":
+                if n == 5 and parts[4] == "link":
+                    digest = digest_at(parts[2], parts[3])
+                    if digest is not None:
+                        scan.revision_mtimes[digest] = info.mtime
+            elif parts[1] == "tags":
+                if not scan.tag_names or scan.tag_names[-1] != parts[2]:
+                    scan.tag_names.append(parts[2])
+                if n == 5 and parts[3] == "current" and parts[4] == "link":
+                    self.current.setdefault(name, []).append(parts[2])
+        elif marker == "_layers" and n == 4 and parts[3] == "link":
+            digest = digest_at(parts[1], parts[2])
+            if digest is not None:
+                scan.layer_mtimes[digest] = info.mtime
+        elif marker == "_uploads" and n > 1:
+            if not scan.uploads or scan.uploads[-1] != parts[1]:
+                scan.uploads.append(parts[1])
+            if n == 3 and holds_bytes(parts[2]) and info.mtime > self.fresh_after:
+                scan.upload_active = True
+
+    def add_keys(self, batch: list[FileInfo]) -> None:
+        """Objects with keys relative to ``repositories/``."""
+        for info in batch:
+            parts = info.key.split("/")
+            for i, part in enumerate(parts):
+                if part.startswith("_"):
+                    if i:
+                        self.add("/".join(parts[:i]), parts[i:], info)
+                    break
+
+    async def finish(self, store: Limited) -> dict[str, RepoScan]:
+        """Read what each tag's current link points at, and settle the sets."""
+
+        async def read(item: tuple[RepoScan, str]) -> None:
+            scan, tag = item
+            digest = await store.read_link(layout.tag_current_link(scan.name, tag))
+            if digest is not None:
+                scan.tags[tag] = digest
+
+        links = [(self.scans[n], t) for n, tags in self.current.items() for t in tags]
+        await each(links, read)
+        for scan in self.scans.values():
+            scan.revisions = set(scan.revision_mtimes)
+            scan.layers = set(scan.layer_mtimes)
+            scan.tag_names = sorted(set(scan.tag_names))
+            scan.uploads = sorted(set(scan.uploads))
+            scan.tags = dict(sorted(scan.tags.items()))
+        return self.scans
+
+
+async def scan_store(
+    store: Limited, fresh_after: float, progress: Progress | None = None
+) -> dict[str, RepoScan]:
+    """Every repository's revisions, layer links (with their mtimes), tags (what each
+    points at) and upload sessions, from one ``scan`` of ``repositories/`` (and a walk for
+    repositories left with folders but no objects); an upload written to after
+    ``fresh_after`` is in progress."""
+    scanner = _Scanner(fresh_after)
+
+    async def objects() -> None:
+        async for batch in store.driver.scan(layout.REPOSITORIES):
+            scanner.add_keys(batch)
+            if progress is not None:
+                progress.tick(len(batch))
+
+    async def shells() -> set[str]:
+        names: set[str] = set()
+        async for batch in store.driver.walk(layout.REPOSITORIES, collapse="_"):
+            for key in batch:
+                name, _, marker = key.rstrip("/").rpartition("/")
+                if name and key.endswith("/") and marker in _MARKERS:
+                    names.add(name)
+        return names
+
+    _, names = await asyncio.gather(objects(), shells())
+    for name in names - scanner.scans.keys():
+        scanner.scans[name] = RepoScan(name)
+    return await scanner.finish(store)
+
+
 async def scan_repository(store: Limited, name: str, fresh_after: float) -> RepoScan:
-    """Read a repository's revisions, layer links, tags (what each points at) and upload
-    sessions; an upload written to after ``fresh_after`` is in progress. One call after
-    another: the parallelism is across repositories (fewer tasks, less overhead)."""
-    scan = RepoScan(name)
-    scan.revision_mtimes = await store.linked(f"{layout.repository(name)}/_manifests/revisions")
-    scan.revisions = set(scan.revision_mtimes)
-    scan.layers = await store.digests(layout.layers_dir(name))
-    scan.tag_names = await store.children(layout.tags_dir(name))
-    for tag in scan.tag_names:
-        digest = await store.read_link(layout.tag_current_link(name, tag))
-        if digest is not None:
-            scan.tags[tag] = digest
-    scan.uploads = await store.children(layout.uploads_dir(name))
-    for upload_id in scan.uploads:
-        if await _written_after(store, name, upload_id, fresh_after):
-            scan.upload_active = True
-    return scan
+    """One repository's ``scan_store`` (its marker folders only: a repository nested in it
+    is not its content)."""
+    scanner = _Scanner(fresh_after)
+    scanner.scans[name] = RepoScan(name)
 
+    async def folder(marker: str) -> None:
+        async for batch in store.driver.scan(f"{layout.repository(name)}/{marker}"):
+            for info in batch:
+                scanner.add(name, [marker, *info.key.split("/")], info)
 
-async def _written_after(store: Limited, name: str, upload_id: str, fresh_after: float) -> bool:
-    """Whether the upload got bytes after ``fresh_after``: its ``data`` was written then,
-    or, where chunks are segments of their own (see ``segments``), its newest one was."""
-    info = await store.stat(layout.upload_data(name, upload_id))
-    if info is None or info.mtime > fresh_after or store.driver.appends_in_place:
-        return info is not None and info.mtime > fresh_after
-    folder = layout.upload_dir(name, upload_id)
-    newest = last_segment(await store.children(folder))
-    latest = None if newest is None else await store.stat(f"{folder}/{newest}")
-    return latest is not None and latest.mtime > fresh_after
+    await each(("_manifests", "_layers", "_uploads"), folder)
+    return (await scanner.finish(store))[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,19 +350,22 @@ async def read_refs(
 
 
 class Progress:
-    """A line every few seconds on a long run: ``<what>: done/total``."""
+    """A line every few seconds on a long run: ``<what>: done/total`` (or ``done``)."""
 
-    def __init__(self, emit: Callable[[str], None], what: str, total: int, every: float) -> None:
+    def __init__(
+        self, emit: Callable[[str], None], what: str, total: int | None, every: float
+    ) -> None:
         self.emit, self.what, self.total = emit, what, total
         self.every = every
         self.done = 0
         self.last = time.monotonic()
 
-    def tick(self) -> None:
-        self.done += 1
+    def tick(self, count: int = 1) -> None:
+        self.done += count
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
-            self.emit(f"{self.what}: {self.done}/{self.total}")
+            total = "" if self.total is None else f"/{self.total}"
+            self.emit(f"{self.what}: {self.done}{total}")
 
 
 def keep_closure(

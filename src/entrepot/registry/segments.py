@@ -30,10 +30,10 @@ def _is_segment(name: str) -> bool:
     return name.startswith(_SUFFIX) and len(offset) == _OFFSET_DIGITS and offset.isdigit()
 
 
-def last_segment(names: list[str]) -> str | None:
-    """Of an upload folder's names (sorted, as ``list`` gives them), its newest segment
-    after ``data``; None when ``data`` is the only one."""
-    return next((n for n in reversed(names) if _is_segment(n)), None)
+def holds_bytes(name: str) -> bool:
+    """Whether an upload folder's entry ``name`` is one of its segments (``data`` or a
+    later one)."""
+    return name == "data" or _is_segment(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,14 @@ disconnects mid-chunk leaves the upload as it was before that chunk. Where the d
 cannot append in place (S3), each chunk after the first is an object of its own and the
 finish copies them all into the blob once, hashing them again (see ``segments``).
 
+The bytes are made durable (``StorageDriver.sync``, an fsync) once, when the upload
+finishes and before the blob becomes visible, not at each chunk: the filesystem writes
+them back as they arrive (``storage.writeback``), so that sync finds little left, and a
+chunked push does not wait for the disk at every PATCH. A crash can lose the tail of an
+unfinished upload (the client's next request then gets 416 or DIGEST_INVALID, as the hash
+is computed again from what is on disk, and it starts again; registry:2 never syncs), and
+never leaves a visible blob whose bytes are not on disk.
+
 Several processes (workers, or replicas on one S3 bucket) serve one upload: its POST,
 PATCHes and PUT may each land on another. The running SHA-256 is kept in memory for the
 next chunk on the same process, and, where the driver versions its objects (S3's ETag),
@@ -46,7 +54,7 @@ from entrepot.registry.api import BlobInfo, UploadStatus
 from entrepot.registry.blobs import BlobStore, LinkWriter, storage_unavailable
 from entrepot.registry.keyedlocks import KeyedLocks
 from entrepot.registry.segments import Segments, load_segments
-from entrepot.registry.streams import pump
+from entrepot.registry.streams import pump_batches
 from entrepot.storage import (
     FileInfo,
     StorageConflict,
@@ -60,6 +68,9 @@ Hasher = DigestVerifier | hashstate.ResumableSha256
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
+# Received bytes handed to the hash and the disk at once, at least (unless the body ended):
+# each batch costs two thread hops, and Granian hands over ~400 KiB at a time.
+_MIN_BATCH = 4 << 20
 # Running hashes kept in memory (a few hundred bytes each). An upload another worker
 # finished, or a client abandoned, leaves its hash here until it is pushed out; an
 # upload whose hash was pushed out is re-read from storage on its next chunk.
@@ -171,16 +182,23 @@ class UploadService:
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
 
-        async def consume(data: bytes) -> None:
-            # Hash and write at once, each in a thread (both release the GIL).
-            await asyncio.gather(asyncio.to_thread(running.update, data), writer.write(data))
+        def hash_parts(parts: list[bytes]) -> None:
+            for part in parts:
+                running.update(part)
+
+        async def consume(parts: list[bytes]) -> None:
+            # Hash and write at once, each in a thread (both release the GIL); the parts
+            # as received, never joined (a copy of every byte, and fresh memory).
+            await asyncio.gather(asyncio.to_thread(hash_parts, parts), writer.write_parts(parts))
 
         try:
-            await pump(chunks, consume)
+            await pump_batches(chunks, consume, min_batch=_MIN_BATCH)
             if writer.size == 0 and key != layout.upload_data(name, upload_id):
                 await writer.cancel()  # an empty chunk: no empty segment
                 return _Written(current, hasher)
-            await writer.commit()
+            # Durable only when the upload finishes (``_sync``): a crash before that
+            # loses at most the upload, which the client then starts again.
+            await writer.commit(durable=False)
         except BaseException as exc:
             # The writer keeps only what earlier commits wrote (cancel truncates back).
             with contextlib.suppress(StorageError):
@@ -283,6 +301,7 @@ class UploadService:
                     "provided digest did not match uploaded content",
                     {"expected": str(digest), "actual": str(actual)},
                 )
+            await self._sync(name, upload_id, segments)
             try:
                 if len(segments.parts) == 1:
                     only = segments.parts[0]
@@ -300,6 +319,20 @@ class UploadService:
             await self.links.write(name, layout.layer_link(name, digest), digest)
             await self._discard(name, upload_id)
             return BlobInfo(digest, segments.size)
+
+    async def _sync(self, name: str, upload_id: str, segments: Segments) -> None:
+        """Put the upload's bytes on disk before they become a visible blob."""
+        try:
+            for part in segments.parts:
+                await self.driver.sync(part.key)
+        except StorageNotFound as exc:
+            raise _upload_unknown(upload_id) from exc
+        except StorageError as exc:
+            # Some bytes may not be on disk, and the OS reports a failed writeback only
+            # once: a retried PUT would find nothing wrong. The client starts again.
+            with contextlib.suppress(RegistryError):
+                await self._discard(name, upload_id)
+            raise storage_unavailable(exc) from exc
 
     async def cancel(self, name: str, upload_id: str) -> None:
         async with self._locks.hold((name, upload_id)):

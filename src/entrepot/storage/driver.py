@@ -20,12 +20,20 @@ atomically at another key once complete). See ``Lease`` and ``IngestWriter``.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-# A batch of keys from ``walk`` (an alias: in StorageDriver, ``list`` names the method).
+T = TypeVar("T")
+
+# A batch of keys from ``walk`` (an alias: in StorageDriver, ``list`` names the method),
+# of objects from ``scan``, and which moves of ``move_many`` found their source.
 Keys = list[str]
+Infos = list["FileInfo"]
+Moved = list[bool]
 
 
 class StorageError(Exception):
@@ -92,8 +100,17 @@ class StorageWriter(abc.ABC):
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
 
+    async def write_parts(self, parts: Sequence[bytes]) -> None:
+        """Write ``parts`` one after the other, as ``write`` of their concatenation; a
+        driver may write them without joining them (a copy of every byte)."""
+        await self.write(b"".join(parts))
+
     @abc.abstractmethod
-    async def commit(self) -> None: ...
+    async def commit(self, *, durable: bool = True) -> None:
+        """Make what was written visible at the key. ``durable=False``, for an append
+        writer: it need not be on disk yet (a crash may lose it, whole or a tail of it),
+        until ``StorageDriver.sync`` of the key; a driver whose objects are durable once
+        written ignores it."""
 
     @abc.abstractmethod
     async def cancel(self) -> None: ...
@@ -219,6 +236,48 @@ class StorageDriver(abc.ABC):
         async for batch in _walk_by_listing(self, prefix, "", after, collapse):
             yield batch
 
+    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+        """Every object under ``prefix`` with its size and mtime (``FileInfo.key`` relative
+        to the prefix), in lexical order, in batches: what a collection of the whole store
+        reads. A missing prefix yields nothing. Flat stores get the sizes and times with
+        the listing (S3's ListObjectsV2); this default stats every key ``walk`` finds."""
+        async for keys in self.walk(prefix):
+            found: list[FileInfo] = []
+            for rel in keys:
+                try:
+                    info = await self.stat(join_key(prefix, rel))
+                except StorageNotFound:
+                    continue  # deleted meanwhile
+                found.append(FileInfo(rel, info.size, info.mtime, False, info.version))
+            if found:
+                yield found
+
+    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
+        """``move`` for each (src, dst) pair, in any order or at once; for each, whether
+        its source existed (a missing one is skipped, not an error)."""
+
+        async def one(src: str, dst: str) -> bool:
+            try:
+                await self.move(src, dst, sync=sync)
+            except StorageNotFound:
+                return False
+            return True
+
+        return await _bounded([one(src, dst) for src, dst in moves])
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete the objects at ``keys`` (objects, not prefixes), in any order or at once;
+        a missing one is skipped. A driver with real directories also removes the
+        directory that held each key when that leaves it empty (a blob's folder, a layer
+        link's), as ``delete`` of that directory would, but never one that still holds
+        something written meanwhile."""
+
+        async def one(key: str) -> None:
+            with contextlib.suppress(StorageNotFound):
+                await self.delete(key)
+
+        await _bounded([one(key) for key in keys])
+
     @abc.abstractmethod
     async def move(
         self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
@@ -274,8 +333,28 @@ class StorageDriver(abc.ABC):
         key exists."""
         return None
 
+    async def sync(self, key: str) -> None:  # noqa: B027 - objects are durable as written
+        """Make the object at ``key`` durable, as it is now (after append writers that
+        committed with ``durable=False``). StorageError if that failed: what was written
+        since the last sync may not be on disk. May raise StorageNotFound if there is no
+        object. A driver whose objects are durable once written does nothing."""
+
     async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections and background resources."""
+
+
+# Calls the default bulk operations keep in flight.
+BULK_CONCURRENCY = 32
+
+
+async def _bounded(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    slots = asyncio.Semaphore(BULK_CONCURRENCY)
+
+    async def run(call: Coroutine[Any, Any, T]) -> T:
+        async with slots:
+            return await call
+
+    return list(await asyncio.gather(*(run(c) for c in calls)))
 
 
 def join_key(prefix: str, rel: str) -> str:

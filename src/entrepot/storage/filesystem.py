@@ -18,16 +18,18 @@ import itertools
 import os
 import shutil
 import stat as stat_mod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
 from entrepot.storage.driver import (
     FileInfo,
+    Infos,
     IngestState,
     IngestWriter,
     Keys,
     Lease,
+    Moved,
     StorageConflict,
     StorageDriver,
     StorageError,
@@ -37,6 +39,7 @@ from entrepot.storage.driver import (
     check_key,
 )
 from entrepot.storage.leases import FlockLeases
+from entrepot.storage.writeback import Writeback
 
 __all__ = ["FilesystemDriver"]
 
@@ -46,7 +49,7 @@ Ts = TypeVarTuple("Ts")
 TMP_PREFIX = ".tmp-"
 # A writer gathers writes smaller than this before handing them to a thread.
 WRITE_BUFFER = 256 * 1024
-# A writer syncs what it wrote whenever this much accumulated (see FilesystemWriter.write).
+# An ingest syncs what it wrote whenever this much accumulated (see FilesystemIngest.write).
 EARLY_SYNC = 32 * 1024 * 1024
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -107,9 +110,11 @@ def _write_all(fd: int, *parts: bytes | bytearray) -> None:
             view = view[os.write(fd, view) :]
 
 
-def _write_all_and_sync(fd: int, *parts: bytes | bytearray) -> None:
+def _write_all_and_flush(
+    fd: int, writeback: Writeback, end: int, *parts: bytes | bytearray
+) -> None:
     _write_all(fd, *parts)
-    os.fdatasync(fd)
+    writeback.written(fd, end)
 
 
 def _finish_new(fd: int, tmp: str, path: str, *parts: bytes | bytearray) -> None:
@@ -156,8 +161,19 @@ def _put_new(path: str, data: bytes) -> bool:
 
 
 def _get(path: str) -> bytes:
-    with open(path, "rb", buffering=0) as f:
-        return f.readall()
+    # os.open and os.read rather than open(): a link is read on every manifest and blob
+    # request, and the file object costs more than the system calls.
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
+        data = os.read(fd, 1 << 16)
+        if not data:
+            return data
+        parts = [data]
+        while more := os.read(fd, 1 << 20):
+            parts.append(more)
+        return data if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _pread_full(fd: int, size: int, offset: int) -> bytes:
@@ -195,21 +211,32 @@ def _open_append(path: str) -> tuple[int, int]:
         raise
 
 
-def _end_append(fd: int, start: int, commit: bool, *parts: bytes | bytearray) -> None:
-    """Commit (write ``parts``) or cancel (truncate back to ``start``); then fsync and
-    close. A commit that fails (a full disk) is cancelled too: the object keeps only
-    what an earlier commit made durable, never a partly written tail."""
+def _end_append(
+    fd: int, start: int, commit: bool, flush: Callable[[int], None], *parts: bytes | bytearray
+) -> None:
+    """Commit (write ``parts``, then ``flush``: fsync, or start their writeback) or
+    cancel (truncate back to ``start``, fsync); then close. A commit that fails (a full
+    disk) is cancelled too: the object keeps only what earlier commits wrote, never a
+    partly written tail."""
     try:
         if commit:
             try:
                 _write_all(fd, *parts)
-                os.fsync(fd)
+                flush(fd)
                 return
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
                 raise
         os.ftruncate(fd, start)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -240,6 +267,10 @@ def _sorted_entries(path: str) -> list[str]:
         names = os.listdir(path)
         if links == len(names) + 2:
             entries = [f"{name}/" for name in names]
+            entries.sort()
+            return entries
+        if links == 2:  # no subdirectory (a blob's folder, a link's): files only
+            entries = [name for name in names if not name.startswith(TMP_PREFIX)]
             entries.sort()
             return entries
         with os.scandir(path) as scan:
@@ -275,8 +306,68 @@ def _walk_keys(root: str, after: str, collapse: str) -> Iterator[str]:
             stack.pop()
 
 
-def _take(keys: Iterator[str], count: int) -> list[str]:
-    return list(itertools.islice(keys, count))
+def _take(items: Iterator[T], count: int) -> list[T]:
+    return list(itertools.islice(items, count))
+
+
+def _walk_infos(root: str) -> Iterator[FileInfo]:
+    """The objects under ``root`` with size and mtime, in key order: as ``_walk_keys``, but
+    one os.scandir per directory (its entry types need no stat) and a stat per file."""
+    stack = [("", iter(_scan_entries(root)))]
+    while stack:
+        rel, entries = stack[-1]
+        for name, entry in entries:
+            if name[-1] == "/":
+                stack.append((rel + name, iter(_scan_entries(entry.path))))
+                break
+            try:
+                st = entry.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted meanwhile
+            yield FileInfo(rel + name, st.st_size, st.st_mtime, False)
+        else:
+            stack.pop()
+
+
+def _scan_entries(path: str) -> list[tuple[str, os.DirEntry[str]]]:
+    """A directory's entries in key order (a directory as "name/"); [] once gone."""
+    try:
+        with os.scandir(path) as scan:
+            entries = []
+            for entry in scan:
+                if entry.name.startswith(TMP_PREFIX):
+                    continue
+                try:
+                    entries.append((f"{entry.name}/" if entry.is_dir() else entry.name, entry))
+                except OSError:  # gone meanwhile
+                    continue
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    entries.sort(key=lambda item: item[0])
+    return entries
+
+
+def _move_all(moves: list[tuple[str, str, str]], sync: bool) -> Moved:
+    moved = []
+    for src, dst, key in moves:
+        try:
+            _move(src, dst, key, sync)
+        except StorageNotFound:
+            moved.append(False)
+        else:
+            moved.append(True)
+    return moved
+
+
+def _delete_files(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except _MISSING:
+            continue
+        # Its folder too, once empty; rmdir refuses one a writer has put something in.
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))
 
 
 def _move(src: str, dst: str, src_key: str, sync: bool) -> None:
@@ -305,6 +396,9 @@ def _delete(path: str) -> None:
 # catalog) costs a few hundred thread hops, not one per directory.
 WALK_BATCH_FIRST = 256
 WALK_BATCH_MAX = 16384
+# Bulk moves and deletes: this many per thread hop, several hops at once (the kernel
+# renames and unlinks in parallel; the GIL is released meanwhile).
+BULK_CHUNK = 512
 
 
 # Keys found valid, remembered (about 350 bytes each); uploads bring new keys on every
@@ -366,7 +460,7 @@ class FilesystemWriter(StorageWriter):
         self._start = size
         self._size = size
         self._buf = bytearray()
-        self._unsynced = 0
+        self._writeback = Writeback(size)
         self._inflight: asyncio.Future[None] | None = None
         self._closed = False
         self._broken = False
@@ -396,33 +490,40 @@ class FilesystemWriter(StorageWriter):
             await asyncio.wait([self._inflight])
 
     async def write(self, data: bytes) -> None:
+        await self.write_parts((data,))
+
+    async def write_parts(self, parts: Sequence[bytes]) -> None:
+        """One thread hop for all of ``parts``, written as they are (not joined)."""
         self._check_usable()
-        n = len(data)
+        n = sum(len(part) for part in parts)
         if n == 0:
             return
         if len(self._buf) + n < WRITE_BUFFER:
-            self._buf += data
+            for part in parts:
+                self._buf += part
             self._size += n
             return
         buf, self._buf = self._buf, bytearray()
         self._broken = True  # until the write is known to have completed
-        self._unsynced += len(buf) + n
-        if self._unsynced >= EARLY_SYNC:
-            # Flush as we go: the disk works while the next bytes arrive, and the fsync
-            # at commit (what makes the object durable) finds little left to do.
-            self._unsynced = 0
-            await self._call(_write_all_and_sync, self._fd, buf, data)
-        else:
-            await self._call(_write_all, self._fd, buf, data)
+        # Written back as it goes (see writeback): the disk works while the next bytes
+        # arrive, and the fsync at commit (what makes the object durable) finds little.
+        end = self._size + n
+        await self._call(_write_all_and_flush, self._fd, self._writeback, end, buf, *parts)
         self._broken = False
-        self._size += n
+        self._size = end
 
-    async def commit(self) -> None:
+    async def commit(self, *, durable: bool = True) -> None:
         self._check_usable()
         self._closed = True
         buf, self._buf = self._buf, bytearray()
         if self._tmp is None:
-            await self._call(_end_append, self._fd, self._start, True, buf)
+            # Not durable yet: the disk writes the tail while the client sends its next
+            # request, and FilesystemDriver.sync waits for it (a new object is always
+            # synced: its rename must not reach the disk before its bytes).
+            flush = (
+                os.fsync if durable else functools.partial(self._writeback.written, end=self._size)
+            )
+            await self._call(_end_append, self._fd, self._start, True, flush, buf)
         else:
             await self._call(_finish_new, self._fd, self._tmp, self._path, buf)
 
@@ -434,7 +535,7 @@ class FilesystemWriter(StorageWriter):
         self._buf = bytearray()
         await self._settle()
         if self._tmp is None:
-            await self._call(_end_append, self._fd, self._start, False)
+            await self._call(_end_append, self._fd, self._start, False, os.fsync)
         else:
             await self._call(_close_unlink, self._fd, self._tmp)
 
@@ -629,7 +730,8 @@ class FilesystemDriver(StorageDriver):
 
         ``append=True``: continues the existing object at ``key`` (StorageNotFound if there
         is none). To avoid copying it, the file is opened in append mode and written in
-        place: appended bytes may be visible to readers before ``commit``, which fsyncs;
+        place: appended bytes may be visible to readers before ``commit``, which fsyncs
+        (``durable=False``: starts writing the tail back, and ``sync`` waits for it);
         ``cancel`` truncates the file back to its size when the writer was opened. A crash
         before ``commit`` or ``cancel`` can leave extra bytes at the end: the resumable
         upload layer must trust its own recorded offset, as registry:2 does.
@@ -671,6 +773,35 @@ class FilesystemDriver(StorageDriver):
                 return
             size = min(size * 4, WALK_BATCH_MAX)
 
+    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+        """A walk in a worker thread, a batch of objects per thread hop."""
+        infos = _walk_infos(self._path(prefix, root_ok=True))
+        size = WALK_BATCH_FIRST
+        while True:
+            batch = await _run(prefix, True, _take, infos, size)
+            if batch:
+                yield batch
+            if len(batch) < size:
+                return
+            size = min(size * 4, WALK_BATCH_MAX)
+
+    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
+        items = [(self._path(src), self._path(dst), src) for src, dst in moves]
+        chunks = [items[i : i + BULK_CHUNK] for i in range(0, len(items), BULK_CHUNK)]
+        done = await asyncio.gather(
+            *(_run(chunk[0][2], False, _move_all, chunk, sync) for chunk in chunks)
+        )
+        return [moved for chunk in done for moved in chunk]
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        paths = [self._path(key) for key in keys if "/" in key]
+        top = [key for key in keys if "/" not in key]  # their folder is the root: kept
+        chunks = [paths[i : i + BULK_CHUNK] for i in range(0, len(paths), BULK_CHUNK)]
+        await asyncio.gather(*(_run(c[0], False, _delete_files, c) for c in chunks))
+        for key in top:
+            with contextlib.suppress(StorageNotFound):
+                await self.delete(key)
+
     async def move(
         self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None
     ) -> None:
@@ -680,6 +811,9 @@ class FilesystemDriver(StorageDriver):
 
     async def delete(self, key: str) -> None:
         await _run(key, True, _delete, self._path(key))
+
+    async def sync(self, key: str) -> None:
+        await _run(key, True, _sync, self._path(key))
 
     async def try_lease(self, key: str) -> Lease | None:
         self._path(key)

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -36,6 +36,7 @@ from obstore.store import S3Store
 
 from entrepot.storage.driver import (
     FileInfo,
+    Infos,
     IngestState,
     IngestWriter,
     Lease,
@@ -300,6 +301,33 @@ class S3Driver(StorageDriver):
                 await obstore.delete_async(self.store, paths[i : i + 1000])
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
+
+    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+        # One flat listing: sizes and times come with the keys, 1,000 a request.
+        base = self._dir_key(prefix)
+        cut = len(base) + 1 if base else 0
+        try:
+            async for batch in obstore.list(self.store, base, chunk_size=1000):
+                yield [
+                    FileInfo(
+                        o["path"][cut:],
+                        o["size"],
+                        o["last_modified"].timestamp(),
+                        False,
+                        o.get("e_tag"),
+                    )
+                    for o in batch
+                ]
+        except (BaseError, OSError) as exc:
+            raise self._error(exc, prefix) from exc
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        paths = [self.object_key(key) for key in keys]
+        try:
+            for i in range(0, len(paths), 1000):  # DeleteObjects takes 1000 keys at most
+                await obstore.delete_async(self.store, paths[i : i + 1000])
+        except (BaseError, OSError) as exc:
+            raise self._error(exc, keys[0], missing=False) from exc
 
     async def try_lease(self, key: str) -> Lease | None:
         check_key(key)

@@ -150,8 +150,8 @@ class S3Writer(StorageWriter):
             await self._put(bytes(data))
             self._size += len(data)
 
-    async def commit(self) -> None:
-        self._check_usable()
+    async def commit(self, *, durable: bool = True) -> None:
+        self._check_usable()  # a completed S3 object is durable: ``durable`` changes nothing
         self._closed = True
         await self._put(None)
         try:
