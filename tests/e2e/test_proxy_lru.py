@@ -205,7 +205,8 @@ def test_images_not_pulled_within_the_upstreams_ttl_expire(
 
         assert _wait_until(old_expired), "the image not pulled did not expire"
         assert used.cached_tag_link(root).exists()
-        assert not any(_held(root, digest) for digest in old.layers)
+        # Its tag goes first, then its blobs (never a tag without its blobs).
+        assert _wait_until(lambda: not any(_held(root, digest) for digest in old.layers))
         _pull(http, old)  # fetched again
 
     settled_access_log(upstream)
