@@ -449,19 +449,41 @@ def _close_opened(fut: asyncio.Future[tuple[int, bytes]]) -> None:
             os.close(fd)
 
 
-class FilesystemWriter(StorageWriter):
+class _ThreadedFile:
+    """An open file that worker threads write to, one call at a time. Each call is
+    shielded: the thread owns the fd while it runs, so a cancelled caller cannot have the
+    file closed under it (``_settle`` waits for that thread first)."""
+
+    _key: str
+    _error_path: str  # the path named in errors ("": the OS's filename, else the key)
+    _inflight: asyncio.Future[None] | None = None
+
+    async def _call(self, fn: Callable[[*Ts], None], *args: *Ts) -> None:
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._inflight = fut
+        try:
+            await asyncio.shield(fut)
+        except OSError as exc:
+            raise _storage_error(exc, self._key, False, self._error_path) from exc
+
+    async def _settle(self) -> None:
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.wait([self._inflight])
+
+
+class FilesystemWriter(_ThreadedFile, StorageWriter):
     """See ``FilesystemDriver.writer``. One task at a time may use a writer."""
 
     def __init__(self, key: str, path: str, fd: int, tmp: str | None, size: int) -> None:
         self._key = key
         self._path = path
+        self._error_path = path
         self._fd = fd
         self._tmp = tmp  # None in append mode
         self._start = size
         self._size = size
         self._buf = bytearray()
         self._writeback = Writeback(size)
-        self._inflight: asyncio.Future[None] | None = None
         self._closed = False
         self._broken = False
 
@@ -474,20 +496,6 @@ class FilesystemWriter(StorageWriter):
             raise StorageError(f"{self._key}: writer already committed or cancelled")
         if self._broken:
             raise StorageError(f"{self._key}: an earlier write failed; cancel the writer")
-
-    async def _call(self, fn: Callable[[*Ts], None], *args: *Ts) -> None:
-        # The thread owns self._fd while it runs; shield it so that a cancelled caller
-        # cannot make us close the fd under a running thread (see _settle).
-        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        self._inflight = fut
-        try:
-            await asyncio.shield(fut)
-        except OSError as exc:
-            raise _storage_error(exc, self._key, False, self._path) from exc
-
-    async def _settle(self) -> None:
-        if self._inflight is not None and not self._inflight.done():
-            await asyncio.wait([self._inflight])
 
     async def write(self, data: bytes) -> None:
         await self.write_parts((data,))
@@ -571,19 +579,19 @@ def _cancel_ingest(fd: int, directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-class FilesystemIngest(IngestWriter):
+class FilesystemIngest(_ThreadedFile, IngestWriter):
     """See ``FilesystemDriver.ingest``: every write goes to the file at once (others read
     it), synced as it goes so that publishing finds little left to sync."""
 
     def __init__(self, key: str, directory: str, target: str, fd: int) -> None:
         self._key = key
+        self._error_path = ""
         self._directory = directory
         self._target = target
         self._fd = fd
         self._size = 0
         self._unsynced = 0
         self._closed = False
-        self._inflight: asyncio.Future[None] | None = None
 
     @property
     def size(self) -> int:
@@ -592,16 +600,6 @@ class FilesystemIngest(IngestWriter):
     @property
     def readable(self) -> int:
         return self._size
-
-    async def _call(self, fn: Callable[[*Ts], None], *args: *Ts) -> None:
-        # Shielded, as in FilesystemWriter: a cancelled caller must not close the file
-        # under a thread still writing to it (``cancel`` waits for that thread).
-        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        self._inflight = fut
-        try:
-            await asyncio.shield(fut)
-        except OSError as exc:
-            raise _storage_error(exc, self._key, missing=False) from exc
 
     async def write(self, data: bytes) -> None:
         if self._closed:
@@ -623,8 +621,7 @@ class FilesystemIngest(IngestWriter):
         if self._closed:
             return
         self._closed = True
-        if self._inflight is not None and not self._inflight.done():
-            await asyncio.wait([self._inflight])
+        await self._settle()
         await self._call(_cancel_ingest, self._fd, self._directory)
 
 
