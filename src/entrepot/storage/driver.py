@@ -317,8 +317,9 @@ class StorageDriver(abc.ABC):
     @abc.abstractmethod
     def read_ingest(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
         """Stream ``length`` bytes from ``offset`` of the ingest at ``key``; they must be
-        readable already. StorageNotFound when the ingest is gone (published or
-        cancelled; a published one is then read at its destination)."""
+        readable already. StorageNotFound when the ingest was cancelled; once published,
+        StorageNotFound (it is then read at its destination) or, where the driver keeps
+        a local copy of the published bytes a while, those bytes."""
 
     def local_path(self, key: str) -> str | None:
         """A local file path for ``key`` when the driver keeps objects on a local disk,
