@@ -110,6 +110,13 @@ class S3Run:
     def _server(self, bucket: str, name: str, proxy_url: str | None = None) -> Server:
         s = self.settings
         extra = {"redis": self.redis.config()} if self.kind == "entrepot" and proxy_url else None
+        env = dict(REGISTRY2_ENV) if self.kind == "registry2" else {}
+        if proxy_url:
+            # Replicas as on machines of their own: each its own temp directory, where
+            # Entrepot keeps the local copy of a fill its clients share.
+            tmp = s.workdir / f"tmp-{name}"
+            tmp.mkdir(parents=True, exist_ok=True)
+            env["TMPDIR"] = str(tmp)
         return Server(
             self.kind,
             root=s.datadir / f"s3-{name}",  # unused: the data goes to the bucket
@@ -119,7 +126,7 @@ class S3Run:
             proxy_url=proxy_url,
             storage=storage_section(self.ceph, bucket),
             extra=extra,
-            env=REGISTRY2_ENV if self.kind == "registry2" else None,
+            env=env or None,
             name=name,
         )
 
