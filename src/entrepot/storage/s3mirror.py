@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = ["Mirror", "Mirrors", "mirror_directory"]
 log = logging.getLogger("entrepot.storage.s3")
 
 IDLE_CLOSE = 60.0  # seconds a process keeps a mirror open after its last use
+STALE = 3600.0  # a mirror (or lock file) unchanged this long and held by none is removed
 READ_CHUNK = 4 << 20
 
 
@@ -156,6 +158,8 @@ class Mirrors:
         path = os.path.join(self.directory, name)
         try:
             os.makedirs(self.directory, exist_ok=True)
+            with contextlib.suppress(OSError):
+                self._sweep()
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
             log.warning("no local mirror for %s at %s: %s", key, path, exc)
@@ -168,6 +172,20 @@ class Mirrors:
         self.opened[name] = mirror
         mirror.touch()
         return mirror
+
+    def _sweep(self) -> None:
+        """Remove mirrors left by processes that died (nobody has them open) long ago."""
+        now = time.time()
+        with os.scandir(self.directory) as entries:
+            stale = [e.path for e in entries if now - e.stat().st_mtime > STALE]
+        for path in stale:
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(path)
+                finally:
+                    os.close(fd)
 
     def open(self, key: str, create: bool) -> Mirror | None:
         """The mirror of ``key`` (kept open for IDLE_CLOSE after each use): already open
