@@ -91,19 +91,26 @@ async def ingest_state(driver: S3Driver, key: str) -> IngestState | None:
     # another machine copies the parts into its mirror as soon as they appear, not at the
     # pace of its clients: the parts go once the blob is published.
     mirror = driver.mirrors.open(key, create=readable > 0)
-    if mirror is not None and not mirror.dropped:
-        here = mirror.size
-        if readable > here and mirror.try_feed():
-            driver.mirrors.spawn(_feed(driver, key, mirror, (parts, size, found)))
-        readable = max(readable, here)
+    try:
+        if mirror is not None and not mirror.dropped:
+            here = mirror.size
+            if readable > here and mirror.try_feed():
+                driver.mirrors.spawn(_feed(driver, key, mirror, (parts, size, found)))
+            readable = max(readable, here)
+    except OSError as exc:
+        raise _mirror_error(driver, key, exc) from exc
     return IngestState(readable, size)
+
+
+def _mirror_error(driver: S3Driver, key: str, exc: OSError) -> StorageError:
+    return StorageError(f"local mirror of {driver.where(key)}: {exc}")
 
 
 async def _feed(driver: S3Driver, key: str, mirror: Mirror, listing: Listing) -> None:
     """``_pull`` as the mirror's feeder (taken by the caller), in a task of its own."""
     try:
         await _pull(driver, key, mirror, listing)
-    except StorageError as exc:  # a reader that needs these bytes meets it again
+    except (StorageError, OSError) as exc:  # a reader that needs these bytes meets it again
         log.debug("copying %s into its local mirror: %s", key, exc)
     finally:
         mirror.stop_feeding()
@@ -121,27 +128,31 @@ async def read_ingest(driver: S3Driver, key: str, offset: int, length: int) -> A
             async for chunk in read_parts(driver, key, offset, length):
                 yield chunk
             return
-    end = offset + length
+    try:
+        await _until_mirrored(driver, key, mirror, offset + length)
+        async for chunk in mirror.read(offset, length):
+            yield chunk
+    except OSError as exc:
+        raise _mirror_error(driver, key, exc) from exc
+
+
+async def _until_mirrored(driver: S3Driver, key: str, mirror: Mirror, end: int) -> None:
+    """Return once the mirror holds ``end`` bytes, copying parts into it meanwhile unless
+    another process or task here does."""
     while True:
         mirror.touch()
         if mirror.dropped:  # cancelled, or the ingest ended before it was complete here
             raise StorageNotFound(key)
         if mirror.size >= end:
-            break
+            return
         if mirror.try_feed():
             try:
                 if not await _pull(driver, key, mirror):
                     await asyncio.sleep(driver.follow_interval)
             finally:
                 mirror.stop_feeding()
-        else:  # another process or task here feeds it
+        else:
             await asyncio.sleep(_MIRROR_LOOK)
-    mirror.touch()
-    try:
-        async for chunk in mirror.read(offset, length):
-            yield chunk
-    except OSError as exc:
-        raise StorageError(f"local mirror of {driver.where(key)}: {exc}") from exc
 
 
 async def _pull(driver: S3Driver, key: str, mirror: Mirror, listing: Listing | None = None) -> bool:
@@ -165,8 +176,6 @@ async def _pull(driver: S3Driver, key: str, mirror: Mirror, listing: Listing | N
     except StorageNotFound:
         mirror.drop()
         raise
-    except OSError as exc:
-        raise StorageError(f"local mirror of {driver.where(key)}: {exc}") from exc
     return True
 
 
@@ -272,7 +281,7 @@ class S3Ingest(IngestWriter):
         try:
             await self._mirror.append(data)
         except OSError as exc:
-            raise StorageError(f"local mirror of {self._driver.where(self._key)}: {exc}") from exc
+            raise _mirror_error(self._driver, self._key, exc) from exc
 
     async def write(self, data: bytes) -> None:
         if self._closed:
