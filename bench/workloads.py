@@ -367,6 +367,9 @@ class ServerRun:
                 variants = range(variant, variant + s.push_repeats)
                 variant += s.push_repeats
                 self._pushes(key, server, send, chunk, variants)
+        # What the pushes left in the server's memory (a worker keeps some heap for the
+        # next body, see entrepot.heap)
+        self.rows["push_chunked"]["rss_after"] = rss_bytes(server.pid)
         if self.kind == "entrepot":
             self._floor_rows()
 
