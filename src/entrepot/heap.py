@@ -5,8 +5,9 @@ bytes with glibc's malloc), several MiB of them alive while they are hashed and 
 all freed when the request ends. With glibc's defaults the heap gives the freed memory
 back to the kernel as soon as more than about twice the largest recent piece is free at
 its top, so the next request (the next PATCH of a chunked push) faults every page in
-again and the kernel zeroes it: measured, about 0.2 s of CPU per 256 MiB pushed in 16 MiB
-chunks, a fifth of what the whole push costs the server. Here pieces up to ``MMAP_ABOVE``
+again and the kernel zeroes it (~39,000 page faults per 256 MiB pushed in 16 MiB chunks;
+CPU per such push 0.72 -> 0.50 s in process, 0.93 -> 0.85 s for the server measured
+through HTTP, see the README's Benchmarks). Here pieces up to ``MMAP_ABOVE``
 come from the heap, and it keeps up to ``KEEP_FREE`` of free memory for the next body.
 That memory stays counted in the worker's RSS once a push used it.
 
