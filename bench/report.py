@@ -211,6 +211,28 @@ ROWS: tuple[Row, ...] = (
         lambda r, e, x: x <= 0.5,
     ),
     Row(
+        "pull_cached_time",
+        "the same {pull} clients once the blob is cached (cold row's floor): wall time",
+        "seconds",
+        "",
+        None,
+    ),
+    Row(
+        "pull_upstream_time",
+        "the upstream alone: blob GET {layer}, 1 client (the fill's download): wall time",
+        "seconds",
+        "",
+        None,
+    ),
+    Row(
+        "pull_cold_floor",
+        "cold pull-through / (upstream alone + cached)",
+        "share",
+        "",
+        None,
+        solo=True,
+    ),
+    Row(
         "pull_warm",
         "warm pull-through, manifest GET by tag, {conns} conns",
         "req/s",
@@ -353,6 +375,10 @@ def derive(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     ):
         if part in ep and ep.get(whole, {}).get("value"):
             ep[key] = {"value": ep[part]["value"] / ep[whole]["value"]}
+    # The cold pull-through cannot end before the download and the cached send.
+    floor = [ep.get(k, {}).get("value", 0.0) for k in ("pull_upstream_time", "pull_cached_time")]
+    if "pull_cold_time" in ep and all(floor):
+        ep["pull_cold_floor"] = {"value": ep["pull_cold_time"]["value"] / (floor[0] + floor[1])}
 
 
 def build_rows(

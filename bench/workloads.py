@@ -463,6 +463,8 @@ class ServerRun:
         cached = cache_root / "docker/registry/v2/blobs/sha256" / layer.hex[:2] / layer.hex / "data"
 
         self.cold_pull("pull_cold", server, blob_url, cached.exists)
+        direct_url = f"{upstream.url}/v2/{PROXIED_REPO}/blobs/{layer.digest}"
+        self._pull_floor_rows(blob_url, direct_url, layer.size)
 
         # warm: the image pulled once through the proxy, then manifest GETs by tag
         url = f"{server.url}/v2/{PROXIED_REPO}/manifests/latest"
@@ -482,6 +484,24 @@ class ServerRun:
         self._wrk("pull_warm", server, url, script, s.connections)
         _wait_quiet(upstream, lambda: True, timeout=10)
         self.rows["pull_warm"]["upstream"] = upstream_traffic(upstream.log_since(mark))
+
+    def _pull_floor_rows(self, blob_url: str, direct_url: str, size: int) -> None:
+        """What the cold row cannot beat, measured right after it in the same conditions:
+        the same clients fetching the blob now cached (``pull_cached_time``: sent from the
+        file), and one client fetching it from the upstream alone (``pull_upstream_time``:
+        the download a fill makes, without hashing or writing it)."""
+        s = self.settings
+        for key, url, count in (
+            ("pull_cached_time", blob_url, s.pull_clients),
+            ("pull_upstream_time", direct_url, 1),
+        ):
+            dl = clients.parallel_downloads(url, count, s.client_cpus)
+            _expect(
+                all(code == 200 for code in dl.statuses) and all(got == size for got in dl.sizes),
+                f"{self.kind}: {key} downloads: {dl.statuses} {dl.sizes}",
+            )
+            self.rows[key] = {"value": dl.seconds, "client_seconds": dl.client_seconds}
+            _progress(f"  {self.kind:9} {key:16} {dl.seconds:.2f} s wall, {count} clients")
 
     def cold_pull(
         self,

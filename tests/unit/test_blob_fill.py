@@ -281,13 +281,14 @@ class PacedRemote:
 
 
 async def test_a_slow_fill_does_not_settle_and_its_readers_stream(tmp_path: Path) -> None:
-    # 64 KiB per 20 ms of 1 GiB announced: minutes to go, so settle gives up at once
-    # (long before its bound) and the reader streams what has arrived.
+    # 64 KiB per 20 ms of 1 GiB announced: many minutes to go, so once settle has seen
+    # the pace for a second it gives up (long before its bound of 10 minutes) and the
+    # reader streams what has arrived.
     remote = PacedRemote(b"s" * 65536, sent_before_hold=10, size=1 << 30, pace=0.02)
     fill = BlobFiller().start(("u", "r", digest_of(b"unknown")), spool(tmp_path, []), remote.open)
     await fill.wait_started()
-    waiting = asyncio.create_task(fill.settle(3600.0))
-    done, _ = await asyncio.wait([waiting], timeout=60)
+    waiting = asyncio.create_task(fill.settle(600.0))
+    done, _ = await asyncio.wait([waiting], timeout=120)
     assert done, "settle kept a reader waiting for a fill with minutes to go"
     assert waiting.result() is False
     assert not fill.finished
@@ -297,6 +298,39 @@ async def test_a_slow_fill_does_not_settle_and_its_readers_stream(tmp_path: Path
     fill.task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await fill.task
+
+
+class SlowStartRemote:
+    """An upstream whose first chunks trickle (as a download's first moments do, while
+    connections open and the other clients' requests arrive), then the rest comes at once."""
+
+    def __init__(self, trickle: list[bytes], rest: bytes, pace: float) -> None:
+        self.trickle, self.rest, self.pace = trickle, rest, pace
+        self.data = b"".join(trickle) + rest
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in self.trickle:
+                yield chunk
+                await asyncio.sleep(self.pace)
+            yield self.rest
+
+        yield len(self.data), body()
+
+
+async def test_a_fill_with_a_slow_start_still_settles_into_the_file(tmp_path: Path) -> None:
+    # 4 KiB per 20 ms, then 16 MiB at once: the first moments' pace says ~80 s to go, more
+    # than twice the bound, but one slow start must not send the clients to streaming
+    # (where they would slow the fill down for real): the pace is judged after a while.
+    remote = SlowStartRemote([b"t" * 4096] * 5, b"u" * (16 << 20), pace=0.02)
+    published: list[str] = []
+    key = ("u", "r", digest_of(remote.data))
+    fill = BlobFiller().start(key, spool(tmp_path, published), remote.open)
+    await fill.wait_started()
+    assert await fill.settle(20.0)
+    assert (tmp_path / "root" / "blobs" / "data").read_bytes() == remote.data
+    assert len(published) == 1
 
 
 async def test_a_stalled_fill_settles_no_longer_than_its_bound(tmp_path: Path) -> None:

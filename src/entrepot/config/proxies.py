@@ -152,7 +152,8 @@ class ProxyUpstreamConfig:
         "fillwait",
         2.0,
         doc="a client of a blob being downloaded waits up to this long for the verified "
-        "file when the download looks like ending by then, else streams it as it arrives",
+        "file (sent from the file, as a cached blob), then streams it as it arrives; at "
+        "once when the download's pace, after a second, says it needs more than twice this",
     )
     connect_timeout_s: float = key("connecttimeout", 3.0, doc="connecting to the upstream")
     read_timeout_s: float = key("readtimeout", 30.0, doc="waiting for upstream bytes")

@@ -40,6 +40,10 @@ log = logging.getLogger("entrepot.proxy.fetch")
 
 _READ_CHUNK = 4 << 20
 _SETTLE_LOOK = 0.05  # how often a waiting client looks at a fill that makes no progress
+# A fill's pace is judged only after this long (or half the wait, if shorter) of progress:
+# its first moments (connections opening, the other clients' requests, first imports) are
+# much slower than the rest, and a client that streams because of them slows the fill.
+_JUDGE_AFTER = 1.0
 _TRIES = 50  # a lease that keeps changing hands while we look (a fill ends, another starts)
 
 
@@ -240,13 +244,17 @@ class BlobFill:
             raise FetchFailed(f"the fill of {self.digest} by another worker or replica failed")
 
     async def settle(self, within: float) -> bool:
-        """Wait for the verified blob while the fill looks like ending within ``within``
-        seconds of now (judged from its progress rate and its announced size): True once
-        it is verified and published, False as soon as it looks slower, has no announced
-        size, or ``within`` has passed; the caller then streams it as it arrives. Raises
-        the fill's error if it fails meanwhile."""
+        """Wait up to ``within`` seconds for the verified blob: True once it is verified
+        and published; False when ``within`` has passed, when the fill has no announced
+        size, or as soon as its pace clearly says it cannot end in time (it would need
+        more than twice ``within``; judged once it has made progress for a while); the
+        caller then streams it as it arrives. Raises the fill's error if it fails
+        meanwhile. Waiting costs a client its first byte, never its last: a streamed
+        reader gets the last byte once the fill is verified too."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
+        hopeless = deadline + within
+        judge_after = min(_JUDGE_AFTER, within / 2)
         async with self._progress:
             while True:
                 if self.error is not None:
@@ -256,19 +264,20 @@ class BlobFill:
                 now = loop.time()
                 if self.finished or self.size is None or now >= deadline:
                     return False
-                if self._expected_end(self.size, now) > deadline:
+                if self._expected_end(self.size, now, judge_after) > hopeless:
                     return False
                 # Look again at the next progress, or soon if there is none (a stalled
                 # upstream must not hold the client for the whole bound).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._progress.wait(), min(_SETTLE_LOOK, deadline - now))
 
-    def _expected_end(self, size: int, now: float) -> float:
-        """When the download should end at the rate it has had since its first progress."""
+    def _expected_end(self, size: int, now: float, judge_after: float) -> float:
+        """When the download should end at the rate it has had since its first progress;
+        ``now`` (no verdict) until it has made progress for ``judge_after`` seconds."""
         if self._first_progress is None:
             return now  # no rate yet: the deadline bounds the wait
         since, first = self._first_progress
-        if self.written <= first or now <= since:
+        if self.written <= first or now - since < judge_after:
             return now
         rate = (self.written - first) / (now - since)
         return now + max(size - self.written, 0) / rate

@@ -49,8 +49,6 @@ Ts = TypeVarTuple("Ts")
 TMP_PREFIX = ".tmp-"
 # A writer gathers writes smaller than this before handing them to a thread.
 WRITE_BUFFER = 256 * 1024
-# An ingest syncs what it wrote whenever this much accumulated (see FilesystemIngest.write).
-EARLY_SYNC = 32 * 1024 * 1024
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -555,12 +553,6 @@ def _open_ingest(directory: str, size: int | None) -> int:
     return os.open(f"{directory}/data", _NEW_FILE, 0o644)
 
 
-def _write_ingest(fd: int, data: bytes, sync: bool) -> None:
-    _write_all(fd, data)
-    if sync:
-        os.fdatasync(fd)
-
-
 def _publish_ingest(fd: int, directory: str, target: str, key: str) -> None:
     """Sync, rename into place; the ingest's directory goes whatever happens."""
     try:
@@ -581,7 +573,8 @@ def _cancel_ingest(fd: int, directory: str) -> None:
 
 class FilesystemIngest(_ThreadedFile, IngestWriter):
     """See ``FilesystemDriver.ingest``: every write goes to the file at once (others read
-    it), synced as it goes so that publishing finds little left to sync."""
+    it), written back as it goes (storage/writeback.py, as an upload): the disk works
+    while the next bytes arrive, and the fsync at publishing finds little left."""
 
     def __init__(self, key: str, directory: str, target: str, fd: int) -> None:
         self._key = key
@@ -590,7 +583,7 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
         self._target = target
         self._fd = fd
         self._size = 0
-        self._unsynced = 0
+        self._writeback = Writeback(0)
         self._closed = False
 
     @property
@@ -604,12 +597,9 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
     async def write(self, data: bytes) -> None:
         if self._closed:
             raise StorageError(f"{self._key}: ingest already published or cancelled")
-        self._unsynced += len(data)
-        sync = self._unsynced >= EARLY_SYNC
-        if sync:
-            self._unsynced = 0
-        await self._call(_write_ingest, self._fd, data, sync)
-        self._size += len(data)
+        end = self._size + len(data)
+        await self._call(_write_all_and_flush, self._fd, self._writeback, end, data)
+        self._size = end
 
     async def publish(self) -> None:
         if self._closed:
