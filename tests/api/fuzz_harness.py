@@ -70,6 +70,10 @@ def snapshot(root: Path) -> dict[str, str]:
     write changes one or the other, and a stat is cheaper than reading every file)."""
     tree: dict[str, str] = {}
     for folder, dirs, files in os.walk(root):
+        if os.path.relpath(folder, root) == "entrepot":
+            # The catalog's snapshot is a derived cache, saved in the background after an
+            # earlier (accepted) catalog request: it may land while a later one is refused.
+            dirs[:] = [d for d in dirs if d != "catalog"]
         for name in dirs:
             tree[os.path.relpath(os.path.join(folder, name), root)] = "dir"
         for name in files:
