@@ -183,7 +183,7 @@ class CachedManifests(_CachedFacet):
             digest = await self._manifest_by_tag(validate_tag(reference))
         manifest = await self._local.manifests.load(digest, reference)
         if self.cache.pulls is not None:
-            self.cache.pulls.record(self.name, digest)
+            self.cache.pulls.record(self.name, digest, None if is_digest(reference) else reference)
         if not self._fetched:
             self._count("manifest_hit")
             self._count("manifest_bytes_served", len(manifest.raw))
