@@ -79,6 +79,7 @@ async def compact(driver: StorageDriver, lease: StorageLease) -> Compaction:
     caller holds ``lease`` (checked once more before writing: LeaseLost)."""
     store = Limited(driver, CONCURRENCY)
     record = await load_record(driver)
+    await lease.renew()  # the pruning may take a while on a big store
     kept = await _prune(store, record.pulls)
     await lease.renew()  # a holder that paused past its expiry must not write
     await driver.put_content(MERGED, encode(kept))

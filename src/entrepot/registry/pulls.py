@@ -23,7 +23,6 @@ object per tag holding the time (entries without a digest, "": only retention re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -45,6 +44,7 @@ FLUSH_EVERY = 10.0  # seconds between a worker's batch writes (when it saw pulls
 LEGACY_IMAGE_PULLS = "entrepot/pulls"
 LEGACY_TAG_PULLS = "entrepot/tagpulls"
 _LEGACY_TAG_MARK = "/_pulled/"
+_READS_IN_FLIGHT = 16
 
 PullKey = tuple[str, str | None, str]  # (repository, tag or None, manifest digest or "")
 Pulls = dict[PullKey, float]  # -> when last pulled (seconds since the epoch)
@@ -190,35 +190,44 @@ async def _keys(driver: StorageDriver, prefix: str) -> list[str]:
     return found
 
 
-async def _read_into(driver: StorageDriver, key: str, pulls: Pulls) -> bool:
-    try:
-        decode(await driver.get_content(key), pulls)
-    except StorageNotFound:
-        return False  # a compaction merged it meanwhile
-    return True
+async def _contents(driver: StorageDriver, keys: list[str]) -> list[tuple[str, bytes]]:
+    """The objects at ``keys`` that are still there (a compaction may have merged some
+    meanwhile), read a few at a time."""
+    slots = asyncio.Semaphore(_READS_IN_FLIGHT)
+
+    async def read(key: str) -> bytes | None:
+        async with slots:
+            try:
+                return await driver.get_content(key)
+            except StorageNotFound:
+                return None
+
+    found = await asyncio.gather(*(read(key) for key in keys))
+    return [(key, raw) for key, raw in zip(keys, found, strict=True) if raw is not None]
 
 
 async def load_record(driver: StorageDriver) -> PullRecord:
     """The merged record, every batch, and the old recorders' records."""
     record = PullRecord()
     pulls = record.pulls
-    await _read_into(driver, MERGED, pulls)
-    for name in await _keys(driver, BATCHES):
-        key = f"{BATCHES}/{name}"
-        if await _read_into(driver, key, pulls):
-            record.read.append(key)
-    for name in await _keys(driver, LEGACY_IMAGE_PULLS):
-        key = f"{LEGACY_IMAGE_PULLS}/{name}"
-        if name.endswith(".json") and await _read_into(driver, key, pulls):
-            record.read.append(key)
-    for name in await _keys(driver, LEGACY_TAG_PULLS):
-        tagged = legacy_tag_pull(name)
-        key = f"{LEGACY_TAG_PULLS}/{name}"
-        with contextlib.suppress(StorageNotFound):
-            when = parse_time(await driver.get_content(key))
-            if tagged is not None and when is not None:
-                _merge(pulls, (tagged[0], tagged[1], ""), when)
-            record.read.append(key)
+    for _, raw in await _contents(driver, [MERGED]):
+        decode(raw, pulls)
+    batches = [f"{BATCHES}/{name}" for name in await _keys(driver, BATCHES)]
+    batches += [
+        f"{LEGACY_IMAGE_PULLS}/{name}"
+        for name in await _keys(driver, LEGACY_IMAGE_PULLS)
+        if name.endswith(".json")
+    ]
+    for key, raw in await _contents(driver, batches):
+        decode(raw, pulls)
+        record.read.append(key)
+    tags = [f"{LEGACY_TAG_PULLS}/{name}" for name in await _keys(driver, LEGACY_TAG_PULLS)]
+    for key, raw in await _contents(driver, tags):
+        tagged = legacy_tag_pull(key.removeprefix(f"{LEGACY_TAG_PULLS}/"))
+        when = parse_time(raw)
+        if tagged is not None and when is not None:
+            _merge(pulls, (tagged[0], tagged[1], ""), when)
+        record.read.append(key)
     return record
 
 
