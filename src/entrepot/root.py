@@ -41,7 +41,6 @@ from entrepot.proxy.hostnames import DOCKER_HUB_ALIASES
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.prefetch import Prefetcher, parse_platform
-from entrepot.proxy.pulls import PullRecorder as ImagePullRecorder
 from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstreams import CachePolicy, Upstream
@@ -49,7 +48,8 @@ from entrepot.registry.gc import GcOptions
 from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector
 from entrepot.registry.health import StorageHealthCheck
 from entrepot.registry.local import LocalRegistry
-from entrepot.registry.pulls import PullRecorder as TagPullRecorder
+from entrepot.registry.pullcompact import run_compaction
+from entrepot.registry.pulls import PullRecorder
 from entrepot.registry.purge import run_upload_purger
 from entrepot.registry.retention import RetentionRule
 from entrepot.registry.usage import read_usage, run_usage_meter
@@ -211,8 +211,10 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         driver if driver is not None else create_driver(config), http_metrics.storage_action
     )
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
+    # One pull record for retention rules (pulls by tag) and the cache's eviction.
+    pulls = PullRecorder(driver)
     if config.garbagecollect.needs_pulls and not config.storage.readonly:
-        local.manifests.pulls = TagPullRecorder(driver)
+        local.manifests.pulls = pulls
     collector = scheduled_collector(config, driver, registry)
     proxy_metrics = ProxyMetrics(registry)
     upstreams = create_upstreams(config, proxy_metrics)
@@ -275,11 +277,11 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
             tasks.append(asyncio.create_task(schedule))
         janitor = create_janitor(config, cache, upstreams, proxy_metrics)
         if janitor is not None:
-            pulls = cache.pulls = ImagePullRecorder(driver)
-            tasks.append(asyncio.create_task(pulls.run()))
+            cache.pulls = pulls
             tasks.append(asyncio.create_task(janitor.run(config.proxycache.sweepinterval_s)))
-        if local.manifests.pulls is not None:
-            tasks.append(asyncio.create_task(local.manifests.pulls.run()))
+        if cache.pulls is not None or local.manifests.pulls is not None:
+            tasks.append(asyncio.create_task(pulls.run()))
+            tasks.append(asyncio.create_task(run_compaction(driver)))
         if collector is not None:
             tasks.append(asyncio.create_task(collector.run()))
         try:

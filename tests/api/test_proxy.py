@@ -19,6 +19,7 @@ from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.local import LocalRegistry
+from entrepot.registry.pulls import PullRecorder
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.api.oci_client import (
     OCI_MANIFEST,
@@ -373,3 +374,17 @@ async def test_clients_of_a_failed_fill_get_the_spec_error_and_nothing_is_cached
     assert not (setup.root / "docker/registry/v2/blobs/sha256" / digest[7:9]).exists()
     repository = setup.root / "docker/registry/v2/repositories/docker.io/library/busybox"
     assert [p for p in repository.rglob("*") if p.is_file()] == []
+
+
+async def test_pulls_through_the_cache_are_recorded_by_tag_and_digest(setup: Setup) -> None:
+    image = await _seed_hub(setup)
+    recorder = setup.cache.pulls = PullRecorder(setup.cache.local.driver, clock=lambda: 5.0)
+    digest = image.digest  # type: ignore[attr-defined]
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    for reference in ("latest", digest):
+        response = await setup.client.http.get(
+            f"/v2/docker.io/library/nginx/manifests/{reference}", headers=accept
+        )
+        assert response.status_code == 200
+    name = "docker.io/library/nginx"
+    assert dict(recorder.pending) == {(name, "latest", digest): 5.0, (name, None, digest): 5.0}

@@ -18,7 +18,8 @@ from entrepot.registry import layout
 from entrepot.registry.gc import QUARANTINE, GcOptions, GcResult
 from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector, summary
 from entrepot.registry.lease import LeaseLost, StorageLease
-from entrepot.registry.pulls import PullRecorder, pull_key
+from entrepot.registry.pullcompact import compact_once
+from entrepot.registry.pulls import BATCHES, PullRecorder, load_times
 from entrepot.registry.quarantine import JOURNAL
 from entrepot.registry.retention import RetentionRule
 from entrepot.storage import StorageError
@@ -46,6 +47,15 @@ async def image(driver: FilesystemDriver, name: str, tag: str, hours: float) -> 
     )
     pushed_hours_ago(driver, name, tag, hours)
     return digest
+
+
+async def pulled_at(
+    driver: FilesystemDriver, when: float, name: str, digest: Digest, tag: str
+) -> None:
+    """A pull of ``name:tag`` at ``when``, recorded as a server does."""
+    recorder = PullRecorder(driver, clock=lambda: when)
+    recorder.record(name, digest, tag)
+    await recorder.flush()
 
 
 async def tags(driver: FilesystemDriver, name: str) -> list[str]:
@@ -85,11 +95,12 @@ async def test_keep_latest_deletes_older_tags_and_what_only_they_held(
 
 async def test_a_tag_pulled_recently_is_kept_and_rules_add_up(driver: FilesystemDriver) -> None:
     name = "team/app"
-    for tag, hours in (("v1", 9), ("v2", 8), ("v3", 7)):
-        await image(driver, name, tag, hours)
+    digests = {
+        tag: await image(driver, name, tag, h) for tag, h in (("v1", 9), ("v2", 8), ("v3", 7))
+    }
     now = time.time() + LATER
-    await driver.put_content(pull_key(name, "v1"), repr(now - HOUR).encode())
-    await driver.put_content(pull_key(name, "v2"), repr(now - 30 * HOUR).encode())
+    for tag, pulled in (("v1", now - HOUR), ("v2", now - 30 * HOUR)):
+        await pulled_at(driver, pulled, name, digests[tag], tag)
     rules = (
         RetentionRule(repositories=("team/app",), keep_latest=1, keep_pulled_within=24 * HOUR),
         RetentionRule(repositories=("other/*",), keep_latest=0),  # not this repository
@@ -97,7 +108,8 @@ async def test_a_tag_pulled_recently_is_kept_and_rules_add_up(driver: Filesystem
     result = await collect(driver, rules=rules)
     assert result.tags_deleted == [(name, "v2")]
     assert await tags(driver, name) == ["v1", "v3"]
-    assert not await exists(driver, pull_key(name, "v2"))
+    await compact_once(driver)  # the deleted tag's entry goes
+    assert (await load_times(driver)).by_tag == {(name, "v1"): now - HOUR}
 
 
 async def test_a_digest_a_kept_tag_points_to_stays_whole(driver: FilesystemDriver) -> None:
@@ -226,15 +238,18 @@ async def test_racing_workers_take_the_lease_once(driver: FilesystemDriver) -> N
 # ---- pull records and the schedule ----------------------------------------------------------
 
 
-async def test_pulls_are_written_in_batches(driver: FilesystemDriver) -> None:
+async def test_pulls_by_tag_are_written_in_batches(driver: FilesystemDriver) -> None:
     recorder = PullRecorder(driver, clock=lambda: 1234.5)
+    digest = Digest.of(b"m")
     for _ in range(100):
-        recorder.record("team/app", "v1")
-    recorder.record("team/app/nested", "v1")
-    assert not await exists(driver, pull_key("team/app", "v1"))  # nothing written yet
-    assert await recorder.flush() == 2
-    assert await driver.get_content(pull_key("team/app", "v1")) == b"1234.5"
-    assert await recorder.flush() == 0
+        recorder.record("team/app", digest, "v1")
+    recorder.record("team/app/nested", digest, "v1")
+    assert not await exists(driver, BATCHES)  # nothing written yet
+    await recorder.flush()
+    await recorder.flush()  # nothing new: nothing written
+    assert len(await driver.list(BATCHES)) == 1
+    times = await load_times(driver)
+    assert times.by_tag == {("team/app", "v1"): 1234.5, ("team/app/nested", "v1"): 1234.5}
 
 
 async def test_one_worker_collects_per_interval_and_counts_it(driver: FilesystemDriver) -> None:

@@ -18,9 +18,10 @@ from entrepot.oci.manifest import parse_manifest
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.janitor import CacheJanitor
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics
-from entrepot.proxy.pulls import BATCHES, MERGED, PullLog, PullRecorder
 from entrepot.registry import layout
 from entrepot.registry.local import LocalRegistry
+from entrepot.registry.pullcompact import compact_once
+from entrepot.registry.pulls import BATCHES, MERGED, PullRecorder, load_record, load_times
 from entrepot.storage import StorageDriver, StorageError
 from entrepot.storage.filesystem import FilesystemDriver
 
@@ -181,7 +182,7 @@ async def test_a_pull_by_digest_of_an_index_child_keeps_the_tagged_index(tmp_pat
         assert (tmp_path / layout.manifest_revision_link(multi, digest)).exists()
 
 
-async def test_pulls_are_written_in_batches_and_merged_across_workers(tmp_path: Path) -> None:
+async def test_pulls_are_written_in_batches_and_read_across_workers(tmp_path: Path) -> None:
     driver = CountingDriver(tmp_path)
     clock = Clock()
     first, second = PullRecorder(driver, clock), PullRecorder(driver, clock)
@@ -198,17 +199,11 @@ async def test_pulls_are_written_in_batches_and_merged_across_workers(tmp_path: 
     await first.flush()  # nothing new: no write
 
     assert len(driver.puts) == 2 and all(k.startswith(BATCHES) for k in driver.puts)
-    pull_log = PullLog(driver)
-    pulls, batches = await pull_log.load()
+    pulls = (await load_times(driver)).by_digest
     assert pulls == {
         ("docker.io/library/a", str(digest)): clock.now,  # the later of the two workers'
         ("docker.io/library/b", str(digest)): clock.now,
     }
-    await pull_log.save(pulls, batches)
-    assert not list((tmp_path / BATCHES).iterdir())  # merged, then deleted
-    again, read = await PullLog(driver).load()
-    assert again == pulls and read == []  # the merged record holds them now
-    assert (tmp_path / MERGED).exists()
 
 
 async def test_a_failed_batch_write_keeps_the_pulls_for_the_next_one(tmp_path: Path) -> None:
@@ -219,7 +214,7 @@ async def test_a_failed_batch_write_keeps_the_pulls_for_the_next_one(tmp_path: P
     (tmp_path / "entrepot").write_text("a file where the folder should be")
     with pytest.raises(StorageError):
         await recorder.flush()
-    assert ("docker.io/x/y", str(digest)) in recorder.pending
+    assert ("docker.io/x/y", None, str(digest)) in recorder.pending
 
 
 async def test_ttl_expires_images_not_pulled_and_keeps_shared_blobs(tmp_path: Path) -> None:
@@ -269,9 +264,11 @@ async def test_pull_records_of_evicted_images_are_dropped(tmp_path: Path) -> Non
     clock.now += 60  # not pulled since
 
     await janitor.sweep()
+    assert await compact_once(local.driver) is not None
 
-    pulls, _ = await PullLog(local.driver).load()
-    assert pulls == {}
+    record = await load_record(local.driver)
+    assert record.pulls == {} and record.read == []
+    assert (tmp_path / MERGED).exists()
 
 
 async def test_each_run_logs_one_summary_line_and_counts_in_metrics(

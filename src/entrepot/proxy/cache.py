@@ -25,7 +25,6 @@ from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
 from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool
 from entrepot.proxy.metrics import CacheEvents
-from entrepot.proxy.pulls import PullRecorder
 from entrepot.proxy.referrers import UpstreamReferrers, filtered
 from entrepot.proxy.upstream_errors import (
     UpstreamError,
@@ -38,6 +37,7 @@ from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, Repository
 from entrepot.registry.blobs import read_link
 from entrepot.registry.local import LocalRegistry
+from entrepot.registry.pulls import PullRecorder
 from entrepot.requestinfo import note_cache
 from entrepot.storage import StorageError, StorageNotFound
 
@@ -183,7 +183,7 @@ class CachedManifests(_CachedFacet):
             digest = await self._manifest_by_tag(validate_tag(reference))
         manifest = await self._local.manifests.load(digest, reference)
         if self.cache.pulls is not None:
-            self.cache.pulls.record(self.name, digest)
+            self.cache.pulls.record(self.name, digest, None if is_digest(reference) else reference)
         if not self._fetched:
             self._count("manifest_hit")
             self._count("manifest_bytes_served", len(manifest.raw))

@@ -3,7 +3,7 @@
 An image is a manifest of a cached repository that a tag points at, or that was pulled by
 digest and is no index's child: with its tags, its index children and referrers (manifests
 whose ``subject`` is in it), and the blobs all those reference. Its last pull is the latest
-of: a recorded pull of any of its manifests (proxy/pulls.py: so a pull by digest refreshes
+of: a recorded pull of any of its manifests (registry/pulls.py: so a pull by digest refreshes
 the image its tag names), the last time one of its tags was fetched or revalidated, and
 when it was cached. A blob held by a cached repository that no cached manifest references
 (fetched on its own) is a unit by itself, last used when it was cached.
@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
-from entrepot.proxy.pulls import PullKey, Pulls
 from entrepot.registry import layout
 from entrepot.registry.gc import keep_closure
 from entrepot.registry.gcscan import (
@@ -31,6 +30,7 @@ from entrepot.registry.gcscan import (
     read_refs,
     scan_repository,
 )
+from entrepot.registry.pulls import DigestPulls
 
 UPLOAD_GRACE = 3600.0  # an upload written to this recently is in progress
 
@@ -58,7 +58,6 @@ class CacheScan:
     units: list[CacheUnit]
     sizes: dict[Digest, int]  # held, unprotected blobs -> bytes
     layer_links: dict[Digest, set[str]]  # blob -> cache repositories with a layer link to it
-    pulls: Pulls  # the recorded pulls of what is still cached
 
 
 async def _tag_times(store: Limited, name: str, tags: list[str]) -> dict[str, float]:
@@ -84,7 +83,10 @@ async def has_pushed_tags(store: Limited, scan: RepoScan) -> bool:
 
 
 def _images(
-    scan: RepoScan, refs: dict[Digest, ManifestRefs], pulls: Pulls, tag_times: dict[str, float]
+    scan: RepoScan,
+    refs: dict[Digest, ManifestRefs],
+    pulls: DigestPulls,
+    tag_times: dict[str, float],
 ) -> list[CacheUnit]:
     valid = scan.revisions
     children = {c for d in valid for c in refs[d].children}
@@ -107,7 +109,7 @@ def _images(
 async def scan_cache(
     store: Limited,
     is_cache: Callable[[str], bool],
-    pulls: Pulls,
+    pulls: DigestPulls,
     refs: dict[Digest, ManifestRefs],
     now: float,
 ) -> CacheScan:
@@ -153,6 +155,4 @@ async def scan_cache(
                 continue
             unit.last_pulled = mtimes[next(iter(unit.blobs))]
         kept.append(unit)
-    cached_keys: set[PullKey] = {(u.repository, str(m)) for u in kept for m in u.manifests}
-    recent = {key: when for key, when in pulls.items() if key in cached_keys}
-    return CacheScan(kept, sizes, layer_links, recent)
+    return CacheScan(kept, sizes, layer_links)

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import RegistryError
 from entrepot.proxy.cache import ProxyCache
-from entrepot.proxy.pulls import PullLog
 from entrepot.proxy.upstreams import Upstream
 from entrepot.registry import layout
 from entrepot.registry.blobs import read_link
 from entrepot.registry.catalog import list_repositories
+from entrepot.registry.pulls import load_times
 from entrepot.storage import StorageNotFound
 
 
@@ -26,15 +26,15 @@ class CachedTag:
     size: int  # bytes held for it: the manifest, and the children and blobs cached
     cached_at: float  # when its manifest entered the cache
     checked_at: float  # when upstream last confirmed the tag (or it was fetched)
-    pulled_at: float | None  # the last pull recorded (proxy/pulls.py), None: none recorded
+    pulled_at: float | None  # the last pull recorded (registry/pulls.py), None: none recorded
 
 
 async def cached_tags(cache: ProxyCache, upstreams: Sequence[Upstream]) -> list[CachedTag]:
     """Every tag cached from ``upstreams``, by repository and tag."""
     driver = cache.local.driver
     prefixes = {u.prefix for u in upstreams}
-    # Recorded only where the cache cap or a ttl runs the janitor, which merges the batches.
-    pulls, _ = await PullLog(driver).load()
+    # Recorded only where the cache cap or a ttl runs the janitor.
+    pulls = (await load_times(driver)).by_digest
     found = []
     for name in await list_repositories(driver):
         if name.split("/", 1)[0] not in prefixes:

@@ -22,9 +22,9 @@ from entrepot.oci.digest import Digest
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.cachescan import CacheScan, CacheUnit, linked_digests, scan_cache
 from entrepot.proxy.metrics import ProxyMetrics
-from entrepot.proxy.pulls import PullLog
 from entrepot.registry import layout
 from entrepot.registry.gcscan import Limited, ManifestRefs, each, find_repositories
+from entrepot.registry.pulls import load_times
 from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.proxy.janitor")
@@ -109,7 +109,6 @@ class CacheJanitor:
         self.metrics = metrics
         self.clock = clock
         self.store = Limited(self.driver, CONCURRENCY)
-        self.pull_log = PullLog(self.driver)
         self.refs: dict[Digest, ManifestRefs] = {}  # manifests never change: kept across runs
 
     def _is_cache(self, name: str) -> bool:
@@ -123,14 +122,13 @@ class CacheJanitor:
         now = self.clock()
         if self.cache.pulls is not None:
             await self.cache.pulls.flush()  # this worker's latest pulls count now
-        pulls, batches = await self.pull_log.load()
-        scan = await scan_cache(self.store, self._is_cache, pulls, self.refs, now)
+        pulls = await load_times(self.driver)
+        scan = await scan_cache(self.store, self._is_cache, pulls.by_digest, self.refs, now)
         plan = plan_eviction(scan, self.maxsize, self._ttl_of, now)
         result = SweepResult(cached_bytes=sum(scan.sizes.values()))
         if plan.units:
             await self._unlink(scan, plan, result)
             await self._delete_blobs(scan, plan.freed, result)
-        await self.pull_log.save(scan.pulls, batches)
         result.seconds = time.monotonic() - started
         self._report(result, scan)
         return result
@@ -165,7 +163,6 @@ class CacheJanitor:
                 result.manifests += await self.store.delete(
                     layout.manifest_revision_dir(name, digest)
                 )
-                scan.pulls.pop((name, str(digest)), None)  # its record goes with it
                 subject = self.refs[digest].subject if digest in self.refs else None
                 if subject is not None:
                     referrer = layout.referrer_link(name, subject, digest)

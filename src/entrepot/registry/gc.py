@@ -40,7 +40,6 @@ from entrepot.registry.gcscan import (
     scan_repository,
     scan_store,
 )
-from entrepot.registry.pulls import pull_key, pulls_dir
 from entrepot.registry.quarantine import (
     close_journal,
     quarantine_key,
@@ -290,7 +289,6 @@ class GarbageCollector:
             if info is None or now != digest or self._fresh(info.mtime):
                 return
             if await self.store.delete(layout.tag_dir(name, tag)):
-                await self.store.delete(pull_key(name, tag))
                 self.result.tags_deleted.append((name, tag))
                 touched.add(name)
 
@@ -382,7 +380,6 @@ class GarbageCollector:
     async def _remove_repository(self, name: str) -> None:
         for folder in _REPO_FOLDERS:
             await self.store.delete(f"{layout.repository(name)}/{folder}")
-        await self.store.delete(pulls_dir(name))
         # A driver with real directories leaves the folders empty: remove those up the tree,
         # as long as nothing else (another repository) is in them.
         path = layout.repository(name)

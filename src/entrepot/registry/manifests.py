@@ -207,7 +207,7 @@ class RepositoryManifests:
         manifest = await self.service.load(digest, reference)
         pulls = self.service.pulls
         if pulls is not None and not is_digest(reference):
-            pulls.record(self.name, reference)
+            pulls.record(self.name, digest, reference)
         return ManifestContent(digest, manifest.media_type, manifest.raw)
 
     async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.gcscan import Limited, RepoScan, each
-from entrepot.registry.pulls import parse_time, pull_key
+from entrepot.registry.pulls import TagPulls, load_times
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,12 @@ async def plan_retention(
     now: float,
     fresh_after: float,
 ) -> RetentionPlan:
-    """Read what the rules need (each judged tag's push time, and its last pull when a
-    rule asks) and decide."""
+    """Read what the rules need (each judged tag's push time, and the pull record when a
+    rule asks: registry/pulls.py) and decide."""
     plan = RetentionPlan()
+    pulls: TagPulls = {}
+    if any(rule.needs_pulls for rule in rules):
+        pulls = (await load_times(store.driver)).by_tag
 
     async def repository(scan: RepoScan) -> None:
         mine = rules_for(scan.name, rules)
@@ -113,16 +116,12 @@ async def plan_retention(
         if not judging:
             return
         judged = [t for t in scan.tags if any(r.judges(t) for r in judging)]
-        need_pulls = any(r.needs_pulls for r in judging)
 
         async def facts(tag: str) -> TagFacts | None:
             info = await store.stat(layout.tag_current_link(scan.name, tag))
             if info is None:
                 return None
-            pulled = None
-            if need_pulls:
-                raw = await store.get(pull_key(scan.name, tag))
-                pulled = parse_time(raw)
+            pulled = pulls.get((scan.name, tag))
             return TagFacts(tag, scan.tags[tag], info.mtime, pulled)
 
         found = [f for f in await each(judged, facts) if f is not None]
