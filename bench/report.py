@@ -60,6 +60,38 @@ ROWS: tuple[Row, ...] = (
         lambda r, e, x: e >= 0.5,
         solo=True,
     ),
+    Row(
+        "ceiling_head",
+        "framework ceiling for HEAD: the same, answering HEAD (`ab -i -k`), 32 conns",
+        "req/s",
+        "",
+        None,
+        solo=True,
+    ),
+    Row(
+        "manifest_head_share",
+        "manifest HEAD by tag / HEAD ceiling",
+        "share",
+        ">= 0.5",
+        lambda r, e, x: e >= 0.5,
+        solo=True,
+    ),
+    Row(
+        "blob_head_share",
+        "blob HEAD / HEAD ceiling",
+        "share",
+        ">= 0.5",
+        lambda r, e, x: e >= 0.5,
+        solo=True,
+    ),
+    Row(
+        "ceiling_head_bound",
+        "HEAD ceiling / registry:2's blob HEAD: the most a HEAD row's ratio can be here",
+        "share",
+        "",
+        None,
+        solo=True,
+    ),
     Row("latency_32", "manifest GET latency, {conns} conns", "latency", "", None),
     Row("latency_256", "manifest GET latency, 256 conns", "latency", "", None),
     Row(
@@ -254,6 +286,8 @@ def derive(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     ep = results.get("entrepot", {})
     for key, part, whole in (
         ("ceiling_share", "manifest_get", "ceiling"),
+        ("manifest_head_share", "manifest_head", "ceiling_head"),
+        ("blob_head_share", "blob_head", "ceiling_head"),
         ("push_monolithic_disk", "push_monolithic", "disk_fsync"),
         ("push_chunked_disk", "push_chunked", "disk_fsync"),
         ("gc_serving_manifest", "gc_busy_manifest", "gc_idle_manifest"),
@@ -261,6 +295,9 @@ def derive(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     ):
         if part in ep and ep.get(whole, {}).get("value"):
             ep[key] = {"value": ep[part]["value"] / ep[whole]["value"]}
+    r2_blob_head = results.get("registry2", {}).get("blob_head", {}).get("value")
+    if "ceiling_head" in ep and r2_blob_head:
+        ep["ceiling_head_bound"] = {"value": ep["ceiling_head"]["value"] / r2_blob_head}
 
 
 def build_rows(

@@ -308,7 +308,8 @@ class ServerRun:
             self._ceiling_row(get_m)
 
     def _ceiling_row(self, script: Path) -> None:
-        """Bare Starlette on Granian with Entrepot's worker count, constant answer."""
+        """Bare Starlette on Granian with Entrepot's worker count, constant answer, to GET
+        (wrk) and to HEAD (ab, as the HEAD rows)."""
         ceiling = Server(
             "ceiling",
             root=self.settings.workdir / "ceiling",
@@ -316,8 +317,11 @@ class ServerRun:
             cpus=self.settings.server_cpus,
             workers=self.settings.workers,
         )
+        url = f"{ceiling.url}/v2/any/manifests/latest"
         with running(ceiling):
-            self._wrk("ceiling", ceiling, f"{ceiling.url}/v2/any/manifests/latest", script, 32)
+            self._wrk("ceiling", ceiling, url, script, 32)
+            # The HEAD rows' client (ab, one thread) against the same constant answer.
+            self._ab_head("ceiling_head", ceiling, url, {"Accept": MANIFEST_ACCEPT}, 32)
 
     def _memory_row(self, server: Server) -> None:
         s = self.settings
