@@ -106,7 +106,9 @@ async def dispatch(request: Request) -> Response:
     raw_path = request.scope.get("raw_path", b"")
     if b"%" in raw_path and any(e in raw_path.decode("latin-1").lower() for e in _SMUGGLED):
         raise RegistryError(ErrorCode.NAME_INVALID, "escaped characters are not allowed in names")
-    method = "GET" if request.method == "HEAD" else request.method
+    method: str = request.scope["method"]
+    if method == "HEAD":
+        method = "GET"
     for literal, pattern, handlers in _ENDPOINTS:
         if literal not in path:
             continue
@@ -117,7 +119,7 @@ async def dispatch(request: Request) -> Response:
         if entry is None:
             raise RegistryError(
                 ErrorCode.UNSUPPORTED,
-                f"{request.method} is not supported on this endpoint",
+                f"{request.scope['method']} is not supported on this endpoint",
                 headers={"Allow": ", ".join(sorted(handlers))},
             )
         handler, actions = entry

@@ -169,6 +169,29 @@ def handler_of(path: str) -> str:
     return "other"
 
 
+class RouteMetrics:
+    """The ``registry_http_*`` children of one (handler, method): what a request of that
+    route counts, found with one look-up."""
+
+    __slots__ = ("_requests", "_requests_of", "duration", "handler", "in_flight", "method")
+
+    def __init__(self, metrics: HttpMetrics, handler: str, method: str) -> None:
+        self.handler = handler
+        self.method = method
+        self.in_flight: FastGauge = metrics.in_flight_of(handler)
+        self.duration: FastHistogram = metrics.duration_of(handler, method)
+        self._requests_of = metrics.requests_of
+        self._requests: dict[int, FastCounter] = {}
+
+    def requests(self, status: int) -> FastCounter:
+        counter = self._requests.get(status)
+        if counter is None:
+            counter = self._requests_of(str(status), self.handler, self.method)
+            if len(self._requests) < _MAX_CHILDREN:
+                self._requests[status] = counter
+        return counter
+
+
 class HttpMetrics:
     """registry:2's ``registry_http_*`` metrics, as http/front.py counts them, and
     its ``registry_storage_action_seconds`` (fed by storage/timed.py)."""
@@ -204,6 +227,18 @@ class HttpMetrics:
         self.duration_of = _Children(self.duration, FastHistogram)
         self.in_flight_of = _Children(self.in_flight, FastGauge)
         self._storage_actions_of = _Children(self.storage_actions, FastHistogram)
+        self._routes: dict[tuple[str, str], RouteMetrics] = {}
+
+    def route_of(self, handler: str, method: str) -> RouteMetrics:
+        """What a request of ``handler`` and ``method`` counts (the method comes from the
+        client: only the first _MAX_CHILDREN pairs are kept)."""
+        key = (handler, method)
+        route = self._routes.get(key)
+        if route is None:
+            route = RouteMetrics(self, handler, method)
+            if len(self._routes) < _MAX_CHILDREN:
+                self._routes[key] = route
+        return route
 
     def storage_action(self, driver: str, action: str, seconds: float) -> None:
         self._storage_actions_of(driver, action).observe(seconds)
