@@ -317,8 +317,8 @@ class ServerRun:
             cpus=self.settings.server_cpus,
             workers=self.settings.workers,
         )
-        url = f"{ceiling.url}/v2/any/manifests/latest"
         with running(ceiling):
+            url = f"{ceiling.url}/v2/any/manifests/latest"  # (its port, once started)
             self._wrk("ceiling", ceiling, url, script, 32)
             # The HEAD rows' client (ab, one thread) against the same constant answer.
             self._ab_head("ceiling_head", ceiling, url, {"Accept": MANIFEST_ACCEPT}, 32)
