@@ -75,8 +75,7 @@ class _Answer:
     async def send_plain(self, response: Response) -> None:
         """What ``Response.__call__`` sends, with the request id."""
         body = response.body
-        headers = response.raw_headers
-        headers.append(self.request_id_header)  # (a response is sent once)
+        headers = [*response.raw_headers, self.request_id_header]  # (its own list unchanged)
         self.status = response.status_code
         send = self.send
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
