@@ -1,6 +1,7 @@
-"""The framework's ceiling: bare Starlette on Granian answering every GET with a constant
+"""The framework's ceiling: bare Starlette on Granian answering every request with a constant
 manifest-sized response, started like Entrepot (ASGI, uvloop, same worker count, no access
-log). What Entrepot's request rates cannot exceed on this machine; ``Server("ceiling")``.
+log), to GET and to HEAD. What Entrepot's request rates cannot exceed on this machine;
+``Server("ceiling")``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ BODY = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+j
 HEADERS = {
     "Docker-Content-Digest": "sha256:" + "0" * 64,
     "Docker-Distribution-Api-Version": "registry/2.0",
+    "Content-Length": str(len(BODY)),
 }
 
 
 async def constant(request: Request) -> Response:
-    return Response(BODY, media_type="application/vnd.oci.image.manifest.v1+json", headers=HEADERS)
+    # A HEAD gets the GET's headers and no body, as Entrepot answers it.
+    body = b"" if request.method == "HEAD" else BODY
+    return Response(body, media_type="application/vnd.oci.image.manifest.v1+json", headers=HEADERS)
 
 
 app = Starlette(routes=[Route("/{path:path}", constant, methods=["GET", "HEAD"])])

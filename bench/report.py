@@ -60,6 +60,38 @@ ROWS: tuple[Row, ...] = (
         lambda r, e, x: e >= 0.5,
         solo=True,
     ),
+    Row(
+        "ceiling_head",
+        "framework ceiling for HEAD: the same, answering HEAD (`ab -i -k`), 32 conns",
+        "req/s",
+        "",
+        None,
+        solo=True,
+    ),
+    Row(
+        "manifest_head_share",
+        "manifest HEAD by tag / HEAD ceiling",
+        "share",
+        ">= 0.5",
+        lambda r, e, x: e >= 0.5,
+        solo=True,
+    ),
+    Row(
+        "blob_head_share",
+        "blob HEAD / HEAD ceiling",
+        "share",
+        ">= 0.5",
+        lambda r, e, x: e >= 0.5,
+        solo=True,
+    ),
+    Row(
+        "ceiling_head_bound",
+        "HEAD ceiling / registry:2's blob HEAD: the most a HEAD row's ratio can be here",
+        "share",
+        "",
+        None,
+        solo=True,
+    ),
     Row("latency_32", "manifest GET latency, {conns} conns", "latency", "", None),
     Row("latency_256", "manifest GET latency, 256 conns", "latency", "", None),
     Row(
@@ -364,6 +396,8 @@ def derive(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     ep = results.get("entrepot", {})
     for key, part, whole in (
         ("ceiling_share", "manifest_get", "ceiling"),
+        ("manifest_head_share", "manifest_head", "ceiling_head"),
+        ("blob_head_share", "blob_head", "ceiling_head"),
         ("push_monolithic_disk", "push_monolithic", "disk_fsync"),
         ("push_chunked_disk", "push_chunked", "disk_fsync"),
         ("floor_monolithic_disk", "floor_monolithic", "disk_fsync"),
@@ -379,6 +413,9 @@ def derive(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     floor = [ep.get(k, {}).get("value", 0.0) for k in ("pull_upstream_time", "pull_cached_time")]
     if "pull_cold_time" in ep and all(floor):
         ep["pull_cold_floor"] = {"value": ep["pull_cold_time"]["value"] / (floor[0] + floor[1])}
+    r2_blob_head = results.get("registry2", {}).get("blob_head", {}).get("value")
+    if "ceiling_head" in ep and r2_blob_head:
+        ep["ceiling_head_bound"] = {"value": ep["ceiling_head"]["value"] / r2_blob_head}
 
 
 def build_rows(

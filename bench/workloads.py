@@ -310,7 +310,8 @@ class ServerRun:
             self._ceiling_row(get_m)
 
     def _ceiling_row(self, script: Path) -> None:
-        """Bare Starlette on Granian with Entrepot's worker count, constant answer."""
+        """Bare Starlette on Granian with Entrepot's worker count, constant answer, to GET
+        (wrk) and to HEAD (ab, as the HEAD rows)."""
         ceiling = Server(
             "ceiling",
             root=self.settings.workdir / "ceiling",
@@ -319,7 +320,10 @@ class ServerRun:
             workers=self.settings.workers,
         )
         with running(ceiling):
-            self._wrk("ceiling", ceiling, f"{ceiling.url}/v2/any/manifests/latest", script, 32)
+            url = f"{ceiling.url}/v2/any/manifests/latest"  # (its port, once started)
+            self._wrk("ceiling", ceiling, url, script, 32)
+            # The HEAD rows' client (ab, one thread) against the same constant answer.
+            self._ab_head("ceiling_head", ceiling, url, {"Accept": MANIFEST_ACCEPT}, 32)
 
     def _memory_row(self, server: Server) -> None:
         s = self.settings

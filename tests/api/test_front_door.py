@@ -18,6 +18,7 @@ from starlette.routing import Mount
 
 from entrepot.config import load_config
 from entrepot.root import create_app
+from entrepot.storage.filesystem import FilesystemDriver
 from tests.api.auth_setup import PASSWORDS, app_client, basic, write_htpasswd
 from tests.api.oci_client import (
     DOCKER_MANIFEST,
@@ -191,3 +192,53 @@ async def test_direct_calls_challenge_a_client_without_credentials(tmp_path: Pat
                 assert refused.content == b""
             allowed = await http.request(method, f"/v2/{path}", headers=alice)
             assert allowed.status_code == 200
+
+
+class _FailingDriver(FilesystemDriver):
+    """The store, until ``failing``: then reading a tag's link fails with an error no
+    handler knows (a bug, not a storage error)."""
+
+    failing = False
+
+    async def get_content(self, key: str) -> bytes:
+        if self.failing and "/_manifests/tags/" in key:
+            raise RuntimeError("a bug")
+        return await super().get_content(key)
+
+
+async def test_an_unexpected_error_gets_the_last_resort_answer_both_ways(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        "http:\n  addr: :5000\n  secret: test-secret\n"
+    )
+    driver = _FailingDriver(tmp_path / "data")
+    app = create_app(load_config(config), driver=driver)
+    mounted = Starlette(routes=[Mount(MOUNT, app=app)])
+    base = "http://registry.test"
+    # As a server does: the answer is sent, then the exception goes on (to its log).
+    direct_transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    routed_transport = httpx.ASGITransport(app=mounted, raise_app_exceptions=False)
+    async with (
+        httpx.AsyncClient(transport=direct_transport, base_url=base) as direct,
+        httpx.AsyncClient(transport=routed_transport, base_url=base + MOUNT) as routed,
+    ):
+        image = make_image("failing")
+        assert (await OciClient(direct).push_image("team/app", image, tag="v1")).status_code == 201
+        driver.failing = True
+        for method in ("GET", "HEAD"):
+            url = "/v2/team/app/manifests/v1"
+            answers = [await client.request(method, url) for client in (direct, routed)]
+            assert answers[0].status_code == 500
+            assert _comparable(answers[0]) == _comparable(answers[1])
+            assert answers[0].headers["x-request-id"]
+            if method == "GET":
+                assert error_code(answers[0]) == "UNKNOWN"
+                assert b"a bug" not in answers[0].content
+        assert "unhandled error on GET /v2/team/app/manifests/v1" in caplog.text
+        driver.failing = False
+        text = (await direct.get("/metrics")).text
+        assert 'registry_http_requests_total{code="500",handler="manifest",method="GET"}' in text

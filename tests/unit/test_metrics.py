@@ -190,3 +190,49 @@ def test_timed_driver_forwards_every_driver_method() -> None:
     assert {"walk", "redirect_url", "local_path", "close"} <= set(methods)
     for name in methods:
         assert getattr(TimedDriver, name) is not getattr(StorageDriver, name), name
+
+
+def test_request_metrics_written_to_worker_files_read_exactly_by_a_scrape(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # As `entrepot serve` runs: each worker writes its values to files of its own in
+    # PROMETHEUS_MULTIPROC_DIR, which HttpMetrics writes without prometheus-client's
+    # per-call lock; a scrape (in any process) must read every value exactly, at once.
+    from prometheus_client import values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())  # type: ignore[no-untyped-call]
+    metrics = HttpMetrics(CollectorRegistry())
+    scraped = CollectorRegistry()
+    MultiProcessCollector(scraped, str(tmp_path))  # type: ignore[no-untyped-call]
+
+    def scrape(name: str, **labels: str) -> float | None:
+        return value(scraped, name, **labels)
+
+    in_flight = metrics.in_flight_of("manifest")
+    in_flight.inc()
+    in_flight.inc()
+    assert scrape("registry_http_in_flight_requests", handler="manifest") == 2
+    in_flight.dec()
+    assert scrape("registry_http_in_flight_requests", handler="manifest") == 1
+    for seconds in (0.001, 0.004, 0.2, 20.0):
+        metrics.duration_of("manifest", "GET").observe(seconds)
+        metrics.requests_of("200", "manifest", "GET").inc()
+    metrics.storage_action("filesystem", "Stat", 0.003)
+    # prometheus-client's own way on the same child goes on from the same value.
+    metrics.requests.labels("200", "manifest", "GET").inc()
+
+    duration = "registry_http_request_duration_seconds"
+    get = {"handler": "manifest", "method": "GET"}
+    assert scrape("registry_http_requests_total", code="200", **get) == 5
+    assert scrape(f"{duration}_count", **get) == 4
+    assert scrape(f"{duration}_sum", **get) == pytest.approx(20.205)
+    assert scrape(f"{duration}_bucket", le="0.005", **get) == 2  # 0.001 and 0.004
+    assert scrape(f"{duration}_bucket", le="0.25", **get) == 3
+    assert scrape(f"{duration}_bucket", le="10.0", **get) == 3
+    assert scrape(f"{duration}_bucket", le="+Inf", **get) == 4
+    stat = {"driver": "filesystem", "action": "Stat"}
+    assert scrape("registry_storage_action_seconds_count", **stat) == 1
+    assert scrape("registry_storage_action_seconds_bucket", le="0.005", **stat) == 1
+    assert scrape("registry_storage_action_seconds_sum", **stat) == pytest.approx(0.003)

@@ -4,6 +4,7 @@ repository names contain slashes, and the endpoints that probe the application i
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -11,10 +12,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
@@ -105,7 +106,9 @@ async def dispatch(request: Request) -> Response:
     raw_path = request.scope.get("raw_path", b"")
     if b"%" in raw_path and any(e in raw_path.decode("latin-1").lower() for e in _SMUGGLED):
         raise RegistryError(ErrorCode.NAME_INVALID, "escaped characters are not allowed in names")
-    method = "GET" if request.method == "HEAD" else request.method
+    method: str = request.scope["method"]
+    if method == "HEAD":
+        method = "GET"
     for literal, pattern, handlers in _ENDPOINTS:
         if literal not in path:
             continue
@@ -116,7 +119,7 @@ async def dispatch(request: Request) -> Response:
         if entry is None:
             raise RegistryError(
                 ErrorCode.UNSUPPORTED,
-                f"{request.method} is not supported on this endpoint",
+                f"{request.scope['method']} is not supported on this endpoint",
                 headers={"Allow": ", ".join(sorted(handlers))},
             )
         handler, actions = entry
@@ -183,7 +186,12 @@ def build_app(
         HTTPException: handle_http_exception,
         Exception: handle_unexpected,
     }
-    front = Middleware(
+    app = RegistryApp(
+        routes=routes,
+        exception_handlers=error_handlers,
+        lifespan=lifespan or default_lifespan,
+    )
+    app.front = functools.partial(
         FrontDoor,
         access_log=access_log,
         addresses=api.client_addresses,
@@ -192,13 +200,17 @@ def build_app(
         routes_before=[route.path for route in literal_routes],
         error_handlers=error_handlers,
     )
-    app = Starlette(
-        routes=routes,
-        exception_handlers=error_handlers,
-        lifespan=lifespan or default_lifespan,
-        # Outermost but for the last-resort handler, so the access-log line and the
-        # metrics have the final status, also of errors the handlers wrote.
-        middleware=[front],
-    )
     app.state.api = api
     return app
+
+
+class RegistryApp(Starlette):
+    """Starlette with http/front.py's FrontDoor outside all its middleware, the
+    last-resort error handler included: the access-log line and the metrics then have the
+    final status of every answer, and a /v2/<name>/... request passes one layer only."""
+
+    front: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)

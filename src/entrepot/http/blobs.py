@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from entrepot.http import events
-from entrepot.http.context import context
+from entrepot.http.context import context, ready_response
 from entrepot.http.repositories import repository_for, writes_for
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -46,14 +46,22 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
     digest = Digest.parse(reference)
     repo = await repository_for(request, name)
-    headers = ctx.headers(repo, Docker_Content_Digest=str(digest), ETag=f'"{digest}"')
-    headers["Cache-Control"] = "max-age=31536000"
     if request.method == "HEAD":
         info = await repo.blobs.stat(digest)
         events.blob_pulled(request, name, info)  # registry:2 counts a HEAD as a pull
-        headers["Content-Length"] = str(info.size)
-        headers["Accept-Ranges"] = "bytes"
-        return Response(b"", media_type=OCTET_STREAM, headers=headers)
+        text = str(digest).encode()
+        raw_headers = ctx.raw_headers(repo)
+        raw_headers += (
+            (b"docker-content-digest", text),
+            (b"etag", b'"' + text + b'"'),
+            (b"cache-control", b"max-age=31536000"),
+            (b"content-length", str(info.size).encode()),
+            (b"accept-ranges", b"bytes"),
+            (b"content-type", OCTET_STREAM.encode()),
+        )
+        return ready_response(b"", raw_headers)
+    headers = ctx.headers(repo, Docker_Content_Digest=str(digest), ETag=f'"{digest}"')
+    headers["Cache-Control"] = "max-age=31536000"
     blob = await repo.blobs.open(digest)
     events.blob_pulled(request, name, blob.info)
     if blob.redirect_url is not None and (url := await blob.redirect_url()) is not None:

@@ -3,11 +3,13 @@ response conventions) and who is asking."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from entrepot.auth.guard import Guard, Identity, OpenGuard, TokenService
 from entrepot.http.clientaddr import ClientAddresses
@@ -47,6 +49,20 @@ class ApiContext:
             headers[key.replace("_", "-")] = value
         return headers
 
+    @functools.cached_property
+    def _raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers().items()
+        ]
+
+    def raw_headers(self, repo: Repository | None = None) -> list[tuple[bytes, bytes]]:
+        """``headers(repo)`` as a fresh list of ASGI header pairs (lower-case names), for
+        ``ready_response``: made once, not encoded again on every request."""
+        raw = self._raw_headers.copy()
+        if repo is not None and repo.namespace is not None:
+            raw.append((b"oci-namespace", repo.namespace.encode("latin-1")))
+        return raw
+
     def location(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
@@ -59,6 +75,25 @@ def context(request: Request) -> ApiContext:
     if ctx is None:
         ctx = scope["entrepot.api"] = request.app.state.api
     return ctx
+
+
+def ready_response(
+    body: bytes, raw_headers: list[tuple[bytes, bytes]], status: int = 200
+) -> Response:
+    """A ``Response`` whose headers are given as ASGI pairs, Content-Type and
+    Content-Length among them: what ``Response(...)`` would be, without encoding its
+    headers again (the hot read answers: manifests and blob HEADs)."""
+    response = Response.__new__(Response)
+    response.status_code = status
+    response.background = None
+    response.body = body
+    response.raw_headers = raw_headers
+    return response
+
+
+def header_values(request: Request, name: bytes) -> list[str]:
+    """A request header's values (``name`` in lower case), without building Headers."""
+    return [value.decode("latin-1") for key, value in request.scope["headers"] if key == name]
 
 
 def identity(request: Request) -> Identity | None:

@@ -3,8 +3,12 @@ registry:2's ``registry_http_*`` metrics, and a direct call of the /v2/<name>/..
 
 One layer rather than one per concern, and plain ASGI (no per-request task or body
 buffering): each layer costs a coroutine and a wrapper of every message sent, which is
-a large share of a manifest request. It sits inside Starlette's ServerErrorMiddleware,
-so an unexpected exception is still answered by the application's last-resort handler.
+a large share of a manifest request. It is the application's outermost layer (see
+``RegistryApp`` in http/app.py): other requests then pass Starlette's ServerErrorMiddleware,
+and the direct call answers an unexpected exception with the same last-resort handler.
+A plain ``Response`` (a body in memory: manifests, HEADs, errors) is sent here as its two
+ASGI messages, with the request id added to its headers, rather than through a wrapper of
+``send``; streamed and file responses go through the wrapper.
 
 The direct call: a request the /v2/<name>/... route (``api_route``) would get is given to
 its endpoint here, with the exception handlers the application has, instead of through
@@ -16,13 +20,19 @@ Anything else (other routes, a path below a mount) takes the ordinary way.
 from __future__ import annotations
 
 import inspect
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from random import getrandbits
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,6 +42,50 @@ from entrepot.http.clientaddr import ClientAddresses
 from entrepot.http.metrics import HttpMetrics, handler_of
 
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class _Answer:
+    """What the client was sent, for the access-log line and the metrics."""
+
+    __slots__ = ("length", "request_id_header", "send", "sent", "status")
+
+    def __init__(self, send: Send, request_id_header: tuple[bytes, bytes]) -> None:
+        self.send = send
+        self.request_id_header = request_id_header
+        self.status = 0
+        self.sent = 0
+        self.length = "-"
+
+    async def send_logged(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+            headers = list(message.get("headers", ()))
+            for key, value in headers:
+                if key.lower() == b"content-length":
+                    self.length = value.decode("latin-1")
+            headers.append(self.request_id_header)
+            message = {**message, "headers": headers}
+        elif kind == "http.response.body":
+            self.sent += len(message.get("body", b""))
+        elif kind == "http.response.pathsend":
+            self.sent = -1  # a file the server sends itself: Content-Length says its size
+        await self.send(message)
+
+    async def send_plain(self, response: Response) -> None:
+        """What ``Response.__call__`` sends, with the request id."""
+        body = response.body
+        headers = [*response.raw_headers, self.request_id_header]  # (its own list unchanged)
+        self.status = response.status_code
+        send = self.send
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        self.sent = len(body)
+        await send({"type": "http.response.body", "body": body})
+        if response.background is not None:
+            await response.background()
+
+    def size(self) -> str:
+        return self.length if self.sent < 0 else str(self.sent)
 
 
 class FrontDoor:
@@ -56,14 +110,14 @@ class FrontDoor:
         # Literal paths of the routes listed before api_route: the router gives them
         # their own endpoints, so they take the ordinary way.
         self.routes_before = frozenset(routes_before)
-        # As Starlette's ExceptionMiddleware keeps them: without the last-resort handler
-        # (500 or Exception), which ServerErrorMiddleware, outside this layer, calls.
-        self.error_handlers = {
-            key: handler
-            for key, handler in (error_handlers or {}).items()
-            if key not in (500, Exception)
+        handlers: dict[Any, ErrorHandler] = dict(error_handlers or {})
+        # The last-resort handler (500 or Exception), as ServerErrorMiddleware calls it.
+        self.last_resort = handlers.get(500) or handlers.get(Exception)
+        # As Starlette's ExceptionMiddleware keeps them: without the last-resort handler.
+        self.error_handlers: dict[Any, ErrorHandler] = {
+            key: handler for key, handler in handlers.items() if key not in (500, Exception)
         }
-        for handler in self.error_handlers.values():
+        for handler in handlers.values():
             assert inspect.iscoroutinefunction(handler), handler
         if api_route is not None:
             assert inspect.iscoroutinefunction(api_route.endpoint), api_route.endpoint
@@ -78,56 +132,36 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         given = header(scope, b"x-request-id")
-        request_id = given if given and SANE_ID.match(given) else secrets.token_hex(8)
-        request_id_header = (b"x-request-id", request_id.encode())
+        # Made ids only tell a request's lines apart, they guard nothing: random's
+        # generator (seeded anew in each forked worker) rather than the OS's (a system
+        # call per request).
+        request_id = given if given and SANE_ID.match(given) else f"{getrandbits(64):016x}"
+        answer = _Answer(send, (b"x-request-id", request_id.encode()))
         info, token = requestinfo.begin(request_id)
         started = time.perf_counter()
-        status = 0
-        sent = 0
-        length = "-"
-
-        async def send_logged(message: Message) -> None:
-            nonlocal status, sent, length
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", ()))
-                for key, value in headers:
-                    if key.lower() == b"content-length":
-                        length = value.decode("latin-1")
-                headers.append(request_id_header)
-                message = {**message, "headers": headers}
-            elif kind == "http.response.body":
-                sent += len(message.get("body", b""))
-            elif kind == "http.response.pathsend":
-                sent = -1  # a file the server sends itself: Content-Length says its size
-            await send(message)
-
         metrics = self.metrics
         if metrics is not None:
-            handler = handler_of(scope["path"])
-            in_flight = metrics.in_flight_of(handler)
-            in_flight.inc()
+            counted = metrics.route_of(handler_of(scope["path"]), scope["method"])
+            counted.in_flight.inc()
         try:
             path_param = self._api_path(scope)
             if path_param is None:
-                await self.app(scope, receive, send_logged)
+                await self.app(scope, receive, answer.send_logged)
             else:
-                await self._call_api(scope, receive, send_logged, path_param, lambda: status)
+                await self._call_api(scope, receive, answer, path_param)
         except BaseException:
-            status = status or 500  # answered by the server's last-resort handler
+            answer.status = answer.status or 500  # answered by the last-resort handler
             raise
         finally:
             seconds = time.perf_counter() - started
+            status = answer.status
             if self.access_log:
-                size = length if sent < 0 else str(sent)
-                write_access_line(self.addresses, scope, info, status, size, seconds)
+                write_access_line(self.addresses, scope, info, status, answer.size(), seconds)
             requestinfo.end(token)
             if metrics is not None:
-                in_flight.dec()
-                method = scope["method"]
-                metrics.duration_of(handler, method).observe(seconds)
-                metrics.requests_of(str(status), handler, method).inc()
+                counted.in_flight.dec()
+                counted.duration.observe(seconds)
+                counted.requests(status).inc()
 
     def _api_path(self, scope: Scope) -> str | None:
         """The route's ``path`` parameter if the router would give this request to
@@ -145,15 +179,10 @@ class FrontDoor:
         return value
 
     async def _call_api(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        path_param: str,
-        response_status: Callable[[], int],
+        self, scope: Scope, receive: Receive, answer: _Answer, path_param: str
     ) -> None:
-        """What Starlette's ExceptionMiddleware, router, route and request_response do
-        for this request, in one frame."""
+        """What Starlette's ServerErrorMiddleware, ExceptionMiddleware, router, route and
+        request_response do for this request, in one frame."""
         route = self.api_route
         assert route is not None
         scope.setdefault("router", scope["app"].router)
@@ -161,21 +190,31 @@ class FrontDoor:
         scope["route"] = route
         scope["endpoint"] = route.endpoint
         scope["path_params"] = {**scope.get("path_params", {}), "path": path_param}
-        request = Request(scope, receive, send)
+        request = Request(scope, receive, answer.send_logged)
         try:
             response: Response = await route.endpoint(request)
-            await response(scope, receive, send)
+            await self._send(response, scope, receive, answer)
         except Exception as exc:
             handler = self._error_handler(exc)
             if handler is None:
+                # As ServerErrorMiddleware: the last-resort answer if nothing was sent
+                # yet, and the exception goes on to the server, which logs it.
+                if self.last_resort is not None and not answer.status:
+                    await self._send(await self.last_resort(request, exc), scope, receive, answer)
                 raise
-            if response_status():
+            if answer.status:
                 raise RuntimeError(
                     "Caught handled exception, but response already started."
                 ) from exc
-            answer = await handler(request, exc)
-            await answer(scope, receive, send)
+            await self._send(await handler(request, exc), scope, receive, answer)
             exc.__traceback__ = None  # a reused exception would pile up tracebacks
+
+    @staticmethod
+    async def _send(response: Response, scope: Scope, receive: Receive, answer: _Answer) -> None:
+        if type(response) in _PLAIN:
+            await answer.send_plain(response)
+        else:
+            await response(scope, receive, answer.send_logged)
 
     def _error_handler(self, exc: Exception) -> ErrorHandler | None:
         for cls in type(exc).__mro__:
@@ -183,3 +222,8 @@ class FrontDoor:
             if handler is not None:
                 return handler
         return None  # no status handlers: Starlette would look one up for an HTTPException
+
+
+# Response classes whose whole answer is their status, raw headers and body (those that
+# do not override __call__): sent by _Answer.send_plain.
+_PLAIN = frozenset({Response, JSONResponse, PlainTextResponse, HTMLResponse, RedirectResponse})

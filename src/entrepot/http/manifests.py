@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from entrepot.http import events
 from entrepot.http.bodies import read_body
-from entrepot.http.context import context
+from entrepot.http.context import context, header_values, ready_response
 from entrepot.http.repositories import repository_for, writes_for
 from entrepot.oci.digest import is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
@@ -53,24 +53,25 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
     _existing(reference)
     repo = await repository_for(request, name)
     content = await repo.manifests.get(reference)
-    if not _accepts(request.headers.getlist("accept"), content.media_type):
+    media_type = content.media_type
+    if not _accepts(header_values(request, b"accept"), media_type):
         # registry:2 answers this way when a client cannot take the stored type.
         raise RegistryError(
             ErrorCode.MANIFEST_UNKNOWN,
-            f"manifest is {content.media_type}, which the Accept header does not allow",
+            f"manifest is {media_type}, which the Accept header does not allow",
             {"reference": reference},
         )
     events.manifest_pulled(request, name, reference, content)
-    digest = str(content.digest)
-    headers = ctx.headers(
-        repo,
-        Docker_Content_Digest=digest,
-        ETag=f'"{digest}"',
-        Content_Length=str(len(content.raw)),
+    digest = str(content.digest).encode()
+    raw = content.raw
+    headers = ctx.raw_headers(repo)
+    headers += (
+        (b"docker-content-digest", digest),
+        (b"etag", b'"' + digest + b'"'),
+        (b"content-length", str(len(raw)).encode()),
+        (b"content-type", media_type.encode("latin-1")),
     )
-    body = b"" if request.method == "HEAD" else content.raw
-    response = Response(body, media_type=content.media_type, headers=headers)
-    return response
+    return ready_response(b"" if request.method == "HEAD" else raw, headers)
 
 
 async def put_manifest(request: Request, name: str, reference: str) -> Response:

@@ -41,6 +41,7 @@ class LocalRegistry:
         self.manifests = ManifestService(
             driver, self.blobs, ManifestCache(), self.links, delete_enabled=delete_enabled
         )
+        self.made: dict[str, Repository] = {}  # see local_repository
 
     async def repository(
         self, name: str, *, for_push: bool = False, namespace: str | None = None
@@ -54,8 +55,27 @@ class LocalRegistry:
         return name
 
 
+# Repositories kept made, by name: they hold no state of their own (their facets read
+# the store on every call), and making one costs five objects on every request.
+_MADE_REPOSITORIES = 1024
+
+
 def local_repository(
     registry: LocalRegistry, name: str, manifests: RepositoryManifests | None = None
+) -> Repository:
+    if manifests is not None:
+        return _make_repository(registry, name, manifests)
+    made = registry.made
+    repository = made.get(name)
+    if repository is None:
+        if len(made) >= _MADE_REPOSITORIES:
+            del made[next(iter(made))]  # the oldest made
+        repository = made[name] = _make_repository(registry, name, None)
+    return repository
+
+
+def _make_repository(
+    registry: LocalRegistry, name: str, manifests: RepositoryManifests | None
 ) -> Repository:
     blobs = LocalBlobs(registry, name)
     manifests = manifests or registry.manifests.of(name)

@@ -9,6 +9,7 @@ kept in a small in-memory cache keyed by digest.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from dataclasses import replace
 
 from cachetools import LRUCache
@@ -54,24 +55,44 @@ def manifest_unknown(reference: str) -> RegistryError:
 
 class ManifestCache:
     """Verified manifests by digest (content-addressed, so never stale), the least
-    recently used pushed out beyond ``max_bytes`` (estimated)."""
+    recently used pushed out beyond ``max_bytes`` (estimated).
+
+    An OrderedDict keyed by the digest's two strings rather than a cachetools LRUCache
+    keyed by the Digest: a look-up runs on every manifest request, and that one (Python
+    calls for the cache's layers and the dataclass's hash) cost several times this."""
 
     def __init__(self, max_bytes: int = MANIFEST_CACHE_BYTES) -> None:
-        self._items: LRUCache[Digest, Manifest] = LRUCache(max_bytes, getsizeof=_manifest_cost)
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str], Manifest] = OrderedDict()
+        self._cost = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
     @property
     def cost(self) -> int:
-        return int(self._items.currsize)
+        return self._cost
 
     def get(self, digest: Digest) -> Manifest | None:
-        return self._items.get(digest)
+        key = (digest.algorithm, digest.encoded)
+        manifest = self._items.get(key)
+        if manifest is not None:
+            self._items.move_to_end(key)
+        return manifest
 
     def put(self, manifest: Manifest) -> None:
-        if _manifest_cost(manifest) <= self._items.maxsize:  # else too big to keep
-            self._items[manifest.digest] = manifest
+        cost = _manifest_cost(manifest)
+        if cost > self.max_bytes:
+            return  # too big to keep
+        key = (manifest.digest.algorithm, manifest.digest.encoded)
+        replaced = self._items.pop(key, None)
+        if replaced is not None:
+            self._cost -= _manifest_cost(replaced)
+        self._items[key] = manifest
+        self._cost += cost
+        while self._cost > self.max_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self._cost -= _manifest_cost(evicted)
 
 
 def deletes_disabled() -> RegistryError:
