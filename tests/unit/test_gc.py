@@ -19,7 +19,7 @@ from entrepot.registry import layout
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
 from entrepot.storage import StorageDriver, StorageNotFound
-from entrepot.storage.driver import Infos, Moved
+from entrepot.storage.driver import Fold, Infos, Moved
 from entrepot.storage.filesystem import FilesystemDriver
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -279,14 +279,16 @@ async def test_a_tag_set_during_the_sweep_saves_its_manifest(tmp_path: Path) -> 
     untagged = await manifest(driver, name, [base])
 
     class TagsWhileSweeping(Interleaving):
-        async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+        async def scan(
+            self, prefix: str, *, fold: Fold | None = None
+        ) -> AsyncGenerator[Infos, None]:
             # The mark scans the whole store; the sweep reads the repository's manifests
             # and tags again before unlinking: a push tags the manifest just before.
             if prefix == f"{layout.repository(name)}/_manifests":
                 await self.put_content(
                     layout.tag_current_link(name, "late"), str(untagged).encode()
                 )
-            async for batch in super().scan(prefix):
+            async for batch in super().scan(prefix, fold=fold):
                 yield batch
 
     result = await collect(TagsWhileSweeping(tmp_path / "root"), delete_untagged=True)
