@@ -259,6 +259,29 @@ async def test_a_push_linking_a_blob_during_the_sweep_keeps_it(tmp_path: Path) -
     assert not await exists(driver, f"{layout.blob_dir(orphan)}/{QUARANTINE}")
 
 
+async def test_a_push_linking_again_a_blob_a_repository_had_keeps_it(tmp_path: Path) -> None:
+    # The re-check reads again the links of the blobs put aside: one that a push wrote
+    # again (where a stale link was, or where a blob DELETE left the folder) saves it.
+    driver = Interleaving(tmp_path / "root")
+    stale = await layer(driver, "team/app", b"linked long ago, never referenced")
+    emptied = await layer(driver, "team/other", b"unlinked by a blob DELETE")
+    await driver.delete(layout.layer_link("team/other", emptied))  # its folder stays
+    age(driver, layout.layer_link("team/app", stale))
+    gone = await layer(driver, "team/app", b"linked long ago, left alone")
+
+    async def push_links_again() -> None:
+        for name, digest in (("team/app", stale), ("team/other", emptied)):
+            await driver.put_content(layout.layer_link(name, digest), str(digest).encode())
+
+    driver.action = push_links_again
+    result = await collect(driver)
+    assert result.blobs_relinked == 2
+    assert set(result.blobs_deleted) == {gone}
+    for digest in (stale, emptied):
+        assert await exists(driver, layout.blob_data(digest))
+        assert not await exists(driver, f"{layout.blob_dir(digest)}/{QUARANTINE}")
+
+
 async def test_a_manifest_pushed_during_the_sweep_keeps_its_blobs(tmp_path: Path) -> None:
     driver = Interleaving(tmp_path / "root")
     orphan = await layer(driver, "team/app", b"linked, no manifest yet")
