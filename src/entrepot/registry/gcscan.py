@@ -98,9 +98,23 @@ class Limited:
         return None if raw is None else parse_digest(raw.decode("ascii", "replace").strip())
 
 
+# Items ``each`` works on at once: more than the storage calls in flight (the driver
+# wrapper bounds those), few enough that 100,000 items cost no task each.
+_EACH_AT_ONCE = 128
+
+
 async def each(items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
-    """``work`` on every item at once (the driver wrapper bounds the storage calls)."""
-    return list(await asyncio.gather(*(work(item) for item in items)))
+    """``work`` on every item, many at once, the results in the items' order."""
+    todo = list(enumerate(items))
+    results: list[R] = [None] * len(todo)  # type: ignore[list-item]  # each filled below
+    queue = iter(todo)
+
+    async def worker() -> None:
+        for index, item in queue:
+            results[index] = await work(item)
+
+    await asyncio.gather(*(worker() for _ in range(min(_EACH_AT_ONCE, len(todo)))))
+    return results
 
 
 def parse_digest(text: str) -> Digest | None:
