@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         help="what the servers write: push targets and pull-through caches, on a "
         "real filesystem so that fsync costs what it costs (default /tmp)",
     )
+    p.add_argument(
+        "--push-client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="the push rows' client: raw (HTTP/1.1 with sendfile from the layer file, "
+        "bench/rawhttp.py; default) or httpx (as before)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p
 
@@ -143,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
         push_repeats=1 if quick else 3,
         chunk=16 * fixtures.MiB,
+        push_client=args.push_client,
         server_cpus=args.server_cpus,
         client_cpus=args.client_cpus,
         workers=args.workers,

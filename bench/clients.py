@@ -14,13 +14,14 @@ import hashlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from bench.fixtures import MiB, PushLayer
+from bench.rawhttp import RawClient
 
 SEND_STEP = 4 * MiB  # bytes per write of a streamed body
 
@@ -61,65 +62,105 @@ class PushResult:
         return self.size / self.seconds
 
 
-def _location(base: str, response: httpx.Response) -> httpx.URL:
-    if response.status_code not in (201, 202):
-        raise RuntimeError(
-            f"{response.request.method} {response.request.url}: "
-            f"{response.status_code} {response.text[:300]}"
+# (status, headers, body text)
+Answer = tuple[int, Mapping[str, str], str]
+# (method, absolute URL, headers, offset, count) -> the answer to one request whose body is
+# ``count`` bytes of the layer from ``offset``.
+Send = Callable[[str, httpx.URL, dict[str, str], int, int], Answer]
+
+
+def httpx_sender(client: httpx.Client, layer: PushLayer) -> Send:
+    """Requests through ``client``; bodies from the layer's memory map: a PATCH's in one
+    piece, the monolithic PUT's streamed in SEND_STEP pieces."""
+    view = layer.map
+
+    def send(
+        method: str, url: httpx.URL, headers: dict[str, str], offset: int, count: int
+    ) -> Answer:
+        def body() -> Iterator[bytes]:
+            for at in range(offset, offset + count, SEND_STEP):
+                yield view[at : min(at + SEND_STEP, offset + count)]
+
+        resp = client.request(
+            method,
+            url,
+            content=body() if method == "PUT" and count else view[offset : offset + count],
+            headers={**headers, "Content-Length": str(count)},
         )
-    return httpx.URL(base).join(response.headers["location"])
+        return resp.status_code, resp.headers, resp.text
+
+    return send
+
+
+def raw_sender(client: RawClient, layer: PushLayer) -> Send:
+    """Requests on ``client``'s socket; bodies sent from the layer file by sendfile."""
+    file = layer.file
+
+    def send(
+        method: str, url: httpx.URL, headers: dict[str, str], offset: int, count: int
+    ) -> Answer:
+        resp = client.request(
+            method, url.raw_path.decode(), headers, file=file, offset=offset, count=count
+        )
+        return resp.status, resp.headers, resp.text
+
+    return send
+
+
+def _location(base: str, url: httpx.URL, method: str, response: Answer) -> httpx.URL:
+    status, headers, text = response
+    if status not in (201, 202):
+        raise RuntimeError(f"{method} {url}: {status} {text[:300]}")
+    return httpx.URL(base).join(headers["location"])
 
 
 def push_blob(
-    client: httpx.Client, base: str, repo: str, layer: PushLayer, digest: str, chunk: int | None
+    client: httpx.Client | Send,
+    base: str,
+    repo: str,
+    layer: PushLayer,
+    digest: str,
+    chunk: int | None,
+    *,
+    verify: bool = True,
 ) -> PushResult:
     """Push the layer file as it is now (its digest given) to ``repo``; ``chunk`` None is
-    a monolithic upload. Returns the time from the POST to the final 201."""
-    view = layer.map
+    a monolithic upload. Returns the time from the POST to the final 201. ``verify``:
+    check the pushed blob with a HEAD afterwards (not the floor, which keeps nothing)."""
+    send = httpx_sender(client, layer) if isinstance(client, httpx.Client) else client
     size = layer.size
+    octets = {"Content-Type": "application/octet-stream"}
     requests = 0
     cpu = time.thread_time()
     start = time.perf_counter()
-    resp = client.post(f"{base}/v2/{repo}/blobs/uploads/")
+    url = httpx.URL(f"{base}/v2/{repo}/blobs/uploads/")
+    url = _location(base, url, "POST", send("POST", url, {}, 0, 0))
     requests += 1
-    url = _location(base, resp)
     if chunk is None:
-
-        def body() -> Iterator[bytes]:
-            for offset in range(0, size, SEND_STEP):
-                yield view[offset : offset + SEND_STEP]
-
-        resp = client.put(
-            url.copy_add_param("digest", digest),
-            content=body(),
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-        )
+        final = url.copy_add_param("digest", digest)
+        resp = send("PUT", final, octets, 0, size)
         requests += 1
     else:
         for offset in range(0, size, chunk):
             end = min(offset + chunk, size)
-            resp = client.patch(
-                url,
-                content=view[offset:end],
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{end - 1}",
-                },
-            )
+            ranged = {**octets, "Content-Range": f"{offset}-{end - 1}"}
+            url = _location(base, url, "PATCH", send("PATCH", url, ranged, offset, end - offset))
             requests += 1
-            url = _location(base, resp)
-        resp = client.put(url.copy_add_param("digest", digest), content=b"")
+        final = url.copy_add_param("digest", digest)
+        resp = send("PUT", final, {}, 0, 0)
         requests += 1
     seconds = time.perf_counter() - start
     cpu = time.thread_time() - cpu
-    if resp.status_code != 201:
-        raise RuntimeError(f"push to {base}: final PUT answered {resp.status_code} {resp.text}")
-    got = resp.headers.get("docker-content-digest")
+    status, headers, text = resp
+    if status != 201:
+        raise RuntimeError(f"push to {base}: final PUT answered {status} {text}")
+    got = headers.get("docker-content-digest")
     if got != digest:
         raise RuntimeError(f"push to {base}: Docker-Content-Digest {got}, expected {digest}")
-    head = client.head(f"{base}/v2/{repo}/blobs/{digest}")
-    if head.status_code != 200 or int(head.headers.get("content-length", -1)) != size:
-        raise RuntimeError(f"push to {base}: HEAD after push answered {head.status_code}")
+    if verify:
+        status, headers, _ = send("HEAD", httpx.URL(f"{base}/v2/{repo}/blobs/{digest}"), {}, 0, 0)
+        if status != 200 or int(headers.get("content-length", -1)) != size:
+            raise RuntimeError(f"push to {base}: HEAD after push answered {status}")
     return PushResult(
         "monolithic" if chunk is None else f"chunked {chunk // MiB} MiB",
         seconds,

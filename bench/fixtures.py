@@ -17,6 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = "docker/registry/v2"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -221,6 +222,11 @@ class PushLayer:
         if n not in self._digests:
             self._digests[n] = "sha256:" + hashlib.sha256(self.map).hexdigest()
         return self._digests[n]
+
+    @property
+    def file(self) -> BinaryIO:
+        """The open file (for sendfile: its page cache holds what ``map`` wrote)."""
+        return self._file
 
     def close(self) -> None:
         self.map.close()

@@ -80,7 +80,8 @@ def registry_config(
 class Server:
     """A server process started by ``start``; ``url`` is ``http://127.0.0.1:PORT``."""
 
-    kind: str  # "registry2", "entrepot", "upstream" or "ceiling" (bench/ceiling.py)
+    # "registry2", "entrepot", "upstream", "ceiling" (bench/ceiling.py), "floor" (bench/floor.py)
+    kind: str
     root: Path
     workdir: Path
     cpus: str
@@ -117,11 +118,11 @@ class Server:
             cmd = [sys.executable, "-m", "entrepot", "serve", str(config_path)]
             if self.workers is not None:
                 cmd += ["--workers", str(self.workers)]
-        elif self.kind == "ceiling":  # bench/ceiling.py, Granian as Entrepot starts it
+        elif self.kind in ("ceiling", "floor"):  # bench/KIND.py, Granian as Entrepot starts it
             cmd = [
                 sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
                 "--workers", str(self.worker_count), "--host", "127.0.0.1",
-                "--port", str(self.port), "--no-access-log", "bench.ceiling:app",
+                "--port", str(self.port), "--no-access-log", f"bench.{self.kind}:app",
             ]  # fmt: skip
         else:
             cmd = [REGISTRY2_BINARY, "serve", str(config_path)]
@@ -142,7 +143,7 @@ class Server:
         config_path = self.workdir / f"{self.kind}-{self.port}.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = dict(os.environ, **(self.env or {}))
-        if self.kind in ("entrepot", "ceiling"):
+        if self.kind in ("entrepot", "ceiling", "floor"):
             paths = (str(REPO_ROOT / "src"), str(REPO_ROOT), env.get("PYTHONPATH"))
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         with self.log_path.open("ab") as log:
@@ -169,7 +170,7 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"{self.kind} did not answer /v2/:\n{self.log_tail()}")
             time.sleep(0.1)
-        if self.kind in ("entrepot", "ceiling"):
+        if self.kind in ("entrepot", "ceiling", "floor"):
             self._wait_for_workers(deadline)
         return self
 
@@ -231,22 +232,37 @@ def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (from /proc/*/stat)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name is in parentheses and may hold spaces: split after the last ")"
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        fields = _stat_fields(entry) if entry.isdigit() else None
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
     tree, todo = [], [pid]
     while todo:
         p = todo.pop()
         tree.append(p)
         todo.extend(children.get(p, []))
     return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time used so far by ``pid`` and its descendants (each counts
+    its threads; a process that ended is no longer counted)."""
+    ticks = 0
+    for p in process_tree(pid):
+        fields = _stat_fields(str(p))
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: str) -> list[bytes] | None:
+    """/proc/PID/stat's fields after the command name (state, ppid, ...); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name is in parentheses and may hold spaces: split after the last ")"
+    return stat[stat.rfind(b")") + 2 :].split()
 
 
 def _status_kib(pid: int, key: str) -> int:

@@ -34,7 +34,8 @@ from bench.fixtures import (
     ReadFixture,
 )
 from bench.loadgen import LoadResult, lua_script, run_ab_head, run_wrk
-from bench.servers import RssSampler, Server, pss_bytes, rss_bytes, running
+from bench.rawhttp import RawClient
+from bench.servers import RssSampler, Server, cpu_seconds, pss_bytes, rss_bytes, running
 
 GROUPS = ("read", "memory", "push", "pull", "gc", "scale", "s3")
 LATENCY_CONNECTIONS = 256  # the second latency row (the first is at --connections)
@@ -54,6 +55,7 @@ class Settings:
     client_cpus: str
     workers: int | None
     connections: int = 32
+    push_client: str = "raw"  # "raw" (bench/rawhttp.py, sendfile) or "httpx"
     wrk_threads: int = 1
     pull_clients: int = 8
     memory_clients: int = 16
@@ -363,33 +365,97 @@ class ServerRun:
             _progress(
                 f"  disk      dd conv=fsync    {self.rows['disk_fsync']['value'] / 1e6:,.0f} MB/s"
             )
-        modes: list[tuple[str, int | None]] = [("push_monolithic", None), ("push_chunked", s.chunk)]
-        with clients.pinned(s.client_cpus), httpx.Client(timeout=300) as c:
-            variant = 0
-            for key, chunk in modes:
-                results = []
-                for i in range(s.push_repeats):
-                    digest = layer.variant(variant)
-                    variant += 1
-                    with self._profiled(key if i == 0 else "", server, 3):
-                        results.append(
-                            clients.push_blob(
-                                c, server.url, f"bench/push-{key}-{i}", layer, digest, chunk
-                            )
-                        )
-                speeds = sorted(r.bytes_per_s for r in results)
-                median = speeds[len(speeds) // 2]
-                self.rows[key] = {
-                    "value": median,
-                    "runs_seconds": [round(r.seconds, 3) for r in results],
-                    "runs_bytes_per_s": [round(r.bytes_per_s) for r in results],
-                    "requests_per_push": results[0].requests,
-                    "size": layer.size,
-                }
-                _progress(
-                    f"  {self.kind:9} {key:16} {_fmt_progress(key, median)} "
-                    f"(runs: {', '.join(f'{r.seconds:.2f}s' for r in results)})"
+        variant = 0
+        with clients.pinned(s.client_cpus), self._push_client(server) as send:
+            for key, chunk in (("push_monolithic", None), ("push_chunked", s.chunk)):
+                variants = range(variant, variant + s.push_repeats)
+                variant += s.push_repeats
+                self._pushes(key, server, send, chunk, variants)
+        # What the pushes left in the server's memory (a worker keeps some heap for the
+        # next body, see entrepot.heap)
+        self.rows["push_chunked"]["rss_after"] = rss_bytes(server.pid)
+        if self.kind == "entrepot":
+            self._floor_rows()
+
+    def _floor_rows(self) -> None:
+        """The push floor (bench/floor.py, with Entrepot's worker count): the same pushes
+        into bare Starlette on Granian dropping the bytes, then hashing them (no disk);
+        and, with the raw client, the drop floor as httpx reaches it."""
+        s = self.settings
+        n = range(s.push_repeats)  # the variants pushed above: their digests are known
+        floors = [("floor", "drop", s.push_client), ("floor_sha256", "sha256", s.push_client)]
+        if s.push_client == "raw":
+            floors.append(("floor_httpx", "drop", "httpx"))
+        for prefix, mode, client in floors:
+            floor = Server(
+                "floor",
+                root=s.workdir / "floor",
+                workdir=s.workdir / "logs",
+                cpus=s.server_cpus,
+                workers=s.workers,
+                env={"ENTREPOT_BENCH_FLOOR": mode},
+                name=prefix,
+            )
+            with (
+                running(floor),
+                clients.pinned(s.client_cpus),
+                self._push_client(floor, client) as send,
+            ):
+                for key, chunk in (("monolithic", None), ("chunked", s.chunk)):
+                    self._pushes(f"{prefix}_{key}", floor, send, chunk, n, verify=False)
+
+    @contextlib.contextmanager
+    def _push_client(self, server: Server, kind: str | None = None) -> Iterator[clients.Send]:
+        """The push rows' client (``Settings.push_client``, or ``kind``) for ``server``."""
+        layer = self.shared.push_layer
+        if (kind or self.settings.push_client) == "raw":
+            with RawClient(server.url) as raw:
+                yield clients.raw_sender(raw, layer)
+        else:
+            with httpx.Client(timeout=300) as c:
+                yield clients.httpx_sender(c, layer)
+
+    def _pushes(
+        self,
+        key: str,
+        server: Server,
+        send: clients.Send,
+        chunk: int | None,
+        variants: range,
+        *,
+        verify: bool = True,
+    ) -> None:
+        """Row ``key``: the median of one push of each of the layer's ``variants`` (their
+        digests were computed beforehand)."""
+        layer = self.shared.push_layer
+        results = []
+        server_cpu = []  # the server's CPU seconds per push (less noisy than its speed)
+        for i, n in enumerate(variants):
+            digest = layer.variant(n)
+            with self._profiled(key if i == 0 else "", server, 3):
+                cpu = cpu_seconds(server.pid)
+                results.append(
+                    clients.push_blob(
+                        send, server.url, f"bench/{key}-{i}", layer, digest, chunk, verify=verify
+                    )
                 )
+                server_cpu.append(round(cpu_seconds(server.pid) - cpu, 3))
+        speeds = sorted(r.bytes_per_s for r in results)
+        median = speeds[len(speeds) // 2]
+        self.rows[key] = {
+            "value": median,
+            "runs_seconds": [round(r.seconds, 3) for r in results],
+            "runs_bytes_per_s": [round(r.bytes_per_s) for r in results],
+            "client_cpu_seconds": [round(r.client_cpu_s, 3) for r in results],
+            "server_cpu_seconds": server_cpu,
+            "requests_per_push": results[0].requests,
+            "size": layer.size,
+        }
+        _progress(
+            f"  {self.kind:9} {key:16} {_fmt_progress(key, median)} "
+            f"(runs: {', '.join(f'{r.seconds:.2f}s' for r in results)}; "
+            f"server CPU {', '.join(f'{c:.2f}s' for c in server_cpu)})"
+        )
 
     def _pull_rows(self, server: Server, cache_root: Path) -> None:
         s = self.settings
@@ -539,7 +605,7 @@ def _expect(condition: bool, message: str) -> None:
 
 
 def _fmt_progress(key: str, value: float) -> str:
-    if key.removeprefix("s3_").startswith(("blob_get", "push")):
+    if key.removeprefix("s3_").startswith(("blob_get", "push", "floor")):
         return f"{value / 1e6:,.0f} MB/s"
     return f"{value:,.0f} req/s"
 

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from entrepot.config import CONFIG_ENV, METRICS_DIR_ENV, Config, load_config
+from entrepot.heap import keep_heap_for_bodies
 from entrepot.http.app import build_app
 from entrepot.http.clientaddr import ClientAddresses
 from entrepot.http.context import ApiContext
@@ -328,6 +329,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
 
 def create_app_from_env() -> Starlette:
     """Granian's factory target: the CLI passes the config path in ENTREPOT_CONFIG."""
+    keep_heap_for_bodies()  # in each worker: the bodies it receives (see entrepot.heap)
     config = load_config(os.environ.get(CONFIG_ENV) or None)
     configure_logging(config.log)
     return create_app(config)

@@ -10,9 +10,7 @@ follows redirects, dropping the Authorization header for good once one leaves th
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,13 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import aiohttp
-from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 from entrepot import __version__
 from entrepot.oci.digest import Digest, is_digest
-from entrepot.oci.errors import RegistryError
-from entrepot.oci.manifest import MAX_MANIFEST_SIZE, Descriptor
+from entrepot.oci.manifest import MAX_MANIFEST_SIZE
 from entrepot.oci.mediatypes import OCI_INDEX
 from entrepot.proxy.health import UpstreamHealth
 from entrepot.proxy.metrics import RequestCounts
@@ -46,19 +42,32 @@ from entrepot.proxy.upstream_errors import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from entrepot.proxy.upstream_responses import (
+    MAX_REDIRECTS,
+    content_length,
+    content_type,
+    describe,
+    error_detail,
+    head_facts,
+    header_digest,
+    next_link,
+    parse_descriptors,
+    parse_json,
+    parse_tags,
+    read_body,
+    reference_digest,
+    undecodable,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_TAGS_PAGE = 16 * 1024 * 1024
 MAX_TOKEN_RESPONSE = 1024 * 1024
-MAX_ERROR_BODY = 64 * 1024
-MAX_REDIRECTS = 5
 CHUNK_SIZE = 1 << 20
 # Blob GETs ask for identity; what a server applies anyway is decoded (as Docker's Go
 # client does) when aiohttp can: anything else would reach the digest check undecoded.
 _BLOB_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
 _GENERIC_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
-_LINK_RE = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,]+)*)")
 
 
 @dataclass(frozen=True)
@@ -147,9 +156,9 @@ class UpstreamClient:
         is the reference's when the upstream sends no Docker-Content-Digest."""
         response, what = await self._manifest_request("HEAD", name, reference, accept)
         response.release()
-        expected = _reference_digest(reference)
-        header, size = self._head_facts(response, expected, what)
-        media_type = _content_type(response)
+        expected = reference_digest(reference)
+        header, size = head_facts(response, expected, what, self.host)
+        media_type = content_type(response)
         if not media_type:
             raise self._invalid(f"{what}: no Content-Type")
         return RemoteManifest(header or expected, media_type, size, None)
@@ -160,19 +169,19 @@ class UpstreamClient:
         """GET a manifest's exact bytes. A by-digest reference must be a valid digest
         (RegistryError DIGEST_INVALID otherwise); bytes that do not match it, or the
         upstream's Docker-Content-Digest, are UpstreamInvalid."""
-        expected = _reference_digest(reference)
+        expected = reference_digest(reference)
         response, what = await self._manifest_request("GET", name, reference, accept)
         raw = await self._read_capped(response, MAX_MANIFEST_SIZE, what)
         digest = Digest.of(raw, expected.algorithm if expected else "sha256")
         if expected and digest != expected:
             raise self._invalid(f"{what}: the bytes received have digest {digest}")
-        header = self._header_digest(response, what)
+        header = header_digest(response, what, self.host)
         if header and Digest.of(raw, header.algorithm) != header:
             raise self._invalid(f"{what}: bytes do not match Docker-Content-Digest {header}")
-        body = _json(raw)
+        body = parse_json(raw)
         if not isinstance(body, dict):
             raise self._invalid(f"{what}: the manifest is not a JSON object")
-        media_type = _content_type(response)
+        media_type = content_type(response)
         declared = body.get("mediaType")
         if media_type in _GENERIC_TYPES and isinstance(declared, str) and declared:
             media_type = declared
@@ -185,7 +194,7 @@ class UpstreamClient:
         what, path = f"HEAD blob {name}@{digest}", f"/v2/{name}/blobs/{digest}"
         response = await self._request("HEAD blob", name, "HEAD", path, {}, what)
         response.release()
-        return self._head_facts(response, digest, what)[1]
+        return head_facts(response, digest, what, self.host)[1]
 
     @asynccontextmanager
     async def open_blob(self, name: str, digest: Digest) -> AsyncIterator[RemoteBlob]:
@@ -199,7 +208,7 @@ class UpstreamClient:
             encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in _BLOB_ENCODINGS:
                 raise self._invalid(f"{what}: unsupported Content-Encoding {encoding[:50]!r}")
-            size = _content_length(response) if encoding == "identity" else None
+            size = content_length(response) if encoding == "identity" else None
             chunks = self._stream(response, what)
             try:
                 yield RemoteBlob(size, chunks)
@@ -212,7 +221,7 @@ class UpstreamClient:
         """All tags, following Link rel="next" pagination."""
         what = f"GET tags {name}"
         pages = self._pages("GET tags", name, f"/v2/{name}/tags/list", {}, MAX_TAGS_PAGE, what)
-        return [tag async for raw in pages for tag in self._parse_tags(raw, what)]
+        return [tag async for raw in pages for tag in parse_tags(raw, what, self.host)]
 
     async def list_referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
         """The manifests referring to ``subject`` (distribution-spec "Listing Referrers"),
@@ -221,7 +230,7 @@ class UpstreamClient:
         what = f"GET referrers {name}@{subject}"
         path, headers = f"/v2/{name}/referrers/{subject}", {"Accept": OCI_INDEX}
         pages = self._pages("GET referrers", name, path, headers, MAX_MANIFEST_SIZE, what)
-        return [entry async for raw in pages for entry in self._parse_descriptors(raw, what)]
+        return [entry async for raw in pages for entry in parse_descriptors(raw, what, self.host)]
 
     async def _pages(
         self, kind: str, name: str, path: str, headers: dict[str, str], cap: int, what: str
@@ -231,7 +240,7 @@ class UpstreamClient:
         while True:
             response = await self._request(kind, name, "GET", path, headers, what)
             yield await self._read_capped(response, cap, what)
-            link = _next_link(response.headers.getall("Link", []))
+            link = next_link(response.headers.getall("Link", []))
             if link is None:
                 return
             path = self._relative(response.url.join(URL(link, encoded=True)))
@@ -389,7 +398,7 @@ class UpstreamClient:
     async def _raise_for_status(self, response: aiohttp.ClientResponse, what: str) -> NoReturn:
         status = response.status
         hint = " (authentication failed, or the repository does not exist)" if status == 401 else ""
-        message = f"{what}: HTTP {status}{await _error_detail(response)}{hint}"
+        message = f"{what}: HTTP {status}{await error_detail(response)}{hint}"
         raise self._error(status, message, response.headers.get("Retry-After"))
 
     async def _read_capped(self, response: aiohttp.ClientResponse, cap: int, what: str) -> bytes:
@@ -417,50 +426,9 @@ class UpstreamClient:
 
     def _broken(self, exc: BaseException, what: str) -> UpstreamError:
         """A body that could not be read: undecodable (invalid) or cut off (unavailable)."""
-        if _undecodable(exc):
+        if undecodable(exc):
             return self._invalid(f"{what}: the Content-Encoding does not decode")
         return UpstreamUnavailable(f"{what}: {describe(exc)}", upstream=self.host)
-
-    def _head_facts(
-        self, response: aiohttp.ClientResponse, expected: Digest | None, what: str
-    ) -> tuple[Digest | None, int]:
-        """A HEAD response's Docker-Content-Digest (checked against ``expected``) and size."""
-        header = self._header_digest(response, what)
-        if expected and header and header.algorithm == expected.algorithm and header != expected:
-            raise self._invalid(f"{what}: upstream reports digest {header}")
-        size = _content_length(response)
-        if size is None:
-            raise self._invalid(f"{what}: no valid Content-Length")
-        return header, size
-
-    def _header_digest(self, response: aiohttp.ClientResponse, what: str) -> Digest | None:
-        value = response.headers.get("Docker-Content-Digest")
-        if not value:
-            return None
-        try:
-            return Digest.parse(value.strip())
-        except RegistryError:
-            raise self._invalid(f"{what}: invalid Docker-Content-Digest {value[:100]!r}") from None
-
-    def _parse_tags(self, raw: bytes, what: str) -> list[str]:
-        body = _json(raw)
-        tags = body.get("tags") or [] if isinstance(body, dict) else None
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise self._invalid(f"{what}: the tag list is malformed")
-        return [str(t) for t in tags]
-
-    def _parse_descriptors(self, raw: bytes, what: str) -> list[dict[str, Any]]:
-        """The ``manifests`` of an image index, each checked to be a descriptor."""
-        body = _json(raw)
-        entries = body.get("manifests") or [] if isinstance(body, dict) else None
-        if not isinstance(entries, list):
-            raise self._invalid(f"{what}: not an image index")
-        for index, entry in enumerate(entries):
-            try:
-                Descriptor.from_json(entry, f"manifests[{index}]")
-            except RegistryError as exc:
-                raise self._invalid(f"{what}: {exc.message}") from None
-        return entries
 
     def _relative(self, url: URL) -> str:
         """A pagination link as a path (with query) under the upstream's base url."""
@@ -470,80 +438,3 @@ class UpstreamClient:
 
     def _invalid(self, message: str) -> UpstreamInvalid:
         return UpstreamInvalid(message, upstream=self.host)
-
-
-async def read_body(response: aiohttp.ClientResponse, cap: int) -> bytes:
-    """The whole body; ValueError when it is over ``cap`` bytes."""
-    length = response.content_length
-    if length is not None and length > cap:
-        raise ValueError(f"body of {length} bytes exceeds {cap}")
-    body = bytearray()
-    async for chunk in response.content.iter_any():
-        body += chunk
-        if len(body) > cap:
-            raise ValueError(f"body exceeds {cap} bytes")
-    return bytes(body)
-
-
-async def _error_detail(response: aiohttp.ClientResponse) -> str:
-    """The first error of a distribution-spec error body, briefly, or ""."""
-    try:
-        first = json.loads(await read_body(response, MAX_ERROR_BODY))["errors"][0]
-        return f" ({str(first.get('code'))[:50]}: {str(first.get('message'))[:200]})"
-    except (
-        aiohttp.ClientError,
-        TimeoutError,
-        ValueError,
-        AttributeError,
-        TypeError,
-        IndexError,
-        KeyError,
-    ):
-        return ""
-
-
-def _undecodable(exc: BaseException) -> bool:
-    # aiohttp reports a body it cannot decode as a broken payload caused by this.
-    return isinstance(exc.__cause__, ContentEncodingError)
-
-
-def describe(exc: BaseException) -> str:
-    """An aiohttp exception, briefly; never a URL (which may be signed) or a header."""
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return f"more than {MAX_REDIRECTS} redirects"
-    if isinstance(exc, aiohttp.InvalidURL | aiohttp.ClientResponseError):
-        return type(exc).__name__  # their text holds the URL
-    if isinstance(exc, TimeoutError):
-        return f"timed out ({exc})" if str(exc) else "timed out"
-    text = str(exc)[:200]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _reference_digest(reference: str) -> Digest | None:
-    return Digest.parse(reference) if is_digest(reference) else None
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def _content_type(response: aiohttp.ClientResponse) -> str:
-    return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-
-
-def _content_length(response: aiohttp.ClientResponse) -> int | None:
-    value = response.headers.get("Content-Length", "")
-    return int(value) if value.isascii() and value.isdigit() else None
-
-
-def _next_link(values: list[str]) -> str | None:
-    for value in values:
-        for target, params in _LINK_RE.findall(value):
-            for param in params.split(";"):
-                key, _, rel = param.partition("=")
-                if key.strip().lower() == "rel" and "next" in rel.strip().strip('"').split():
-                    return str(target)
-    return None
