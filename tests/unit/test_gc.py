@@ -18,6 +18,7 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
+from entrepot.registry.gcscan import Limited, scan_repository, scan_store
 from entrepot.storage import StorageDriver, StorageNotFound
 from entrepot.storage.driver import Fold, Infos, Moved
 from entrepot.storage.filesystem import FilesystemDriver
@@ -335,3 +336,14 @@ async def test_a_repository_pushed_again_after_removal_is_listed_by_every_worker
     await manifest(driver, "team/app", [await layer(driver, "team/app", b"b")], tag="v1")
     await pusher.note("team/app")
     assert await lister.names() == ["team/app"]
+
+
+async def test_layer_folders_without_a_link(driver: FilesystemDriver) -> None:
+    # The store's scan takes a layer folder's name without opening it; one repository's
+    # scan (the cache's eviction reads it) counts only the layers still linked.
+    linked = await layer(driver, "team/app", b"linked")
+    unlinked = await layer(driver, "team/app", b"unlinked by a blob DELETE")
+    await driver.delete(layout.layer_link("team/app", unlinked))  # its folder stays
+    store = Limited(driver, 4)
+    assert (await scan_store(store, 0.0))["team/app"].layers == {linked, unlinked}
+    assert (await scan_repository(store, "team/app", 0.0)).layers == {linked}

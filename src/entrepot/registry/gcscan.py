@@ -237,8 +237,9 @@ class _Scanner:
     starting with "_" (which no repository name component may) ends the repository's
     name and says what the key is."""
 
-    def __init__(self, fresh_after: float) -> None:
+    def __init__(self, fresh_after: float, layer_folders: bool = True) -> None:
         self.fresh_after = fresh_after
+        self.layer_folders = layer_folders  # a layer folder without its link counts
         self.scans: dict[str, RepoScan] = {}
         self.current: dict[str, list[str]] = {}  # repository -> tags with a current link
 
@@ -263,7 +264,8 @@ class _Scanner:
                     self.current.setdefault(name, []).append(parts[2])
         elif marker == "_layers" and n == 3 + (not info.is_dir):
             digest = digest_at(parts[1], parts[2])
-            if digest is not None and (info.is_dir or parts[3] == "link"):
+            linked = self.layer_folders if info.is_dir else parts[3] == "link"
+            if digest is not None and linked:
                 scan.layers.add(digest)
         elif marker == "_uploads" and n > 1 and not info.is_dir:
             if not scan.uploads or scan.uploads[-1] != parts[1]:
@@ -324,7 +326,7 @@ async def scan_store(
 async def scan_repository(store: Limited, name: str, fresh_after: float) -> RepoScan:
     """One repository's ``scan_store`` (its marker folders only: a repository nested in it
     is not its content), where ``layers`` are the linked ones only."""
-    scanner = _Scanner(fresh_after)
+    scanner = _Scanner(fresh_after, layer_folders=False)
     scanner.scans[name] = RepoScan(name)
 
     async def folder(marker: str) -> None:
