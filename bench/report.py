@@ -314,6 +314,14 @@ ROWS: tuple[Row, ...] = (
         "<= 1.0x",
         lambda r, e, x: x <= 1,
     ),
+    Row(
+        "s3_pull_floor",
+        "S3 pull floor: the {pull} clients straight from the upstream (no cache, S3 or nginx)",
+        "seconds",
+        "",
+        None,
+        solo=True,
+    ),
 )
 
 

@@ -110,6 +110,13 @@ class S3Run:
     def _server(self, bucket: str, name: str, proxy_url: str | None = None) -> Server:
         s = self.settings
         extra = {"redis": self.redis.config()} if self.kind == "entrepot" and proxy_url else None
+        env = dict(REGISTRY2_ENV) if self.kind == "registry2" else {}
+        if proxy_url:
+            # Replicas as on machines of their own: each its own temp directory, where
+            # Entrepot keeps the local copy of a fill its clients share.
+            tmp = s.workdir / f"tmp-{name}"
+            tmp.mkdir(parents=True, exist_ok=True)
+            env["TMPDIR"] = str(tmp)
         return Server(
             self.kind,
             root=s.datadir / f"s3-{name}",  # unused: the data goes to the bucket
@@ -119,7 +126,7 @@ class S3Run:
             proxy_url=proxy_url,
             storage=storage_section(self.ceph, bucket),
             extra=extra,
-            env=REGISTRY2_ENV if self.kind == "registry2" else None,
+            env=env or None,
             name=name,
         )
 
@@ -253,10 +260,26 @@ class S3Run:
             stack.callback(balancer.stop)
             _progress(f"{self.kind}: S3 cold pull-through, {REPLICAS} replicas, {balancer.url}")
             url = f"{balancer.url}/v2/{PROXIED_REPO}/blobs/{layer.digest}"
+            if self.kind == "entrepot":
+                self._pull_floor(f"{upstream.url}/v2/{PROXIED_REPO}/blobs/{layer.digest}")
             key = blob_key(layer.digest)
             self.base.cold_pull(
                 "s3_pull_cold", replicas[0], url, lambda: self._has(bucket, key), replicas=REPLICAS
             )
+
+    def _pull_floor(self, upstream_blob: str) -> None:
+        """Row ``s3_pull_floor``: the pull clients fetching the layer straight from the
+        upstream, at once (no cache, no S3, no load balancer): what moving their bytes
+        takes on this machine at the moment, a floor for the cold pull rows."""
+        s = self.settings
+        dl = clients.parallel_downloads(upstream_blob, s.pull_clients, s.client_cpus)
+        size = self.shared.upstream_image.layer.size if self.shared.upstream_image else 0
+        _expect(
+            all(code == 200 for code in dl.statuses) and all(n == size for n in dl.sizes),
+            f"upstream downloads: {dl.statuses} {dl.sizes}",
+        )
+        self.rows["s3_pull_floor"] = {"value": dl.seconds, "client_seconds": dl.client_seconds}
+        _progress(f"  floor: {s.pull_clients} clients from the upstream itself {dl.seconds:.2f} s")
 
     def _collect_garbage(self) -> None:
         """Free what radosgw deleted or replaced now, not hours later (its default): the

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.cephs3 import CephS3, s3_client
+from tests.faultproxy import FaultProxy
 from tests.redisserver import RedisServer
 
 from . import clients
@@ -69,18 +73,25 @@ def _fleet(
     throttled_forwarder: Callable[..., ThrottledForwarder],
     *,
     data: bytes,
+    machines: list[tuple[str, dict[str, str]]] | None = None,
 ) -> Fleet:
+    """The upstream and REPLICAS replicas; ``machines``: each replica's S3 endpoint and
+    environment (else radosgw itself, and the test's)."""
     upstream = registry2_factory()
     digest = clients.upload_blob(upstream.url, REPO, data)
     link = throttled_forwarder(upstream.port, hold_after=HOLD_AFTER)
-    config: dict[str, Any] = {
-        "storage": s3_storage(s3_server, bucket),
-        "http": {"secret": "one-secret-for-every-replica"},
-        "proxies": [{"host": "ghcr.io", "remoteurl": link.url, "readtimeout": "60s"}],
-    }
-    if redis is not None:
-        config["redis"] = redis.config()
-    replicas = [entrepot_factory(config=config) for _ in range(REPLICAS)]
+    replicas = []
+    for endpoint, env in machines or [(s3_server.endpoint, {})] * REPLICAS:
+        storage = s3_storage(s3_server, bucket)
+        storage["s3"]["regionendpoint"] = endpoint
+        config: dict[str, Any] = {
+            "storage": storage,
+            "http": {"secret": "one-secret-for-every-replica"},
+            "proxies": [{"host": "ghcr.io", "remoteurl": link.url, "readtimeout": "60s"}],
+        }
+        if redis is not None:
+            config["redis"] = redis.config()
+        replicas.append(entrepot_factory(config=config, env=env))
     return Fleet(upstream, link, replicas, digest, bucket)
 
 
@@ -117,6 +128,20 @@ def _wait_all(events: list[threading.Event], timeout: float = 60.0) -> None:
         assert event.wait(max(deadline - time.monotonic(), 0)), f"client {number}: no bytes"
 
 
+def _pull_while_held(fleet: Fleet, while_held: Callable[[], None]) -> list[Received]:
+    """CLIENTS clients over the replicas: every one, on every replica, receives bytes
+    while the one upstream download is certainly still in progress (held by the
+    forwarder; ``while_held`` checks more then); then the download goes on."""
+    arrived = [threading.Event() for _ in range(CLIENTS)]
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(_download, fleet.url(i), arrived[i]) for i in range(CLIENTS)]
+        _wait_all(arrived)
+        assert fleet.link.holding
+        while_held()
+        fleet.link.release()
+        return [future.result(timeout=300) for future in futures]
+
+
 def _bucket_keys(s3_server: CephS3, bucket: str) -> list[str]:
     s3 = s3_client(s3_server)
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
@@ -141,7 +166,6 @@ def test_eight_clients_on_two_replicas_share_one_upstream_download(
     entrepot_factory: ServerFactory,
     throttled_forwarder: Callable[..., ThrottledForwarder],
 ) -> None:
-    data = os.urandom(BLOB_SIZE)
     fleet = _fleet(
         s3_server,
         s3_bucket(),
@@ -149,19 +173,14 @@ def test_eight_clients_on_two_replicas_share_one_upstream_download(
         registry2_factory,
         entrepot_factory,
         throttled_forwarder,
-        data=data,
+        data=os.urandom(BLOB_SIZE),
     )
-    arrived = [threading.Event() for _ in range(CLIENTS)]
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        futures = [pool.submit(_download, fleet.url(i), arrived[i]) for i in range(CLIENTS)]
-        # Every client, on both replicas, is receiving bytes while the one upstream
-        # download is certainly still in progress (held by the forwarder).
-        _wait_all(arrived)
-        assert fleet.link.holding
+
+    def while_held() -> None:
         assert fleet.link.delivered < BLOB_SIZE
         assert _blob_key(fleet.digest) not in _bucket_keys(s3_server, fleet.bucket)
-        fleet.link.release()
-        results = [future.result(timeout=300) for future in futures]
+
+    results = _pull_while_held(fleet, while_held)
 
     for received in results:
         assert received == Received(200, BLOB_SIZE, fleet.digest), received
@@ -180,6 +199,73 @@ def test_eight_clients_on_two_replicas_share_one_upstream_download(
         assert again == Received(200, BLOB_SIZE, fleet.digest), again
     settled_access_log(fleet.upstream)
     assert len(blob_gets(fleet.upstream, REPO, fleet.digest)) == 1
+
+
+def _part_gets(proxy: FaultProxy) -> list[str]:
+    """The fill's part objects this replica read from S3 (GETs, without the query)."""
+    return [
+        target.split("?")[0]
+        for method, target, _ in proxy.seen
+        if method == "GET" and _PART_OBJECT.search(target.split("?")[0])
+    ]
+
+
+_PART_OBJECT = re.compile(r"/_uploads/fill-[^/]+/[^/]+/p-\d+$")
+
+
+def test_each_replica_reads_the_fill_from_s3_once_for_all_its_clients(
+    s3_server: CephS3,
+    s3_bucket: Callable[[], str],
+    redis_server: RedisServer,
+    registry2_factory: ServerFactory,
+    entrepot_factory: ServerFactory,
+    throttled_forwarder: Callable[..., ThrottledForwarder],
+    tmp_path: Path,
+) -> None:
+    """Replicas on machines of their own (a temp directory each), two workers each, each
+    talking to radosgw through a proxy that records its requests: the clients of one
+    replica share one local copy of the fill. The leader's replica never reads its own
+    parts back; the other reads each part once, whatever its number of clients."""
+    endpoint = urlsplit(s3_server.endpoint)
+    assert endpoint.hostname is not None and endpoint.port is not None
+    proxies = [FaultProxy((endpoint.hostname, endpoint.port)).start() for _ in range(REPLICAS)]
+    try:
+        machines = []
+        for number, proxy in enumerate(proxies):
+            (tmp_path / f"machine-{number}").mkdir()
+            env = {"TMPDIR": str(tmp_path / f"machine-{number}"), "ENTREPOT_WORKERS": "2"}
+            machines.append((proxy.url, env))
+        fleet = _fleet(
+            s3_server,
+            s3_bucket(),
+            redis_server,
+            registry2_factory,
+            entrepot_factory,
+            throttled_forwarder,
+            data=os.urandom(BLOB_SIZE),
+            machines=machines,
+        )
+        results = _pull_while_held(fleet, lambda: None)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+    for received in results:
+        assert received == Received(200, BLOB_SIZE, fleet.digest), received
+    settled_access_log(fleet.upstream)
+    assert len(blob_gets(fleet.upstream, REPO, fleet.digest)) == 1
+    wrote_parts = [
+        any(m == "PUT" and _PART_OBJECT.search(t.split("?")[0]) for m, t, _ in proxy.seen)
+        for proxy in proxies
+    ]
+    assert wrote_parts.count(True) == 1, wrote_parts  # one leader, on one replica
+    for proxy, leader in zip(proxies, wrote_parts, strict=True):
+        reads = _part_gets(proxy)
+        if leader:
+            assert reads == [], reads
+        else:
+            assert reads, "the other replica read no parts"
+            assert len(reads) == len(set(reads)), sorted(reads)
 
 
 def test_a_fill_cut_off_upstream_leaves_nothing_on_s3(

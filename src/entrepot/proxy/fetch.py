@@ -16,7 +16,8 @@ others (followers) read as it grows, and publishes it as the blob. A follower kn
 fill is over when the lease is no longer the leader's: the blob is then published (done)
 or not (the fill failed). On a local disk the lease is a lock file and the ingest a file
 read in place; on S3 the lease is in Redis (or a lock file of this machine) and the
-ingest part objects (storage/s3ingest.py).
+ingest part objects (storage/s3ingest.py), which each machine reads once into a local
+copy its processes share.
 """
 
 from __future__ import annotations

@@ -332,8 +332,11 @@ class StorageDriver(abc.ABC):
     @abc.abstractmethod
     def read_ingest(self, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
         """Stream ``length`` bytes from ``offset`` of the ingest at ``key``; they must be
-        readable already. StorageNotFound when the ingest is gone (published or
-        cancelled; a published one is then read at its destination)."""
+        readable already. Once the ingest is published or cancelled: StorageNotFound (a
+        published one is then read at its destination), or, where the driver keeps a
+        local copy that this machine had already read (S3), the bytes that were readable
+        before, which never change. Whether an ingest was published is learnt from its
+        lease and its destination, never from this."""
 
     def local_path(self, key: str) -> str | None:
         """A local file path for ``key`` when the driver keeps objects on a local disk,

@@ -24,6 +24,8 @@ class Leases(abc.ABC):
 
     # What an operator gets, for the start-up log ("one machine", "every replica ...").
     scope: str = ""
+    # Whether holders on other machines (replicas) take part, or only this machine's.
+    across_machines: bool = False
 
     @abc.abstractmethod
     async def acquire(self, name: str) -> Lease | None: ...

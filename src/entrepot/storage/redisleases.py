@@ -96,6 +96,8 @@ class _RedisLease(Lease):
 
 
 class RedisLeases(Leases):
+    across_machines = True
+
     def __init__(self, settings: RedisSettings, prefix: str, ttl: float = LEASE_TTL) -> None:
         self.ttl = ttl
         self.address = settings.address

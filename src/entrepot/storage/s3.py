@@ -51,6 +51,7 @@ from entrepot.storage.driver import (
 )
 from entrepot.storage.leases import FlockLeases, Leases
 from entrepot.storage.s3ingest import S3Ingest, ingest_state, read_ingest
+from entrepot.storage.s3mirror import Mirrors, mirror_directory
 from entrepot.storage.s3stream import S3Writer, reason, rechunk
 
 __all__ = ["S3Driver", "S3Settings", "aws_credentials", "probe_bucket"]
@@ -111,7 +112,9 @@ class S3Driver(StorageDriver):
     follow_interval = 0.1  # a listing per look
     appends_in_place = False  # an append re-uploads the object (see S3Writer)
 
-    def __init__(self, settings: S3Settings, leases: Leases | None = None) -> None:
+    def __init__(
+        self, settings: S3Settings, leases: Leases | None = None, mirrors: str | None = None
+    ) -> None:
         self.settings = settings
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint or f"https://s3.{settings.region}.amazonaws.com"
@@ -123,6 +126,9 @@ class S3Driver(StorageDriver):
         # Without a shared lease service (Redis), leases are lock files on this machine:
         # its processes share one fill; other replicas each fill on their own.
         self.leases = leases or FlockLeases(local_lease_directory(self.endpoint, self.bucket, root))
+        # Cache fills read by this machine's processes from one local copy (s3mirror), in
+        # ``mirrors`` (a directory) or below the temp directory.
+        self.mirrors = Mirrors(mirrors or mirror_directory(self.endpoint, self.bucket, root))
 
     @staticmethod
     def _store_options(s: S3Settings) -> dict[str, Any]:
@@ -367,6 +373,7 @@ class S3Driver(StorageDriver):
             raise self._error(exc, key) from exc
 
     async def close(self) -> None:
+        await self.mirrors.close()
         await self.leases.close()
         # Drop the client now: obstore aborts the process if a store with open connections
         # is still alive when the interpreter finalises.
