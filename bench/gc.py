@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -130,9 +131,10 @@ def _entrepot_gc(config: Path) -> list[str]:
     return [sys.executable, "-m", "entrepot", "garbage-collect", str(config), "--grace", "0"]
 
 
-def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> float:
-    """Seconds ``kind``'s garbage-collect takes on a fresh copy of ``fixture``; it must
-    leave exactly ``kept`` blobs (a collection that deletes too much is not fast)."""
+def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) ``kind``'s garbage-collect takes on a fresh copy
+    of ``fixture``; it must leave exactly ``kept`` blobs (a collection that deletes too much
+    is not fast)."""
     root = workdir / f"gc-{kind}"
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(fixture, root, symlinks=True)
@@ -142,6 +144,7 @@ def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> fl
         env, cmd = _entrepot_env(), _entrepot_gc(config)
     else:
         cmd = [REGISTRY2_BINARY, "garbage-collect", str(config)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(
         ["taskset", "-c", cpus, *cmd],
@@ -151,6 +154,8 @@ def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> fl
         check=False,
     )
     seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     try:
         if done.returncode != 0:
             raise RuntimeError(f"{kind} garbage-collect failed: {done.stderr.decode()[-2000:]}")
@@ -159,7 +164,26 @@ def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> fl
         shutil.rmtree(root, ignore_errors=True)
     if left != kept:
         raise RuntimeError(f"{kind} garbage-collect left {left} blobs, not {kept}")
-    return seconds
+    return seconds, cpu
+
+
+# Every folder of the store listed, nothing read or stat'ed: what any collection that
+# reads the whole tree pays at least.
+_BARE_WALK = """
+import os, sys
+stack = [sys.argv[1]]
+while stack:
+    with os.scandir(stack.pop()) as entries:
+        stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+"""
+
+
+def walk_floor(fixture: Path, cpus: str) -> float:
+    """Wall seconds of a bare walk of ``fixture`` (``_BARE_WALK``) on ``cpus``."""
+    started = time.monotonic()
+    cmd = [sys.executable, "-c", _BARE_WALK, str(fixture)]
+    subprocess.run(["taskset", "-c", cpus, *cmd], check=True)
+    return time.monotonic() - started
 
 
 def _descriptor(media_type: str, hexa: str) -> dict[str, object]:

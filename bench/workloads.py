@@ -11,6 +11,7 @@ very fast) cannot pass for speed.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -213,11 +214,14 @@ class ServerRun:
                 remove_tree(root)
         if "gc" in s.groups and self.shared.gc_fixture is not None:
             _progress(f"{self.kind}: garbage-collect")
-            seconds = gc.collect(
+            seconds, cpu = gc.collect(
                 self.kind, self.shared.gc_fixture, self.shared.gc_kept, s.datadir, s.server_cpus
             )
-            self.rows["gc"] = {"value": seconds}
+            self.rows["gc"] = {"value": seconds, "load": os.getloadavg()[0]}
+            self.rows["gc_cpu"] = {"value": cpu}
             if self.kind == "entrepot":
+                floor = gc.walk_floor(self.shared.gc_fixture, s.server_cpus)
+                self.rows["gc_floor"] = {"value": floor}
                 self._gc_serving_rows(self.shared.gc_fixture)
         if "pull" in s.groups:
             assert self.shared.upstream is not None

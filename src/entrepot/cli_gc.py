@@ -129,12 +129,22 @@ async def _renew(lease: StorageLease) -> None:
 
 
 def _run_async(work: Coroutine[object, object, _T]) -> _T:
-    """On uvloop when it is installed (the server's loop too): many small storage calls."""
+    """On uvloop when it is installed (the server's loop too): many small storage calls.
+    The result is handed over outside the main task: asyncio's runner formats that task
+    (with its result: seconds for a large store's GcResult) when it restores SIGINT's
+    handler."""
+    done: list[_T] = []
+
+    async def main() -> None:
+        done.append(await work)
+
     if importlib.util.find_spec("uvloop"):
         import uvloop
 
-        return uvloop.run(work)
-    return asyncio.run(work)
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    return done[0]
 
 
 def _say(line: str) -> None:

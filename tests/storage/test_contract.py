@@ -14,6 +14,7 @@ from entrepot.storage import (
     StorageError,
     StorageNotFound,
 )
+from entrepot.storage.driver import Fold
 
 BLOB = "docker/registry/v2/blobs/sha256/ab/abcdef/data"
 
@@ -511,9 +512,11 @@ def bulk_default(request: pytest.FixtureRequest) -> bool:
     return bool(request.param == "default")
 
 
-async def scanned(driver: StorageDriver, prefix: str, default: bool) -> list[FileInfo]:
+async def scanned(
+    driver: StorageDriver, prefix: str, default: bool, fold: Fold | None = None
+) -> list[FileInfo]:
     scan = StorageDriver.scan if default else type(driver).scan
-    batches = [batch async for batch in scan(driver, prefix)]
+    batches = [batch async for batch in scan(driver, prefix, fold=fold)]
     assert all(batches), "no empty batches"
     return [info for batch in batches for info in batch]
 
@@ -531,6 +534,32 @@ async def test_scan_lists_every_object_with_size_and_time(
         assert abs(info.mtime - stored.mtime) < 2 and not info.is_dir
     assert [i.key for i in await scanned(driver, "", bulk_default)] == sorted(TREE)
     assert await scanned(driver, "nope", bulk_default) == []
+
+
+async def test_scan_folds_a_directory_into_the_object_named_for_it(
+    driver: StorageDriver, bulk_default: bool
+) -> None:
+    # A blob's folder is its data (or, without it, the folder); a link's folder, its name.
+    keys = ("s/b/1/data", "s/b/1/other", "s/b/2/aside", "s/b-x/3/data", "s/l/k/link", "s/top")
+    for n, key in enumerate(keys):
+        await driver.put_content(key, b"v" * (n + 1))
+
+    def fold(directory: str) -> str | None:
+        if directory.count("/") == 2:
+            return "" if directory.startswith("l/") else "data"
+        return None
+
+    found = await scanned(driver, "s", bulk_default, fold)
+    assert [(i.key, i.is_dir) for i in found] == [
+        ("b-x/3/data", False),
+        ("b/1/data", False),
+        ("b/2/", True),
+        ("l/k/", True),
+        ("top", False),
+    ]
+    assert [i.size for i in found] == [4, 1, 0, 0, 6]
+    stored = await driver.stat("s/b/1/data")
+    assert abs(found[1].mtime - stored.mtime) < 2
 
 
 async def test_scan_many_keys_in_several_batches(driver: StorageDriver) -> None:

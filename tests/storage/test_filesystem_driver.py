@@ -184,3 +184,14 @@ async def test_cancelled_write_then_cancel(fs: FilesystemDriver, root: Path) -> 
         await w.commit()  # the interrupted write left the writer unusable
     await w.cancel()
     assert await fs.get_content("k") == b"orig"
+
+
+async def test_folded_scan_reports_empty_folders(fs: FilesystemDriver, root: Path) -> None:
+    # A repository left with empty folders is still found by a collection's scan.
+    (root / "r" / "gone" / "_layers" / "sha256").mkdir(parents=True)
+    await fs.put_content("r/kept/_layers/sha256/d/link", b"sha256:d")
+    found = [i async for batch in fs.scan("r", fold=lambda d: None) for i in batch]
+    assert [(i.key, i.is_dir) for i in found] == [
+        ("gone/_layers/sha256/", True),
+        ("kept/_layers/sha256/d/link", False),
+    ]

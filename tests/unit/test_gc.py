@@ -18,8 +18,9 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
+from entrepot.registry.gcscan import Limited, scan_repository, scan_store
 from entrepot.storage import StorageDriver, StorageNotFound
-from entrepot.storage.driver import Infos, Moved
+from entrepot.storage.driver import Fold, Infos, Moved
 from entrepot.storage.filesystem import FilesystemDriver
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -259,6 +260,29 @@ async def test_a_push_linking_a_blob_during_the_sweep_keeps_it(tmp_path: Path) -
     assert not await exists(driver, f"{layout.blob_dir(orphan)}/{QUARANTINE}")
 
 
+async def test_a_push_linking_again_a_blob_a_repository_had_keeps_it(tmp_path: Path) -> None:
+    # The re-check reads again the links of the blobs put aside: one that a push wrote
+    # again (where a stale link was, or where a blob DELETE left the folder) saves it.
+    driver = Interleaving(tmp_path / "root")
+    stale = await layer(driver, "team/app", b"linked long ago, never referenced")
+    emptied = await layer(driver, "team/other", b"unlinked by a blob DELETE")
+    await driver.delete(layout.layer_link("team/other", emptied))  # its folder stays
+    age(driver, layout.layer_link("team/app", stale))
+    gone = await layer(driver, "team/app", b"linked long ago, left alone")
+
+    async def push_links_again() -> None:
+        for name, digest in (("team/app", stale), ("team/other", emptied)):
+            await driver.put_content(layout.layer_link(name, digest), str(digest).encode())
+
+    driver.action = push_links_again
+    result = await collect(driver)
+    assert result.blobs_relinked == 2
+    assert set(result.blobs_deleted) == {gone}
+    for digest in (stale, emptied):
+        assert await exists(driver, layout.blob_data(digest))
+        assert not await exists(driver, f"{layout.blob_dir(digest)}/{QUARANTINE}")
+
+
 async def test_a_manifest_pushed_during_the_sweep_keeps_its_blobs(tmp_path: Path) -> None:
     driver = Interleaving(tmp_path / "root")
     orphan = await layer(driver, "team/app", b"linked, no manifest yet")
@@ -279,14 +303,16 @@ async def test_a_tag_set_during_the_sweep_saves_its_manifest(tmp_path: Path) -> 
     untagged = await manifest(driver, name, [base])
 
     class TagsWhileSweeping(Interleaving):
-        async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+        async def scan(
+            self, prefix: str, *, fold: Fold | None = None
+        ) -> AsyncGenerator[Infos, None]:
             # The mark scans the whole store; the sweep reads the repository's manifests
             # and tags again before unlinking: a push tags the manifest just before.
             if prefix == f"{layout.repository(name)}/_manifests":
                 await self.put_content(
                     layout.tag_current_link(name, "late"), str(untagged).encode()
                 )
-            async for batch in super().scan(prefix):
+            async for batch in super().scan(prefix, fold=fold):
                 yield batch
 
     result = await collect(TagsWhileSweeping(tmp_path / "root"), delete_untagged=True)
@@ -310,3 +336,14 @@ async def test_a_repository_pushed_again_after_removal_is_listed_by_every_worker
     await manifest(driver, "team/app", [await layer(driver, "team/app", b"b")], tag="v1")
     await pusher.note("team/app")
     assert await lister.names() == ["team/app"]
+
+
+async def test_layer_folders_without_a_link(driver: FilesystemDriver) -> None:
+    # The store's scan takes a layer folder's name without opening it; one repository's
+    # scan (the cache's eviction reads it) counts only the layers still linked.
+    linked = await layer(driver, "team/app", b"linked")
+    unlinked = await layer(driver, "team/app", b"unlinked by a blob DELETE")
+    await driver.delete(layout.layer_link("team/app", unlinked))  # its folder stays
+    store = Limited(driver, 4)
+    assert (await scan_store(store, 0.0))["team/app"].layers == {linked, unlinked}
+    assert (await scan_repository(store, "team/app", 0.0)).layers == {linked}

@@ -104,6 +104,9 @@ class GarbageCollector:
         self.clock = clock
         self.cutoff = 0.0  # objects with a later mtime are fresh
         self.refs: dict[Digest, ManifestRefs] = {}
+        # The mtime of each layer link of a blob to delete, as the mark read it: the sweep
+        # puts back a blob whose link is new or rewritten since.
+        self.layer_links: dict[tuple[str, Digest], float] = {}
         self.plan = RetentionPlan()
         self.result = GcResult()
 
@@ -162,9 +165,21 @@ class GarbageCollector:
     def _progress(self, what: str, total: int | None = None) -> Progress:
         return Progress(self.emit, what, total, self.options.progress_every)
 
-    async def _scan_all(self, phase: str) -> dict[str, RepoScan]:
+    async def _scan_all(self, phase: str, *, tag_links: bool = True) -> dict[str, RepoScan]:
         found = self._progress(f"{phase}: repository objects read")
-        return await scan_store(self.store, self.cutoff, found)
+        return await scan_store(self.store, self.cutoff, found, tag_links=tag_links)
+
+    async def _link_times(
+        self, scans: Iterable[RepoScan], digests: Iterable[Digest]
+    ) -> dict[tuple[str, Digest], float]:
+        """The mtimes of the layer links of ``digests`` in the repositories that have a
+        folder for them (the scans do not open those folders)."""
+        wanted = set(digests)
+        links = [(s.name, d) for s in scans for d in s.layers & wanted]
+        infos = await each(links, lambda item: self.store.stat(layout.layer_link(*item)))
+        return {
+            link: info.mtime for link, info in zip(links, infos, strict=True) if info is not None
+        }
 
     async def _mark(
         self, scans: dict[str, RepoScan], blobs: Blobs
@@ -231,11 +246,11 @@ class GarbageCollector:
             self.result.blobs_recovered += sum(
                 await each(aside, lambda digest: restore(self.store, digest))
             )
-        for scan in scans:
-            for digest in scan.layers & doomed.keys():
-                if self._fresh(scan.layer_mtimes[digest]):
-                    del doomed[digest]
-                    self.result.blobs_kept_fresh += 1
+        self.layer_links = await self._link_times(scans, doomed)
+        for (_, digest), mtime in self.layer_links.items():
+            if self._fresh(mtime) and digest in doomed:
+                del doomed[digest]
+                self.result.blobs_kept_fresh += 1
         return doomed
 
     async def _sweep(
@@ -250,7 +265,7 @@ class GarbageCollector:
         moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
         moved = await self.store.driver.move_many(moves, sync=False)
         quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
-        rescans = await self._scan_all("re-checking")
+        rescans = await self._scan_all("re-checking", tag_links=False)
         relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
@@ -333,14 +348,15 @@ class GarbageCollector:
         unkept: dict[str, set[Digest]],
         quarantined: set[Digest],
     ) -> set[Digest]:
-        """Quarantined blobs that something linked after the mark read the store: a new
-        layer link, a new manifest (or one a new tag saved from deletion) referencing it,
-        or an upload begun in its repository."""
-        protect: set[Digest] = set()
+        """Quarantined blobs that something linked after the mark read the store: a layer
+        link that is new or rewritten (the mark read another mtime, or none), a new
+        manifest (or one a new tag saved from deletion) referencing it, or an upload begun
+        in its repository."""
+        now_links = await self._link_times(rescans.values(), quarantined)
+        protect = {link[1] for link, t in now_links.items() if self.layer_links.get(link) != t}
         manifests: set[Digest] = set()
         for name, now in rescans.items():
             before = scans.get(name, RepoScan(name))
-            protect |= now.layers - before.layers
             if now.upload_active and not before.upload_active:
                 protect |= now.layers
             manifests |= (now.revisions - before.revisions) | (
@@ -353,10 +369,11 @@ class GarbageCollector:
         return protect & quarantined
 
     async def _unlink_layers(self, scans: list[RepoScan], deleted: set[Digest]) -> None:
+        # Every folder's: a link written after the mark read its folder goes too.
         links = sorted({layout.layer_link(s.name, d) for s in scans for d in s.layers & deleted})
         for start in range(0, len(links), _SWEEP_BATCH):
             await self.store.driver.delete_many(links[start : start + _SWEEP_BATCH])
-        self.result.layer_links_deleted = len(links)
+        self.result.layer_links_deleted = sum(d in deleted for _, d in self.layer_links)
 
     async def _empty_repositories(
         self, scans: Iterable[RepoScan], gone: dict[str, set[Digest]], deleted: set[Digest]

@@ -17,6 +17,7 @@ from entrepot.oci.errors import RegistryError
 from entrepot.registry import layout
 from entrepot.registry.segments import holds_bytes
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
+from entrepot.storage.driver import Fold
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -97,9 +98,23 @@ class Limited:
         return None if raw is None else parse_digest(raw.decode("ascii", "replace").strip())
 
 
+# Items ``each`` works on at once: more than the storage calls in flight (the driver
+# wrapper bounds those), few enough that 100,000 items cost no task each.
+_EACH_AT_ONCE = 128
+
+
 async def each(items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
-    """``work`` on every item at once (the driver wrapper bounds the storage calls)."""
-    return list(await asyncio.gather(*(work(item) for item in items)))
+    """``work`` on every item, many at once, the results in the items' order."""
+    todo = list(enumerate(items))
+    results: list[R] = [None] * len(todo)  # type: ignore[list-item]  # each filled below
+    queue = iter(todo)
+
+    async def worker() -> None:
+        for index, item in queue:
+            results[index] = await work(item)
+
+    await asyncio.gather(*(worker() for _ in range(min(_EACH_AT_ONCE, len(todo)))))
+    return results
 
 
 def parse_digest(text: str) -> Digest | None:
@@ -139,13 +154,18 @@ async def find_repositories(store: Limited) -> list[str]:
     return found
 
 
+def _blob_fold(directory: str) -> str | None:
+    """A blob's folder (``<algorithm>/<2 hex>/<encoded>/``) is its ``data``."""
+    return "data" if directory.count("/") == 3 else None
+
+
 async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
     """Every blob under ``blobs/`` (registry:2 enumerates the same) with its ``data``'s size
     and mtime; None for a blob folder without ``data`` (one an interrupted collection left
-    aside). One ``scan``: a flat listing on object storage, a walk in a worker thread on a
-    disk."""
+    aside). One ``scan``: a flat listing on object storage, on a disk a walk in a worker
+    thread that stats each blob's ``data`` without opening its folder."""
     found: Blobs = {}
-    async for batch in store.driver.scan(layout.BLOBS):
+    async for batch in store.driver.scan(layout.BLOBS, fold=_blob_fold):
         for info in batch:
             algorithm, _, rest = info.key.partition("/")
             encoded, _, name = rest.partition("/")[2].partition("/")
@@ -168,8 +188,9 @@ class RepoScan:
     name: str
     revisions: set[Digest] = field(default_factory=set)
     revision_mtimes: dict[Digest, float] = field(default_factory=dict)
+    # Every layer folder (its name is the digest; the link in it is read only where it
+    # matters: see repository_fold): a link-less one left by a blob DELETE too.
     layers: set[Digest] = field(default_factory=set)
-    layer_mtimes: dict[Digest, float] = field(default_factory=dict)  # of each layer link
     tags: dict[str, Digest] = field(default_factory=dict)  # tag -> what it points at now
     tag_names: list[str] = field(default_factory=list)  # every tag, with a link or not
     uploads: list[str] = field(default_factory=list)
@@ -180,17 +201,51 @@ class RepoScan:
         return set(self.tags.values())
 
 
+def repository_fold(tag_links: bool = True) -> Fold:
+    """The scan of ``repositories/`` opens no layer folder (the mark needs the digests,
+    which the folders' names are), reads each revision's link and, with ``tag_links``,
+    each tag's current link, and does not enter ``_referrers``."""
+
+    def fold(directory: str) -> str | None:
+        parts = directory.split("/")
+        parts.pop()  # "" after the last "/"
+        for i, part in enumerate(parts):
+            if part[:1] == "_":
+                return marker_leaf(parts[i:], tag_links) if i else None
+        return None
+
+    return fold
+
+
+def marker_leaf(parts: list[str], tag_links: bool, layer_links: bool = False) -> str | None:
+    """``repository_fold`` for a folder of one repository: ``parts`` from its marker; with
+    ``layer_links``, a layer folder is its link."""
+    marker, n = parts[0], len(parts)
+    if marker == "_layers":
+        return ("link" if layer_links else "") if n == 3 else None
+    if marker == "_manifests" and n > 2:
+        if parts[1] == "revisions":
+            return "link" if n == 4 else None
+        if parts[1] == "tags" and n == 3:
+            return "current/link" if tag_links else ""
+        return None
+    return "" if marker == "_referrers" else None
+
+
 class _Scanner:
     """Builds RepoScans from the objects under ``repositories/``: a key's first segment
     starting with "_" (which no repository name component may) ends the repository's
     name and says what the key is."""
 
-    def __init__(self, fresh_after: float) -> None:
+    def __init__(self, fresh_after: float, layer_folders: bool = True) -> None:
         self.fresh_after = fresh_after
+        self.layer_folders = layer_folders  # a layer folder without its link counts
         self.scans: dict[str, RepoScan] = {}
         self.current: dict[str, list[str]] = {}  # repository -> tags with a current link
 
     def add(self, name: str, parts: list[str], info: FileInfo) -> None:
+        """One object (or folded folder: ``info.is_dir``, ``parts`` without the "" after
+        its last "/") of repository ``name``; ``parts`` from the marker."""
         scan = self.scans.get(name)
         if scan is None:
             scan = self.scans[name] = RepoScan(name)
@@ -207,11 +262,12 @@ class _Scanner:
                     scan.tag_names.append(parts[2])
                 if n == 5 and parts[3] == "current" and parts[4] == "link":
                     self.current.setdefault(name, []).append(parts[2])
-        elif marker == "_layers" and n == 4 and parts[3] == "link":
+        elif marker == "_layers" and n == 3 + (not info.is_dir):
             digest = digest_at(parts[1], parts[2])
-            if digest is not None:
-                scan.layer_mtimes[digest] = info.mtime
-        elif marker == "_uploads" and n > 1:
+            linked = self.layer_folders if info.is_dir else parts[3] == "link"
+            if digest is not None and linked:
+                scan.layers.add(digest)
+        elif marker == "_uploads" and n > 1 and not info.is_dir:
             if not scan.uploads or scan.uploads[-1] != parts[1]:
                 scan.uploads.append(parts[1])
             if n == 3 and holds_bytes(parts[2]) and info.mtime > self.fresh_after:
@@ -219,13 +275,18 @@ class _Scanner:
 
     def add_keys(self, batch: list[FileInfo]) -> None:
         """Objects with keys relative to ``repositories/``."""
+        name, marks = "", "\0"  # the last repository, and where its objects' keys start
         for info in batch:
-            parts = info.key.split("/")
-            for i, part in enumerate(parts):
-                if part.startswith("_"):
-                    if i:
-                        self.add("/".join(parts[:i]), parts[i:], info)
-                    break
+            key = info.key
+            if not key.startswith(marks):  # a repository's objects come one after the other
+                cut = key.find("/_")
+                if cut < 0 or key[0] == "_":
+                    continue
+                name, marks = key[:cut], key[: cut + 2]
+            parts = key[len(name) + 1 :].split("/")
+            if info.is_dir:
+                parts.pop()
+            self.add(name, parts, info)
 
     async def finish(self, store: Limited) -> dict[str, RepoScan]:
         """Read what each tag's current link points at, and settle the sets."""
@@ -240,7 +301,6 @@ class _Scanner:
         await each(links, read)
         for scan in self.scans.values():
             scan.revisions = set(scan.revision_mtimes)
-            scan.layers = set(scan.layer_mtimes)
             scan.tag_names = sorted(set(scan.tag_names))
             scan.uploads = sorted(set(scan.uploads))
             scan.tags = dict(sorted(scan.tags.items()))
@@ -248,45 +308,36 @@ class _Scanner:
 
 
 async def scan_store(
-    store: Limited, fresh_after: float, progress: Progress | None = None
+    store: Limited, fresh_after: float, progress: Progress | None = None, *, tag_links: bool = True
 ) -> dict[str, RepoScan]:
-    """Every repository's revisions, layer links (with their mtimes), tags (what each
-    points at) and upload sessions, from one ``scan`` of ``repositories/`` (and a walk for
-    repositories left with folders but no objects); an upload written to after
-    ``fresh_after`` is in progress."""
+    """Every repository's revisions (with their links' mtimes), layer folders, tags (with
+    ``tag_links``, what each points at) and upload sessions, from one folded ``scan`` of
+    ``repositories/`` (a repository left with empty folders is found by them); an upload
+    written to after ``fresh_after`` is in progress."""
     scanner = _Scanner(fresh_after)
-
-    async def objects() -> None:
-        async for batch in store.driver.scan(layout.REPOSITORIES):
-            scanner.add_keys(batch)
-            if progress is not None:
-                progress.tick(len(batch))
-
-    async def shells() -> set[str]:
-        names: set[str] = set()
-        async for batch in store.driver.walk(layout.REPOSITORIES, collapse="_"):
-            for key in batch:
-                name, _, marker = key.rstrip("/").rpartition("/")
-                if name and key.endswith("/") and marker in _MARKERS:
-                    names.add(name)
-        return names
-
-    _, names = await asyncio.gather(objects(), shells())
-    for name in names - scanner.scans.keys():
-        scanner.scans[name] = RepoScan(name)
+    fold = repository_fold(tag_links)
+    async for batch in store.driver.scan(layout.REPOSITORIES, fold=fold):
+        scanner.add_keys(batch)
+        if progress is not None:
+            progress.tick(len(batch))
     return await scanner.finish(store)
 
 
 async def scan_repository(store: Limited, name: str, fresh_after: float) -> RepoScan:
     """One repository's ``scan_store`` (its marker folders only: a repository nested in it
-    is not its content)."""
-    scanner = _Scanner(fresh_after)
+    is not its content), where ``layers`` are the linked ones only."""
+    scanner = _Scanner(fresh_after, layer_folders=False)
     scanner.scans[name] = RepoScan(name)
 
     async def folder(marker: str) -> None:
-        async for batch in store.driver.scan(f"{layout.repository(name)}/{marker}"):
+        def fold(directory: str) -> str | None:
+            return marker_leaf([marker, *directory.split("/")[:-1]], True, True)
+
+        prefix = f"{layout.repository(name)}/{marker}"
+        async for batch in store.driver.scan(prefix, fold=fold):
             for info in batch:
-                scanner.add(name, [marker, *info.key.split("/")], info)
+                parts = info.key.split("/")
+                scanner.add(name, [marker, *(parts[:-1] if info.is_dir else parts)], info)
 
     await each(("_manifests", "_layers", "_uploads"), folder)
     return (await scanner.finish(store))[name]

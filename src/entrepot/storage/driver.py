@@ -23,7 +23,7 @@ import abc
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,6 +34,10 @@ T = TypeVar("T")
 Keys = list[str]
 Infos = list["FileInfo"]
 Moved = list[bool]
+# How ``scan`` treats a directory, given its key relative to the scan's prefix (ending in
+# "/"): None, enter it; a relative key, report only the object at that key under it, or
+# the directory itself when there is none (""): the directory is not listed.
+Fold = Callable[[str], str | None]
 
 
 class StorageError(Exception):
@@ -236,11 +240,18 @@ class StorageDriver(abc.ABC):
         async for batch in _walk_by_listing(self, prefix, "", after, collapse):
             yield batch
 
-    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+    async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
         """Every object under ``prefix`` with its size and mtime (``FileInfo.key`` relative
         to the prefix), in lexical order, in batches: what a collection of the whole store
         reads. A missing prefix yields nothing. Flat stores get the sizes and times with
-        the listing (S3's ListObjectsV2); this default stats every key ``walk`` finds."""
+        the listing (S3's ListObjectsV2); this default stats every key ``walk`` finds.
+
+        With ``fold``, a directory for which it names a key is reported by that one object
+        (or, when there is none, as the directory: its key ending in "/", ``is_dir``), so
+        a driver with real directories need not open it: a registry's link and blob
+        folders hold one file each. Such a driver also reports a directory it enters
+        that holds nothing, as a directory."""
+        folder = Folder(fold) if fold is not None else None
         async for keys in self.walk(prefix):
             found: list[FileInfo] = []
             for rel in keys:
@@ -249,8 +260,12 @@ class StorageDriver(abc.ABC):
                 except StorageNotFound:
                     continue  # deleted meanwhile
                 found.append(FileInfo(rel, info.size, info.mtime, False, info.version))
+            if folder is not None:
+                found = folder.feed(found)
             if found:
                 yield found
+        if folder is not None and (rest := folder.flush()):
+            yield rest
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         """``move`` for each (src, dst) pair, in any order or at once; for each, whether
@@ -399,3 +414,46 @@ async def _walk_by_listing(
                 yield inner
     if batch:
         yield batch
+
+
+class Folder:
+    """Applies a scan's ``fold`` to objects listed flat, in key order (the keys under a
+    directory are consecutive): for drivers without real directories."""
+
+    def __init__(self, fold: Fold) -> None:
+        self.fold = fold
+        self.directory: str | None = None  # the folded directory the last key was in
+        self.leaf = ""
+        self.found: FileInfo | None = None
+
+    def feed(self, infos: Iterable[FileInfo]) -> list[FileInfo]:
+        out: list[FileInfo] = []
+        for info in infos:
+            key = info.key
+            if self.directory is not None:
+                if key.startswith(self.directory):
+                    if self.leaf and key == self.directory + self.leaf:
+                        self.found = info
+                    continue
+                out.append(self._close())
+            start = 0
+            while (cut := key.find("/", start)) >= 0:
+                directory = key[: cut + 1]
+                leaf = self.fold(directory)
+                if leaf is not None:
+                    self.directory, self.leaf = directory, leaf
+                    self.found = info if leaf and key == directory + leaf else None
+                    break
+                start = cut + 1
+            else:
+                out.append(info)
+        return out
+
+    def flush(self) -> list[FileInfo]:
+        return [] if self.directory is None else [self._close()]
+
+    def _close(self) -> FileInfo:
+        assert self.directory is not None
+        found = self.found or FileInfo(self.directory, 0, 0.0, True)
+        self.directory, self.found = None, None
+        return found

@@ -24,6 +24,7 @@ from typing import TypeVar, TypeVarTuple
 
 from entrepot.storage.driver import (
     FileInfo,
+    Fold,
     Infos,
     IngestState,
     IngestWriter,
@@ -323,6 +324,42 @@ def _walk_infos(root: str) -> Iterator[FileInfo]:
             except (FileNotFoundError, NotADirectoryError):
                 continue  # deleted meanwhile
             yield FileInfo(rel + name, st.st_size, st.st_mtime, False)
+        else:
+            stack.pop()
+
+
+def _walk_folded(root: str, fold: Fold) -> Iterator[FileInfo]:
+    """As ``_walk_infos``, with ``fold`` (see StorageDriver.scan): a folded directory costs
+    one stat of the object named in its place, or none; an empty directory entered is
+    reported as one."""
+    stack = [(root + "/", "", iter(_sorted_entries(root)))]
+    while stack:
+        path, rel, entries = stack[-1]
+        for name in entries:
+            key = rel + name
+            if name[-1] == "/":
+                leaf = fold(key)
+                if leaf is None:
+                    inner = _sorted_entries(path + name)
+                    if inner:
+                        stack.append((path + name, key, iter(inner)))
+                        break
+                elif leaf:
+                    try:
+                        st = os.stat(path + name + leaf)
+                    except (FileNotFoundError, NotADirectoryError):
+                        pass
+                    else:
+                        if not stat_mod.S_ISDIR(st.st_mode):
+                            yield FileInfo(key + leaf, st.st_size, st.st_mtime, False)
+                            continue
+                yield FileInfo(key, 0, 0.0, True)
+                continue
+            try:
+                st = os.stat(path + name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # deleted meanwhile
+            yield FileInfo(key, st.st_size, st.st_mtime, False)
         else:
             stack.pop()
 
@@ -653,6 +690,15 @@ class FilesystemDriver(StorageDriver):
         _check_key(key)
         return self._prefix + key
 
+    def _bulk_path(self, key: str) -> str:
+        """``_path`` for the many distinct keys of a bulk call, which would only fill and
+        flush its cache: a key with no empty or dot-led segment (temp files' included),
+        NUL or backslash needs no closer look."""
+        wrapped = f"/{key}/"
+        if "//" in wrapped or "/." in wrapped or "\x00" in key or "\\" in key:
+            return self._path(key)
+        return self._prefix + key
+
     async def get_content(self, key: str) -> bytes:
         # Inline, not in a thread: the objects read whole are links and manifests, a few
         # hundred bytes from the page cache, and a thread hop costs several times the read
@@ -760,9 +806,10 @@ class FilesystemDriver(StorageDriver):
                 return
             size = min(size * 4, WALK_BATCH_MAX)
 
-    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
+    async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
         """A walk in a worker thread, a batch of objects per thread hop."""
-        infos = _walk_infos(self._path(prefix, root_ok=True))
+        root = self._path(prefix, root_ok=True)
+        infos = _walk_infos(root) if fold is None else _walk_folded(root, fold)
         size = WALK_BATCH_FIRST
         while True:
             batch = await _run(prefix, True, _take, infos, size)
@@ -773,7 +820,7 @@ class FilesystemDriver(StorageDriver):
             size = min(size * 4, WALK_BATCH_MAX)
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
-        items = [(self._path(src), self._path(dst), src) for src, dst in moves]
+        items = [(self._bulk_path(src), self._bulk_path(dst), src) for src, dst in moves]
         chunks = [items[i : i + BULK_CHUNK] for i in range(0, len(items), BULK_CHUNK)]
         done = await asyncio.gather(
             *(_run(chunk[0][2], False, _move_all, chunk, sync) for chunk in chunks)
@@ -781,7 +828,7 @@ class FilesystemDriver(StorageDriver):
         return [moved for chunk in done for moved in chunk]
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        paths = [self._path(key) for key in keys if "/" in key]
+        paths = [self._bulk_path(key) for key in keys if "/" in key]
         top = [key for key in keys if "/" not in key]  # their folder is the root: kept
         chunks = [paths[i : i + BULK_CHUNK] for i in range(0, len(paths), BULK_CHUNK)]
         await asyncio.gather(*(_run(c[0], False, _delete_files, c) for c in chunks))

@@ -36,6 +36,8 @@ from obstore.store import S3Store
 
 from entrepot.storage.driver import (
     FileInfo,
+    Fold,
+    Folder,
     Infos,
     IngestState,
     IngestWriter,
@@ -308,13 +310,15 @@ class S3Driver(StorageDriver):
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
 
-    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
-        # One flat listing: sizes and times come with the keys, 1,000 a request.
+    async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
+        # One flat listing: sizes and times come with the keys, 1,000 a request; a fold
+        # only filters it.
         base = self._dir_key(prefix)
         cut = len(base) + 1 if base else 0
+        folder = Folder(fold) if fold is not None else None
         try:
             async for batch in obstore.list(self.store, base, chunk_size=1000):
-                yield [
+                infos = [
                     FileInfo(
                         o["path"][cut:],
                         o["size"],
@@ -324,8 +328,14 @@ class S3Driver(StorageDriver):
                     )
                     for o in batch
                 ]
+                if folder is not None:
+                    infos = folder.feed(infos)
+                if infos:
+                    yield infos
         except (BaseError, OSError) as exc:
             raise self._error(exc, prefix) from exc
+        if folder is not None and (rest := folder.flush()):
+            yield rest
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         paths = [self.object_key(key) for key in keys]

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, S
 
 from entrepot.storage.driver import (
     FileInfo,
+    Fold,
     Infos,
     IngestState,
     IngestWriter,
@@ -112,8 +113,8 @@ class TimedDriver(StorageDriver):
         async for batch in self.inner.walk(prefix, after=after, collapse=collapse):
             yield batch
 
-    async def scan(self, prefix: str) -> AsyncGenerator[Infos, None]:
-        async for batch in self.inner.scan(prefix):
+    async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
+        async for batch in self.inner.scan(prefix, fold=fold):
             yield batch
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
