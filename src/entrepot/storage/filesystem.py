@@ -15,8 +15,9 @@ import contextlib
 import functools
 import os
 import stat as stat_mod
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from entrepot.storage.driver import (
     FileInfo,
@@ -89,6 +90,24 @@ def _check_key(key: str) -> None:
 
 
 # Errors that only freeing space fixes: the message tells the operator so.
+
+
+Item = TypeVar("Item")
+
+
+async def _in_batches(prefix: str, items: Iterator[Item]) -> AsyncGenerator[list[Item], None]:
+    """A walk's items, taken in a worker thread a batch per hop (growing from
+    WALK_BATCH_FIRST to WALK_BATCH_MAX); nothing stays open between batches."""
+    size = WALK_BATCH_FIRST
+    while True:
+        batch = await _run(prefix, True, _take, items, size)
+        if batch:
+            yield batch
+        if len(batch) < size:
+            return
+        size = min(size * 4, WALK_BATCH_MAX)
+
+
 class FilesystemDriver(StorageDriver):
     """Objects are files under ``rootdirectory``; prefixes are directories.
 
@@ -234,27 +253,15 @@ class FilesystemDriver(StorageDriver):
         """os.scandir in a worker thread, a batch of keys per thread hop. The generator
         holds no open directory between batches, so a caller may stop at any time."""
         keys = _walk_keys(self._path(prefix, root_ok=True), after, collapse)
-        size = WALK_BATCH_FIRST
-        while True:
-            batch = await _run(prefix, True, _take, keys, size)
-            if batch:
-                yield batch
-            if len(batch) < size:
-                return
-            size = min(size * 4, WALK_BATCH_MAX)
+        async for batch in _in_batches(prefix, keys):
+            yield batch
 
     async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
         """A walk in a worker thread, a batch of objects per thread hop."""
         root = self._path(prefix, root_ok=True)
         infos = _walk_infos(root) if fold is None else _walk_folded(root, fold)
-        size = WALK_BATCH_FIRST
-        while True:
-            batch = await _run(prefix, True, _take, infos, size)
-            if batch:
-                yield batch
-            if len(batch) < size:
-                return
-            size = min(size * 4, WALK_BATCH_MAX)
+        async for batch in _in_batches(prefix, infos):
+            yield batch
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         items = [(self._bulk_path(src), self._bulk_path(dst), src) for src, dst in moves]
