@@ -56,7 +56,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/lint-imports
 
 test: test-deps lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
 
 # The benchmark drives Debian's docker-registry with wrk, ab (HEAD), curl and taskset, and for
 # its S3 rows Ceph's radosgw, redis-server and nginx (some in /usr/sbin): install the missing
