@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.util
 import sys
 from collections.abc import Coroutine
@@ -16,7 +15,6 @@ from entrepot.config import ConfigError, load_config, parse_duration
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
-from entrepot.registry.lease import StorageLease
 from entrepot.storage import StorageError
 
 COMMAND = "garbage-collect"
@@ -80,15 +78,13 @@ def garbage_collect(path: str, options: GcOptions) -> int:
     async def collect() -> GcResult:
         driver = create_driver(config)
         # One collection at a time over a store: the servers' scheduled ones take it too.
-        lease = StorageLease(driver, LEASE, LEASE_TTL)
         try:
-            if not await lease.acquire():
+            lease = await driver.try_lease(LEASE, ttl=LEASE_TTL)
+            if lease is None:
                 raise LeaseHeld
-            renewing = asyncio.create_task(_renew(lease))
-            try:
+            try:  # the lease renews itself while held
                 return await GarbageCollector(driver, options, emit=_say).run()
             finally:
-                renewing.cancel()
                 await lease.release()
         finally:
             await driver.close()
@@ -119,13 +115,6 @@ def garbage_collect(path: str, options: GcOptions) -> int:
         if result.blobs_recovered:
             _say(f"put back {result.blobs_recovered} blobs an interrupted collection left aside")
     return 0
-
-
-async def _renew(lease: StorageLease) -> None:
-    while True:
-        await asyncio.sleep(LEASE_TTL / 3)
-        with contextlib.suppress(StorageError):
-            await lease.renew()
 
 
 def _run_async(work: Coroutine[object, object, _T]) -> _T:

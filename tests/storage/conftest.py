@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from entrepot.storage import StorageDriver
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.redisleases import RedisLeases
 from entrepot.storage.s3 import S3Driver
 from tests.cephs3 import driver_settings
 
@@ -38,3 +40,37 @@ async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield d
     finally:
         await d.close()
+
+
+@contextlib.asynccontextmanager
+async def two_drivers_on_one_store(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str, *, own_machines: bool
+) -> AsyncIterator[tuple[StorageDriver, StorageDriver]]:
+    """Two drivers on one store, as two processes or replicas have: ``kind`` is
+    "filesystem", "s3" or "s3-redis" (leases in Redis). With ``own_machines``, S3 drivers
+    stand for replicas on machines of their own (each its lock files and mirrors), else
+    for two processes of one machine."""
+    drivers: list[StorageDriver]
+    if kind == "filesystem":
+        drivers = [FilesystemDriver(tmp_path / "root") for _ in range(2)]
+    else:
+        server = request.getfixturevalue("s3_server")
+        bucket = request.getfixturevalue("s3_shared_bucket")
+        settings = driver_settings(server, bucket, f"/{uuid.uuid4().hex}/registry/")
+        redis = request.getfixturevalue("redis_server").settings() if kind == "s3-redis" else None
+        prefix = f"entrepot:test:{uuid.uuid4().hex}:"
+        machines = [tmp_path / f"machine-{n}" for n in range(2)] if own_machines else [None] * 2
+        drivers = [
+            S3Driver(
+                settings,
+                RedisLeases(redis, prefix) if redis else None,
+                str(machine / "mirrors") if machine else None,
+                str(machine / "locks") if machine else None,
+            )
+            for machine in machines
+        ]
+    try:
+        yield drivers[0], drivers[1]
+    finally:
+        for driver in drivers:
+            await driver.close()

@@ -1,7 +1,7 @@
 """The contract's leases and ingests (what a shared cache fill is built on), on every
 driver: the filesystem, S3 with leases among this machine's processes, and S3 with leases
-in Redis (shared by every replica). Two drivers on one store stand for two processes or
-replicas."""
+in Redis (shared by every replica); leases of the scope a fill asks for (proxy/fetch.py).
+Two drivers on one store stand for two processes or replicas."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ import asyncio
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from entrepot.proxy.fetch import FILL
 from entrepot.storage import StorageDriver, StorageNotFound
-from entrepot.storage.filesystem import FilesystemDriver
-from entrepot.storage.redisleases import RedisLeases
-from entrepot.storage.s3 import S3Driver
-from tests.cephs3 import driver_settings
+from tests.storage.conftest import two_drivers_on_one_store
 
 MiB = 1024 * 1024
 INGEST = "repositories/r/_uploads/fill-x/token-1"
@@ -30,29 +27,12 @@ DST = "blobs/sha256/ab/abcd/data"
 async def two_drivers(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[StorageDriver, StorageDriver]]:
-    """Two drivers on one store, as two processes (or replicas) would have."""
-    drivers: list[StorageDriver]
-    if request.param == "filesystem":
-        drivers = [FilesystemDriver(tmp_path / "root") for _ in range(2)]
-    else:
-        server = request.getfixturevalue("s3_server")
-        bucket = request.getfixturevalue("s3_shared_bucket")
-        settings = driver_settings(server, bucket, f"/{uuid.uuid4().hex}/registry/")
-        if request.param == "s3-redis":
-            redis = request.getfixturevalue("redis_server").settings()
-            prefix = f"entrepot:test:{uuid.uuid4().hex}:"
-            # Replicas on machines of their own: each has its own local mirrors.
-            drivers = [
-                S3Driver(settings, RedisLeases(redis, prefix), str(tmp_path / f"machine-{n}"))
-                for n in range(2)
-            ]
-        else:
-            drivers = [S3Driver(settings) for _ in range(2)]
-    try:
-        yield drivers[0], drivers[1]
-    finally:
-        for driver in drivers:
-            await driver.close()
+    """Two drivers on one store, as two processes (or, with Redis, replicas) would have."""
+    kind = request.param
+    async with two_drivers_on_one_store(
+        request, tmp_path, kind, own_machines=kind == "s3-redis"
+    ) as drivers:
+        yield drivers
 
 
 # ---- leases ----------------------------------------------------------------------------
@@ -62,23 +42,23 @@ async def test_one_holder_at_a_time_and_others_see_its_token(
     two_drivers: tuple[StorageDriver, StorageDriver],
 ) -> None:
     one, other = two_drivers
-    assert await other.lease_holder("fills/a/lease") is None
-    lease = await one.try_lease("fills/a/lease")
+    assert await other.lease_holder("fills/a/lease", scope=FILL) is None
+    lease = await one.try_lease("fills/a/lease", scope=FILL)
     assert lease is not None and lease.token
-    assert await other.try_lease("fills/a/lease") is None
-    assert await one.try_lease("fills/a/lease") is None  # not re-entrant either
-    assert await other.lease_holder("fills/a/lease") == lease.token
+    assert await other.try_lease("fills/a/lease", scope=FILL) is None
+    assert await one.try_lease("fills/a/lease", scope=FILL) is None  # not re-entrant either
+    assert await other.lease_holder("fills/a/lease", scope=FILL) == lease.token
     # Another name is another lease.
-    second = await other.try_lease("fills/b/lease")
+    second = await other.try_lease("fills/b/lease", scope=FILL)
     assert second is not None and second.token != lease.token
     await second.release()
 
     await lease.release()
     await lease.release()  # a no-op the second time
-    assert await other.lease_holder("fills/a/lease") is None
-    again = await other.try_lease("fills/a/lease")
+    assert await other.lease_holder("fills/a/lease", scope=FILL) is None
+    again = await other.try_lease("fills/a/lease", scope=FILL)
     assert again is not None and again.token != lease.token
-    assert await one.lease_holder("fills/a/lease") == again.token
+    assert await one.lease_holder("fills/a/lease", scope=FILL) == again.token
     await again.release()
 
 
@@ -86,7 +66,9 @@ async def test_concurrent_tries_elect_exactly_one(
     two_drivers: tuple[StorageDriver, StorageDriver],
 ) -> None:
     one, other = two_drivers
-    leases = await asyncio.gather(*(d.try_lease("fills/race/lease") for d in [one, other] * 4))
+    leases = await asyncio.gather(
+        *(d.try_lease("fills/race/lease", scope=FILL) for d in [one, other] * 4)
+    )
     held = [lease for lease in leases if lease is not None]
     assert len(held) == 1
     await held[0].release()
@@ -94,7 +76,7 @@ async def test_concurrent_tries_elect_exactly_one(
 
 async def test_a_lease_is_not_an_object(two_drivers: tuple[StorageDriver, StorageDriver]) -> None:
     one, _ = two_drivers
-    lease = await one.try_lease("fills/c/lease")
+    lease = await one.try_lease("fills/c/lease", scope=FILL)
     assert lease is not None
     await lease.release()
     with pytest.raises(StorageNotFound):

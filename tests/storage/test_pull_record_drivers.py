@@ -11,7 +11,6 @@ import json
 import pytest
 
 from entrepot.registry import layout
-from entrepot.registry.lease import StorageLease
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.pullcompact import LEASE, LEASE_TTL, compact_once
 from entrepot.registry.pulls import (
@@ -51,8 +50,8 @@ async def test_replicas_pulls_and_old_records_fold_into_one(driver: StorageDrive
     before = await load_times(driver)
     assert before.by_tag == {(NAME, "v1"): 200.0, (NAME, "v2"): 150.0}
     assert before.by_digest[(NAME, str(v1))] == 200.0
-    holder = StorageLease(driver, LEASE, LEASE_TTL)
-    assert await holder.acquire()
+    holder = await driver.try_lease(LEASE, ttl=LEASE_TTL)
+    assert holder is not None
     assert await compact_once(driver) is None  # another replica is compacting
     await holder.release()
     await driver.delete(layout.tag_dir(NAME, "v2"))  # v2's pulls go with the tag

@@ -13,7 +13,7 @@ TTL = 0.6  # seconds
 
 
 def leases(redis_server: RedisServer, prefix: str) -> RedisLeases:
-    return RedisLeases(redis_server.settings(), prefix, ttl=TTL)
+    return RedisLeases(redis_server.settings(), prefix)
 
 
 async def test_a_held_lease_outlives_its_time_limit_and_a_dead_holders_lapses(
@@ -22,8 +22,8 @@ async def test_a_held_lease_outlives_its_time_limit_and_a_dead_holders_lapses(
     prefix = f"entrepot:test:{uuid.uuid4().hex}:"
     alive, dying, other = (leases(redis_server, prefix) for _ in range(3))
     try:
-        kept = await alive.acquire("kept")
-        lost = await dying.acquire("lost")
+        kept = await alive.acquire("kept", TTL)
+        lost = await dying.acquire("lost", TTL)
         assert kept is not None and lost is not None
         # The holder of "lost" dies: its client goes, nothing renews or releases.
         await dying.close()
@@ -33,7 +33,7 @@ async def test_a_held_lease_outlives_its_time_limit_and_a_dead_holders_lapses(
         await asyncio.sleep(TTL * 3)
         assert await other.holder("kept") == kept.token  # renewed all along
         assert await other.holder("lost") is None  # lapsed: another may take over
-        taken = await other.acquire("lost")
+        taken = await other.acquire("lost", TTL)
         assert taken is not None
         # The old holder comes back: its release does not free what another now holds.
         dying.redis = redis_server.settings().client()

@@ -4,7 +4,6 @@ test_gc: the collector's clock runs two hours ahead)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.gc import QUARANTINE, GcOptions, GcResult
 from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector, summary
-from entrepot.registry.lease import LeaseLost, StorageLease
+from entrepot.registry.lease import GC_LEASE, GC_LEASE_TTL
 from entrepot.registry.pullcompact import compact_once
 from entrepot.registry.pulls import BATCHES, PullRecorder, load_times
 from entrepot.registry.quarantine import JOURNAL
@@ -213,26 +212,18 @@ async def test_a_quarantine_without_journal_is_put_back_too(driver: FilesystemDr
 # ---- the lease -----------------------------------------------------------------------------
 
 
-async def test_the_lease_has_one_holder_until_released_or_expired(
+async def test_a_scheduled_collection_skips_while_another_holds_the_lease(
     driver: FilesystemDriver,
 ) -> None:
-    now = [1000.0]
-    first, second = (StorageLease(driver, "gc/lease", 60.0, lambda: now[0]) for _ in range(2))
-    assert await first.acquire()
-    assert not await second.acquire()
-    await first.renew()
-    await first.release()
-    assert await second.acquire()
-    now[0] += 61.0  # the holder stalled past its expiry
-    assert await first.acquire()
-    with pytest.raises(LeaseLost):
-        await second.renew()
-
-
-async def test_racing_workers_take_the_lease_once(driver: FilesystemDriver) -> None:
-    leases = [StorageLease(driver, "gc/lease", 60.0) for _ in range(8)]
-    taken = await asyncio.gather(*(lease.acquire() for lease in leases))
-    assert taken.count(True) == 1
+    stray = await layer(driver, "team/app", b"stray")
+    worker = ScheduledCollector(driver, 600.0, GcOptions(), None, lambda: time.time() + LATER)
+    command = await driver.try_lease(GC_LEASE, ttl=GC_LEASE_TTL)  # garbage-collect runs
+    assert command is not None
+    assert await worker.collect_if_due() is None
+    assert await exists(driver, layout.blob_data(stray))
+    await command.release()
+    done = await worker.collect_if_due()
+    assert done is not None and set(done.blobs_deleted) == {stray}
 
 
 # ---- pull records and the schedule ----------------------------------------------------------

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from entrepot.oci.digest import Digest, DigestVerifier
 from entrepot.registry.streams import pump
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
-from entrepot.storage.driver import IngestWriter
+from entrepot.storage.driver import IngestWriter, LeaseScope
 
 log = logging.getLogger("entrepot.proxy.fetch")
 
@@ -44,6 +44,9 @@ _SETTLE_LOOK = 0.05  # how often a waiting client looks at a fill that makes no 
 # its first moments (connections opening, the other clients' requests, first imports) are
 # much slower than the rest, and a client that streams because of them slows the fill.
 _JUDGE_AFTER = 1.0
+# A fill's lease: among this machine's processes at least (on S3 without Redis, each
+# replica fills on its own rather than pay requests to the bucket for every fill's lease).
+FILL: LeaseScope = "machine"
 _TRIES = 50  # a lease that keeps changing hands while we look (a fill ends, another starts)
 
 
@@ -130,7 +133,7 @@ class BlobFill:
         driver, spool = self.spool.driver, self.spool
         for _ in range(_TRIES):
             try:
-                lease = await driver.try_lease(spool.lease)
+                lease = await driver.try_lease(spool.lease, scope=FILL)
             except StorageError as exc:
                 # Safe without it (publishing is atomic, the bytes are the same): at worst
                 # another process or replica downloads the blob too.
@@ -145,7 +148,7 @@ class BlobFill:
                 finally:
                     await lease.release()
                 return
-            token = await driver.lease_holder(spool.lease)
+            token = await driver.lease_holder(spool.lease, scope=FILL)
             if token:
                 await self._follow(token)
                 return
@@ -237,7 +240,7 @@ class BlobFill:
                 self._started.set()
                 if state.readable > self.written:
                     await self._advance(state.readable)
-            if await driver.lease_holder(spool.lease) != token:
+            if await driver.lease_holder(spool.lease, scope=FILL) != token:
                 break
             await asyncio.sleep(driver.follow_interval)
         if not await self._published():

@@ -246,18 +246,22 @@ class CacheJanitor:
             cached_now,
         )
 
+    async def sweep_once(self) -> SweepResult | None:
+        """Sweep unless another process is sweeping (None): one at a time among every
+        worker and replica sharing the storage (the storage driver's lease)."""
+        lease = await self.driver.try_lease(LOCK_KEY)
+        if lease is None:
+            return None
+        try:
+            return await self.sweep()
+        finally:
+            await lease.release()
+
     async def run(self, interval: float) -> None:
-        """Sweep every ``interval``; one process at a time does it (the storage driver's
-        lease, across workers and, where the driver's leases reach them, replicas)."""
+        """Sweep every ``interval`` (``sweep_once``)."""
         while True:
             await asyncio.sleep(interval)
             try:
-                lease = await self.driver.try_lease(LOCK_KEY)
-                if lease is None:
-                    continue  # another worker is sweeping
-                try:
-                    await self.sweep()
-                finally:
-                    await lease.release()
+                await self.sweep_once()
             except StorageError as exc:
                 log.warning("cache eviction failed: %s", exc)

@@ -208,9 +208,8 @@ class Prefetcher:
     async def run_schedule(
         self, images: Sequence[str], platforms: Sequence[Platform], interval: float
     ) -> None:
-        """Prefetch ``images`` now and every ``interval``; one process at a time (the
-        storage driver's lease: the processes of this machine, or with Redis on S3 every
-        replica)."""
+        """Prefetch ``images`` now and every ``interval``; one process at a time among
+        every worker and replica sharing the storage (the storage driver's lease)."""
         driver = self.cache.local.driver
         while True:
             try:

@@ -1,7 +1,7 @@
 """Scheduled garbage collection inside the server (``garbagecollect.interval``).
 
-Every worker of every replica runs the loop, and the one that takes the storage lease
-(registry/lease.py) collects; a run records when it started, so the others, finding the
+Every worker of every replica runs the loop, and the one that takes the storage driver's
+lease (registry/lease.py) collects; a run records when it started, so the others, finding the
 last run younger than the interval, wait for the next turn. A worker that stops holding
 the lease (it stalled past the lease's expiry) abandons its run; the next run puts back
 what it had moved aside. Each run logs one summary line and counts in /metrics.
@@ -22,9 +22,8 @@ from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcscan import Limited
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
-from entrepot.registry.lease import LeaseLost, StorageLease
 from entrepot.registry.quarantine import recover
-from entrepot.storage import StorageDriver, StorageError
+from entrepot.storage import Lease, LeaseLost, StorageDriver, StorageError
 
 log = logging.getLogger("entrepot.gc")
 
@@ -130,8 +129,8 @@ class ScheduledCollector:
         return max(0.0, due) + random.uniform(0.0, min(5.0, self.interval / 10))
 
     async def recover(self) -> int:
-        lease = StorageLease(self.driver, LEASE, LEASE_TTL, self.clock)
-        if not await lease.acquire():
+        lease = await self.driver.try_lease(LEASE, ttl=LEASE_TTL)
+        if lease is None:
             return 0  # the holder is collecting; its run recovers first
         try:
             restored = await recover(Limited(self.driver, 8))
@@ -151,8 +150,8 @@ class ScheduledCollector:
         """Collect if no run started within the interval and the lease is free."""
         if self.clock() - await self._last_run() < self.interval:
             return None
-        lease = StorageLease(self.driver, LEASE, LEASE_TTL, self.clock)
-        if not await lease.acquire():
+        lease = await self.driver.try_lease(LEASE, ttl=LEASE_TTL)
+        if lease is None:
             return None
         try:
             if self.clock() - await self._last_run() < self.interval:
@@ -162,7 +161,7 @@ class ScheduledCollector:
         finally:
             await lease.release()
 
-    async def _collect(self, lease: StorageLease) -> GcResult | None:
+    async def _collect(self, lease: Lease) -> GcResult | None:
         collector = GarbageCollector(self.driver, self.options, emit=log.debug, clock=self.clock)
         work = asyncio.create_task(collector.run())
         renewing = asyncio.create_task(self._renew(lease, work))
@@ -184,7 +183,7 @@ class ScheduledCollector:
             self.metrics.count(result)
         return result
 
-    async def _renew(self, lease: StorageLease, work: asyncio.Task[GcResult]) -> None:
+    async def _renew(self, lease: Lease, work: asyncio.Task[GcResult]) -> None:
         while True:
             await asyncio.sleep(LEASE_TTL / 3)
             try:

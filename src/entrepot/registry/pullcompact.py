@@ -1,8 +1,8 @@
 """The pull record's compaction (registry/pulls.py): the batches (and the old recorders'
 records) folded into the merged record, then deleted; one compaction at a time among every
-worker and replica, under a storage lease (registry/lease.py: ``put_new``, so plain S3
-too). Every server that records pulls runs ``run_compaction``; whoever takes the lease
-compacts, the others skip that turn.
+worker and replica, under the storage driver's lease (scope "store": on plain S3 too).
+Every server that records pulls runs ``run_compaction``; whoever takes the lease compacts,
+the others skip that turn.
 
 Entries of what no longer exists are dropped, so the record does not grow forever: an
 entry stays while its repository still holds its manifest, or, for a pull by tag, still
@@ -17,13 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from entrepot.registry import layout
 from entrepot.registry.gcscan import Limited, each
-from entrepot.registry.lease import LeaseLost, StorageLease
 from entrepot.registry.pulls import (
     LEGACY_IMAGE_PULLS,
     LEGACY_TAG_PULLS,
@@ -33,11 +30,11 @@ from entrepot.registry.pulls import (
     encode,
     load_record,
 )
-from entrepot.storage import StorageDriver, StorageError
+from entrepot.storage import Lease, LeaseLost, StorageDriver, StorageError
 
 log = logging.getLogger("entrepot.pulls")
 
-LEASE = f"{PULLS}/lease"
+LEASE = f"{PULLS}/compaction.lock"  # not .../lease: older versions' folder of generations
 LEASE_TTL = 60.0  # seconds: a compaction reads and writes a few objects
 COMPACT_EVERY = 300.0  # seconds between compactions (readers read the batches meanwhile)
 CONCURRENCY = 16  # storage calls in flight while pruning
@@ -74,7 +71,7 @@ async def _prune(store: Limited, pulls: Pulls) -> Pulls:
     return kept
 
 
-async def compact(driver: StorageDriver, lease: StorageLease) -> Compaction:
+async def compact(driver: StorageDriver, lease: Lease) -> Compaction:
     """Fold, prune and write the merged record, then delete what it now holds; the
     caller holds ``lease`` (checked once more before writing: LeaseLost)."""
     store = Limited(driver, CONCURRENCY)
@@ -92,12 +89,10 @@ async def compact(driver: StorageDriver, lease: StorageLease) -> Compaction:
     return Compaction(len(kept), len(record.pulls) - len(kept), len(record.read))
 
 
-async def compact_once(
-    driver: StorageDriver, clock: Callable[[], float] = time.time
-) -> Compaction | None:
+async def compact_once(driver: StorageDriver) -> Compaction | None:
     """Compact if no other worker is compacting (None: one is)."""
-    lease = StorageLease(driver, LEASE, LEASE_TTL, clock)
-    if not await lease.acquire():
+    lease = await driver.try_lease(LEASE, ttl=LEASE_TTL)
+    if lease is None:
         return None
     try:
         return await compact(driver, lease)

@@ -79,7 +79,7 @@ async def run_usage_meter(
     driver: StorageDriver, interval: float = INTERVAL, first_delay: float = FIRST_DELAY
 ) -> None:
     """Measure every ``interval``: the worker holding the storage driver's lease does it
-    (across workers, and replicas where the driver's leases reach them), and only when the
+    (one among every worker and replica sharing the storage), and only when the
     recorded figure is older than that (another worker, or the run before a restart, may
     have just measured)."""
     delay = first_delay

@@ -2,6 +2,8 @@
 
 from entrepot.storage.driver import (
     FileInfo,
+    Lease,
+    LeaseLost,
     StorageConflict,
     StorageDriver,
     StorageError,
@@ -11,6 +13,8 @@ from entrepot.storage.driver import (
 
 __all__ = [
     "FileInfo",
+    "Lease",
+    "LeaseLost",
     "StorageConflict",
     "StorageDriver",
     "StorageError",

@@ -12,7 +12,8 @@ for a missing key and StorageError for anything else; callers never see OSError 
 SDK's exception.
 
 Besides objects, a driver offers what a cache fill shared by several processes (and
-replicas) needs: a *lease* (one holder at a time for a key, with a token others can read)
+replicas) needs: a *lease* (one holder at a time for a key, with a token others can read;
+also what keeps background work such as garbage collection to one process of a fleet)
 and an *ingest* (an object being written that others can read while it grows, published
 atomically at another key once complete). See ``Lease`` and ``IngestWriter``.
 """
@@ -25,7 +26,7 @@ import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -120,17 +121,40 @@ class StorageWriter(abc.ABC):
     async def cancel(self) -> None: ...
 
 
+# Where a lease must be exclusive (``try_lease``): "store", among every process and
+# replica using the store; "machine", at least among the processes of this machine, for
+# work that may run once per machine (a cache fill) where that is cheaper (S3 without Redis
+# keeps it in a lock file of this machine rather than in the bucket).
+LeaseScope = Literal["store", "machine"]
+LEASE_TTL = 30.0  # seconds, unless the holder asks for another time limit
+
+
+class LeaseLost(Exception):
+    """Another holder has the lease now (this one released it, or stalled past its time
+    limit and it was taken over): the work it guarded must stop."""
+
+
 class Lease(abc.ABC):
-    """Held by one holder at a time, across the processes (and, where the driver says so,
-    the replicas) sharing the store. ``token`` is this holder's, unique to this lease;
-    others read it with ``StorageDriver.lease_holder``. A lease ends with ``release`` or
-    with its holder's process; one with a time limit is renewed while it is held."""
+    """Held by one holder at a time within its scope (``LeaseScope``). ``token`` is this
+    holder's, unique to this lease; others read it with ``StorageDriver.lease_holder``.
+    A lease ends with ``release`` or with its holder: at once when its process dies where
+    ``ttl`` is None (a lock file), else once the holder stops renewing it for ``ttl``
+    seconds. While it is held the driver renews it in the background, every third of its
+    ``ttl``; a holder that stalls past it (its loop blocked, its replica cut off) may lose
+    it to another, which ``renew`` tells."""
 
     token: str
+    ttl: float | None
+
+    @abc.abstractmethod
+    async def renew(self) -> None:
+        """Extend the lease by its ``ttl`` now; LeaseLost if this holder no longer has it
+        (released, or taken over). A holder about to write what the lease guards calls it
+        first."""
 
     @abc.abstractmethod
     async def release(self) -> None:
-        """Give the lease up (a no-op the second time)."""
+        """Give the lease up (a no-op the second time); never frees another holder's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,12 +334,16 @@ class StorageDriver(abc.ABC):
         """Delete an object or everything under a prefix. StorageNotFound if neither exists."""
 
     @abc.abstractmethod
-    async def try_lease(self, key: str) -> Lease | None:
-        """The lease named ``key``, or None at once when another holder has it. ``key``
-        names no object: leases and objects do not meet."""
+    async def try_lease(
+        self, key: str, *, ttl: float = LEASE_TTL, scope: LeaseScope = "store"
+    ) -> Lease | None:
+        """The lease named ``key`` within ``scope``, or None at once when another holder
+        has it. ``ttl``: how long it outlives a holder that stops renewing it, where it is
+        not a lock file (see ``Lease``). ``key`` names no object: leases and objects do
+        not meet; the two scopes' leases of one key are two leases."""
 
     @abc.abstractmethod
-    async def lease_holder(self, key: str) -> str | None:
+    async def lease_holder(self, key: str, *, scope: LeaseScope = "store") -> str | None:
         """The current holder's token, None when nobody holds the lease, or "" for a
         holder that has not recorded its token yet (look again)."""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from entrepot.storage.driver import (
+    LEASE_TTL,
     FileInfo,
     Fold,
     Infos,
@@ -27,6 +28,7 @@ from entrepot.storage.driver import (
     IngestWriter,
     Keys,
     Lease,
+    LeaseScope,
     Moved,
     StorageConflict,
     StorageDriver,
@@ -293,11 +295,13 @@ class FilesystemDriver(StorageDriver):
     async def sync(self, key: str) -> None:
         await _run(key, True, _sync, self._path(key))
 
-    async def try_lease(self, key: str) -> Lease | None:
-        self._path(key)
-        return await self.leases.acquire(key)
+    async def try_lease(
+        self, key: str, *, ttl: float = LEASE_TTL, scope: LeaseScope = "store"
+    ) -> Lease | None:
+        self._path(key)  # one machine's disk: every scope is its lock files
+        return await self.leases.acquire(key, ttl)
 
-    async def lease_holder(self, key: str) -> str | None:
+    async def lease_holder(self, key: str, *, scope: LeaseScope = "store") -> str | None:
         self._path(key)
         return await self.leases.holder(key)
 

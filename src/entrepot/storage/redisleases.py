@@ -1,26 +1,22 @@
 """Leases in Redis (registry:2's ``redis`` section): one holder across every replica that
-shares the Redis server. A lease is the key ``<prefix><name>`` set with NX to the holder's
-token and a time limit, renewed while held (so a replica that dies lets go within the
-limit); renewal and release touch the key only while it still holds our token."""
+shares the Redis server, for cache fills and background work alike. A lease is the key
+``<prefix><name>`` set with NX to the holder's token and a time limit, renewed while held
+(so a replica that dies lets go within the limit); renewal and release touch the key only
+while it still holds our token."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from entrepot.storage.driver import Lease, StorageError
-from entrepot.storage.leases import Leases, new_token
+from entrepot.storage.leases import Leases, RenewedLease, new_token
 
 __all__ = ["RedisLeases", "RedisSettings"]
-
-log = logging.getLogger("entrepot.storage.redis")
-
-LEASE_TTL = 30.0  # seconds; renewed every third of it: two renewals may fail
 
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # noqa: E501
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"  # noqa: E501
@@ -59,69 +55,51 @@ class RedisSettings:
         )
 
 
-class _RedisLease(Lease):
-    def __init__(self, leases: RedisLeases, key: str, token: str) -> None:
+class _RedisLease(RenewedLease):
+    def __init__(self, leases: RedisLeases, key: str, token: str, ttl: float) -> None:
         self._leases = leases
+        super().__init__(f"{key} ({leases.address})", token, ttl)
         self._key = key
-        self.token = token
-        self._renewal: asyncio.Task[None] | None = asyncio.create_task(self._renew())
 
-    async def _renew(self) -> None:
-        ttl = self._leases.ttl
-        while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                kept = await self._leases.redis.eval(
-                    _RENEW, 1, self._key, self.token, int(ttl * 1000)
-                )
-            except RedisError as exc:
-                log.warning("%s: cannot renew lease %s: %s", self._leases.address, self._key, exc)
-                continue
-            if not kept:
-                log.warning(
-                    "%s: lease %s lapsed; another replica may take over",
-                    self._leases.address,
-                    self._key,
-                )
-                return
+    async def _extend(self) -> bool:
+        try:
+            kept = await self._leases.redis.eval(
+                _RENEW, 1, self._key, self.token, int(self.ttl * 1000)
+            )
+        except RedisError as exc:
+            raise self._leases.error(exc, self._key) from exc
+        return bool(kept)
 
-    async def release(self) -> None:
-        if self._renewal is None:
-            return
-        self._renewal.cancel()
-        self._renewal = None
-        # Shielded: a cancelled holder still lets go now rather than at the time limit.
-        with contextlib.suppress(RedisError, asyncio.CancelledError):
-            await asyncio.shield(self._leases.redis.eval(_RELEASE, 1, self._key, self.token))
+    async def _drop(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self._leases.redis.eval(_RELEASE, 1, self._key, self.token)
 
 
 class RedisLeases(Leases):
     across_machines = True
 
-    def __init__(self, settings: RedisSettings, prefix: str, ttl: float = LEASE_TTL) -> None:
-        self.ttl = ttl
+    def __init__(self, settings: RedisSettings, prefix: str) -> None:
         self.address = settings.address
         self.redis = settings.client()
         self.prefix = prefix
-        self.scope = f"every replica using {settings.address}"
 
-    def _error(self, exc: Exception, name: str) -> StorageError:
+    def error(self, exc: Exception, name: str) -> StorageError:
         return StorageError(f"{self.address}: lease {name}: {exc}")
 
-    async def acquire(self, name: str) -> Lease | None:
+    async def acquire(self, name: str, ttl: float) -> Lease | None:
         key = self.prefix + name
         token = new_token()
         try:
-            taken = await self.redis.set(key, token, nx=True, px=int(self.ttl * 1000))
+            taken = await self.redis.set(key, token, nx=True, px=int(ttl * 1000))
         except RedisError as exc:
-            raise self._error(exc, name) from exc
-        return _RedisLease(self, key, token) if taken else None
+            raise self.error(exc, name) from exc
+        return _RedisLease(self, key, token, ttl) if taken else None
 
     async def holder(self, name: str) -> str | None:
         try:
             value = await self.redis.get(self.prefix + name)
         except RedisError as exc:
-            raise self._error(exc, name) from exc
+            raise self.error(exc, name) from exc
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)

@@ -35,6 +35,7 @@ from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, Pre
 from obstore.store import S3Store
 
 from entrepot.storage.driver import (
+    LEASE_TTL,
     FileInfo,
     Fold,
     Folder,
@@ -42,6 +43,7 @@ from entrepot.storage.driver import (
     IngestState,
     IngestWriter,
     Lease,
+    LeaseScope,
     StorageConflict,
     StorageDriver,
     StorageError,
@@ -50,6 +52,7 @@ from entrepot.storage.driver import (
     check_key,
 )
 from entrepot.storage.leases import FlockLeases, Leases
+from entrepot.storage.objectleases import ObjectLeases
 from entrepot.storage.s3ingest import S3Ingest, ingest_state, read_ingest
 from entrepot.storage.s3mirror import Mirrors, mirror_directory
 from entrepot.storage.s3stream import S3Writer, reason, rechunk
@@ -57,6 +60,7 @@ from entrepot.storage.s3stream import S3Writer, reason, rechunk
 __all__ = ["S3Driver", "S3Settings", "aws_credentials", "probe_bucket"]
 
 MIN_CHUNK = 5 * 1024 * 1024  # S3's smallest part (but the last)
+LEASES = "entrepot/leases"  # the bucket's leases without Redis (storage/objectleases.py)
 REDIRECT_EXPIRY = timedelta(minutes=20)  # registry:2's presigned URLs last 20 minutes
 # obstore raises its NotFoundError for some calls and FileNotFoundError for others.
 _MISSING = (NotFoundError, FileNotFoundError)
@@ -113,7 +117,11 @@ class S3Driver(StorageDriver):
     appends_in_place = False  # an append re-uploads the object (see S3Writer)
 
     def __init__(
-        self, settings: S3Settings, leases: Leases | None = None, mirrors: str | None = None
+        self,
+        settings: S3Settings,
+        leases: Leases | None = None,
+        mirrors: str | None = None,
+        lock_files: str | None = None,
     ) -> None:
         self.settings = settings
         self.bucket = settings.bucket
@@ -123,9 +131,15 @@ class S3Driver(StorageDriver):
         self.chunksize = max(settings.chunksize, MIN_CHUNK)
         self.parts_in_flight = max(1, settings.parts_in_flight)
         self.store = S3Store(settings.bucket, **self._store_options(settings))
-        # Without a shared lease service (Redis), leases are lock files on this machine:
-        # its processes share one fill; other replicas each fill on their own.
-        self.leases = leases or FlockLeases(local_lease_directory(self.endpoint, self.bucket, root))
+        # Leases of scope "store" are in the shared lease service (Redis) when there is
+        # one, else in the bucket (objects under LEASES). Those of scope "machine" (cache
+        # fills) are in Redis too, else lock files of this machine (in ``lock_files`` or
+        # below the temp directory): its processes share one fill, other replicas each
+        # fill on their own, and a fill costs no request to the bucket for its lease.
+        self.leases = leases or FlockLeases(
+            lock_files or local_lease_directory(self.endpoint, self.bucket, root)
+        )
+        self.store_leases = leases or ObjectLeases(self, LEASES)
         # Cache fills read by this machine's processes from one local copy (s3mirror), in
         # ``mirrors`` (a directory) or below the temp directory.
         self.mirrors = Mirrors(mirrors or mirror_directory(self.endpoint, self.bucket, root))
@@ -345,13 +359,17 @@ class S3Driver(StorageDriver):
         except (BaseError, OSError) as exc:
             raise self._error(exc, keys[0], missing=False) from exc
 
-    async def try_lease(self, key: str) -> Lease | None:
+    def _leases(self, key: str, scope: LeaseScope) -> Leases:
         check_key(key)
-        return await self.leases.acquire(key)
+        return self.leases if scope == "machine" else self.store_leases
 
-    async def lease_holder(self, key: str) -> str | None:
-        check_key(key)
-        return await self.leases.holder(key)
+    async def try_lease(
+        self, key: str, *, ttl: float = LEASE_TTL, scope: LeaseScope = "store"
+    ) -> Lease | None:
+        return await self._leases(key, scope).acquire(key, ttl)
+
+    async def lease_holder(self, key: str, *, scope: LeaseScope = "store") -> str | None:
+        return await self._leases(key, scope).holder(key)
 
     async def ingest(self, key: str, dst: str, size: int | None = None) -> IngestWriter:
         self.object_key(dst)

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 
 from entrepot.storage.driver import (
+    LEASE_TTL,
     FileInfo,
     Fold,
     Infos,
@@ -15,6 +16,7 @@ from entrepot.storage.driver import (
     IngestWriter,
     Keys,
     Lease,
+    LeaseScope,
     Moved,
     StorageDriver,
     StorageWriter,
@@ -129,11 +131,13 @@ class TimedDriver(StorageDriver):
         return await self.inner.redirect_url(key)
 
     # Leases and ingests are not registry:2 storage actions: not timed.
-    async def try_lease(self, key: str) -> Lease | None:
-        return await self.inner.try_lease(key)
+    async def try_lease(
+        self, key: str, *, ttl: float = LEASE_TTL, scope: LeaseScope = "store"
+    ) -> Lease | None:
+        return await self.inner.try_lease(key, ttl=ttl, scope=scope)
 
-    async def lease_holder(self, key: str) -> str | None:
-        return await self.inner.lease_holder(key)
+    async def lease_holder(self, key: str, *, scope: LeaseScope = "store") -> str | None:
+        return await self.inner.lease_holder(key, scope=scope)
 
     async def ingest(self, key: str, dst: str, size: int | None = None) -> IngestWriter:
         return await self.inner.ingest(key, dst, size)
