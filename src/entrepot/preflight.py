@@ -83,7 +83,9 @@ def fill_coordination(config: Config) -> tuple[int, str] | None:
     return logging.WARNING, (
         "cache fills on storage.s3 without a redis section: the worker processes of this "
         "machine share one upstream download per blob, but every replica downloads it "
-        "once of its own; configure redis (addr) for one download across replicas"
+        "once of its own; configure redis (addr) for one download across replicas "
+        "(background work, such as garbage collection and eviction, runs on one replica at "
+        "a time either way: its leases are in the bucket)"
     )
 
 
