@@ -207,7 +207,7 @@ async def read_parts(
                 driver.store, path, options={"range": (position - start, stop - start)}
             )
             async for chunk in result.stream(min_chunk_size=MIN_PIECE):
-                yield bytes(chunk)
+                yield chunk  # bytes already (obstore copies each piece out)
         except (BaseError, OSError) as exc:
             raise driver._error(exc, key) from exc
         position = stop

@@ -41,9 +41,12 @@ def reason(exc: BaseException) -> str:
 
 
 async def cut(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    """The pieces as they come, those over ``size`` bytes cut into chunks of at most
-    ``size``; each byte copied once (obstore's pieces are not ``bytes``)."""
+    """The pieces as they come (obstore's are ``bytes`` already, copied out of its
+    buffers), those over ``size`` bytes cut into chunks of at most ``size``."""
     async for piece in pieces:
+        if len(piece) <= size:
+            yield piece
+            continue
         view = memoryview(piece)
         for start in range(0, len(view), size):
             yield bytes(view[start : start + size])
