@@ -341,6 +341,14 @@ ROWS: tuple[Row, ...] = (
         lambda r, e, x: x >= 1,
     ),
     Row(
+        "s3_blob_get_floor",
+        "S3 blob GET floor: bare Granian streaming the object from S3 (obstore), 1 conn",
+        "bytes/s",
+        "",
+        None,
+        solo=True,
+    ),
+    Row(
         "s3_manifest_get",
         "S3: manifest GET by tag, {conns} conns",
         "req/s",

@@ -156,6 +156,8 @@ class S3Run:
                 pushed = self._push_rows(server)
                 image = self._seed_image(server, pushed)
                 self._read_rows(server, image)
+                if self.kind == "entrepot":
+                    self._blob_get_floor(bucket, image.layer)
         finally:
             self._empty(bucket)
         if self.shared.upstream is not None:
@@ -242,6 +244,27 @@ class S3Run:
         self.base._wrk("s3_manifest_get", server, f"{base}/manifests/latest", get_m, s.connections)
         self.base._wrk("s3_tags_list", server, f"{base}/tags/list", get, s.connections)
         self.base._wrk("s3_blob_get_1", server, blob, get, 1)
+
+    def _blob_get_floor(self, bucket: str, layer: Blob) -> None:
+        """Row ``s3_blob_get_floor``: the blob GET row's downloads from a bare Granian app
+        that streams the same object from S3 through obstore (bench/s3floor.py): what
+        Entrepot's stack allows at most, measured beside the row."""
+        s = self.settings
+        where = f"{self.ceph.endpoint} {bucket} {blob_key(layer.digest)}"
+        floor = Server(
+            "s3floor",
+            root=s.workdir / "s3floor",
+            workdir=s.workdir / "logs",
+            cpus=s.server_cpus,
+            workers=s.workers,
+            env={"ENTREPOT_BENCH_S3FLOOR": where},
+        )
+        with running(floor):
+            with httpx.stream("GET", f"{floor.url}/blob", timeout=120) as r:
+                size = sum(len(chunk) for chunk in r.iter_raw())
+            _expect(size == layer.size, f"s3floor sent {size} bytes, not {layer.size}")
+            get = self.base._script("get", "GET")
+            self.base._wrk("s3_blob_get_floor", floor, f"{floor.url}/blob", get, 1)
 
     def _pull_rows(self, bucket: str) -> None:
         s = self.settings

@@ -76,11 +76,15 @@ def registry_config(
     return config
 
 
+# Bare Granian apps: the framework ceiling, the push floor, the S3 blob GET floor.
+_BARE_APPS = ("ceiling", "floor", "s3floor")
+
+
 @dataclass
 class Server:
     """A server process started by ``start``; ``url`` is ``http://127.0.0.1:PORT``."""
 
-    # "registry2", "entrepot", "upstream", "ceiling" (bench/ceiling.py), "floor" (bench/floor.py)
+    # "registry2", "entrepot", "upstream", or one of _BARE_APPS (bench/KIND.py)
     kind: str
     root: Path
     workdir: Path
@@ -118,7 +122,7 @@ class Server:
             cmd = [sys.executable, "-m", "entrepot", "serve", str(config_path)]
             if self.workers is not None:
                 cmd += ["--workers", str(self.workers)]
-        elif self.kind in ("ceiling", "floor"):  # bench/KIND.py, Granian as Entrepot starts it
+        elif self.kind in _BARE_APPS:  # bench/KIND.py, Granian as Entrepot starts it
             cmd = [
                 sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop",
                 "--workers", str(self.worker_count), "--host", "127.0.0.1",
@@ -143,7 +147,7 @@ class Server:
         config_path = self.workdir / f"{self.kind}-{self.port}.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = dict(os.environ, **(self.env or {}))
-        if self.kind in ("entrepot", "ceiling", "floor"):
+        if self.kind == "entrepot" or self.kind in _BARE_APPS:
             paths = (str(REPO_ROOT / "src"), str(REPO_ROOT), env.get("PYTHONPATH"))
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         with self.log_path.open("ab") as log:
@@ -170,7 +174,7 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"{self.kind} did not answer /v2/:\n{self.log_tail()}")
             time.sleep(0.1)
-        if self.kind in ("entrepot", "ceiling", "floor"):
+        if self.kind == "entrepot" or self.kind in _BARE_APPS:
             self._wait_for_workers(deadline)
         return self
 

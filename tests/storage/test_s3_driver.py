@@ -9,6 +9,7 @@ import os
 import uuid
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from entrepot.storage import StorageError, StorageNotFound
 from entrepot.storage.s3 import S3Driver, S3Settings, aws_credentials
 from tests.cephs3 import CephS3, driver_settings, s3_client
+from tests.faultproxy import FaultProxy
 
 MiB = 1024 * 1024
 
@@ -116,6 +118,31 @@ async def test_append_over_a_multipart_sized_object(settings: S3Settings) -> Non
         await w.write(second[i : i + MiB])
     await w.commit()
     assert await driver.get_content("_uploads/u/data") == first + second
+
+
+async def test_a_whole_read_is_one_get_and_a_ranged_read_asks_the_size_first(
+    s3_server: CephS3, settings: S3Settings
+) -> None:
+    endpoint = urlsplit(s3_server.endpoint)
+    assert endpoint.hostname is not None and endpoint.port is not None
+    proxy = FaultProxy((endpoint.hostname, endpoint.port)).start()
+    try:
+        driver = S3Driver(replace(settings, endpoint=proxy.url))
+        data = os.urandom(3 * MiB + 5)
+        await driver.put_content("blobs/whole", data)
+        proxy.seen.clear()
+        chunks = [chunk async for chunk in driver.read("blobs/whole")]
+        # A blob GET: the object in one request, no HEAD before it for its size.
+        assert [method for method, _, _ in proxy.seen] == ["GET"]
+        assert b"".join(chunks) == data
+        assert max(len(c) for c in chunks) <= MiB and all(type(c) is bytes for c in chunks)
+        proxy.seen.clear()
+        tail = [chunk async for chunk in driver.read("blobs/whole", offset=3 * MiB)]
+        assert [method for method, _, _ in proxy.seen] == ["HEAD", "GET"]
+        assert b"".join(tail) == data[3 * MiB :]
+        await driver.close()
+    finally:
+        proxy.stop()
 
 
 async def test_presigned_redirect_url_serves_the_object(settings: S3Settings) -> None:

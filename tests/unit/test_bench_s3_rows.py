@@ -85,6 +85,19 @@ def test_s3_rows_read_as_s3_rows_in_the_table() -> None:
     assert "8 clients over 2 replicas: upstream bytes | 10.00x layer | 1.00x layer" in table
 
 
+def test_the_blob_get_floor_is_a_figure_of_entrepots_run_beside_the_blob_get_row() -> None:
+    results = {"entrepot": {"s3_blob_get_floor": {"value": 400e6}}}
+    rows = report.build_rows(results, LABELS)
+    assert [(r["key"], r["registry2"], r["met"]) for r in rows] == [
+        ("s3_blob_get_floor", None, None)
+    ]
+    table = report.markdown_table(rows)
+    label = "S3 blob GET floor: bare Granian streaming the object from S3 (obstore), 1 conn"
+    assert f"| {label} | - | 400 MB/s | - | - | - |" in table
+    keys = [row.key for row in report.ROWS]
+    assert keys.index("s3_blob_get_floor") == keys.index("s3_blob_get_1") + 1
+
+
 def test_the_cached_blob_is_looked_for_under_the_rootdirectory() -> None:
     digest = "sha256:" + "ab" * 32
     assert blob_key(digest) == f"registry/docker/registry/v2/blobs/sha256/ab/{'ab' * 32}/data"

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
@@ -55,7 +55,10 @@ from entrepot.storage.leases import FlockLeases, Leases
 from entrepot.storage.objectleases import ObjectLeases
 from entrepot.storage.s3ingest import S3Ingest, ingest_state, read_ingest
 from entrepot.storage.s3mirror import Mirrors, mirror_directory
-from entrepot.storage.s3stream import S3Writer, reason, rechunk
+from entrepot.storage.s3stream import MIN_PIECE, S3Writer, cut, reason
+
+if TYPE_CHECKING:
+    from obstore import GetOptions
 
 __all__ = ["S3Driver", "S3Settings", "aws_credentials", "probe_bucket"]
 
@@ -225,16 +228,24 @@ class S3Driver(StorageDriver):
         if offset < 0 or (length is not None and length < 0) or chunk_size <= 0:
             raise ValueError("offset and length must be >= 0 and chunk_size > 0")
         path = self.object_key(key)
+        options: GetOptions = {}
+        if offset or length is not None:
+            # A range needs the size first: S3 refuses one that starts at or past the end.
+            try:
+                size = (await obstore.head_async(self.store, path))["size"]
+            except (BaseError, OSError) as exc:
+                raise self._error(exc, key) from exc
+            end = size if length is None else min(size, offset + length)
+            if offset >= end:
+                return
+            options["range"] = (offset, end)
+        # else the whole object (a blob GET): one GET, no HEAD first.
         try:
-            size = (await obstore.head_async(self.store, path))["size"]
-        except (BaseError, OSError) as exc:
-            raise self._error(exc, key) from exc
-        end = size if length is None else min(size, offset + length)
-        if offset >= end:
-            return
-        try:
-            result = await obstore.get_async(self.store, path, options={"range": (offset, end)})
-            async for chunk in rechunk(result.stream(min_chunk_size=chunk_size), chunk_size):
+            result = await obstore.get_async(self.store, path, options=options)
+            # obstore's pieces passed on as they are (``cut``), not merged into 1 MiB and
+            # cut again to exact sizes: one copy of every byte less (obstore already
+            # copies each piece out of its buffers into ``bytes``).
+            async for chunk in cut(result.stream(min_chunk_size=MIN_PIECE), chunk_size):
                 yield chunk
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc

@@ -32,6 +32,7 @@ from entrepot.storage.driver import (
     StorageWriter,
 )
 from entrepot.storage.s3mirror import Mirror
+from entrepot.storage.s3stream import MIN_PIECE
 
 if TYPE_CHECKING:
     from entrepot.storage.s3 import S3Driver
@@ -205,8 +206,8 @@ async def read_parts(
             result = await obstore.get_async(
                 driver.store, path, options={"range": (position - start, stop - start)}
             )
-            async for chunk in result.stream(min_chunk_size=1 << 20):
-                yield bytes(chunk)
+            async for chunk in result.stream(min_chunk_size=MIN_PIECE):
+                yield chunk  # bytes already (obstore copies each piece out)
         except (BaseError, OSError) as exc:
             raise driver._error(exc, key) from exc
         position = stop

@@ -17,11 +17,14 @@ from entrepot.storage.driver import StorageError, StorageWriter
 if TYPE_CHECKING:
     from entrepot.storage.s3 import S3Driver
 
-__all__ = ["S3Writer", "reason", "rechunk"]
+__all__ = ["MIN_PIECE", "S3Writer", "cut", "reason"]
 
 # Bytes written but not yet handed to the uploader whole: beyond this (and one write),
 # ``write`` waits. obstore holds up to ``parts_in_flight`` parts more while they go up.
 MAX_QUEUED = 16 << 20
+# Reads: obstore merges smaller pieces up to this (a copy); its HTTP client hands over a
+# few hundred KiB at a time from a fast server, passed on unmerged.
+MIN_PIECE = 256 << 10
 _S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _HTTP_STATUS = re.compile(r"status code: (\d{3}[^:]*)")
 
@@ -37,26 +40,16 @@ def reason(exc: BaseException) -> str:
     return lines[0][:300] if lines else type(exc).__name__
 
 
-async def rechunk(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    """Chunks of exactly ``size`` bytes (the last may be shorter) from pieces of any size,
-    copying each byte once."""
-    pending = b""
+async def cut(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """The pieces as they come (obstore's are ``bytes`` already, copied out of its
+    buffers), those over ``size`` bytes cut into chunks of at most ``size``."""
     async for piece in pieces:
+        if len(piece) <= size:
+            yield piece
+            continue
         view = memoryview(piece)
-        start = 0
-        if pending:
-            start = size - len(pending)
-            pending += view[:start]
-            if len(pending) < size:
-                continue
-            yield pending
-            pending = b""
-        while len(view) - start >= size:
+        for start in range(0, len(view), size):
             yield bytes(view[start : start + size])
-            start += size
-        pending = bytes(view[start:])
-    if pending:
-        yield pending
 
 
 class _Aborted(Exception):
