@@ -135,10 +135,12 @@ def pull_paths() -> tuple[str, str]:
 @contextmanager
 def collecting(root: Path, workdir: Path, cpus: str) -> Iterator[list[float]]:
     """``entrepot garbage-collect`` on the store at ``root``, run again and again (on the
-    server's CPUs) until the block ends; yields the list of each finished run's seconds."""
+    server's CPUs) until the block ends, when the run under way is stopped (SIGTERM: it
+    releases the lease); yields the list of each finished run's seconds."""
     config = _config(workdir / "gc-loop.yml", root)
     done: list[float] = []
     stop = threading.Event()
+    current: list[subprocess.Popen[bytes]] = []
 
     def loop() -> None:
         while not stop.is_set():
@@ -146,16 +148,21 @@ def collecting(root: Path, workdir: Path, cpus: str) -> Iterator[list[float]]:
             # A session of its own (setsid), as the server has: Linux schedules sessions
             # as groups first, and the command, leading its session, lowers its group's
             # priority as well as its own (cli_gc.yield_to_serving).
-            run = subprocess.run(
+            run = subprocess.Popen(
                 ["taskset", "-c", cpus, *_entrepot_gc(config)],
                 env=_entrepot_env(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                check=False,
                 start_new_session=True,
             )
+            current[:] = [run]
+            if stop.is_set():  # the block ended while this run started
+                run.terminate()
+            _, err = run.communicate()
+            if stop.is_set():
+                return
             if run.returncode != 0:
-                raise RuntimeError(f"garbage-collect failed: {run.stderr.decode()[-2000:]}")
+                raise RuntimeError(f"garbage-collect failed: {err.decode()[-2000:]}")
             done.append(time.monotonic() - started)
 
     worker = threading.Thread(target=loop, daemon=True)
@@ -164,6 +171,8 @@ def collecting(root: Path, workdir: Path, cpus: str) -> Iterator[list[float]]:
         yield done
     finally:
         stop.set()
+        for run in current:
+            run.terminate()
         worker.join()
 
 

@@ -10,8 +10,10 @@ import ctypes
 import importlib.util
 import os
 import platform
+import signal
 import sys
-from collections.abc import Coroutine
+import threading
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -110,6 +112,13 @@ def garbage_collect(path: str, options: GcOptions) -> int:
     except StorageError as exc:
         print(f"entrepot: storage error in {config.storage.rootdirectory}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "entrepot: garbage collection interrupted; the next collection puts back any "
+            "blob it had moved aside",
+            file=sys.stderr,
+        )
+        return 130
     if options.dry_run:
         _say(f"dry run: nothing deleted ({result.seconds:.1f}s)")
     else:
@@ -172,11 +181,30 @@ def _run_yielding(work: Coroutine[object, object, _T]) -> _T:
     with ThreadPoolExecutor(1, "garbage-collect", initializer=yield_to_serving) as thread:
         done = thread.submit(_run_async, main())
         try:
-            return done.result()
+            with _terminate_as_interrupt():
+                return done.result()
         except KeyboardInterrupt:
             for loop, task in running:
                 loop.call_soon_threadsafe(task.cancel)
             raise
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, systemd, Kubernetes) stops a collection as Ctrl-C does: cancelled,
+    its lease released, so the next one need not wait for the lease to expire."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_async(work: Coroutine[object, object, _T]) -> _T:
