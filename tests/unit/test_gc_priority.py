@@ -1,6 +1,6 @@
 """`entrepot garbage-collect` yields the CPU and the disk to serving: the collection runs at
 nice 19 and in the idle I/O class (the loop's thread and the threads it starts), while the
-caller's thread keeps its priority."""
+caller's thread keeps its priority; and SIGTERM stops it cleanly, as Ctrl-C does."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import ctypes
 import os
 import platform
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import pytest
 from entrepot import cli_gc
 from entrepot.cli import main
 from entrepot.registry.gc import GarbageCollector, GcResult
+from entrepot.registry.lease import GC_LEASE, GC_LEASE_TTL, StorageLease
+from entrepot.storage.filesystem import FilesystemDriver
 
 _IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
 
@@ -51,3 +54,32 @@ def test_the_collection_runs_at_the_lowest_priority(
     idle = cli_gc.IOPRIO_CLASS_IDLE if caller[1] is not None else None
     assert seen == {"loop": (19, idle), "worker": (19, idle)}
     assert priority() == caller  # the caller's thread is not lowered
+
+
+def test_sigterm_stops_the_collection_and_frees_its_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Stalled(GarbageCollector):
+        async def run(self) -> GcResult:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or systemd would, mid-run
+            await asyncio.sleep(60)
+            raise AssertionError("the collection was not stopped")
+
+    monkeypatch.setattr(cli_gc, "GarbageCollector", Stalled)
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    handler = signal.getsignal(signal.SIGTERM)
+
+    assert main(["garbage-collect", str(config), "--grace", "0"]) == 130
+
+    assert "garbage collection interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+    async def lease_is_free() -> bool:
+        driver = FilesystemDriver(tmp_path / "r")
+        lease = StorageLease(driver, GC_LEASE, GC_LEASE_TTL)
+        free = await lease.acquire()
+        await lease.release()
+        return free
+
+    assert asyncio.run(lease_is_free())
