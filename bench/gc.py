@@ -13,7 +13,6 @@ import json
 import os
 import random
 import resource
-import shutil
 import subprocess
 import sys
 import threading
@@ -75,6 +74,57 @@ def write_gc_fixture(root: Path, repos: int, blobs: int) -> int:
     return 2 * repos + len(used)
 
 
+class GcStore:
+    """The bench store, written once in ``where``; each collector but the last gets a copy
+    (``cp -a``), the last collects the store itself: copying its ~290,000 folders costs
+    more than either collection, so the group makes one copy, not one per collector."""
+
+    def __init__(self, where: Path, repos: int, blobs: int, collectors: int) -> None:
+        self.root = where / "gc"
+        self.kept = write_gc_fixture(self.root, repos, blobs)
+        self.medium = medium(where)
+        self._left = collectors
+
+    def take(self, kind: str) -> Path:
+        """The store ``kind`` collects (the caller removes it)."""
+        self._left -= 1
+        if self._left <= 0:
+            return self.root
+        copy = self.root.with_name(f"gc-{kind}")
+        subprocess.run(["rm", "-rf", "--", str(copy)], check=True)
+        subprocess.run(["cp", "-a", "--", str(self.root), str(copy)], check=True)
+        return copy
+
+
+def store_dir(workdir: Path, datadir: Path) -> Path:
+    """Where the store and its copy go: ``workdir`` when it is a tmpfs with the memory for
+    both (collections then time the collectors, not the disk), else ``datadir``."""
+    if medium(workdir) == "tmpfs" and _available_memory() > STORE_MEMORY:
+        return workdir
+    return datadir
+
+
+# The store and one copy on tmpfs, with the kernel's inodes and folders: ~0.75 GB each
+# measured (du), twice that with the inodes; room left for the servers.
+STORE_MEMORY = 4 << 30
+
+
+def medium(path: Path) -> str:
+    """The file system type of ``path`` (``tmpfs``, ``ext2/ext3``, ``xfs``...)."""
+    done = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def _available_memory() -> int:
+    with open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def pull_paths() -> tuple[str, str]:
     """A tagged manifest of the fixture and a blob it references (its config), as URL
     paths: what a client pulls while a collection runs."""
@@ -85,23 +135,34 @@ def pull_paths() -> tuple[str, str]:
 @contextmanager
 def collecting(root: Path, workdir: Path, cpus: str) -> Iterator[list[float]]:
     """``entrepot garbage-collect`` on the store at ``root``, run again and again (on the
-    server's CPUs) until the block ends; yields the list of each finished run's seconds."""
+    server's CPUs) until the block ends, when the run under way is stopped (SIGTERM: it
+    releases the lease); yields the list of each finished run's seconds."""
     config = _config(workdir / "gc-loop.yml", root)
     done: list[float] = []
     stop = threading.Event()
+    current: list[subprocess.Popen[bytes]] = []
 
     def loop() -> None:
         while not stop.is_set():
             started = time.monotonic()
-            run = subprocess.run(
+            # A session of its own (setsid), as the server has: Linux schedules sessions
+            # as groups first, and the command, leading its session, lowers its group's
+            # priority as well as its own (cli_gc.yield_to_serving).
+            run = subprocess.Popen(
                 ["taskset", "-c", cpus, *_entrepot_gc(config)],
                 env=_entrepot_env(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                check=False,
+                start_new_session=True,
             )
+            current[:] = [run]
+            if stop.is_set():  # the block ended while this run started
+                run.terminate()
+            _, err = run.communicate()
+            if stop.is_set():
+                return
             if run.returncode != 0:
-                raise RuntimeError(f"garbage-collect failed: {run.stderr.decode()[-2000:]}")
+                raise RuntimeError(f"garbage-collect failed: {err.decode()[-2000:]}")
             done.append(time.monotonic() - started)
 
     worker = threading.Thread(target=loop, daemon=True)
@@ -110,6 +171,8 @@ def collecting(root: Path, workdir: Path, cpus: str) -> Iterator[list[float]]:
         yield done
     finally:
         stop.set()
+        for run in current:
+            run.terminate()
         worker.join()
 
 
@@ -131,13 +194,10 @@ def _entrepot_gc(config: Path) -> list[str]:
     return [sys.executable, "-m", "entrepot", "garbage-collect", str(config), "--grace", "0"]
 
 
-def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> tuple[float, float]:
-    """Wall and CPU seconds (user + system) ``kind``'s garbage-collect takes on a fresh copy
-    of ``fixture``; it must leave exactly ``kept`` blobs (a collection that deletes too much
-    is not fast)."""
-    root = workdir / f"gc-{kind}"
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(fixture, root, symlinks=True)
+def collect(kind: str, root: Path, kept: int, workdir: Path, cpus: str) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) ``kind``'s garbage-collect takes on the store at
+    ``root``; it must leave exactly ``kept`` blobs (a collection that deletes too much is
+    not fast)."""
     config = _config(workdir / f"gc-{kind}.yml", root)
     env = dict(os.environ)
     if kind == "entrepot":
@@ -156,12 +216,9 @@ def collect(kind: str, fixture: Path, kept: int, workdir: Path, cpus: str) -> tu
     seconds = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    try:
-        if done.returncode != 0:
-            raise RuntimeError(f"{kind} garbage-collect failed: {done.stderr.decode()[-2000:]}")
-        left = sum(1 for _ in Path(root, ROOT, "blobs").rglob("data"))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} garbage-collect failed: {done.stderr.decode()[-2000:]}")
+    left = sum(1 for _ in Path(root, ROOT, "blobs").rglob("data"))
     if left != kept:
         raise RuntimeError(f"{kind} garbage-collect left {left} blobs, not {kept}")
     return seconds, cpu

@@ -33,6 +33,7 @@ from bench.fixtures import (
     PushLayer,
     ReadFixture,
 )
+from bench.gc import GcStore
 from bench.loadgen import LoadResult, lua_script, run_ab_head, run_wrk
 from bench.rawhttp import RawClient
 from bench.servers import RssSampler, Server, cpu_seconds, pss_bytes, rss_bytes, running
@@ -77,8 +78,7 @@ class Shared:
     push_layer: PushLayer
     upstream: Server | None
     upstream_image: Image | None
-    gc_fixture: Path | None = None  # a store to collect, and how many blobs it keeps
-    gc_kept: int = 0
+    gc: GcStore | None = None  # the store to collect
 
 
 # Each measurement: {"value": float, ...details}; rows[row_key] = that dict.
@@ -212,17 +212,8 @@ class ServerRun:
                     self._push_rows(server)
             finally:
                 remove_tree(root)
-        if "gc" in s.groups and self.shared.gc_fixture is not None:
-            _progress(f"{self.kind}: garbage-collect")
-            seconds, cpu = gc.collect(
-                self.kind, self.shared.gc_fixture, self.shared.gc_kept, s.datadir, s.server_cpus
-            )
-            self.rows["gc"] = {"value": seconds, "load": os.getloadavg()[0]}
-            self.rows["gc_cpu"] = {"value": cpu}
-            if self.kind == "entrepot":
-                floor = gc.walk_floor(self.shared.gc_fixture, s.server_cpus)
-                self.rows["gc_floor"] = {"value": floor}
-                self._gc_serving_rows(self.shared.gc_fixture)
+        if "gc" in s.groups and self.shared.gc is not None:
+            self._gc_rows(self.shared.gc)
         if "pull" in s.groups:
             assert self.shared.upstream is not None
             root = s.datadir / f"cache-{self.kind}"
@@ -234,31 +225,46 @@ class ServerRun:
             finally:
                 remove_tree(root)
 
-    def _gc_serving_rows(self, fixture: Path) -> None:
-        """Manifest and blob GETs on a copy of the collected store: idle, then while
-        ``entrepot garbage-collect`` runs on it again and again."""
+    def _gc_rows(self, store: GcStore) -> None:
         s = self.settings
-        root = s.datadir / "gc-serving"
-        remove_tree(root)
-        shutil.copytree(fixture, root, symlinks=True)
+        _progress(f"{self.kind}: garbage-collect ({store.medium})")
+        root = store.take(self.kind)
         try:
-            with running(self._server(root)) as server:
-                manifest, blob = (f"{server.url}{path}" for path in gc.pull_paths())
-                with httpx.Client(timeout=120) as c:
-                    for url in (manifest, blob):
-                        r = c.get(url, headers={"Accept": MANIFEST_ACCEPT})
-                        _expect(r.status_code == 200, f"{url} answered {r.status_code}")
-                get_m = self._script("manifest-get", "GET", MANIFEST_ACCEPT)
-                get = self._script("get", "GET")
-                self._wrk("gc_idle_manifest", server, manifest, get_m, s.connections)
-                self._wrk("gc_idle_blob", server, blob, get, s.connections)
-                with gc.collecting(root, s.workdir, s.server_cpus) as runs:
-                    self._wrk("gc_busy_manifest", server, manifest, get_m, s.connections)
-                    self._wrk("gc_busy_blob", server, blob, get, s.connections)
-                    finished = len(runs)  # and one under way
-                self.rows["gc_busy_manifest"]["collections_finished"] = finished
+            if self.kind == "entrepot":
+                floor = gc.walk_floor(root, s.server_cpus)
+                self.rows["gc_floor"] = {"value": floor, "loadavg": os.getloadavg()[0]}
+            started_load = os.getloadavg()[0]
+            seconds, cpu = gc.collect(self.kind, root, store.kept, s.workdir, s.server_cpus)
+            self.rows["gc"] = {"value": seconds, "loadavg": [started_load, os.getloadavg()[0]]}
+            self.rows["gc_cpu"] = {"value": cpu}
+            if self.kind == "entrepot":
+                self._gc_serving_rows(root)
         finally:
             remove_tree(root)
+
+    def _gc_serving_rows(self, root: Path) -> None:
+        """Manifest and blob GETs on the collected store: idle, then while ``entrepot
+        garbage-collect`` runs on it again and again (each run marks the whole store and
+        finds nothing to delete: a scheduled collection's usual run)."""
+        s = self.settings
+        with running(self._server(root)) as server:
+            manifest, blob = (f"{server.url}{path}" for path in gc.pull_paths())
+            with httpx.Client(timeout=120) as c:
+                for url in (manifest, blob):
+                    r = c.get(url, headers={"Accept": MANIFEST_ACCEPT})
+                    _expect(r.status_code == 200, f"{url} answered {r.status_code}")
+            get_m = self._script("manifest-get", "GET", MANIFEST_ACCEPT)
+            get = self._script("get", "GET")
+            rows = (("manifest", manifest, get_m), ("blob", blob, get))
+            for key, url, script in rows:
+                self._wrk(f"gc_idle_{key}", server, url, script, s.connections)
+                self.rows[f"gc_idle_{key}"]["loadavg"] = os.getloadavg()[0]
+            with gc.collecting(root, s.workdir, s.server_cpus) as runs:
+                for key, url, script in rows:
+                    self._wrk(f"gc_busy_{key}", server, url, script, s.connections)
+                    self.rows[f"gc_busy_{key}"]["loadavg"] = os.getloadavg()[0]
+                finished = len(runs)  # and one under way
+            self.rows["gc_busy_manifest"]["collections_finished"] = finished
 
     def _check_read(self, server: Server) -> None:
         fx = self.shared.read

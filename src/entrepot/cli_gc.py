@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import importlib.util
+import os
+import platform
+import signal
 import sys
-from collections.abc import Coroutine
+import threading
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -90,7 +97,7 @@ def garbage_collect(path: str, options: GcOptions) -> int:
             await driver.close()
 
     try:
-        result = _run_async(collect())
+        result = _run_yielding(collect())
     except LeaseHeld:
         print(
             f"entrepot: another garbage collection is running on this storage (the lease "
@@ -102,6 +109,13 @@ def garbage_collect(path: str, options: GcOptions) -> int:
     except StorageError as exc:
         print(f"entrepot: storage error in {config.storage.rootdirectory}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "entrepot: garbage collection interrupted; the next collection puts back any "
+            "blob it had moved aside",
+            file=sys.stderr,
+        )
+        return 130
     if options.dry_run:
         _say(f"dry run: nothing deleted ({result.seconds:.1f}s)")
     else:
@@ -115,6 +129,72 @@ def garbage_collect(path: str, options: GcOptions) -> int:
         if result.blobs_recovered:
             _say(f"put back {result.blobs_recovered} blobs an interrupted collection left aside")
     return 0
+
+
+# A collection yields the CPU and the disk to a server on the same machine: it runs at the
+# lowest priority (nice 19, I/O class idle), so pulls keep their rate while it runs and it
+# takes what serving leaves. On Linux both are a thread's, inherited by the threads it
+# starts: the collection's loop runs in a thread of its own, which lowers them first (the
+# caller's thread keeps its priority: a test calling the command in-process is not slowed).
+LOW_NICE = 19
+IOPRIO_CLASS_IDLE = 3
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # ioprio_set(2): no wrapper in os
+_IOPRIO_WHO_PROCESS = 1
+_IOPRIO_CLASS_SHIFT = 13
+
+
+def yield_to_serving() -> None:
+    """Lower this thread's CPU and I/O priority to the least. Linux schedules each session
+    as one group before the processes in it (autogroup, when no cgroup is set): a command
+    leading a session of its own (started with setsid) lowers its group's too."""
+    os.setpriority(os.PRIO_PROCESS, 0, LOW_NICE)
+    number = _IOPRIO_SET.get(platform.machine())
+    if number is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall(number, _IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << _IOPRIO_CLASS_SHIFT)
+    if os.getsid(0) == os.getpid():
+        with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as group:
+            group.write(str(LOW_NICE))
+
+
+def _run_yielding(work: Coroutine[object, object, _T]) -> _T:
+    """``_run_async(work)`` in a thread at the lowest priority (``yield_to_serving``). An
+    interrupt (Ctrl-C) cancels the work, which releases the lease, as on the main thread."""
+    running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+
+    async def main() -> _T:
+        task = asyncio.current_task()
+        assert task is not None
+        running.append((asyncio.get_running_loop(), task))
+        return await work
+
+    with ThreadPoolExecutor(1, "garbage-collect", initializer=yield_to_serving) as thread:
+        done = thread.submit(_run_async, main())
+        try:
+            with _terminate_as_interrupt():
+                return done.result()
+        except KeyboardInterrupt:
+            for loop, task in running:
+                loop.call_soon_threadsafe(task.cancel)
+            raise
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, systemd, Kubernetes) stops a collection as Ctrl-C does: cancelled,
+    its lease released, so the next one need not wait for the lease to expire."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_async(work: Coroutine[object, object, _T]) -> _T:

@@ -1,0 +1,88 @@
+"""`entrepot garbage-collect` yields the CPU and the disk to serving: the collection runs at
+nice 19 and in the idle I/O class (the loop's thread and the threads it starts), while the
+caller's thread keeps its priority; and SIGTERM stops it cleanly, as Ctrl-C does."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import platform
+import signal
+from pathlib import Path
+
+import pytest
+
+from entrepot import cli_gc
+from entrepot.cli import main
+from entrepot.registry.gc import GarbageCollector, GcResult
+from entrepot.registry.lease import GC_LEASE, GC_LEASE_TTL
+from entrepot.storage.filesystem import FilesystemDriver
+
+_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
+
+
+def priority() -> tuple[int, int | None]:
+    """This thread's nice value and I/O class (None where ioprio_get is not known)."""
+    number = _IOPRIO_GET.get(platform.machine())
+    io_class = None
+    if number is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        io_class = libc.syscall(number, 1, 0) >> 13  # IOPRIO_WHO_PROCESS, this thread
+    return os.getpriority(os.PRIO_PROCESS, 0), io_class
+
+
+def test_the_collection_runs_at_the_lowest_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: dict[str, tuple[int, int | None]] = {}
+
+    class Recording(GarbageCollector):
+        async def run(self) -> GcResult:
+            seen["loop"] = priority()
+            seen["worker"] = await asyncio.get_running_loop().run_in_executor(None, priority)
+            return await super().run()
+
+    monkeypatch.setattr(cli_gc, "GarbageCollector", Recording)
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    caller = priority()
+
+    assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
+
+    assert "deleted 0 blobs" in capsys.readouterr().out
+    idle = cli_gc.IOPRIO_CLASS_IDLE if caller[1] is not None else None
+    assert seen == {"loop": (19, idle), "worker": (19, idle)}
+    assert priority() == caller  # the caller's thread is not lowered
+
+
+def test_sigterm_stops_the_collection_and_frees_its_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Stalled(GarbageCollector):
+        async def run(self) -> GcResult:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or systemd would, mid-run
+            await asyncio.sleep(60)
+            raise AssertionError("the collection was not stopped")
+
+    monkeypatch.setattr(cli_gc, "GarbageCollector", Stalled)
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    handler = signal.getsignal(signal.SIGTERM)
+
+    assert main(["garbage-collect", str(config), "--grace", "0"]) == 130
+
+    assert "garbage collection interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+    async def lease_is_free() -> bool:
+        driver = FilesystemDriver(tmp_path / "r")
+        try:
+            lease = await driver.try_lease(GC_LEASE, ttl=GC_LEASE_TTL)
+            if lease is not None:
+                await lease.release()
+            return lease is not None
+        finally:
+            await driver.close()
+
+    assert asyncio.run(lease_is_free())
