@@ -9,11 +9,12 @@ s3_shared_bucket  one bucket for the whole session (tests keep apart by rootdire
 redis_server   a throwaway redis-server on 127.0.0.1 (tests/redisserver.py), once per
                session; it skips locally and fails under $CI when redis-server is missing
 
-`make test TEST_WORKERS=2` runs the suite in two pytest-xdist workers (the default is one
-process): the end-to-end and storage tests, and any other on the session's Ceph or redis,
-form one group that one worker runs in order, as without xdist (they start real servers and
-clients, share those session-wide ones, and some watch time or memory); the unit and API
-tests spread over both workers meanwhile.
+`make test` runs the suite in two pytest-xdist workers (TEST_WORKERS; 0 runs one process),
+so that the end-to-end tests, which mostly wait on real servers and clients, overlap: every
+test on the session's Ceph or redis (the storage suites, the S3 end-to-end tests) forms one
+group, so one worker starts those servers once and runs those tests in order; each other
+end-to-end module is a group of its own (its tests share module fixtures and run in order
+on one worker); the unit and API tests spread over both workers.
 """
 
 from __future__ import annotations
@@ -31,18 +32,33 @@ from tests.redisserver import RedisServer, redis_missing
 
 __all__ = ["loopback", "redis_server", "s3_bucket", "s3_server", "s3_shared_bucket"]
 
-# Directories whose tests start real servers and clients or use the session's Ceph and
-# redis (the storage suites ask for them by parameter, see tests/storage/conftest.py).
-_SERIAL_DIRS = tuple(Path(__file__).resolve().parent / name for name in ("e2e", "storage"))
+_TESTS = Path(__file__).resolve().parent
 _SESSION_SERVERS = frozenset({"s3_server", "s3_bucket", "s3_shared_bucket", "redis_server"})
+# Parameter values that make a test ask for the session's servers by name (the storage
+# suites' `driver`, the collection tests' store: request.getfixturevalue("s3_server")).
+_SESSION_SERVER_PARAMS = frozenset({"s3", "s3-redis", "redis"})
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    path = Path(item.path).resolve()
+    callspec = getattr(item, "callspec", None)
+    params = set(map(str, callspec.params.values())) if callspec is not None else set()
+    if (
+        _SESSION_SERVERS & set(getattr(item, "fixturenames", ()))
+        or params & _SESSION_SERVER_PARAMS
+        or _TESTS / "storage" in path.parents
+    ):
+        return "session-servers"
+    if _TESTS / "e2e" in path.parents:
+        return f"e2e:{path.name}"
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        parents = Path(item.path).resolve().parents
-        uses_servers = _SESSION_SERVERS & set(getattr(item, "fixturenames", ()))
-        if uses_servers or any(d in parents for d in _SERIAL_DIRS):
-            item.add_marker(pytest.mark.xdist_group("serial"))
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -250,19 +250,9 @@ def _sorted_entries(path: str) -> list[str]:
             entries = [name for name in names if not name.startswith(TMP_PREFIX)]
             entries.sort()
             return entries
-        with os.scandir(path) as scan:
-            entries = []
-            for entry in scan:
-                if entry.name.startswith(TMP_PREFIX):
-                    continue
-                try:
-                    entries.append(f"{entry.name}/" if entry.is_dir() else entry.name)
-                except OSError:  # gone meanwhile
-                    continue
     except (FileNotFoundError, NotADirectoryError):
         return []
-    entries.sort()
-    return entries
+    return [name for name, _ in _scan_entries(path)]  # files and folders: their types
 
 
 def _walk_keys(root: str, after: str, collapse: str) -> Iterator[str]:
