@@ -97,7 +97,7 @@ async def measure(
                 micros = (time.process_time() - started) / requests * 1e6
                 best[name] = min(best.get(name, micros), micros)
                 if profiler is not None:
-                    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(40)
                     profile = None  # once
     finally:
         await inbox.put({"type": "lifespan.shutdown"})
