@@ -64,16 +64,19 @@ class AccessLines(logging.StreamHandler):  # type: ignore[type-arg]
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             lines, self._lines = self._lines, []
-            chunk = ""
-            for line in lines:
-                if chunk and len(chunk) + len(line) >= WRITE_BYTES:
+            try:
+                chunk = ""
+                for line in lines:
+                    if chunk and len(chunk) + len(line) >= WRITE_BYTES:
+                        self.stream.write(chunk)
+                        self.stream.flush()
+                        chunk = ""
+                    chunk += line + "\n"
+                if chunk:
                     self.stream.write(chunk)
-                    self.stream.flush()
-                    chunk = ""
-                chunk += line + "\n"
-            if chunk:
-                self.stream.write(chunk)
-        super().flush()
+                super().flush()
+            except (OSError, ValueError):  # (a closed stream) dropped, as logging drops them
+                pass
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._lines:
