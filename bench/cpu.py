@@ -97,7 +97,7 @@ async def measure(
                 micros = (time.process_time() - started) / requests * 1e6
                 best[name] = min(best.get(name, micros), micros)
                 if profiler is not None:
-                    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(40)
                     profile = None  # once
     finally:
         await inbox.put({"type": "lifespan.shutdown"})
@@ -133,8 +133,11 @@ def main() -> None:
         config_path = work / "config.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         if args.access_log:
-            # Lines go nowhere, but are formatted and handled as a server would.
-            logging.getLogger("entrepot.access").addHandler(logging.NullHandler())
+            # Lines go to /dev/null, but are formatted and written as a server's are.
+            from entrepot.http.accesslog import AccessLines
+
+            devnull = open(os.devnull, "w")  # noqa: SIM115 (open until the process ends)
+            logging.getLogger("entrepot.access").addHandler(AccessLines(devnull))
             logging.getLogger("entrepot.access").setLevel(logging.INFO)
         app: App = create_app(load_config(str(config_path)))
         base = f"/v2/{fixture.repo}"

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from entrepot import requestinfo
 from entrepot.config import LogConfig
+from entrepot.http.accesslog import AccessLines
 
 __all__ = ["EscapeControlCharacters", "JsonFormatter", "RequestIdFilter", "configure_logging"]
 
@@ -68,9 +69,7 @@ def configure_logging(log: LogConfig) -> None:
     # registry:2 writes it), so log tools that read registry:2's keep working.
     access = logging.getLogger("entrepot.access")
     if not access.handlers:
-        line_handler = logging.StreamHandler()
-        line_handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(line_handler)
+        access.addHandler(AccessLines())
         access.propagate = False
     access.setLevel(logging.INFO)
     granian_access = logging.getLogger("granian.access")

@@ -17,6 +17,7 @@ from starlette.routing import Mount, Route
 
 from entrepot.config import CONFIG_ENV, METRICS_DIR_ENV, Config, load_config
 from entrepot.heap import keep_heap_for_bodies
+from entrepot.http.accesslog import flush_access_lines
 from entrepot.http.app import build_app
 from entrepot.http.clientaddr import ClientAddresses
 from entrepot.http.context import ApiContext
@@ -287,6 +288,7 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
         try:
             yield
         finally:
+            flush_access_lines()  # (forked workers exit without logging's own flush)
             for task in tasks:
                 task.cancel()
             for task in tasks:

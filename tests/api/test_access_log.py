@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 
 import pytest
 
+from entrepot.http.accesslog import AccessLines, flush_access_lines
 from tests.api.auth_setup import PASSWORDS, app_client, basic, write_htpasswd
 
 
@@ -26,3 +29,22 @@ async def test_access_line_names_the_user_and_the_request(
     assert line.startswith("127.0.0.1 - bob [")
     assert f'"GET /v2/team/app/tags/list?n=5 HTTP/1.1" 404 {len(response.content)} ' in line
     assert " id=r-1 cache=- upstream=-" in line
+
+
+async def test_access_line_written_by_the_servers_handler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `entrepot serve` installs (log_setup.py): the line goes straight to its handler.
+    stream = io.StringIO()
+    access = logging.getLogger("entrepot.access")
+    monkeypatch.setattr(access, "handlers", [AccessLines(stream)])
+    monkeypatch.setattr(access, "level", logging.INFO)
+    async with app_client(tmp_path, "") as http:
+        response = await http.get("/v2/team/app/manifests/1", headers={"User-Agent": 'a"b'})
+        flush_access_lines()
+    (line,) = stream.getvalue().splitlines()
+    assert line.startswith("127.0.0.1 - - [")
+    assert f'"GET /v2/team/app/manifests/1 HTTP/1.1" 404 {len(response.content)} "-" "a%22b" ' in (
+        line
+    )
+    assert line.endswith(f" id={response.headers['x-request-id']} cache=- upstream=-")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from entrepot.http import metrics as http_metrics
 from entrepot.http.metrics import HttpMetrics, handler_of, samples, upstream_figures
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.ratelimit import RateBudget, parse_ratelimit
@@ -134,8 +135,24 @@ def test_the_budget_is_low_under_its_reserve_and_forgotten_after_its_window() ->
         ("/ui/r/a", "other"),
     ],
 )
-def test_registry2_handler_names(path: str, handler: str) -> None:
+def test_registry2_handler_names(path: str, handler: str, registry: CollectorRegistry) -> None:
     assert handler_of(path) == handler
+    metrics = HttpMetrics(registry)
+    for _ in range(2):  # found, then remembered
+        route = metrics.route_for(path, "GET")
+        assert (route.handler, route.method) == (handler, "GET")
+
+
+def test_remembered_request_paths_are_bounded(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_metrics, "_MAX_PATHS", 10)
+    metrics = HttpMetrics(registry)
+    for n in range(25):  # an upload's every request has a new path
+        assert metrics.route_for(f"/v2/a/blobs/uploads/{n}", "PATCH").handler == (
+            "blob_upload_chunk"
+        )
+    assert len(metrics._routes_by_path) == 10
 
 
 def test_upstream_figures_for_a_page(registry: CollectorRegistry) -> None:

@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from entrepot import requestinfo
 from entrepot.http.accesslog import SANE_ID, header, write_access_line
 from entrepot.http.clientaddr import ClientAddresses
-from entrepot.http.metrics import HttpMetrics, handler_of
+from entrepot.http.metrics import HttpMetrics
 
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -141,7 +141,7 @@ class FrontDoor:
         started = time.perf_counter()
         metrics = self.metrics
         if metrics is not None:
-            counted = metrics.route_of(handler_of(scope["path"]), scope["method"])
+            counted = metrics.route_for(scope["path"], scope["method"])
             counted.in_flight.inc()
         try:
             path_param = self._api_path(scope)

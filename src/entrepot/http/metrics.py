@@ -8,6 +8,7 @@ makes it) and a scrape, in any process, sums them: one scrape sees the whole ser
 from __future__ import annotations
 
 import bisect
+import functools
 import glob
 import os
 import re
@@ -53,6 +54,8 @@ _HANDLERS = (
 # call. Bounded: methods and codes come from clients, the lookup is only cached for the
 # first _MAX_CHILDREN label sets.
 _MAX_CHILDREN = 512
+# Request paths whose route metrics are remembered (about 250 bytes each).
+_MAX_PATHS = 4096
 
 
 class _Children:
@@ -109,30 +112,25 @@ def _adder(value: Any) -> Callable[[float], None]:
 
 
 class FastCounter:
-    """A counter child whose increments go through ``_adder``."""
+    """A counter child whose increments go through ``_adder``. Its methods are the
+    adder itself, bound to the amount (no Python frame of their own: they run several
+    times a request)."""
 
-    __slots__ = ("_add",)
+    __slots__ = ("inc",)
 
     def __init__(self, child: Any) -> None:
-        self._add = _adder(child._value)
-
-    def inc(self, amount: float = 1.0) -> None:
-        self._add(amount)
+        self.inc: Callable[[], None] = functools.partial(_adder(child._value), 1.0)
 
 
 class FastGauge:
     """A gauge child (in-flight requests) whose moves go through ``_adder``."""
 
-    __slots__ = ("_add",)
+    __slots__ = ("dec", "inc")
 
     def __init__(self, child: Any) -> None:
-        self._add = _adder(child._value)
-
-    def inc(self) -> None:
-        self._add(1.0)
-
-    def dec(self) -> None:
-        self._add(-1.0)
+        add = _adder(child._value)
+        self.inc: Callable[[], None] = functools.partial(add, 1.0)
+        self.dec: Callable[[], None] = functools.partial(add, -1.0)
 
 
 class FastHistogram:
@@ -144,12 +142,12 @@ class FastHistogram:
     def __init__(self, child: Any) -> None:
         self._bounds: list[float] = list(child._upper_bounds)
         self._sum = _adder(child._sum)
-        self._buckets = [_adder(bucket) for bucket in child._buckets]
+        self._buckets = [functools.partial(_adder(bucket), 1.0) for bucket in child._buckets]
 
     def observe(self, amount: float) -> None:
         self._sum(amount)
         # The first bucket whose upper bound is >= amount (the last is +Inf).
-        self._buckets[bisect.bisect_left(self._bounds, amount)](1.0)
+        self._buckets[bisect.bisect_left(self._bounds, amount)]()
 
 
 # The same patterns (without their "^": matched from the "/v2") in one regex, whose
@@ -228,6 +226,7 @@ class HttpMetrics:
         self.in_flight_of = _Children(self.in_flight, FastGauge)
         self._storage_actions_of = _Children(self.storage_actions, FastHistogram)
         self._routes: dict[tuple[str, str], RouteMetrics] = {}
+        self._routes_by_path: dict[tuple[str, str], RouteMetrics] = {}
 
     def route_of(self, handler: str, method: str) -> RouteMetrics:
         """What a request of ``handler`` and ``method`` counts (the method comes from the
@@ -238,6 +237,21 @@ class HttpMetrics:
             route = RouteMetrics(self, handler, method)
             if len(self._routes) < _MAX_CHILDREN:
                 self._routes[key] = route
+        return route
+
+    def route_for(self, path: str, method: str) -> RouteMetrics:
+        """``route_of`` the request's handler, remembered by (path, method): a pull
+        fleet asks for the same few paths over and over, and handler_of's regex (tried
+        alternative by alternative, each backtracking over the path) costs a tenth of a
+        manifest request. The most recent _MAX_PATHS are kept (uploads make new paths)."""
+        key = (path, method)
+        route = self._routes_by_path.get(key)
+        if route is None:
+            route = self.route_of(handler_of(path), method)
+            remembered = self._routes_by_path
+            if len(remembered) >= _MAX_PATHS:
+                del remembered[next(iter(remembered))]  # the oldest remembered
+            remembered[key] = route
         return route
 
     def storage_action(self, driver: str, action: str, seconds: float) -> None:

@@ -69,6 +69,7 @@ from entrepot.storage.fswriters import (
     _storage_error,
 )
 from entrepot.storage.leases import FlockLeases
+from entrepot.storage.smallfiles import SmallFiles, stat_is_live
 
 __all__ = ["FilesystemDriver"]
 
@@ -130,6 +131,7 @@ class FilesystemDriver(StorageDriver):
         self._prefix = self._root if self._root.endswith("/") else self._root + "/"
         # A lease is a lock file at its key: every process using this root meets there.
         self.leases = FlockLeases(self._root)
+        self._read_whole = SmallFiles().read if stat_is_live(self._root) else _get
 
     @property
     def rootdirectory(self) -> str:
@@ -160,9 +162,9 @@ class FilesystemDriver(StorageDriver):
     async def get_content(self, key: str) -> bytes:
         # Inline, not in a thread: the objects read whole are links and manifests, a few
         # hundred bytes from the page cache, and a thread hop costs several times the read
-        # (it was most of a manifest request's time).
+        # (it was most of a manifest request's time). Small ones kept, checked by a stat.
         try:
-            return _get(self._path(key))
+            return self._read_whole(self._path(key))
         except OSError as exc:
             raise _storage_error(exc, key, True) from exc
 

@@ -20,6 +20,7 @@ from entrepot.storage.driver import (
     StorageNotFound,
     below,
 )
+from entrepot.storage.smallfiles import read_whole
 from entrepot.storage.writeback import Writeback
 
 T = TypeVar("T")
@@ -138,17 +139,10 @@ def _put_new(path: str, data: bytes) -> bool:
 
 
 def _get(path: str) -> bytes:
-    # os.open and os.read rather than open(): a link is read on every manifest and blob
-    # request, and the file object costs more than the system calls.
+    # os.open and os.read rather than open(): the file object costs more than the calls.
     fd = os.open(path, os.O_RDONLY | _CLOEXEC)
     try:
-        data = os.read(fd, 1 << 16)
-        if not data:
-            return data
-        parts = [data]
-        while more := os.read(fd, 1 << 20):
-            parts.append(more)
-        return data if len(parts) == 1 else b"".join(parts)
+        return read_whole(fd)
     finally:
         os.close(fd)
 
