@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 import uuid
@@ -139,8 +140,10 @@ async def test_an_ingest_is_read_while_it_grows_then_published_whole(
     with pytest.raises(StorageNotFound):
         await reader_side.stat(DST)  # nothing at the destination until published
 
-    for start in range(half, len(data), 1 * MiB):
-        await writer.write(data[start : min(start + MiB, len(data))])
+    # The rest as a cache fill writes it: received parts of any size, in one call.
+    cuts = [half, half + 3 * MiB + 7, half + 3 * MiB + 24, len(data) - 1, len(data)]
+    await writer.write_parts([data[a:b] for a, b in itertools.pairwise(cuts)])
+    assert writer.size == len(data)
     await wait_readable(reader_side, INGEST, 4 * MiB)  # more became readable as it grew
     await writer.publish()
 

@@ -166,6 +166,19 @@ class FilesystemWriter(_ThreadedFile, StorageWriter):
             await self._call(_close_unlink, self._fd, self._tmp)
 
 
+# A cache fill writes at most this much per system call: on Linux (ext4, measured) a
+# 256 MiB fill written 16 MiB a call took 2-4 times the CPU of the same in 1 MiB calls.
+_INGEST_PIECE = 1 << 20
+
+
+def _write_pieces_and_flush(fd: int, writeback: Writeback, end: int, *parts: bytes) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view[:_INGEST_PIECE]) :]
+    writeback.written(fd, end)
+
+
 def _open_ingest(directory: str, size: int | None) -> int:
     _makedirs(directory)
     with open(f"{directory}/size", "w") as f:
@@ -215,10 +228,14 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
         return self._size
 
     async def write(self, data: bytes) -> None:
+        await self.write_parts((data,))
+
+    async def write_parts(self, parts: Sequence[bytes]) -> None:
+        """One thread hop for all of ``parts``, written as they are (not joined)."""
         if self._closed:
             raise StorageError(f"{self._key}: ingest already published or cancelled")
-        end = self._size + len(data)
-        await self._call(_write_all_and_flush, self._fd, self._writeback, end, data)
+        end = self._size + sum(len(part) for part in parts)
+        await self._call(_write_pieces_and_flush, self._fd, self._writeback, end, *parts)
         self._size = end
 
     async def publish(self) -> None:
