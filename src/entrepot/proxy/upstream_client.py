@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 MAX_TAGS_PAGE = 16 * 1024 * 1024
 MAX_TOKEN_RESPONSE = 1024 * 1024
+CHUNK_SIZE = 1 << 20
 # Blob GETs ask for identity; what a server applies anyway is decoded (as Docker's Go
 # client does) when aiohttp can: anything else would reach the digest check undecoded.
 _BLOB_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
@@ -416,8 +417,7 @@ class UpstreamClient:
     ) -> AsyncGenerator[bytes, None]:
         received = 0
         try:
-            # Each buffer as received: no join into fixed-size chunks (a copy of every byte).
-            async for chunk, _ in response.content.iter_chunks():
+            async for chunk in response.content.iter_chunked(CHUNK_SIZE):
                 received += len(chunk)
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:

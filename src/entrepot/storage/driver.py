@@ -162,10 +162,6 @@ class IngestWriter(abc.ABC):
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
 
-    async def write_parts(self, parts: Sequence[bytes]) -> None:
-        """``write`` of the parts in order; a driver may write them without joining."""
-        await self.write(b"".join(parts))
-
     @abc.abstractmethod
     async def publish(self) -> None: ...
 

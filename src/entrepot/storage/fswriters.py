@@ -171,11 +171,10 @@ class FilesystemWriter(_ThreadedFile, StorageWriter):
 _INGEST_PIECE = 1 << 20
 
 
-def _write_pieces_and_flush(fd: int, writeback: Writeback, end: int, *parts: bytes) -> None:
-    for part in parts:
-        view = memoryview(part)
-        while view:
-            view = view[os.write(fd, view[:_INGEST_PIECE]) :]
+def _write_pieces_and_flush(fd: int, writeback: Writeback, end: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:_INGEST_PIECE]) :]
     writeback.written(fd, end)
 
 
@@ -228,14 +227,10 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
         return self._size
 
     async def write(self, data: bytes) -> None:
-        await self.write_parts((data,))
-
-    async def write_parts(self, parts: Sequence[bytes]) -> None:
-        """One thread hop for all of ``parts``, written as they are (not joined)."""
         if self._closed:
             raise StorageError(f"{self._key}: ingest already published or cancelled")
-        end = self._size + sum(len(part) for part in parts)
-        await self._call(_write_pieces_and_flush, self._fd, self._writeback, end, *parts)
+        end = self._size + len(data)
+        await self._call(_write_pieces_and_flush, self._fd, self._writeback, end, data)
         self._size = end
 
     async def publish(self) -> None:
