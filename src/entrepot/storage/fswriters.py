@@ -166,8 +166,8 @@ class FilesystemWriter(_ThreadedFile, StorageWriter):
             await self._call(_close_unlink, self._fd, self._tmp)
 
 
-# A cache fill writes at most this much per system call: on Linux (ext4, measured) a
-# 256 MiB fill written 16 MiB a call took 2-4 times the CPU of the same in 1 MiB calls.
+# A cache fill writes at most this much per system call: writing 256 MiB to a new file
+# on this machine's ext4 took 0.11-0.50 s of CPU 16 MiB a call, 0.11-0.13 s 1 MiB a call.
 _INGEST_PIECE = 1 << 20
 
 
