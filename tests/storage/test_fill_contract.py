@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator
@@ -121,8 +122,12 @@ async def test_an_ingest_is_read_while_it_grows_then_published_whole(
     with pytest.raises(StorageNotFound):
         await reader_side.stat(DST)  # nothing at the destination until published
 
-    for start in range(half, len(data), 1 * MiB):
-        await writer.write(data[start : min(start + MiB, len(data))])
+    # The rest in writes of any size, as a cache fill's batches come: one bigger than the
+    # 1 MiB a filesystem ingest writes a system call, a short one, the last byte alone.
+    cuts = [half, half + 3 * MiB + 7, half + 3 * MiB + 24, len(data) - 1, len(data)]
+    for start, end in itertools.pairwise(cuts):
+        await writer.write(data[start:end])
+    assert writer.size == len(data)
     await wait_readable(reader_side, INGEST, 4 * MiB)  # more became readable as it grew
     await writer.publish()
 

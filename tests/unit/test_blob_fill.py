@@ -300,6 +300,20 @@ async def test_a_slow_fill_does_not_settle_and_its_readers_stream(tmp_path: Path
         await fill.task
 
 
+async def test_a_reader_chasing_the_fill_reads_whole_blocks(tmp_path: Path) -> None:
+    # 8 MiB arriving 64 KiB at a time: a reader that took every piece as it arrived would
+    # pay a thread hop, a file open and a send for each of 128; it reads 4 MiB blocks.
+    piece, count = b"c" * 65536, 128
+    data = piece * count + b"\0"
+    remote = PacedRemote(piece, sent_before_hold=count, size=len(data), pace=0.002)
+    remote.release.set()
+    fill = BlobFiller().start(("u", "r", digest_of(data)), spool(tmp_path, []), remote.open)
+    await fill.wait_started()
+    blocks = [chunk async for chunk in fill.read()]
+    assert b"".join(blocks) == data
+    assert len(blocks) <= 8, [len(b) for b in blocks]
+
+
 class SlowStartRemote:
     """An upstream whose first chunks trickle (as a download's first moments do, while
     connections open and the other clients' requests arrive), then the rest comes at once."""

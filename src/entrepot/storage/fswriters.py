@@ -166,6 +166,18 @@ class FilesystemWriter(_ThreadedFile, StorageWriter):
             await self._call(_close_unlink, self._fd, self._tmp)
 
 
+# A cache fill writes at most this much per system call: writing 256 MiB to a new file
+# on this machine's ext4 took 0.11-0.50 s of CPU 16 MiB a call, 0.11-0.13 s 1 MiB a call.
+_INGEST_PIECE = 1 << 20
+
+
+def _write_pieces_and_flush(fd: int, writeback: Writeback, end: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:_INGEST_PIECE]) :]
+    writeback.written(fd, end)
+
+
 def _open_ingest(directory: str, size: int | None) -> int:
     _makedirs(directory)
     with open(f"{directory}/size", "w") as f:
@@ -218,7 +230,7 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
         if self._closed:
             raise StorageError(f"{self._key}: ingest already published or cancelled")
         end = self._size + len(data)
-        await self._call(_write_all_and_flush, self._fd, self._writeback, end, data)
+        await self._call(_write_pieces_and_flush, self._fd, self._writeback, end, data)
         self._size = end
 
     async def publish(self) -> None:
