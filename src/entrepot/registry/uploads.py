@@ -316,8 +316,16 @@ class UploadService:
                     "the upload changed while it was being completed (a concurrent request)",
                     {"uuid": upload_id},
                 ) from exc
-            await self.links.write(name, layout.layer_link(name, digest), digest)
-            await self._discard(name, upload_id)
+            # The upload's folder goes while the link is written (the blob is in place and
+            # durable): the client waits for one of them, not both.
+            linked, discarded = await asyncio.gather(
+                self.links.write(name, layout.layer_link(name, digest), digest),
+                self._discard(name, upload_id),
+                return_exceptions=True,
+            )
+            for outcome in (linked, discarded):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             return BlobInfo(digest, segments.size)
 
     async def _sync(self, name: str, upload_id: str, segments: Segments) -> None:
