@@ -90,6 +90,11 @@ async def test_a_monolithic_upload_is_synced_before_its_blob_moves(tmp_path: Pat
     await uploads.finish("team/app", started.upload_id, Digest.of(data), body(data))
 
     assert driver.events == ["sync data", "move data"]
+    assert await driver.get_content(layout.blob_data(Digest.of(data))) == data
+    link = await driver.get_content(layout.layer_link("team/app", Digest.of(data)))
+    assert link == str(Digest.of(data)).encode()
+    with pytest.raises(StorageNotFound):  # the upload's folder is gone
+        await driver.stat(layout.upload_data("team/app", started.upload_id))
 
 
 async def test_an_upload_whose_sync_fails_is_gone_and_no_blob_appears(tmp_path: Path) -> None:
@@ -132,21 +137,6 @@ class LinkFailingDriver(FilesystemDriver):
     async def delete(self, key: str) -> None:
         self.deleted.append(key)
         await super().delete(key)
-
-
-async def test_a_finished_upload_is_linked_and_its_folder_gone(tmp_path: Path) -> None:
-    driver = FilesystemDriver(tmp_path)
-    uploads = LocalRegistry(driver).uploads
-    data = os.urandom(300_000)
-    started = await uploads.start("team/app")
-
-    await uploads.finish("team/app", started.upload_id, Digest.of(data), body(data))
-
-    link = await driver.get_content(layout.layer_link("team/app", Digest.of(data)))
-    assert link == str(Digest.of(data)).encode()
-    assert await driver.get_content(layout.blob_data(Digest.of(data))) == data
-    with pytest.raises(StorageNotFound):
-        await driver.stat(layout.upload_data("team/app", started.upload_id))
 
 
 async def test_a_failed_link_answers_unavailable_and_still_removes_the_upload(
