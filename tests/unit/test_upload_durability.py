@@ -155,3 +155,30 @@ async def test_a_failed_link_answers_unavailable_and_still_removes_the_upload(
     with pytest.raises(RegistryError) as gone:
         await uploads.status("team/app", started.upload_id)
     assert gone.value.code == ErrorCode.BLOB_UPLOAD_UNKNOWN
+
+
+class StartFailingDriver(FilesystemDriver):
+    """The filesystem driver whose writes of an upload's ``startedat`` fail (a full disk)."""
+
+    async def put_content(self, key: str, data: bytes) -> None:
+        if key.endswith("/startedat"):
+            raise StorageError(f"{key}: No space left on device")
+        await super().put_content(key, data)
+
+
+async def test_a_session_whose_files_cannot_be_written_is_not_left_half_made(
+    tmp_path: Path,
+) -> None:
+    driver = StartFailingDriver(tmp_path)
+    uploads = LocalRegistry(driver).uploads
+
+    with pytest.raises(RegistryError) as failed:
+        await uploads.start("team/app")
+
+    assert failed.value.code == ErrorCode.UNAVAILABLE
+    sessions = layout.upload_dir("team/app", "x").rsplit("/", 1)[0]
+    try:
+        left = await driver.list(sessions)
+    except StorageNotFound:
+        left = []
+    assert left == []  # the data file written beside the failed one is gone too
