@@ -389,13 +389,20 @@ class ServerRun:
 
     def _floor_rows(self) -> None:
         """The push floor (bench/floor.py, with Entrepot's worker count): the same pushes
-        into bare Starlette on Granian dropping the bytes, then hashing them (no disk);
-        and, with the raw client, the drop floor as httpx reaches it."""
+        into bare Starlette on Granian dropping the bytes, then hashing them (no disk),
+        then hashing them and writing them to the servers' disk with one fsync; and,
+        with the raw client, the drop floor as httpx reaches it."""
         s = self.settings
         n = range(s.push_repeats)  # the variants pushed above: their digests are known
-        floors = [("floor", "drop", s.push_client), ("floor_sha256", "sha256", s.push_client)]
+        floors = [
+            ("floor", "drop", s.push_client),
+            ("floor_sha256", "sha256", s.push_client),
+            ("floor_disk", "disk", s.push_client),
+        ]
         if s.push_client == "raw":
             floors.append(("floor_httpx", "drop", "httpx"))
+        disk_dir = s.datadir / "push-floor"  # the disk dd and the pushes write to
+        disk_dir.mkdir(exist_ok=True)
         for prefix, mode, client in floors:
             floor = Server(
                 "floor",
@@ -403,7 +410,7 @@ class ServerRun:
                 workdir=s.workdir / "logs",
                 cpus=s.server_cpus,
                 workers=s.workers,
-                env={"ENTREPOT_BENCH_FLOOR": mode},
+                env={"ENTREPOT_BENCH_FLOOR": mode, "ENTREPOT_BENCH_FLOOR_DIR": str(disk_dir)},
                 name=prefix,
             )
             with (

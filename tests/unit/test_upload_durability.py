@@ -90,6 +90,11 @@ async def test_a_monolithic_upload_is_synced_before_its_blob_moves(tmp_path: Pat
     await uploads.finish("team/app", started.upload_id, Digest.of(data), body(data))
 
     assert driver.events == ["sync data", "move data"]
+    assert await driver.get_content(layout.blob_data(Digest.of(data))) == data
+    link = await driver.get_content(layout.layer_link("team/app", Digest.of(data)))
+    assert link == str(Digest.of(data)).encode()
+    with pytest.raises(StorageNotFound):  # the upload's folder is gone
+        await driver.stat(layout.upload_data("team/app", started.upload_id))
 
 
 async def test_an_upload_whose_sync_fails_is_gone_and_no_blob_appears(tmp_path: Path) -> None:
@@ -115,3 +120,65 @@ async def test_an_upload_whose_sync_fails_is_gone_and_no_blob_appears(tmp_path: 
 async def test_sync_of_a_missing_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(StorageNotFound):
         await FilesystemDriver(tmp_path).sync("_uploads/none/data")
+
+
+class LinkFailingDriver(FilesystemDriver):
+    """The filesystem driver whose link writes fail (a full disk), noting what it did."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.deleted: list[str] = []
+
+    async def put_content(self, key: str, data: bytes) -> None:
+        if key.endswith("/link"):
+            raise StorageError(f"{key}: No space left on device")
+        await super().put_content(key, data)
+
+    async def delete(self, key: str) -> None:
+        self.deleted.append(key)
+        await super().delete(key)
+
+
+async def test_a_failed_link_answers_unavailable_and_still_removes_the_upload(
+    tmp_path: Path,
+) -> None:
+    driver = LinkFailingDriver(tmp_path)
+    uploads = LocalRegistry(driver).uploads
+    data = os.urandom(300_000)
+    started = await uploads.start("team/app")
+
+    with pytest.raises(RegistryError) as failed:
+        await uploads.finish("team/app", started.upload_id, Digest.of(data), body(data))
+
+    assert failed.value.code == ErrorCode.UNAVAILABLE
+    assert driver.deleted == [layout.upload_dir("team/app", started.upload_id)]
+    with pytest.raises(RegistryError) as gone:
+        await uploads.status("team/app", started.upload_id)
+    assert gone.value.code == ErrorCode.BLOB_UPLOAD_UNKNOWN
+
+
+class StartFailingDriver(FilesystemDriver):
+    """The filesystem driver whose writes of an upload's ``startedat`` fail (a full disk)."""
+
+    async def put_content(self, key: str, data: bytes) -> None:
+        if key.endswith("/startedat"):
+            raise StorageError(f"{key}: No space left on device")
+        await super().put_content(key, data)
+
+
+async def test_a_session_whose_files_cannot_be_written_is_not_left_half_made(
+    tmp_path: Path,
+) -> None:
+    driver = StartFailingDriver(tmp_path)
+    uploads = LocalRegistry(driver).uploads
+
+    with pytest.raises(RegistryError) as failed:
+        await uploads.start("team/app")
+
+    assert failed.value.code == ErrorCode.UNAVAILABLE
+    sessions = layout.upload_dir("team/app", "x").rsplit("/", 1)[0]
+    try:
+        left = await driver.list(sessions)
+    except StorageNotFound:
+        left = []
+    assert left == []  # the data file written beside the failed one is gone too

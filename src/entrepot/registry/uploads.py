@@ -122,16 +122,21 @@ class UploadService:
     async def start(self, name: str) -> UploadStatus:
         upload_id = new_upload_id()
         started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        try:
-            await self.driver.put_content(layout.upload_data(name, upload_id), b"")
-            await self.driver.put_content(
-                layout.upload_started_at(name, upload_id), started.encode()
-            )
-        except StorageError as exc:
+        # Both files at once (each is synced): the POST waits for the disk once, not twice.
+        # The purger dates a session by either file, or by when it first saw it undated.
+        outcomes = await asyncio.gather(
+            self.driver.put_content(layout.upload_data(name, upload_id), b""),
+            self.driver.put_content(layout.upload_started_at(name, upload_id), started.encode()),
+            return_exceptions=True,
+        )
+        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failed:
             # No half-made session is left behind for the purger (a full disk fails here).
             with contextlib.suppress(StorageError):
                 await self.driver.delete(layout.upload_dir(name, upload_id))
-            raise storage_unavailable(exc) from exc
+            if isinstance(failed[0], StorageError):
+                raise storage_unavailable(failed[0]) from failed[0]
+            raise failed[0]
         return UploadStatus(upload_id, 0)
 
     async def _stat(self, name: str, upload_id: str) -> Segments:
@@ -316,8 +321,16 @@ class UploadService:
                     "the upload changed while it was being completed (a concurrent request)",
                     {"uuid": upload_id},
                 ) from exc
-            await self.links.write(name, layout.layer_link(name, digest), digest)
-            await self._discard(name, upload_id)
+            # The upload's folder goes while the link is written (the blob is in place and
+            # durable): the client waits for one of them, not both.
+            linked, discarded = await asyncio.gather(
+                self.links.write(name, layout.layer_link(name, digest), digest),
+                self._discard(name, upload_id),
+                return_exceptions=True,
+            )
+            for outcome in (linked, discarded):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             return BlobInfo(digest, segments.size)
 
     async def _sync(self, name: str, upload_id: str, segments: Segments) -> None:
