@@ -297,6 +297,15 @@ async def test_stat_missing(driver: StorageDriver) -> None:
         await driver.stat("a/b/c")  # below an object
 
 
+async def test_exists_as_stat_finds(driver: StorageDriver) -> None:
+    assert not await driver.exists("a/b")
+    await driver.put_content("a/b", b"x")
+    assert await driver.exists("a/b")
+    assert not await driver.exists("a/b/c")  # below an object
+    await driver.delete("a/b")
+    assert not await driver.exists("a/b")
+
+
 async def test_list_children_sorted(driver: StorageDriver) -> None:
     for key in ("r/zeta", "r/alpha/x", "r/alpha/y", "r/Mid", "r/beta", "other"):
         await driver.put_content(key, b"v")

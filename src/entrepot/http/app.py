@@ -43,11 +43,13 @@ DELETE = frozenset({"delete"})
 # (a literal every match contains, pattern over the path after /v2/, {method: (handler,
 # actions it needs)}); first match wins. The literal skips most patterns without running
 # them: a pattern starting with "(.+)" backtracks over the whole path when it fails.
+# The name is lazy ("(.+?)"): what follows it holds no free slash, so the match is the
+# greedy one, found from the left rather than by backing over a 71-character digest.
 _ENDPOINTS: list[tuple[str, re.Pattern[str], dict[str, tuple[Handler, frozenset[str]]]]] = [
-    ("/tags/list", re.compile(r"^(.+)/tags/list()$"), {"GET": (discovery.tags_list, PULL)}),
+    ("/tags/list", re.compile(r"^(.+?)/tags/list()$"), {"GET": (discovery.tags_list, PULL)}),
     (
         "/manifests/",
-        re.compile(r"^(.+)/manifests/([^/]+)$"),
+        re.compile(r"^(.+?)/manifests/([^/]+)$"),
         {
             "GET": (manifests.get_manifest, PULL),
             "PUT": (manifests.put_manifest, PUSH),
@@ -56,12 +58,12 @@ _ENDPOINTS: list[tuple[str, re.Pattern[str], dict[str, tuple[Handler, frozenset[
     ),
     (
         "/blobs/uploads",
-        re.compile(r"^(.+)/blobs/uploads/?()$"),
+        re.compile(r"^(.+?)/blobs/uploads/?()$"),
         {"POST": (uploads.start_upload, PUSH)},
     ),
     (
         "/blobs/uploads/",
-        re.compile(r"^(.+)/blobs/uploads/([^/]+)$"),
+        re.compile(r"^(.+?)/blobs/uploads/([^/]+)$"),
         {
             "GET": (uploads.upload_status, PUSH),
             "PATCH": (uploads.patch_upload, PUSH),
@@ -71,12 +73,12 @@ _ENDPOINTS: list[tuple[str, re.Pattern[str], dict[str, tuple[Handler, frozenset[
     ),
     (
         "/blobs/",
-        re.compile(r"^(.+)/blobs/([^/]+)$"),
+        re.compile(r"^(.+?)/blobs/([^/]+)$"),
         {"GET": (blobs.get_blob, PULL), "DELETE": (blobs.delete_blob, DELETE)},
     ),
     (
         "/referrers/",
-        re.compile(r"^(.+)/referrers/([^/]+)$"),
+        re.compile(r"^(.+?)/referrers/([^/]+)$"),
         {"GET": (discovery.referrers, PULL)},
     ),
 ]

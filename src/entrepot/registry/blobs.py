@@ -22,6 +22,9 @@ RepositoryNoter = Callable[[str], Awaitable[None]]
 
 log = logging.getLogger("entrepot.storage")
 
+# Blob sizes BlobStore remembers (about 250 bytes each).
+SEEN_BLOBS = 4096
+
 
 def storage_unavailable(exc: StorageError) -> RegistryError:
     """The client's error for a storage failure. The client learns only that storage is
@@ -85,15 +88,31 @@ class BlobStore:
 
     def __init__(self, driver: StorageDriver) -> None:
         self.driver = driver
+        # Sizes of blobs seen, the oldest pushed out: a digest's bytes never change, so
+        # a blob seen before needs only its existence checked (garbage collection may
+        # have removed it since), which a driver may do more cheaply than a stat.
+        self._seen: dict[Digest, BlobInfo] = {}
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
+        key = layout.blob_data(digest)
+        seen = self._seen.get(digest)
         try:
-            info = await self.driver.stat(layout.blob_data(digest))
+            if seen is not None:
+                if await self.driver.exists(key):
+                    return seen
+                self._seen.pop(digest, None)
+                return None
+            info = await self.driver.stat(key)
         except StorageNotFound:
             return None
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
-        return BlobInfo(digest, info.size)
+        found = BlobInfo(digest, info.size)
+        if not info.is_dir:
+            if len(self._seen) >= SEEN_BLOBS:
+                del self._seen[next(iter(self._seen))]
+            self._seen[digest] = found
+        return found
 
     async def get(self, digest: Digest) -> bytes | None:
         try:

@@ -240,6 +240,15 @@ class StorageDriver(abc.ABC):
     async def stat(self, key: str) -> FileInfo:
         """Size and mtime of an object, or is_dir for a prefix with content below it."""
 
+    async def exists(self, key: str) -> bool:
+        """Whether ``stat`` would find ``key``, StorageError as it would raise one: a
+        driver may answer it more cheaply (no FileInfo)."""
+        try:
+            await self.stat(key)
+        except StorageNotFound:
+            return False
+        return True
+
     @abc.abstractmethod
     async def list(self, prefix: str) -> list[str]:
         """Names (not full keys) of the immediate children of ``prefix``, sorted; "" lists

@@ -91,6 +91,13 @@ class TimedDriver(StorageDriver):
         finally:
             self._observe(self.name, "Stat", time.perf_counter() - start)
 
+    async def exists(self, key: str) -> bool:
+        start = time.perf_counter()
+        try:
+            return await self.inner.exists(key)
+        finally:
+            self._observe(self.name, "Stat", time.perf_counter() - start)
+
     async def list(self, prefix: str) -> list[str]:
         with self._timed("List"):
             return await self.inner.list(prefix)
