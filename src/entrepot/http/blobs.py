@@ -16,6 +16,9 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 OCTET_STREAM = "application/octet-stream"
+# A blob HEAD's own headers, by (digest, size), made once: the oldest pushed out.
+_HEAD_HEADERS: dict[tuple[str, int], tuple[tuple[bytes, bytes], ...]] = {}
+HEAD_HEADERS_KEPT = 4096
 
 
 def _single_range(header: str, size: int) -> tuple[int, int] | None:
@@ -42,6 +45,24 @@ def _single_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def _head_headers(digest: str, size: int) -> tuple[tuple[bytes, bytes], ...]:
+    made = _HEAD_HEADERS.get((digest, size))
+    if made is None:
+        text = digest.encode()
+        made = (
+            (b"docker-content-digest", text),
+            (b"etag", b'"' + text + b'"'),
+            (b"cache-control", b"max-age=31536000"),
+            (b"content-length", str(size).encode()),
+            (b"accept-ranges", b"bytes"),
+            (b"content-type", OCTET_STREAM.encode()),
+        )
+        if len(_HEAD_HEADERS) >= HEAD_HEADERS_KEPT:
+            del _HEAD_HEADERS[next(iter(_HEAD_HEADERS))]
+        _HEAD_HEADERS[(digest, size)] = made
+    return made
+
+
 async def get_blob(request: Request, name: str, reference: str) -> Response:
     ctx = context(request)
     digest = Digest.parse(reference)
@@ -49,16 +70,8 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
     if request.method == "HEAD":
         info = await repo.blobs.stat(digest)
         events.blob_pulled(request, name, info)  # registry:2 counts a HEAD as a pull
-        text = str(digest).encode()
         raw_headers = ctx.raw_headers(repo)
-        raw_headers += (
-            (b"docker-content-digest", text),
-            (b"etag", b'"' + text + b'"'),
-            (b"cache-control", b"max-age=31536000"),
-            (b"content-length", str(info.size).encode()),
-            (b"accept-ranges", b"bytes"),
-            (b"content-type", OCTET_STREAM.encode()),
-        )
+        raw_headers += _head_headers(str(digest), info.size)
         return ready_response(b"", raw_headers)
     headers = ctx.headers(repo, Docker_Content_Digest=str(digest), ETag=f'"{digest}"')
     headers["Cache-Control"] = "max-age=31536000"

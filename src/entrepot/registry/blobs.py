@@ -48,6 +48,18 @@ async def read_link(driver: StorageDriver, key: str) -> Digest | None:
         return None
 
 
+async def links_to(driver: StorageDriver, key: str, digest: Digest) -> bool:
+    """Whether the link at ``key`` names ``digest`` (``read_link`` gives it), compared as
+    bytes: the check of every blob request, without parsing the link's digest."""
+    try:
+        text = await driver.get_content(key)
+    except StorageNotFound:
+        return False
+    except StorageError as exc:
+        raise storage_unavailable(exc) from exc
+    return text.strip() == str(digest).encode()
+
+
 async def write_link(driver: StorageDriver, key: str, digest: Digest) -> None:
     try:
         await driver.put_content(key, str(digest).encode())

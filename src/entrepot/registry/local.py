@@ -9,7 +9,7 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo, Repository, UploadStatus, Writes
-from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, read_link
+from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, links_to
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.manifests import (
     ManifestCache,
@@ -93,12 +93,11 @@ class LocalBlobs:
 
     async def stat(self, digest: Digest) -> BlobInfo:
         driver = self.registry.driver
-        linked = await read_link(driver, layout.layer_link(self.name, digest))
-        if linked is None:
+        if not await links_to(driver, layout.layer_link(self.name, digest), digest):
             # A manifest is also a blob of its repository (clients may fetch it as one).
-            linked = await read_link(driver, layout.manifest_revision_link(self.name, digest))
-        if linked != digest:
-            raise blob_unknown(digest)
+            revision = layout.manifest_revision_link(self.name, digest)
+            if not await links_to(driver, revision, digest):
+                raise blob_unknown(digest)
         info = await self.registry.blobs.stat(digest)
         if info is None:
             raise blob_unknown(digest)
