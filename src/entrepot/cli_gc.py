@@ -77,8 +77,7 @@ def garbage_collect(path: str, options: GcOptions) -> int:
     except ConfigError as exc:
         print(f"entrepot: config error: {exc}", file=sys.stderr)
         return 1
-    from entrepot.preflight import create_driver
-    from entrepot.root import retention_rules
+    from entrepot.preflight import create_driver, retention_rules
 
     options = replace(options, rules=retention_rules(config))
 

@@ -1,5 +1,6 @@
-"""Part of the composition root: the storage driver the configuration asks for, and the
-checks the CLI runs on it before serving (storage usable, a registry:2 store taken over).
+"""Part of the composition root: the storage driver the configuration asks for, the
+checks the CLI runs on it before serving (storage usable, a registry:2 store taken over),
+and the retention rules a collection applies (the garbage-collect command needs no more).
 
 The server's parent process only supervises its workers and forks them: it runs these
 checks, so this module keeps its imports small (no HTTP app, no aiohttp; obstore and redis
@@ -19,12 +20,26 @@ from entrepot.config import Config
 from entrepot.proxy.hostnames import host_aliases
 from entrepot.proxy.registry2_store import Registry2Store
 from entrepot.registry.health import check_writable, probe_key
+from entrepot.registry.retention import RetentionRule
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
 
 if TYPE_CHECKING:  # imported only with storage.s3 or a redis section (large imports)
     from entrepot.storage.redisleases import RedisSettings
     from entrepot.storage.s3 import S3Settings
+
+
+def retention_rules(config: Config) -> tuple[RetentionRule, ...]:
+    return tuple(
+        RetentionRule(
+            repositories=rule.repositories,
+            tags=rule.tags or ("*",),
+            keep_latest=rule.keeplatest,
+            keep_pulled_within=rule.keeppulledwithin,
+            untagged_older_than=rule.untaggedolderthan,
+        )
+        for rule in config.garbagecollect.retention
+    )
 
 
 def create_driver(config: Config) -> StorageDriver:

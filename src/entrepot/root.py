@@ -34,6 +34,7 @@ from entrepot.log_setup import configure_logging
 from entrepot.preflight import (
     create_driver,
     create_registry2_store,
+    retention_rules,
 )
 from entrepot.proxy.access import NameRules
 from entrepot.proxy.cache import ProxyCache
@@ -52,24 +53,10 @@ from entrepot.registry.local import LocalRegistry
 from entrepot.registry.pullcompact import run_compaction
 from entrepot.registry.pulls import PullRecorder
 from entrepot.registry.purge import run_upload_purger
-from entrepot.registry.retention import RetentionRule
 from entrepot.registry.usage import read_usage, run_usage_meter
 from entrepot.root_auth import create_guard, derive_key, shared_secret
 from entrepot.storage import StorageDriver
 from entrepot.storage.timed import TimedDriver
-
-
-def retention_rules(config: Config) -> tuple[RetentionRule, ...]:
-    return tuple(
-        RetentionRule(
-            repositories=rule.repositories,
-            tags=rule.tags or ("*",),
-            keep_latest=rule.keeplatest,
-            keep_pulled_within=rule.keeppulledwithin,
-            untagged_older_than=rule.untaggedolderthan,
-        )
-        for rule in config.garbagecollect.retention
-    )
 
 
 def scheduled_collector(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -109,6 +111,23 @@ def test_garbage_collect_flags_and_errors(
     out = capsys.readouterr().out
     assert "0 repositories, 0 manifests and 0 blobs marked" in out
     assert "dry run: nothing deleted" in out
+
+
+def test_garbage_collect_does_not_load_the_http_app(tmp_path: Path) -> None:
+    # A collection needs the store and the retention rules: loading the app, Starlette
+    # and auth would cost every run (and every scheduled cron job) for nothing.
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    code = (
+        "import sys, entrepot.cli\n"
+        f"code = entrepot.cli.main(['garbage-collect', {str(config)!r}])\n"
+        "loaded = ('entrepot.root', 'entrepot.http.app', 'starlette.applications', 'bcrypt')\n"
+        "print(code, sorted(m for m in loaded if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "0 []"
 
 
 def test_debug_address_in_use_exits_1_naming_it(

@@ -45,6 +45,17 @@ def test_verifier_matches_hashlib_and_copies_independently() -> None:
     assert fork.size == 6
 
 
+def test_trusted_digest_equals_and_hashes_as_a_parsed_one() -> None:
+    parsed = Digest.parse(SHA)
+    trusted = Digest.trusted("sha256", "a" * 64)
+    assert trusted == parsed
+    assert hash(trusted) == hash(parsed) == hash(Digest("sha256", "a" * 64))
+    assert {parsed: 1}[trusted] == 1
+    assert str(trusted) == SHA
+    assert trusted != Digest.trusted("sha256", "b" * 64)
+    assert repr(trusted) == repr(parsed)
+
+
 def test_is_digest() -> None:
     assert is_digest(SHA)
     assert not is_digest("latest")

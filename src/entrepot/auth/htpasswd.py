@@ -13,8 +13,9 @@ import bcrypt
 log = logging.getLogger("entrepot.auth")
 
 # Checked when a user is unknown, so that an unknown user costs as much as a wrong
-# password and timing does not tell which names exist.
-_DUMMY_HASH = bcrypt.hashpw(b"entrepot-dummy-password", bcrypt.gensalt(rounds=10))
+# password and timing does not tell which names exist. A fixed hash (cost 10) rather than
+# one made at import: hashing cost every process that imports this module (the CLI too).
+_DUMMY_HASH = b"$2b$10$3PnSNyQcY9JMdD4oPL37J.0AZbqpJF9yhs/7OqCe7pBN.p6hCnd9S"
 
 
 class HtpasswdError(Exception):

@@ -133,7 +133,7 @@ def digest_at(algorithm: str, encoded: str) -> Digest | None:
     """The digest ``<algorithm>/<encoded>`` folders name, or None."""
     if _HEX_LENGTH.get(algorithm) != len(encoded) or encoded.strip("0123456789abcdef"):
         return None
-    return Digest(algorithm, encoded)
+    return Digest.trusted(algorithm, encoded)
 
 
 async def find_repositories(store: Limited) -> list[str]:
