@@ -168,9 +168,11 @@ def _run_yielding(work: Coroutine[object, object, _T]) -> _T:
         return await work
 
     with ThreadPoolExecutor(1, "garbage-collect", initializer=yield_to_serving) as thread:
-        done = thread.submit(_run_async, main())
         try:
+            # SIGTERM's handler before the work starts: one that comes as soon as it does
+            # must stop the collection, not end the process (the default action).
             with _terminate_as_interrupt():
+                done = thread.submit(_run_async, main())
                 return done.result()
         except KeyboardInterrupt:
             for loop, task in running:
