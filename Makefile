@@ -17,10 +17,10 @@ VENV ?= .venv
 CONFIG ?= config/dev.yml
 PYTEST_ARGS ?=
 # Two workers: in one process the suite took 14.5 min on the idle 2-core machine, near CI's
-# 15-minute budget. Tests on the session's Ceph and redis run in order on one worker, each
-# end-to-end module on one worker (tests/conftest.py); waits have generous deadlines.
-# A worker that dies fails the run at once (--max-worker-restart=0): with groups, xdist 3.8
-# replaces it but never hands out the rest of its group, and the run waits forever.
+# 15-minute budget. Tests spread over both workers (the groups in tests/conftest.py do not
+# take effect yet); waits have generous deadlines.
+# A worker that dies fails the run at once (--max-worker-restart=0): with --dist loadgroup,
+# pytest-xdist 3.8 replaced one but the run then waited forever.
 TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 SOAK_ARGS ?=
