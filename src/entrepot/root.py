@@ -196,7 +196,9 @@ def create_app(config: Config, driver: StorageDriver | None = None) -> Starlette
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
     driver = TimedDriver(
-        driver if driver is not None else create_driver(config), http_metrics.storage_action
+        driver if driver is not None else create_driver(config),
+        http_metrics.storage_action,
+        http_metrics.storage_observer,
     )
     local = LocalRegistry(driver, delete_enabled=config.storage.delete_enabled)
     # One pull record for retention rules (pulls by tag) and the cache's eviction.

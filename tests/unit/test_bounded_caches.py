@@ -259,7 +259,7 @@ async def test_upstream_token_cache_keeps_at_most_max_cached_tokens() -> None:
 
 def test_accept_header_matches_are_memoised_for_a_bounded_number_of_headers() -> None:
     for n in range(3000):
-        http_manifests._accepts([f"application/x-custom-{n}+json"], OCI_MANIFEST)
+        http_manifests._accepts((f"application/x-custom-{n}+json".encode(),), OCI_MANIFEST)
 
     info = http_manifests._accepted.cache_info()
     assert info.maxsize is not None and info.currsize <= info.maxsize <= 4096

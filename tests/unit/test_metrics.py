@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
 
-from entrepot.http import metrics as http_metrics
+from entrepot.http import front
 from entrepot.http.metrics import HttpMetrics, handler_of, samples, upstream_figures
 from entrepot.proxy.metrics import CacheEvents, ProxyMetrics, RequestCounts
 from entrepot.proxy.ratelimit import RateBudget, parse_ratelimit
@@ -146,13 +147,12 @@ def test_registry2_handler_names(path: str, handler: str, registry: CollectorReg
 def test_remembered_request_paths_are_bounded(
     registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_metrics, "_MAX_PATHS", 10)
-    metrics = HttpMetrics(registry)
+    monkeypatch.setattr(front, "KNOWN_PATHS", 10)
+    door = front.FrontDoor(Starlette(), metrics=HttpMetrics(registry))
     for n in range(25):  # an upload's every request has a new path
-        assert metrics.route_for(f"/v2/a/blobs/uploads/{n}", "PATCH").handler == (
-            "blob_upload_chunk"
-        )
-    assert len(metrics._routes_by_path) == 10
+        counted, _ = door._learn((f"/v2/a/blobs/uploads/{n}", "PATCH"))
+        assert counted is not None and counted.handler == "blob_upload_chunk"
+    assert len(door._known) == 10
 
 
 def test_upstream_figures_for_a_page(registry: CollectorRegistry) -> None:
@@ -171,10 +171,13 @@ def test_upstream_figures_for_a_page(registry: CollectorRegistry) -> None:
     assert figures["ghcr.io"]["bytes fetched"] == 100
 
 
+@pytest.mark.parametrize("found_once", [False, True], ids=["by-name", "found-once"])
 async def test_storage_actions_are_timed_with_registry2_names(
-    registry: CollectorRegistry, tmp_path: Path
+    registry: CollectorRegistry, tmp_path: Path, found_once: bool
 ) -> None:
-    driver = TimedDriver(FilesystemDriver(tmp_path), HttpMetrics(registry).storage_action)
+    metrics = HttpMetrics(registry)
+    observer_for = metrics.storage_observer if found_once else None
+    driver = TimedDriver(FilesystemDriver(tmp_path), metrics.storage_action, observer_for)
     await driver.put_content("a/b", b"hello")
     assert await driver.get_content("a/b") == b"hello"
     assert b"".join([c async for c in driver.read("a/b", offset=1)]) == b"ello"

@@ -9,16 +9,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from entrepot.http import events
-from entrepot.http.context import context, ready_response
+from entrepot.http.context import HeadersMade, RawHeaders, context, ready_response
 from entrepot.http.repositories import repository_for, writes_for
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 OCTET_STREAM = "application/octet-stream"
-# A blob HEAD's own headers, by (digest, size), made once: the oldest pushed out.
-_HEAD_HEADERS: dict[tuple[str, int], tuple[tuple[bytes, bytes], ...]] = {}
-HEAD_HEADERS_KEPT = 4096
 
 
 def _single_range(header: str, size: int) -> tuple[int, int] | None:
@@ -45,22 +42,20 @@ def _single_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _head_headers(digest: str, size: int) -> tuple[tuple[bytes, bytes], ...]:
-    made = _HEAD_HEADERS.get((digest, size))
-    if made is None:
-        text = digest.encode()
-        made = (
-            (b"docker-content-digest", text),
-            (b"etag", b'"' + text + b'"'),
-            (b"cache-control", b"max-age=31536000"),
-            (b"content-length", str(size).encode()),
-            (b"accept-ranges", b"bytes"),
-            (b"content-type", OCTET_STREAM.encode()),
-        )
-        if len(_HEAD_HEADERS) >= HEAD_HEADERS_KEPT:
-            del _HEAD_HEADERS[next(iter(_HEAD_HEADERS))]
-        _HEAD_HEADERS[(digest, size)] = made
-    return made
+def _make_head_headers(digest: Digest, size: int) -> RawHeaders:
+    text = str(digest).encode()
+    return (
+        (b"docker-content-digest", text),
+        (b"etag", b'"' + text + b'"'),
+        (b"cache-control", b"max-age=31536000"),
+        (b"content-length", str(size).encode()),
+        (b"accept-ranges", b"bytes"),
+        (b"content-type", OCTET_STREAM.encode()),
+    )
+
+
+# A blob HEAD's own headers, by (digest, size).
+_head_headers = HeadersMade(_make_head_headers)
 
 
 async def get_blob(request: Request, name: str, reference: str) -> Response:
@@ -71,7 +66,7 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
         info = await repo.blobs.stat(digest)
         events.blob_pulled(request, name, info)  # registry:2 counts a HEAD as a pull
         raw_headers = ctx.raw_headers(repo)
-        raw_headers += _head_headers(str(digest), info.size)
+        raw_headers += _head_headers(digest, info.size)
         return ready_response(b"", raw_headers)
     headers = ctx.headers(repo, Docker_Content_Digest=str(digest), ETag=f'"{digest}"')
     headers["Cache-Control"] = "max-age=31536000"

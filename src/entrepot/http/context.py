@@ -4,7 +4,7 @@ response conventions) and who is asking."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,9 +91,26 @@ def ready_response(
     return response
 
 
-def header_values(request: Request, name: bytes) -> list[str]:
-    """A request header's values (``name`` in lower case), without building Headers."""
-    return [value.decode("latin-1") for key, value in request.scope["headers"] if key == name]
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
+
+class HeadersMade:
+    """Response headers made once per key (a digest, a size...) rather than encoded on
+    every request: at most ``kept`` sets, the oldest pushed out."""
+
+    def __init__(self, make: Callable[..., RawHeaders], kept: int = 4096) -> None:
+        self.make = make
+        self.kept = kept
+        self.made: dict[tuple[Hashable, ...], RawHeaders] = {}
+
+    def __call__(self, *key: Hashable) -> RawHeaders:
+        made = self.made.get(key)
+        if made is None:
+            made = self.make(*key)
+            if len(self.made) >= self.kept:
+                del self.made[next(iter(self.made))]
+            self.made[key] = made
+        return made
 
 
 def identity(request: Request) -> Identity | None:

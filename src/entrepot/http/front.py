@@ -20,6 +20,7 @@ Anything else (other routes, a path below a mount) takes the ordinary way.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from random import getrandbits
@@ -39,9 +40,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from entrepot import requestinfo
 from entrepot.http.accesslog import SANE_ID, header, write_access_line
 from entrepot.http.clientaddr import ClientAddresses
-from entrepot.http.metrics import HttpMetrics
+from entrepot.http.metrics import HttpMetrics, RouteMetrics
 
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+# Request paths whose route (metrics, api path parameter) is remembered, the oldest
+# pushed out (uploads make new paths).
+KNOWN_PATHS = 4096
+# Request ids made at a time: formatting one random number per request cost more than
+# the rest of the id's handling.
+IDS_MADE = 512
+_made_ids: list[str] = []
+
+
+def _made_id() -> str:
+    """A new request id: 16 hex digits from random's generator (seeded anew in each
+    forked worker: made ids only tell a request's lines apart, they guard nothing)."""
+    if not _made_ids:
+        text = getrandbits(64 * IDS_MADE).to_bytes(8 * IDS_MADE, "big").hex()
+        _made_ids.extend(text[i : i + 16] for i in range(0, len(text), 16))
+    return _made_ids.pop()
+
+
+# Ids made before a fork are the parent's: a worker makes its own.
+os.register_at_fork(after_in_child=_made_ids.clear)
 
 
 class _Answer:
@@ -121,6 +143,7 @@ class FrontDoor:
             assert inspect.iscoroutinefunction(handler), handler
         if api_route is not None:
             assert inspect.iscoroutinefunction(api_route.endpoint), api_route.endpoint
+        self._known: dict[tuple[str, str], tuple[RouteMetrics | None, str | None]] = {}
         # (by class, by status), as Starlette's ExceptionMiddleware puts them in the scope
         self.handled: tuple[dict[Any, ErrorHandler], dict[int, ErrorHandler]] = (
             self.error_handlers,
@@ -132,19 +155,17 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         given = header(scope, b"x-request-id")
-        # Made ids only tell a request's lines apart, they guard nothing: random's
-        # generator (seeded anew in each forked worker) rather than the OS's (a system
-        # call per request).
-        request_id = given if given and SANE_ID.match(given) else f"{getrandbits(64):016x}"
+        request_id = given if given and SANE_ID.match(given) else _made_id()
         answer = _Answer(send, (b"x-request-id", request_id.encode()))
         info, token = requestinfo.begin(request_id)
         started = time.perf_counter()
-        metrics = self.metrics
-        if metrics is not None:
-            counted = metrics.route_for(scope["path"], scope["method"])
+        key = (scope["path"], scope["method"])
+        counted, path_param = self._known.get(key) or self._learn(key)
+        if counted is not None:
             counted.in_flight.inc()
+        if path_param is not None and scope.get("root_path"):
+            path_param = None  # below a mount: the router's way
         try:
-            path_param = self._api_path(scope)
             if path_param is None:
                 await self.app(scope, receive, answer.send_logged)
             else:
@@ -158,25 +179,27 @@ class FrontDoor:
             if self.access_log:
                 write_access_line(self.addresses, scope, info, status, answer.size(), seconds)
             requestinfo.end(token)
-            if metrics is not None:
+            if counted is not None:
                 counted.in_flight.dec()
                 counted.duration.observe(seconds)
                 counted.requests(status).inc()
 
-    def _api_path(self, scope: Scope) -> str | None:
-        """The route's ``path`` parameter if the router would give this request to
-        api_route (and nothing before it), else None."""
+    def _learn(self, key: tuple[str, str]) -> tuple[RouteMetrics | None, str | None]:
+        """What a request of (path, method) counts, and the ``path`` parameter the router
+        would give api_route (None: not api_route, or a route before it), remembered:
+        a pull fleet asks for the same few paths over and over."""
+        path, method = key
+        counted = None if self.metrics is None else self.metrics.route_for(path, method)
         route = self.api_route
-        if route is None or scope.get("root_path"):
-            return None
-        path: str = scope["path"]
-        if path in self.routes_before or scope["method"] not in (route.methods or ()):
-            return None
-        match = route.path_regex.match(path)
-        if match is None:
-            return None
-        value: str = match.group(1)
-        return value
+        path_param: str | None = None
+        if route is not None and path not in self.routes_before and method in (route.methods or ()):
+            match = route.path_regex.match(path)
+            path_param = None if match is None else match.group(1)
+        known = self._known
+        if len(known) >= KNOWN_PATHS:
+            del known[next(iter(known))]  # the oldest known
+        known[key] = (counted, path_param)
+        return counted, path_param
 
     async def _call_api(
         self, scope: Scope, receive: Receive, answer: _Answer, path_param: str
@@ -185,11 +208,13 @@ class FrontDoor:
         request_response do for this request, in one frame."""
         route = self.api_route
         assert route is not None
-        scope.setdefault("router", scope["app"].router)
+        if "router" not in scope:
+            scope["router"] = scope["app"].router
         scope["starlette.exception_handlers"] = self.handled
         scope["route"] = route
         scope["endpoint"] = route.endpoint
-        scope["path_params"] = {**scope.get("path_params", {}), "path": path_param}
+        given = scope.get("path_params")
+        scope["path_params"] = {**given, "path": path_param} if given else {"path": path_param}
         request = Request(scope, receive, answer.send_logged)
         try:
             response: Response = await route.endpoint(request)

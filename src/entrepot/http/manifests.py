@@ -10,33 +10,47 @@ from starlette.responses import Response
 
 from entrepot.http import events
 from entrepot.http.bodies import read_body
-from entrepot.http.context import context, header_values, ready_response
+from entrepot.http.context import HeadersMade, RawHeaders, context, ready_response
 from entrepot.http.repositories import repository_for, writes_for
-from entrepot.oci.digest import is_digest
+from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE
 from entrepot.oci.names import is_valid_tag
 from entrepot.registry.manifests import manifest_unknown
 
 
-def _accepts(accept_headers: list[str], media_type: str) -> bool:
+def _accepts(accept_headers: tuple[bytes, ...], media_type: str) -> bool:
     """Whether the client's Accept headers admit ``media_type``. No Accept admits all."""
-    return _accepted(tuple(accept_headers), media_type)
+    return _accepted(accept_headers, media_type)
 
 
 @functools.lru_cache(maxsize=1024)
-def _accepted(accept_headers: tuple[str, ...], media_type: str) -> bool:
+def _accepted(accept_headers: tuple[bytes, ...], media_type: str) -> bool:
     # Cached: a fleet sends a handful of distinct Accept headers, once per request.
     offered = [
         part.split(";", 1)[0].strip().lower()
         for header in accept_headers
-        for part in header.split(",")
+        for part in header.decode("latin-1").split(",")
         if part.strip()
     ]
     if not offered:
         return True
     major = media_type.split("/", 1)[0]
     return any(item in (media_type, "*/*", f"{major}/*") for item in offered)
+
+
+def _make_content_headers(digest: Digest, media_type: str, size: int) -> RawHeaders:
+    text = str(digest).encode()
+    return (
+        (b"docker-content-digest", text),
+        (b"etag", b'"' + text + b'"'),
+        (b"content-length", str(size).encode()),
+        (b"content-type", media_type.encode("latin-1")),
+    )
+
+
+# A manifest answer's own headers, by (digest, media type, size).
+_content_headers = HeadersMade(_make_content_headers)
 
 
 def _existing(reference: str) -> str:
@@ -54,7 +68,8 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
     repo = await repository_for(request, name)
     content = await repo.manifests.get(reference)
     media_type = content.media_type
-    if not _accepts(header_values(request, b"accept"), media_type):
+    accept = tuple([value for key, value in request.scope["headers"] if key == b"accept"])
+    if not _accepts(accept, media_type):
         # registry:2 answers this way when a client cannot take the stored type.
         raise RegistryError(
             ErrorCode.MANIFEST_UNKNOWN,
@@ -62,15 +77,9 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
             {"reference": reference},
         )
     events.manifest_pulled(request, name, reference, content)
-    digest = str(content.digest).encode()
     raw = content.raw
     headers = ctx.raw_headers(repo)
-    headers += (
-        (b"docker-content-digest", digest),
-        (b"etag", b'"' + digest + b'"'),
-        (b"content-length", str(len(raw)).encode()),
-        (b"content-type", media_type.encode("latin-1")),
-    )
+    headers += _content_headers(content.digest, media_type, len(raw))
     return ready_response(b"" if request.method == "HEAD" else raw, headers)
 
 

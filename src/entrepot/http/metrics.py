@@ -54,8 +54,6 @@ _HANDLERS = (
 # call. Bounded: methods and codes come from clients, the lookup is only cached for the
 # first _MAX_CHILDREN label sets.
 _MAX_CHILDREN = 512
-# Request paths whose route metrics are remembered (about 250 bytes each).
-_MAX_PATHS = 4096
 
 
 class _Children:
@@ -73,7 +71,7 @@ class _Children:
         return child
 
 
-_DOUBLE = struct.Struct("d").pack
+_WRITE_DOUBLE = struct.Struct("d").pack_into
 
 
 def _adder(value: Any) -> Callable[[float], None]:
@@ -95,18 +93,16 @@ def _adder(value: Any) -> Callable[[float], None]:
         return add  # one process, in-memory values: prometheus-client's own
     file.read_value(key)  # (makes the value's place in the file if it has none yet)
     pos = file._positions[key]
-    end = pos + 8
 
     def add_in_file(amount: float) -> None:
-        nonlocal file, pos, end
+        nonlocal file, pos
         total = value._value + amount
         value._value = total
         current = value._file
         if current is not file:  # prometheus-client reopened its files
             file = current
             pos = file._positions[key]
-            end = pos + 8
-        file._m[pos:end] = _DOUBLE(total)
+        _WRITE_DOUBLE(file._m, pos, total)  # (its map: replaced when the file grows)
 
     return add_in_file
 
@@ -226,7 +222,6 @@ class HttpMetrics:
         self.in_flight_of = _Children(self.in_flight, FastGauge)
         self._storage_actions_of = _Children(self.storage_actions, FastHistogram)
         self._routes: dict[tuple[str, str], RouteMetrics] = {}
-        self._routes_by_path: dict[tuple[str, str], RouteMetrics] = {}
 
     def route_of(self, handler: str, method: str) -> RouteMetrics:
         """What a request of ``handler`` and ``method`` counts (the method comes from the
@@ -240,22 +235,17 @@ class HttpMetrics:
         return route
 
     def route_for(self, path: str, method: str) -> RouteMetrics:
-        """``route_of`` the request's handler, remembered by (path, method): a pull
-        fleet asks for the same few paths over and over, and handler_of's regex (tried
-        alternative by alternative, each backtracking over the path) costs a tenth of a
-        manifest request. The most recent _MAX_PATHS are kept (uploads make new paths)."""
-        key = (path, method)
-        route = self._routes_by_path.get(key)
-        if route is None:
-            route = self.route_of(handler_of(path), method)
-            remembered = self._routes_by_path
-            if len(remembered) >= _MAX_PATHS:
-                del remembered[next(iter(remembered))]  # the oldest remembered
-            remembered[key] = route
-        return route
+        """``route_of`` the request's handler (http/front.py remembers it by path:
+        handler_of's regex costs a tenth of a manifest request)."""
+        return self.route_of(handler_of(path), method)
 
     def storage_action(self, driver: str, action: str, seconds: float) -> None:
         self._storage_actions_of(driver, action).observe(seconds)
+
+    def storage_observer(self, driver: str, action: str) -> Callable[[float], None]:
+        """``storage_action`` of one (driver, action), its child found once."""
+        observe: Callable[[float], None] = self._storage_actions_of(driver, action).observe
+        return observe
 
 
 def mark_dead_workers(path: str) -> None:

@@ -36,6 +36,7 @@ def validate_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=VALIDATED_CACHE_SIZE)
 def is_valid_tag(tag: str) -> bool:
     return _TAG_RE.match(tag) is not None
 

@@ -36,28 +36,47 @@ def storage_unavailable(exc: StorageError) -> RegistryError:
 async def read_link(driver: StorageDriver, key: str) -> Digest | None:
     """The digest a link file points at, or None when there is no link."""
     try:
-        text = (await driver.get_content(key)).decode("ascii", "replace").strip()
+        raw = await driver.get_content(key)
     except StorageNotFound:
         return None
     except StorageError as exc:
         raise storage_unavailable(exc) from exc
-    try:
-        return Digest.parse(text)
-    except RegistryError:
-        # A corrupt link is treated as absent rather than trusted.
-        return None
+    return _linked(raw)
 
 
 async def links_to(driver: StorageDriver, key: str, digest: Digest) -> bool:
-    """Whether the link at ``key`` names ``digest`` (``read_link`` gives it), compared as
-    bytes: the check of every blob request, without parsing the link's digest."""
+    """Whether the link at ``key`` names ``digest`` (``read_link`` gives it): the check
+    of every blob request."""
     try:
-        text = await driver.get_content(key)
+        raw = await driver.get_content(key)
     except StorageNotFound:
         return False
     except StorageError as exc:
         raise storage_unavailable(exc) from exc
-    return text.strip() == str(digest).encode()
+    linked = _linked(raw)
+    return linked is digest or linked == digest
+
+
+# What link contents name, by content: a link is read on every manifest and blob
+# request, bytes keep their hash, and a driver that keeps small files gives the same
+# object back. The most recent LINK_DIGESTS_KEPT are kept.
+LINK_DIGESTS_KEPT = 4096
+_link_digests: dict[bytes, Digest | None] = {}
+
+
+def _linked(raw: bytes) -> Digest | None:
+    try:
+        return _link_digests[raw]
+    except KeyError:
+        pass
+    try:
+        linked: Digest | None = Digest.parse(raw.decode("ascii", "replace").strip())
+    except RegistryError:
+        linked = None  # a corrupt link is treated as absent rather than trusted
+    if len(_link_digests) >= LINK_DIGESTS_KEPT:
+        del _link_digests[next(iter(_link_digests))]  # the oldest kept
+    _link_digests[raw] = linked
+    return linked
 
 
 async def write_link(driver: StorageDriver, key: str, digest: Digest) -> None:
@@ -103,17 +122,17 @@ class BlobStore:
         # Sizes of blobs seen, the oldest pushed out: a digest's bytes never change, so
         # a blob seen before needs only its existence checked (garbage collection may
         # have removed it since), which a driver may do more cheaply than a stat.
-        self._seen: dict[Digest, BlobInfo] = {}
+        self._seen: dict[Digest, tuple[BlobInfo, str]] = {}  # (info, its data key)
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
-        key = layout.blob_data(digest)
         seen = self._seen.get(digest)
         try:
             if seen is not None:
-                if await self.driver.exists(key):
-                    return seen
+                if await self.driver.exists(seen[1]):
+                    return seen[0]
                 self._seen.pop(digest, None)
                 return None
+            key = layout.blob_data(digest)
             info = await self.driver.stat(key)
         except StorageNotFound:
             return None
@@ -123,7 +142,7 @@ class BlobStore:
         if not info.is_dir:
             if len(self._seen) >= SEEN_BLOBS:
                 del self._seen[next(iter(self._seen))]
-            self._seen[digest] = found
+            self._seen[digest] = (found, key)
         return found
 
     async def get(self, digest: Digest) -> bytes | None:

@@ -59,11 +59,12 @@ class ManifestCache:
 
     An OrderedDict keyed by the digest's two strings rather than a cachetools LRUCache
     keyed by the Digest: a look-up runs on every manifest request, and that one (Python
-    calls for the cache's layers and the dataclass's hash) cost several times this."""
+    calls for the cache's layers and the dataclass's hash) cost several times this. Each
+    manifest is kept with the ManifestContent a pull answers with, made once."""
 
     def __init__(self, max_bytes: int = MANIFEST_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str], Manifest] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], tuple[Manifest, ManifestContent]] = OrderedDict()
         self._cost = 0
 
     def __len__(self) -> int:
@@ -74,25 +75,39 @@ class ManifestCache:
         return self._cost
 
     def get(self, digest: Digest) -> Manifest | None:
+        found = self._found(digest)
+        return None if found is None else found[0]
+
+    def content(self, digest: Digest) -> ManifestContent | None:
+        """What a pull of the manifest ``digest`` answers with, if it is kept."""
+        found = self._found(digest)
+        return None if found is None else found[1]
+
+    def _found(self, digest: Digest) -> tuple[Manifest, ManifestContent] | None:
         key = (digest.algorithm, digest.encoded)
-        manifest = self._items.get(key)
-        if manifest is not None:
+        found = self._items.get(key)
+        if found is not None:
             self._items.move_to_end(key)
-        return manifest
+        return found
 
     def put(self, manifest: Manifest) -> None:
         cost = _manifest_cost(manifest)
         if cost > self.max_bytes:
             return  # too big to keep
-        key = (manifest.digest.algorithm, manifest.digest.encoded)
+        digest = manifest.digest
+        key = (digest.algorithm, digest.encoded)
         replaced = self._items.pop(key, None)
         if replaced is not None:
-            self._cost -= _manifest_cost(replaced)
-        self._items[key] = manifest
+            self._cost -= _manifest_cost(replaced[0])
+        self._items[key] = (manifest, _content(manifest))
         self._cost += cost
         while self._cost > self.max_bytes:
-            _, evicted = self._items.popitem(last=False)
+            _, (evicted, _content_of) = self._items.popitem(last=False)
             self._cost -= _manifest_cost(evicted)
+
+
+def _content(manifest: Manifest) -> ManifestContent:
+    return ManifestContent(manifest.digest, manifest.media_type, manifest.raw)
 
 
 def deletes_disabled() -> RegistryError:
@@ -225,11 +240,14 @@ class RepositoryManifests:
 
     async def get(self, reference: str) -> ManifestContent:
         digest = await self.resolve(reference)
-        manifest = await self.service.load(digest, reference)
-        pulls = self.service.pulls
+        service = self.service
+        content = service.cache.content(digest)
+        if content is None:
+            content = _content(await service.load(digest, reference))
+        pulls = service.pulls
         if pulls is not None and not is_digest(reference):
             pulls.record(self.name, digest, reference)
-        return ManifestContent(digest, manifest.media_type, manifest.raw)
+        return content
 
     async def put(self, reference: str, raw: bytes, content_type: str | None) -> ManifestPut:
         manifest = parse_manifest(raw, content_type, strict=True)
