@@ -192,6 +192,8 @@ async def test_direct_calls_challenge_a_client_without_credentials(tmp_path: Pat
                 assert refused.content == b""
             allowed = await http.request(method, f"/v2/{path}", headers=alice)
             assert allowed.status_code == 200
+            # The path's route is remembered now: the guard still asks again.
+            assert (await http.request(method, f"/v2/{path}")).status_code == 401
 
 
 class _FailingDriver(FilesystemDriver):

@@ -1,6 +1,8 @@
 """A tag moved by another process (another worker, a replica, registry:2 itself) is seen
 by the very next pull, although the filesystem driver keeps the bytes of small settled
-files (storage/smallfiles.py) rather than read a tag's link on every request."""
+files (storage/smallfiles.py) rather than read a tag's link on every request, and what
+a pull answers with is made once per manifest. Likewise a blob deleted or collected is
+gone for the very next HEAD, although its size, link and headers were kept."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 from entrepot.storage.smallfiles import SETTLE_NS
-from tests.api.oci_client import OciClient, make_image
+from tests.api.oci_client import OciClient, make_image, sha256
 
 # How another process moves a tag: Entrepot writes a temp file and renames it over the
 # link; registry:2's filesystem driver rewrites the link file in place.
@@ -45,6 +47,31 @@ async def test_tag_moved_by_another_process_is_seen_at_once(client: OciClient, r
         await asyncio.to_thread(subprocess.run, move, check=True)
         # The same size, and (in place) the same inode: only ctime tells the change.
         assert os.stat(link).st_size == len(first.digest)
-        response = await client.get_manifest("lib/app", "latest")
-        assert response.headers["docker-content-digest"] == image.digest
+        for method in ("HEAD", "GET"):
+            response = await client.get_manifest("lib/app", "latest", method=method)
+            assert response.headers["docker-content-digest"] == image.digest
+            assert response.headers["content-length"] == str(len(image.manifest))
         assert response.content == image.manifest
+
+
+async def test_a_blob_deleted_or_collected_is_gone_for_the_next_head(
+    client: OciClient, root: Path
+) -> None:
+    image = make_image("d")
+    for repo in ("lib/app", "lib/other"):
+        await client.push_image(repo, image, tag="v1")
+    layer = sha256(image.layers[0])
+    store = root / "docker/registry/v2"
+    await _settled(store / f"repositories/lib/app/_layers/sha256/{layer[7:]}/link")
+    for repo in ("lib/app", "lib/other"):
+        for _ in range(2):  # the second answer comes from what the first one kept
+            response = await client.http.head(f"/v2/{repo}/blobs/{layer}")
+            assert response.status_code == 200
+            assert response.headers["content-length"] == str(len(image.layers[0]))
+    # Deleted from one repository (its link goes), still in the other.
+    assert (await client.http.delete(f"/v2/lib/app/blobs/{layer}")).status_code == 202
+    assert (await client.http.head(f"/v2/lib/app/blobs/{layer}")).status_code == 404
+    assert (await client.http.head(f"/v2/lib/other/blobs/{layer}")).status_code == 200
+    # Collected by another process (its data goes): gone from the other too.
+    (store / f"blobs/sha256/{layer[7:9]}/{layer[7:]}/data").unlink()
+    assert (await client.http.head(f"/v2/lib/other/blobs/{layer}")).status_code == 404

@@ -16,13 +16,16 @@ import pytest
 from entrepot.auth import guard, tokens
 from entrepot.auth.htpasswd import UserDirectory
 from entrepot.auth.ratelimit import FailedLoginLimiter
+from entrepot.http import app as http_app
 from entrepot.http import manifests as http_manifests
+from entrepot.http.context import HeadersMade
 from entrepot.oci import digest as digests
 from entrepot.oci import names
 from entrepot.oci.digest import Digest
 from entrepot.oci.manifest import parse_manifest
 from entrepot.proxy.cache import MAX_NEGATIVE, ProxyCache
 from entrepot.proxy.upstream_auth import MAX_CACHED, Token, TokenCache, TokenKey
+from entrepot.registry import blobs as registry_blobs
 from entrepot.registry.keyedlocks import KeyedLocks
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.manifests import ManifestCache, ManifestService
@@ -186,11 +189,13 @@ def test_validation_caches_keep_only_recent_keys() -> None:
     for n in range(2 * bound):
         names.validate_name(f"team/app{n}")
         names.validate_tag(f"v{n}")
+        names.is_valid_tag(f"w{n}")
         Digest.parse(str(Digest.of(str(n).encode())))
         filesystem._check_key(f"docker/registry/v2/repositories/app/_uploads/{n}/data")
 
     assert names.validate_name.cache_info().currsize <= bound
     assert names.validate_tag.cache_info().currsize <= bound
+    assert names.is_valid_tag.cache_info().currsize <= bound
     assert digests._parse_digest.cache_info().currsize <= digests.PARSED_CACHE_SIZE
     assert filesystem._check_key.cache_info().currsize <= filesystem.CHECKED_KEYS_CACHE_SIZE
 
@@ -263,3 +268,20 @@ def test_accept_header_matches_are_memoised_for_a_bounded_number_of_headers() ->
 
     info = http_manifests._accepted.cache_info()
     assert info.maxsize is not None and info.currsize <= info.maxsize <= 4096
+
+
+def test_remembered_routes_link_digests_and_headers_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_app, "_ROUTED_KEPT", 10)
+    monkeypatch.setattr(registry_blobs, "LINK_DIGESTS_KEPT", 10)
+    monkeypatch.setattr(http_app, "_routed", {})
+    monkeypatch.setattr(registry_blobs, "_link_digests", {})
+    made = HeadersMade(lambda n: ((b"x-n", str(n).encode()),), kept=10)
+    for n in range(25):  # every upload's request has a new path, every push new digests
+        _, _, name, reference = http_app._route(f"app/blobs/uploads/{n}", "PATCH")
+        assert (name, reference) == ("app", str(n))
+        digest = Digest.of(b"%d" % n)
+        assert registry_blobs._linked(str(digest).encode()) == digest
+        assert made(n) == ((b"x-n", str(n).encode()),)
+    assert len(http_app._routed) == len(registry_blobs._link_digests) == len(made.made) == 10
