@@ -214,6 +214,7 @@ def build_app(
         addresses=api.client_addresses,
         metrics=metrics,
         api_route=api_route,
+        api=api,
         routes_before=[route.path for route in literal_routes],
         error_handlers=error_handlers,
     )

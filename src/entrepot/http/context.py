@@ -67,13 +67,17 @@ class ApiContext:
         return f"{self.base_url}{path}"
 
 
+# Where the request's scope holds the ApiContext: put there by the front door for the
+# /v2/<name>/... endpoints, else after the first look-up (a request asks several times,
+# and app.state's attribute look-up is slower than a dict's).
+API_IN_SCOPE = "entrepot.api"
+
+
 def context(request: Request) -> ApiContext:
-    # Kept in the request's scope after the first look-up: a request asks several times,
-    # and app.state's attribute look-up is slower than a dict's.
     scope = request.scope
-    ctx: ApiContext | None = scope.get("entrepot.api")
+    ctx: ApiContext | None = scope.get(API_IN_SCOPE)
     if ctx is None:
-        ctx = scope["entrepot.api"] = request.app.state.api
+        ctx = scope[API_IN_SCOPE] = request.app.state.api
     return ctx
 
 

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from entrepot import requestinfo
 from entrepot.http.accesslog import SANE_ID, header, write_access_line
 from entrepot.http.clientaddr import ClientAddresses
+from entrepot.http.context import API_IN_SCOPE, ApiContext
 from entrepot.http.metrics import HttpMetrics, RouteMetrics
 
 ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
@@ -121,6 +122,7 @@ class FrontDoor:
         addresses: ClientAddresses | None = None,
         metrics: HttpMetrics | None = None,
         api_route: Route | None = None,
+        api: ApiContext | None = None,
         routes_before: Iterable[str] = (),
         error_handlers: Mapping[Any, ErrorHandler] | None = None,
     ) -> None:
@@ -129,6 +131,7 @@ class FrontDoor:
         self.addresses = addresses or ClientAddresses()
         self.metrics = metrics
         self.api_route = api_route
+        self.api = api  # what api_route's handlers find with context()
         # Literal paths of the routes listed before api_route: the router gives them
         # their own endpoints, so they take the ordinary way.
         self.routes_before = frozenset(routes_before)
@@ -213,6 +216,8 @@ class FrontDoor:
         scope["starlette.exception_handlers"] = self.handled
         scope["route"] = route
         scope["endpoint"] = route.endpoint
+        if self.api is not None:
+            scope[API_IN_SCOPE] = self.api
         given = scope.get("path_params")
         scope["path_params"] = {**given, "path": path_param} if given else {"path": path_param}
         request = Request(scope, receive, answer.send_logged)

@@ -76,7 +76,8 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
             f"manifest is {media_type}, which the Accept header does not allow",
             {"reference": reference},
         )
-    events.manifest_pulled(request, name, reference, content)
+    if ctx.notifier is not None:  # (as events checks: skipped here, on every pull)
+        events.manifest_pulled(request, name, reference, content)
     raw = content.raw
     headers = ctx.raw_headers(repo)
     headers += _content_headers(content.digest, media_type, len(raw))
