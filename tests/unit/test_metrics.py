@@ -256,3 +256,40 @@ def test_request_metrics_written_to_worker_files_read_exactly_by_a_scrape(
     assert scrape("registry_storage_action_seconds_count", **stat) == 1
     assert scrape("registry_storage_action_seconds_bucket", le="0.005", **stat) == 1
     assert scrape("registry_storage_action_seconds_sum", **stat) == pytest.approx(0.003)
+
+
+def test_worker_file_values_follow_files_prometheus_client_reopened(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # prometheus-client reopens every file (under the new process id) when one of its own
+    # calls finds the process forked: the values written here must go to the new files.
+    from prometheus_client import values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    pid = [1]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: pid[0]))  # type: ignore[no-untyped-call]
+    metrics = HttpMetrics(CollectorRegistry())
+    scraped = CollectorRegistry()
+    MultiProcessCollector(scraped, str(tmp_path))  # type: ignore[no-untyped-call]
+    duration = metrics.duration_of("blob", "HEAD")
+    observe_stat = metrics.storage_observer("filesystem", "Stat")
+    requests = metrics.requests_of("200", "blob", "HEAD")
+    for _ in range(2):
+        duration.observe(0.001)
+        observe_stat(0.002)
+        requests.inc()
+    pid[0] = 2  # "forked": the next call of prometheus-client's own reopens its files
+    metrics.requests.labels("200", "blob", "HEAD").inc()
+    assert {p.name for p in tmp_path.iterdir()} >= {"counter_2.db", "histogram_2.db"}
+    duration.observe(0.001)
+    observe_stat(0.002)
+    requests.inc()
+
+    get = {"handler": "blob", "method": "HEAD"}
+    name = "registry_http_request_duration_seconds"
+    assert value(scraped, f"{name}_count", **get) == 3  # both files, summed
+    assert value(scraped, f"{name}_bucket", le="0.005", **get) == 3
+    assert value(scraped, "registry_http_requests_total", code="200", **get) == 4
+    stat = {"driver": "filesystem", "action": "Stat"}
+    assert value(scraped, "registry_storage_action_seconds_count", **stat) == 3

@@ -74,6 +74,18 @@ class _Children:
 _WRITE_DOUBLE = struct.Struct("d").pack_into
 
 
+def _place(value: Any) -> int | None:
+    """Where ``value`` (a count, a sum, a bucket) is in this worker's prometheus-client
+    file, or None with in-memory values (one process: no multiprocess directory)."""
+    file = getattr(value, "_file", None)
+    key = getattr(value, "_key", None)
+    if file is None or key is None or not hasattr(file, "_positions"):
+        return None
+    file.read_value(key)  # (makes the value's place in the file if it has none yet)
+    place: int = file._positions[key]
+    return place
+
+
 def _adder(value: Any) -> Callable[[float], None]:
     """What adds to one value of a metric child (a count, a sum, a bucket).
 
@@ -86,13 +98,13 @@ def _adder(value: Any) -> Callable[[float], None]:
     thread of the process that built the app (each worker builds its own, after the
     fork); a file prometheus-client replaced (a fork it noticed) is followed.
     """
-    file = getattr(value, "_file", None)
-    key = getattr(value, "_key", None)
-    if file is None or key is None or not hasattr(file, "_positions"):
+    place = _place(value)
+    if place is None:
         add: Callable[[float], None] = value.inc
         return add  # one process, in-memory values: prometheus-client's own
-    file.read_value(key)  # (makes the value's place in the file if it has none yet)
-    pos = file._positions[key]
+    pos = place
+    file = value._file
+    key = value._key
 
     def add_in_file(amount: float) -> None:
         nonlocal file, pos
@@ -131,19 +143,46 @@ class FastGauge:
 
 class FastHistogram:
     """A histogram child: its sum and the one bucket an observation falls in (buckets
-    are stored per bucket, not cumulated, as prometheus-client stores them)."""
+    are stored per bucket, not cumulated, as prometheus-client stores them). In a
+    worker's file, both written by ``observe`` itself, as ``_adder``'s do (one Python
+    frame: two or three observations a request)."""
 
-    __slots__ = ("_bounds", "_buckets", "_sum")
+    __slots__ = ("_bounds", "_buckets", "_file", "_places", "_sum", "_values")
 
     def __init__(self, child: Any) -> None:
         self._bounds: list[float] = list(child._upper_bounds)
         self._sum = _adder(child._sum)
         self._buckets = [functools.partial(_adder(bucket), 1.0) for bucket in child._buckets]
+        values = [child._sum, *child._buckets]
+        places = [_place(value) for value in values]
+        files = {id(getattr(value, "_file", None)) for value in values}
+        in_file = None not in places and len(files) == 1
+        self._values: list[Any] | None = values if in_file else None
+        self._file: Any = values[0]._file if in_file else None
+        self._places: list[int] = [place or 0 for place in places]
 
     def observe(self, amount: float) -> None:
-        self._sum(amount)
-        # The first bucket whose upper bound is >= amount (the last is +Inf).
-        self._buckets[bisect.bisect_left(self._bounds, amount)]()
+        values = self._values
+        if values is None:  # in-memory values
+            self._sum(amount)
+            # The first bucket whose upper bound is >= amount (the last is +Inf).
+            self._buckets[bisect.bisect_left(self._bounds, amount)]()
+            return
+        file = values[0]._file
+        if file is not self._file:  # prometheus-client reopened its files (all at once)
+            self._file = file
+            self._places = [file._positions[value._key] for value in values]
+        places = self._places
+        view = file._m
+        value = values[0]
+        total = value._value + amount
+        value._value = total
+        _WRITE_DOUBLE(view, places[0], total)
+        index = bisect.bisect_left(self._bounds, amount) + 1  # (after the sum)
+        value = values[index]
+        total = value._value + 1.0
+        value._value = total
+        _WRITE_DOUBLE(view, places[index], total)
 
 
 # The same patterns (without their "^": matched from the "/v2") in one regex, whose
