@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from entrepot.http.accesslog import AccessLines, flush_access_lines
+from entrepot.http.accesslog import AccessLines, flush_access_lines, write_access_line
+from entrepot.http.clientaddr import ClientAddresses
+from entrepot.requestinfo import RequestInfo
 from tests.api.auth_setup import PASSWORDS, app_client, basic, write_htpasswd
 
 
@@ -48,3 +50,34 @@ async def test_access_line_written_by_the_servers_handler(
         line
     )
     assert line.endswith(f" id={response.headers['x-request-id']} cache=- upstream=-")
+
+
+def test_access_line_encodes_what_could_forge_a_line_and_takes_the_first_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    access = logging.getLogger("entrepot.access")
+    monkeypatch.setattr(access, "handlers", [AccessLines(stream)])
+    monkeypatch.setattr(access, "level", logging.INFO)
+    scope = {
+        "type": "http",
+        "method": "HEAD",
+        "path": "/v2/a/blobs/x",
+        "raw_path": b"/v2/a/blobs/x",
+        "query_string": b"",
+        "http_version": "1.0",
+        "client": ("127.0.0.1", 4000),
+        "headers": [
+            (b"referer", b""),  # the first, empty: "-"
+            (b"referer", b"http://later"),
+            (b"user-agent", b'ab \r\n127.0.0.1 - forged \x7f"\xe9'),
+            (b"user-agent", b"later"),
+        ],
+    }
+    write_access_line(ClientAddresses(), scope, RequestInfo("r-2"), 200, "0", 0.0012)
+    flush_access_lines()
+    (line,) = stream.getvalue().splitlines()
+    assert (
+        '"HEAD /v2/a/blobs/x HTTP/1.0" 200 0 "-" "ab %0D%0A127.0.0.1 - forged %7F%22\xe9" ' in line
+    )
+    assert line.endswith(" 1.2ms id=r-2 cache=- upstream=-")

@@ -31,6 +31,7 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"]")
 
 
 _LINE = '%s - %s [%s] "%s %s %s" %d %s "%s" "%s" %.1fms id=%s cache=%s upstream=%s'
+_PROTOCOLS = {version: f"HTTP/{version}" for version in ("1.0", "1.1", "2", "3")}
 
 
 # Lines gathered before a write: at most this long after the first, and at most this many
@@ -92,6 +93,8 @@ def flush_access_lines() -> None:
 
 
 def _safe(text: str) -> str:
+    if text.isprintable() and '"' not in text:
+        return text  # (no control character: nothing to encode, without the regex)
     return _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", text)
 
 
@@ -133,18 +136,25 @@ def write_access_line(
     state: dict[str, Any] = scope.get("state", {})
     identity = state.get("identity")
     user = getattr(identity, "user", None) or "-"
-    protocol = f"HTTP/{scope.get('http_version', '1.1')}"
+    referer: bytes | None = None  # the first of each, found in one pass
+    agent: bytes | None = None
+    for key, value in scope.get("headers", ()):
+        if key == b"referer":
+            referer = value if referer is None else referer
+        elif key == b"user-agent":
+            agent = value if agent is None else agent
+    version = scope.get("http_version", "1.1")
     args = (
         addr,
         _safe(user),
         _now(),
         scope.get("method", "-"),
         _safe(target),
-        protocol,
+        _PROTOCOLS.get(version) or f"HTTP/{version}",
         status,
         size,
-        _safe(header(scope, b"referer") or "-"),
-        _safe(header(scope, b"user-agent") or "-"),
+        _safe(referer.decode("latin-1")) if referer else "-",
+        _safe(agent.decode("latin-1")) if agent else "-",
         seconds * 1000,
         info.request_id,
         info.cache,
