@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
+from entrepot.registry.gcrecheck import recheck
 from entrepot.registry.gcscan import (
     QUARANTINE,
     Blobs,
@@ -103,6 +104,7 @@ class GarbageCollector:
         self.emit = emit
         self.clock = clock
         self.cutoff = 0.0  # objects with a later mtime are fresh
+        self.marked_at = 0.0  # when the mark began reading (the real clock: mtimes')
         self.refs: dict[Digest, ManifestRefs] = {}
         # The mtime of each layer link of a blob to delete, as the mark read it: the sweep
         # puts back a blob whose link is new or rewritten since.
@@ -119,6 +121,7 @@ class GarbageCollector:
         self.cutoff = now - self.options.grace
         if not self.options.dry_run:
             self.result.blobs_recovered = await recover(self.store)
+        self.marked_at = time.time()
         scans, blobs = await asyncio.gather(
             self._scan_all("marking"),
             find_blobs(self.store, self._progress("marking: blobs found")),
@@ -265,7 +268,9 @@ class GarbageCollector:
         moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
         moved = await self.store.driver.move_many(moves, sync=False)
         quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
-        rescans = await self._scan_all("re-checking", tag_links=False)
+        rescans = await recheck(self.store, scans, unkept.keys(), self.marked_at, self.cutoff)
+        if rescans is None:
+            rescans = await self._scan_all("re-checking", tag_links=False)
         relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
@@ -362,7 +367,8 @@ class GarbageCollector:
             manifests |= (now.revisions - before.revisions) | (
                 now.revisions & unkept.get(name, set())
             )
-        await read_refs(self.store, manifests, self.refs)
+        # A manifest linked again after the mark may have its bytes aside.
+        await read_refs(self.store, manifests, self.refs, quarantined)
         for digest in manifests:
             protect.add(digest)
             protect |= self.refs[digest].references

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -188,6 +188,7 @@ class RepoScan:
     name: str
     revisions: set[Digest] = field(default_factory=set)
     revision_mtimes: dict[Digest, float] = field(default_factory=dict)
+    unlinked_revisions: set[Digest] = field(default_factory=set)  # folders without a link
     # Every layer folder (its name is the digest; the link in it is read only where it
     # matters: see repository_fold): a link-less one left by a blob DELETE too.
     layers: set[Digest] = field(default_factory=set)
@@ -257,6 +258,10 @@ class _Scanner:
                     digest = digest_at(parts[2], parts[3])
                     if digest is not None:
                         scan.revision_mtimes[digest] = info.mtime
+                elif n == 4 and info.is_dir:
+                    digest = digest_at(parts[2], parts[3])
+                    if digest is not None:
+                        scan.unlinked_revisions.add(digest)
             elif parts[1] == "tags":
                 if not scan.tag_names or scan.tag_names[-1] != parts[2]:
                     scan.tag_names.append(parts[2])
@@ -323,10 +328,13 @@ async def scan_store(
     return await scanner.finish(store)
 
 
-async def scan_repository(store: Limited, name: str, fresh_after: float) -> RepoScan:
+async def scan_repository(
+    store: Limited, name: str, fresh_after: float, *, layer_folders: bool = False
+) -> RepoScan:
     """One repository's ``scan_store`` (its marker folders only: a repository nested in it
-    is not its content), where ``layers`` are the linked ones only."""
-    scanner = _Scanner(fresh_after, layer_folders=False)
+    is not its content), where ``layers`` are the linked ones only, unless
+    ``layer_folders``."""
+    scanner = _Scanner(fresh_after, layer_folders=layer_folders)
     scanner.scans[name] = RepoScan(name)
 
     async def folder(marker: str) -> None:
@@ -388,13 +396,19 @@ def manifest_refs(raw: bytes) -> ManifestRefs:
 
 
 async def read_refs(
-    store: Limited, digests: Iterable[Digest], known: dict[Digest, ManifestRefs]
+    store: Limited,
+    digests: Iterable[Digest],
+    known: dict[Digest, ManifestRefs],
+    aside: Container[Digest] = (),
 ) -> None:
     """Add the references of every manifest in ``digests`` not in ``known`` yet (each
-    manifest's bytes are read once, however many repositories link it)."""
+    manifest's bytes are read once, however many repositories link it); one in ``aside``
+    (the sweep's quarantine) is read there when its ``data`` is not back."""
 
     async def read(digest: Digest) -> None:
         raw = await store.get(layout.blob_data(digest))
+        if raw is None and digest in aside:
+            raw = await store.get(f"{layout.blob_dir(digest)}/{QUARANTINE}")
         known[digest] = NO_REFS if raw is None else manifest_refs(raw)
 
     await each([d for d in set(digests) if d not in known], read)

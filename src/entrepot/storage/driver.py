@@ -206,6 +206,10 @@ class StorageDriver(abc.ABC):
     # objects cannot grow): chunked uploads then keep each chunk as an object of its own.
     # Every driver says which (no default).
     appends_in_place: bool
+    # Whether a folder's mtime moves whenever an entry is added to it or removed from it
+    # (directories on a disk): a reader can then tell that nothing was added under a
+    # folder since a time without listing it. False: no folders (object storage).
+    folder_mtimes: bool = False
 
     @abc.abstractmethod
     async def get_content(self, key: str) -> bytes:

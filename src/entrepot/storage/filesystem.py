@@ -122,6 +122,7 @@ class FilesystemDriver(StorageDriver):
 
     name = "filesystem"
     appends_in_place = True  # O_APPEND on the upload's file
+    folder_mtimes = True
 
     def __init__(self, rootdirectory: str | Path) -> None:
         root = os.fspath(rootdirectory)

@@ -36,6 +36,7 @@ class TimedDriver(StorageDriver):
         self.name = inner.name
         self.follow_interval = inner.follow_interval
         self.appends_in_place = inner.appends_in_place
+        self.folder_mtimes = inner.folder_mtimes
         self._observe = observe
 
     @contextlib.contextmanager
