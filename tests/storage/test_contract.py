@@ -579,6 +579,26 @@ async def test_scan_many_keys_in_several_batches(driver: StorageDriver) -> None:
     assert {i.size for i in found} == {1}
 
 
+async def test_stat_many_answers_each_key_in_order(
+    driver: StorageDriver, bulk_default: bool
+) -> None:
+    await driver.put_content("m/a/data", b"abc")
+    await driver.put_content("m/b", b"")
+    stat_many = StorageDriver.stat_many if bulk_default else type(driver).stat_many
+    keys = ["m/b", "m/none", "m/a/data", "m/a", "m/none/deeper"]
+    found = await stat_many(driver, keys)
+    assert [None if i is None else (i.key, i.size, i.is_dir) for i in found] == [
+        ("m/b", 0, False),
+        None,
+        ("m/a/data", 3, False),
+        ("m/a", 0, True),
+        None,
+    ]
+    stored = await driver.stat("m/a/data")
+    assert found[2] is not None and abs(found[2].mtime - stored.mtime) < 2
+    assert await stat_many(driver, []) == []
+
+
 async def test_move_many_skips_missing_sources(driver: StorageDriver, bulk_default: bool) -> None:
     await driver.put_content("b/1/data", b"one")
     await driver.put_content("b/2/data", b"two")

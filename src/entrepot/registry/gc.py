@@ -179,7 +179,7 @@ class GarbageCollector:
         folder for them (the scans do not open those folders)."""
         wanted = set(digests)
         links = [(s.name, d) for s in scans for d in s.layers & wanted]
-        infos = await each(links, lambda item: self.store.stat(layout.layer_link(*item)))
+        infos = await self.driver.stat_many([layout.layer_link(*item) for item in links])
         return {
             link: info.mtime for link, info in zip(links, infos, strict=True) if info is not None
         }

@@ -54,15 +54,14 @@ async def changed_repositories(
     reads the whole store again."""
     scans = list(scans)
 
-    async def changed(key: str) -> bool:
-        info = await store.stat(key)
-        return info is not None and info.mtime >= since
+    async def changed(keys: list[str]) -> list[bool]:
+        infos = await store.driver.stat_many(keys)
+        return [info is not None and info.mtime >= since for info in infos]
 
-    holders = sorted(_holders(s.name for s in scans))
-    if any(await each(holders, changed)):
+    if any(await changed(sorted(_holders(s.name for s in scans)))):
         return None
     folders = [(s.name, key) for s in scans for key in _marker_folders(s)]
-    moved = await each(folders, lambda item: changed(item[1]))
+    moved = await changed([key for _, key in folders])
     return {name for (name, _), yes in zip(folders, moved, strict=True) if yes}
 
 

@@ -31,9 +31,11 @@ from typing import Any, Literal, TypeVar
 T = TypeVar("T")
 
 # A batch of keys from ``walk`` (an alias: in StorageDriver, ``list`` names the method),
-# of objects from ``scan``, and which moves of ``move_many`` found their source.
+# of objects from ``scan``, ``stat_many``'s answers (None: missing), and which moves of
+# ``move_many`` found their source.
 Keys = list[str]
 Infos = list["FileInfo"]
+Stats = list["FileInfo | None"]
 Moved = list[bool]
 # How ``scan`` treats a directory, given its key relative to the scan's prefix (ending in
 # "/"): None, enter it; a relative key, report only the object at that key under it, or
@@ -303,6 +305,18 @@ class StorageDriver(abc.ABC):
                 yield found
         if folder is not None and (rest := folder.flush()):
             yield rest
+
+    async def stat_many(self, keys: Sequence[str]) -> Stats:
+        """``stat`` of each key, in the keys' order, None for a missing one: what a
+        collection checks of many objects (or directories) at once."""
+
+        async def one(key: str) -> FileInfo | None:
+            try:
+                return await self.stat(key)
+            except StorageNotFound:
+                return None
+
+        return await _bounded([one(key) for key in keys])
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         """``move`` for each (src, dst) pair, in any order or at once; for each, whether
