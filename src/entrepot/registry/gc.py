@@ -65,6 +65,9 @@ class GcOptions:
     concurrency: int = 32  # storage calls in flight
     progress_every: float = 5.0  # seconds between progress lines
     rules: tuple[RetentionRule, ...] = ()  # retention rules for tags and untagged manifests
+    # Walk the store in child processes where the driver can (a disk: the command's runs,
+    # where a large store's two walks take two CPUs; each child costs a Python start).
+    apart: bool = False
 
 
 @dataclass
@@ -100,7 +103,7 @@ class GarbageCollector:
     ) -> None:
         self.driver = driver
         self.options = options
-        self.store = Limited(driver, options.concurrency)
+        self.store = Limited(driver, options.concurrency, apart=options.apart)
         self.emit = emit
         self.clock = clock
         self.cutoff = 0.0  # objects with a later mtime are fresh

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Container, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from entrepot.oci.errors import RegistryError
 from entrepot.registry import layout
 from entrepot.registry.segments import holds_bytes
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
-from entrepot.storage.driver import Fold
+from entrepot.storage.driver import Fold, Infos
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,9 +31,15 @@ _MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
 class Limited:
     """The driver calls collection makes, at most ``limit`` of them in flight."""
 
-    def __init__(self, driver: StorageDriver, limit: int) -> None:
+    def __init__(self, driver: StorageDriver, limit: int, *, apart: bool = False) -> None:
         self.driver = driver
         self._slots = asyncio.Semaphore(limit)
+        self.apart = apart  # the store's walks: the driver's scan_apart
+
+    def scan(self, prefix: str, fold: Fold) -> AsyncGenerator[Infos, None]:
+        if self.apart:
+            return self.driver.scan_apart(prefix, fold=fold)
+        return self.driver.scan(prefix, fold=fold)
 
     async def children(self, prefix: str) -> list[str]:
         """``list``, with a missing prefix (or one left empty) as no children."""
@@ -118,6 +124,10 @@ async def each(items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]
 
 
 def parse_digest(text: str) -> Digest | None:
+    algorithm, colon, encoded = text.partition(":")
+    found = digest_at(algorithm, encoded) if colon else None
+    if found is not None:  # the common case, without Digest.parse's regular expressions
+        return found
     try:
         return Digest.parse(text)
     except RegistryError:
@@ -162,10 +172,10 @@ def _blob_fold(directory: str) -> str | None:
 async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
     """Every blob under ``blobs/`` (registry:2 enumerates the same) with its ``data``'s size
     and mtime; None for a blob folder without ``data`` (one an interrupted collection left
-    aside). One ``scan``: a flat listing on object storage, on a disk a walk in a worker
-    thread that stats each blob's ``data`` without opening its folder."""
+    aside). One ``scan``: a flat listing on object storage, on a disk a walk (apart: in a
+    process of its own) that stats each blob's ``data`` without opening its folder."""
     found: Blobs = {}
-    async for batch in store.driver.scan(layout.BLOBS, fold=_blob_fold):
+    async for batch in store.scan(layout.BLOBS, _blob_fold):
         for info in batch:
             algorithm, _, rest = info.key.partition("/")
             encoded, _, name = rest.partition("/")[2].partition("/")
@@ -205,17 +215,26 @@ class RepoScan:
 def repository_fold(tag_links: bool = True) -> Fold:
     """The scan of ``repositories/`` opens no layer folder (the mark needs the digests,
     which the folders' names are), reads each revision's link and, with ``tag_links``,
-    each tag's current link, and does not enter ``_referrers``."""
+    each tag's current link, and does not enter ``_referrers``. Module-level functions:
+    a disk's walk runs in a process of its own (StorageDriver.scan_apart)."""
+    return _fold_with_tags if tag_links else _fold_without_tags
 
-    def fold(directory: str) -> str | None:
-        parts = directory.split("/")
-        parts.pop()  # "" after the last "/"
-        for i, part in enumerate(parts):
-            if part[:1] == "_":
-                return marker_leaf(parts[i:], tag_links) if i else None
-        return None
 
-    return fold
+def _repository_leaf(directory: str, tag_links: bool) -> str | None:
+    parts = directory.split("/")
+    parts.pop()  # "" after the last "/"
+    for i, part in enumerate(parts):
+        if part[:1] == "_":
+            return marker_leaf(parts[i:], tag_links) if i else None
+    return None
+
+
+def _fold_with_tags(directory: str) -> str | None:
+    return _repository_leaf(directory, True)
+
+
+def _fold_without_tags(directory: str) -> str | None:
+    return _repository_leaf(directory, False)
 
 
 def marker_leaf(parts: list[str], tag_links: bool, layer_links: bool = False) -> str | None:
@@ -321,7 +340,7 @@ async def scan_store(
     written to after ``fresh_after`` is in progress."""
     scanner = _Scanner(fresh_after)
     fold = repository_fold(tag_links)
-    async for batch in store.driver.scan(layout.REPOSITORIES, fold=fold):
+    async for batch in store.scan(layout.REPOSITORIES, fold):
         scanner.add_keys(batch)
         if progress is not None:
             progress.tick(len(batch))

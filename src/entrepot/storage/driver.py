@@ -306,6 +306,16 @@ class StorageDriver(abc.ABC):
         if folder is not None and (rest := folder.flush()):
             yield rest
 
+    async def scan_apart(
+        self, prefix: str, *, fold: Fold | None = None
+    ) -> AsyncGenerator[Infos, None]:
+        """``scan``, walked apart from the caller where the driver can (a driver with real
+        directories: in a process of its own, on another CPU), so that the caller's own
+        work, another scan, goes on alongside. A ``fold`` must then be a module-level
+        function; any other is walked as ``scan`` walks. Object storage: ``scan``."""
+        async for batch in self.scan(prefix, fold=fold):
+            yield batch
+
     async def stat_many(self, keys: Sequence[str]) -> Stats:
         """``stat`` of each key, in the keys' order, None for a missing one: what a
         collection checks of many objects (or directories) at once."""

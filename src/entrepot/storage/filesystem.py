@@ -63,6 +63,7 @@ from entrepot.storage.fsops import (
     _walk_infos,
     _walk_keys,
 )
+from entrepot.storage.fswalk import fold_name, walk_apart
 from entrepot.storage.fswriters import (
     FilesystemIngest,
     FilesystemWriter,
@@ -278,6 +279,18 @@ class FilesystemDriver(StorageDriver):
         root = self._path(prefix, root_ok=True)
         infos = _walk_infos(root) if fold is None else _walk_folded(root, fold)
         async for batch in _in_batches(prefix, infos):
+            yield batch
+
+    async def scan_apart(
+        self, prefix: str, *, fold: Fold | None = None
+    ) -> AsyncGenerator[Infos, None]:
+        """The walk in a child process (see fswalk)."""
+        name = fold_name(fold)
+        if name is None:
+            async for batch in self.scan(prefix, fold=fold):
+                yield batch
+            return
+        async for batch in walk_apart(self._path(prefix, root_ok=True), name):
             yield batch
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:
