@@ -173,7 +173,8 @@ class GarbageCollector:
 
     async def _scan_all(self, phase: str, *, tag_links: bool = True) -> dict[str, RepoScan]:
         found = self._progress(f"{phase}: repository objects read")
-        return await scan_store(self.store, self.cutoff, found, tag_links=tag_links)
+        refs = self.refs if tag_links else None  # the mark's: its manifests too
+        return await scan_store(self.store, self.cutoff, found, tag_links=tag_links, refs=refs)
 
     async def _link_times(
         self, scans: Iterable[RepoScan], digests: Iterable[Digest]

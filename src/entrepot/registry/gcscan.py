@@ -261,7 +261,9 @@ class _Scanner:
         self.fresh_after = fresh_after
         self.layer_folders = layer_folders  # a layer folder without its link counts
         self.scans: dict[str, RepoScan] = {}
-        self.current: dict[str, list[str]] = {}  # repository -> tags with a current link
+        # Found, not read yet: tags with a current link, and revisions (see scan_store).
+        self.unread_tags: list[tuple[str, str]] = []
+        self.unread_revisions: list[Digest] = []
 
     def add(self, name: str, parts: list[str], info: FileInfo) -> None:
         """One object (or folded folder: ``info.is_dir``, ``parts`` without the "" after
@@ -277,6 +279,7 @@ class _Scanner:
                     digest = digest_at(parts[2], parts[3])
                     if digest is not None:
                         scan.revision_mtimes[digest] = info.mtime
+                        self.unread_revisions.append(digest)
                 elif n == 4 and info.is_dir:
                     digest = digest_at(parts[2], parts[3])
                     if digest is not None:
@@ -285,7 +288,7 @@ class _Scanner:
                 if not scan.tag_names or scan.tag_names[-1] != parts[2]:
                     scan.tag_names.append(parts[2])
                 if n == 5 and parts[3] == "current" and parts[4] == "link":
-                    self.current.setdefault(name, []).append(parts[2])
+                    self.unread_tags.append((name, parts[2]))
         elif marker == "_layers" and n == 3 + (not info.is_dir):
             digest = digest_at(parts[1], parts[2])
             linked = self.layer_folders if info.is_dir else parts[3] == "link"
@@ -312,17 +315,21 @@ class _Scanner:
                 parts.pop()
             self.add(name, parts, info)
 
+    async def read_tags(self, store: Limited) -> None:
+        """Read what each tag found since the last call points at."""
+
+        async def read(item: tuple[str, str]) -> None:
+            name, tag = item
+            digest = await store.read_link(layout.tag_current_link(name, tag))
+            if digest is not None:
+                self.scans[name].tags[tag] = digest
+
+        links, self.unread_tags = self.unread_tags, []
+        await each(links, read)
+
     async def finish(self, store: Limited) -> dict[str, RepoScan]:
         """Read what each tag's current link points at, and settle the sets."""
-
-        async def read(item: tuple[RepoScan, str]) -> None:
-            scan, tag = item
-            digest = await store.read_link(layout.tag_current_link(scan.name, tag))
-            if digest is not None:
-                scan.tags[tag] = digest
-
-        links = [(self.scans[n], t) for n, tags in self.current.items() for t in tags]
-        await each(links, read)
+        await self.read_tags(store)
         for scan in self.scans.values():
             scan.revisions = set(scan.revision_mtimes)
             scan.tag_names = sorted(set(scan.tag_names))
@@ -332,18 +339,36 @@ class _Scanner:
 
 
 async def scan_store(
-    store: Limited, fresh_after: float, progress: Progress | None = None, *, tag_links: bool = True
+    store: Limited,
+    fresh_after: float,
+    progress: Progress | None = None,
+    *,
+    tag_links: bool = True,
+    refs: dict[Digest, ManifestRefs] | None = None,
 ) -> dict[str, RepoScan]:
     """Every repository's revisions (with their links' mtimes), layer folders, tags (with
     ``tag_links``, what each points at) and upload sessions, from one folded ``scan`` of
     ``repositories/`` (a repository left with empty folders is found by them); an upload
-    written to after ``fresh_after`` is in progress."""
+    written to after ``fresh_after`` is in progress. The tags, and with ``refs`` the
+    manifests (into ``refs``, as read_refs), each batch names are read while the walk
+    goes on."""
     scanner = _Scanner(fresh_after)
     fold = repository_fold(tag_links)
-    async for batch in store.scan(layout.REPOSITORIES, fold):
-        scanner.add_keys(batch)
-        if progress is not None:
-            progress.tick(len(batch))
+    ahead: list[asyncio.Future[None]] = []
+    try:
+        async for batch in store.scan(layout.REPOSITORIES, fold):
+            scanner.add_keys(batch)
+            if progress is not None:
+                progress.tick(len(batch))
+            ahead.append(asyncio.ensure_future(scanner.read_tags(store)))
+            if refs is not None:
+                found, scanner.unread_revisions = scanner.unread_revisions, []
+                reading = read_refs(store, found, refs, settle_missing=False)
+                ahead.append(asyncio.ensure_future(reading))
+        await asyncio.gather(*ahead)
+    finally:  # the walk failed, or a read did: the others are not wanted
+        for task in ahead:
+            task.cancel()
     return await scanner.finish(store)
 
 
@@ -419,16 +444,22 @@ async def read_refs(
     digests: Iterable[Digest],
     known: dict[Digest, ManifestRefs],
     aside: Container[Digest] = (),
+    *,
+    settle_missing: bool = True,
 ) -> None:
     """Add the references of every manifest in ``digests`` not in ``known`` yet (each
     manifest's bytes are read once, however many repositories link it); one in ``aside``
-    (the sweep's quarantine) is read there when its ``data`` is not back."""
+    (the sweep's quarantine) is read there when its ``data`` is not back. One without
+    bytes has none, or without ``settle_missing`` is left out (read again later)."""
 
     async def read(digest: Digest) -> None:
         raw = await store.get(layout.blob_data(digest))
         if raw is None and digest in aside:
             raw = await store.get(f"{layout.blob_dir(digest)}/{QUARANTINE}")
-        known[digest] = NO_REFS if raw is None else manifest_refs(raw)
+        if raw is not None:
+            known[digest] = manifest_refs(raw)
+        elif settle_missing:
+            known[digest] = NO_REFS
 
     await each([d for d in set(digests) if d not in known], read)
 
