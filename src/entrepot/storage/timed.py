@@ -18,6 +18,7 @@ from entrepot.storage.driver import (
     Lease,
     LeaseScope,
     Moved,
+    Stats,
     StorageDriver,
     StorageWriter,
 )
@@ -126,6 +127,16 @@ class TimedDriver(StorageDriver):
     async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
         async for batch in self.inner.scan(prefix, fold=fold):
             yield batch
+
+    async def scan_apart(
+        self, prefix: str, *, fold: Fold | None = None
+    ) -> AsyncGenerator[Infos, None]:
+        async for batch in self.inner.scan_apart(prefix, fold=fold):
+            yield batch
+
+    async def stat_many(self, keys: Sequence[str]) -> Stats:
+        with self._timed("Stat"):
+            return await self.inner.stat_many(keys)
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         with self._timed("Move"):
