@@ -62,7 +62,7 @@ def add_command(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = GcOptions(
-        dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=args.grace
+        dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=args.grace, apart=True
     )
     return garbage_collect(args.config, options)
 

@@ -571,12 +571,57 @@ async def test_scan_folds_a_directory_into_the_object_named_for_it(
     assert abs(found[1].mtime - stored.mtime) < 2
 
 
+def fold_blob_folders(directory: str) -> str | None:
+    """A module-level fold (scan_apart walks with it in another process)."""
+    return "data" if directory.count("/") == 2 else None
+
+
+async def test_scan_apart_finds_what_scan_finds(driver: StorageDriver) -> None:
+    keys = ("s/b/1/data", "s/b/1/other", "s/b/2/aside", "s/l/k/link", "s/top")
+    for n, key in enumerate(keys):
+        await driver.put_content(key, b"v" * (n + 1))
+
+    def closure(directory: str) -> str | None:  # not module-level: walked as by scan
+        return fold_blob_folders(directory)
+
+    for fold in (None, fold_blob_folders, closure):
+        batches = [b async for b in driver.scan_apart("s", fold=fold)]
+        assert all(batches), "no empty batches"
+        apart = [info for batch in batches for info in batch]
+        found = await scanned(driver, "s", False, fold)
+        assert [(i.key, i.size, i.is_dir) for i in apart] == [
+            (i.key, i.size, i.is_dir) for i in found
+        ]
+        assert all(abs(a.mtime - f.mtime) < 2 for a, f in zip(apart, found, strict=True))
+    assert [b async for b in driver.scan_apart("nope", fold=fold_blob_folders)] == []
+
+
 async def test_scan_many_keys_in_several_batches(driver: StorageDriver) -> None:
     keys = [f"d/{i // 100:03d}/{i % 100:03d}" for i in range(1200)]
     await asyncio.gather(*(driver.put_content(key, b"x") for key in keys))
     found = await scanned(driver, "d", False)
     assert [i.key for i in found] == [key.removeprefix("d/") for key in keys]
     assert {i.size for i in found} == {1}
+
+
+async def test_stat_many_answers_each_key_in_order(
+    driver: StorageDriver, bulk_default: bool
+) -> None:
+    await driver.put_content("m/a/data", b"abc")
+    await driver.put_content("m/b", b"")
+    stat_many = StorageDriver.stat_many if bulk_default else type(driver).stat_many
+    keys = ["m/b", "m/none", "m/a/data", "m/a", "m/none/deeper"]
+    found = await stat_many(driver, keys)
+    assert [None if i is None else (i.key, i.size, i.is_dir) for i in found] == [
+        ("m/b", 0, False),
+        None,
+        ("m/a/data", 3, False),
+        ("m/a", 0, True),
+        None,
+    ]
+    stored = await driver.stat("m/a/data")
+    assert found[2] is not None and abs(found[2].mtime - stored.mtime) < 2
+    assert await stat_many(driver, []) == []
 
 
 async def test_move_many_skips_missing_sources(driver: StorageDriver, bulk_default: bool) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from entrepot.storage import StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.fswalk import BATCH
 
 KEY = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
 
@@ -195,3 +196,13 @@ async def test_folded_scan_reports_empty_folders(fs: FilesystemDriver, root: Pat
         ("gone/_layers/sha256/", True),
         ("kept/_layers/sha256/d/link", False),
     ]
+
+
+async def test_a_walk_apart_comes_in_batches(root: Path, fs: FilesystemDriver) -> None:
+    # More objects than the walking process sends at once.
+    base = root / "many"
+    for i in range(BATCH + 10):
+        write_file(base / f"{i // 1000:02d}" / f"{i % 1000:03d}", b"x")
+    batches = [[i.key for i in b] async for b in fs.scan_apart("many")]
+    assert [len(b) for b in batches] == [BATCH, 10]
+    assert [k for b in batches for k in b] == [i.key async for b in fs.scan("many") for i in b]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
+from entrepot.registry.gcrecheck import recheck
 from entrepot.registry.gcscan import (
     QUARANTINE,
     Blobs,
@@ -64,6 +65,9 @@ class GcOptions:
     concurrency: int = 32  # storage calls in flight
     progress_every: float = 5.0  # seconds between progress lines
     rules: tuple[RetentionRule, ...] = ()  # retention rules for tags and untagged manifests
+    # Walk the store in child processes where the driver can (a disk: the command's runs,
+    # where a large store's two walks take two CPUs; each child costs a Python start).
+    apart: bool = False
 
 
 @dataclass
@@ -99,10 +103,11 @@ class GarbageCollector:
     ) -> None:
         self.driver = driver
         self.options = options
-        self.store = Limited(driver, options.concurrency)
+        self.store = Limited(driver, options.concurrency, apart=options.apart)
         self.emit = emit
         self.clock = clock
         self.cutoff = 0.0  # objects with a later mtime are fresh
+        self.marked_at = 0.0  # when the mark began reading (the real clock: mtimes')
         self.refs: dict[Digest, ManifestRefs] = {}
         # The mtime of each layer link of a blob to delete, as the mark read it: the sweep
         # puts back a blob whose link is new or rewritten since.
@@ -119,6 +124,7 @@ class GarbageCollector:
         self.cutoff = now - self.options.grace
         if not self.options.dry_run:
             self.result.blobs_recovered = await recover(self.store)
+        self.marked_at = time.time()
         scans, blobs = await asyncio.gather(
             self._scan_all("marking"),
             find_blobs(self.store, self._progress("marking: blobs found")),
@@ -167,7 +173,8 @@ class GarbageCollector:
 
     async def _scan_all(self, phase: str, *, tag_links: bool = True) -> dict[str, RepoScan]:
         found = self._progress(f"{phase}: repository objects read")
-        return await scan_store(self.store, self.cutoff, found, tag_links=tag_links)
+        refs = self.refs if tag_links else None  # the mark's: its manifests too
+        return await scan_store(self.store, self.cutoff, found, tag_links=tag_links, refs=refs)
 
     async def _link_times(
         self, scans: Iterable[RepoScan], digests: Iterable[Digest]
@@ -176,7 +183,7 @@ class GarbageCollector:
         folder for them (the scans do not open those folders)."""
         wanted = set(digests)
         links = [(s.name, d) for s in scans for d in s.layers & wanted]
-        infos = await each(links, lambda item: self.store.stat(layout.layer_link(*item)))
+        infos = await self.driver.stat_many([layout.layer_link(*item) for item in links])
         return {
             link: info.mtime for link, info in zip(links, infos, strict=True) if info is not None
         }
@@ -265,7 +272,9 @@ class GarbageCollector:
         moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
         moved = await self.store.driver.move_many(moves, sync=False)
         quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
-        rescans = await self._scan_all("re-checking", tag_links=False)
+        rescans = await recheck(self.store, scans, unkept.keys(), self.marked_at, self.cutoff)
+        if rescans is None:
+            rescans = await self._scan_all("re-checking", tag_links=False)
         relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
@@ -362,7 +371,8 @@ class GarbageCollector:
             manifests |= (now.revisions - before.revisions) | (
                 now.revisions & unkept.get(name, set())
             )
-        await read_refs(self.store, manifests, self.refs)
+        # A manifest linked again after the mark may have its bytes aside.
+        await read_refs(self.store, manifests, self.refs, quarantined)
         for digest in manifests:
             protect.add(digest)
             protect |= self.refs[digest].references

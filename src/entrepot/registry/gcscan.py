@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from entrepot.oci.errors import RegistryError
 from entrepot.registry import layout
 from entrepot.registry.segments import holds_bytes
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
-from entrepot.storage.driver import Fold
+from entrepot.storage.driver import Fold, Infos
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,9 +31,15 @@ _MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
 class Limited:
     """The driver calls collection makes, at most ``limit`` of them in flight."""
 
-    def __init__(self, driver: StorageDriver, limit: int) -> None:
+    def __init__(self, driver: StorageDriver, limit: int, *, apart: bool = False) -> None:
         self.driver = driver
         self._slots = asyncio.Semaphore(limit)
+        self.apart = apart  # the store's walks: the driver's scan_apart
+
+    def scan(self, prefix: str, fold: Fold) -> AsyncGenerator[Infos, None]:
+        if self.apart:
+            return self.driver.scan_apart(prefix, fold=fold)
+        return self.driver.scan(prefix, fold=fold)
 
     async def children(self, prefix: str) -> list[str]:
         """``list``, with a missing prefix (or one left empty) as no children."""
@@ -118,6 +124,10 @@ async def each(items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]
 
 
 def parse_digest(text: str) -> Digest | None:
+    algorithm, colon, encoded = text.partition(":")
+    found = digest_at(algorithm, encoded) if colon else None
+    if found is not None:  # the common case, without Digest.parse's regular expressions
+        return found
     try:
         return Digest.parse(text)
     except RegistryError:
@@ -162,10 +172,10 @@ def _blob_fold(directory: str) -> str | None:
 async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
     """Every blob under ``blobs/`` (registry:2 enumerates the same) with its ``data``'s size
     and mtime; None for a blob folder without ``data`` (one an interrupted collection left
-    aside). One ``scan``: a flat listing on object storage, on a disk a walk in a worker
-    thread that stats each blob's ``data`` without opening its folder."""
+    aside). One ``scan``: a flat listing on object storage, on a disk a walk (apart: in a
+    process of its own) that stats each blob's ``data`` without opening its folder."""
     found: Blobs = {}
-    async for batch in store.driver.scan(layout.BLOBS, fold=_blob_fold):
+    async for batch in store.scan(layout.BLOBS, _blob_fold):
         for info in batch:
             algorithm, _, rest = info.key.partition("/")
             encoded, _, name = rest.partition("/")[2].partition("/")
@@ -188,6 +198,7 @@ class RepoScan:
     name: str
     revisions: set[Digest] = field(default_factory=set)
     revision_mtimes: dict[Digest, float] = field(default_factory=dict)
+    unlinked_revisions: set[Digest] = field(default_factory=set)  # folders without a link
     # Every layer folder (its name is the digest; the link in it is read only where it
     # matters: see repository_fold): a link-less one left by a blob DELETE too.
     layers: set[Digest] = field(default_factory=set)
@@ -204,17 +215,26 @@ class RepoScan:
 def repository_fold(tag_links: bool = True) -> Fold:
     """The scan of ``repositories/`` opens no layer folder (the mark needs the digests,
     which the folders' names are), reads each revision's link and, with ``tag_links``,
-    each tag's current link, and does not enter ``_referrers``."""
+    each tag's current link, and does not enter ``_referrers``. Module-level functions:
+    a disk's walk runs in a process of its own (StorageDriver.scan_apart)."""
+    return _fold_with_tags if tag_links else _fold_without_tags
 
-    def fold(directory: str) -> str | None:
-        parts = directory.split("/")
-        parts.pop()  # "" after the last "/"
-        for i, part in enumerate(parts):
-            if part[:1] == "_":
-                return marker_leaf(parts[i:], tag_links) if i else None
-        return None
 
-    return fold
+def _repository_leaf(directory: str, tag_links: bool) -> str | None:
+    parts = directory.split("/")
+    parts.pop()  # "" after the last "/"
+    for i, part in enumerate(parts):
+        if part[:1] == "_":
+            return marker_leaf(parts[i:], tag_links) if i else None
+    return None
+
+
+def _fold_with_tags(directory: str) -> str | None:
+    return _repository_leaf(directory, True)
+
+
+def _fold_without_tags(directory: str) -> str | None:
+    return _repository_leaf(directory, False)
 
 
 def marker_leaf(parts: list[str], tag_links: bool, layer_links: bool = False) -> str | None:
@@ -241,7 +261,9 @@ class _Scanner:
         self.fresh_after = fresh_after
         self.layer_folders = layer_folders  # a layer folder without its link counts
         self.scans: dict[str, RepoScan] = {}
-        self.current: dict[str, list[str]] = {}  # repository -> tags with a current link
+        # Found, not read yet: tags with a current link, and revisions (see scan_store).
+        self.unread_tags: list[tuple[str, str]] = []
+        self.unread_revisions: list[Digest] = []
 
     def add(self, name: str, parts: list[str], info: FileInfo) -> None:
         """One object (or folded folder: ``info.is_dir``, ``parts`` without the "" after
@@ -257,11 +279,16 @@ class _Scanner:
                     digest = digest_at(parts[2], parts[3])
                     if digest is not None:
                         scan.revision_mtimes[digest] = info.mtime
+                        self.unread_revisions.append(digest)
+                elif n == 4 and info.is_dir:
+                    digest = digest_at(parts[2], parts[3])
+                    if digest is not None:
+                        scan.unlinked_revisions.add(digest)
             elif parts[1] == "tags":
                 if not scan.tag_names or scan.tag_names[-1] != parts[2]:
                     scan.tag_names.append(parts[2])
                 if n == 5 and parts[3] == "current" and parts[4] == "link":
-                    self.current.setdefault(name, []).append(parts[2])
+                    self.unread_tags.append((name, parts[2]))
         elif marker == "_layers" and n == 3 + (not info.is_dir):
             digest = digest_at(parts[1], parts[2])
             linked = self.layer_folders if info.is_dir else parts[3] == "link"
@@ -288,17 +315,21 @@ class _Scanner:
                 parts.pop()
             self.add(name, parts, info)
 
+    async def read_tags(self, store: Limited) -> None:
+        """Read what each tag found since the last call points at."""
+
+        async def read(item: tuple[str, str]) -> None:
+            name, tag = item
+            digest = await store.read_link(layout.tag_current_link(name, tag))
+            if digest is not None:
+                self.scans[name].tags[tag] = digest
+
+        links, self.unread_tags = self.unread_tags, []
+        await each(links, read)
+
     async def finish(self, store: Limited) -> dict[str, RepoScan]:
         """Read what each tag's current link points at, and settle the sets."""
-
-        async def read(item: tuple[RepoScan, str]) -> None:
-            scan, tag = item
-            digest = await store.read_link(layout.tag_current_link(scan.name, tag))
-            if digest is not None:
-                scan.tags[tag] = digest
-
-        links = [(self.scans[n], t) for n, tags in self.current.items() for t in tags]
-        await each(links, read)
+        await self.read_tags(store)
         for scan in self.scans.values():
             scan.revisions = set(scan.revision_mtimes)
             scan.tag_names = sorted(set(scan.tag_names))
@@ -308,25 +339,46 @@ class _Scanner:
 
 
 async def scan_store(
-    store: Limited, fresh_after: float, progress: Progress | None = None, *, tag_links: bool = True
+    store: Limited,
+    fresh_after: float,
+    progress: Progress | None = None,
+    *,
+    tag_links: bool = True,
+    refs: dict[Digest, ManifestRefs] | None = None,
 ) -> dict[str, RepoScan]:
     """Every repository's revisions (with their links' mtimes), layer folders, tags (with
     ``tag_links``, what each points at) and upload sessions, from one folded ``scan`` of
     ``repositories/`` (a repository left with empty folders is found by them); an upload
-    written to after ``fresh_after`` is in progress."""
+    written to after ``fresh_after`` is in progress. The tags, and with ``refs`` the
+    manifests (into ``refs``, as read_refs), each batch names are read while the walk
+    goes on."""
     scanner = _Scanner(fresh_after)
     fold = repository_fold(tag_links)
-    async for batch in store.driver.scan(layout.REPOSITORIES, fold=fold):
-        scanner.add_keys(batch)
-        if progress is not None:
-            progress.tick(len(batch))
+    ahead: list[asyncio.Future[None]] = []
+    try:
+        async for batch in store.scan(layout.REPOSITORIES, fold):
+            scanner.add_keys(batch)
+            if progress is not None:
+                progress.tick(len(batch))
+            ahead.append(asyncio.ensure_future(scanner.read_tags(store)))
+            if refs is not None:
+                found, scanner.unread_revisions = scanner.unread_revisions, []
+                reading = read_refs(store, found, refs, settle_missing=False)
+                ahead.append(asyncio.ensure_future(reading))
+        await asyncio.gather(*ahead)
+    finally:  # the walk failed, or a read did: the others are not wanted
+        for task in ahead:
+            task.cancel()
     return await scanner.finish(store)
 
 
-async def scan_repository(store: Limited, name: str, fresh_after: float) -> RepoScan:
+async def scan_repository(
+    store: Limited, name: str, fresh_after: float, *, layer_folders: bool = False
+) -> RepoScan:
     """One repository's ``scan_store`` (its marker folders only: a repository nested in it
-    is not its content), where ``layers`` are the linked ones only."""
-    scanner = _Scanner(fresh_after, layer_folders=False)
+    is not its content), where ``layers`` are the linked ones only, unless
+    ``layer_folders``."""
+    scanner = _Scanner(fresh_after, layer_folders=layer_folders)
     scanner.scans[name] = RepoScan(name)
 
     async def folder(marker: str) -> None:
@@ -388,14 +440,26 @@ def manifest_refs(raw: bytes) -> ManifestRefs:
 
 
 async def read_refs(
-    store: Limited, digests: Iterable[Digest], known: dict[Digest, ManifestRefs]
+    store: Limited,
+    digests: Iterable[Digest],
+    known: dict[Digest, ManifestRefs],
+    aside: Container[Digest] = (),
+    *,
+    settle_missing: bool = True,
 ) -> None:
     """Add the references of every manifest in ``digests`` not in ``known`` yet (each
-    manifest's bytes are read once, however many repositories link it)."""
+    manifest's bytes are read once, however many repositories link it); one in ``aside``
+    (the sweep's quarantine) is read there when its ``data`` is not back. One without
+    bytes has none, or without ``settle_missing`` is left out (read again later)."""
 
     async def read(digest: Digest) -> None:
         raw = await store.get(layout.blob_data(digest))
-        known[digest] = NO_REFS if raw is None else manifest_refs(raw)
+        if raw is None and digest in aside:
+            raw = await store.get(f"{layout.blob_dir(digest)}/{QUARANTINE}")
+        if raw is not None:
+            known[digest] = manifest_refs(raw)
+        elif settle_missing:
+            known[digest] = NO_REFS
 
     await each([d for d in set(digests) if d not in known], read)
 

@@ -31,9 +31,11 @@ from typing import Any, Literal, TypeVar
 T = TypeVar("T")
 
 # A batch of keys from ``walk`` (an alias: in StorageDriver, ``list`` names the method),
-# of objects from ``scan``, and which moves of ``move_many`` found their source.
+# of objects from ``scan``, ``stat_many``'s answers (None: missing), and which moves of
+# ``move_many`` found their source.
 Keys = list[str]
 Infos = list["FileInfo"]
+Stats = list["FileInfo | None"]
 Moved = list[bool]
 # How ``scan`` treats a directory, given its key relative to the scan's prefix (ending in
 # "/"): None, enter it; a relative key, report only the object at that key under it, or
@@ -212,6 +214,10 @@ class StorageDriver(abc.ABC):
     # objects cannot grow): chunked uploads then keep each chunk as an object of its own.
     # Every driver says which (no default).
     appends_in_place: bool
+    # Whether a folder's mtime moves whenever an entry is added to it or removed from it
+    # (directories on a disk): a reader can then tell that nothing was added under a
+    # folder since a time without listing it. False: no folders (object storage).
+    folder_mtimes: bool = False
 
     @abc.abstractmethod
     async def get_content(self, key: str) -> bytes:
@@ -305,6 +311,28 @@ class StorageDriver(abc.ABC):
                 yield found
         if folder is not None and (rest := folder.flush()):
             yield rest
+
+    async def scan_apart(
+        self, prefix: str, *, fold: Fold | None = None
+    ) -> AsyncGenerator[Infos, None]:
+        """``scan``, walked apart from the caller where the driver can (a driver with real
+        directories: in a process of its own, on another CPU), so that the caller's own
+        work, another scan, goes on alongside. A ``fold`` must then be a module-level
+        function; any other is walked as ``scan`` walks. Object storage: ``scan``."""
+        async for batch in self.scan(prefix, fold=fold):
+            yield batch
+
+    async def stat_many(self, keys: Sequence[str]) -> Stats:
+        """``stat`` of each key, in the keys' order, None for a missing one: what a
+        collection checks of many objects (or directories) at once."""
+
+        async def one(key: str) -> FileInfo | None:
+            try:
+                return await self.stat(key)
+            except StorageNotFound:
+                return None
+
+        return await _bounded([one(key) for key in keys])
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         """``move`` for each (src, dst) pair, in any order or at once; for each, whether

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import os
 import stat as stat_mod
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
@@ -30,6 +31,7 @@ from entrepot.storage.driver import (
     Lease,
     LeaseScope,
     Moved,
+    Stats,
     StorageConflict,
     StorageDriver,
     StorageError,
@@ -54,12 +56,14 @@ from entrepot.storage.fsops import (
     _pread_full,
     _put,
     _put_new,
+    _stat_all,
     _sync,
     _take,
     _walk_folded,
     _walk_infos,
     _walk_keys,
 )
+from entrepot.storage.fswalk import fold_name, walk_apart
 from entrepot.storage.fswriters import (
     FilesystemIngest,
     FilesystemWriter,
@@ -76,6 +80,8 @@ __all__ = ["FilesystemDriver"]
 # Bulk moves and deletes: this many per thread hop, several hops at once (the kernel
 # renames and unlinks in parallel; the GIL is released meanwhile).
 BULK_CHUNK = 512
+# Stats per thread hop of stat_many: each is cheap (no write, no lock).
+STAT_CHUNK = 8192
 
 
 # Keys found valid, remembered (about 350 bytes each); uploads bring new keys on every
@@ -122,6 +128,7 @@ class FilesystemDriver(StorageDriver):
 
     name = "filesystem"
     appends_in_place = True  # O_APPEND on the upload's file
+    folder_mtimes = True
 
     def __init__(self, rootdirectory: str | Path) -> None:
         root = os.fspath(rootdirectory)
@@ -273,6 +280,28 @@ class FilesystemDriver(StorageDriver):
         infos = _walk_infos(root) if fold is None else _walk_folded(root, fold)
         async for batch in _in_batches(prefix, infos):
             yield batch
+
+    async def scan_apart(
+        self, prefix: str, *, fold: Fold | None = None
+    ) -> AsyncGenerator[Infos, None]:
+        """The walk in a child process (see fswalk)."""
+        name = fold_name(fold)
+        if name is None:
+            async for batch in self.scan(prefix, fold=fold):
+                yield batch
+            return
+        async for batch in walk_apart(self._path(prefix, root_ok=True), name):
+            yield batch
+
+    async def stat_many(self, keys: Sequence[str]) -> Stats:
+        """In worker threads, a chunk of keys per thread hop."""
+        paths = [self._bulk_path(key) for key in keys]
+        chunks = [paths[i : i + STAT_CHUNK] for i in range(0, len(paths), STAT_CHUNK)]
+        done = await asyncio.gather(*(_run(c[0], True, _stat_all, c) for c in chunks))
+        return [
+            None if st is None else FileInfo(key, *st)
+            for key, st in zip(keys, itertools.chain.from_iterable(done), strict=True)
+        ]
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         items = [(self._bulk_path(src), self._bulk_path(dst), src) for src, dst in moves]

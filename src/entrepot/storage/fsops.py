@@ -344,6 +344,20 @@ def _scan_entries(path: str) -> list[tuple[str, os.DirEntry[str]]]:
     return entries
 
 
+def _stat_all(paths: list[str]) -> list[tuple[int, float, bool] | None]:
+    """(size, mtime, is a directory) of each path (a directory's size is 0), or None."""
+    found: list[tuple[int, float, bool] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except _MISSING:
+            found.append(None)
+            continue
+        is_dir = stat_mod.S_ISDIR(st.st_mode)
+        found.append((0 if is_dir else st.st_size, st.st_mtime, is_dir))
+    return found
+
+
 def _move_all(moves: list[tuple[str, str, str]], sync: bool) -> Moved:
     moved = []
     for src, dst, key in moves:

@@ -19,6 +19,7 @@ from entrepot.storage.driver import (
     Lease,
     LeaseScope,
     Moved,
+    Stats,
     StorageDriver,
     StorageWriter,
 )
@@ -41,6 +42,7 @@ class TimedDriver(StorageDriver):
         self.name = inner.name
         self.follow_interval = inner.follow_interval
         self.appends_in_place = inner.appends_in_place
+        self.folder_mtimes = inner.folder_mtimes
         self._observe = observe
         # The actions of every manifest and blob request, observed without the look-up.
         of = observer_for or (lambda driver, action: functools.partial(observe, driver, action))
@@ -134,6 +136,16 @@ class TimedDriver(StorageDriver):
     async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
         async for batch in self.inner.scan(prefix, fold=fold):
             yield batch
+
+    async def scan_apart(
+        self, prefix: str, *, fold: Fold | None = None
+    ) -> AsyncGenerator[Infos, None]:
+        async for batch in self.inner.scan_apart(prefix, fold=fold):
+            yield batch
+
+    async def stat_many(self, keys: Sequence[str]) -> Stats:
+        with self._timed("Stat"):
+            return await self.inner.stat_many(keys)
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         with self._timed("Move"):

@@ -1,0 +1,142 @@
+"""The sweep's re-check on a disk: only the repositories whose folders changed since the mark
+began are read again. Every folder under ``repositories/`` is backdated first (a store
+written long before the collection), so a push during the sweep is the only change; each
+such push must still save the blobs it links."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import pytest
+
+from entrepot.registry import layout
+from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions
+from entrepot.storage.driver import Fold, Infos
+from entrepot.storage.filesystem import FilesystemDriver
+from tests.unit.test_gc import (
+    LATER,
+    Interleaving,
+    blob,
+    collect,
+    exists,
+    layer,
+    manifest,
+)
+
+
+class Counting(Interleaving):
+    """Counts the scans of the whole of ``repositories/``."""
+
+    store_scans = 0
+
+    async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
+        if prefix == layout.REPOSITORIES:
+            self.store_scans += 1
+        async for batch in super().scan(prefix, fold=fold):
+            yield batch
+
+
+def age_repositories(driver: FilesystemDriver) -> None:
+    """Every folder and file under ``repositories/`` last changed hours ago."""
+    then = time.time() - LATER
+    top = driver.local_path(layout.REPOSITORIES)
+    for folder, folders, files in os.walk(top):
+        for name in (*folders, *files):
+            os.utime(os.path.join(folder, name), (then, then))
+    os.utime(top, (then, then))
+
+
+async def test_an_unchanged_store_is_not_read_again_whole(tmp_path: Path) -> None:
+    driver = Counting(tmp_path / "root")
+    kept = await layer(driver, "team/app", b"kept")
+    await manifest(driver, "team/app", [kept], tag="v1")
+    stray = await blob(driver, b"never linked")
+    age_repositories(driver)
+    result = await collect(driver)
+    assert set(result.blobs_deleted) == {stray}
+    assert driver.store_scans == 1  # the mark's; the re-check stats folders instead
+
+
+@pytest.mark.parametrize(
+    ("into", "store_scans"),
+    [
+        ("team/app", 1),  # a repository the mark read: read again alone
+        ("team/new", 2),  # a new repository: its namespace changed, the store is read again
+    ],
+)
+async def test_a_layer_linked_during_the_sweep_keeps_its_blob(
+    tmp_path: Path, into: str, store_scans: int
+) -> None:
+    driver = Counting(tmp_path / "root")
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
+    await manifest(driver, "team/other", [await layer(driver, "team/other", b"o")], tag="v1")
+    orphan = await blob(driver, b"unreferenced at mark time")
+    gone = await blob(driver, b"unreferenced, never linked")
+    age_repositories(driver)
+
+    async def push_mounts_it() -> None:
+        await driver.put_content(layout.layer_link(into, orphan), str(orphan).encode())
+
+    driver.action = push_mounts_it
+    result = await collect(driver)
+    assert driver.store_scans == store_scans
+    assert result.blobs_relinked == 1
+    assert set(result.blobs_deleted) == {gone}
+    assert await exists(driver, layout.blob_data(orphan))
+    assert not await exists(driver, f"{layout.blob_dir(orphan)}/{QUARANTINE}")
+
+
+async def test_a_manifest_linked_again_where_it_was_deleted_keeps_its_blobs(
+    tmp_path: Path,
+) -> None:
+    # registry:2 deletes a manifest by its link only: a push of the same manifest writes
+    # the link again in the folder the mark saw empty.
+    driver = Counting(tmp_path / "root")
+    name = "team/app"
+    base = await layer(driver, name, b"layer of a deleted manifest")
+    digest = await manifest(driver, name, [base])
+    await driver.delete(layout.manifest_revision_link(name, digest))
+    await manifest(driver, name, [await layer(driver, name, b"kept")], tag="v1")
+    age_repositories(driver)
+    body = await driver.get_content(layout.blob_data(digest))
+
+    async def pushed_again() -> None:  # its bytes (put aside meanwhile), then its link
+        await driver.put_content(layout.blob_data(digest), body)
+        link = layout.manifest_revision_link(name, digest)
+        await driver.put_content(link, str(digest).encode())
+
+    driver.action = pushed_again
+    result = await collect(driver)
+    assert driver.store_scans == 1
+    assert base not in result.blobs_deleted
+    assert await exists(driver, layout.blob_data(base))
+
+
+async def test_an_upload_resumed_during_the_sweep_keeps_its_repository_layers(
+    tmp_path: Path,
+) -> None:
+    # Resuming an upload only appends to its data: no folder changes.
+    driver = Counting(tmp_path / "root")
+    name = "team/app"
+    sent = await layer(driver, name, b"first layer of a push left for hours")
+    upload = layout.upload_data(name, "abc-123")
+    await driver.put_content(upload, b"second layer...")
+    age_repositories(driver)
+
+    async def resumed() -> None:
+        writer = await driver.writer(upload, append=True)
+        await writer.write(b" more of it")
+        await writer.commit()
+
+    driver.action = resumed
+    then = time.time() - LATER
+    os.utime(driver.local_path(layout.blob_data(sent)), (then, then))
+    # The real clock: the upload is stale at the mark, written to during the sweep.
+    result = await GarbageCollector(driver, GcOptions(), emit=lambda _: None).run()
+    assert driver.store_scans == 1
+    assert result.blobs_relinked == 1
+    assert result.blobs_deleted == {}
+    assert await exists(driver, layout.blob_data(sent))
