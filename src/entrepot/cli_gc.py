@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 from collections.abc import Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -167,26 +166,61 @@ def yield_to_serving() -> None:
 
 def _run_yielding(work: Coroutine[object, object, _T]) -> _T:
     """``_run_async(work)`` in a thread at the lowest priority (``yield_to_serving``). An
-    interrupt (Ctrl-C) cancels the work, which releases the lease, as on the main thread."""
+    interrupt (Ctrl-C, SIGTERM) cancels the work, which releases the lease, and returns
+    only once the thread is done: the lease is free when the command returns. Done is
+    an event of its own: Python 3.11's ``Thread.join`` interrupted by a signal handler's
+    exception marks a running thread stopped (``is_alive()`` False), so a pool's
+    shutdown, or a second join, returned while the collection still held its lease."""
     running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+    stopping = threading.Event()
+    outcome: list[tuple[bool, Any]] = []
+    finished = threading.Event()
 
     async def main() -> _T:
         task = asyncio.current_task()
         assert task is not None
         running.append((asyncio.get_running_loop(), task))
+        if stopping.is_set():  # interrupted before it was listed above
+            task.cancel()
         return await work
 
-    with ThreadPoolExecutor(1, "garbage-collect", initializer=yield_to_serving) as thread:
+    def body() -> None:
         try:
-            # SIGTERM's handler before the work starts: one that comes as soon as it does
-            # must stop the collection, not end the process (the default action).
-            with _terminate_as_interrupt():
-                done = thread.submit(_run_async, main())
-                return done.result()
+            yield_to_serving()
+            outcome.append((True, _run_async(main())))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=body, name="garbage-collect")
+    # SIGTERM's handler before the work starts: one that comes as soon as it does must
+    # stop the collection, not end the process (the default action).
+    with _terminate_as_interrupt():
+        try:
+            thread.start()
+            finished.wait()
         except KeyboardInterrupt:
+            stopping.set()
             for loop, task in running:
-                loop.call_soon_threadsafe(task.cancel)
+                with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                    loop.call_soon_threadsafe(task.cancel)
+            if thread.ident is not None:  # started: it lists its task, or sees stopping
+                _wait_through_interrupts(finished)
             raise
+    done, value = outcome[0]
+    if not done:
+        raise value
+    result: _T = value
+    return result
+
+
+def _wait_through_interrupts(finished: threading.Event) -> None:
+    """Wait for a cancelled collection to release its lease; a second interrupt does not
+    cut that short (it takes a moment, and a lease left held blocks the next run)."""
+    while not finished.is_set():
+        with contextlib.suppress(KeyboardInterrupt):
+            finished.wait()
 
 
 @contextlib.contextmanager
