@@ -171,11 +171,19 @@ class FilesystemWriter(_ThreadedFile, StorageWriter):
 _INGEST_PIECE = 1 << 20
 
 
-def _write_pieces_and_flush(fd: int, writeback: Writeback, end: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view[:_INGEST_PIECE]) :]
+def _see_write_and_flush(
+    fd: int, writeback: Writeback, end: int, parts: Sequence[bytes], see: Callable[[bytes], object]
+) -> None:
+    for part in parts:
+        see(part)
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view[:_INGEST_PIECE]) :]
     writeback.written(fd, end)
+
+
+def _ignore(_: bytes) -> None:
+    pass
 
 
 def _open_ingest(directory: str, size: int | None) -> int:
@@ -227,10 +235,14 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
         return self._size
 
     async def write(self, data: bytes) -> None:
+        await self.write_parts((data,), _ignore)
+
+    async def write_parts(self, parts: Sequence[bytes], see: Callable[[bytes], object]) -> None:
+        """Each part seen (hashed) and written in the same thread, one hand-off for all."""
         if self._closed:
             raise StorageError(f"{self._key}: ingest already published or cancelled")
-        end = self._size + len(data)
-        await self._call(_write_pieces_and_flush, self._fd, self._writeback, end, data)
+        end = self._size + sum(len(part) for part in parts)
+        await self._call(_see_write_and_flush, self._fd, self._writeback, end, parts, see)
         self._size = end
 
     async def publish(self) -> None:
