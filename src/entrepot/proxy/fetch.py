@@ -39,9 +39,6 @@ from entrepot.storage.driver import IngestWriter, LeaseScope
 log = logging.getLogger("entrepot.proxy.fetch")
 
 _READ_CHUNK = 4 << 20
-# Received bytes hashed and written together, at least (unless the body ended): each
-# batch costs a thread hand-off, and the download hands over ~256 KiB buffers.
-_MIN_BATCH = 1 << 20
 _GATHER = 0.1  # longest a streamed reader waits for a block to fill before sending less
 _SETTLE_LOOK = 0.05  # how often a waiting client looks at a fill that makes no progress
 # A fill's pace is judged only after this long (or half the wait, if shorter) of progress:
@@ -228,7 +225,7 @@ class BlobFill:
                 watcher = asyncio.create_task(watch())
 
         try:
-            await pump_batches(chunks, consume, min_batch=_MIN_BATCH)
+            await pump_batches(chunks, consume)
         finally:
             if watcher is not None:
                 watcher.cancel()
