@@ -17,8 +17,8 @@ VENV ?= .venv
 CONFIG ?= config/dev.yml
 PYTEST_ARGS ?=
 # Two workers: in one process the suite took 14.5 min on the idle 2-core machine, near CI's
-# 15-minute budget. Tests spread over both workers (the groups in tests/conftest.py do not
-# take effect yet); waits have generous deadlines.
+# 15-minute budget. Tests of one group (tests/conftest.py: the session's Ceph and Redis users,
+# each other end-to-end module) run on one worker; waits have generous deadlines.
 # A worker that dies fails the run at once (--max-worker-restart=0): with --dist loadgroup,
 # pytest-xdist 3.8 replaced one but the run then waited forever.
 TEST_WORKERS ?= 2

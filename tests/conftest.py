@@ -11,10 +11,9 @@ redis_server   a throwaway redis-server on 127.0.0.1 (tests/redisserver.py), onc
 
 `make test` runs the suite in two pytest-xdist workers (TEST_WORKERS; 0 runs one process),
 so that the end-to-end tests, which mostly wait on real servers and clients, overlap. The
-hook below marks groups (the session's Ceph/redis tests; each other end-to-end module) for
-`--dist loadgroup`, but with pytest-xdist 3.8 they do not take effect yet: tests of one
-module were seen on both workers, and each worker started its own Ceph. The suite passes
-spread that way (twice, once at load 15-26); making the groups hold is open.
+hook below puts tests in groups for `--dist loadgroup`: the tests that use the session's
+Ceph or Redis run on one worker (one Ceph per run, not one per worker), and each other
+end-to-end module runs whole on one worker (its module fixtures are made once).
 """
 
 from __future__ import annotations
@@ -54,11 +53,16 @@ def _xdist_group(item: pytest.Item) -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    # A wrapper marks before every plain implementation runs: pytest-xdist's worker reads
+    # the marks in its own implementation of this hook, which ran before a plain (even a
+    # tryfirst) one here, so the groups never took effect.
     for item in items:
         group = _xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    yield
 
 
 @pytest.fixture(scope="session")

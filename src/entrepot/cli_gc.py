@@ -22,7 +22,8 @@ from entrepot.config import ConfigError, load_config, parse_duration
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
-from entrepot.storage import StorageError
+from entrepot.registry.lease import while_held
+from entrepot.storage import LeaseLost, StorageError
 
 COMMAND = "garbage-collect"
 _T = TypeVar("_T")
@@ -88,8 +89,8 @@ def garbage_collect(path: str, options: GcOptions) -> int:
             lease = await driver.try_lease(LEASE, ttl=LEASE_TTL)
             if lease is None:
                 raise LeaseHeld
-            try:  # the lease renews itself while held
-                return await GarbageCollector(driver, options, emit=_say).run()
+            try:  # the lease renews itself while held; a lapsed one stops the run
+                return await while_held(lease, GarbageCollector(driver, options, emit=_say).run())
             finally:
                 await lease.release()
         finally:
@@ -102,6 +103,14 @@ def garbage_collect(path: str, options: GcOptions) -> int:
             f"entrepot: another garbage collection is running on this storage (the lease "
             f"{LEASE} is held, by a server's scheduled collection or another command); "
             "try again when it is done",
+            file=sys.stderr,
+        )
+        return 1
+    except LeaseLost:
+        print(
+            f"entrepot: garbage collection stopped: its lease {LEASE} lapsed (the command "
+            "stalled longer than the lease's time limit, and another collection may have "
+            "taken over); what it had moved aside is put back by the next collection",
             file=sys.stderr,
         )
         return 1

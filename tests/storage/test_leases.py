@@ -101,6 +101,7 @@ async def test_a_holder_that_stalls_past_its_time_limit_loses_the_lease(
     assert taken is not None
     with pytest.raises(LeaseLost):
         await stalled.renew()
+    await asyncio.wait_for(stalled.wait_lost(), 5)  # what a collection stops on
     # Only the holder renews or releases: the old one's release leaves the new one's.
     await stalled.release()
     assert await one.lease_holder("work/janitor") == taken.token

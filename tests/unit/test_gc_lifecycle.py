@@ -21,7 +21,7 @@ from entrepot.registry.pullcompact import compact_once
 from entrepot.registry.pulls import BATCHES, PullRecorder, load_times
 from entrepot.registry.quarantine import JOURNAL
 from entrepot.registry.retention import RetentionRule
-from entrepot.storage import StorageError
+from entrepot.storage import Lease, LeaseLost, StorageError
 from entrepot.storage.driver import Moved
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.unit.test_gc import LATER, collect, exists, layer, manifest
@@ -224,6 +224,46 @@ async def test_a_scheduled_collection_skips_while_another_holds_the_lease(
     await command.release()
     done = await worker.collect_if_due()
     assert done is not None and set(done.blobs_deleted) == {stray}
+
+
+class LapsingLease(Lease):
+    """A lease whose renewal finds, at once, that another holder took it over."""
+
+    token = "lapsing"
+    ttl = GC_LEASE_TTL
+
+    def __init__(self) -> None:
+        self.released = False
+
+    async def renew(self) -> None:
+        raise LeaseLost("taken over")
+
+    async def release(self) -> None:
+        self.released = True
+
+    async def wait_lost(self) -> None:
+        return None
+
+
+class LapsingLeaseDriver(FilesystemDriver):
+    async def try_lease(self, key: str, *, ttl: float = 30.0, scope: str = "store") -> Lease:
+        self.lease = LapsingLease()
+        return self.lease
+
+
+async def test_a_scheduled_collection_whose_lease_lapses_stops_and_deletes_nothing(
+    tmp_path: Path,
+) -> None:
+    driver = LapsingLeaseDriver(tmp_path / "root")
+    stray = await layer(driver, "team/app", b"stray")
+    registry = CollectorRegistry()
+    worker = ScheduledCollector(
+        driver, 600.0, GcOptions(), GcMetrics(registry), lambda: time.time() + LATER
+    )
+    assert await worker.collect_if_due() is None
+    assert await exists(driver, layout.blob_data(stray))
+    assert registry.get_sample_value("entrepot_gc_runs_total", {"outcome": "lost"}) == 1
+    assert driver.lease.released
 
 
 # ---- pull records and the schedule ----------------------------------------------------------

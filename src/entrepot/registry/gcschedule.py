@@ -22,6 +22,7 @@ from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcscan import Limited
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
+from entrepot.registry.lease import while_held
 from entrepot.registry.quarantine import recover
 from entrepot.storage import Lease, LeaseLost, StorageDriver, StorageError
 
@@ -163,33 +164,15 @@ class ScheduledCollector:
 
     async def _collect(self, lease: Lease) -> GcResult | None:
         collector = GarbageCollector(self.driver, self.options, emit=log.debug, clock=self.clock)
-        work = asyncio.create_task(collector.run())
-        renewing = asyncio.create_task(self._renew(lease, work))
         try:
-            result = await work
-        except asyncio.CancelledError:
-            if not renewing.done() or renewing.cancelled():
-                raise  # the server is stopping (the run is cancelled with this task)
-            log.warning("garbage collection abandoned: %s", renewing.exception())
+            # The lease renews itself; a run whose lease lapses stops at once.
+            result = await while_held(lease, collector.run())
+        except LeaseLost as exc:
+            log.warning("garbage collection abandoned: %s", exc)
             if self.metrics is not None:
                 self.metrics.runs.labels("lost").inc()
             return None
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
         log.info(summary(result, self.options.dry_run))
         if self.metrics is not None:
             self.metrics.count(result)
         return result
-
-    async def _renew(self, lease: Lease, work: asyncio.Task[GcResult]) -> None:
-        while True:
-            await asyncio.sleep(LEASE_TTL / 3)
-            try:
-                await lease.renew()
-            except LeaseLost:
-                work.cancel()
-                raise
-            except StorageError as exc:
-                log.warning("could not renew the garbage collection lease: %s", exc)

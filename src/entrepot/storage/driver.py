@@ -156,6 +156,12 @@ class Lease(abc.ABC):
     async def release(self) -> None:
         """Give the lease up (a no-op the second time); never frees another holder's."""
 
+    async def wait_lost(self) -> None:
+        """Return once this holder has lost the lease (its background renewal or a
+        ``renew`` found it taken over or lapsed); a lease without a time limit is never
+        lost while its process lives, so by default this waits forever."""
+        await asyncio.Event().wait()
+
 
 @dataclass(frozen=True, slots=True)
 class IngestState:

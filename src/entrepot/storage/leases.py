@@ -53,6 +53,7 @@ class RenewedLease(Lease):
         self.token = token
         self.ttl = ttl
         self._held = True
+        self._lost = asyncio.Event()
         self._renewal: asyncio.Task[None] | None = asyncio.create_task(self._keep())
 
     @abc.abstractmethod
@@ -75,8 +76,12 @@ class RenewedLease(Lease):
     async def renew(self) -> None:
         if self._held and not await self._extend():
             self._held = False
+            self._lost.set()
         if not self._held:
             raise LeaseLost(f"lease {self.name} is no longer held by {self.token}")
+
+    async def wait_lost(self) -> None:
+        await self._lost.wait()
 
     async def release(self) -> None:
         if self._renewal is None:
