@@ -214,7 +214,7 @@ def _cancel_ingest(fd: int, directory: str) -> None:
 # A fill asks the disk to make what it wrote durable every this many bytes, in a thread
 # of its own while the next bytes arrive: the fsync at publishing (which clients waiting
 # for the blob wait for) then finds only the rest. On this machine's disk an fsync of 256
-# MiB already written back (sync_file_range) still took 0.3-0.4 s: the device's flush.
+# MiB already written back (sync_file_range) took up to 0.3-0.4 s: the device's flush.
 _FLUSH_EVERY = 32 << 20
 
 
