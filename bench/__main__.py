@@ -194,8 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         if "pull" in groups or "s3" in groups:
             up_layer_file = workdir / "upstream-layer.bin"
             up_layer = fixtures.make_layer(up_layer_file, settings.layer_size)
+            if "pull" in groups:  # a second uncached blob, for the one-client fill row
+                fill_file = workdir / "upstream-fill-layer.bin"
+                fill_layer = fixtures.make_layer(fill_file, settings.layer_size)
             upstream_image = fixtures.write_upstream_fixture(
-                workdir / "upstream", up_layer_file, up_layer
+                workdir / "upstream",
+                up_layer_file,
+                up_layer,
+                (fill_file, fill_layer) if "pull" in groups else None,
             )
             upstream = Server(
                 "upstream",
@@ -212,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         shared = Shared(read, layer, push_layer, upstream, upstream_image)
+        if "pull" in groups:
+            shared.upstream_fill_layer = fill_layer
         if "gc" in groups:
             where = gc.store_dir(workdir, datadir)
             shared.gc = gc.GcStore(where, settings.repos, gc_blobs, len(servers))

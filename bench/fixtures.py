@@ -194,12 +194,20 @@ def write_read_fixture(
     return ReadFixture(root, image, APP_REPO, "latest", tags, repos)
 
 
-def write_upstream_fixture(root: Path, layer_file: Path, layer: Blob) -> Image:
-    """The upstream registry's data: ``bench/proxied:latest``, one image with the big layer."""
+def write_upstream_fixture(
+    root: Path, layer_file: Path, layer: Blob, fill_layer: tuple[Path, Blob] | None = None
+) -> Image:
+    """The upstream registry's data: ``bench/proxied:latest``, one image with the big layer;
+    ``fill_layer`` (a file and its blob), another blob of that repository, in no image."""
     writer = LayoutWriter(root)
     image = make_image(layer, "proxied")
     writer.put_image_blobs(image, layer_file)
     writer.put_repository(PROXIED_REPO, image, ["latest"])
+    if fill_layer is not None:
+        source, blob = fill_layer
+        writer.put_blob(blob, source=source)
+        link = writer.v2 / "repositories" / PROXIED_REPO / "_layers/sha256" / blob.hex / "link"
+        writer._write(link, blob.digest.encode())
     return image
 
 

@@ -313,6 +313,38 @@ ROWS: tuple[Row, ...] = (
         solo=True,
     ),
     Row(
+        "pull_fill_time",
+        "one client pulling another uncached {layer} blob through (the fill, one send): wall time",
+        "seconds",
+        "",
+        None,
+    ),
+    Row(
+        "pull_disk_time",
+        "the disk alone: dd conv=fsync of {layer} (a durable fill's floor): wall time",
+        "seconds",
+        "",
+        None,
+        solo=True,
+    ),
+    Row(
+        "pull_cold_fill",
+        "cold pull-through / (one-client fill + cached)",
+        "share",
+        "",
+        None,
+        solo=True,
+    ),
+    Row(
+        "pull_durable_floor",
+        "(disk alone + cached) / (registry:2's cold time x 0.5): above 1, no fill made durable "
+        "before clients get the file meets the target here",
+        "share",
+        "",
+        None,
+        solo=True,
+    ),
+    Row(
         "pull_warm",
         "warm pull-through, manifest GET by tag, {conns} conns",
         "req/s",
@@ -507,6 +539,14 @@ def derive(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     floor = [ep.get(k, {}).get("value", 0.0) for k in ("pull_upstream_time", "pull_cached_time")]
     if "pull_cold_time" in ep and all(floor):
         ep["pull_cold_floor"] = {"value": ep["pull_cold_time"]["value"] / (floor[0] + floor[1])}
+    cached = ep.get("pull_cached_time", {}).get("value", 0.0)
+    if "pull_cold_time" in ep and cached and ep.get("pull_fill_time", {}).get("value"):
+        fill = ep["pull_fill_time"]["value"]
+        ep["pull_cold_fill"] = {"value": ep["pull_cold_time"]["value"] / (fill + cached)}
+    r2_cold = results.get("registry2", {}).get("pull_cold_time", {}).get("value")
+    if r2_cold and cached and "pull_disk_time" in ep:
+        disk = ep["pull_disk_time"]["value"]
+        ep["pull_durable_floor"] = {"value": (disk + cached) / (r2_cold * 0.5)}
     r2_blob_head = results.get("registry2", {}).get("blob_head", {}).get("value")
     if "ceiling_head" in ep and r2_blob_head:
         ep["ceiling_head_bound"] = {"value": ep["ceiling_head"]["value"] / r2_blob_head}

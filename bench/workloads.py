@@ -79,6 +79,7 @@ class Shared:
     upstream: Server | None
     upstream_image: Image | None
     gc: GcStore | None = None  # the store to collect
+    upstream_fill_layer: Blob | None = None  # another uncached blob of the upstream
 
 
 # Each measurement: {"value": float, ...details}; rows[row_key] = that dict.
@@ -486,6 +487,7 @@ class ServerRun:
         self.cold_pull("pull_cold", server, blob_url, cached.exists)
         direct_url = f"{upstream.url}/v2/{PROXIED_REPO}/blobs/{layer.digest}"
         self._pull_floor_rows(blob_url, direct_url, layer.size)
+        self._pull_fill_rows(server, cache_root)
 
         # warm: the image pulled once through the proxy, then manifest GETs by tag
         url = f"{server.url}/v2/{PROXIED_REPO}/manifests/latest"
@@ -523,6 +525,36 @@ class ServerRun:
             )
             self.rows[key] = {"value": dl.seconds, "client_seconds": dl.client_seconds}
             _progress(f"  {self.kind:9} {key:16} {dl.seconds:.2f} s wall, {count} clients")
+
+    def _pull_fill_rows(self, server: Server, cache_root: Path) -> None:
+        """What one fill costs, next to the cold row: one client pulling another uncached
+        blob of the same size through the server (``pull_fill_time``: the fill, then one
+        send), and the disk's durable write of that size (``pull_disk_time``: ``dd
+        conv=fsync``), which a fill that makes the blob durable before sending it cannot
+        beat."""
+        s = self.settings
+        blob = self.shared.upstream_fill_layer
+        if blob is None:
+            return
+        url = f"{server.url}/v2/{PROXIED_REPO}/blobs/{blob.digest}"
+        dl = clients.parallel_downloads(url, 1, s.client_cpus)
+        _expect(
+            dl.statuses == [200] and dl.sizes == [blob.size],
+            f"{self.kind}: pull_fill_time download: {dl.statuses} {dl.sizes}",
+        )
+        self.rows["pull_fill_time"] = {"value": dl.seconds, "client_seconds": dl.client_seconds}
+        # registry:2 stores it in the background: let that end before the next rows.
+        cached = cache_root / "docker/registry/v2/blobs/sha256" / blob.hex[:2] / blob.hex / "data"
+        assert self.shared.upstream is not None
+        _wait_quiet(self.shared.upstream, cached.exists, timeout=120)
+        _progress(f"  {self.kind:9} pull_fill_time   {dl.seconds:.2f} s wall, 1 client")
+        if self.kind == "entrepot":
+            disk = clients.dd_fsync(s.datadir, blob.size)
+            rate = disk["value"]
+            assert isinstance(rate, float)
+            seconds = blob.size / rate
+            self.rows["pull_disk_time"] = {**disk, "value": seconds}
+            _progress(f"  disk      pull_disk_time   {seconds:.2f} s")
 
     def cold_pull(
         self,

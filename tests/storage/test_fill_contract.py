@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
 import time
@@ -123,10 +124,18 @@ async def test_an_ingest_is_read_while_it_grows_then_published_whole(
         await reader_side.stat(DST)  # nothing at the destination until published
 
     # The rest in writes of any size, as a cache fill's batches come: one bigger than the
-    # 1 MiB a filesystem ingest writes a system call, a short one, the last byte alone.
-    cuts = [half, half + 3 * MiB + 7, half + 3 * MiB + 24, len(data) - 1, len(data)]
+    # 1 MiB a filesystem ingest writes a system call, a short one.
+    cuts = [half, half + 3 * MiB + 7, half + 3 * MiB + 24]
     for start, end in itertools.pairwise(cuts):
         await writer.write(data[start:end])
+    # Then as a fill writes what it received meanwhile: several buffers at once, each also
+    # given to the digest (in order), and the last byte alone.
+    cuts = [cuts[-1], cuts[-1] + 256 * 1024, cuts[-1] + 256 * 1024 + 5, len(data) - 1]
+    parts = [data[start:end] for start, end in itertools.pairwise(cuts)]
+    seen = hashlib.sha256()
+    await writer.write_parts(parts, seen.update)
+    assert seen.digest() == hashlib.sha256(data[cuts[0] : cuts[-1]]).digest()
+    await writer.write_parts([data[-1:]], seen.update)
     assert writer.size == len(data)
     await wait_readable(reader_side, INGEST, 4 * MiB)  # more became readable as it grew
     await writer.publish()

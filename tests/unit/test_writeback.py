@@ -1,7 +1,9 @@
-"""Writeback while writing: what is asked of the kernel as an upload's file grows."""
+"""Writeback while writing: what is asked of the kernel as an upload's file (or a cache
+fill's) grows."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from entrepot.storage import StorageError, fswriters
+from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.writeback import Writeback
 
 WRITE, WAIT = 2, 1 | 2 | 4  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
@@ -91,3 +95,50 @@ def test_on_a_real_file_linux_writes_back_by_range_and_the_bytes_stay_intact(
     finally:
         os.close(fd)
     assert path.read_bytes() == b"".join(bytes([n]) * (MiB // 2) for n in range(8))
+
+
+# ---- a cache fill's ingest (storage/fswriters.py) ------------------------------------------
+
+
+async def test_a_cache_fill_is_made_durable_while_it_grows_so_publishing_finds_little(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fswriters, "_FLUSH_EVERY", MiB)
+    sizes_synced: list[int] = []
+
+    def fdatasync(fd: int) -> None:
+        sizes_synced.append(os.fstat(fd).st_size)
+        real_fdatasync(fd)
+
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    driver = FilesystemDriver(tmp_path)
+    data = os.urandom(3 * MiB + 5)
+    ingest = await driver.ingest("fills/x/token", "blobs/x/data", len(data))
+    for start in range(0, len(data), MiB // 2):
+        await ingest.write_parts([data[start : start + MiB // 2]], lambda part: None)
+
+    assert sizes_synced and min(sizes_synced) >= MiB  # before publishing was asked
+    await ingest.publish()
+    assert (tmp_path / "blobs/x/data").read_bytes() == data
+    assert not (tmp_path / "fills/x").exists() or not any((tmp_path / "fills/x").iterdir())
+
+
+async def test_a_failed_background_flush_fails_publishing_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fswriters, "_FLUSH_EVERY", MiB)
+
+    def fdatasync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    driver = FilesystemDriver(tmp_path)
+    ingest = await driver.ingest("fills/x/token", "blobs/x/data", 3 * MiB)
+    for _ in range(3):
+        with contextlib.suppress(StorageError):  # the write after the failure may tell it
+            await ingest.write_parts([b"x" * MiB], lambda part: None)
+    with pytest.raises(StorageError, match="Input/output error"):
+        await ingest.publish()
+    assert not (tmp_path / "blobs/x/data").exists()
+    assert not (tmp_path / "fills/x/token").exists()

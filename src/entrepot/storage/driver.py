@@ -194,12 +194,23 @@ class IngestWriter(abc.ABC):
     @abc.abstractmethod
     async def write(self, data: bytes) -> None: ...
 
+    async def write_parts(self, parts: Sequence[bytes], see: Callable[[bytes], object]) -> None:
+        """Write ``parts`` in order and give each to ``see`` (a digest's update), here in
+        a thread while the parts are written joined. A driver that writes in a thread
+        does both there, part by part: one hand-off, each part hashed while in cache."""
+        await asyncio.gather(asyncio.to_thread(_each, see, parts), self.write(b"".join(parts)))
+
     @abc.abstractmethod
     async def publish(self) -> None: ...
 
     @abc.abstractmethod
     async def cancel(self) -> None:
         """Discard everything; a no-op after ``publish`` or ``cancel``."""
+
+
+def _each(see: Callable[[bytes], object], parts: Sequence[bytes]) -> None:
+    for part in parts:
+        see(part)
 
 
 class StorageDriver(abc.ABC):

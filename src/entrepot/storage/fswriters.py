@@ -171,11 +171,19 @@ class FilesystemWriter(_ThreadedFile, StorageWriter):
 _INGEST_PIECE = 1 << 20
 
 
-def _write_pieces_and_flush(fd: int, writeback: Writeback, end: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view[:_INGEST_PIECE]) :]
+def _see_write_and_flush(
+    fd: int, writeback: Writeback, end: int, parts: Sequence[bytes], see: Callable[[bytes], object]
+) -> None:
+    for part in parts:
+        see(part)
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view[:_INGEST_PIECE]) :]
     writeback.written(fd, end)
+
+
+def _ignore(_: bytes) -> None:
+    pass
 
 
 def _open_ingest(directory: str, size: int | None) -> int:
@@ -203,10 +211,18 @@ def _cancel_ingest(fd: int, directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+# A fill asks the disk to make what it wrote durable every this many bytes, in a thread
+# of its own while the next bytes arrive: the fsync at publishing (which clients waiting
+# for the blob wait for) then finds only the rest. On this machine's disk an fsync of 256
+# MiB already written back (sync_file_range) took up to 0.3-0.4 s: the device's flush.
+_FLUSH_EVERY = 32 << 20
+
+
 class FilesystemIngest(_ThreadedFile, IngestWriter):
     """See ``FilesystemDriver.ingest``: every write goes to the file at once (others read
-    it), written back as it goes (storage/writeback.py, as an upload): the disk works
-    while the next bytes arrive, and the fsync at publishing finds little left."""
+    it), written back as it goes (storage/writeback.py, as an upload) and made durable
+    ``_FLUSH_EVERY`` bytes at a time in the background: the disk works while the next
+    bytes arrive, and the fsync at publishing finds little left."""
 
     def __init__(self, key: str, directory: str, target: str, fd: int) -> None:
         self._key = key
@@ -216,6 +232,8 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
         self._fd = fd
         self._size = 0
         self._writeback = Writeback(0)
+        self._flushed = 0  # bytes an fdatasync was started for
+        self._flush: asyncio.Future[None] | None = None
         self._closed = False
 
     @property
@@ -227,16 +245,40 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
         return self._size
 
     async def write(self, data: bytes) -> None:
+        await self.write_parts((data,), _ignore)
+
+    async def write_parts(self, parts: Sequence[bytes], see: Callable[[bytes], object]) -> None:
+        """Each part seen (hashed) and written in the same thread, one hand-off for all."""
         if self._closed:
             raise StorageError(f"{self._key}: ingest already published or cancelled")
-        end = self._size + len(data)
-        await self._call(_write_pieces_and_flush, self._fd, self._writeback, end, data)
+        end = self._size + sum(len(part) for part in parts)
+        await self._call(_see_write_and_flush, self._fd, self._writeback, end, parts, see)
         self._size = end
+        if end - self._flushed >= _FLUSH_EVERY and (self._flush is None or self._flush.done()):
+            await self._flushing_done()  # raises what the previous one failed with
+            self._flushed = end
+            loop = asyncio.get_running_loop()
+            self._flush = loop.run_in_executor(None, os.fdatasync, self._fd)
+
+    async def _flushing_done(self) -> None:
+        """Wait for the background fdatasync, if any; raise its error."""
+        flush, self._flush = self._flush, None
+        if flush is None:
+            return
+        try:
+            await asyncio.shield(flush)  # the thread uses the fd: never close it under it
+        except OSError as exc:
+            raise _storage_error(exc, self._key, False) from exc
 
     async def publish(self) -> None:
         if self._closed:
             raise StorageError(f"{self._key}: ingest already published or cancelled")
         self._closed = True
+        try:
+            await self._flushing_done()
+        except BaseException:
+            await self._call(_cancel_ingest, self._fd, self._directory)
+            raise
         await self._call(_publish_ingest, self._fd, self._directory, self._target, self._key)
 
     async def cancel(self) -> None:
@@ -244,4 +286,6 @@ class FilesystemIngest(_ThreadedFile, IngestWriter):
             return
         self._closed = True
         await self._settle()
+        with contextlib.suppress(StorageError):
+            await self._flushing_done()
         await self._call(_cancel_ingest, self._fd, self._directory)
