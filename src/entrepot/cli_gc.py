@@ -6,10 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import importlib.util
-import os
-import platform
 import signal
 import sys
 import threading
@@ -18,6 +15,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from entrepot.config import ConfigError, load_config, parse_duration
+from entrepot.lowpriority import yield_to_serving
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
@@ -136,32 +134,6 @@ def garbage_collect(path: str, options: GcOptions) -> int:
         if result.blobs_recovered:
             _say(f"put back {result.blobs_recovered} blobs an interrupted collection left aside")
     return 0
-
-
-# A collection yields the CPU and the disk to a server on the same machine: it runs at the
-# lowest priority (nice 19, I/O class idle), so pulls keep their rate while it runs and it
-# takes what serving leaves. On Linux both are a thread's, inherited by the threads it
-# starts: the collection's loop runs in a thread of its own, which lowers them first (the
-# caller's thread keeps its priority: a test calling the command in-process is not slowed).
-LOW_NICE = 19
-IOPRIO_CLASS_IDLE = 3
-_IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # ioprio_set(2): no wrapper in os
-_IOPRIO_WHO_PROCESS = 1
-_IOPRIO_CLASS_SHIFT = 13
-
-
-def yield_to_serving() -> None:
-    """Lower this thread's CPU and I/O priority to the least. Linux schedules each session
-    as one group before the processes in it (autogroup, when no cgroup is set): a command
-    leading a session of its own (started with setsid) lowers its group's too."""
-    os.setpriority(os.PRIO_PROCESS, 0, LOW_NICE)
-    number = _IOPRIO_SET.get(platform.machine())
-    if number is not None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall(number, _IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << _IOPRIO_CLASS_SHIFT)
-    if os.getsid(0) == os.getpid():
-        with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as group:
-            group.write(str(LOW_NICE))
 
 
 def _run_yielding(work: Coroutine[object, object, _T]) -> _T:

@@ -9,12 +9,15 @@ import ctypes
 import os
 import platform
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from entrepot import cli_gc
 from entrepot.cli import main
+from entrepot.lowpriority import IOPRIO_CLASS_IDLE
 from entrepot.registry.gc import GarbageCollector, GcResult
 from entrepot.registry.lease import GC_LEASE, GC_LEASE_TTL
 from entrepot.storage.filesystem import FilesystemDriver
@@ -51,7 +54,7 @@ def test_the_collection_runs_at_the_lowest_priority(
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
 
     assert "deleted 0 blobs" in capsys.readouterr().out
-    idle = cli_gc.IOPRIO_CLASS_IDLE if caller[1] is not None else None
+    idle = IOPRIO_CLASS_IDLE if caller[1] is not None else None
     assert seen == {"loop": (19, idle), "worker": (19, idle)}
     assert priority() == caller  # the caller's thread is not lowered
 
@@ -86,3 +89,21 @@ def test_sigterm_stops_the_collection_and_frees_its_lease(
             await driver.close()
 
     assert asyncio.run(lease_is_free())
+
+
+@pytest.mark.parametrize(("command", "nice"), [("garbage-collect", 19), ("serve", 0)])
+def test_the_program_lowers_itself_before_its_imports_only_to_collect(
+    command: str, nice: int
+) -> None:
+    # What `entrepot garbage-collect` (the program) does first: imports and config cost
+    # most of a second of CPU, which must not run at the server's priority.
+    probe = (
+        "import os, sys\n"
+        "from entrepot.lowpriority import lower_if_collecting\n"
+        f"lower_if_collecting([{command!r}, 'config.yml'])\n"
+        "print(os.getpriority(os.PRIO_PROCESS, 0), 'entrepot.cli' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(max(nice, os.getpriority(os.PRIO_PROCESS, 0))), "False"]
