@@ -47,13 +47,7 @@ async def read_link(driver: StorageDriver, key: str) -> Digest | None:
 async def links_to(driver: StorageDriver, key: str, digest: Digest) -> bool:
     """Whether the link at ``key`` names ``digest`` (``read_link`` gives it): the check
     of every blob request."""
-    try:
-        raw = await driver.get_content(key)
-    except StorageNotFound:
-        return False
-    except StorageError as exc:
-        raise storage_unavailable(exc) from exc
-    linked = _linked(raw)
+    linked = await read_link(driver, key)
     return linked is digest or linked == digest
 
 
