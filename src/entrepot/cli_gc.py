@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc as cycles
 import importlib.util
 import signal
 import sys
@@ -61,7 +62,14 @@ def run(args: argparse.Namespace) -> int:
     options = GcOptions(
         dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=args.grace, apart=True
     )
-    return garbage_collect(args.config, options)
+    # A large store's collection makes a few hundred thousand objects (digests, scans) that
+    # live to its end: the cyclic collector walked them again and again (a quarter of the
+    # process's CPU on the bench store). The command is short and makes few cycles.
+    cycles.disable()
+    try:
+        return garbage_collect(args.config, options)
+    finally:
+        cycles.enable()
 
 
 class LeaseHeld(Exception):
@@ -232,8 +240,13 @@ def _run_async(work: Coroutine[object, object, _T]) -> _T:
     return done[0]
 
 
+# Lines that list what a collection marks or removes (55,600 on the bench store) go out in
+# blocks, many to a write; any other line (counts, progress) at once, after them.
+_LISTING = ("blob eligible ", "manifest eligible ", "tag eligible ", "repository eligible ")
+
+
 def _say(line: str) -> None:
-    print(line, flush=True)
+    print(line, flush=not line.startswith(_LISTING))
 
 
 def _grace(text: str) -> float:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
 
 import pytest
 
-from entrepot.storage import StorageError, StorageNotFound
+from entrepot.storage import FileInfo, StorageError, StorageNotFound
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.fswalk import BATCH
 
@@ -196,6 +197,41 @@ async def test_folded_scan_reports_empty_folders(fs: FilesystemDriver, root: Pat
         ("gone/_layers/sha256/", True),
         ("kept/_layers/sha256/d/link", False),
     ]
+
+
+def fold_noisily(directory: str) -> str | None:
+    """A module-level fold (the walking process loads it) that writes far more to stderr
+    than a pipe holds, once."""
+    if directory == "00/":
+        sys.stderr.write("a library's warning\n" * 20_000)  # about 400 KB
+        sys.stderr.flush()
+    return None
+
+
+def fold_printing(directory: str) -> str | None:
+    """A module-level fold that prints to stdout, as a careless library might."""
+    print(f"entering {directory}")
+    os.write(1, b"and a C library's line\n")
+    return None
+
+
+@pytest.mark.parametrize("fold", [fold_noisily, fold_printing])
+async def test_a_walk_apart_survives_what_the_child_prints(
+    root: Path, fs: FilesystemDriver, fold: Callable[[str], str | None]
+) -> None:
+    # Output on stderr beyond a pipe's buffer (read while the rows come, not after) and
+    # output on stdout (the rows have an fd of their own) leave the rows whole.
+    for i in range(30):
+        write_file(root / "many" / f"{i // 10:02d}" / f"{i}", b"x" * i)
+    walked = [(i.key, i.size) async for b in fs.scan("many") for i in b]
+    apart = fs.scan_apart("many", fold=fold)
+    found = await asyncio.wait_for(_collect(apart), timeout=30)
+    assert [(i.key, i.size) for i in found] == walked
+    assert len(walked) == 30
+
+
+async def _collect(batches: AsyncIterator[list[FileInfo]]) -> list[FileInfo]:
+    return [info async for batch in batches for info in batch]
 
 
 async def test_a_walk_apart_comes_in_batches(root: Path, fs: FilesystemDriver) -> None:

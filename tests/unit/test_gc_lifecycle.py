@@ -4,7 +4,9 @@ test_gc: the collector's clock runs two hours ahead)."""
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from entrepot.cli import main
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.gc import QUARANTINE, GcOptions, GcResult
@@ -305,3 +308,40 @@ def test_the_summary_line_of_a_dry_run_says_what_would_go() -> None:
     result = GcResult(blobs_eligible={Digest.of(b"x"): 1}, tags_eligible=[("a", "v1")])
     line = summary(result, dry_run=True)
     assert "would delete 1 blobs (1 bytes), 0 manifests, 1 tags" in line
+
+
+class Writes(io.StringIO):
+    """A stdout that records what each flush sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def flush(self) -> None:
+        self.sent.append(self.getvalue()[sum(map(len, self.sent)) :])
+
+
+def test_the_command_lists_in_blocks_and_says_the_rest_at_once(
+    driver: FilesystemDriver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What it lists goes out with the next line that counts (one write for many lines);
+    # each count or progress line goes out when it is said.
+    for n in range(5):
+        path = tmp_path / "root" / layout.blob_data(Digest.of(b"%d" % n))
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"%d" % n)
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/root\n"
+    )
+    out = Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+
+    assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
+
+    listings = [sent for sent in out.sent if "blob eligible" in sent]
+    assert len(listings) == 1  # (a slow run may say a progress line before)
+    assert listings[0].count("blob eligible for deletion: ") == 5
+    assert all(not sent.splitlines()[-1].startswith("blob eligible") for sent in out.sent)
+    assert out.sent[-1].splitlines()[-1].startswith("deleted 5 blobs")
+    assert "".join(out.sent) == out.getvalue()  # nothing left unsaid

@@ -17,7 +17,7 @@ from entrepot.oci.errors import RegistryError
 from entrepot.registry import layout
 from entrepot.registry.segments import holds_bytes
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
-from entrepot.storage.driver import Fold, Infos
+from entrepot.storage.driver import Fold, Infos, Reader
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,9 +36,12 @@ class Limited:
         self._slots = asyncio.Semaphore(limit)
         self.apart = apart  # the store's walks: the driver's scan_apart
 
-    def scan(self, prefix: str, fold: Fold) -> AsyncGenerator[Infos, None]:
+    def scan(
+        self, prefix: str, fold: Fold, read: Reader | None = None
+    ) -> AsyncGenerator[Infos, None]:
+        """With ``read``, objects may carry what it names (only apart: see scan_apart)."""
         if self.apart:
-            return self.driver.scan_apart(prefix, fold=fold)
+            return self.driver.scan_apart(prefix, fold=fold, read=read)
         return self.driver.scan(prefix, fold=fold)
 
     async def children(self, prefix: str) -> list[str]:
@@ -101,7 +104,11 @@ class Limited:
 
     async def read_link(self, key: str) -> Digest | None:
         raw = await self.get(key)
-        return None if raw is None else parse_digest(raw.decode("ascii", "replace").strip())
+        return None if raw is None else _link_digest(raw)
+
+
+def _link_digest(raw: bytes) -> Digest | None:
+    return parse_digest(raw.decode("ascii", "replace").strip())
 
 
 # Items ``each`` works on at once: more than the storage calls in flight (the driver
@@ -252,13 +259,34 @@ def marker_leaf(parts: list[str], tag_links: bool, layer_links: bool = False) ->
     return "" if marker == "_referrers" else None
 
 
+def mark_reads(key: str) -> str | None:
+    """What the mark reads of a repository's objects (see scan_store): a tag's current
+    link itself, a revision link's manifest. Module-level: read where the walk is."""
+    head, _, rest = key.rpartition("/_manifests/")
+    if not head:
+        return None
+    parts = rest.split("/")
+    if len(parts) == 4 and parts[0] == "tags" and parts[2:] == ["current", "link"]:
+        return key
+    if len(parts) == 4 and parts[0] == "revisions" and parts[3] == "link":
+        digest = digest_at(parts[1], parts[2])
+        return None if digest is None else layout.blob_data(digest)
+    return None
+
+
 class _Scanner:
     """Builds RepoScans from the objects under ``repositories/``: a key's first segment
     starting with "_" (which no repository name component may) ends the repository's
     name and says what the key is."""
 
-    def __init__(self, fresh_after: float, layer_folders: bool = True) -> None:
+    def __init__(
+        self,
+        fresh_after: float,
+        layer_folders: bool = True,
+        refs: dict[Digest, ManifestRefs] | None = None,
+    ) -> None:
         self.fresh_after = fresh_after
+        self.refs = refs  # where the manifests that come read (mark_reads) go
         self.layer_folders = layer_folders  # a layer folder without its link counts
         self.scans: dict[str, RepoScan] = {}
         # Found, not read yet: tags with a current link, and revisions (see scan_store).
@@ -279,7 +307,10 @@ class _Scanner:
                     digest = digest_at(parts[2], parts[3])
                     if digest is not None:
                         scan.revision_mtimes[digest] = info.mtime
-                        self.unread_revisions.append(digest)
+                        if info.data is None or self.refs is None:
+                            self.unread_revisions.append(digest)
+                        elif digest not in self.refs:
+                            self.refs[digest] = manifest_refs(info.data)
                 elif n == 4 and info.is_dir:
                     digest = digest_at(parts[2], parts[3])
                     if digest is not None:
@@ -288,7 +319,10 @@ class _Scanner:
                 if not scan.tag_names or scan.tag_names[-1] != parts[2]:
                     scan.tag_names.append(parts[2])
                 if n == 5 and parts[3] == "current" and parts[4] == "link":
-                    self.unread_tags.append((name, parts[2]))
+                    if info.data is None:  # not read yet, or missing: read (again)
+                        self.unread_tags.append((name, parts[2]))
+                    elif (digest := _link_digest(info.data)) is not None:
+                        scan.tags[parts[2]] = digest
         elif marker == "_layers" and n == 3 + (not info.is_dir):
             digest = digest_at(parts[1], parts[2])
             linked = self.layer_folders if info.is_dir else parts[3] == "link"
@@ -351,12 +385,14 @@ async def scan_store(
     ``repositories/`` (a repository left with empty folders is found by them); an upload
     written to after ``fresh_after`` is in progress. The tags, and with ``refs`` the
     manifests (into ``refs``, as read_refs), each batch names are read while the walk
-    goes on."""
-    scanner = _Scanner(fresh_after)
+    goes on; a walk apart reads them itself (``mark_reads``), in its own process."""
+    scanner = _Scanner(fresh_after, refs=refs)
     fold = repository_fold(tag_links)
     ahead: list[asyncio.Future[None]] = []
     try:
-        async for batch in store.scan(layout.REPOSITORIES, fold):
+        async for batch in store.scan(
+            layout.REPOSITORIES, fold, None if refs is None else mark_reads
+        ):
             scanner.add_keys(batch)
             if progress is not None:
                 progress.tick(len(batch))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ Moved = list[bool]
 # "/"): None, enter it; a relative key, report only the object at that key under it, or
 # the directory itself when there is none (""): the directory is not listed.
 Fold = Callable[[str], str | None]
+# Which object's bytes ``scan_apart`` reads along with an object it found: given the found
+# object's key (from the root, not the prefix), a key, or None for none.
+Reader = Callable[[str], str | None]
 
 
 class StorageError(Exception):
@@ -81,6 +85,9 @@ class FileInfo:
     # where the driver has none. Lets a process check that an object is still the one it
     # wrote itself, across processes that replace it whole.
     version: str | None = None
+    # With ``scan_apart``'s ``read``: the bytes of the object it named; None if it named
+    # none, or that object was missing.
+    data: bytes | None = None
 
 
 class StorageWriter(abc.ABC):
@@ -324,14 +331,17 @@ class StorageDriver(abc.ABC):
             yield rest
 
     async def scan_apart(
-        self, prefix: str, *, fold: Fold | None = None
+        self, prefix: str, *, fold: Fold | None = None, read: Reader | None = None
     ) -> AsyncGenerator[Infos, None]:
         """``scan``, walked apart from the caller where the driver can (a driver with real
         directories: in a process of its own, on another CPU), so that the caller's own
-        work, another scan, goes on alongside. A ``fold`` must then be a module-level
-        function; any other is walked as ``scan`` walks. Object storage: ``scan``."""
+        work, another scan, goes on alongside. A ``fold`` (and ``read``) must then be a
+        module-level function; any other is walked as ``scan`` walks. Object storage:
+        ``scan``. With ``read``, each object found for which it names a key carries that
+        object's bytes (``FileInfo.data``), read apart too where the walk is (a link, a
+        manifest: what the caller would read next)."""
         async for batch in self.scan(prefix, fold=fold):
-            yield batch
+            yield batch if read is None else await read_along(self, prefix, batch, read)
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:
         """``stat`` of each key, in the keys' order, None for a missing one: what a
@@ -455,6 +465,22 @@ async def _bounded(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
             return await call
 
     return list(await asyncio.gather(*(run(c) for c in calls)))
+
+
+async def read_along(driver: StorageDriver, prefix: str, batch: Infos, read: Reader) -> Infos:
+    """``batch`` with the bytes ``read`` names for each object (see ``scan_apart``)."""
+
+    async def one(info: FileInfo) -> FileInfo:
+        key = read(join_key(prefix, info.key))
+        if key is None:
+            return info
+        try:
+            data = await driver.get_content(key)
+        except StorageNotFound:
+            return info
+        return dataclasses.replace(info, data=data)
+
+    return await _bounded([one(info) for info in batch])
 
 
 def join_key(prefix: str, rel: str) -> str:

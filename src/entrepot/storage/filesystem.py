@@ -31,6 +31,7 @@ from entrepot.storage.driver import (
     Lease,
     LeaseScope,
     Moved,
+    Reader,
     Stats,
     StorageConflict,
     StorageDriver,
@@ -77,11 +78,19 @@ from entrepot.storage.smallfiles import SmallFiles, stat_is_live
 
 __all__ = ["FilesystemDriver"]
 
-# Bulk moves and deletes: this many per thread hop, several hops at once (the kernel
-# renames and unlinks in parallel; the GIL is released meanwhile).
+Item = TypeVar("Item")
+
+# Bulk stats, moves and deletes: split in BULK_THREADS chunks of at least BULK_CHUNK keys,
+# one thread hop each. The kernel renames and unlinks in parallel, but each call takes the
+# GIL back: more threads than CPUs only fight over it (a collection's 55,600 deletes took
+# three times as long in 512-key chunks on the default executor's 6 threads).
+BULK_THREADS = 2
 BULK_CHUNK = 512
-# Stats per thread hop of stat_many: each is cheap (no write, no lock).
-STAT_CHUNK = 8192
+
+
+def _chunks(items: list[Item]) -> list[list[Item]]:
+    size = max(BULK_CHUNK, -(-len(items) // BULK_THREADS))
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # Keys found valid, remembered (about 350 bytes each); uploads bring new keys on every
@@ -99,9 +108,6 @@ def _check_key(key: str) -> None:
 
 
 # Errors that only freeing space fixes: the message tells the operator so.
-
-
-Item = TypeVar("Item")
 
 
 async def _in_batches(prefix: str, items: Iterator[Item]) -> AsyncGenerator[list[Item], None]:
@@ -282,21 +288,22 @@ class FilesystemDriver(StorageDriver):
             yield batch
 
     async def scan_apart(
-        self, prefix: str, *, fold: Fold | None = None
+        self, prefix: str, *, fold: Fold | None = None, read: Reader | None = None
     ) -> AsyncGenerator[Infos, None]:
-        """The walk in a child process (see fswalk)."""
+        """The walk, and the reads ``read`` names, in a child process (see fswalk)."""
         name = fold_name(fold)
-        if name is None:
-            async for batch in self.scan(prefix, fold=fold):
+        reader = None if read is None else fold_name(read)
+        if name is None or (reader in (None, "-") and read is not None):
+            async for batch in super().scan_apart(prefix, fold=fold, read=read):
                 yield batch
             return
-        async for batch in walk_apart(self._path(prefix, root_ok=True), name):
+        reading = None if reader is None else (reader, self._root, prefix)
+        async for batch in walk_apart(self._path(prefix, root_ok=True), name, reading):
             yield batch
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:
         """In worker threads, a chunk of keys per thread hop."""
-        paths = [self._bulk_path(key) for key in keys]
-        chunks = [paths[i : i + STAT_CHUNK] for i in range(0, len(paths), STAT_CHUNK)]
+        chunks = _chunks([self._bulk_path(key) for key in keys])
         done = await asyncio.gather(*(_run(c[0], True, _stat_all, c) for c in chunks))
         return [
             None if st is None else FileInfo(key, *st)
@@ -304,8 +311,7 @@ class FilesystemDriver(StorageDriver):
         ]
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
-        items = [(self._bulk_path(src), self._bulk_path(dst), src) for src, dst in moves]
-        chunks = [items[i : i + BULK_CHUNK] for i in range(0, len(items), BULK_CHUNK)]
+        chunks = _chunks([(self._bulk_path(src), self._bulk_path(dst), src) for src, dst in moves])
         done = await asyncio.gather(
             *(_run(chunk[0][2], False, _move_all, chunk, sync) for chunk in chunks)
         )
@@ -314,8 +320,7 @@ class FilesystemDriver(StorageDriver):
     async def delete_many(self, keys: Sequence[str]) -> None:
         paths = [self._bulk_path(key) for key in keys if "/" in key]
         top = [key for key in keys if "/" not in key]  # their folder is the root: kept
-        chunks = [paths[i : i + BULK_CHUNK] for i in range(0, len(paths), BULK_CHUNK)]
-        await asyncio.gather(*(_run(c[0], False, _delete_files, c) for c in chunks))
+        await asyncio.gather(*(_run(c[0], False, _delete_files, c) for c in _chunks(paths)))
         for key in top:
             with contextlib.suppress(StorageNotFound):
                 await self.delete(key)

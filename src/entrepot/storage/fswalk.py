@@ -1,25 +1,32 @@
 """A folded walk (see StorageDriver.scan) in a process of its own: a garbage collection
 walks the blobs and the repositories at once, each in a child on a CPU of its own, and
 reads their objects as they come. ``python -m entrepot.storage.fswalk ROOT FOLD`` writes
-them on stdout as ``marshal`` lists of (key, size, mtime, is_dir), each after its length;
-FOLD names a module-level function (``module:name``) or is ``-`` for none.
+them as ``marshal`` lists of (key, size, mtime, is_dir), each after its length (with READ
+BASE PREFIX: a Reader, see StorageDriver.scan_apart, and where the walk is in the store,
+each row also has no version and the bytes READ names), on the fd
+that was its stdout, which it then points at its stderr: a warning a library prints
+cannot corrupt them. FOLD names a module-level function (``module:name``) or is ``-``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import itertools
 import marshal
+import os
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import cast
+from typing import Any, BinaryIO, cast
 
-from entrepot.storage.driver import FileInfo, Fold, StorageError
-from entrepot.storage.fsops import _walk_folded, _walk_infos
+from entrepot.storage.driver import FileInfo, Fold, Reader, StorageError, check_key
+from entrepot.storage.fsops import _MISSING, _get, _walk_folded, _walk_infos
 
-Row = tuple[str, int, float, bool]
+# (key, size, mtime, is_dir), and with a reader (version: None, data)
+Row = tuple[Any, ...]
+Reading = tuple[Reader, str, str]  # the reader, the store's root path, the walk's prefix
 
 
 def fold_name(fold: Fold | None) -> str | None:
@@ -45,47 +52,92 @@ BATCH = 8192
 _LENGTH = struct.Struct("<I")
 
 
-def batches(root: str, fold: Fold | None) -> Iterator[list[Row]]:
+def batches(root: str, fold: Fold | None, reading: Reading | None = None) -> Iterator[list[Row]]:
     walk = _walk_infos(root) if fold is None else _walk_folded(root, fold)
-    rows = ((i.key, i.size, i.mtime, i.is_dir) for i in walk)
+    rows: Iterator[Row] = ((i.key, i.size, i.mtime, i.is_dir) for i in walk)
+    if reading is not None:
+        rows = _read_along(rows, *reading)
     while batch := list(itertools.islice(rows, BATCH)):
         yield batch
 
 
-async def walk_apart(root: str, fold: str) -> AsyncIterator[list[FileInfo]]:
-    """The objects under ``root`` (a path), walked by a child process, in batches."""
+def _read_along(rows: Iterator[Row], read: Reader, base: str, prefix: str) -> Iterator[Row]:
+    """Each row with (no version, the bytes ``read`` names: None for none)."""
+    above = f"{prefix}/" if prefix else ""
+    for row in rows:
+        key = read(above + row[0])
+        data = None
+        if key is not None:
+            check_key(key)
+            with contextlib.suppress(*_MISSING):
+                data = _get(f"{base}/{key}")
+        yield (*row, None, data)
+
+
+async def walk_apart(
+    root: str, fold: str, reading: tuple[str, str, str] | None = None
+) -> AsyncIterator[list[FileInfo]]:
+    """The objects under ``root`` (a path), walked by a child process, in batches; with
+    ``reading`` (a module-level Reader's name, the store's root path, the walk's prefix
+    in it), each carries the bytes the reader names, read by the child."""
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         __name__,
         root,
         fold,
+        *(reading or ()),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     assert child.stdout is not None and child.stderr is not None
+    # Read while the rows come: a child that fills the stderr pipe would wait for it.
+    errors = asyncio.ensure_future(_tail(child.stderr))
     try:
         while header := await child.stdout.read(_LENGTH.size):
             if len(header) < _LENGTH.size:
                 header += await child.stdout.readexactly(_LENGTH.size - len(header))
             body = await child.stdout.readexactly(_LENGTH.unpack(header)[0])
             yield [FileInfo(*row) for row in marshal.loads(body)]
-        err = await child.stderr.read()
+        err = await errors
         await child.wait()
     finally:
         if child.returncode is None:  # stopped early or cancelled: the rest is not wanted
             child.kill()
             await child.wait()
+        errors.cancel()
     if child.returncode != 0:
         tail = err.decode(errors="replace").strip()[-500:]
         raise StorageError(f"walking {root} in a child process failed: {tail}")
 
 
+async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
+    """The last ``keep`` bytes of ``stream``, read to its end."""
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-keep:]
+    return tail
+
+
+def _private_stdout() -> BinaryIO:
+    """The process's stdout for the rows alone: fd 1, and ``sys.stdout``, now write to
+    stderr."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
 def main(argv: list[str]) -> None:
-    root, fold = argv
-    out = sys.stdout.buffer
-    for batch in batches(root, _load(fold)):
+    root, fold, *rest = argv
+    reading = None
+    if rest:
+        read, base, prefix = rest
+        reading = (cast(Reader, _load(read)), base, prefix)
+    out = _private_stdout()
+    for batch in batches(root, _load(fold), reading):
         body = marshal.dumps(batch)
         out.write(_LENGTH.pack(len(body)) + body)
         out.flush()

@@ -19,6 +19,7 @@ from entrepot.storage.driver import (
     Lease,
     LeaseScope,
     Moved,
+    Reader,
     Stats,
     StorageDriver,
     StorageWriter,
@@ -138,9 +139,9 @@ class TimedDriver(StorageDriver):
             yield batch
 
     async def scan_apart(
-        self, prefix: str, *, fold: Fold | None = None
+        self, prefix: str, *, fold: Fold | None = None, read: Reader | None = None
     ) -> AsyncGenerator[Infos, None]:
-        async for batch in self.inner.scan_apart(prefix, fold=fold):
+        async for batch in self.inner.scan_apart(prefix, fold=fold, read=read):
             yield batch
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:
