@@ -596,6 +596,38 @@ async def test_scan_apart_finds_what_scan_finds(driver: StorageDriver) -> None:
     assert [b async for b in driver.scan_apart("nope", fold=fold_blob_folders)] == []
 
 
+def read_links_and_their_targets(key: str) -> str | None:
+    """A module-level reader: a link's own bytes; for a blob's ``data``, the link that
+    names it; nothing for the rest."""
+    if key.endswith("/link"):
+        return key
+    if key.endswith("/data"):
+        return f"l/{key.split('/')[-2]}/link"
+    return None
+
+
+async def test_scan_apart_reads_what_read_names(driver: StorageDriver) -> None:
+    # What a collection reads next (a tag's link, a manifest) comes with the walk.
+    await driver.put_content("s/b/1/data", b"manifest one")
+    await driver.put_content("s/b/2/data", b"manifest two")  # l/2/link is missing
+    await driver.put_content("s/l/k/link", b"sha256:k")
+    await driver.put_content("l/1/link", b"sha256:1")
+    await driver.put_content("s/top", b"t")
+
+    def closure(key: str) -> str | None:  # not module-level: read as scan_apart does
+        return read_links_and_their_targets(key)
+
+    for read in (read_links_and_their_targets, closure):
+        batches = [b async for b in driver.scan_apart("s", read=read)]
+        found = [(i.key, i.data) for batch in batches for i in batch]
+        assert found == [
+            ("b/1/data", b"sha256:1"),
+            ("b/2/data", None),
+            ("l/k/link", b"sha256:k"),
+            ("top", None),
+        ]
+
+
 async def test_scan_many_keys_in_several_batches(driver: StorageDriver) -> None:
     keys = [f"d/{i // 100:03d}/{i % 100:03d}" for i in range(1200)]
     # At most 64 writes at once: radosgw answers 503 SlowDown beyond its 1,024 requests in

@@ -340,8 +340,25 @@ class StorageDriver(abc.ABC):
         ``scan``. With ``read``, each object found for which it names a key carries that
         object's bytes (``FileInfo.data``), read apart too where the walk is (a link, a
         manifest: what the caller would read next)."""
-        async for batch in self.scan(prefix, fold=fold):
-            yield batch if read is None else await read_along(self, prefix, batch, read)
+        if read is None:
+            async for batch in self.scan(prefix, fold=fold):
+                yield batch
+            return
+        # A batch's reads go on while the next batch is listed.
+        reading: asyncio.Future[Infos] | None = None
+        try:
+            async for batch in self.scan(prefix, fold=fold):
+                done, reading = (
+                    reading,
+                    asyncio.ensure_future(read_along(self, prefix, batch, read)),
+                )
+                if done is not None:
+                    yield await done
+            if reading is not None:
+                yield await reading
+        finally:
+            if reading is not None:
+                reading.cancel()
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:
         """``stat`` of each key, in the keys' order, None for a missing one: what a
