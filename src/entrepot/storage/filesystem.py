@@ -83,7 +83,7 @@ Item = TypeVar("Item")
 # Bulk stats, moves and deletes: split in BULK_THREADS chunks of at least BULK_CHUNK keys,
 # one thread hop each. The kernel renames and unlinks in parallel, but each call takes the
 # GIL back: more threads than CPUs only fight over it (a collection's 55,600 deletes took
-# three times as long in 512-key chunks on the default executor's 6 threads).
+# 1.7 times as long in 512-key chunks on the default executor's 6 threads).
 BULK_THREADS = 2
 BULK_CHUNK = 512
 

@@ -1,11 +1,11 @@
 """A folded walk (see StorageDriver.scan) in a process of its own: a garbage collection
 walks the blobs and the repositories at once, each in a child on a CPU of its own, and
 reads their objects as they come. ``python -m entrepot.storage.fswalk ROOT FOLD`` writes
-them as ``marshal`` lists of (key, size, mtime, is_dir), each after its length (with READ
-BASE PREFIX: a Reader, see StorageDriver.scan_apart, and where the walk is in the store,
-each row also has no version and the bytes READ names), on the fd
+them as ``marshal`` lists of (key, size, mtime, is_dir), each after its length, on the fd
 that was its stdout, which it then points at its stderr: a warning a library prints
 cannot corrupt them. FOLD names a module-level function (``module:name``) or is ``-``.
+With ``READ BASE PREFIX`` (a Reader, see StorageDriver.scan_apart; the store's root path;
+the walk's key in it) each row also has a version (None) and the bytes READ names.
 """
 
 from __future__ import annotations
