@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import itertools
 import marshal
+import os
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -84,11 +85,18 @@ async def walk_apart(root: str, fold: str) -> AsyncIterator[list[FileInfo]]:
 
 def main(argv: list[str]) -> None:
     root, fold = argv
-    out = sys.stdout.buffer
     for batch in batches(root, _load(fold)):
         body = marshal.dumps(batch)
-        out.write(_LENGTH.pack(len(body)) + body)
-        out.flush()
+        _write_all(sys.stdout.fileno(), _LENGTH.pack(len(body)) + body)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` whole with ``os.write``: a write to a full pipe that a stop signal
+    interrupts (SIGSTOP, Ctrl-Z) returns part way, and ``sys.stdout.buffer`` then drops
+    the rest of the message (CPython 3.11), which garbled the stream."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":
