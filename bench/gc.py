@@ -76,8 +76,9 @@ def write_gc_fixture(root: Path, repos: int, blobs: int) -> int:
 
 class GcStore:
     """The bench store, written once in ``where``; each collector but the last gets a copy
-    (``cp -a``), the last collects the store itself: copying its ~290,000 folders costs
-    more than either collection, so the group makes one copy, not one per collector."""
+    (``cp -a``, one at a time, each removed after its collection), the last collects the
+    store itself: copying its ~290,000 folders costs more than a collection, so no
+    collector gets a copy it does not need."""
 
     def __init__(self, where: Path, repos: int, blobs: int, collectors: int) -> None:
         self.root = where / "gc"
@@ -194,23 +195,22 @@ def collect(kind: str, root: Path, kept: int, workdir: Path, cpus: str) -> tuple
     return seconds, cpu
 
 
-# Every folder of the store listed, nothing read or stat'ed: what any collection that
-# reads the whole tree pays at least.
-_BARE_WALK = """
-import os, sys
-stack = [sys.argv[1]]
-while stack:
-    with os.scandir(stack.pop()) as entries:
-        stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-"""
-
-
-def walk_floor(fixture: Path, cpus: str) -> float:
-    """Wall seconds of a bare walk of ``fixture`` (``_BARE_WALK``) on ``cpus``."""
-    started = time.monotonic()
-    cmd = [sys.executable, "-c", _BARE_WALK, str(fixture)]
-    subprocess.run(["taskset", "-c", cpus, *cmd], check=True)
-    return time.monotonic() - started
+def collect_floor(root: Path, kept: int, cpus: str) -> dict[str, float]:
+    """bench.gcfloor's collection of the store at ``root`` (a copy: it deletes) on ``cpus``:
+    the seconds of its phases; like a collector's, its result is checked."""
+    env = _entrepot_env()
+    env["PYTHONPATH"] = os.pathsep.join((str(REPO_ROOT), env["PYTHONPATH"]))
+    cmd = [sys.executable, "-m", "bench.gcfloor", str(root)]
+    done = subprocess.run(
+        ["taskset", "-c", cpus, *cmd], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the floor's collection failed: {done.stderr[-2000:]}")
+    left = sum(1 for _ in Path(root, ROOT, "blobs").rglob("data"))
+    if left != kept:
+        raise RuntimeError(f"the floor's collection left {left} blobs, not {kept}")
+    times: dict[str, float] = json.loads(done.stdout)
+    return times
 
 
 def _descriptor(media_type: str, hexa: str) -> dict[str, object]:

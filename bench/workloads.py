@@ -232,11 +232,17 @@ class ServerRun:
     def _gc_rows(self, store: GcStore) -> None:
         s = self.settings
         _progress(f"{self.kind}: garbage-collect ({store.medium})")
+        if self.kind == "entrepot":
+            floor_root = store.take("floor")
+            try:
+                load = os.getloadavg()[0]
+                floor = gc.collect_floor(floor_root, store.kept, s.server_cpus)
+            finally:
+                remove_tree(floor_root)
+            self.rows["gc_floor"] = {"value": floor["safe"], "phases": floor, "loadavg": load}
+            self.rows["gc_floor_bare"] = {"value": floor["bare"]}
         root = store.take(self.kind)
         try:
-            if self.kind == "entrepot":
-                floor = gc.walk_floor(root, s.server_cpus)
-                self.rows["gc_floor"] = {"value": floor, "loadavg": os.getloadavg()[0]}
             started_load = os.getloadavg()[0]
             seconds, cpu = gc.collect(self.kind, root, store.kept, s.workdir, s.server_cpus)
             self.rows["gc"] = {"value": seconds, "loadavg": [started_load, os.getloadavg()[0]]}

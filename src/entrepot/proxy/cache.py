@@ -9,103 +9,41 @@ rate limiting, a cached tag is served stale; uncached content fails fast.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
-
-from cachetools import TLRUCache
 
 from entrepot.oci import mediatypes as mt
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.manifest import parse_manifest
 from entrepot.oci.names import validate_tag
-from entrepot.proxy.fetch import BlobFiller, FetchFailed, Spool
-from entrepot.proxy.metrics import CacheEvents
+from entrepot.proxy.cachebase import MAX_NEGATIVE, CachedFacet, ProxyCache
+from entrepot.proxy.cachedblobs import CachedBlobs
 from entrepot.proxy.referrers import UpstreamReferrers, filtered
 from entrepot.proxy.upstream_errors import (
     UpstreamError,
     UpstreamInvalid,
     UpstreamNotFound,
-    UpstreamOffline,
 )
-from entrepot.proxy.upstreams import Upstream, error_kind, translate
+from entrepot.proxy.upstreams import Upstream, error_kind
 from entrepot.registry import layout
-from entrepot.registry.api import BlobContent, BlobInfo, ManifestContent, Repository
+from entrepot.registry.api import ManifestContent, Repository
 from entrepot.registry.blobs import read_link
-from entrepot.registry.local import LocalRegistry
-from entrepot.registry.pulls import PullRecorder
 from entrepot.requestinfo import note_cache
 from entrepot.storage import StorageError, StorageNotFound
 
-if TYPE_CHECKING:  # the client (aiohttp) is imported only with upstreams
-    from entrepot.proxy.upstream_client import RemoteBlob
+__all__ = [
+    "MAX_NEGATIVE",
+    "CachedBlobs",
+    "CachedManifests",
+    "CachedTags",
+    "ProxyCache",
+    "cached_repository",
+    "pinned_marker",
+]
 
 log = logging.getLogger("entrepot.proxy")
 
 ACCEPT = (mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST)
-T = TypeVar("T")
-# Upstream 404s remembered at most (each until its negativettl ends): a client asking for
-# many missing names cannot grow memory without end.
-MAX_NEGATIVE = 10_000
-
-
-def _until_expiry(_key: object, expiry: float, _now: float) -> float:
-    return expiry
-
-
-class ProxyCache:
-    """State shared by every cached repository: the local store, in-flight work, stats."""
-
-    def __init__(
-        self,
-        local: LocalRegistry,
-        clock: Callable[[], float] = time.time,
-        events: CacheEvents | None = None,
-    ) -> None:
-        self.local = local
-        self.filler = BlobFiller()
-        self.clock = clock
-        # (event, upstream host) -> count (events: proxy/metrics.py), exported as metrics.
-        self.stats = events if events is not None else CacheEvents()
-        self._negative: TLRUCache[tuple[str, str, str], float] = TLRUCache(
-            MAX_NEGATIVE, _until_expiry, timer=time.monotonic
-        )
-        self._inflight: dict[tuple[str, ...], asyncio.Task[object]] = {}
-        # Pulls recorded for the cache's eviction (set when eviction is configured).
-        self.pulls: PullRecorder | None = None
-
-    async def once(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
-        """Run ``work`` once for all concurrent callers with the same key. The shared task
-        is shielded: one caller going away does not cancel it for the others."""
-        task = self._inflight.get(key)
-        if task is None:
-
-            async def run() -> object:
-                try:
-                    return await work()
-                finally:
-                    self._inflight.pop(key, None)
-
-            task = asyncio.create_task(run())
-            self._inflight[key] = task
-        result = await asyncio.shield(task)
-        return result  # type: ignore[return-value]
-
-    def total(self, event: str) -> int:
-        return sum(n for (name, _), n in self.stats.items() if name == event)
-
-    def remember_missing(self, key: tuple[str, str, str], ttl: float) -> None:
-        self._negative[key] = time.monotonic() + ttl
-
-    def known_missing(self, key: tuple[str, str, str]) -> bool:
-        return key in self._negative  # expired entries are not in it
-
-    async def aclose(self) -> None:
-        await self.filler.aclose()
 
 
 def pinned_marker(name: str, tag: str) -> str:
@@ -121,60 +59,7 @@ def cached_repository(cache: ProxyCache, upstream: Upstream, upstream_name: str)
     return Repository(name, blobs, manifests, tags, writes=None, namespace=upstream.host)
 
 
-class _CachedFacet:
-    """What every facet of a cached repository works with."""
-
-    def __init__(
-        self,
-        cache: ProxyCache,
-        upstream: Upstream,
-        upstream_name: str,
-        *,
-        stored_as: str | None = None,
-    ) -> None:
-        self.cache = cache
-        self.upstream = upstream
-        self.upstream_name = upstream_name
-        # Where the cached copy is stored: ``<host>/<name>``, or where registry:2 cached it.
-        self.name = stored_as or upstream.cache_name(upstream_name)
-        self._local = cache.local
-        self._driver = cache.local.driver
-        self._manifests = cache.local.manifests.of(self.name)
-        self._fetched = False  # this request fetched a manifest (else: served from cache)
-
-    def _count(self, event: str, n: int = 1) -> None:
-        self.cache.stats[(event, self.upstream.host)] += n
-
-    def _error(self, exc: UpstreamError, missing: ErrorCode, reference: str) -> RegistryError:
-        kind = error_kind(exc)
-        self._count(f"error_{kind}")
-        # One line per upstream error ("not found" and "offline" are routine: info), with
-        # the request id.
-        log.log(
-            logging.INFO if kind in ("not_found", "offline") else logging.WARNING,
-            "upstream %s: %s %s: %s: %s",
-            self.upstream.host,
-            self.upstream_name,
-            reference,
-            kind.replace("_", " "),
-            exc,
-        )
-        return translate(exc, self.upstream.host, missing, reference)
-
-    def _check_allowed(self) -> None:
-        """DENIED when the upstream's allow and deny lists refuse this name: nothing is
-        fetched, and what was cached before is not served either."""
-        self.upstream.names.check(self.upstream_name)
-
-    def _unless_offline(self, missing: ErrorCode, reference: str) -> None:
-        """The spec's "unknown" error, saying why, for content not cached while offline."""
-        reason = self.upstream.client.health.reason
-        if reason is not None:
-            offline = UpstreamOffline(reason, upstream=self.upstream.host)
-            raise self._error(offline, missing, reference)
-
-
-class CachedManifests(_CachedFacet):
+class CachedManifests(CachedFacet):
     async def get(self, reference: str) -> ManifestContent:
         self._check_allowed()
         if is_digest(reference):
@@ -344,7 +229,7 @@ class CachedManifests(_CachedFacet):
         return await self._manifests.referrers(digest, None)
 
 
-class CachedTags(_CachedFacet):
+class CachedTags(CachedFacet):
     async def list(self) -> list[str]:
         self._check_allowed()
         if self.upstream.offline:
@@ -363,120 +248,3 @@ class CachedTags(_CachedFacet):
                 log.warning("tags of %s from cache: upstream failed: %s", self.name, exc)
                 return cached
             raise self._error(exc, ErrorCode.NAME_UNKNOWN, self.upstream_name) from exc
-
-
-class CachedBlobs(_CachedFacet):
-    async def held(self, digest: Digest) -> BlobInfo | None:
-        """The blob if this cache holds it already (verified) and may serve it; never asks
-        upstream."""
-        if self.upstream.names.refusal(self.upstream_name) is not None:
-            return None
-        if await read_link(self._driver, layout.layer_link(self.name, digest)) != digest:
-            return None
-        return await self._local.blobs.stat(digest)
-
-    async def _confirm_upstream(self, digest: Digest) -> int:
-        try:
-            return await self.upstream.client.stat_blob(self.upstream_name, digest)
-        except UpstreamError as exc:
-            raise self._error(exc, ErrorCode.BLOB_UNKNOWN, str(digest)) from exc
-
-    async def _link_if_held(self, digest: Digest, size: int) -> BlobInfo | None:
-        """Bytes held for another repository serve this one once upstream confirmed them."""
-        held = await self._local.blobs.stat(digest)
-        if held is None or held.size != size:
-            return None
-        await self._local.links.write(self.name, layout.layer_link(self.name, digest), digest)
-        return held
-
-    async def stat(self, digest: Digest) -> BlobInfo:
-        self._check_allowed()
-        cached = await self.held(digest)
-        if cached is not None:
-            return cached
-        fill = self.cache.filler.active(self._fill_key(digest))
-        if fill is not None and fill.size is not None:
-            return BlobInfo(digest, fill.size)
-        self._unless_offline(ErrorCode.BLOB_UNKNOWN, str(digest))
-        size = await self._confirm_upstream(digest)
-        return await self._link_if_held(digest, size) or BlobInfo(digest, size)
-
-    async def open(self, digest: Digest) -> BlobContent:
-        self._check_allowed()
-        cached = await self.held(digest)
-        if cached is not None:
-            note_cache("hit", self.upstream.host)
-            return self._served(cached)
-        note_cache("fill", self.upstream.host)  # started here, or joined
-        key = self._fill_key(digest)
-        fill = self.cache.filler.active(key)
-        started = fill is None
-        if fill is None:
-            self._unless_offline(ErrorCode.BLOB_UNKNOWN, str(digest))
-            if await self._local.blobs.stat(digest) is not None:
-                held = await self._link_if_held(digest, await self._confirm_upstream(digest))
-                if held is not None:
-                    return self._served(held)
-            client = self.upstream.client
-            self._count("blob_fill")
-            fill = self.cache.filler.start(
-                key,
-                self._spool(digest),
-                lambda: _open_remote(client.open_blob(self.upstream_name, digest)),
-            )
-        try:
-            await fill.wait_started()
-        except FetchFailed as exc:
-            raise self._fill_failed(exc, digest) from exc
-        self._count("blob_miss")
-        if started and fill.size is not None:
-            self._count("blob_bytes_fetched", fill.size)
-        size = fill.size if fill.size is not None else -1
-        if self._driver.local_path(layout.blob_data(digest)) is None:
-            return BlobContent(BlobInfo(digest, size), None, fill.read)
-
-        async def settled() -> BlobContent | None:
-            # Sending the file costs no Python per byte, streaming the fill does: wait for
-            # the file when the fill is about to end (at most the upstream's fillwait).
-            try:
-                if not await fill.settle(self.upstream.policy.fill_wait) or fill.size is None:
-                    return None
-            except FetchFailed as exc:
-                raise self._fill_failed(exc, digest) from exc
-            return self._local.blobs.content(BlobInfo(digest, fill.size))
-
-        return BlobContent(BlobInfo(digest, size), None, fill.read, settled=settled)
-
-    def _fill_failed(self, exc: FetchFailed, digest: Digest) -> RegistryError:
-        """The spec's error for a client of a fill that failed before it sent a byte."""
-        if isinstance(exc.cause, UpstreamError):
-            return self._error(exc.cause, ErrorCode.BLOB_UNKNOWN, str(digest))
-        return RegistryError(ErrorCode.UNAVAILABLE, f"cache fill failed: {exc}")
-
-    def _served(self, blob: BlobInfo) -> BlobContent:
-        self._count("blob_hit")
-        self._count("blob_bytes_served", blob.size)
-        return self._local.blobs.content(blob)
-
-    def _fill_key(self, digest: Digest) -> tuple[str, str, Digest]:
-        return (self.upstream.host, self.upstream_name, digest)
-
-    def _spool(self, digest: Digest) -> Spool:
-        """One place per blob and repository where every process and replica filling it
-        meets (fetch.py): an upload directory of the repository, so that what a crash
-        leaves behind is a stale upload, which upload purging removes."""
-        base = layout.upload_dir(self.name, f"fill-{digest.algorithm}-{digest.encoded}")
-        link = layout.layer_link(self.name, digest)
-
-        async def link_published() -> None:
-            await self._local.links.write(self.name, link, digest)
-
-        return Spool(self._driver, f"{base}/lease", base, layout.blob_data(digest), link_published)
-
-
-@contextlib.asynccontextmanager
-async def _open_remote(
-    opening: contextlib.AbstractAsyncContextManager[RemoteBlob],
-) -> AsyncIterator[tuple[int | None, AsyncIterator[bytes]]]:
-    async with opening as remote:
-        yield remote.size, remote.chunks

@@ -1,0 +1,42 @@
+"""The bench's floor for garbage collection is a collection too: it must delete exactly
+what a collection deletes, or its time floors nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.fixtures import ROOT
+from bench.gc import write_gc_fixture
+from bench.gcfloor import collect
+
+
+def _blobs(store: Path) -> set[str]:
+    return {p.parent.name for p in Path(store, ROOT, "blobs").rglob("data")}
+
+
+def _referenced(store: Path) -> set[str]:
+    """What the tagged manifests name, read back from the store."""
+    found = set()
+    for link in Path(store, ROOT, "repositories").rglob("current/link"):
+        hexa = link.read_text().partition(":")[2]
+        doc = json.loads(Path(store, ROOT, "blobs/sha256", hexa[:2], hexa, "data").read_bytes())
+        found |= {hexa, doc["config"]["digest"][7:], *(d["digest"][7:] for d in doc["layers"])}
+    return found
+
+
+def test_the_floor_deletes_every_unreferenced_blob_and_nothing_else(tmp_path: Path) -> None:
+    kept = write_gc_fixture(tmp_path, repos=30, blobs=400)
+    before = _blobs(tmp_path)
+    referenced = _referenced(tmp_path)
+
+    times = collect(str(tmp_path))
+
+    after = _blobs(tmp_path)
+    assert after == referenced and len(after) == kept
+    assert times["deleted"] == len(before) - kept > 0
+    # Nothing left aside, no empty blob folder left behind.
+    assert not list(Path(tmp_path, ROOT, "blobs").rglob("collecting"))
+    prefixes = Path(tmp_path, ROOT, "blobs/sha256").iterdir()
+    assert all(any(folder.iterdir()) for p in prefixes for folder in p.iterdir())
+    assert times["safe"] >= times["bare"] > 0
