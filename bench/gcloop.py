@@ -53,14 +53,18 @@ class CollectorLoop:
                     return
                 if not self._go.is_set():  # paused meanwhile
                     continue
-                with self._errors.open("wb") as err:
-                    run = subprocess.Popen(
-                        self._argv,
-                        env=self._env,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                        start_new_session=True,
-                    )
+                try:
+                    with self._errors.open("wb") as err:
+                        run = subprocess.Popen(
+                            self._argv,
+                            env=self._env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=err,
+                            start_new_session=True,
+                        )
+                except OSError as e:
+                    self._failure = f"garbage-collect could not start: {e}"
+                    return
                 self._run = run
             # Wait without reaping: the run's processes stay readable in /proc until the
             # reaping below adds their CPU to _cpu_ended, under the lock.

@@ -128,3 +128,9 @@ def test_a_failed_run_stops_the_loop_with_its_message(tmp_path: Path) -> None:
         wait_for(lambda: loop.cpu_seconds() < 0, "failure")
     with pytest.raises(RuntimeError, match="no lease here"):
         loop.close()
+    missing = CollectorLoop([str(tmp_path / "no-such-program")], {}, tmp_path / "err")
+    missing.resume()
+    with pytest.raises(RuntimeError, match="could not start"):
+        wait_for(lambda: missing.cpu_seconds() < 0, "failure")
+    with pytest.raises(RuntimeError, match="could not start"):
+        missing.close()
