@@ -160,12 +160,8 @@ def paired_rows(windows: Sequence[Window], cpus: int) -> tuple[dict[str, Any], d
         pair = windows[n : n + 2]
         alone = rate([w for w in pair if not w.busy])
         ratios.append(rate([w for w in pair if w.busy]) / alone if alone else 0.0)
-    busy = [w for w in windows if w.busy]
-    idle = [w for w in windows if not w.busy]
-    busy_seconds = sum(w.load.seconds for w in busy)
-    cpu = sum(w.collector_cpu for w in busy)
     rows: list[dict[str, Any]] = []
-    for side in (idle, busy):
+    for side in ([w for w in windows if not w.busy], [w for w in windows if w.busy]):
         row: dict[str, Any] = {
             "value": rate(side),
             "windows": [w.load.as_dict() for w in side],
@@ -177,6 +173,16 @@ def paired_rows(windows: Sequence[Window], cpus: int) -> tuple[dict[str, Any], d
         rows.append(row)
     rows[1]["pair_ratios"] = [round(r, 3) for r in ratios]
     rows[1]["median_ratio"] = statistics.median(ratios) if ratios else 0.0
-    rows[1]["collector_cpu_seconds"] = cpu
-    rows[1]["collector_cpu_share"] = cpu / busy_seconds / cpus if busy_seconds else 0.0
+    collector = collector_share(windows, cpus)
+    rows[1]["collector_cpu_seconds"] = collector["cpu_seconds"]
+    rows[1]["collector_cpu_share"] = collector["value"]
     return rows[0], rows[1]
+
+
+def collector_share(windows: Sequence[Window], cpus: int) -> dict[str, Any]:
+    """The collector's CPU seconds in the busy ``windows`` / their seconds / ``cpus``."""
+    busy = [w for w in windows if w.busy]
+    seconds = sum(w.load.seconds for w in busy)
+    cpu = sum(w.collector_cpu for w in busy)
+    share = cpu / seconds / cpus if seconds else 0.0
+    return {"value": share, "cpu_seconds": cpu, "window_seconds": seconds, "cpus": cpus}

@@ -35,7 +35,7 @@ from bench.fixtures import (
     ReadFixture,
 )
 from bench.gc import GcStore
-from bench.gcloop import CollectorLoop, Window, paired_rows, window_order
+from bench.gcloop import CollectorLoop, Window, collector_share, paired_rows, window_order
 from bench.loadgen import LoadResult, lua_script, run_ab_head, run_wrk
 from bench.rawhttp import RawClient
 from bench.servers import RssSampler, Server, cpu_seconds, pss_bytes, rss_bytes, running
@@ -278,14 +278,7 @@ class ServerRun:
                     for side, row in (("idle", idle_row), ("busy", busy_row)):
                         self._paired_record(f"gc_{side}_{key}", row)
                     busy += [w for w in windows if w.busy]
-            seconds = sum(w.load.seconds for w in busy)
-            cpu = sum(w.collector_cpu for w in busy)
-            self.rows["gc_collector_cpu"] = {
-                "value": cpu / seconds / cpus if seconds else 0.0,
-                "cpu_seconds": cpu,
-                "window_seconds": seconds,
-                "cpus": cpus,
-            }
+            self.rows["gc_collector_cpu"] = collector_share(busy, cpus)
 
     def _paired_windows(self, loop: CollectorLoop, url: str, script: Path) -> list[Window]:
         """wrk in ``GC_PAIRS`` pairs of an idle and a busy window (half a row's duration

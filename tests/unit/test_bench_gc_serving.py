@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from bench import report
-from bench.gcloop import CollectorLoop, Window, paired_rows, window_order
+from bench.gcloop import CollectorLoop, Window, collector_share, paired_rows, window_order
 from bench.loadgen import LoadResult
 from bench.servers import cpu_seconds
 
@@ -69,6 +69,9 @@ def test_the_ratio_comes_from_the_sums_and_each_pair_is_kept() -> None:
     assert busy["median_ratio"] == pytest.approx(0.7)
     assert busy["collector_cpu_seconds"] == pytest.approx(1.4)
     assert busy["collector_cpu_share"] == pytest.approx(1.4 / 5.0 / 2)
+    both = collector_share([*windows, Window(True, load(1000), 0.6)], cpus=2)
+    assert both["value"] == pytest.approx(2.0 / 7.0 / 2)
+    assert both["window_seconds"] == pytest.approx(7.0)
     assert [w["requests"] for w in busy["windows"]] == [800, 900]
     assert "errors" not in busy
 
