@@ -4,12 +4,15 @@ interrupted write returns part way and the rest follows."""
 
 from __future__ import annotations
 
+import array
+import fcntl
 import marshal
 import os
 import signal
 import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -19,10 +22,12 @@ _LENGTH = struct.Struct("<I")
 FILES = 3000  # one batch of well over a pipe's 64 KiB
 
 
-def blocked_on_its_pipe(pid: int) -> bool:
-    """Whether ``pid`` sleeps in a write to a full pipe (its wait channel says so)."""
-    with open(f"/proc/{pid}/wchan") as wchan:
-        return "pipe" in wchan.read()
+def pipe_is_full(fd: int) -> bool:
+    """Whether the pipe read through ``fd`` holds all it can: its writer, writing more
+    in one call, is inside that write."""
+    waiting = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, waiting)
+    return waiting[0] >= fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
 
 
 def test_a_walk_stopped_while_it_writes_sends_every_object(tmp_path: Path) -> None:
@@ -35,12 +40,12 @@ def test_a_walk_stopped_while_it_writes_sends_every_object(tmp_path: Path) -> No
     )
     try:
         deadline = time.monotonic() + 60
-        while not blocked_on_its_pipe(walker.pid):  # nothing read yet: the pipe fills
+        assert walker.stdout is not None
+        while not pipe_is_full(walker.stdout.fileno()):  # nothing read yet: it fills
             assert time.monotonic() < deadline, "the walker never filled its pipe"
             time.sleep(0.05)
         os.kill(walker.pid, signal.SIGSTOP)
         os.kill(walker.pid, signal.SIGCONT)
-        assert walker.stdout is not None
         keys = []
         while header := walker.stdout.read(_LENGTH.size):
             body = walker.stdout.read(_LENGTH.unpack(header)[0])
