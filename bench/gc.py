@@ -15,7 +15,6 @@ import random
 import resource
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from bench.fixtures import ROOT
+from bench.gcloop import CollectorLoop
 from bench.servers import REGISTRY2_BINARY, REPO_ROOT
 
 LAYERS_PER_IMAGE = 5
@@ -134,47 +134,17 @@ def pull_paths() -> tuple[str, str]:
 
 
 @contextmanager
-def collecting(root: Path, workdir: Path, cpus: str) -> Iterator[list[float]]:
-    """``entrepot garbage-collect`` on the store at ``root``, run again and again (on the
-    server's CPUs) until the block ends, when the run under way is stopped (SIGTERM: it
-    releases the lease); yields the list of each finished run's seconds."""
+def collecting(root: Path, workdir: Path, cpus: str) -> Iterator[CollectorLoop]:
+    """``entrepot garbage-collect`` on the store at ``root``, run again and again on the
+    server's CPUs while resumed (``CollectorLoop``); when the block ends, the run under
+    way is stopped (SIGTERM: it releases the lease)."""
     config = _config(workdir / "gc-loop.yml", root)
-    done: list[float] = []
-    stop = threading.Event()
-    current: list[subprocess.Popen[bytes]] = []
-
-    def loop() -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            # A session of its own (setsid), as the server has: Linux schedules sessions
-            # as groups first, and the command, leading its session, lowers its group's
-            # priority as well as its own (cli_gc.yield_to_serving).
-            run = subprocess.Popen(
-                ["taskset", "-c", cpus, *_entrepot_gc(config)],
-                env=_entrepot_env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            current[:] = [run]
-            if stop.is_set():  # the block ended while this run started
-                run.terminate()
-            _, err = run.communicate()
-            if stop.is_set():
-                return
-            if run.returncode != 0:
-                raise RuntimeError(f"garbage-collect failed: {err.decode()[-2000:]}")
-            done.append(time.monotonic() - started)
-
-    worker = threading.Thread(target=loop, daemon=True)
-    worker.start()
+    argv = ["taskset", "-c", cpus, *_entrepot_gc(config)]
+    loop = CollectorLoop(argv, _entrepot_env(), workdir / "gc-loop.err")
     try:
-        yield done
+        yield loop
     finally:
-        stop.set()
-        for run in current:
-            run.terminate()
-        worker.join()
+        loop.close()
 
 
 def _config(path: Path, root: Path) -> Path:

@@ -396,7 +396,8 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "gc_serving_manifest",
-        "manifest GET while garbage-collect runs in a loop / idle, {conns} conns",
+        "manifest GET while garbage-collect runs in a loop / idle, {conns} conns, "
+        "idle and busy windows in turn",
         "share",
         ">= 0.8",
         lambda r, e, x: e >= 0.8,
@@ -404,10 +405,20 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "gc_serving_blob",
-        "blob GET (small) while garbage-collect runs in a loop / idle, {conns} conns",
+        "blob GET (small) while garbage-collect runs in a loop / idle, {conns} conns, "
+        "idle and busy windows in turn",
         "share",
         ">= 0.8",
         lambda r, e, x: e >= 0.8,
+        solo=True,
+    ),
+    Row(
+        "gc_collector_cpu",
+        "garbage-collect's CPU (its processes) during those busy windows / their time / "
+        "the server's CPUs",
+        "share",
+        "",
+        None,
         solo=True,
     ),
     Row(
@@ -544,6 +555,15 @@ def derive(results: dict[str, dict[str, dict[str, Any]]]) -> None:
     ):
         if part in ep and ep.get(whole, {}).get("value"):
             ep[key] = {"value": ep[part]["value"] / ep[whole]["value"]}
+    for kind in ("manifest", "blob"):  # the pairs behind the ratio (bench/gcloop.py)
+        busy, idle = ep.get(f"gc_busy_{kind}", {}), ep.get(f"gc_idle_{kind}", {})
+        if f"gc_serving_{kind}" in ep:
+            ep[f"gc_serving_{kind}"].update(
+                {k: v for k, v in busy.items() if k not in ("value", "windows", "loadavg")},
+                busy=busy["value"],
+                idle=idle["value"],
+                loadavg={"idle": idle.get("loadavg"), "busy": busy.get("loadavg")},
+            )
     # The cold pull-through cannot end before the download and the cached send.
     floor = [ep.get(k, {}).get("value", 0.0) for k in ("pull_upstream_time", "pull_cached_time")]
     if "pull_cold_time" in ep and all(floor):

@@ -247,14 +247,16 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, ended: bool = False) -> float:
     """User and system CPU time used so far by ``pid`` and its descendants (each counts
-    its threads; a process that ended is no longer counted)."""
+    its threads; a process that ended is no longer counted, unless ``ended``: then each
+    process adds the children it has waited for, so the tree's CPU counts once)."""
     ticks = 0
+    last = 15 if ended else 13  # utime, stime[, cutime, cstime]
     for p in process_tree(pid):
         fields = _stat_fields(str(p))
         if fields is not None:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            ticks += sum(int(f) for f in fields[11:last])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

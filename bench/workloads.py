@@ -11,6 +11,7 @@ very fast) cannot pass for speed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -34,12 +35,14 @@ from bench.fixtures import (
     ReadFixture,
 )
 from bench.gc import GcStore
+from bench.gcloop import CollectorLoop, Window, collector_share, paired_rows, window_order
 from bench.loadgen import LoadResult, lua_script, run_ab_head, run_wrk
 from bench.rawhttp import RawClient
 from bench.servers import RssSampler, Server, cpu_seconds, pss_bytes, rss_bytes, running
 
 GROUPS = ("read", "memory", "push", "pull", "gc", "scale", "s3")
 LATENCY_CONNECTIONS = 256  # the second latency row (the first is at --connections)
+GC_PAIRS = 4  # idle and busy windows per row of pulls while collecting
 
 
 @dataclass
@@ -250,10 +253,12 @@ class ServerRun:
             remove_tree(root)
 
     def _gc_serving_rows(self, root: Path) -> None:
-        """Manifest and blob GETs on the collected store: idle, then while ``entrepot
-        garbage-collect`` runs on it again and again (each run marks the whole store and
-        finds nothing to delete: a scheduled collection's usual run)."""
+        """Manifest and blob GETs on the collected store, in idle and busy windows in turn
+        (bench/gcloop.py), busy while ``entrepot garbage-collect`` runs on it again and
+        again (each run marks the whole store and finds nothing to delete: a scheduled
+        collection's usual run); and the collector's share of the CPUs meanwhile."""
         s = self.settings
+        cpus = len(clients.parse_cpus(s.server_cpus))
         with running(self._server(root)) as server:
             manifest, blob = (f"{server.url}{path}" for path in gc.pull_paths())
             with httpx.Client(timeout=120) as c:
@@ -263,15 +268,50 @@ class ServerRun:
             get_m = self._script("manifest-get", "GET", MANIFEST_ACCEPT)
             get = self._script("get", "GET")
             rows = (("manifest", manifest, get_m), ("blob", blob, get))
-            for key, url, script in rows:
-                self._wrk(f"gc_idle_{key}", server, url, script, s.connections)
-                self.rows[f"gc_idle_{key}"]["loadavg"] = os.getloadavg()[0]
-            with gc.collecting(root, s.workdir, s.server_cpus) as runs:
+            busy: list[Window] = []
+            with gc.collecting(root, s.workdir, s.server_cpus) as loop:
                 for key, url, script in rows:
-                    self._wrk(f"gc_busy_{key}", server, url, script, s.connections)
-                    self.rows[f"gc_busy_{key}"]["loadavg"] = os.getloadavg()[0]
-                finished = len(runs)  # and one under way
-            self.rows["gc_busy_manifest"]["collections_finished"] = finished
+                    finished = loop.finished
+                    windows = self._paired_windows(loop, url, script)
+                    idle_row, busy_row = paired_rows(windows, cpus)
+                    busy_row["collections_finished"] = loop.finished - finished
+                    for side, row in (("idle", idle_row), ("busy", busy_row)):
+                        self._paired_record(f"gc_{side}_{key}", row)
+                    busy += [w for w in windows if w.busy]
+            self.rows["gc_collector_cpu"] = collector_share(busy, cpus)
+
+    def _paired_windows(self, loop: CollectorLoop, url: str, script: Path) -> list[Window]:
+        """wrk in ``GC_PAIRS`` pairs of an idle and a busy window (half a row's duration
+        each), after a warm-up; the collector paused at the end."""
+        s = self.settings
+        load = functools.partial(
+            run_wrk,
+            url,
+            script,
+            connections=s.connections,
+            cpus=s.client_cpus,
+            threads=s.wrk_threads,
+        )
+        if s.warmup > 0:
+            load(duration=s.warmup)
+        windows = []
+        for busy in window_order(GC_PAIRS):
+            if busy:
+                loop.resume()
+            else:
+                loop.pause()
+            before = loop.cpu_seconds()
+            result = load(duration=max(1, s.duration // 2))
+            cpu = loop.cpu_seconds() - before
+            windows.append(Window(busy, result, cpu, os.getloadavg()[0]))
+        loop.pause()
+        return windows
+
+    def _paired_record(self, key: str, row: dict[str, Any]) -> None:
+        if row.get("errors"):
+            self.notes.append(f"{self.kind} {key}: wrk counted {row['errors']} errors")
+        self.rows[key] = row
+        _progress(f"  {self.kind:9} {key:16} {_fmt_progress(key, row['value'])}")
 
     def _check_read(self, server: Server) -> None:
         fx = self.shared.read

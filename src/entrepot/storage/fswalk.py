@@ -19,7 +19,7 @@ import os
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 from entrepot.storage.driver import FileInfo, Fold, Reader, StorageError, check_key
 from entrepot.storage.fsops import _MISSING, _get, _walk_folded, _walk_infos
@@ -120,11 +120,11 @@ async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
     return tail
 
 
-def _private_stdout() -> BinaryIO:
-    """The process's stdout for the rows alone: fd 1, and ``sys.stdout``, now write to
-    stderr."""
+def _private_stdout() -> int:
+    """A descriptor of the process's stdout for the rows alone: fd 1, and ``sys.stdout``,
+    now write to stderr."""
     sys.stdout.flush()
-    out = os.fdopen(os.dup(1), "wb")
+    out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return out
@@ -139,8 +139,16 @@ def main(argv: list[str]) -> None:
     out = _private_stdout()
     for batch in batches(root, _load(fold), reading):
         body = marshal.dumps(batch)
-        out.write(_LENGTH.pack(len(body)) + body)
-        out.flush()
+        _write_all(out, _LENGTH.pack(len(body)) + body)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` whole with ``os.write``: a write to a full pipe that a stop signal
+    interrupts (SIGSTOP, Ctrl-Z) returns part way, and ``sys.stdout.buffer`` then drops
+    the rest of the message (CPython 3.11), which garbled the stream."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":

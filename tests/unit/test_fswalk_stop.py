@@ -1,0 +1,57 @@
+"""A walking process (entrepot.storage.fswalk) stopped and continued (SIGSTOP then SIGCONT:
+Ctrl-Z then fg, a pause) while it waits on a full pipe sends every object still: the
+interrupted write returns part way and the rest follows."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import marshal
+import os
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+from entrepot.storage.fswalk import BATCH
+
+_LENGTH = struct.Struct("<I")
+FILES = 3000  # one batch of well over a pipe's 64 KiB
+
+
+def pipe_is_full(fd: int) -> bool:
+    """Whether the pipe read through ``fd`` holds all it can: its writer, writing more
+    in one call, is inside that write."""
+    waiting = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, waiting)
+    return waiting[0] >= fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
+def test_a_walk_stopped_while_it_writes_sends_every_object(tmp_path: Path) -> None:
+    assert FILES < BATCH  # one message: a write cut short cannot end on a boundary
+    for n in range(FILES):
+        (tmp_path / f"a-file-with-a-rather-long-name-to-fill-the-pipe-{n:05d}").touch()
+    walker = subprocess.Popen(
+        [sys.executable, "-m", "entrepot.storage.fswalk", str(tmp_path), "-"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        assert walker.stdout is not None
+        while not pipe_is_full(walker.stdout.fileno()):  # nothing read yet: it fills
+            assert time.monotonic() < deadline, "the walker never filled its pipe"
+            time.sleep(0.05)
+        os.kill(walker.pid, signal.SIGSTOP)
+        os.kill(walker.pid, signal.SIGCONT)
+        keys = []
+        while header := walker.stdout.read(_LENGTH.size):
+            body = walker.stdout.read(_LENGTH.unpack(header)[0])
+            keys += [row[0] for row in marshal.loads(body)]
+        assert walker.wait(timeout=60) == 0
+    finally:
+        walker.kill()
+        walker.wait()
+    assert len(keys) == FILES
