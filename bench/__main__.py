@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if "pull" in groups:
             shared.upstream_fill_layer = fill_layer
         if "gc" in groups:
-            where = gc.store_dir(workdir, datadir)
+            where = gc.store_dir(workdir, datadir, settings.repos)
             # Entrepot's row adds a collection of its own copy: the floor's.
             collectors = len(servers) + ("entrepot" in servers)
             shared.gc = gc.GcStore(where, settings.repos, gc_blobs, collectors)

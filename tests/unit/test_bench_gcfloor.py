@@ -4,10 +4,14 @@ what a collection deletes, or its time floors nothing."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import bench.gc
+import pytest
 from bench.fixtures import ROOT
-from bench.gc import write_gc_fixture
+from bench.gc import INODES_PER_REPO, store_dir, write_gc_fixture
 from bench.gcfloor import collect
 
 
@@ -40,3 +44,22 @@ def test_the_floor_deletes_every_unreferenced_blob_and_nothing_else(tmp_path: Pa
     prefixes = Path(tmp_path, ROOT, "blobs/sha256").iterdir()
     assert all(any(folder.iterdir()) for p in prefixes for folder in p.iterdir())
     assert times["safe"] >= times["bare"] > 0
+
+
+def test_the_inode_estimate_covers_the_store(tmp_path: Path) -> None:
+    write_gc_fixture(tmp_path, repos=100, blobs=1000)  # the bench's ten blobs a repository
+    inodes = sum(1 for _ in tmp_path.rglob("*"))
+    assert INODES_PER_REPO * 100 >= inodes > 0.9 * INODES_PER_REPO * 100
+
+
+def test_a_tmpfs_short_of_inodes_is_not_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, data = tmp_path / "work", tmp_path / "data"
+    monkeypatch.setattr(bench.gc, "medium", lambda path: "tmpfs")
+    monkeypatch.setattr(bench.gc, "_available_memory", lambda: 64 << 30)
+    free = {"inodes": 2 * INODES_PER_REPO * 10_000}
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_favail=free["inodes"]))
+    assert store_dir(work, data, 10_000) == work
+    free["inodes"] -= 1
+    assert store_dir(work, data, 10_000) == data
