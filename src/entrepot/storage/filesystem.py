@@ -293,7 +293,7 @@ class FilesystemDriver(StorageDriver):
         """The walk, and the reads ``read`` names, in a child process (see fswalk)."""
         name = fold_name(fold)
         reader = None if read is None else fold_name(read)
-        if name is None or (reader in (None, "-") and read is not None):
+        if name is None or (read is not None and reader is None):  # a closure: walked here
             async for batch in super().scan_apart(prefix, fold=fold, read=read):
                 yield batch
             return
