@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from entrepot.config import ConfigError, load_config, parse_duration
 from entrepot.lowpriority import yield_to_serving
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
+from entrepot.registry.gcpace import Pacer
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
 from entrepot.registry.lease import while_held
@@ -94,8 +95,10 @@ def garbage_collect(path: str, options: GcOptions) -> int:
             lease = await driver.try_lease(LEASE, ttl=LEASE_TTL)
             if lease is None:
                 raise LeaseHeld
+            # Rests in short pauses while other processes keep the machine busy (gcpace).
+            collector = GarbageCollector(driver, options, emit=_say, pacer=Pacer())
             try:  # the lease renews itself while held; a lapsed one stops the run
-                return await while_held(lease, GarbageCollector(driver, options, emit=_say).run())
+                return await while_held(lease, collector.run())
             finally:
                 await lease.release()
         finally:
@@ -130,14 +133,14 @@ def garbage_collect(path: str, options: GcOptions) -> int:
         )
         return 130
     if options.dry_run:
-        _say(f"dry run: nothing deleted ({result.seconds:.1f}s)")
+        _say(f"dry run: nothing deleted ({result.took})")
     else:
         _say(
             f"deleted {len(result.blobs_deleted)} blobs ({result.bytes_freed} bytes), "
             f"{len(result.manifests_deleted)} manifests, {len(result.tags_deleted)} tags, "
             f"{result.layer_links_deleted} layer links and {len(result.repositories_removed)} "
             f"empty repositories; {result.blobs_relinked} blobs kept as a push linked them "
-            f"during the sweep ({result.seconds:.1f}s)"
+            f"during the sweep ({result.took})"
         )
         if result.blobs_recovered:
             _say(f"put back {result.blobs_recovered} blobs an interrupted collection left aside")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
+from entrepot.registry.gcpace import Pacer
 from entrepot.registry.gcrecheck import recheck
 from entrepot.registry.gcscan import (
     QUARANTINE,
@@ -87,10 +88,18 @@ class GcResult:
     layer_links_deleted: int = 0
     repositories_removed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    rested: float = 0.0  # seconds of those spent resting while the machine was busy
 
     @property
     def bytes_freed(self) -> int:
         return sum(self.blobs_deleted.values())
+
+    @property
+    def took(self) -> str:
+        """How long the run took, for its summary line."""
+        if self.rested < 0.05:
+            return f"{self.seconds:.1f}s"
+        return f"{self.seconds:.1f}s, {self.rested:.1f}s of it resting as the machine was busy"
 
 
 class GarbageCollector:
@@ -100,10 +109,13 @@ class GarbageCollector:
         options: GcOptions,
         emit: Callable[[str], None] = print,
         clock: Callable[[], float] = time.time,
+        pacer: Pacer | None = None,
     ) -> None:
         self.driver = driver
         self.options = options
-        self.store = Limited(driver, options.concurrency, apart=options.apart)
+        self.pacer = pacer  # None: never rests
+        pace = None if pacer is None else pacer.pace
+        self.store = Limited(driver, options.concurrency, apart=options.apart, pace=pace)
         self.emit = emit
         self.clock = clock
         self.cutoff = 0.0  # objects with a later mtime are fresh
@@ -166,6 +178,7 @@ class GarbageCollector:
         else:
             await self._sweep(scans, unkept, doomed)
         result.seconds = time.monotonic() - started
+        result.rested = 0.0 if self.pacer is None else self.pacer.rested
         return result
 
     def _progress(self, what: str, total: int | None = None) -> Progress:
@@ -183,7 +196,7 @@ class GarbageCollector:
         folder for them (the scans do not open those folders)."""
         wanted = set(digests)
         links = [(s.name, d) for s in scans for d in s.layers & wanted]
-        infos = await self.driver.stat_many([layout.layer_link(*item) for item in links])
+        infos = await self.store.stat_many([layout.layer_link(*item) for item in links])
         return {
             link: info.mtime for link, info in zip(links, infos, strict=True) if info is not None
         }
@@ -270,7 +283,7 @@ class GarbageCollector:
             await write_journal(self.store, doomed)
         # Not synced: after a crash a blob is at either name, and both are handled.
         moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
-        moved = await self.store.driver.move_many(moves, sync=False)
+        moved = await self.store.move_many(moves, sync=False)
         quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
         rescans = await recheck(self.store, scans, unkept.keys(), self.marked_at, self.cutoff)
         if rescans is None:
@@ -284,7 +297,7 @@ class GarbageCollector:
         progress = self._progress("sweeping: blobs deleted", len(deleted))
         for start in range(0, len(deleted), _SWEEP_BATCH):
             batch = deleted[start : start + _SWEEP_BATCH]
-            await self.store.driver.delete_many([quarantine_key(d) for d in batch])
+            await self.store.delete_many([quarantine_key(d) for d in batch])
             progress.tick(len(batch))
         for digest in deleted:
             self.result.blobs_deleted[digest] = doomed[digest]
@@ -382,7 +395,7 @@ class GarbageCollector:
         # Every folder's: a link written after the mark read its folder goes too.
         links = sorted({layout.layer_link(s.name, d) for s in scans for d in s.layers & deleted})
         for start in range(0, len(links), _SWEEP_BATCH):
-            await self.store.driver.delete_many(links[start : start + _SWEEP_BATCH])
+            await self.store.delete_many(links[start : start + _SWEEP_BATCH])
         self.result.layer_links_deleted = sum(d in deleted for _, d in self.layer_links)
 
     async def _empty_repositories(

@@ -55,7 +55,7 @@ async def changed_repositories(
     scans = list(scans)
 
     async def changed(keys: list[str]) -> list[bool]:
-        infos = await store.driver.stat_many(keys)
+        infos = await store.stat_many(keys)
         return [info is not None and info.mtime >= since for info in infos]
 
     if any(await changed(sorted(_holders(s.name for s in scans)))):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Container, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,24 +28,69 @@ QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks
 _MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
 
 
-class Limited:
-    """The driver calls collection makes, at most ``limit`` of them in flight."""
+async def _no_pause() -> None:
+    return None
 
-    def __init__(self, driver: StorageDriver, limit: int, *, apart: bool = False) -> None:
+
+# Keys per bulk call (stat_many, move_many, delete_many): a pause can come between calls.
+BULK_SLICE = 1024
+
+
+class Limited:
+    """The driver calls collection makes, at most ``limit`` of them in flight, each after
+    ``pace()`` (a Pacer's: a collection rests while the machine serves)."""
+
+    def __init__(
+        self,
+        driver: StorageDriver,
+        limit: int,
+        *,
+        apart: bool = False,
+        pace: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.driver = driver
         self._slots = asyncio.Semaphore(limit)
         self.apart = apart  # the store's walks: the driver's scan_apart
+        self.pace = pace or _no_pause
 
-    def scan(
+    async def scan(
         self, prefix: str, fold: Fold, read: Reader | None = None
     ) -> AsyncGenerator[Infos, None]:
-        """With ``read``, objects may carry what it names (only apart: see scan_apart)."""
+        """With ``read``, objects may carry what it names (only apart: see scan_apart).
+        Paced between batches: a walk apart waits on its full pipe meanwhile."""
         if self.apart:
-            return self.driver.scan_apart(prefix, fold=fold, read=read)
-        return self.driver.scan(prefix, fold=fold)
+            batches = self.driver.scan_apart(prefix, fold=fold, read=read)
+        else:
+            batches = self.driver.scan(prefix, fold=fold)
+        try:
+            async for batch in batches:
+                yield batch
+                await self.pace()
+        finally:
+            await batches.aclose()
+
+    async def stat_many(self, keys: Sequence[str]) -> list[FileInfo | None]:
+        found: list[FileInfo | None] = []
+        for start in range(0, len(keys), BULK_SLICE):
+            await self.pace()
+            found += await self.driver.stat_many(keys[start : start + BULK_SLICE])
+        return found
+
+    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool) -> list[bool]:
+        moved: list[bool] = []
+        for start in range(0, len(moves), BULK_SLICE):
+            await self.pace()
+            moved += await self.driver.move_many(moves[start : start + BULK_SLICE], sync=sync)
+        return moved
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), BULK_SLICE):
+            await self.pace()
+            await self.driver.delete_many(keys[start : start + BULK_SLICE])
 
     async def children(self, prefix: str) -> list[str]:
         """``list``, with a missing prefix (or one left empty) as no children."""
+        await self.pace()
         async with self._slots:
             try:
                 return await self.driver.list(prefix)
@@ -53,6 +98,7 @@ class Limited:
                 return []
 
     async def stat(self, key: str) -> FileInfo | None:
+        await self.pace()
         async with self._slots:
             try:
                 return await self.driver.stat(key)
@@ -60,6 +106,7 @@ class Limited:
                 return None
 
     async def get(self, key: str) -> bytes | None:
+        await self.pace()
         async with self._slots:
             try:
                 return await self.driver.get_content(key)
@@ -67,6 +114,7 @@ class Limited:
                 return None
 
     async def move(self, src: str, dst: str, *, sync: bool = True) -> bool:
+        await self.pace()
         async with self._slots:
             try:
                 await self.driver.move(src, dst, sync=sync)
@@ -75,6 +123,7 @@ class Limited:
             return True
 
     async def delete(self, key: str) -> bool:
+        await self.pace()
         async with self._slots:
             try:
                 await self.driver.delete(key)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
+from entrepot.registry.gcpace import Pacer
 from entrepot.registry.gcscan import Limited
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
@@ -58,6 +59,11 @@ class GcMetrics:
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")),
             registry=registry,
         )
+        self.rested = Counter(
+            "entrepot_gc_rested_seconds",
+            "Seconds garbage collection spent resting while the machine was busy serving.",
+            registry=registry,
+        )
         self.last_run = Gauge(
             "entrepot_gc_last_run_timestamp_seconds",
             "When the last garbage collection finished (Unix time).",
@@ -73,6 +79,7 @@ class GcMetrics:
         self.deleted.labels("repository").inc(len(result.repositories_removed))
         self.freed.inc(result.bytes_freed)
         self.duration.observe(result.seconds)
+        self.rested.inc(result.rested)
         self.last_run.set(time.time())
 
 
@@ -83,14 +90,14 @@ def summary(result: GcResult, dry_run: bool = False) -> str:
             f"garbage collection (dry run): would delete {len(result.blobs_eligible)} blobs "
             f"({sum(result.blobs_eligible.values())} bytes), {len(result.manifests_eligible)} "
             f"manifests, {len(result.tags_eligible)} tags and "
-            f"{len(result.repositories_removed)} repositories in {result.seconds:.1f}s"
+            f"{len(result.repositories_removed)} repositories in {result.took}"
         )
     recovered = f"; {result.blobs_recovered} blobs put back" if result.blobs_recovered else ""
     return (
         f"garbage collection: deleted {len(result.blobs_deleted)} blobs "
         f"({result.bytes_freed} bytes), {len(result.manifests_deleted)} manifests, "
         f"{len(result.tags_deleted)} tags, {result.layer_links_deleted} layer links and "
-        f"{len(result.repositories_removed)} empty repositories in {result.seconds:.1f}s; "
+        f"{len(result.repositories_removed)} empty repositories in {result.took}; "
         f"{result.blobs_relinked} blobs kept as a push linked them during the sweep{recovered}"
     )
 
@@ -163,7 +170,9 @@ class ScheduledCollector:
             await lease.release()
 
     async def _collect(self, lease: Lease) -> GcResult | None:
-        collector = GarbageCollector(self.driver, self.options, emit=log.debug, clock=self.clock)
+        collector = GarbageCollector(
+            self.driver, self.options, emit=log.debug, clock=self.clock, pacer=Pacer()
+        )
         try:
             # The lease renews itself; a run whose lease lapses stops at once.
             result = await while_held(lease, collector.run())
