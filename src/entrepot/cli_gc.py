@@ -23,6 +23,7 @@ from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
 from entrepot.registry.lease import while_held
 from entrepot.storage import LeaseLost, StorageError
+from entrepot.storage.fswalk import walks_stopped
 
 COMMAND = "garbage-collect"
 _T = TypeVar("_T")
@@ -96,7 +97,8 @@ def garbage_collect(path: str, options: GcOptions) -> int:
             if lease is None:
                 raise LeaseHeld
             # Rests in short pauses while other processes keep the machine busy (gcpace).
-            collector = GarbageCollector(driver, options, emit=_say, pacer=Pacer())
+            pacer = Pacer(during_rest=walks_stopped)  # the walk processes rest too
+            collector = GarbageCollector(driver, options, emit=_say, pacer=pacer)
             try:  # the lease renews itself while held; a lapsed one stops the run
                 return await while_held(lease, collector.run())
             finally:

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from entrepot.storage.fswalk import BATCH
+from entrepot.storage.fswalk import BATCH, _walkers, walk_apart, walks_stopped
 
 _LENGTH = struct.Struct("<I")
 FILES = 3000  # one batch of well over a pipe's 64 KiB
@@ -55,3 +56,34 @@ def test_a_walk_stopped_while_it_writes_sends_every_object(tmp_path: Path) -> No
         walker.kill()
         walker.wait()
     assert len(keys) == FILES
+
+
+def process_state(pid: int) -> str:
+    """R, S, T (stopped)...: the state letter in /proc/PID/stat."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rfind(")") + 2]
+
+
+def settles_at(pid: int, wanted: Callable[[str], bool]) -> bool:
+    """Whether the process's state is soon ``wanted`` (a signal arrives asynchronously)."""
+    deadline = time.monotonic() + 10
+    while not wanted(process_state(pid)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def test_a_resting_collection_stops_its_walks_and_continues_them(tmp_path: Path) -> None:
+    for n in range(3 * BATCH):  # batches enough that the walk is still running after one
+        (tmp_path / f"f{n:06d}").touch()
+    walk = walk_apart(str(tmp_path), "-")
+    keys = [info.key for info in await anext(walk)]
+    (walker,) = _walkers
+    with walks_stopped():
+        assert settles_at(walker.pid, lambda state: state == "T")
+    assert settles_at(walker.pid, lambda state: state != "T")
+    async for batch in walk:
+        keys += [info.key for info in batch]
+    assert len(keys) == 3 * BATCH
+    assert not _walkers  # ended: forgotten, and never signalled again

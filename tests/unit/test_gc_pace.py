@@ -21,6 +21,7 @@ from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcpace import Pacer, machine_busy_seconds, process_tree_cpu
 from entrepot.registry.gcscan import BULK_SLICE, Limited
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.fswalk import walks_stopped
 from tests.unit.test_gc import LATER, layer, manifest
 
 
@@ -54,7 +55,7 @@ class Machine:
             cpus=self.cpus,
             clock=self.clock,
             sleep=self.sleep,
-            **kwargs,
+            **kwargs,  # type: ignore[arg-type]
         )
 
     async def work(self, pacer: Pacer, seconds: float, step: float = 0.01) -> None:
@@ -251,3 +252,5 @@ def test_the_command_and_the_schedule_collect_with_a_pacer(
 
     assert len(pacers) == 2
     assert all(isinstance(p, Pacer) for p in pacers)
+    command, _ = pacers
+    assert command.during_rest is walks_stopped  # type: ignore[attr-defined]  # its walks rest too

@@ -20,6 +20,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Collection
+from contextlib import AbstractContextManager
 
 __all__ = ["Pacer", "machine_busy_seconds", "process_tree_cpu"]
 
@@ -98,6 +99,7 @@ class Pacer:
         cpus: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        during_rest: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         work: float = WORK,
         rest: float = REST,
         sample: float = SAMPLE,
@@ -105,6 +107,7 @@ class Pacer:
         self._own_cpu, self._busy_seconds = own_cpu, busy_seconds
         self._cpus = cpus or len(_usable_cpus())
         self._clock, self._sleep = clock, sleep
+        self.during_rest = during_rest  # e.g. the collection's walk processes stopped
         self._work, self._rest, self._sample = work, rest, sample
         self.busy = False
         self.rested = 0.0  # seconds spent resting, for the summary line
@@ -145,4 +148,5 @@ class Pacer:
             self._rest_until = now + self._rest
             self._burst_began = self._rest_until
             self.rested += self._rest
-            await self._sleep(self._rest)
+            with self.during_rest():
+                await self._sleep(self._rest)

@@ -16,6 +16,7 @@ import importlib
 import itertools
 import marshal
 import os
+import signal
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -94,6 +95,7 @@ async def walk_apart(
     assert child.stdout is not None and child.stderr is not None
     # Read while the rows come: a child that fills the stderr pipe would wait for it.
     errors = asyncio.ensure_future(_tail(child.stderr))
+    walker = _Walker(child.pid)
     try:
         while header := await child.stdout.read(_LENGTH.size):
             if len(header) < _LENGTH.size:
@@ -103,6 +105,7 @@ async def walk_apart(
         err = await errors
         await child.wait()
     finally:
+        walker.close()
         if child.returncode is None:  # stopped early or cancelled: the rest is not wanted
             child.kill()
             await child.wait()
@@ -110,6 +113,49 @@ async def walk_apart(
     if child.returncode != 0:
         tail = err.decode(errors="replace").strip()[-500:]
         raise StorageError(f"walking {root} in a child process failed: {tail}")
+
+
+class _Walker:
+    """A running walk child, by a pidfd where there is one: a signal to it can never reach
+    another process that took its pid once it ended."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self.fd = os.pidfd_open(pid)
+        if self.fd is not None:
+            _walkers.add(self)
+
+    def signal(self, signum: int) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):  # ended meanwhile
+                signal.pidfd_send_signal(self.fd, signum)
+
+    def close(self) -> None:
+        _walkers.discard(self)
+        if self.fd is not None:
+            self.signal(signal.SIGCONT)  # stopped by walks_stopped, killed below or ended
+            os.close(self.fd)
+            self.fd = None
+
+
+_walkers: set[_Walker] = set()
+
+
+@contextlib.contextmanager
+def walks_stopped() -> Iterator[None]:
+    """Every walk child of this process stopped (SIGSTOP) for the block: a collection that
+    rests on a busy machine rests its walks too (they would walk on until their pipe is
+    full). Where pidfds are missing, the walks go on."""
+    stopped = list(_walkers)
+    for walker in stopped:
+        walker.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for walker in stopped:
+            walker.signal(signal.SIGCONT)
 
 
 async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
