@@ -24,13 +24,26 @@ _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
 )
 
 
+# Requests this process began and ended: a scheduled garbage collection rests while its
+# worker serves (registry/gcpace.py).
+_counts = [0, 0]
+
+
 def begin(request_id: str) -> tuple[RequestInfo, contextvars.Token[RequestInfo | None]]:
     info = RequestInfo(request_id)
+    _counts[0] += 1
     return info, _current.set(info)
 
 
 def end(token: contextvars.Token[RequestInfo | None]) -> None:
+    _counts[1] += 1
     _current.reset(token)
+
+
+def serving() -> tuple[int, int]:
+    """(requests this process began so far, requests in flight now)."""
+    begun, ended = _counts
+    return begun, begun - ended
 
 
 def current_request_id() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
+from entrepot import requestinfo
 from entrepot.config import CONFIG_ENV, METRICS_DIR_ENV, Config, load_config
 from entrepot.heap import keep_heap_for_bodies
 from entrepot.http.accesslog import flush_access_lines
@@ -47,6 +49,7 @@ from entrepot.proxy.ratelimit import RateBudget
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.gc import GcOptions
+from entrepot.registry.gcpace import Pacer
 from entrepot.registry.gcschedule import GcMetrics, ScheduledCollector
 from entrepot.registry.health import StorageHealthCheck
 from entrepot.registry.local import LocalRegistry
@@ -71,7 +74,11 @@ def scheduled_collector(
         grace=settings.grace_s,
         rules=retention_rules(config),
     )
-    return ScheduledCollector(driver, settings.interval_s, options, GcMetrics(registry))
+    # It rests while its worker serves, as while other processes keep the CPUs busy.
+    pacer = functools.partial(Pacer, served=requestinfo.serving)
+    return ScheduledCollector(
+        driver, settings.interval_s, options, GcMetrics(registry), pacer=pacer
+    )
 
 
 def create_upstreams(config: Config, metrics: ProxyMetrics | None = None) -> list[Upstream]:

@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from starlette.testclient import TestClient
 
-from entrepot import cli_gc
+from entrepot import cli_gc, root
 from entrepot.cli import main
+from entrepot.config import load_config
 from entrepot.registry import gcschedule
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcpace import Pacer, machine_busy_seconds, process_tree_cpu
@@ -48,15 +51,15 @@ class Machine:
         self.slept.append(round(seconds, 3))
         self.now += seconds
 
-    def pacer(self, **kwargs: float) -> Pacer:
-        return Pacer(
-            self.own_cpu,
-            busy_seconds=self.busy_seconds,
-            cpus=self.cpus,
-            clock=self.clock,
-            sleep=self.sleep,
-            **kwargs,  # type: ignore[arg-type]
-        )
+    def pacer(self, **kwargs: Any) -> Pacer:
+        """A Pacer on this machine; ``kwargs`` add to or replace its readings."""
+        readings: dict[str, Any] = {
+            "busy_seconds": self.busy_seconds,
+            "cpus": self.cpus,
+            "clock": self.clock,
+            "sleep": self.sleep,
+        }
+        return Pacer(self.own_cpu, **(readings | kwargs))
 
     async def work(self, pacer: Pacer, seconds: float, step: float = 0.01) -> None:
         """``seconds`` of work in ``step`` pieces, pacing before each."""
@@ -108,15 +111,82 @@ async def test_it_works_at_full_speed_again_once_the_load_is_gone() -> None:
 
 async def test_without_a_reading_of_the_cpus_it_never_rests() -> None:
     machine = Machine(others=2.0)
-    pacer = Pacer(
-        machine.own_cpu,
-        busy_seconds=lambda: None,
-        cpus=2,
-        clock=machine.clock,
-        sleep=machine.sleep,
-    )
+    pacer = machine.pacer(busy_seconds=lambda: None)
     await machine.work(pacer, 3.0)
     assert machine.slept == []
+
+
+class Worker:
+    """A server worker's requests, as ``requestinfo.serving`` counts them."""
+
+    def __init__(self) -> None:
+        self.begun = self.in_flight = 0
+
+    def served(self) -> tuple[int, int]:
+        return self.begun, self.in_flight
+
+
+async def test_a_worker_serving_requests_is_busy_though_the_cpus_say_idle() -> None:
+    # One worker, its clients elsewhere: its serving is in its own CPU, the collection's.
+    machine, worker = Machine(others=0.0, own=1.0), Worker()
+    pacer = machine.pacer(served=worker.served)
+    await machine.work(pacer, 1.0)
+    assert machine.slept == []  # no request yet: full speed
+    for _ in range(20):  # a request every 0.1 s
+        worker.begun += 1
+        await machine.work(pacer, 0.1)
+    assert pacer.busy
+    assert len(machine.slept) >= 5
+    resting = len(machine.slept)
+    await machine.work(pacer, 2.0)  # the requests stopped: full speed again
+    assert not pacer.busy
+    assert len(machine.slept) <= resting + 2
+
+
+async def test_a_long_request_in_flight_keeps_the_worker_busy() -> None:
+    machine, worker = Machine(others=0.0), Worker()
+    pacer = machine.pacer(served=worker.served)
+    worker.begun, worker.in_flight = 1, 1  # a large blob GET, begun before the run
+    await machine.work(pacer, 2.0)
+    assert pacer.busy
+    assert len(machine.slept) >= 5
+
+
+async def test_a_worker_is_busy_by_its_requests_where_the_cpus_cannot_be_read() -> None:
+    machine, worker = Machine(others=0.0), Worker()
+    pacer = machine.pacer(busy_seconds=lambda: None, served=worker.served)
+    worker.in_flight = 1
+    await machine.work(pacer, 2.0)
+    assert len(machine.slept) >= 5
+
+
+def test_the_servers_collection_rests_while_its_own_worker_serves(tmp_path: Path) -> None:
+    (tmp_path / "config.yml").write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n"
+        "garbagecollect:\n  interval: 1h\n"
+    )
+    config = load_config(tmp_path / "config.yml")
+    collector = root.scheduled_collector(
+        config, FilesystemDriver(tmp_path / "r"), CollectorRegistry()
+    )
+    assert collector is not None
+    machine = Machine(others=0.0, own=1.0)
+    pacer = collector.pacer(  # type: ignore[call-arg]
+        machine.own_cpu, busy_seconds=machine.busy_seconds, clock=machine.clock, sleep=machine.sleep
+    )
+
+    async def work_while(pulls: int) -> None:
+        for _ in range(10):
+            for _ in range(pulls):
+                assert client.get("/v2/").status_code == 200
+            await machine.work(pacer, 0.1)
+
+    with TestClient(root.create_app(config)) as client:
+        asyncio.run(work_while(pulls=0))
+        assert machine.slept == []
+        asyncio.run(work_while(pulls=3))
+        assert len(machine.slept) >= 3
 
 
 async def test_tasks_that_come_while_it_rests_rest_too() -> None:

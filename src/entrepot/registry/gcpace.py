@@ -8,9 +8,12 @@ quarters of the time while others are busy makes it four times slower there, and
 an idle machine's collection at full speed.
 
 Busy: in the last ``SAMPLE`` seconds, everything but the collection's process (and its
-children) kept more than a quarter of the CPUs it may run on busy (/proc/stat). A server's
-scheduled collection runs in a worker that serves too: the load it sees is the other
-workers' and other processes'. Where /proc/stat cannot be read, a collection never rests.
+children) kept more than a quarter of the CPUs it may run on busy (/proc/stat), or, for a
+server's scheduled collection, the worker it runs in served: its serving is in the
+process's own CPU, which cannot be told from the collection's, so a worker that began a
+request since the last look, or has one in flight, counts as busy (``served``: with one
+worker and its clients on other machines the CPUs alone never said so). Where /proc/stat
+cannot be read, only ``served`` makes a collection rest.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class Pacer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         during_rest: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        served: Callable[[], tuple[int, int]] | None = None,
         work: float = WORK,
         rest: float = REST,
         sample: float = SAMPLE,
@@ -108,6 +112,8 @@ class Pacer:
         self._cpus = cpus or len(_usable_cpus())
         self._clock, self._sleep = clock, sleep
         self.during_rest = during_rest  # e.g. the collection's walk processes stopped
+        # (requests begun so far, requests in flight) by the process the collection runs in
+        self.served = served
         self._work, self._rest, self._sample = work, rest, sample
         self.busy = False
         self.rested = 0.0  # seconds spent resting, for the summary line
@@ -116,24 +122,26 @@ class Pacer:
         self._last = self._reading()
         self._next_sample = self._burst_began + sample
 
-    def _reading(self) -> tuple[float, float, float] | None:
-        busy = self._busy_seconds()
-        return None if busy is None else (self._clock(), busy, self._own_cpu())
+    def _reading(self) -> tuple[float, float | None, float, int]:
+        """(when, the CPUs' busy seconds or None, own CPU seconds, requests begun)."""
+        begun = self.served()[0] if self.served is not None else 0
+        return self._clock(), self._busy_seconds(), self._own_cpu(), begun
 
     def _look(self, now: float) -> None:
-        """Whether the machine is busy, from what others used since the last look."""
+        """Whether the machine is busy, from what others used since the last look and
+        what the collection's own process served."""
         self._next_sample = now + self._sample
-        if self._last is None:
-            return
-        reading = self._reading()
-        if reading is None:
-            return
-        (t0, busy0, own0), (t1, busy1, own1) = self._last, reading
+        (t0, busy0, own0, begun0), reading = self._last, self._reading()
+        t1, busy1, own1, begun1 = reading
         self._last = reading
         if t1 - t0 <= 0:
             return
-        others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
-        was_busy, self.busy = self.busy, others > self._cpus * BUSY_SHARE
+        cpus_busy = False
+        if busy0 is not None and busy1 is not None:
+            others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+            cpus_busy = others > self._cpus * BUSY_SHARE
+        serving = self.served is not None and (begun1 != begun0 or self.served()[1] > 0)
+        was_busy, self.busy = self.busy, cpus_busy or serving
         if self.busy and not was_busy:
             self._burst_began = now
 

@@ -110,8 +110,10 @@ class ScheduledCollector:
         options: GcOptions,
         metrics: GcMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        pacer: Callable[[], Pacer] = Pacer,
     ) -> None:
         self.driver = driver
+        self.pacer = pacer  # a new one per run; the server's sees what its worker serves
         self.interval = interval
         self.options = options
         self.metrics = metrics
@@ -171,7 +173,7 @@ class ScheduledCollector:
 
     async def _collect(self, lease: Lease) -> GcResult | None:
         collector = GarbageCollector(
-            self.driver, self.options, emit=log.debug, clock=self.clock, pacer=Pacer()
+            self.driver, self.options, emit=log.debug, clock=self.clock, pacer=self.pacer()
         )
         try:
             # The lease renews itself; a run whose lease lapses stops at once.
