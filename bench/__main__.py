@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tmpdir",
         type=Path,
-        default=_default_tmpdir(),
+        default=fixtures.default_tmpdir(),
         help="fixtures (the read-only data both servers serve, the layer files), "
         "logs (default /dev/shm when it is a writable tmpfs, else /tmp)",
     )
@@ -97,13 +97,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p
-
-
-def _default_tmpdir() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 4 << 30:
-        return shm
-    return Path(tempfile.gettempdir())
 
 
 def _check_tools(profile: bool, groups: tuple[str, ...]) -> list[str]:

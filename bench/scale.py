@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 
 from bench import fixtures, servers
-from bench.__main__ import _default_tmpdir
 from bench.servers import Server, rss_bytes
 from bench.workloads import remove_tree
 
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tags", type=int, default=10_000, help="tags of bench/app")
     p.add_argument("--probes", type=int, default=8, help="first pages after the first")
     p.add_argument("--servers", default=",".join(KINDS))
-    p.add_argument("--tmpdir", type=Path, default=_default_tmpdir())
+    p.add_argument("--tmpdir", type=Path, default=fixtures.default_tmpdir())
     p.add_argument(
         "--compare",
         type=Path,
