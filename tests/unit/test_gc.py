@@ -18,7 +18,8 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
-from entrepot.registry.gcscan import Limited, scan_repository, scan_store
+from entrepot.registry.gcscan import scan_repository, scan_store
+from entrepot.registry.storecalls import Limited
 from entrepot.storage import StorageDriver, StorageNotFound
 from entrepot.storage.driver import Fold, Infos, Moved
 from entrepot.storage.filesystem import FilesystemDriver

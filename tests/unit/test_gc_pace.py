@@ -22,7 +22,7 @@ from entrepot.config import load_config
 from entrepot.registry import gcschedule
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcpace import Pacer, machine_busy_seconds, process_tree_cpu
-from entrepot.registry.gcscan import BULK_SLICE, Limited
+from entrepot.registry.storecalls import BULK_SLICE, Limited
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.fswalk import walks_stopped
 from tests.unit.test_gc import LATER, layer, manifest

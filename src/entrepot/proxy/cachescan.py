@@ -21,16 +21,10 @@ from dataclasses import dataclass, field
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.gc import keep_closure
-from entrepot.registry.gcscan import (
-    Limited,
-    ManifestRefs,
-    RepoScan,
-    each,
-    find_repositories,
-    read_refs,
-    scan_repository,
-)
+from entrepot.registry.gcrefs import ManifestRefs, read_refs
+from entrepot.registry.gcscan import RepoScan, find_repositories, scan_repository
 from entrepot.registry.pulls import DigestPulls
+from entrepot.registry.storecalls import Limited, each
 
 UPLOAD_GRACE = 3600.0  # an upload written to this recently is in progress
 

@@ -28,21 +28,17 @@ from entrepot.registry import layout
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcpace import Pacer
 from entrepot.registry.gcrecheck import recheck
+from entrepot.registry.gcrefs import ManifestRefs, keep_closure, read_refs
 from entrepot.registry.gcscan import (
-    QUARANTINE,
     Blobs,
-    Limited,
-    ManifestRefs,
     Progress,
     RepoScan,
-    each,
     find_blobs,
-    keep_closure,
-    read_refs,
     scan_repository,
     scan_store,
 )
 from entrepot.registry.quarantine import (
+    QUARANTINE,
     close_journal,
     quarantine_key,
     recover,
@@ -50,6 +46,7 @@ from entrepot.registry.quarantine import (
     write_journal,
 )
 from entrepot.registry.retention import RetentionPlan, RetentionRule, plan_retention
+from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import StorageDriver
 
 __all__ = ["QUARANTINE", "GarbageCollector", "GcOptions", "GcResult", "keep_closure"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from entrepot.registry import layout
-from entrepot.registry.gcscan import Limited, RepoScan, each, scan_repository
+from entrepot.registry.gcscan import RepoScan, scan_repository
+from entrepot.registry.storecalls import Limited, each
 
 # A folder changed this long before the mark began counts as changed: timestamps coarser
 # than the clock, a file server's clock a little off.

@@ -6,200 +6,21 @@ the same on a local disk and on object storage.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Container, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from entrepot.oci.digest import Digest
-from entrepot.oci.errors import RegistryError
 from entrepot.registry import layout
+from entrepot.registry.gcrefs import ManifestRefs, manifest_refs, read_refs
 from entrepot.registry.segments import holds_bytes
-from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
-from entrepot.storage.driver import Fold, Infos, Reader
-
-T = TypeVar("T")
-R = TypeVar("R")
+from entrepot.registry.storecalls import Limited, digest_at, each, link_digest
+from entrepot.storage import FileInfo
+from entrepot.storage.driver import Fold
 
 # Each blob found, with its ``data``'s size and mtime (None: no ``data``).
 Blobs = dict[Digest, FileInfo | None]
-QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks it
 _MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
-
-
-async def _no_pause() -> None:
-    return None
-
-
-# Keys per bulk call (stat_many, move_many, delete_many): a pause can come between calls.
-BULK_SLICE = 1024
-
-
-class Limited:
-    """The driver calls collection makes, at most ``limit`` of them in flight, each after
-    ``pace()`` (a Pacer's: a collection rests while the machine serves)."""
-
-    def __init__(
-        self,
-        driver: StorageDriver,
-        limit: int,
-        *,
-        apart: bool = False,
-        pace: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self.driver = driver
-        self._slots = asyncio.Semaphore(limit)
-        self.apart = apart  # the store's walks: the driver's scan_apart
-        self.pace = pace or _no_pause
-
-    async def scan(
-        self, prefix: str, fold: Fold, read: Reader | None = None
-    ) -> AsyncGenerator[Infos, None]:
-        """With ``read``, objects may carry what it names (only apart: see scan_apart).
-        Paced between batches: a walk apart waits on its full pipe meanwhile."""
-        if self.apart:
-            batches = self.driver.scan_apart(prefix, fold=fold, read=read)
-        else:
-            batches = self.driver.scan(prefix, fold=fold)
-        try:
-            async for batch in batches:
-                yield batch
-                await self.pace()
-        finally:
-            await batches.aclose()
-
-    async def stat_many(self, keys: Sequence[str]) -> list[FileInfo | None]:
-        found: list[FileInfo | None] = []
-        for start in range(0, len(keys), BULK_SLICE):
-            await self.pace()
-            found += await self.driver.stat_many(keys[start : start + BULK_SLICE])
-        return found
-
-    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool) -> list[bool]:
-        moved: list[bool] = []
-        for start in range(0, len(moves), BULK_SLICE):
-            await self.pace()
-            moved += await self.driver.move_many(moves[start : start + BULK_SLICE], sync=sync)
-        return moved
-
-    async def delete_many(self, keys: Sequence[str]) -> None:
-        for start in range(0, len(keys), BULK_SLICE):
-            await self.pace()
-            await self.driver.delete_many(keys[start : start + BULK_SLICE])
-
-    async def children(self, prefix: str) -> list[str]:
-        """``list``, with a missing prefix (or one left empty) as no children."""
-        await self.pace()
-        async with self._slots:
-            try:
-                return await self.driver.list(prefix)
-            except StorageNotFound:
-                return []
-
-    async def stat(self, key: str) -> FileInfo | None:
-        await self.pace()
-        async with self._slots:
-            try:
-                return await self.driver.stat(key)
-            except StorageNotFound:
-                return None
-
-    async def get(self, key: str) -> bytes | None:
-        await self.pace()
-        async with self._slots:
-            try:
-                return await self.driver.get_content(key)
-            except StorageNotFound:
-                return None
-
-    async def move(self, src: str, dst: str, *, sync: bool = True) -> bool:
-        await self.pace()
-        async with self._slots:
-            try:
-                await self.driver.move(src, dst, sync=sync)
-            except StorageNotFound:
-                return False
-            return True
-
-    async def delete(self, key: str) -> bool:
-        await self.pace()
-        async with self._slots:
-            try:
-                await self.driver.delete(key)
-            except StorageNotFound:
-                return False
-            return True
-
-    async def digests(self, prefix: str) -> set[Digest]:
-        """The digests named by ``<prefix>/<algorithm>/<encoded>`` directories."""
-        found: set[Digest] = set()
-        for algorithm in await self.children(prefix):
-            for encoded in await self.children(f"{prefix}/{algorithm}"):
-                digest = parse_digest(f"{algorithm}:{encoded}")
-                if digest is not None:
-                    found.add(digest)
-        return found
-
-    async def linked(self, prefix: str) -> dict[Digest, float]:
-        """The digests under ``prefix`` (as ``digests``) whose ``link`` file exists, with its
-        mtime: registry:2 deletes a manifest by removing the link and keeps the folder."""
-        found: dict[Digest, float] = {}
-        for digest in await self.digests(prefix):
-            info = await self.stat(f"{prefix}/{digest.algorithm}/{digest.encoded}/link")
-            if info is not None:
-                found[digest] = info.mtime
-        return found
-
-    async def read_link(self, key: str) -> Digest | None:
-        raw = await self.get(key)
-        return None if raw is None else _link_digest(raw)
-
-
-def _link_digest(raw: bytes) -> Digest | None:
-    return parse_digest(raw.decode("ascii", "replace").strip())
-
-
-# Items ``each`` works on at once: more than the storage calls in flight (the driver
-# wrapper bounds those), few enough that 100,000 items cost no task each.
-_EACH_AT_ONCE = 128
-
-
-async def each(items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
-    """``work`` on every item, many at once, the results in the items' order."""
-    todo = list(enumerate(items))
-    results: list[R] = [None] * len(todo)  # type: ignore[list-item]  # each filled below
-    queue = iter(todo)
-
-    async def worker() -> None:
-        for index, item in queue:
-            results[index] = await work(item)
-
-    await asyncio.gather(*(worker() for _ in range(min(_EACH_AT_ONCE, len(todo)))))
-    return results
-
-
-def parse_digest(text: str) -> Digest | None:
-    algorithm, colon, encoded = text.partition(":")
-    found = digest_at(algorithm, encoded) if colon else None
-    if found is not None:  # the common case, without Digest.parse's regular expressions
-        return found
-    try:
-        return Digest.parse(text)
-    except RegistryError:
-        return None
-
-
-# The registered algorithms' hex lengths: a folder name is checked as Digest.parse would,
-# without its regular expressions (a collection checks a few hundred thousand).
-_HEX_LENGTH = {"sha256": 64, "sha512": 128}
-
-
-def digest_at(algorithm: str, encoded: str) -> Digest | None:
-    """The digest ``<algorithm>/<encoded>`` folders name, or None."""
-    if _HEX_LENGTH.get(algorithm) != len(encoded) or encoded.strip("0123456789abcdef"):
-        return None
-    return Digest.trusted(algorithm, encoded)
 
 
 async def find_repositories(store: Limited) -> list[str]:
@@ -370,7 +191,7 @@ class _Scanner:
                 if n == 5 and parts[3] == "current" and parts[4] == "link":
                     if info.data is None:  # not read yet, or missing: read (again)
                         self.unread_tags.append((name, parts[2]))
-                    elif (digest := _link_digest(info.data)) is not None:
+                    elif (digest := link_digest(info.data)) is not None:
                         scan.tags[parts[2]] = digest
         elif marker == "_layers" and n == 3 + (not info.is_dir):
             digest = digest_at(parts[1], parts[2])
@@ -480,75 +301,6 @@ async def scan_repository(
     return (await scanner.finish(store))[name]
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestRefs:
-    """What a stored manifest points at: ``references`` as registry:2's ``References()``
-    (config and layers, an index's children, a schema1 manifest's layers), ``children``
-    (an index's manifests) and ``subject`` (the manifest it refers to)."""
-
-    references: frozenset[Digest]
-    children: tuple[Digest, ...]
-    subject: Digest | None
-
-
-NO_REFS = ManifestRefs(frozenset(), (), None)
-
-
-def manifest_refs(raw: bytes) -> ManifestRefs:
-    """Leniently: garbage collection must not stop at a manifest another registry accepted."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return NO_REFS
-    if not isinstance(body, dict):
-        return NO_REFS
-
-    def digests_of(value: Any, key: str = "digest") -> list[Digest]:
-        items = value if isinstance(value, list) else [value]
-        found = []
-        for item in items:
-            text = item.get(key) if isinstance(item, dict) else None
-            digest = parse_digest(text) if isinstance(text, str) else None
-            if digest is not None:
-                found.append(digest)
-        return found
-
-    children = digests_of(body.get("manifests", []))
-    references = [
-        *digests_of(body.get("config")),
-        *digests_of(body.get("layers", [])),
-        *children,
-        *digests_of(body.get("fsLayers", []), "blobSum"),
-    ]
-    subject = digests_of(body.get("subject"))
-    return ManifestRefs(frozenset(references), tuple(children), subject[0] if subject else None)
-
-
-async def read_refs(
-    store: Limited,
-    digests: Iterable[Digest],
-    known: dict[Digest, ManifestRefs],
-    aside: Container[Digest] = (),
-    *,
-    settle_missing: bool = True,
-) -> None:
-    """Add the references of every manifest in ``digests`` not in ``known`` yet (each
-    manifest's bytes are read once, however many repositories link it); one in ``aside``
-    (the sweep's quarantine) is read there when its ``data`` is not back. One without
-    bytes has none, or without ``settle_missing`` is left out (read again later)."""
-
-    async def read(digest: Digest) -> None:
-        raw = await store.get(layout.blob_data(digest))
-        if raw is None and digest in aside:
-            raw = await store.get(f"{layout.blob_dir(digest)}/{QUARANTINE}")
-        if raw is not None:
-            known[digest] = manifest_refs(raw)
-        elif settle_missing:
-            known[digest] = NO_REFS
-
-    await each([d for d in set(digests) if d not in known], read)
-
-
 class Progress:
     """A line every few seconds on a long run: ``<what>: done/total`` (or ``done``)."""
 
@@ -566,27 +318,3 @@ class Progress:
             self.last = time.monotonic()
             total = "" if self.total is None else f"/{self.total}"
             self.emit(f"{self.what}: {self.done}{total}")
-
-
-def keep_closure(
-    valid: set[Digest], roots: Iterable[Digest], refs: dict[Digest, ManifestRefs]
-) -> set[Digest]:
-    """The manifests of one repository kept from ``roots``: with their index children and
-    their referrers (manifests whose ``subject`` is kept), transitively."""
-    referrers: dict[Digest, list[Digest]] = {}
-    for digest in valid:
-        subject = refs.get(digest)
-        if subject is not None and subject.subject is not None:
-            referrers.setdefault(subject.subject, []).append(digest)
-    kept: set[Digest] = set()
-    stack = [d for d in roots if d in valid]
-    while stack:
-        digest = stack.pop()
-        if digest in kept:
-            continue
-        kept.add(digest)
-        found = refs.get(digest)
-        if found is not None:
-            stack.extend(c for c in found.children if c in valid)
-        stack.extend(referrers.get(digest, ()))
-    return kept

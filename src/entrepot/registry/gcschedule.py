@@ -20,11 +20,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcpace import Pacer
-from entrepot.registry.gcscan import Limited
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
 from entrepot.registry.lease import while_held
 from entrepot.registry.quarantine import recover
+from entrepot.registry.storecalls import Limited
 from entrepot.storage import Lease, LeaseLost, StorageDriver, StorageError
 
 log = logging.getLogger("entrepot.gc")

@@ -20,7 +20,6 @@ import random
 from dataclasses import dataclass
 
 from entrepot.registry import layout
-from entrepot.registry.gcscan import Limited, each
 from entrepot.registry.pulls import (
     LEGACY_IMAGE_PULLS,
     LEGACY_TAG_PULLS,
@@ -30,6 +29,7 @@ from entrepot.registry.pulls import (
     encode,
     load_record,
 )
+from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import Lease, LeaseLost, StorageDriver, StorageError
 
 log = logging.getLogger("entrepot.pulls")

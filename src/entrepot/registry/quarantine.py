@@ -14,9 +14,10 @@ from collections.abc import Iterable
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.gcscan import QUARANTINE, Limited, each, parse_digest
+from entrepot.registry.storecalls import Limited, each, parse_digest
 
 JOURNAL = "entrepot/gc/quarantined"
+QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks it
 
 
 def quarantine_key(digest: Digest) -> str:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.gcscan import Limited, RepoScan, each
+from entrepot.registry.gcscan import RepoScan
 from entrepot.registry.pulls import TagPulls, load_times
+from entrepot.registry.storecalls import Limited, each
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from entrepot.registry import layout
-from entrepot.registry.gcscan import Limited, each
+from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import StorageDriver, StorageError, StorageNotFound
 
 log = logging.getLogger("entrepot.registry.usage")

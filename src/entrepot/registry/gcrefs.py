@@ -1,0 +1,108 @@
+"""What a stored manifest points at, read once per manifest however many repositories link
+it, and the manifests of one repository a set of roots keeps (index children, referrers).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Container, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from entrepot.oci.digest import Digest
+from entrepot.registry import layout
+from entrepot.registry.quarantine import QUARANTINE
+from entrepot.registry.storecalls import Limited, each, parse_digest
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRefs:
+    """What a stored manifest points at: ``references`` as registry:2's ``References()``
+    (config and layers, an index's children, a schema1 manifest's layers), ``children``
+    (an index's manifests) and ``subject`` (the manifest it refers to)."""
+
+    references: frozenset[Digest]
+    children: tuple[Digest, ...]
+    subject: Digest | None
+
+
+NO_REFS = ManifestRefs(frozenset(), (), None)
+
+
+def manifest_refs(raw: bytes) -> ManifestRefs:
+    """Leniently: garbage collection must not stop at a manifest another registry accepted."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return NO_REFS
+    if not isinstance(body, dict):
+        return NO_REFS
+
+    def digests_of(value: Any, key: str = "digest") -> list[Digest]:
+        items = value if isinstance(value, list) else [value]
+        found = []
+        for item in items:
+            text = item.get(key) if isinstance(item, dict) else None
+            digest = parse_digest(text) if isinstance(text, str) else None
+            if digest is not None:
+                found.append(digest)
+        return found
+
+    children = digests_of(body.get("manifests", []))
+    references = [
+        *digests_of(body.get("config")),
+        *digests_of(body.get("layers", [])),
+        *children,
+        *digests_of(body.get("fsLayers", []), "blobSum"),
+    ]
+    subject = digests_of(body.get("subject"))
+    return ManifestRefs(frozenset(references), tuple(children), subject[0] if subject else None)
+
+
+async def read_refs(
+    store: Limited,
+    digests: Iterable[Digest],
+    known: dict[Digest, ManifestRefs],
+    aside: Container[Digest] = (),
+    *,
+    settle_missing: bool = True,
+) -> None:
+    """Add the references of every manifest in ``digests`` not in ``known`` yet (each
+    manifest's bytes are read once, however many repositories link it); one in ``aside``
+    (the sweep's quarantine) is read there when its ``data`` is not back. One without
+    bytes has none, or without ``settle_missing`` is left out (read again later)."""
+
+    async def read(digest: Digest) -> None:
+        raw = await store.get(layout.blob_data(digest))
+        if raw is None and digest in aside:
+            raw = await store.get(f"{layout.blob_dir(digest)}/{QUARANTINE}")
+        if raw is not None:
+            known[digest] = manifest_refs(raw)
+        elif settle_missing:
+            known[digest] = NO_REFS
+
+    await each([d for d in set(digests) if d not in known], read)
+
+
+def keep_closure(
+    valid: set[Digest], roots: Iterable[Digest], refs: dict[Digest, ManifestRefs]
+) -> set[Digest]:
+    """The manifests of one repository kept from ``roots``: with their index children and
+    their referrers (manifests whose ``subject`` is kept), transitively."""
+    referrers: dict[Digest, list[Digest]] = {}
+    for digest in valid:
+        subject = refs.get(digest)
+        if subject is not None and subject.subject is not None:
+            referrers.setdefault(subject.subject, []).append(digest)
+    kept: set[Digest] = set()
+    stack = [d for d in roots if d in valid]
+    while stack:
+        digest = stack.pop()
+        if digest in kept:
+            continue
+        kept.add(digest)
+        found = refs.get(digest)
+        if found is not None:
+            stack.extend(c for c in found.children if c in valid)
+        stack.extend(referrers.get(digest, ()))
+    return kept

@@ -1,0 +1,193 @@
+"""The storage calls background work makes over a whole store (garbage collection, cache
+eviction, usage metering): at most a bounded number in flight, each after a pace (a
+collection rests while the machine serves), the bulk ones in slices; and the digest
+parsing of folder names and link files they read, without regular expressions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
+
+from entrepot.oci.digest import Digest
+from entrepot.oci.errors import RegistryError
+from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
+from entrepot.storage.driver import Fold, Infos, Reader
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def _no_pause() -> None:
+    return None
+
+
+# Keys per bulk call (stat_many, move_many, delete_many): a pause can come between calls.
+BULK_SLICE = 1024
+
+
+class Limited:
+    """The driver calls collection makes, at most ``limit`` of them in flight, each after
+    ``pace()`` (a Pacer's: a collection rests while the machine serves)."""
+
+    def __init__(
+        self,
+        driver: StorageDriver,
+        limit: int,
+        *,
+        apart: bool = False,
+        pace: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.driver = driver
+        self._slots = asyncio.Semaphore(limit)
+        self.apart = apart  # the store's walks: the driver's scan_apart
+        self.pace = pace or _no_pause
+
+    async def scan(
+        self, prefix: str, fold: Fold, read: Reader | None = None
+    ) -> AsyncGenerator[Infos, None]:
+        """With ``read``, objects may carry what it names (only apart: see scan_apart).
+        Paced between batches: a walk apart waits on its full pipe meanwhile."""
+        if self.apart:
+            batches = self.driver.scan_apart(prefix, fold=fold, read=read)
+        else:
+            batches = self.driver.scan(prefix, fold=fold)
+        try:
+            async for batch in batches:
+                yield batch
+                await self.pace()
+        finally:
+            await batches.aclose()
+
+    async def stat_many(self, keys: Sequence[str]) -> list[FileInfo | None]:
+        found: list[FileInfo | None] = []
+        for start in range(0, len(keys), BULK_SLICE):
+            await self.pace()
+            found += await self.driver.stat_many(keys[start : start + BULK_SLICE])
+        return found
+
+    async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool) -> list[bool]:
+        moved: list[bool] = []
+        for start in range(0, len(moves), BULK_SLICE):
+            await self.pace()
+            moved += await self.driver.move_many(moves[start : start + BULK_SLICE], sync=sync)
+        return moved
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), BULK_SLICE):
+            await self.pace()
+            await self.driver.delete_many(keys[start : start + BULK_SLICE])
+
+    async def children(self, prefix: str) -> list[str]:
+        """``list``, with a missing prefix (or one left empty) as no children."""
+        await self.pace()
+        async with self._slots:
+            try:
+                return await self.driver.list(prefix)
+            except StorageNotFound:
+                return []
+
+    async def stat(self, key: str) -> FileInfo | None:
+        await self.pace()
+        async with self._slots:
+            try:
+                return await self.driver.stat(key)
+            except StorageNotFound:
+                return None
+
+    async def get(self, key: str) -> bytes | None:
+        await self.pace()
+        async with self._slots:
+            try:
+                return await self.driver.get_content(key)
+            except StorageNotFound:
+                return None
+
+    async def move(self, src: str, dst: str, *, sync: bool = True) -> bool:
+        await self.pace()
+        async with self._slots:
+            try:
+                await self.driver.move(src, dst, sync=sync)
+            except StorageNotFound:
+                return False
+            return True
+
+    async def delete(self, key: str) -> bool:
+        await self.pace()
+        async with self._slots:
+            try:
+                await self.driver.delete(key)
+            except StorageNotFound:
+                return False
+            return True
+
+    async def digests(self, prefix: str) -> set[Digest]:
+        """The digests named by ``<prefix>/<algorithm>/<encoded>`` directories."""
+        found: set[Digest] = set()
+        for algorithm in await self.children(prefix):
+            for encoded in await self.children(f"{prefix}/{algorithm}"):
+                digest = parse_digest(f"{algorithm}:{encoded}")
+                if digest is not None:
+                    found.add(digest)
+        return found
+
+    async def linked(self, prefix: str) -> dict[Digest, float]:
+        """The digests under ``prefix`` (as ``digests``) whose ``link`` file exists, with its
+        mtime: registry:2 deletes a manifest by removing the link and keeps the folder."""
+        found: dict[Digest, float] = {}
+        for digest in await self.digests(prefix):
+            info = await self.stat(f"{prefix}/{digest.algorithm}/{digest.encoded}/link")
+            if info is not None:
+                found[digest] = info.mtime
+        return found
+
+    async def read_link(self, key: str) -> Digest | None:
+        raw = await self.get(key)
+        return None if raw is None else link_digest(raw)
+
+
+def link_digest(raw: bytes) -> Digest | None:
+    return parse_digest(raw.decode("ascii", "replace").strip())
+
+
+# Items ``each`` works on at once: more than the storage calls in flight (the driver
+# wrapper bounds those), few enough that 100,000 items cost no task each.
+_EACH_AT_ONCE = 128
+
+
+async def each(items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]:
+    """``work`` on every item, many at once, the results in the items' order."""
+    todo = list(enumerate(items))
+    results: list[R] = [None] * len(todo)  # type: ignore[list-item]  # each filled below
+    queue = iter(todo)
+
+    async def worker() -> None:
+        for index, item in queue:
+            results[index] = await work(item)
+
+    await asyncio.gather(*(worker() for _ in range(min(_EACH_AT_ONCE, len(todo)))))
+    return results
+
+
+def parse_digest(text: str) -> Digest | None:
+    algorithm, colon, encoded = text.partition(":")
+    found = digest_at(algorithm, encoded) if colon else None
+    if found is not None:  # the common case, without Digest.parse's regular expressions
+        return found
+    try:
+        return Digest.parse(text)
+    except RegistryError:
+        return None
+
+
+# The registered algorithms' hex lengths: a folder name is checked as Digest.parse would,
+# without its regular expressions (a collection checks a few hundred thousand).
+_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+
+
+def digest_at(algorithm: str, encoded: str) -> Digest | None:
+    """The digest ``<algorithm>/<encoded>`` folders name, or None."""
+    if _HEX_LENGTH.get(algorithm) != len(encoded) or encoded.strip("0123456789abcdef"):
+        return None
+    return Digest.trusted(algorithm, encoded)
