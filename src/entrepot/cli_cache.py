@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from entrepot.cli_gc import _run_async
+from entrepot.cli_gc import _run_async, as_store_owner
 from entrepot.config import Config, ConfigError, load_config
 from entrepot.oci.digest import Digest
 from entrepot.storage import StorageError
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from entrepot.proxy.prefetch import PrefetchError
 
     config = _config(args.config)
-    if config is None:
+    if config is None or not as_store_owner(config):  # what it caches stays the server's
         return 1
     # The cache's own warnings (an upstream failure, a stale tag) would repeat what the
     # command reports per image: one line each.

@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from entrepot.config import ConfigError, load_config, parse_duration
+from entrepot.config import Config, ConfigError, load_config, parse_duration
 from entrepot.lowpriority import yield_to_serving
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcpace import Pacer
@@ -74,6 +74,22 @@ def run(args: argparse.Namespace) -> int:
         cycles.enable()
 
 
+def as_store_owner(config: Config) -> bool:
+    """Go on as the store's owner when run as root on another user's store (see
+    preflight.become_store_owner), saying so on stderr; False, after one line, if it
+    cannot."""
+    from entrepot.preflight import OwnerSwitchError, become_store_owner
+
+    try:
+        switched = become_store_owner(config)
+    except OwnerSwitchError as exc:
+        print(f"entrepot: {exc}", file=sys.stderr)
+        return False
+    if switched:
+        print(switched, file=sys.stderr)
+    return True
+
+
 class LeaseHeld(Exception):
     """Another collection (a server's scheduled one, or another command) is running."""
 
@@ -87,6 +103,8 @@ def garbage_collect(path: str, options: GcOptions) -> int:
         return 1
     from entrepot.preflight import create_driver, retention_rules
 
+    if not as_store_owner(config):
+        return 1
     options = replace(options, rules=retention_rules(config))
 
     async def collect() -> GcResult:

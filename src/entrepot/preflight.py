@@ -14,6 +14,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pwd
 from typing import TYPE_CHECKING
 
 from entrepot.config import Config
@@ -39,6 +40,51 @@ def retention_rules(config: Config) -> tuple[RetentionRule, ...]:
             untagged_older_than=rule.untaggedolderthan,
         )
         for rule in config.garbagecollect.retention
+    )
+
+
+class OwnerSwitchError(Exception):
+    """Root could not become the store's owner: the message says what to do."""
+
+
+def become_store_owner(config: Config) -> str | None:
+    """Run as the owner of a disk store when started as root and another user owns it (the
+    user its server runs as): a maintenance command (``garbage-collect``, ``cache
+    prefetch``) run with sudo would otherwise leave folders only root may write in (under
+    ``entrepot/``, a cached image's), and the server then failed to record a tag push or
+    take a lease there. Returns the line to tell the operator when it switched; raises
+    OwnerSwitchError when it cannot."""
+    if config.storage.s3 is not None or os.geteuid() != 0:
+        return None
+    root = config.storage.rootdirectory
+    try:
+        owner = os.stat(root)
+    except OSError:
+        return None  # made by the command itself, as a server run as root would
+    if owner.st_uid == 0:
+        return None
+    try:
+        user = pwd.getpwuid(owner.st_uid)
+        name, gid = user.pw_name, user.pw_gid
+    except KeyError:  # a uid with no name here (a container's): the folder's group
+        user, name, gid = None, f"uid {owner.st_uid}", owner.st_gid
+    try:
+        if user is not None:
+            os.initgroups(user.pw_name, gid)
+        else:
+            os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(owner.st_uid)
+    except OSError as exc:
+        raise OwnerSwitchError(
+            f"storage.filesystem.rootdirectory {root} belongs to {name} (uid {owner.st_uid}) "
+            f"and this command runs as root but cannot become that user ({exc}); run it as "
+            f"that user (sudo -u {name} ...), so that what it writes stays the server's"
+        ) from exc
+    return (
+        f"entrepot: running as {name} (uid {owner.st_uid}), the owner of "
+        f"storage.filesystem.rootdirectory {root}, so that what this command writes stays "
+        "writable by a server running as that user"
     )
 
 
