@@ -105,6 +105,14 @@ def garbage_collect(path: str, options: GcOptions) -> int:
 
     if not as_store_owner(config):
         return 1
+    root = config.storage.rootdirectory
+    if config.storage.s3 is None and not root.is_dir():  # a typo would collect a new, empty one
+        print(
+            f"entrepot: storage.filesystem.rootdirectory {root} (in {path}) does not exist: "
+            "no store to collect; check the path",
+            file=sys.stderr,
+        )
+        return 1
     options = replace(options, rules=retention_rules(config))
 
     async def collect() -> GcResult:

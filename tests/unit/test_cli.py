@@ -107,6 +107,14 @@ def test_garbage_collect_flags_and_errors(
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
     assert main(["garbage-collect", str(config), "--grace", "soon"]) == 2
     assert "invalid duration" in capsys.readouterr().err
+    # A mistyped root names no store: refused, and nothing made there.
+    assert main(["garbage-collect", str(config), "-d"]) == 1
+    assert capsys.readouterr().err == (
+        f"entrepot: storage.filesystem.rootdirectory {tmp_path}/r (in {config}) does not "
+        "exist: no store to collect; check the path\n"
+    )
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "r").mkdir()
     assert main(["garbage-collect", str(config), "-d", "-m", "--grace", "30m"]) == 0
     out = capsys.readouterr().out
     assert "0 repositories, 0 manifests and 0 blobs marked" in out
@@ -118,6 +126,7 @@ def test_garbage_collect_does_not_load_the_http_app(tmp_path: Path) -> None:
     # and auth would cost every run (and every scheduled cron job) for nothing.
     config = tmp_path / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    (tmp_path / "r").mkdir()
     code = (
         "import sys, entrepot.cli\n"
         f"code = entrepot.cli.main(['garbage-collect', {str(config)!r}])\n"

@@ -127,6 +127,39 @@ async def test_dry_run_deletes_nothing(driver: FilesystemDriver, tmp_path: Path)
     assert sorted(p for p in (tmp_path / "root").rglob("*")) == before
 
 
+async def test_what_the_grace_window_alone_kept_is_said(driver: FilesystemDriver) -> None:
+    # Right after pushes: a tag moved on (its old image untagged), a repository whose only
+    # manifest was deleted, a stray upload. With -m and no grace all three would go.
+    shared = await layer(driver, "team/app", b"layer")
+    await manifest(driver, "team/app", [shared], tag="v1")
+    old_image = await manifest(driver, "team/app", [await layer(driver, "team/app", b"l2")])
+    await driver.put_content(layout.tag_current_link("team/app", "v1"), str(old_image).encode())
+    gone = await manifest(driver, "team/gone", [await layer(driver, "team/gone", b"l3")])
+    await driver.delete(layout.manifest_revision_dir("team/gone", gone))
+    lines: list[str] = []
+    gc = GarbageCollector(driver, GcOptions(delete_untagged=True), emit=lines.append)
+
+    result = await gc.run()  # the real clock: everything is within the hour's grace
+
+    assert result.blobs_deleted == {} and result.manifests_deleted == []
+    assert (result.manifests_kept_fresh, result.repositories_kept_fresh) == (1, 1)
+    assert result.blobs_kept_fresh == 3  # team/gone's manifest, config and layer
+    assert lines[-1] == (
+        "kept as written or linked within the grace window (the last 3600s, --grace): "
+        "1 manifests, 3 unreferenced blobs and 1 emptied repositories; a later "
+        "collection deletes them"
+    )
+    aged = await collect(driver, delete_untagged=True)  # two hours on: they go
+    assert len(aged.manifests_deleted) == 1 and aged.repositories_removed == ["team/gone"]
+
+
+async def test_nothing_kept_for_grace_says_nothing_of_it(driver: FilesystemDriver) -> None:
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"l")], tag="v1")
+    lines: list[str] = []
+    await GarbageCollector(driver, GcOptions(delete_untagged=True), emit=lines.append).run()
+    assert not any("grace window (the last" in line for line in lines)
+
+
 async def test_grace_window_keeps_fresh_blobs_and_links(driver: FilesystemDriver) -> None:
     fresh_blob = await layer(driver, "team/app", b"just uploaded")
     old_blob_fresh_link = await layer(driver, "team/app", b"old bytes, linked again")

@@ -315,6 +315,7 @@ def test_the_command_and_the_schedule_collect_with_a_pacer(
     monkeypatch.setattr(gcschedule, "GarbageCollector", Recording)
     config = tmp_path / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    (tmp_path / "r").mkdir()  # the store collected (a missing one is refused)
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
 
     scheduled = gcschedule.ScheduledCollector(FilesystemDriver(tmp_path / "r"), 60.0, GcOptions())

@@ -51,6 +51,7 @@ def test_the_command_collects_without_the_cyclic_garbage_collector(
     monkeypatch.setattr(cli_gc, "GarbageCollector", Recording)
     config = tmp_path / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    (tmp_path / "r").mkdir()  # the store collected (a missing one is refused)
     assert gc.isenabled()
 
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
@@ -73,6 +74,7 @@ def test_the_collection_runs_at_the_lowest_priority(
     monkeypatch.setattr(cli_gc, "GarbageCollector", Recording)
     config = tmp_path / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    (tmp_path / "r").mkdir()  # the store collected (a missing one is refused)
     caller = priority()
 
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
@@ -95,6 +97,7 @@ def test_sigterm_stops_the_collection_and_frees_its_lease(
     monkeypatch.setattr(cli_gc, "GarbageCollector", Stalled)
     config = tmp_path / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    (tmp_path / "r").mkdir()  # the store collected (a missing one is refused)
     handler = signal.getsignal(signal.SIGTERM)
 
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 130

@@ -81,6 +81,8 @@ class GcResult:
     blobs_recovered: int = 0  # put back from an interrupted collection's quarantine
     blobs_deleted: dict[Digest, int] = field(default_factory=dict)  # digest -> bytes
     blobs_kept_fresh: int = 0  # unmarked, but written or linked within the grace window
+    manifests_kept_fresh: int = 0  # would go (untagged, by a rule), but linked within it
+    repositories_kept_fresh: int = 0  # emptied, but with a layer linked within it
     blobs_relinked: int = 0  # quarantined, then found linked by a push during the sweep
     layer_links_deleted: int = 0
     repositories_removed: list[str] = field(default_factory=list)
@@ -174,6 +176,18 @@ class GarbageCollector:
             result.repositories_removed = empty
         else:
             await self._sweep(scans, unkept, doomed)
+        fresh = (
+            result.manifests_kept_fresh,
+            result.blobs_kept_fresh,
+            result.repositories_kept_fresh,
+        )
+        if any(fresh):  # else a run right after a push seems to ignore what it would delete
+            self.emit(
+                "kept as written or linked within the grace window (the last "
+                f"{self.options.grace:g}s, --grace): {fresh[0]} manifests, {fresh[1]} "
+                f"unreferenced blobs and {fresh[2]} emptied repositories; a later "
+                "collection deletes them"
+            )
         result.seconds = time.monotonic() - started
         result.rested = 0.0 if self.pacer is None else self.pacer.rested
         return result
@@ -242,6 +256,15 @@ class GarbageCollector:
         staying = {d for d in untagged if scan.revision_mtimes[d] > older_than}
         untagged_by_rules = scan.tagged - kept_tags
         fresh = {d for d in untagged_by_rules if self._fresh(scan.revision_mtimes.get(d, 0.0))}
+        # Kept by the grace window alone: old enough for the flag or rule, not for grace.
+        if self.options.delete_untagged:
+            goes_before = float("inf")
+        else:
+            goes_before = float("-inf") if age is None else self.clock() - age
+        self.result.manifests_kept_fresh += len(fresh) + sum(
+            self._fresh(scan.revision_mtimes[d]) and scan.revision_mtimes[d] <= goes_before
+            for d in staying
+        )
         return kept_tags | staying | fresh
 
     async def _unmarked_blobs(
@@ -408,6 +431,7 @@ class GarbageCollector:
             for digest in scan.layers - deleted:
                 info = await self.store.stat(layout.layer_link(scan.name, digest))
                 if info is not None and self._fresh(info.mtime):
+                    self.result.repositories_kept_fresh += 1
                     return False
             return True
 
