@@ -93,10 +93,10 @@ def _load(path: str | None) -> Config | None:
     return config
 
 
-def _storage_problem(config: Config) -> str | None:
+def _storage_problem(config: Config, *, write: bool = True) -> str | None:
     from entrepot.preflight import storage_problem  # the root imports the app: only when needed
 
-    problem = storage_problem(config)
+    problem = storage_problem(config, write=write)
     if problem:
         print(f"entrepot: storage error: {problem}", file=sys.stderr)
     return problem
@@ -124,7 +124,7 @@ def check_config(path: str | None) -> int:
     config = _load(path)
     if config is None:
         return CONFIG_ERROR_EXIT
-    if _storage_problem(config):
+    if _storage_problem(config, write=False):  # a check makes no folder
         return 1
     print(f"# {summary(config, path)}\n{effective_yaml(config)}", end="")
     return 0

@@ -175,12 +175,21 @@ def s3_settings(config: Config) -> S3Settings:
     )
 
 
-def storage_problem(config: Config) -> str | None:
+def storage_problem(config: Config, *, write: bool = True) -> str | None:
     """Why the configured storage cannot be used, in one line naming it, or None. Run
     before serving, so that an unwritable root or an unusable bucket stops start-up
-    instead of failing every push later (read-only mode only needs to read)."""
+    instead of failing every push later (read-only mode only needs to read). Without
+    ``write`` (check-config), a disk is judged by its permissions: a check makes nothing."""
     if config.storage.s3 is not None:
         return _s3_problem(config) or _redis_problem(config)
+    root = config.storage.rootdirectory
+    if str(root).startswith("~"):  # YAML does not expand it: a folder named "~" would do
+        return (
+            f"storage.filesystem.rootdirectory {root}: '~' is not expanded here; write the "
+            "full path (/home/NAME/...)"
+        )
+    if not write:
+        return _disk_problem(config)
 
     async def probe() -> None:
         driver = create_driver(config)
@@ -203,6 +212,31 @@ def storage_problem(config: Config) -> str | None:
             "another rootdirectory"
         )
     return None
+
+
+def _disk_problem(config: Config) -> str | None:
+    """storage_problem's verdict on a disk from permissions alone: the root, or the
+    nearest folder above it that exists (where it would be made)."""
+    root = config.storage.rootdirectory.absolute()
+    there = root
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    readonly = config.storage.readonly
+    need = os.R_OK | os.X_OK if readonly else os.W_OK | os.X_OK
+    if there.is_dir() and os.access(there, need, effective_ids=True):
+        return None
+    denied = "Permission denied"
+    if there == root:
+        why = denied if there.is_dir() else "not a folder"
+    elif not there.is_dir():
+        why = f"it does not exist, and {there} above it is a file, not a folder"
+    else:
+        why = f"it does not exist, and {there}, where it would be made: {denied}"
+    return (
+        f"cannot {'read' if readonly else 'write to'} storage.filesystem.rootdirectory "
+        f"{config.storage.rootdirectory} ({why}); make it {'readable' if readonly else 'writable'} "
+        f"by this user (uid {os.geteuid()}) or choose another rootdirectory"
+    )
 
 
 def _redis_problem(config: Config) -> str | None:

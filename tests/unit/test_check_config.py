@@ -131,6 +131,30 @@ def test_a_storage_root_that_can_be_created_is_fine(
         tmp_path, f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/a/b\n"
     )
     assert main(["check-config", str(path)]) == 0
+    assert not (tmp_path / "a").exists()  # a check makes nothing
+
+
+def test_checking_a_store_writes_nothing_in_it(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    path = write(
+        tmp_path, f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/store\n"
+    )
+    assert main(["check-config", str(path)]) == 0
+    assert list((tmp_path / "store").iterdir()) == []  # no entrepot/health probe left
+
+
+def test_a_storage_root_with_a_tilde_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ~/registry\n")
+    for command in ("check-config", "serve"):
+        assert main([command, str(path)]) == 1
+        assert capsys.readouterr().err == (
+            "entrepot: storage error: storage.filesystem.rootdirectory ~/registry: '~' is not "
+            "expanded here; write the full path (/home/NAME/...)\n"
+        )
+    assert not (tmp_path / "~").exists()
 
 
 @pytest.fixture
