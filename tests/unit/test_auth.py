@@ -91,6 +91,19 @@ def test_htpasswd_file_reads_bcrypt_and_reloads(tmp_path: Path) -> None:
     assert check_password(users.lookup("bob"), "x")
 
 
+def test_htpasswd_file_turned_binary_keeps_the_users_read_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "htpasswd"
+    hashed = _hash("wonderland")
+    path.write_text(f"alice:{hashed}\n")
+    users = HtpasswdFile(path)
+    time.sleep(0.01)
+    path.write_bytes(b"\xff\xfe\x00")
+    assert users.lookup("alice") == hashed.encode()
+    assert f"{path}: not a text file (byte 0 is not UTF-8)" in caplog.text
+
+
 def test_htpasswd_refuses_non_bcrypt(tmp_path: Path) -> None:
     with pytest.raises(HtpasswdError, match="bcrypt"):
         parse_htpasswd("alice:{SHA}abcdef\n", "file")

@@ -4,6 +4,7 @@ by the user Entrepot runs as. Permission cases run as a real unprivileged proces
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import socket
@@ -16,6 +17,11 @@ from pathlib import Path
 import bcrypt
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import NameOID
 
 from entrepot.cli import main
 from entrepot.config import load_config
@@ -273,3 +279,98 @@ def test_serve_logs_one_summary_line_at_start(tmp_path: Path) -> None:
         f"listening on http://127.0.0.1:{port}/; auth none; upstreams none\n"
     )
     assert SECRET not in line
+
+
+def _tls_pair(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    builder = builder.public_key(key.public_key()).serial_number(x509.random_serial_number())
+    builder = builder.not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+    certificate, key_file = directory / "cert.pem", directory / "key.pem"
+    certificate.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return certificate, key_file
+
+
+def _config_naming(directory: Path, section: str, file: Path) -> Path:
+    certificate, key = _tls_pair(directory)
+    return write(
+        directory,
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {directory}/data\n"
+        + section.format(file=file, certificate=certificate, key=key),
+    )
+
+
+HTPASSWD = "auth:\n  htpasswd:\n    realm: r\n    path: {file}\n"
+BUILTIN = "auth:\n  builtin:\n    htpasswd: {file}\n"
+CLIENTCAS = (
+    "http:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {certificate}\n    key: {key}\n"
+    "    clientcas: [{file}]\n"
+)
+NO_CA = (
+    "{file} holds no PEM certificate; it must hold the certificates of the CAs that sign "
+    "client certificates"
+)
+# What the file holds, the config naming it, the key and what is wrong with the file.
+FILE_REFUSALS: dict[str, tuple[bytes, str, str, str]] = {
+    "md5-htpasswd": (  # what htpasswd writes without -B
+        b"alice:$apr1$ZEm1pxqV$Dx8fNdTgVPeVy8ikBkDGP1\n",
+        HTPASSWD,
+        "auth.htpasswd.path",
+        "{file}:1: user 'alice' has no bcrypt hash (use htpasswd -B)",
+    ),
+    "malformed-htpasswd": (
+        f"alice:{HASH}\n\nbob\n".encode(),
+        HTPASSWD,
+        "auth.htpasswd.path",
+        "{file}:3: not a 'user:hash' line",
+    ),
+    "binary-htpasswd": (
+        b"\xff\xfe\x00",
+        HTPASSWD,
+        "auth.htpasswd.path",
+        "{file}: not a text file (byte 0 is not UTF-8); htpasswd -B writes 'user:hash' lines",
+    ),
+    "builtin-htpasswd": (
+        b"ci:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
+        BUILTIN,
+        "auth.builtin.htpasswd",
+        "{file}:1: user 'ci' has no bcrypt hash (use htpasswd -B)",
+    ),
+    "empty-clientcas": (b"", CLIENTCAS, "http.tls.clientcas[0]", NO_CA),
+    "garbage-clientcas": (b"not a certificate\n", CLIENTCAS, "http.tls.clientcas[0]", NO_CA),
+}
+
+
+@pytest.mark.parametrize("case", FILE_REFUSALS)
+def test_files_the_workers_would_fail_on_are_refused_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    content, section, key, problem = FILE_REFUSALS[case]
+    file = tmp_path / "named-file"
+    file.write_bytes(content)
+    path = _config_naming(tmp_path, section, file)
+
+    def no_granian(*args: object) -> None:
+        raise AssertionError("serve started Granian")
+
+    monkeypatch.setattr("entrepot.cli._granian", no_granian)
+    expected = f"entrepot: config error: config key '{key}': {problem.format(file=file)}\n"
+    for command in ("check-config", "serve"):
+        assert main([command, str(path)]) == 1, command
+        assert capsys.readouterr() == ("", expected), command
+
+
+def test_a_bcrypt_htpasswd_and_a_certificate_in_clientcas_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"# users\nalice:{HASH}\nbob:{HASH.replace('$2b$', '$2y$', 1)}\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(_tls_pair(tmp_path)[0].read_bytes())
+    for section, file in ((HTPASSWD, htpasswd), (BUILTIN, htpasswd), (CLIENTCAS, ca)):
+        assert main(["check-config", str(_config_naming(tmp_path, section, file))]) == 0
+        assert capsys.readouterr().err == "", section

@@ -22,7 +22,15 @@ class HtpasswdError(Exception):
     pass
 
 
-def parse_htpasswd(text: str, source: str) -> dict[str, bytes]:
+def parse_htpasswd(content: str | bytes, source: str) -> dict[str, bytes]:
+    """user -> bcrypt hash; HtpasswdError names ``source`` and the line that is wrong."""
+    try:
+        text = content.decode() if isinstance(content, bytes) else content
+    except UnicodeDecodeError as exc:
+        raise HtpasswdError(
+            f"{source}: not a text file (byte {exc.start} is not UTF-8); "
+            "htpasswd -B writes 'user:hash' lines"
+        ) from None
     users: dict[str, bytes] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -67,10 +75,10 @@ class HtpasswdFile:
             stamp = (stat.st_mtime_ns, stat.st_ino)
             if stamp == self._stamp:
                 return
-            users = parse_htpasswd(self.path.read_text(), str(self.path))
+            content = self.path.read_bytes()
         except OSError as exc:
             raise HtpasswdError(f"cannot read htpasswd file {self.path}: {exc.strerror}") from exc
-        self._users = users
+        self._users = parse_htpasswd(content, str(self.path))
         self._stamp = stamp
 
     def lookup(self, user: str) -> bytes | None:

@@ -9,8 +9,9 @@ the keys are declared below).
 Differences from registry:2, all refusing rather than starting more open than asked:
 
 * the files (``htpasswd.path``, ``token.rootcertbundle``, ``builtin.htpasswd``) must
-  exist and be readable when the configuration is loaded; registry:2 creates a missing
-  htpasswd file with a random password for a user "docker".
+  exist and be readable when the configuration is loaded, and an htpasswd file must hold
+  only bcrypt entries; registry:2 creates a missing htpasswd file with a random password
+  for a user "docker".
 * ``auth.silly`` (registry:2's development mode: any credentials get in) is refused, and
   so is an access controller Entrepot does not know (registry:2 fails to start then).
 * realms and ``service`` must not hold '"', '\\' or control characters: they are sent
@@ -315,10 +316,24 @@ def _readable_file(key_path: str, text: str | Path, *, htpasswd: bool = False) -
             raise ConfigError(f"config key '{key_path}': {path} does not exist{hint}")
         if not path.is_file():
             raise ConfigError(f"config key '{key_path}': {path} is not a file")
-        with path.open("rb"):
-            pass
+        with path.open("rb") as file:
+            content = file.read() if htpasswd else b""
     except OSError as exc:
         raise ConfigError(
             f"config key '{key_path}': cannot read {path}: {exc.strerror or type(exc).__name__}"
         ) from None
+    if htpasswd:
+        _check_htpasswd(key_path, path, content)
     return path
+
+
+def _check_htpasswd(key_path: str, path: Path, content: bytes) -> None:
+    """Each line is a user with a bcrypt hash, as the workers will read it (they would
+    fail to start on anything else)."""
+    # Here, not at the top: bcrypt, which the module imports, costs commands without auth.
+    from entrepot.auth.htpasswd import HtpasswdError, parse_htpasswd
+
+    try:
+        parse_htpasswd(content, str(path))
+    except HtpasswdError as exc:
+        raise ConfigError(f"config key '{key_path}': {exc}") from None
