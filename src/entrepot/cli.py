@@ -23,7 +23,7 @@ import socket
 import ssl
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["APP_FACTORY", "main"]
 
 APP_FACTORY = "entrepot.root:create_app_from_env"
+WORKERS_ENV = "ENTREPOT_WORKERS"
 # An operator's configuration mistake: one line on stderr, this exit status.
 CONFIG_ERROR_EXIT = 1
 
@@ -75,7 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.config or args.config_option or os.environ.get(CONFIGURATION_PATH_ENV) or None
     if args.command == "check-config":
         return check_config(path)
-    return serve(path, workers=args.workers)
+    try:
+        workers = workers_wanted(args.workers, os.environ)
+    except ValueError as exc:
+        print(f"entrepot: {exc}", file=sys.stderr)
+        return 2
+    return serve(path, workers=workers)
 
 
 def _load(path: str | None) -> Config | None:
@@ -287,8 +293,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--workers",
         type=_positive_int,
-        # A string default goes through `type` too, so a bad $ENTREPOT_WORKERS is a usage error.
-        default=os.environ.get("ENTREPOT_WORKERS") or str(default_workers()),  # empty: unset
+        default=None,  # then workers_wanted
         help="worker processes (default: $ENTREPOT_WORKERS, else one per CPU core: "
         f"{default_workers()} here)",
     )
@@ -301,6 +306,20 @@ def _parser() -> argparse.ArgumentParser:
 def default_workers() -> int:
     """One worker per CPU core this process may run on, as registry:2 uses every core."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def workers_wanted(given: int | None, environ: Mapping[str, str]) -> int:
+    """``--workers``, else ``$ENTREPOT_WORKERS`` (empty: unset), else one per core;
+    ``ValueError`` naming the variable when it is not a positive number."""
+    if given is not None:
+        return given
+    text = environ.get(WORKERS_ENV)
+    if not text:
+        return default_workers()
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"{WORKERS_ENV}: {exc}") from None
 
 
 def _positive_int(text: str) -> int:

@@ -85,17 +85,37 @@ def test_json_log_formatter_writes_one_object_per_line() -> None:
     }
 
 
-def test_serve_runs_one_worker_per_core_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
+@pytest.mark.parametrize(
+    ("argv", "environ", "workers"),
+    [
+        ([], {}, len(os.sched_getaffinity(0))),
+        ([], {"ENTREPOT_WORKERS": ""}, len(os.sched_getaffinity(0))),  # empty: unset
+        (["--workers", "3"], {}, 3),
+        ([], {"ENTREPOT_WORKERS": "5"}, 5),
+        (["--workers", "3"], {"ENTREPOT_WORKERS": "5"}, 3),
+    ],
+)
+def test_serve_runs_one_worker_per_core_unless_told(
+    argv: list[str], environ: dict[str, str], workers: int
+) -> None:
+    from entrepot.cli import _parser, workers_wanted
 
-    from entrepot.cli import _parser
+    assert workers_wanted(_parser().parse_args(["serve", *argv]).workers, environ) == workers
 
-    monkeypatch.delenv("ENTREPOT_WORKERS", raising=False)
-    cores = len(os.sched_getaffinity(0))
-    assert _parser().parse_args(["serve"]).workers == cores
-    assert _parser().parse_args(["serve", "--workers", "3"]).workers == 3
-    monkeypatch.setenv("ENTREPOT_WORKERS", "5")
-    assert _parser().parse_args(["serve"]).workers == 5
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("abc", "entrepot: ENTREPOT_WORKERS: not a number: 'abc'\n"),
+        ("0", "entrepot: ENTREPOT_WORKERS: must be at least 1\n"),
+    ],
+)
+def test_a_bad_workers_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    monkeypatch.setenv("ENTREPOT_WORKERS", value)
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err == message
 
 
 def test_garbage_collect_flags_and_errors(

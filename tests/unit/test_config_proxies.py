@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from entrepot.config import Config, ConfigError, ProxyUpstreamConfig, load_config
+from entrepot.config import ConfigError, ProxyUpstreamConfig, load_config
+from tests.unit.config_files import error_of, load
 
-MINIMAL = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/registry\n"
 SECRET = "hunter2-S3cret"
 WEEK = 168 * 3600.0
-
-
-def load(tmp_path: Path, extra: str, env: dict[str, str] | None = None) -> Config:
-    path = tmp_path / "config.yml"
-    path.write_text(MINIMAL + textwrap.dedent(extra))
-    return load_config(path, env or {})
-
-
-def error_of(tmp_path: Path, extra: str, env: dict[str, str] | None = None) -> str:
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, extra, env)
-    return str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -427,7 +414,7 @@ def hub(more: str = "", *, alone: bool = True) -> str:
         (hub(", connecttimeout: -1s"), "'proxies[0].connecttimeout' must not be neg"),
         (hub(", readtimeout: -1s"), "'proxies[0].readtimeout' must not be negative"),
         (hub(", connecttimeout: 0"), "'proxies[0].connecttimeout' must be more than 0"),
-        (hub(", readtimeout: 10"), None),  # 10ns, as in registry:2: allowed
+        (hub(", readtimeout: 10"), "'proxies[0].readtimeout': 10 has no unit; write 10s"),
         (hub(", tagttl: 1d"), "'proxies[0].tagttl'"),
         ("proxy:\n  remoteurl: https://ghcr.io\n  ttl: -1h\n", "'proxy.ttl' must not be negative"),
         # shapes and types

@@ -12,14 +12,19 @@ registry:2 reads durations in two ways, and Entrepot accepts both everywhere:
   omit the suffix, the value is interpreted as a number of nanoseconds"). So
   ``interval: 10`` means 10ns, not 10s.
 
-The result is a float number of seconds.
+The result is a float number of seconds. Errors list the units (``UNITS``); a number
+without a unit, which registry:2 refuses as a string, is told how to write it
+(``with_unit``). Where a bare integer is refused or warned about: ``schema``.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["parse_duration"]
+__all__ = ["UNITS", "format_duration", "parse_duration", "with_unit"]
+
+# What an error about a duration adds: the accepted units and an example.
+UNITS = "units: ns, us, ms, s, m, h; e.g. 168h for 7 days"
 
 _UNIT_SECONDS: dict[str, float] = {
     "ns": 1e-9,
@@ -33,6 +38,31 @@ _UNIT_SECONDS: dict[str, float] = {
 }
 
 _GROUP = re.compile(r"(\d+\.?\d*|\.\d+)([a-zA-Z\u00b5\u03bc]+)")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that writes it whole (``5m``), else in ms."""
+    if seconds == 0:
+        return "0s"
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def with_unit(number: str | int) -> str:
+    """How to write ``number`` with a unit: "write 300s (or 5m)"; a number of a second
+    or more in nanoseconds is shown as that too ("write 1000000000s, or 1s if ...")."""
+    text = f"write {number}s"
+    if isinstance(number, int) or number.isdigit():
+        whole = int(number)
+        shorter = format_duration(whole)
+        if shorter != f"{whole}s":
+            text += f" (or {shorter})"
+        if whole >= 10**9:
+            text += f", or {format_duration(whole / 1e9)} if nanoseconds were meant"
+    return text
 
 
 def parse_duration(value: object) -> float:
@@ -40,12 +70,10 @@ def parse_duration(value: object) -> float:
 
     Raises ``ValueError`` with a short reason when the value is not a duration.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as '10s', got {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value / 1e9
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration such as '10s', got {value!r}")
+        raise ValueError(f"expected a duration such as '10s', got {value!r}; {UNITS}")
     text = value.strip()
     if not text:
         raise ValueError("empty duration")
@@ -56,17 +84,19 @@ def parse_duration(value: object) -> float:
         body = body[1:]
     if body == "0":
         return 0.0
+    if _NUMBER.fullmatch(text):
+        raise ValueError(f"{value!r} has no unit; {with_unit(body)}")
     if not body:
-        raise ValueError(f"invalid duration {value!r}")
+        raise ValueError(f"invalid duration {value!r}; {UNITS}")
     total = 0.0
     pos = 0
     while pos < len(body):
         match = _GROUP.match(body, pos)
         if match is None:
-            raise ValueError(f"invalid duration {value!r}")
+            raise ValueError(f"invalid duration {value!r}; {UNITS}")
         number, unit = match.groups()
         if unit not in _UNIT_SECONDS:
-            raise ValueError(f"unknown unit {unit!r} in duration {value!r}")
+            raise ValueError(f"unknown unit {unit!r} in duration {value!r}; {UNITS}")
         total += float(number) * _UNIT_SECONDS[unit]
         pos = match.end()
     return sign * total

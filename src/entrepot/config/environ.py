@@ -117,11 +117,20 @@ class _Ignored(Exception):
 
 @dataclass(frozen=True)
 class _Payload:
-    """A variable's value: ``parsed`` from YAML, and the ``raw`` text."""
+    """A variable's value: ``parsed`` from YAML, and the ``raw`` text; ``trail``: the keys
+    and list indices the walk took to where it is set."""
 
     name: str
     raw: str
     parsed: Any
+    trail: list[str | int] = dataclasses.field(default_factory=list)
+
+    def key_path(self) -> str:
+        """Where the value was set, written as config errors name keys: ``a.b[0].c``."""
+        text = ""
+        for step in self.trail:
+            text += f"[{step}]" if isinstance(step, int) else f".{step}" if text else step
+        return text
 
     def for_field(self, schema: _Schema) -> Any:
         """The value to store in a field of ``schema``: a string field keeps a scalar's
@@ -134,12 +143,16 @@ class _Payload:
 
 
 def apply_env_overrides(
-    tree: dict[str, Any], environ: Mapping[str, str], schema: dict[str, Any]
+    tree: dict[str, Any],
+    environ: Mapping[str, str],
+    schema: dict[str, Any],
+    origins: dict[str, str] | None = None,
 ) -> list[str]:
     """Apply ``REGISTRY_*`` variables from ``environ`` to ``tree`` in place.
 
-    Returns warnings for variables that were ignored. Raises ``ConfigError`` for a
-    value that is not valid YAML or a bad list index (registry:2 refuses to start then).
+    Returns warnings for variables that were ignored; ``origins`` receives the key path
+    each variable set (``storage.delete.enabled`` -> its name). Raises ``ConfigError`` for
+    a value that is not valid YAML or a bad list index (registry:2 refuses to start then).
     """
     warnings: list[str] = []
     for name in sorted(environ):
@@ -155,6 +168,8 @@ def apply_env_overrides(
         try:
             payload = _Payload(name, environ[name], _parse_yaml(name, environ[name]))
             _overwrite(tree, schema, parts, payload)
+            if origins is not None:
+                origins[payload.key_path()] = name
         except _Ignored as exc:
             warnings.append(f"ignoring environment variable {name}: {exc}")
         normalize_sections(tree)
@@ -222,6 +237,7 @@ def _overwrite_fixed(
     key = next((k for k in schema if k.upper() == parts[0]), None)
     if key is None:
         raise _Ignored("no such configuration key")
+    payload.trail.append(key)
     if len(parts) == 1:
         value[key] = payload.for_field(schema[key])
     else:
@@ -239,6 +255,7 @@ def _overwrite_map(value: Any, schema: _MapOf, parts: list[str], payload: _Paylo
     if key is None:
         key = next((k for k in schema.known if k.upper() == head), head.lower())
     element = schema.known.get(str(key).lower(), _FREE)
+    payload.trail.append(str(key))
     if rest:
         value[key] = _overwrite(value.get(key), element, rest, payload)
     else:
@@ -251,11 +268,11 @@ def _overwrite_free(value: dict[Any, Any], parts: list[str], payload: _Payload) 
     if rest:
         for key, existing in value.items():
             if str(key).upper() == head and existing is not None:
+                payload.trail.append(str(key))
                 value[key] = _overwrite(existing, _FREE, rest, payload)
                 return value
-        value[head.lower()] = _overwrite(None, _FREE, rest, payload)
-    else:
-        value[head.lower()] = payload.parsed
+    payload.trail.append(head.lower())
+    value[head.lower()] = _overwrite(None, _FREE, rest, payload) if rest else payload.parsed
     return value
 
 
@@ -272,5 +289,6 @@ def _overwrite_list(value: list[Any], element: _Schema, parts: list[str], payloa
         )
     if index == len(value):
         value.append(None)
+    payload.trail.append(index)
     value[index] = _overwrite(value[index], element, rest, payload) if rest else payload.parsed
     return value

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from entrepot.config.schema import At, parse_section, scalar_text
 __all__ = ["load_config"]
 
 SUPPORTED_VERSION = "0.1"
+# The key an error or warning is about, as every one names it first.
+_KEY_NAMED = re.compile(r"config key '([^']+)'")
 
 _DEFAULT_TREE: dict[str, Any] = {
     "version": SUPPORTED_VERSION,
@@ -46,9 +49,28 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
     tree = copy.deepcopy(_DEFAULT_TREE) if path is None else _read_yaml(Path(path))
     _version(tree.get("version"))
     normalize_sections(tree)
-    warnings = apply_env_overrides(tree, environ, _env_schema())
-    config: Config = parse_section(Config, tree, At("", warnings, environ))
-    return dataclasses.replace(config, warnings=tuple(warnings))
+    origins: dict[str, str] = {}
+    warnings = apply_env_overrides(tree, environ, _env_schema(), origins)
+    try:
+        config: Config = parse_section(Config, tree, At("", warnings, environ))
+    except ConfigError as exc:
+        raise ConfigError(_naming_variable(str(exc), origins)) from None
+    said = tuple(_naming_variable(warning, origins) for warning in warnings)
+    return dataclasses.replace(config, warnings=said)
+
+
+def _naming_variable(message: str, origins: dict[str, str]) -> str:
+    """``message`` about a config key, with the ``REGISTRY_*`` variable that set the key
+    (or a section above it) named: the file may not even have the key."""
+    found = _KEY_NAMED.search(message)
+    if found is None:
+        return message
+    named = found[1]
+    for path, variable in sorted(origins.items(), key=lambda item: -len(item[0])):
+        below = named == path or named.startswith((f"{path}.", f"{path}["))
+        if below and variable not in message:
+            return f"{message} (from {variable})"
+    return message
 
 
 @functools.cache

@@ -78,7 +78,8 @@ def _name_globs(value: Any, key_path: str) -> tuple[str, ...]:
 
 
 def _remote_url(value: Any, key_path: str) -> str:
-    """An absolute http(s) URL, without a trailing "/"; never with credentials in it."""
+    """An absolute http(s) URL, without a trailing "/" or "/v2" (the client adds that);
+    never with credentials in it."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(
             f"config key '{key_path}' must be an absolute http or https URL "
@@ -94,7 +95,13 @@ def _remote_url(value: Any, key_path: str) -> str:
     parts = absolute_url(key_path, text, "https://registry-1.docker.io")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
         raise ConfigError(f"config key '{key_path}': {text!r} must not have a query or fragment")
-    return f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}"
+    base = f"{parts.scheme.lower()}://{parts.netloc}{parts.path.rstrip('/')}"
+    if base.endswith("/v2"):  # the client's /v2/ would be doubled: /v2/v2/...
+        raise ConfigError(
+            f"config key '{key_path}': ends in /v2; give the registry's base URL, "
+            f"e.g. {base.removesuffix('/v2')}"
+        )
+    return base
 
 
 def _remote_urls(value: Any, key_path: str) -> tuple[str, ...]:

@@ -5,7 +5,7 @@
 case-insensitive, a space may separate it from the number (``"500 MB"``) and the number
 may have a fraction (``1.5GiB``; a fraction of a byte is dropped). It must be at least
 one byte; absent (or empty) means no cap. ``sweepinterval`` is a duration like
-registry:2's others (a bare integer is nanoseconds) and must be more than 0.
+registry:2's (``10m``), with a unit (Entrepot's own key) and more than 0.
 
 ``registry2store`` says what the repositories under plain names (``library/nginx``) of
 a registry:2 store were, decided when Entrepot first opens the store: ``auto`` (registry:2

@@ -2,7 +2,8 @@
 
 A model is a frozen dataclass whose fields are declared with ``key(path, default,
 doc=...)``; from these declarations alone ``parse_section`` reads YAML (the type from the
-annotation: bool, int, str, Path, float = a registry:2 duration, lists, maps, models,
+annotation: bool, int, str, Path, float = a registry:2 duration (a bare integer: an
+error in ``OWN`` models, see ``_duration``), lists, maps, models,
 ``X | None``; an empty value is the default, as in registry:2), unknown keys are reported
 with a "did you mean" (a warning in registry:2's sections, an error in models marked
 ``OWN``; keys in ``NOT_IMPLEMENTED`` warn "not implemented yet"), ``environ`` derives the
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 from urllib.parse import SplitResult, urlsplit
 
-from entrepot.config.durations import parse_duration
+from entrepot.config.durations import format_duration, parse_duration, with_unit
 from entrepot.config.errors import ConfigError
 
 __all__ = [
@@ -96,6 +97,7 @@ class At:
     warnings: list[str]
     environ: Mapping[str, str]
     raw: dict[Any, Any] = field(default_factory=dict)
+    own: bool = False  # in a model marked ``OWN``: Entrepot's own keys
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -162,6 +164,7 @@ def parse_section(cls: type, raw: Any, at: At) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"config key '{at.path}' must be a mapping, got {raw!r}")
     at = at.below(at.path, raw)
+    at.own = bool(_flag(cls, "OWN"))
     accept = getattr(cls, "accept", None)
     if accept is not None:
         accept(at)
@@ -234,10 +237,10 @@ def _value(hint: Any, value: Any, path: str, at: At, decl: Key | None = None) ->
             )
             for k, v in value.items()
         }
-    return _scalar(hint, value, path, decl)
+    return _scalar(hint, value, path, at, decl)
 
 
-def _scalar(hint: Any, value: Any, path: str, decl: Key | None) -> Any:
+def _scalar(hint: Any, value: Any, path: str, at: At, decl: Key | None) -> Any:
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{path}' must be true or false, got {value!r}")
@@ -247,13 +250,7 @@ def _scalar(hint: Any, value: Any, path: str, decl: Key | None) -> Any:
             raise ConfigError(f"config key '{path}' must be an integer, got {value!r}")
         return value
     if hint is float:  # every float of the configuration is a duration, in seconds
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            raise ConfigError(f"config key '{path}': {exc}") from exc
-        if seconds < 0:
-            raise ConfigError(f"config key '{path}' must not be negative")
-        return seconds
+        return _duration(value, path, at)
     if decl is not None and decl.secret and isinstance(value, dict | list):
         raise ConfigError(f"config key '{path}' must be a single value (not shown: a secret)")
     text = as_str(value, path)
@@ -264,6 +261,27 @@ def _scalar(hint: Any, value: Any, path: str, decl: Key | None) -> Any:
             f"config key '{path}': {text!r} is not supported; use one of {', '.join(decl.choices)}"
         )
     return Path(text) if hint is Path else text
+
+
+def _duration(value: Any, path: str, at: At) -> float:
+    """A duration in seconds. A bare integer (but 0) is refused in Entrepot's own keys; in
+    registry:2's it is nanoseconds, as registry:2 reads it, with a warning when that is
+    under a second (no one means that)."""
+    bare = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if bare and at.own:
+        raise ConfigError(f"config key '{path}': {value} has no unit; {with_unit(value)}")
+    if bare and value < 10**9:
+        at.warn(
+            f"config key '{path}': {value} is read as {value}ns, as registry:2 reads it; "
+            f"did you mean {value}s, {value}m or {value}h?"
+        )
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"config key '{path}': {exc}") from exc
+    if seconds < 0:
+        raise ConfigError(f"config key '{path}' must not be negative")
+    return seconds
 
 
 def is_empty(value: Any) -> bool:
@@ -287,15 +305,6 @@ def as_str(value: Any, key_path: str) -> str:
     if isinstance(value, bool | int | float):
         return scalar_text(value)
     raise ConfigError(f"config key '{key_path}' must be a single value, got {value!r}")
-
-
-def format_duration(seconds: float) -> str:
-    if seconds == 0:
-        return "0s"
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds * 1000:g}ms"
 
 
 def effective(model: Any) -> dict[str, Any]:
