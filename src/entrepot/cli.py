@@ -3,6 +3,7 @@
 ``entrepot garbage-collect CONFIG``, registry:2's ``registry garbage-collect`` (cli_gc),
 ``entrepot cache prefetch|ls CONFIG ...`` for the pull-through cache (cli_cache), and
 ``entrepot healthcheck [CONFIG]``, the container image's health check (cli_health).
+Whether the server can listen on ``http.addr`` is checked before it starts (cli_listen).
 
 The server is Granian (ASGI) with the factory ``entrepot.root:create_app_from_env``; each
 worker re-reads the configuration from the path in ``ENTREPOT_CONFIG`` (and the same
@@ -19,7 +20,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrepot import __version__, cli_cache, cli_gc, cli_health
+from entrepot.cli_listen import clear_stale_socket, listen_problem, socket_path_problem
 from entrepot.config import (
     CONFIG_ENV,
     CONFIGURATION_PATH_ENV,
@@ -99,6 +100,13 @@ def _load(path: str | None) -> Config | None:
     return config
 
 
+def _said(problem: str | None) -> bool:
+    """Print ``problem`` (one line) when there is one; whether there was."""
+    if problem:
+        print(f"entrepot: {problem}", file=sys.stderr)
+    return bool(problem)
+
+
 def _storage_problem(config: Config, *, write: bool = True) -> str | None:
     from entrepot.preflight import storage_problem  # the root imports the app: only when needed
 
@@ -130,6 +138,10 @@ def check_config(path: str | None) -> int:
     config = _load(path)
     if config is None:
         return CONFIG_ERROR_EXIT
+    # Whether a process listens on http.addr is for serve: the server this configuration
+    # is checked for may well be running.
+    if config.http.unix_socket and _said(socket_path_problem(config.http.unix_socket)):
+        return 1
     if _storage_problem(config, write=False):  # a check makes no folder
         return 1
     print(f"# {summary(config, path)}\n{effective_yaml(config)}", end="")
@@ -141,9 +153,7 @@ def serve(path: str | None, *, workers: int | None = None) -> int:
     config = _load(path)
     if config is None:
         return CONFIG_ERROR_EXIT
-    problem = listen_problem(config)
-    if problem:
-        print(f"entrepot: {problem}", file=sys.stderr)
+    if _said(listen_problem(config)):
         return 1
     # Every worker writes its metric values here and a scrape sums them. Fresh for each
     # run (old files would be summed in), removed at exit; set before anything imports
@@ -169,6 +179,8 @@ def _serve(config: Config, path: str | None, workers: int | None) -> int:
     if _takeover_problem(config):
         return 1
     _log_fill_coordination(config)
+    if config.http.unix_socket and _said(clear_stale_socket(config.http.unix_socket)):
+        return 1
     if not config.http.secret and SECRET_ENV not in os.environ:
         # Like registry:2 without http.secret, but shared: every worker must accept the
         # tokens and upload states any other worker signed.
@@ -219,45 +231,6 @@ def _debug_server(config: Config) -> Iterator[bool]:
         yield True
     finally:
         server.close()
-
-
-def listen_problem(config: Config) -> str | None:
-    """Why Entrepot cannot listen on ``http.addr``, in one line, or None.
-
-    Granian's workers bind with SO_REUSEPORT, with which a second server on the same port
-    would share it silently (requests alternating between two registries). A trial bind
-    without SO_REUSEPORT fails while anything listens there, Entrepot included."""
-    http = config.http
-    if http.unix_socket is not None:
-        path = http.unix_socket
-        if not path.exists():
-            return None
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(path))
-            except OSError:
-                return None  # a stale socket file: Granian replaces it
-        return (
-            f"http.addr {path} is already in use (a process listens on that socket); "
-            "stop it or set another http.addr"
-        )
-    host = http.host or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    shown = f"[{host}]:{http.port}" if family == socket.AF_INET6 else f"{host}:{http.port}"
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # Lingering TIME_WAIT connections of a server just stopped are no conflict.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, http.port))
-            probe.listen(1)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return (
-                    f"http.addr {shown} is already in use by another process; "
-                    "stop it or set another http.addr"
-                )
-            return f"cannot listen on http.addr {shown}: {exc.strerror or exc}"
-    return None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -174,36 +174,52 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
-def check_config_as_unprivileged_user(config: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``entrepot check-config`` as a real process; as nobody when we are root (root
-    may read and write everything)."""
-    command = [sys.executable, "-m", "entrepot", "check-config", str(config)]
+def check_config_as_unprivileged_user(
+    config: Path, command_name: str = "check-config"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``entrepot check-config`` (or ``command_name``) as a real process; as nobody when
+    we are root (root may read and write everything)."""
+    command = [sys.executable, "-m", "entrepot", command_name, str(config)]
     if os.geteuid() == 0:
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    env = {"PATH": os.environ["PATH"], "HOME": str(config.parent)}
+    # This tree's code, whichever one the environment's package is installed from.
+    source = Path(__file__).resolve().parents[2] / "src"
+    env = {"PATH": os.environ["PATH"], "HOME": str(config.parent), "PYTHONPATH": str(source)}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
-def test_an_unreadable_htpasswd_file_exits_1(shared_dir: Path) -> None:
+def shared_config(shared_dir: Path, more: str) -> Path:
+    """A config another user can read, with a storage root it can write, and ``more``."""
     (shared_dir / "data").mkdir(mode=0o777)
     (shared_dir / "data").chmod(0o777)
+    config = write(
+        shared_dir,
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {shared_dir}/data\n{more}",
+    )
+    config.chmod(0o644)
+    return config
+
+
+def refused_until_chmod(config: Path, said: str, path: Path, mode: int) -> None:
+    """check-config, as another user, exits 1 saying ``said``, and 0 once ``path`` has
+    ``mode``."""
+    result = check_config_as_unprivileged_user(config)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == said
+    path.chmod(mode)
+    assert check_config_as_unprivileged_user(config).returncode == 0
+
+
+def test_an_unreadable_htpasswd_file_exits_1(shared_dir: Path) -> None:
     htpasswd = shared_dir / "htpasswd"
     htpasswd.write_text(f"alice:{HASH}\n")
     htpasswd.chmod(0o000)
-    config = write(
-        shared_dir,
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {shared_dir}/data\n"
-        f"auth:\n  htpasswd:\n    realm: r\n    path: {htpasswd}\n",
-    )
-    config.chmod(0o644)
-    result = check_config_as_unprivileged_user(config)
-    assert result.returncode == 1, result.stderr
-    assert result.stderr == (
+    config = shared_config(shared_dir, f"auth:\n  htpasswd:\n    realm: r\n    path: {htpasswd}\n")
+    said = (
         f"entrepot: config error: config key 'auth.htpasswd.path': cannot read {htpasswd}: "
         "Permission denied\n"
     )
-    htpasswd.chmod(0o644)
-    assert check_config_as_unprivileged_user(config).returncode == 0
+    refused_until_chmod(config, said, htpasswd, 0o644)
 
 
 def test_an_unwritable_storage_root_exits_1(shared_dir: Path) -> None:
@@ -229,6 +245,18 @@ def test_an_unwritable_storage_root_exits_1(shared_dir: Path) -> None:
     assert f"cannot write to storage.filesystem.rootdirectory {root}/sub (" in result.stderr
     root.chmod(0o777)
     assert check_config_as_unprivileged_user(config).returncode == 0
+
+
+def test_an_unwritable_socket_directory_exits_1(shared_dir: Path) -> None:
+    run = shared_dir / "run"
+    run.mkdir()
+    run.chmod(0o555)
+    config = shared_config(shared_dir, f"http:\n  net: unix\n  addr: {run}/registry.sock\n")
+    said = (
+        f"entrepot: cannot listen on http.addr {run}/registry.sock: its directory {run} is "
+        "not writable by this user (uid 65534); make it writable or set another http.addr\n"
+    )
+    refused_until_chmod(config, said, run, 0o777)
 
 
 def test_summary_names_what_is_in_effect_and_no_secret(tmp_path: Path) -> None:

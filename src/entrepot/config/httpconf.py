@@ -154,7 +154,8 @@ class HttpConfig:
         "tcp",
         lower=True,
         choices=("tcp", "tcp4", "tcp6", "unix"),
-        doc="`tcp`, `tcp6`, `unix`",
+        doc="`tcp`, `tcp6`, `unix`; with `unix`, a socket file at `http.addr` that nothing "
+        "listens on (a crashed run's) is removed at start, where registry:2 refuses to start",
     )
     host_url: str | None = key("host", None, doc="the externally reachable base URL")
     secret: str | None = key(
