@@ -4,7 +4,6 @@ by the user Entrepot runs as. Permission cases run as a real unprivileged proces
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import socket
@@ -17,15 +16,11 @@ from pathlib import Path
 import bcrypt
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from cryptography.x509.oid import NameOID
 
 from entrepot.cli import main
 from entrepot.config import load_config
 from entrepot.config.check import summary
+from tests.unit.config_files import tls_pair
 
 SECRET = "s3cr3t-Hunter2"
 HASH = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
@@ -309,22 +304,8 @@ def test_serve_logs_one_summary_line_at_start(tmp_path: Path) -> None:
     assert SECRET not in line
 
 
-def _tls_pair(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name)
-    builder = builder.public_key(key.public_key()).serial_number(x509.random_serial_number())
-    builder = builder.not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-    certificate, key_file = directory / "cert.pem", directory / "key.pem"
-    certificate.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return certificate, key_file
-
-
 def _config_naming(directory: Path, section: str, file: Path) -> Path:
-    certificate, key = _tls_pair(directory)
+    certificate, key = tls_pair(directory)
     return write(
         directory,
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {directory}/data\n"
@@ -398,7 +379,44 @@ def test_a_bcrypt_htpasswd_and_a_certificate_in_clientcas_pass(
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(f"# users\nalice:{HASH}\nbob:{HASH.replace('$2b$', '$2y$', 1)}\n")
     ca = tmp_path / "ca.pem"
-    ca.write_bytes(_tls_pair(tmp_path)[0].read_bytes())
+    ca.write_bytes(tls_pair(tmp_path)[0].read_bytes())
     for section, file in ((HTPASSWD, htpasswd), (BUILTIN, htpasswd), (CLIENTCAS, ca)):
         assert main(["check-config", str(_config_naming(tmp_path, section, file))]) == 0
         assert capsys.readouterr().err == "", section
+
+
+TOKEN = (
+    "auth:\n  token:\n    realm: https://auth.example.com/token\n    service: s\n"
+    "    issuer: i\n    rootcertbundle: {file}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [(CLIENTCAS, "http.tls.clientcas[0]"), (TOKEN, "auth.token.rootcertbundle")],
+    ids=["clientcas", "rootcertbundle"],
+)
+def test_a_damaged_certificate_among_good_ones_is_refused_before_serving(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    section: str,
+    key: str,
+) -> None:
+    # The workers load every certificate in the file: one they cannot read stopped them.
+    good = tls_pair(tmp_path)[0].read_bytes()
+    file = tmp_path / "bundle.pem"
+    file.write_bytes(good + b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    path = _config_naming(tmp_path, section, file)
+    monkeypatch.setattr("entrepot.cli._granian", lambda *args: pytest.fail("Granian started"))
+    for command in ("check-config", "serve"):
+        assert main([command, str(path)]) == 1, command
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.startswith(
+            f"entrepot: config error: config key '{key}': {file} holds a certificate that "
+            "cannot be read ("
+        ), err
+        assert len(err.splitlines()) == 1
+    file.write_bytes(good)
+    assert main(["check-config", str(path)]) == 0

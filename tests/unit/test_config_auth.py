@@ -17,11 +17,11 @@ from entrepot.config import (
     TokenAuthConfig,
     load_config,
 )
+from tests.unit.config_files import tls_pair
 
 MINIMAL = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/registry\n"
 # A bcrypt hash as ``htpasswd -nB ci`` prints it (of "secret", cost 5).
 HASH = "$2y$05$nCgL4EXiF15LNaaGqU/0iemlwu9BtHdM2LApKiM.Fg/6jpr4QNUXS"
-PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 NO_USERS = "auth.builtin has no users: only anonymous access rules can apply"
 
 
@@ -29,7 +29,7 @@ NO_USERS = "auth.builtin has no users: only anonymous access rules can apply"
 def files(tmp_path: Path) -> Path:
     """A directory holding an htpasswd file and a certificate bundle; @D in test YAML."""
     (tmp_path / "htpasswd").write_text(f"alice:{HASH}\n")
-    (tmp_path / "ca.pem").write_text(PEM)
+    (tmp_path / "ca.pem").write_bytes(tls_pair(tmp_path)[0].read_bytes())  # one that loads
     return tmp_path
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from entrepot.config.errors import ConfigError
+from entrepot.config.pemfiles import require_certificates
 from entrepot.config.schema import At, absolute_url, key, scalar_text
 
 __all__ = [
@@ -99,14 +100,7 @@ class TokenAuthConfig:
         )
         where = at.key("rootcertbundle")
         path = _readable_file(where, bundle)
-        try:
-            pem = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"config key '{where}': cannot read {path}: {exc.strerror or type(exc).__name__}"
-            ) from None
-        if b"-----BEGIN CERTIFICATE-----" not in pem:
-            raise ConfigError(f"config key '{where}': {path} holds no PEM certificate")
+        require_certificates(where, path, "it must hold the certificates that sign the tokens")
         return TokenAuthConfig(realm=realm, service=service, issuer=issuer, rootcertbundle=path)
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from entrepot.config.errors import ConfigError
 from entrepot.config.model import Config
+from entrepot.config.pemfiles import require_certificates
 from entrepot.config.schema import effective
 
 __all__ = ["check_tls_files", "effective_yaml", "summary"]
@@ -26,21 +27,12 @@ def check_tls_files(config: Config) -> None:
         if not os.access(file, os.R_OK) or not file.is_file():
             raise ConfigError(f"config key '{key_path}': cannot read file {file}")
     _check_tls_pair(tls.certificate, tls.key)
-    for index, ca in enumerate(tls.clientcas):
-        _check_client_cas(f"http.tls.clientcas[{index}]", ca)
-
-
-def _check_client_cas(key_path: str, file: Path) -> None:
-    """Granian's TLS library panics in every worker on a CA file without a certificate."""
-    from cryptography import x509
-
-    try:
-        x509.load_pem_x509_certificates(file.read_bytes())
-    except ValueError:
-        raise ConfigError(
-            f"config key '{key_path}': {file} holds no PEM certificate; it must hold the "
-            "certificates of the CAs that sign client certificates"
-        ) from None
+    for index, ca in enumerate(tls.clientcas):  # Granian's TLS panics on a bad one
+        require_certificates(
+            f"http.tls.clientcas[{index}]",
+            ca,
+            "it must hold the certificates of the CAs that sign client certificates",
+        )
 
 
 def _check_tls_pair(certificate: Path, key: Path) -> None:
