@@ -55,11 +55,20 @@ def listen_problem(config: Config) -> str | None:
     return None
 
 
+# sockaddr_un's sun_path: 108 bytes on Linux, the last a NUL.
+_SUN_PATH_MAX = 107
+
+
 def socket_path_problem(path: Path) -> str | None:
     """Why a unix socket cannot be made at ``path`` whoever else runs, in one line, or None:
     what ``check-config`` can know (whether a process listens there is for ``serve``)."""
     where = path.resolve()  # as Granian binds it
     directory = where.parent
+    if len(os.fsencode(where)) > _SUN_PATH_MAX:
+        return (
+            f"cannot listen on http.addr {path}: a unix socket's path may have at most "
+            f"{_SUN_PATH_MAX} bytes ({len(os.fsencode(where))} here); choose a shorter one"
+        )
     if not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a directory"
         return (

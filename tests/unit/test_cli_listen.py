@@ -66,6 +66,20 @@ def test_a_missing_socket_directory_is_one_line_from_check_config_and_serve(
     )
 
 
+def test_a_socket_path_longer_than_a_unix_address_holds_is_refused(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = short_dir / ("d" * 60)
+    deep.mkdir()
+    sock = deep / ("s" * (107 - len(str(deep))))  # 108 bytes: one too many
+    assert refused(write_config(short_dir, sock), capsys) == (
+        f"entrepot: cannot listen on http.addr {sock}: a unix socket's path may have at most "
+        "107 bytes (108 here); choose a shorter one\n"
+    )
+    sock = sock.with_name(sock.name[1:])  # 107 bytes: fine
+    assert main(["check-config", str(write_config(short_dir, sock))]) == 0
+
+
 def test_a_socket_directory_that_is_a_file_is_refused(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
