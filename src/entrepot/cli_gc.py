@@ -58,6 +58,12 @@ def add_command(commands: Any) -> None:
         metavar="DURATION",
         help="keep what was written or linked this recently, e.g. 30m, 0 (default: 1h)",
     )
+    gc_cmd.add_argument(
+        "--full-speed",
+        action="store_true",
+        help="do not rest while other processes keep the CPUs busy (a full disk that cannot "
+        "wait; serving slows meanwhile). Default: short bursts and rests then",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     # process's CPU on the bench store). The command is short and makes few cycles.
     cycles.disable()
     try:
-        return garbage_collect(args.config, options)
+        return garbage_collect(args.config, options, rest=not args.full_speed)
     finally:
         cycles.enable()
 
@@ -94,8 +100,9 @@ class LeaseHeld(Exception):
     """Another collection (a server's scheduled one, or another command) is running."""
 
 
-def garbage_collect(path: str, options: GcOptions) -> int:
-    """Mark and sweep the storage the config at ``path`` names."""
+def garbage_collect(path: str, options: GcOptions, *, rest: bool = True) -> int:
+    """Mark and sweep the storage the config at ``path`` names; with ``rest``, stepping
+    aside while the machine serves."""
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -123,7 +130,7 @@ def garbage_collect(path: str, options: GcOptions) -> int:
             if lease is None:
                 raise LeaseHeld
             # Rests in short pauses while other processes keep the machine busy (gcpace).
-            pacer = Pacer(during_rest=walks_stopped)  # the walk processes rest too
+            pacer = Pacer(during_rest=walks_stopped) if rest else None  # walks rest too
             collector = GarbageCollector(driver, options, emit=_say, pacer=pacer)
             try:  # the lease renews itself while held; a lapsed one stops the run
                 return await while_held(lease, collector.run())

@@ -39,9 +39,10 @@ def taskset(cpus: set[int]) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
 
 
-def collect(config: Path, cpus: set[int]) -> str:
+def collect(config: Path, cpus: set[int], *flags: str) -> str:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"))
     command = [sys.executable, "-m", "entrepot", "garbage-collect", str(config), "--grace", "0"]
+    command += flags
     done = subprocess.run(
         [*taskset(cpus), *command],
         env=env,
@@ -54,11 +55,18 @@ def collect(config: Path, cpus: set[int]) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_a_collection_rests_while_other_processes_keep_the_cpus_busy(tmp_path: Path) -> None:
+def store(tmp_path: Path) -> tuple[Path, Path, int]:
+    """A store of 400 repositories and 4,000 blobs, its config, and the blobs a collection
+    keeps."""
     root = tmp_path / "store"
     kept = write_gc_fixture(root, repos=400, blobs=4000)
     config = tmp_path / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n")
+    return root, config, kept
+
+
+def test_a_collection_rests_while_other_processes_keep_the_cpus_busy(tmp_path: Path) -> None:
+    root, config, kept = store(tmp_path)
     cpus = os.sched_getaffinity(0)
 
     with spinning(cpus):
@@ -67,3 +75,14 @@ def test_a_collection_rests_while_other_processes_keep_the_cpus_busy(tmp_path: P
     assert "of it resting as the machine was busy" in line, line
     assert sum(1 for _ in Path(root, ROOT, "blobs").rglob("data")) == kept
     assert f"deleted {4000 - kept} blobs" in line
+
+
+def test_at_full_speed_it_does_not_rest_on_a_busy_machine(tmp_path: Path) -> None:
+    root, config, kept = store(tmp_path)
+    cpus = os.sched_getaffinity(0)
+
+    with spinning(cpus):
+        line = collect(config, cpus, "--full-speed")
+
+    assert "resting" not in line, line
+    assert sum(1 for _ in Path(root, ROOT, "blobs").rglob("data")) == kept
