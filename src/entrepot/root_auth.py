@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 
 from entrepot.auth.guard import (
     Guard,
@@ -33,7 +34,13 @@ def derive_key(secret: bytes, purpose: str) -> bytes:
     return hmac.new(secret, f"entrepot:{purpose}".encode(), hashlib.sha256).digest()
 
 
-def create_guard(config: Config, secret: bytes) -> tuple[Guard, TokenService | None]:
+def create_guard(
+    config: Config,
+    secret: bytes,
+    mirrored_as: Callable[[str], Awaitable[str | None]] | None = None,
+) -> tuple[Guard, TokenService | None]:
+    """The guard of the configured auth mode, and the built-in token service if that is
+    the mode; ``mirrored_as`` names the cache a plain name is pulled from (its rules apply)."""
     auth = config.auth
     if auth is None:
         return OpenGuard(), None
@@ -61,5 +68,5 @@ def create_guard(config: Config, secret: bytes) -> tuple[Guard, TokenService | N
         ],
         builtin.groups,
     )
-    service = TokenService(tokens, passwords, policy)
+    service = TokenService(tokens, passwords, policy, mirrored_as)
     return TokenGuard(tokens, builtin.realm, builtin.service, policy), service

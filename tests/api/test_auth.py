@@ -352,3 +352,53 @@ async def test_sign_in_limit_uses_forwarded_address_only_from_trusted_proxies(
         # is trusted; the same one otherwise (the header is anyone's to write).
         elsewhere = await sign_in(PASSWORDS["alice"], "198.51.100.7")
         assert elsewhere == (200 if trusted else 429)
+
+
+# Docker Hub's mirror (Docker's registry-mirrors); nothing listens at its address.
+MIRROR = "proxies:\n  - {host: docker.io, remoteurl: 'http://127.0.0.1:9', mirror: true}\n"
+
+
+async def granted(http: httpx.AsyncClient, scope: str, user: str | None = None) -> object:
+    """The access an (anonymous) token for ``scope`` carries."""
+    import jwt
+
+    headers = {"Authorization": basic(user, PASSWORDS[user])} if user else {}
+    response = await http.get(
+        "/auth/token", params={"service": "entrepot", "scope": scope}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return jwt.decode(response.json()["token"], options={"verify_signature": False})["access"]
+
+
+async def test_the_rule_for_the_mirrors_cache_covers_its_plain_names_not_pushed_ones(
+    tmp_path: Path,
+) -> None:
+    # Docker sends no credentials to a mirror and asks for the plain name: the anonymous
+    # rule for docker.io/* must cover grafana/grafana, or Docker pulls around the cache.
+    htpasswd = write_htpasswd(tmp_path / "htpasswd")
+    async with app_client(tmp_path, BUILTIN.format(htpasswd=htpasswd), extra=MIRROR) as http:
+        pull = [{"type": "repository", "name": "grafana/grafana", "actions": ["pull"]}]
+        assert await granted(http, "repository:grafana/grafana:pull") == pull
+        assert await granted(http, "repository:grafana/grafana:pull,push") == pull
+        answer = await TokenClient(http).request("GET", "/v2/grafana/grafana/manifests/1")
+        assert answer.status_code == 503  # past the guard, on to the (unreachable) mirror
+        assert error_code(answer) == "UNAVAILABLE"
+
+        # Once pushed here, the name is judged as itself: anonymous may not read it.
+        image = make_image("pushed")
+        pusher = TokenClient(http, "admin")
+        for blob in [image.config, *image.layers]:
+            started = await pusher.request("POST", "/v2/grafana/grafana/blobs/uploads/")
+            location = started.headers["location"]
+            done = await pusher.request("PUT", f"{location}&digest={sha256(blob)}", content=blob)
+            assert done.status_code == 201, done.text
+        assert await granted(http, "repository:grafana/grafana:pull") == []
+        assert await granted(http, "repository:grafana/grafana:pull", "admin") != []
+        # Names the anonymous rule does not reach through the cache stay refused.
+        assert await granted(http, "repository:docker.io/grafana/grafana:push") == []
+
+
+async def test_without_a_mirror_plain_names_are_judged_as_themselves(
+    builtin: httpx.AsyncClient,
+) -> None:
+    assert await granted(builtin, "repository:grafana/grafana:pull") == []

@@ -8,10 +8,11 @@ import asyncio
 import base64
 import binascii
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from entrepot.auth.access import Access, challenge_scope, covers
+from entrepot.auth.access import Access, challenge_scope, covers, repository
 from entrepot.auth.htpasswd import UserDirectory, check_password
 from entrepot.auth.policy import AccessPolicy
 from entrepot.auth.ratelimit import FailedLoginLimiter
@@ -254,11 +255,33 @@ class TokenService:
     requested scope as far as the access rules allow."""
 
     def __init__(
-        self, tokens: BuiltinTokens, passwords: PasswordChecker | None, policy: AccessPolicy
+        self,
+        tokens: BuiltinTokens,
+        passwords: PasswordChecker | None,
+        policy: AccessPolicy,
+        mirrored_as: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.tokens = tokens
         self.passwords = passwords
         self.policy = policy
+        # A plain name the Docker Hub mirror serves: its cache name, whose rules
+        # (``docker.io/*``) give pull on it too; Docker sends no credentials to a mirror.
+        self.mirrored_as = mirrored_as
+
+    async def _grant(self, user: str | None, scope: Access) -> Access | None:
+        granted = self.policy.grant(user, scope)
+        if (
+            self.mirrored_as is None
+            or scope.type != "repository"
+            or not {"pull", "*"} & scope.actions
+            or (granted is not None and "pull" in granted.actions)
+        ):
+            return granted
+        cache_name = await self.mirrored_as(scope.name)
+        if cache_name is None or self.policy.grant(user, repository(cache_name, "pull")) is None:
+            return granted
+        actions = (granted.actions if granted is not None else frozenset()) | {"pull"}
+        return Access(scope.type, scope.name, frozenset(actions))
 
     async def issue(
         self, authorization: str | None, client: str, service: str | None, scopes: list[Access]
@@ -279,5 +302,5 @@ class TokenService:
                     headers={"WWW-Authenticate": 'Basic realm="entrepot"'},
                 )
             user = creds[0]
-        granted = [g for g in (self.policy.grant(user, s) for s in scopes) if g is not None]
+        granted = [g for g in [await self._grant(user, s) for s in scopes] if g is not None]
         return self.tokens.issue(user or "", granted)

@@ -100,6 +100,19 @@ class ProxyResolver:
             return False
         return bool({"_layers", "_manifests"} & set(children))
 
+    async def mirrored_as(self, name: str) -> str | None:
+        """The cache name under which the mirror serves the plain name ``name`` (Docker's
+        ``registry-mirrors`` pulls), or None: not a plain name, no mirror, a name the
+        mirror refuses, or one pushed content holds (which access rules judge under its
+        own name). Access rules for the cache (``docker.io/*``) then cover such pulls."""
+        first, _, rest = name.partition("/")
+        if self.mirror is None or (rest and first in self._by_host):
+            return None
+        upstream_name = self.mirror.upstream_name(name)
+        if self.mirror.names.refusal(upstream_name) is not None or await self._pushed(name):
+            return None
+        return self.mirror.cache_name(upstream_name)
+
     def scope_name(self, name: str, namespace: str | None) -> str:
         upstream = self._by_host.get(namespace.lower()) if namespace else None
         if upstream is None:
