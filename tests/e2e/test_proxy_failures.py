@@ -588,6 +588,9 @@ def test_upstream_404_is_remembered_for_negativettl(
     answered = time.monotonic()
     assert response.status_code == 404, response.text
     assert _error_codes(response) == ["MANIFEST_UNKNOWN"]
+    first = response.json()["errors"][0]
+    assert first["message"].startswith("not found upstream at ")
+    assert first["detail"] == {"reference": "v1"}
     assert _wait_until(lambda: _upstream_requests(registry2, path) >= 1)
     upstream_before = _upstream_requests(registry2, path)
 
@@ -602,6 +605,9 @@ def test_upstream_404_is_remembered_for_negativettl(
     assert within < negative_ttl, f"tagging took too long ({within:.1f}s) to test negativettl"
     assert response.status_code == 404, response.text
     assert _error_codes(response) == ["MANIFEST_UNKNOWN"]
+    # Remembered: the same words and detail, saying so.
+    remembered = response.json()["errors"][0]
+    assert remembered == {**first, "message": f"{first['message']} (remembered: negativettl)"}
     time.sleep(0.2)
     assert _upstream_requests(registry2, path) == upstream_before, (
         "Entrepot asked the upstream again within negativettl"

@@ -86,9 +86,7 @@ class CachedManifests(CachedFacet):
         self._unless_offline(ErrorCode.MANIFEST_UNKNOWN, tag)
         negative_key = (self.upstream.host, self.upstream_name, tag)
         if self.cache.known_missing(negative_key):
-            raise RegistryError(
-                ErrorCode.MANIFEST_UNKNOWN, "manifest unknown upstream", {"tag": tag}
-            )
+            raise self._remembered_missing(tag)
         try:
             return await self.cache.once(
                 ("tag", self.name, tag), lambda: self._revalidate(tag, cached)
@@ -191,9 +189,7 @@ class CachedManifests(CachedFacet):
         self._unless_offline(ErrorCode.MANIFEST_UNKNOWN, reference)
         negative_key = (self.upstream.host, self.upstream_name, reference)
         if self.cache.known_missing(negative_key):
-            raise RegistryError(
-                ErrorCode.MANIFEST_UNKNOWN, "manifest unknown upstream", {"digest": reference}
-            )
+            raise self._remembered_missing(reference)
 
         async def fetch() -> Digest:
             client = self.upstream.client

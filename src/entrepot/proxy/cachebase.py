@@ -138,3 +138,12 @@ class CachedFacet:
         if reason is not None:
             offline = UpstreamOffline(reason, upstream=self.upstream.host)
             raise self._error(offline, missing, reference)
+
+    def _remembered_missing(self, reference: str) -> RegistryError:
+        """MANIFEST_UNKNOWN for a manifest the upstream answered 404 for a moment ago
+        (``negativettl``): the first answer's words and detail, and that it is remembered."""
+        return RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"not found upstream at {self.upstream.host} (remembered: negativettl)",
+            {"reference": reference},
+        )
