@@ -14,6 +14,7 @@ import pytest
 
 from entrepot.http.app import build_app
 from entrepot.http.context import ApiContext
+from entrepot.http.notify import Event, Notifier
 from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.routing import ProxyResolver
 from entrepot.proxy.upstream_client import UpstreamClient, UpstreamSettings
@@ -40,6 +41,7 @@ class Setup:
     ghcr: Loopback
     cache: ProxyCache
     root: Path
+    api: ApiContext  # what the app serves with (a test may add a notifier)
 
 
 def _upstream_app(root: Path) -> httpx.ASGITransport:
@@ -70,12 +72,14 @@ async def setup(tmp_path: Path, loopback: Servers) -> AsyncIterator[Setup]:
         ),
     ]
     cache = ProxyCache(local)
-    app = build_app(ApiContext(resolver=ProxyResolver(local, cache, upstreams)))
+    api = ApiContext(resolver=ProxyResolver(local, cache, upstreams))
+    app = build_app(api)
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e.test") as http,
         httpx.AsyncClient(transport=hub_app, base_url="http://hub.test") as hub_http,
     ):
-        yield Setup(OciClient(http), OciClient(hub_http), hub, ghcr, cache, tmp_path / "entrepot")
+        entrepot = OciClient(http)
+        yield Setup(entrepot, OciClient(hub_http), hub, ghcr, cache, tmp_path / "entrepot", api)
     await cache.aclose()
     for upstream in upstreams:
         await upstream.client.aclose()
@@ -388,3 +392,68 @@ async def test_pulls_through_the_cache_are_recorded_by_tag_and_digest(setup: Set
         assert response.status_code == 200
     name = "docker.io/library/nginx"
     assert dict(recorder.pending) == {(name, "latest", digest): 5.0, (name, None, digest): 5.0}
+
+
+class RecordedEvents(Notifier):
+    """Every event the app publishes, kept in order (no endpoint, nothing sent)."""
+
+    def __init__(self) -> None:
+        super().__init__((), source={"addr": "e.test"})
+        self.events: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def test_a_pull_event_names_the_repository_catalog_lists_on_every_route(
+    setup: Setup,
+) -> None:
+    hub_image = await _seed_hub(setup, "library/hello", "1")
+    tool = make_image("tool")
+    async with httpx.AsyncClient(base_url=setup.ghcr.url) as ghcr:
+        assert (await OciClient(ghcr).push_image("org/tool", tool, tag="1")).is_success
+    mine = make_image("mine")
+    assert (await setup.client.push_image("library/mine", mine, tag="1")).is_success
+    recorded = setup.api.notifier = RecordedEvents()
+    layer = sha256(tool.layers[0])
+    hub_layer = sha256(hub_image.layers[0])  # type: ignore[attr-defined]
+    # (method, path, the repository the event names): each cache as _catalog names it.
+    routes = [
+        ("GET", "/v2/org/tool/manifests/1?ns=ghcr.io", "ghcr.io/org/tool"),  # containerd
+        ("GET", "/v2/ghcr.io/org/tool/manifests/1", "ghcr.io/org/tool"),  # path prefix
+        ("HEAD", f"/v2/org/tool/blobs/{layer}?ns=ghcr.io", "ghcr.io/org/tool"),
+        ("GET", f"/v2/org/tool/blobs/{layer}?ns=ghcr.io", "ghcr.io/org/tool"),
+        ("GET", f"/v2/ghcr.io/org/tool/blobs/{layer}", "ghcr.io/org/tool"),
+        ("GET", "/v2/library/hello/manifests/1", "docker.io/library/hello"),  # mirror
+        ("GET", "/v2/library/hello/manifests/1?ns=docker.io", "docker.io/library/hello"),
+        ("GET", "/v2/docker.io/hello/manifests/1", "docker.io/library/hello"),
+        ("GET", f"/v2/library/hello/blobs/{hub_layer}", "docker.io/library/hello"),
+        ("HEAD", f"/v2/library/hello/blobs/{hub_layer}", "docker.io/library/hello"),  # held
+        ("GET", "/v2/library/mine/manifests/1", "library/mine"),  # pushed, next to the mirror
+    ]
+    accept = {"Accept": OCI_MANIFEST}
+    for method, path, repository in routes:
+        recorded.events.clear()
+        response = await setup.client.http.request(method, path, headers=accept)
+        assert response.status_code == 200, (path, response.text)
+        (event,) = recorded.events
+        target = event["target"]
+        assert target["repository"] == repository, path
+        kind = "manifests" if "/manifests/" in path else "blobs"
+        url = f"http://e.test/v2/{repository}/{kind}/{target['digest']}"
+        assert target["url"] == url, path
+        again = await setup.client.http.request(method, url, headers=accept)
+        assert again.status_code == 200, url
+        assert again.content == response.content, url
+    catalog = await setup.client.get_json("/v2/_catalog")
+    assert {r for _, _, r in routes} <= set(catalog["repositories"])
+
+
+async def test_a_failed_ns_request_is_logged_with_its_ns(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    await setup.ghcr.stop()
+    response = await setup.client.get_manifest("org/other", "1?ns=ghcr.io")
+    assert response.status_code == 503
+    warnings = [r.getMessage() for r in caplog.records if r.name == "entrepot.http"]
+    assert any(w.startswith("GET /v2/org/other/manifests/1?ns=ghcr.io -> 503") for w in warnings)

@@ -65,14 +65,14 @@ async def get_blob(request: Request, name: str, reference: str) -> Response:
     if request.method == "HEAD":
         info = await repo.blobs.stat(digest)
         if ctx.notifier is not None:  # (as events checks: skipped here, on every HEAD)
-            events.blob_pulled(request, name, info)  # registry:2 counts a HEAD as a pull
+            events.blob_pulled(request, repo, info)  # registry:2 counts a HEAD as a pull
         raw_headers = ctx.raw_headers(repo)
         raw_headers += _head_headers(digest, info.size)
         return ready_response(b"", raw_headers)
     headers = ctx.headers(repo, Docker_Content_Digest=str(digest), ETag=f'"{digest}"')
     headers["Cache-Control"] = "max-age=31536000"
     blob = await repo.blobs.open(digest)
-    events.blob_pulled(request, name, blob.info)
+    events.blob_pulled(request, repo, blob.info)
     if blob.redirect_url is not None and (url := await blob.redirect_url()) is not None:
         # As registry:2: the client fetches the bytes from the storage backend itself.
         return RedirectResponse(url, status_code=307, headers=headers)

@@ -56,8 +56,16 @@ def _configured_headers(request: Request) -> dict[str, str]:
 async def handle_registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
     if exc.status >= 500:
-        log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc)
+        log.warning("%s %s -> %s: %s", request.method, _target(request), exc.status, exc)
     return error_response(exc, request.method == "HEAD", _configured_headers(request))
+
+
+def _target(request: Request) -> str:
+    """The request's path and query, as the access log has them: without containerd's
+    ``ns``, ``/v2/org/tool/...?ns=ghcr.io`` would read as a request for a pushed
+    ``org/tool``."""
+    url = request.url
+    return f"{url.path}?{url.query}" if url.query else url.path
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -79,6 +87,6 @@ async def handle_storage_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s %s", request.method, _target(request), exc_info=exc)
     error = RegistryError(ErrorCode.UNKNOWN, "internal server error")
     return error_response(error, request.method == "HEAD", _configured_headers(request))

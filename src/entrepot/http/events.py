@@ -19,7 +19,7 @@ from entrepot.http.notify import Event, Notifier
 from entrepot.oci.digest import Digest, is_digest
 from entrepot.oci.errors import RegistryError
 from entrepot.oci.manifest import Descriptor, parse_manifest
-from entrepot.registry.api import BlobInfo, ManifestContent
+from entrepot.registry.api import BlobInfo, ManifestContent, Repository
 from entrepot.requestinfo import current_request_id
 
 __all__ = [
@@ -36,9 +36,14 @@ __all__ = [
 BLOB_MEDIA_TYPE = "application/octet-stream"
 
 
-def manifest_pulled(request: Request, name: str, reference: str, content: ManifestContent) -> None:
+def manifest_pulled(
+    request: Request, repo: Repository, reference: str, content: ManifestContent
+) -> None:
+    """A pull names the repository that holds what was served, as ``_catalog`` names it
+    (a cache's ``<host>/<name>``, on every route), with a URL that fetches it again."""
     notifier = context(request).notifier
     if notifier is not None:
+        name = content.held_by or repo.name
         media_type, raw = content.media_type, content.raw
         _manifest(notifier, request, "pull", name, reference, media_type, raw, content.digest)
 
@@ -66,8 +71,9 @@ def manifest_deleted(
         _send(notifier, request, "delete", {"repository": name, "tag": tag})
 
 
-def blob_pulled(request: Request, name: str, info: BlobInfo) -> None:
-    _blob(request, "pull", name, info)
+def blob_pulled(request: Request, repo: Repository, info: BlobInfo) -> None:
+    """Named as a manifest pull is."""
+    _blob(request, "pull", info.held_by or repo.name, info)
 
 
 def blob_pushed(request: Request, name: str, info: BlobInfo) -> None:

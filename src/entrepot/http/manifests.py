@@ -77,7 +77,7 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
             {"reference": reference},
         )
     if ctx.notifier is not None:  # (as events checks: skipped here, on every pull)
-        events.manifest_pulled(request, name, reference, content)
+        events.manifest_pulled(request, repo, reference, content)
     raw = content.raw
     headers = ctx.raw_headers(repo)
     headers += _content_headers(content.digest, media_type, len(raw))

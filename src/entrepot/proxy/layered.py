@@ -9,6 +9,7 @@ repository again."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from entrepot.oci.digest import Digest
@@ -119,13 +120,20 @@ class LayeredBlobs:
         # mirror's cache, which manifest puts adopt), never by asking the upstream: private
         # repository names and digests are not sent to the mirror, and a push does not
         # wait on it.
-        found = await _unless_missing(self.local.stat(digest)) or await self.cached.held(digest)
-        if found is None:
+        found = await _unless_missing(self.local.stat(digest))
+        if found is not None:
+            return found
+        held = await self.cached.held(digest)
+        if held is None:
             raise blob_unknown(digest)
-        return found
+        return replace(held, held_by=self.cached.name)
 
     async def open(self, digest: Digest) -> BlobContent:
-        return await _unless_missing(self.local.open(digest)) or await self.cached.open(digest)
+        found = await _unless_missing(self.local.open(digest))
+        if found is not None:
+            return found
+        cached = await self.cached.open(digest)
+        return replace(cached, info=replace(cached.info, held_by=self.cached.name))
 
 
 class LayeredTags:
@@ -158,7 +166,10 @@ class LayeredManifests:
         self.cached = cached
 
     async def get(self, reference: str) -> ManifestContent:
-        return await _unless_missing(self.local.get(reference)) or await self.cached.get(reference)
+        found = await _unless_missing(self.local.get(reference))
+        if found is not None:
+            return found
+        return replace(await self.cached.get(reference), held_by=self.cached.name)
 
     async def referrers(self, digest: Digest, artifact_type: str | None) -> list[dict[str, object]]:
         entries = await self.local.referrers(digest, artifact_type)

@@ -14,6 +14,9 @@ from entrepot.oci.digest import Digest
 class BlobInfo:
     digest: Digest
     size: int
+    # The repository that holds it when that is not the repository asked for: a plain
+    # name answered from its mirror's cache (``docker.io/library/x``). Notifications name it.
+    held_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,7 @@ class ManifestContent:
     digest: Digest
     media_type: str
     raw: bytes
+    held_by: str | None = None  # as BlobInfo's
 
 
 @dataclass(frozen=True, slots=True)
