@@ -8,16 +8,22 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from entrepot.auth.access import Access, challenge_scope, covers, repository
+from entrepot.auth.access import CATALOG, Access, challenge_scope, covers, repository
 from entrepot.auth.htpasswd import UserDirectory, check_password
 from entrepot.auth.policy import AccessPolicy
 from entrepot.auth.ratelimit import FailedLoginLimiter
 from entrepot.auth.tokens import BuiltinTokens, ExternalTokens, TokenInvalid
 from entrepot.oci.errors import ErrorCode, RegistryError
+
+# Who failed to sign in, was locked out or was refused: WARNING lines for audits and
+# fail2ban. The normal 401 challenge (every anonymous pull starts with one) logs nothing.
+log = logging.getLogger("entrepot.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,20 @@ class Identity:
 
 
 OPEN = Identity(None, None)
+
+
+class Refused(RegistryError):
+    """403 DENIED for a signed-in user, who the access log then names."""
+
+    def __init__(self, identity: Identity, message: str, detail: object, challenge: str) -> None:
+        super().__init__(ErrorCode.DENIED, message, detail, headers={"WWW-Authenticate": challenge})
+        self.identity = identity
+
+
+def quoted(name: str) -> str:
+    """A name the client chose, as log lines show it: in double quotes (as registry:2's
+    %q), with quotes, control characters and non-ASCII escaped, so it forges no line."""
+    return json.dumps(name)
 
 
 class Guard(Protocol):
@@ -115,9 +135,19 @@ class PasswordChecker:
             if len(self._good) > 10_000:
                 self._good.clear()
             self._good[key] = hashed
-        else:
-            self.limiter.failed(limited)
-        return ok
+            return True
+        # registry:2's words ('error authenticating user "alice"'), with the address.
+        reason = "no such user" if hashed is None else "wrong password"
+        log.warning("error authenticating user %s from %s: %s", quoted(user), client, reason)
+        locked = self.limiter.failed(limited)
+        if locked is not None:
+            log.warning(
+                "too many failed sign-ins for user %s from %s: refused for %d s",
+                quoted(user),
+                client,
+                locked,
+            )
+        return False
 
 
 class HtpasswdGuard:
@@ -183,16 +213,31 @@ class TokenGuard:
             parts.append(f'error_description="{description}"')
         return ",".join(parts)
 
-    def _may_be_granted(self, user: str, missing: list[Access]) -> bool:
-        """Whether the rules would give ``user`` every missing access (the client only
-        asked for a narrower token). Unknown without the rules (external tokens)."""
-        if self.policy is None:
-            return False
+    def _refusals(self, identity: Identity, missing: list[Access]) -> list[str]:
+        """What of ``missing`` the rules refuse the user, one phrase an access ("push
+        alice/x (allowed: pull)"); none when the client only asked for a narrower token.
+        Without the rules (external tokens) the token says what is allowed."""
+        phrases = []
         for access in missing:
-            granted = self.policy.grant(user, access)
-            if granted is None or not covers([granted], access):
-                return False
-        return True
+            if self.policy is not None:
+                granted = self.policy.grant(identity.user, access)
+                allowed = granted.actions if granted is not None else frozenset()
+            else:
+                allowed = frozenset(
+                    action
+                    for g in identity.granted or ()
+                    if (g.type, g.name) == (access.type, access.name)
+                    for action in g.actions & access.actions
+                )
+            refused = frozenset() if "*" in allowed else access.actions - allowed
+            if not refused:
+                continue
+            what = ",".join(sorted(refused))
+            phrase = "list the catalog" if access == CATALOG else f"{what} {access.name}"
+            if allowed:
+                phrase += f" (allowed: {','.join(sorted(allowed))})"
+            phrases.append(phrase)
+        return phrases
 
     async def check(
         self,
@@ -225,20 +270,24 @@ class TokenGuard:
         missing = [a for a in needed if not identity.allows(a)]
         if not missing:
             return identity
-        if identity.user is not None and not self._may_be_granted(identity.user, missing):
+        if identity.user is not None and (refusals := self._refusals(identity, missing)):
             # A signed-in user asked for what the rules do not give them: 403 DENIED,
             # GET and HEAD alike; the challenge header repeats the reason for a HEAD.
+            log.warning(
+                "access denied: user %s from %s may not %s",
+                quoted(identity.user),
+                client,
+                "; ".join(refusals),
+            )
             actions = ", ".join(f"{a.name}: {','.join(sorted(a.actions))}" for a in missing)
             message = f"user {identity.user!r} may not do this ({actions})"
-            raise RegistryError(
-                ErrorCode.DENIED,
+            raise Refused(
+                identity,
                 message,
                 _detail(missing),
-                headers={
-                    "WWW-Authenticate": self._challenge(
-                        needed, realm_base, "insufficient_scope", message.replace('"', "'")
-                    )
-                },
+                self._challenge(
+                    needed, realm_base, "insufficient_scope", message.replace('"', "'")
+                ),
             )
         # Anonymous, or a token narrower than the rules allow: the challenge, so the
         # client signs in or fetches a token for the scope it needs.

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from entrepot.auth.access import CATALOG, Access
 from entrepot.auth.access import repository as repository_access
-from entrepot.auth.guard import OpenGuard
+from entrepot.auth.guard import OpenGuard, Refused
 from entrepot.http import blobs, discovery, manifests, token, uploads
 from entrepot.http.context import ApiContext, context, realm_base
 from entrepot.http.errors import (
@@ -94,13 +94,17 @@ async def guard(request: Request, needed: list[Access]) -> None:
     if isinstance(ctx.guard, OpenGuard):
         return
     client = ctx.client_addresses.of(request.scope)
-    request.state.identity = await ctx.guard.check(
-        request.headers.get("authorization"),
-        client,
-        needed,
-        realm_base(request),
-        bodyless=request.method == "HEAD",
-    )
+    try:
+        request.state.identity = await ctx.guard.check(
+            request.headers.get("authorization"),
+            client,
+            needed,
+            realm_base(request),
+            bodyless=request.method == "HEAD",
+        )
+    except Refused as refused:
+        request.state.identity = refused.identity  # the access log names who was refused
+        raise
 
 
 async def dispatch(request: Request) -> Response:

@@ -133,8 +133,10 @@ class Ui:
         user = self.sessions.user(request.cookies.get(SESSION_COOKIE))
         creds = parse_basic(request.headers.get("authorization"))
         if user is None and creds is not None and self.access.sign_in:
-            client = request.client.host if request.client else "unknown"
+            client = context(request).client_addresses.of(request.scope)
             if not await self.access.verify(creds[0], creds[1], client):
+                # Anonymous for the error page, which must not check (count, log) again.
+                request.state.ui_user = None
                 raise RegistryError(
                     ErrorCode.UNAUTHORIZED,
                     f"wrong password for user {creds[0]!r}, or no such user",
@@ -277,7 +279,7 @@ class Ui:
         form = await _form(request)
         user, password = form.get("username", ""), form.get("password", "")
         target = form.get("next", "")
-        client = request.client.host if request.client else "unknown"
+        client = context(request).client_addresses.of(request.scope)
         if not user or not await self.access.verify(user, password, client):
             values = {"next": target, "failed": True, "username": user}
             return await self.render(request, "login.html", values, status=401)
