@@ -54,9 +54,10 @@ def add_command(commands: Any) -> None:
     gc_cmd.add_argument(
         "--grace",
         type=_grace,
-        default="1h",
+        default=None,
         metavar="DURATION",
-        help="keep what was written or linked this recently, e.g. 30m, 0 (default: 1h)",
+        help="keep what was written or linked this recently, e.g. 30m, 0 (default: the "
+        "config's garbagecollect.grace, as the server's scheduled runs; 1h if unset)",
     )
     gc_cmd.add_argument(
         "--full-speed",
@@ -67,15 +68,17 @@ def add_command(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = GcOptions(
-        dry_run=args.dry_run, delete_untagged=args.delete_untagged, grace=args.grace, apart=True
-    )
+    options = GcOptions(dry_run=args.dry_run, delete_untagged=args.delete_untagged, apart=True)
+    if args.grace is not None:
+        options = replace(options, grace=args.grace)
     # A large store's collection makes a few hundred thousand objects (digests, scans) that
     # live to its end: the cyclic collector walked them again and again (a quarter of the
     # process's CPU on the bench store). The command is short and makes few cycles.
     cycles.disable()
     try:
-        return garbage_collect(args.config, options, rest=not args.full_speed)
+        return garbage_collect(
+            args.config, options, rest=not args.full_speed, grace_given=args.grace is not None
+        )
     finally:
         cycles.enable()
 
@@ -100,9 +103,12 @@ class LeaseHeld(Exception):
     """Another collection (a server's scheduled one, or another command) is running."""
 
 
-def garbage_collect(path: str, options: GcOptions, *, rest: bool = True) -> int:
+def garbage_collect(
+    path: str, options: GcOptions, *, rest: bool = True, grace_given: bool = True
+) -> int:
     """Mark and sweep the storage the config at ``path`` names; with ``rest``, stepping
-    aside while the machine serves."""
+    aside while the machine serves; without ``grace_given``, with the config's grace (a
+    dry run then lists what the scheduled run deletes)."""
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -121,6 +127,8 @@ def garbage_collect(path: str, options: GcOptions, *, rest: bool = True) -> int:
         )
         return 1
     options = replace(options, rules=retention_rules(config))
+    if not grace_given:
+        options = replace(options, grace=config.garbagecollect.grace_s)
 
     async def collect() -> GcResult:
         driver = create_driver(config)
@@ -158,7 +166,7 @@ def garbage_collect(path: str, options: GcOptions, *, rest: bool = True) -> int:
         )
         return 1
     except StorageError as exc:
-        print(f"entrepot: storage error in {config.storage.rootdirectory}: {exc}", file=sys.stderr)
+        print(f"entrepot: storage error in {_storage_named(config)}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(
@@ -285,6 +293,13 @@ _LISTING = ("blob eligible ", "manifest eligible ", "tag eligible ", "repository
 
 def _say(line: str) -> None:
     print(line, flush=not line.startswith(_LISTING))
+
+
+def _storage_named(config: Config) -> str:
+    """The store a message is about: an S3 bucket, or a disk's root."""
+    if config.storage.s3 is not None:
+        return f"storage.s3 bucket {config.storage.s3.bucket}"
+    return f"storage.filesystem.rootdirectory {config.storage.rootdirectory}"
 
 
 def _grace(text: str) -> float:

@@ -188,3 +188,34 @@ def test_debug_address_in_use_exits_1_naming_it(
     assert len(made) == 1 and Path(made[0]).name.startswith("entrepot-metrics-")
     assert not Path(made[0]).exists()
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_garbage_collect_takes_its_grace_from_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A dry run must list what the server's scheduled run (garbagecollect.grace) deletes.
+    stray = tmp_path / "r/docker/registry/v2/blobs/sha256/ab" / ("ab" * 32) / "data"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"written just now, referenced by nothing")
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n"
+        "garbagecollect:\n  grace: 0s\n"
+    )
+    assert main(["garbage-collect", str(config), "--dry-run"]) == 0
+    assert f"blob eligible for deletion: sha256:{'ab' * 32}" in capsys.readouterr().out
+    assert main(["garbage-collect", str(config), "--dry-run", "--grace", "1h"]) == 0
+    assert "1 unreferenced blobs" in capsys.readouterr().out  # kept: the flag wins
+
+
+def test_a_storage_error_names_the_s3_bucket(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "version: 0.1\nstorage:\n  s3:\n    bucket: regbucket\n    region: us-east-1\n"
+        "    regionendpoint: http://127.0.0.1:9\n    accesskey: a\n    secretkey: s\n"
+    )
+    assert main(["garbage-collect", str(config), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("entrepot: storage error in storage.s3 bucket regbucket: "), err

@@ -78,8 +78,11 @@ async def manifest(
     return digest
 
 
-async def collect(driver: StorageDriver, **options: object) -> GcResult:
-    lines: list[str] = []
+async def collect(
+    driver: StorageDriver, lines: list[str] | None = None, **options: object
+) -> GcResult:
+    """A collection two hours from now (``lines``: what it says)."""
+    lines = [] if lines is None else lines
     gc = GarbageCollector(
         driver,
         GcOptions(**options),  # type: ignore[arg-type]
@@ -146,7 +149,7 @@ async def test_what_the_grace_window_alone_kept_is_said(driver: FilesystemDriver
     assert result.blobs_kept_fresh == 3  # team/gone's manifest, config and layer
     assert lines[-1] == (
         "kept as written or linked within the grace window (the last 3600s, --grace): "
-        "1 manifests, 3 unreferenced blobs and 1 emptied repositories; a later "
+        "0 tags, 1 manifests, 3 unreferenced blobs and 1 emptied repositories; a later "
         "collection deletes them"
     )
     aged = await collect(driver, delete_untagged=True)  # two hours on: they go

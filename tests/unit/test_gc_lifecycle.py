@@ -151,9 +151,13 @@ async def test_a_tag_pushed_within_the_grace_window_is_never_deleted(
     await image(driver, name, "v1", 9)
     await image(driver, name, "v2", 0)  # written now: fresh with a grace of 3 hours
     rules = (RetentionRule(repositories=("*",), keep_latest=0),)
-    result = await collect(driver, rules=rules, grace=3 * HOUR)
+    lines: list[str] = []
+    result = await collect(driver, lines, rules=rules, grace=3 * HOUR)
     assert result.tags_deleted == [(name, "v1")]
     assert await tags(driver, name) == ["v2"]
+    assert lines[-1].startswith(  # a dry run would say why v2 is not listed
+        "kept as written or linked within the grace window (the last 10800s, --grace): 1 tags, "
+    )
 
 
 # ---- a crashed collection ----------------------------------------------------------------
@@ -302,6 +306,20 @@ async def test_one_worker_collects_per_interval_and_counts_it(driver: Filesystem
     assert registry.get_sample_value("entrepot_gc_deleted_total", {"kind": "blob"}) == 1
     assert registry.get_sample_value("entrepot_gc_freed_bytes_total") == len(b"stray")
     assert "deleted 1 blobs (5 bytes)" in summary(first)
+
+
+async def test_a_scheduled_run_names_the_tags_its_rules_deleted(
+    driver: FilesystemDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    for tag, hours in (("v1", 9), ("v2", 8), ("v3", 7)):
+        await image(driver, "team/app", tag, hours)
+    rules = (RetentionRule(repositories=("team/*",), keep_latest=1),)
+    scheduled = ScheduledCollector(driver, 600.0, GcOptions(rules=rules), clock=time.time)
+    with caplog.at_level("INFO", logger="entrepot.gc"):
+        assert await scheduled.collect_if_due() is not None
+    assert "garbage collection: retention rules deleted tags of team/app: v1, v2" in [
+        r.getMessage() for r in caplog.records
+    ]
 
 
 def test_the_summary_line_of_a_dry_run_says_what_would_go() -> None:

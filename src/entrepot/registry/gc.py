@@ -177,6 +177,7 @@ class GarbageCollector:
         else:
             await self._sweep(scans, unkept, doomed)
         fresh = (
+            self.plan.kept_fresh,
             result.manifests_kept_fresh,
             result.blobs_kept_fresh,
             result.repositories_kept_fresh,
@@ -184,8 +185,8 @@ class GarbageCollector:
         if any(fresh):  # else a run right after a push seems to ignore what it would delete
             self.emit(
                 "kept as written or linked within the grace window (the last "
-                f"{self.options.grace:g}s, --grace): {fresh[0]} manifests, {fresh[1]} "
-                f"unreferenced blobs and {fresh[2]} emptied repositories; a later "
+                f"{self.options.grace:g}s, --grace): {fresh[0]} tags, {fresh[1]} manifests, "
+                f"{fresh[2]} unreferenced blobs and {fresh[3]} emptied repositories; a later "
                 "collection deletes them"
             )
         result.seconds = time.monotonic() - started

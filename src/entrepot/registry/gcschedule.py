@@ -184,6 +184,13 @@ class ScheduledCollector:
                 self.metrics.runs.labels("lost").inc()
             return None
         log.info(summary(result, self.options.dry_run))
+        by_repository: dict[str, list[str]] = {}
+        for name, tag in result.tags_deleted:
+            by_repository.setdefault(name, []).append(tag)
+        for name, tags in sorted(by_repository.items()):  # what a person will look for
+            log.info(
+                "garbage collection: retention rules deleted tags of %s: %s", name, ", ".join(tags)
+            )
         if self.metrics is not None:
             self.metrics.count(result)
         return result

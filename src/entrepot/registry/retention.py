@@ -13,6 +13,7 @@ referrers) is kept by the collector's mark.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -92,6 +93,7 @@ class RetentionPlan:
 
     tags: dict[str, dict[str, Digest]] = field(default_factory=dict)
     untagged_age: dict[str, float] = field(default_factory=dict)
+    kept_fresh: int = 0  # tags the rules delete, but pushed within the grace window
 
 
 async def plan_retention(
@@ -127,6 +129,7 @@ async def plan_retention(
 
         found = [f for f in await each(judged, facts) if f is not None]
         doomed = condemned_tags(found, judging, now, fresh_after)
+        plan.kept_fresh += len(condemned_tags(found, judging, now, math.inf) - doomed)
         if doomed:
             plan.tags[scan.name] = {t: scan.tags[t] for t in doomed}
 
