@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     except (PrefetchError, CacheCommandError) as exc:
         return _fail(str(exc))
     except StorageError as exc:
-        return _fail(f"storage error in {config.storage.rootdirectory}: {exc}")
+        return _fail(_storage_error(config, exc))
 
 
 def prefetch(config: Config, images: Sequence[str], platforms: Sequence[Platform]) -> int:
@@ -183,13 +183,20 @@ def _config(path: str) -> Config | None:
     except ConfigError as exc:
         print(f"entrepot: config error: {exc}", file=sys.stderr)
         return None
-    if config.storage.s3 is not None:
-        print(
-            "entrepot: config error: the pull-through cache cannot be kept on storage.s3 yet",
-            file=sys.stderr,
-        )
-        return None
     return config
+
+
+def _storage_error(config: Config, exc: StorageError) -> str:
+    """The line for a storage error, naming the store the cache is on."""
+    s3 = config.storage.s3
+    if s3 is None:
+        return f"storage error in {config.storage.rootdirectory}: {exc}"
+    root = s3.rootdirectory.strip("/")
+    return (
+        f"storage error in storage.s3 bucket {s3.bucket}"
+        + (f" (rootdirectory /{root})" if root else "")
+        + f": {exc}; check the bucket, regionendpoint and credentials"
+    )
 
 
 def _fail(message: str) -> int:
