@@ -252,6 +252,31 @@ async def test_a_blob_shared_with_a_pushed_image_survives_eviction(tmp_path: Pat
     assert not _tagged(tmp_path, "docker.io/library/base", "1")
     assert _held(tmp_path, Digest.of(shared))
     assert _tagged(tmp_path, "team/app", "v1")
+    # The evicted image's links go too, the shared blob's included: a repository left
+    # with links and no image stayed in _catalog.
+    links = tmp_path / layout.repository("docker.io/library/base") / "_layers"
+    assert not [p for p in links.rglob("link")]
+    assert (tmp_path / layout.layer_link("team/app", Digest.of(shared))).exists()
+
+
+async def test_an_image_whose_bytes_pushed_content_holds_is_not_evicted_for_space(
+    tmp_path: Path,
+) -> None:
+    # Evicting it would free nothing: the cap is met by images that free bytes.
+    local = LocalRegistry(FilesystemDriver(tmp_path))
+    clock = Clock()
+    same = await _image(local, "docker.io/library/same", "1", [b"a" * KB], clock.now - 900)
+    raw = (tmp_path / layout.blob_data(same)).read_bytes()
+    for link in (tmp_path / layout.repository("docker.io/library/same") / "_layers").rglob("link"):
+        digest = Digest.parse(link.read_text())
+        await local.links.write("team/same", layout.layer_link("team/same", digest), digest)
+    await local.manifests.of("team/same").store(parse_manifest(raw, mt.OCI_MANIFEST), "v1")
+    other = await _image(local, "docker.io/library/other", "1", [b"b" * KB], clock.now - 800)
+
+    result = await _janitor(local, clock, maxsize=1).sweep()
+
+    assert result.images == [f"docker.io/library/other@{other}"]
+    assert _tagged(tmp_path, "docker.io/library/same", "1")
 
 
 async def test_pull_records_of_evicted_images_are_dropped(tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ class CacheUnit:
     tags: list[str] = field(default_factory=list)
     blobs: set[Digest] = field(default_factory=set)  # held and unprotected, manifests too
     last_pulled: float = 0.0
+    # Every blob it references, pushed content's too: their links in this repository go
+    # with it (or the repository stays listed, holding links and no image).
+    linked: set[Digest] = field(default_factory=set)
 
     @property
     def label(self) -> str:
@@ -96,7 +99,7 @@ def _images(
         times = [scan.revision_mtimes.get(root, 0.0)]
         times += [pulls.get((scan.name, str(m)), 0.0) for m in members]
         times += [tag_times.get(t, 0.0) for t in tags]
-        units.append(CacheUnit(scan.name, root, members, tags, blobs, max(times)))
+        units.append(CacheUnit(scan.name, root, members, tags, blobs, max(times), set(blobs)))
     return units
 
 

@@ -84,7 +84,7 @@ def plan_eviction(
     for unit in order:
         if maxsize is None or total <= maxsize:
             break
-        if id(unit) not in chosen:
+        if id(unit) not in chosen and unit.blobs:  # else it frees nothing: pushed content's
             evict(unit, "maxsize")
     return plan
 
@@ -143,12 +143,12 @@ class CacheJanitor:
         retained: dict[str, set[Digest]] = {}
         for unit in scan.units:
             if id(unit) not in evicted:
-                retained.setdefault(unit.repository, set()).update(unit.blobs)
+                retained.setdefault(unit.repository, set()).update(unit.linked or unit.blobs)
         for unit, _ in plan.units:
             name = unit.repository
             unlinked = [
                 d
-                for d in unit.blobs - retained.get(name, set())
+                for d in (unit.linked or unit.blobs) - retained.get(name, set())
                 if name in scan.layer_links.get(d, ())
             ]
             await each([(name, d) for d in unlinked], self._unlink_layer)
