@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from entrepot.storage.s3mirror import STALE, Mirrors
 
 KEY = "repositories/r/_uploads/fill-x/token-1"
@@ -74,3 +76,18 @@ async def test_mirrors_left_by_dead_processes_are_swept_long_after(tmp_path: Pat
     assert mirrors.create(KEY) is not None
     assert not old.exists() and recent.exists()
     await mirrors.close()
+
+
+def test_lock_files_and_mirrors_are_kept_per_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A command run with sudo must not leave the server's user a root-owned directory.
+    from entrepot.storage.s3 import local_lease_directory
+    from entrepot.storage.s3mirror import mirror_directory
+
+    places = {}
+    for uid in (0, 1000):
+        monkeypatch.setattr(os, "geteuid", lambda uid=uid: uid)
+        places[uid] = (local_lease_directory("e", "b", "r"), mirror_directory("e", "b", "r"))
+    (lease0, mirror0), (lease1, mirror1) = places[0], places[1000]
+    assert lease0 != lease1 and mirror0 != mirror1
+    assert os.path.dirname(lease1).endswith("entrepot-leases-1000")
+    assert os.path.dirname(mirror1).endswith("entrepot-mirrors-1000")

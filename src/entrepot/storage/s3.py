@@ -422,9 +422,10 @@ class S3Driver(StorageDriver):
 
 def local_lease_directory(endpoint: str, bucket: str, root: str) -> str:
     """Lock files of this machine's processes on one store: below the temp directory, in
-    a directory named after endpoint, bucket and rootdirectory."""
+    a directory named after endpoint, bucket and rootdirectory, one per user (a command
+    run with sudo made a root-owned one that stopped the server's user taking locks)."""
     name = hashlib.sha256(f"{endpoint}\n{bucket}\n{root}".encode()).hexdigest()[:24]
-    return os.path.join(tempfile.gettempdir(), "entrepot-leases", name)
+    return os.path.join(tempfile.gettempdir(), f"entrepot-leases-{os.geteuid()}", name)
 
 
 def probe_bucket(settings: S3Settings, write_key: str | None) -> str | None:

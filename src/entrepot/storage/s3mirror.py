@@ -38,7 +38,8 @@ READ_CHUNK = 4 << 20
 
 def mirror_directory(endpoint: str, bucket: str, root: str) -> str:
     name = hashlib.sha256(f"{endpoint}\n{bucket}\n{root}".encode()).hexdigest()[:24]
-    return os.path.join(tempfile.gettempdir(), "entrepot-mirrors", name)
+    # One per user, as the lease directory (storage/s3.py).
+    return os.path.join(tempfile.gettempdir(), f"entrepot-mirrors-{os.geteuid()}", name)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
