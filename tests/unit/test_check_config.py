@@ -420,3 +420,44 @@ def test_a_damaged_certificate_among_good_ones_is_refused_before_serving(
         assert len(err.splitlines()) == 1
     file.write_bytes(good)
     assert main(["check-config", str(path)]) == 0
+
+
+UNSHARED = (
+    "warning: http.secret is not set: each replica makes its own, and {fails}; set the same "
+    "http.secret on every replica"
+)
+
+
+@pytest.mark.parametrize("auth", [True, False])
+def test_redis_without_http_secret_warns_that_replicas_need_the_same_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], auth: bool
+) -> None:
+    (tmp_path / "htpasswd").write_text(f"alice:{HASH}\n")
+    access = f"auth:\n  htpasswd:\n    realm: r\n    path: {tmp_path}/htpasswd\n" if auth else ""
+    base = f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/data\n{access}"
+    path = write(tmp_path, base + "redis:\n  addr: 127.0.0.1:5539\n")
+    assert main(["check-config", str(path)]) == 0
+    fails = (
+        "uploads that move between replicas (a load balancer) fail"
+        if auth
+        else "once auth is configured, uploads that move between replicas (a load balancer) "
+        "will fail"
+    )
+    assert capsys.readouterr().err.splitlines() == [UNSHARED.format(fails=fails)]
+    # With the secret set, or a single server on its disk without redis: nothing to say.
+    for config in (base + "redis:\n  addr: 127.0.0.1:5539\nhttp:\n  secret: same\n", base):
+        path = write(tmp_path, config)
+        assert main(["check-config", str(path)]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_s3_without_http_secret_warns_that_replicas_need_the_same_one(tmp_path: Path) -> None:
+    s3 = "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    region: us-east-1\n"
+    warned = load_config(write(tmp_path, s3)).warnings
+    assert [f"warning: {w}" for w in warned] == [
+        UNSHARED.format(
+            fails="once auth is configured, uploads that move between replicas (a load "
+            "balancer) will fail"
+        )
+    ]
+    assert load_config(write(tmp_path, s3 + "http:\n  secret: same\n")).warnings == ()

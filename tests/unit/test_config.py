@@ -221,7 +221,7 @@ def test_env_value_must_be_yaml(tmp_path: Path) -> None:
 def test_unknown_or_unimplemented_key_warns_with_its_path(
     tmp_path: Path, extra: str, key_path: str
 ) -> None:
-    config = load(tmp_path, MINIMAL + extra)
+    config = load(tmp_path, MINIMAL + extra, {"REGISTRY_HTTP_SECRET": "s"})  # as replicas do
     assert len(config.warnings) == 1
     assert key_path in config.warnings[0]
 
@@ -233,7 +233,7 @@ def test_redis_section_as_registry2_writes_it(tmp_path: Path) -> None:
         "  dialtimeout: 10ms\n  readtimeout: 1s\n  writetimeout: 2s\n"
         "  pool:\n    maxidle: 16\n    maxactive: 64\n    idletimeout: 300s\n"
         "  tls:\n    enabled: true\n",
-        env={"REGISTRY_REDIS_DB": "3"},
+        env={"REGISTRY_REDIS_DB": "3", "REGISTRY_HTTP_SECRET": "s"},
     )
     redis = config.redis
     assert redis is not None and config.warnings == ()

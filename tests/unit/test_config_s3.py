@@ -13,7 +13,8 @@ from entrepot.config.check import effective_yaml, summary
 
 def load(tmp_path: Path, storage: str, env: dict[str, str] | None = None) -> Config:
     path = tmp_path / "config.yml"
-    path.write_text(f"version: 0.1\nstorage:\n{storage}\nhttp:\n  addr: :5000\n")
+    # Replicas share a secret (else a warning, tested in test_check_config).
+    path.write_text(f"version: 0.1\nstorage:\n{storage}\nhttp:\n  addr: :5000\n  secret: s\n")
     return load_config(path, env or {})
 
 

@@ -159,7 +159,12 @@ class HttpConfig:
     )
     host_url: str | None = key("host", None, doc="the externally reachable base URL")
     secret: str | None = key(
-        "secret", None, secret=True, doc="signs tokens and upload state (default: random, shared)"
+        "secret",
+        None,
+        secret=True,
+        doc="signs tokens and upload state (default: random, shared by the workers of one "
+        "server only: replicas need the same one, and start-up warns on `storage.s3` or with "
+        "`redis` without it)",
     )
     prefix: str = key("prefix", "/", doc="serve the API below this path")
     headers: dict[str, list[str]] = key("headers", factory=dict, doc="headers added to responses")

@@ -234,4 +234,21 @@ class Config:
                 "plain names: configure registry:2's proxy block (or a proxies entry with "
                 "mirror: true), or use auto or pushed"
             )
+        self._warn_unshared_secret(at)
         return replace(self, log=log, loglevel=None, proxy=None, proxies=proxies)
+
+    def _warn_unshared_secret(self, at: At) -> None:
+        """registry:2's warning: on storage that replicas share, a secret of its own on each
+        breaks what one replica signs and another checks."""
+        if self.http.secret or (self.storage.s3 is None and self.redis is None):
+            return
+        fails = (
+            "uploads that move between replicas (a load balancer) fail"
+            if self.auth is not None
+            else "once auth is configured, uploads that move between replicas (a load "
+            "balancer) will fail"
+        )
+        at.warn(
+            f"http.secret is not set: each replica makes its own, and {fails}; "
+            "set the same http.secret on every replica"
+        )

@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import re
+import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,6 +24,37 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry.api import BlobInfo, BlobWriter, UploadStatus
 
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+log = logging.getLogger("entrepot.http.uploads")
+# At most one warning about upload states with a foreign signature per this many seconds
+# (per process): behind a load balancer, replicas with different secrets fail every push.
+STATE_WARNING_INTERVAL = 60.0
+
+
+class _ForeignStates:
+    """Rate-limited warnings about ``_state`` signatures this server did not make."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last: float | None = None
+        self.unsaid = 0
+
+    def saw(self, name: str, upload_id: str) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < STATE_WARNING_INTERVAL:
+            self.unsaid += 1
+            return
+        more = f" ({self.unsaid} more since the last warning)" if self.unsaid else ""
+        self.last, self.unsaid = now, 0
+        log.warning(
+            "upload state for %s upload %s has a signature this server did not make: "
+            "do all replicas share http.secret?%s",
+            name,
+            upload_id,
+            more,
+        )
+
+
+_foreign_states = _ForeignStates()
 
 
 def _upload_state(request: Request, name: str, upload_id: str) -> str | None:
@@ -40,6 +74,8 @@ def _check_state(request: Request, name: str, upload_id: str) -> None:
         return
     given = request.query_params.get("_state", "")
     if not hmac.compare_digest(given.encode(), expected.encode()):
+        if given:  # signed, not by us (for this repository and user): say so, not just 404
+            _foreign_states.saw(name, upload_id)
         # Another repository's or user's upload, or a forged id: as if it did not exist.
         raise RegistryError(
             ErrorCode.BLOB_UPLOAD_UNKNOWN, "blob upload unknown to registry", {"uuid": upload_id}

@@ -51,6 +51,54 @@ FILL: LeaseScope = "machine"
 _TRIES = 50  # a lease that keeps changing hands while we look (a fill ends, another starts)
 
 
+# While fills go ahead without a lease (the lease service fails), this often at most a
+# reminder: a pull of many blobs is one failure, not a warning per blob.
+UNLEASED_REMINDER = 60.0
+
+
+class Unleased:
+    """The fills of this process that went ahead without a lease: one warning when it
+    starts, a reminder with the count at most every ``UNLEASED_REMINDER`` seconds while it
+    lasts, one line when leases work again."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.count = 0  # fills without a lease since the last line
+        self.said: float | None = None  # when the last line was (None: leases work)
+
+    def failed(self, label: str, exc: Exception) -> None:
+        now = self.clock()
+        self.count += 1
+        if self.said is None:
+            log.warning(
+                "%s: no lease (%s); downloading without one (other fills meanwhile do too, "
+                "and are counted, not each logged)",
+                label,
+                exc,
+            )
+        elif now - self.said >= UNLEASED_REMINDER:
+            log.warning(
+                "still no fill leases: %d fills went ahead without one in %.0fs; the latest, "
+                "%s: %s",
+                self.count,
+                now - self.said,
+                label,
+                exc,
+            )
+        else:
+            return
+        self.said, self.count = now, 0
+
+    def worked(self) -> None:
+        if self.said is None:
+            return
+        log.info("fill leases work again (%d more fills went without one)", self.count)
+        self.said, self.count = None, 0
+
+
+unleased = Unleased()
+
+
 class FetchFailed(Exception):
     """The shared download failed; ``cause`` is what the first client should be told."""
 
@@ -135,12 +183,15 @@ class BlobFill:
         for _ in range(_TRIES):
             try:
                 lease = await driver.try_lease(spool.lease, scope=FILL)
+                token = None if lease else await driver.lease_holder(spool.lease, scope=FILL)
             except StorageError as exc:
                 # Safe without it (publishing is atomic, the bytes are the same): at worst
-                # another process or replica downloads the blob too.
-                log.warning("%s: no lease (%s); downloading without one", self.label, exc)
+                # another process or replica downloads the blob too. (A lease service that
+                # hangs gives up within its own bound: storage/redisleases.py.)
+                unleased.failed(self.label, exc)
                 await self._lead(open_remote, f"unleased-{uuid.uuid4().hex}")
                 return
+            unleased.worked()
             if lease is not None:
                 try:
                     if await self._published():
@@ -149,7 +200,6 @@ class BlobFill:
                 finally:
                     await lease.release()
                 return
-            token = await driver.lease_holder(spool.lease, scope=FILL)
             if token:
                 await self._follow(token)
                 return

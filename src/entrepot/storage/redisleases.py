@@ -2,15 +2,24 @@
 shares the Redis server, for cache fills and background work alike. A lease is the key
 ``<prefix><name>`` set with NX to the holder's token and a time limit, renewed while held
 (so a replica that dies lets go within the limit); renewal and release touch the key only
-while it still holds our token."""
+while it still holds our token.
+
+Every call is bounded by ``ANSWER_WITHIN`` whatever ``redis.readtimeout`` says (registry:2's
+default, 0, is no limit): a hung Redis (stopped, or a network that drops packets) must not
+stall a cache fill, which goes ahead without a lease instead. A failed call is tried once
+more at once (a pooled connection Redis closed), not after redis-py's growing back-off."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from entrepot.storage.driver import Lease, StorageError
@@ -18,6 +27,11 @@ from entrepot.storage.leases import Leases, RenewedLease, new_token
 
 __all__ = ["RedisLeases", "RedisSettings"]
 
+T = TypeVar("T")
+PING_WITHIN = 5.0  # start-up: the longest the check that Redis answers waits
+
+# The longest a lease call waits for Redis: a lease is worth a moment, not a stalled fill.
+ANSWER_WITHIN = 1.5
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"  # noqa: E501
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"  # noqa: E501
 
@@ -52,6 +66,7 @@ class RedisSettings:
             socket_connect_timeout=self.dial_timeout or None,
             socket_timeout=max(timeouts) if timeouts else None,
             max_connections=self.max_connections or None,
+            retry=Retry(NoBackoff(), 1),
         )
 
 
@@ -62,17 +77,18 @@ class _RedisLease(RenewedLease):
         self._key = key
 
     async def _extend(self) -> bool:
-        try:
-            kept = await self._leases.redis.eval(
-                _RENEW, 1, self._key, self.token, int(self.ttl * 1000)
-            )
-        except RedisError as exc:
-            raise self._leases.error(exc, self._key) from exc
+        kept = await self._leases.call(
+            self._key,
+            self._leases.redis.eval(_RENEW, 1, self._key, self.token, int(self.ttl * 1000)),
+        )
         return bool(kept)
 
     async def _drop(self) -> None:
-        with contextlib.suppress(RedisError):
-            await self._leases.redis.eval(_RELEASE, 1, self._key, self.token)
+        # Unreleased, it lapses within its time limit.
+        with contextlib.suppress(StorageError):
+            await self._leases.call(
+                self._key, self._leases.redis.eval(_RELEASE, 1, self._key, self.token)
+            )
 
 
 class RedisLeases(Leases):
@@ -86,20 +102,27 @@ class RedisLeases(Leases):
     def error(self, exc: Exception, name: str) -> StorageError:
         return StorageError(f"{self.address}: lease {name}: {exc}")
 
+    async def call(self, name: str, command: Awaitable[T]) -> T:
+        """``command``'s answer within ``ANSWER_WITHIN``, or a StorageError naming Redis."""
+        try:
+            async with asyncio.timeout(ANSWER_WITHIN):
+                return await command
+        except TimeoutError:
+            raise StorageError(
+                f"{self.address}: lease {name}: no answer within {ANSWER_WITHIN:g}s "
+                "(is Redis hung or unreachable?)"
+            ) from None
+        except RedisError as exc:
+            raise self.error(exc, name) from exc
+
     async def acquire(self, name: str, ttl: float) -> Lease | None:
         key = self.prefix + name
         token = new_token()
-        try:
-            taken = await self.redis.set(key, token, nx=True, px=int(ttl * 1000))
-        except RedisError as exc:
-            raise self.error(exc, name) from exc
+        taken = await self.call(name, self.redis.set(key, token, nx=True, px=int(ttl * 1000)))
         return _RedisLease(self, key, token, ttl) if taken else None
 
     async def holder(self, name: str) -> str | None:
-        try:
-            value = await self.redis.get(self.prefix + name)
-        except RedisError as exc:
-            raise self.error(exc, name) from exc
+        value = await self.call(name, self.redis.get(self.prefix + name))
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
@@ -115,12 +138,15 @@ def ping(settings: RedisSettings) -> str | None:
     async def check() -> None:
         client = settings.client()
         try:
-            await client.ping()
+            async with asyncio.timeout(PING_WITHIN):
+                await client.ping()
         finally:
             await client.aclose()
 
     try:
         asyncio.run(check())
+    except TimeoutError:
+        return f"{settings.address}: no answer within {PING_WITHIN:g}s (is Redis hung?)"
     except (RedisError, OSError) as exc:
         return f"{settings.address}: {exc}"
     return None
