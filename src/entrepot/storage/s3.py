@@ -25,10 +25,10 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
@@ -56,6 +56,7 @@ from entrepot.storage.objectleases import ObjectLeases
 from entrepot.storage.s3ingest import S3Ingest, ingest_state, read_ingest
 from entrepot.storage.s3mirror import Mirrors, mirror_directory
 from entrepot.storage.s3stream import MIN_PIECE, S3Writer, cut, reason
+from entrepot.storage.s3wait import ANSWER_TIMEOUT, answered, each_answered
 
 if TYPE_CHECKING:
     from obstore import GetOptions
@@ -67,6 +68,7 @@ LEASES = "entrepot/leases"  # the bucket's leases without Redis (storage/objectl
 REDIRECT_EXPIRY = timedelta(minutes=20)  # registry:2's presigned URLs last 20 minutes
 # obstore raises its NotFoundError for some calls and FileNotFoundError for others.
 _MISSING = (NotFoundError, FileNotFoundError)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +127,11 @@ class S3Driver(StorageDriver):
         leases: Leases | None = None,
         mirrors: str | None = None,
         lock_files: str | None = None,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         self.settings = settings
+        # Seconds a call waits for the server's answer, a stream for its next piece (s3wait)
+        self.answer_timeout = answer_timeout
         self.bucket = settings.bucket
         self.endpoint = settings.endpoint or f"https://s3.{settings.region}.amazonaws.com"
         root = settings.rootdirectory.strip("/")
@@ -189,6 +194,12 @@ class S3Driver(StorageDriver):
     def where(self, key: str) -> str:
         return f"s3 bucket {self.bucket} key {self._prefix}{key} at {self.endpoint}"
 
+    def _answered(self, call: Awaitable[T]) -> Awaitable[T]:
+        return answered(call, self.answer_timeout)
+
+    def _each(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        return each_answered(items, self.answer_timeout)
+
     def _error(self, exc: BaseException, key: str, missing: bool = True) -> StorageError:
         """StorageNotFound for a missing key (``missing``: the operation reads it), else
         StorageError naming bucket, key, endpoint and S3's reason. A 404 for the bucket
@@ -200,22 +211,23 @@ class S3Driver(StorageDriver):
     async def get_content(self, key: str) -> bytes:
         path = self.object_key(key)
         try:
-            result = await obstore.get_async(self.store, path)
-            return bytes(await result.bytes_async())
+            result = await self._answered(obstore.get_async(self.store, path))
+            return bytes(await self._answered(result.bytes_async()))
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
 
     async def put_content(self, key: str, data: bytes) -> None:
         path = self.object_key(key)
         try:
-            await obstore.put_async(self.store, path, data, use_multipart=False)
+            await self._answered(obstore.put_async(self.store, path, data, use_multipart=False))
         except (BaseError, OSError) as exc:
             raise self._error(exc, key, missing=False) from exc
 
     async def put_new(self, key: str, data: bytes) -> bool:
         path = self.object_key(key)
         try:
-            await obstore.put_async(self.store, path, data, use_multipart=False, mode="create")
+            put = obstore.put_async(self.store, path, data, use_multipart=False, mode="create")
+            await self._answered(put)
         except (AlreadyExistsError, PreconditionError):
             return False
         except (BaseError, OSError) as exc:
@@ -232,7 +244,7 @@ class S3Driver(StorageDriver):
         if offset or length is not None:
             # A range needs the size first: S3 refuses one that starts at or past the end.
             try:
-                size = (await obstore.head_async(self.store, path))["size"]
+                size = (await self._answered(obstore.head_async(self.store, path)))["size"]
             except (BaseError, OSError) as exc:
                 raise self._error(exc, key) from exc
             end = size if length is None else min(size, offset + length)
@@ -241,11 +253,12 @@ class S3Driver(StorageDriver):
             options["range"] = (offset, end)
         # else the whole object (a blob GET): one GET, no HEAD first.
         try:
-            result = await obstore.get_async(self.store, path, options=options)
+            result = await self._answered(obstore.get_async(self.store, path, options=options))
             # obstore's pieces passed on as they are (``cut``), not merged into 1 MiB and
             # cut again to exact sizes: one copy of every byte less (obstore already
             # copies each piece out of its buffers into ``bytes``).
-            async for chunk in cut(result.stream(min_chunk_size=MIN_PIECE), chunk_size):
+            pieces = self._each(result.stream(min_chunk_size=MIN_PIECE))
+            async for chunk in cut(pieces, chunk_size):
                 yield chunk
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
@@ -260,7 +273,7 @@ class S3Driver(StorageDriver):
     async def stat(self, key: str) -> FileInfo:
         if key:
             try:
-                meta = await obstore.head_async(self.store, self.object_key(key))
+                meta = await self._answered(obstore.head_async(self.store, self.object_key(key)))
                 mtime = meta["last_modified"].timestamp()
                 return FileInfo(key, meta["size"], mtime, False, meta.get("e_tag"))
             except _MISSING:
@@ -272,7 +285,7 @@ class S3Driver(StorageDriver):
         raise StorageNotFound(key)
 
     async def _has_children(self, prefix: str) -> bool:
-        stream = obstore.list(self.store, self._dir_key(prefix), chunk_size=1)
+        stream = self._each(obstore.list(self.store, self._dir_key(prefix), chunk_size=1))
         try:
             async for batch in stream:
                 if batch:
@@ -283,7 +296,9 @@ class S3Driver(StorageDriver):
 
     async def list(self, prefix: str) -> list[str]:
         try:
-            listing = await obstore.list_with_delimiter_async(self.store, self._dir_key(prefix))
+            listing = await self._answered(
+                obstore.list_with_delimiter_async(self.store, self._dir_key(prefix))
+            )
         except (BaseError, OSError) as exc:
             raise self._error(exc, prefix) from exc
         names = [p.rsplit("/", 1)[-1] for p in listing["common_prefixes"]]
@@ -305,7 +320,7 @@ class S3Driver(StorageDriver):
             # that version now means the copy is of it (a version names its content).
             failure: BaseException | None = None
             try:
-                now = (await obstore.head_async(self.store, src_path)).get("e_tag")
+                now = (await self._answered(obstore.head_async(self.store, src_path))).get("e_tag")
             except (BaseError, OSError) as exc:
                 now, failure = None, None if isinstance(exc, _MISSING) else exc
             if now != if_version:
@@ -315,7 +330,7 @@ class S3Driver(StorageDriver):
                     raise self._error(failure, src, missing=False) from failure
                 raise StorageConflict(f"{self.where(src)}: changed while it was moved")
         try:
-            await obstore.delete_async(self.store, src_path)
+            await self._answered(obstore.delete_async(self.store, src_path))
         except (BaseError, OSError) as exc:
             raise self._error(exc, src) from exc
 
@@ -324,14 +339,14 @@ class S3Driver(StorageDriver):
         paths: list[str] = []
         try:
             with contextlib.suppress(*_MISSING):
-                await obstore.head_async(self.store, path)
+                await self._answered(obstore.head_async(self.store, path))
                 paths.append(path)
-            async for batch in obstore.list(self.store, path, chunk_size=1000):
+            async for batch in self._each(obstore.list(self.store, path, chunk_size=1000)):
                 paths.extend(o["path"] for o in batch)
             if not paths:
                 raise StorageNotFound(key)
             for i in range(0, len(paths), 1000):  # DeleteObjects takes 1000 keys at most
-                await obstore.delete_async(self.store, paths[i : i + 1000])
+                await self._answered(obstore.delete_async(self.store, paths[i : i + 1000]))
         except (BaseError, OSError) as exc:
             raise self._error(exc, key) from exc
 
@@ -342,7 +357,7 @@ class S3Driver(StorageDriver):
         cut = len(base) + 1 if base else 0
         folder = Folder(fold) if fold is not None else None
         try:
-            async for batch in obstore.list(self.store, base, chunk_size=1000):
+            async for batch in self._each(obstore.list(self.store, base, chunk_size=1000)):
                 infos = [
                     FileInfo(
                         o["path"][cut:],
@@ -366,7 +381,7 @@ class S3Driver(StorageDriver):
         paths = [self.object_key(key) for key in keys]
         try:
             for i in range(0, len(paths), 1000):  # DeleteObjects takes 1000 keys at most
-                await obstore.delete_async(self.store, paths[i : i + 1000])
+                await self._answered(obstore.delete_async(self.store, paths[i : i + 1000]))
         except (BaseError, OSError) as exc:
             raise self._error(exc, keys[0], missing=False) from exc
 
@@ -413,7 +428,7 @@ class S3Driver(StorageDriver):
         """Raise StorageError naming the bucket, the endpoint and the reason unless the
         bucket can be listed with these credentials (for start-up)."""
         try:
-            await obstore.list_with_delimiter_async(self.store, self._dir_key(""))
+            await self._answered(obstore.list_with_delimiter_async(self.store, self._dir_key("")))
         except (BaseError, OSError) as exc:
             raise StorageError(
                 f"S3 bucket {self.bucket!r} at {self.endpoint}: {reason(exc)}"

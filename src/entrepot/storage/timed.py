@@ -50,6 +50,9 @@ class TimedDriver(StorageDriver):
         self._get_content_seconds = of(self.name, "GetContent")
         self._stat_seconds = of(self.name, "Stat")
 
+    def __repr__(self) -> str:
+        return repr(self.inner)  # the storage, for operators' messages
+
     @contextlib.contextmanager
     def _timed(self, action: str) -> Iterator[None]:
         start = time.perf_counter()
