@@ -146,7 +146,11 @@ class StorageHealth:
     """``health.storagedriver``: an absent or 0 threshold is one failure, as in registry:2."""
 
     enabled: bool = key("enabled", False, doc="`/v2/` answers 503 while storage is unhealthy")
-    interval_s: float = key("interval", 10.0, doc="between checks")
+    interval_s: float = key(
+        "interval",
+        10.0,
+        doc="between checks; a check that takes over 10 s (storage not answering) is a failure",
+    )
     threshold: int = key("threshold", 1, doc="consecutive failures before unhealthy")
 
     def checked(self, at: At) -> StorageHealth:
