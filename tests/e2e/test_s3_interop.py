@@ -165,7 +165,7 @@ def _start_error(entrepot_factory: ServerFactory, storage: dict[str, Any], **con
         ({"bucket": "no-such-bucket"}, "NoSuchBucket"),
         ({"secretkey": "not-the-secret"}, "SignatureDoesNotMatch"),
         ({"accesskey": "nobody", "secretkey": "x"}, "InvalidAccessKeyId"),
-        ({"regionendpoint": "unreachable"}, "error sending request"),
+        ({"regionendpoint": "unreachable"}, "connection refused: check storage.s3.regionendpoint"),
     ],
 )
 def test_start_with_an_unusable_bucket_is_one_clear_error(

@@ -29,10 +29,21 @@ _S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _HTTP_STATUS = re.compile(r"status code: (\d{3}[^:]*)")
 
 
+# The cloud instance metadata service, which obstore asks for credentials none are given.
+_METADATA = "169.254.169.254"
+
+
 def reason(exc: BaseException) -> str:
     """A short reason: S3's error code and the HTTP status when the server answered
     (obstore's message holds the whole response and a debug dump), else its first line."""
     text = str(exc).strip()
+    if _METADATA in text:  # obstore looked for credentials where cloud instances have them
+        return (
+            "no S3 credentials: set storage.s3.accesskey and secretkey (or AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY); no cloud instance metadata service gave any"
+        )
+    if "Connection refused" in text:  # under obstore's "error sending request"
+        return "connection refused: check storage.s3.regionendpoint (its host and port)"
     code, status = _S3_CODE.search(text), _HTTP_STATUS.search(text)
     if code and status:
         return f"{code.group(1)} (HTTP {status.group(1).strip()})"
