@@ -384,3 +384,34 @@ async def test_layer_folders_without_a_link(driver: FilesystemDriver) -> None:
     store = Limited(driver, 4)
     assert (await scan_store(store, 0.0))["team/app"].layers == {linked, unlinked}
     assert (await scan_repository(store, "team/app", 0.0)).layers == {linked}
+
+
+async def test_a_repository_an_upload_just_began_in_is_not_removed(
+    driver: FilesystemDriver, tmp_path: Path
+) -> None:
+    # A POST made the upload's folder and has not written its first file yet: the
+    # repository has no manifest, and removing it failed the POST (and would lose it).
+    started = tmp_path / "root" / layout.repository("team/new") / "_uploads" / "c8e82546"
+    started.mkdir(parents=True)
+    result = await collect(driver, grace=0)
+    assert result.repositories_removed == []
+    assert started.is_dir()
+
+
+async def test_an_upload_begun_after_the_scan_keeps_its_repository(
+    driver: FilesystemDriver, tmp_path: Path
+) -> None:
+    gone = await manifest(driver, "team/app", [await layer(driver, "team/app", b"x")])
+    await driver.delete(layout.manifest_revision_dir("team/app", gone))
+    age(driver, *[str(p.relative_to(tmp_path / "root")) for p in (tmp_path / "root").rglob("link")])
+    gc = GarbageCollector(driver, GcOptions(grace=0), emit=lambda _: None)
+    real_empty = gc._empty_repositories
+
+    async def then_a_post(*args: object) -> list[str]:
+        empty = await real_empty(*args)  # type: ignore[arg-type]
+        (tmp_path / "root" / layout.repository("team/app") / "_uploads" / "u1").mkdir(parents=True)
+        return empty
+
+    gc._empty_repositories = then_a_post  # type: ignore[method-assign,assignment]
+    await gc.run()
+    assert (tmp_path / "root" / layout.repository("team/app") / "_uploads" / "u1").is_dir()

@@ -440,6 +440,8 @@ class GarbageCollector:
         return sorted(s.name for s, ok in zip(candidates, stale, strict=True) if ok)
 
     async def _remove_repository(self, name: str) -> None:
+        if await self.store.children(f"{layout.repository(name)}/_uploads"):
+            return  # an upload began since the scan (a POST): the repository stays
         for folder in _REPO_FOLDERS:
             await self.store.delete(f"{layout.repository(name)}/{folder}")
         # A driver with real directories leaves the folders empty: remove those up the tree,

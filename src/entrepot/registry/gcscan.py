@@ -198,11 +198,12 @@ class _Scanner:
             linked = self.layer_folders if info.is_dir else parts[3] == "link"
             if digest is not None and linked:
                 scan.layers.add(digest)
-        elif marker == "_uploads" and n > 1 and not info.is_dir:
+        elif marker == "_uploads" and n > 1:
+            # An upload's folder counts before its first file: a POST that just made it.
             if not scan.uploads or scan.uploads[-1] != parts[1]:
                 scan.uploads.append(parts[1])
-            if n == 3 and holds_bytes(parts[2]) and info.mtime > self.fresh_after:
-                scan.upload_active = True
+            if n == 3 and not info.is_dir and holds_bytes(parts[2]):
+                scan.upload_active |= info.mtime > self.fresh_after
 
     def add_keys(self, batch: list[FileInfo]) -> None:
         """Objects with keys relative to ``repositories/``."""
