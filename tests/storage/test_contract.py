@@ -596,6 +596,27 @@ async def test_scan_apart_finds_what_scan_finds(driver: StorageDriver) -> None:
     assert [b async for b in driver.scan_apart("nope", fold=fold_blob_folders)] == []
 
 
+async def test_scan_apart_shards_share_the_top_level_between_them(driver: StorageDriver) -> None:
+    # Several walks at once (a collection's, one per CPU) each take a part of the tree.
+    names = [f"team{n}" for n in range(12)]
+    for name in names:
+        await driver.put_content(f"s/{name}/app/b/1/data", name.encode())
+        await driver.put_content(f"s/{name}/l/k/link", b"sha256:k")
+    await driver.put_content("s/top", b"t")
+    whole = [i.key async for b in driver.scan_apart("s", fold=fold_blob_folders) for i in b]
+    for fold in (fold_blob_folders, None):
+        parts = [
+            [i.key async for b in driver.scan_apart("s", fold=fold, shard=(n, 3)) for i in b]
+            for n in range(3)
+        ]
+        tops = [{key.split("/")[0] for key in part} for part in parts]
+        assert all(tops), "each shard has a part here"
+        for top in [*names, "top"]:  # each top-level entry in exactly one shard
+            assert [top in part for part in tops].count(True) == 1
+        if fold is fold_blob_folders:
+            assert sorted(key for part in parts for key in part) == whole
+
+
 def read_links_and_their_targets(key: str) -> str | None:
     """A module-level reader: a link's own bytes; for a blob's ``data``, the link that
     names it; nothing for the rest."""

@@ -242,3 +242,68 @@ async def test_a_walk_apart_comes_in_batches(root: Path, fs: FilesystemDriver) -
     batches = [[i.key for i in b] async for b in fs.scan_apart("many")]
     assert [len(b) for b in batches] == [BATCH, 10]
     assert [k for b in batches for k in b] == [i.key async for b in fs.scan("many") for i in b]
+
+
+def helpers(fs: FilesystemDriver) -> list[asyncio.subprocess.Process]:
+    """The processes serving the driver's bulk calls."""
+    serving = fs._helpers
+    return [] if serving is None else [h.process for h in serving._all]
+
+
+def helper_pids(fs: FilesystemDriver) -> list[int]:
+    return [process.pid for process in helpers(fs)]
+
+
+async def test_bulk_calls_apart_do_what_they_do_in_threads(
+    root: Path, fs: FilesystemDriver
+) -> None:
+    # A collection's stats, moves and deletes, made by two helper processes.
+    keys = [f"b/{n % 100:02d}/{n:04d}/data" for n in range(3000)]
+    for n, key in enumerate(keys):
+        write_file(root / key, b"x" * (n % 7))
+    before = await fs.stat_many([*keys, "b/missing/data"])
+    async with fs.bulk_apart():
+        processes = helpers(fs)
+        pids = helper_pids(fs)
+        assert len(pids) == 2 and os.getpid() not in pids
+        assert await fs.stat_many([*keys, "b/missing/data"]) == before
+        aside = [(key, key.replace("/data", "/collecting")) for key in keys]
+        assert await fs.move_many([*aside, ("b/missing/data", "b/x")], sync=False) == [
+            *([True] * len(keys)),
+            False,
+        ]
+        await fs.delete_many([dst for _, dst in aside[:1000]])
+    assert helper_pids(fs) == []
+    assert [process.returncode for process in processes] == [0, 0]  # ended with the block
+    assert not exists(root / "b" / "00" / "0000")  # deleted, with its emptied folder
+    assert exists(root / "b" / "10" / "1010" / "collecting")
+    assert not exists(root / "b" / "10" / "1010" / "data")
+
+
+async def test_a_bulk_call_apart_names_the_path_that_failed(
+    root: Path, fs: FilesystemDriver
+) -> None:
+    write_file(root / "b" / "1" / "data", b"x")
+    write_file(root / "a-file", b"not a folder")
+    async with fs.bulk_apart():
+        with pytest.raises(StorageError, match="a-file"):
+            await fs.move_many([("b/1/data", "a-file/1/data")])
+        # The helper answered: it serves on.
+        assert [i is not None for i in await fs.stat_many(["b/1/data"])] == [True]
+
+
+async def test_bulk_calls_go_on_in_threads_once_the_helpers_are_gone(
+    root: Path, fs: FilesystemDriver
+) -> None:
+    for n in range(4):
+        write_file(root / "b" / str(n) / "data", b"x")
+    keys = [f"b/{n}/data" for n in range(4)]
+    async with fs.bulk_apart():
+        for pid in helper_pids(fs):
+            os.kill(pid, 9)
+        with pytest.raises(StorageError, match="helper process"):
+            await fs.stat_many(keys * 600)  # two chunks: each helper's
+        assert helper_pids(fs) == []
+        assert [i is not None for i in await fs.stat_many(keys)] == [True] * 4
+        await fs.delete_many(keys)
+    assert disk_files(root) == []

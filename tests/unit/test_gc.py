@@ -18,7 +18,7 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
-from entrepot.registry.gcscan import scan_repository, scan_store
+from entrepot.registry.gcscan import UNREAD, find_blobs, read_blobs, scan_repository, scan_store
 from entrepot.registry.storecalls import Limited
 from entrepot.storage import StorageDriver, StorageNotFound
 from entrepot.storage.driver import Fold, Infos, Moved
@@ -415,3 +415,45 @@ async def test_an_upload_begun_after_the_scan_keeps_its_repository(
     gc._empty_repositories = then_a_post  # type: ignore[method-assign,assignment]
     await gc.run()
     assert (tmp_path / "root" / layout.repository("team/app") / "_uploads" / "u1").is_dir()
+
+
+class CountingTagReads(FilesystemDriver):
+    tag_reads = 0
+
+    async def get_content(self, key: str) -> bytes:
+        if key.endswith("/current/link"):
+            self.tag_reads += 1
+        return await super().get_content(key)
+
+
+@pytest.mark.parametrize(("options", "reads"), [({}, False), ({"delete_untagged": True}, True)])
+async def test_tags_are_read_only_where_they_decide_something(
+    tmp_path: Path, options: dict[str, object], reads: bool
+) -> None:
+    # Without --delete-untagged (or retention rules) every manifest is kept, tagged or not.
+    driver = CountingTagReads(tmp_path / "root")
+    for name in ("team/a", "team/b"):
+        await manifest(driver, name, [await layer(driver, name, name.encode())], tag="v1")
+    await manifest(driver, "team/a", [await layer(driver, "team/a", b"untagged")])
+    stray = await blob(driver, b"unreferenced")
+    result = await collect(driver, None, **options)
+    assert (driver.tag_reads > 0) == reads
+    assert stray in result.blobs_deleted
+    assert len(result.manifests_deleted) == (1 if reads else 0)
+
+
+async def test_a_disk_lists_blob_folders_and_reads_only_the_unmarked(
+    driver: FilesystemDriver,
+) -> None:
+    # A stat of each of a large store's blobs cost more than the rest of the mark.
+    kept = await layer(driver, "team/app", b"kept")
+    await manifest(driver, "team/app", [kept], tag="v1")
+    stray = await blob(driver, b"stray")
+    store = Limited(driver, 8)
+    blobs = await find_blobs(store)
+    assert stray in blobs and kept in blobs
+    assert all(info is UNREAD for info in blobs.values())
+    await read_blobs(store, blobs, [stray])
+    info = blobs[stray]
+    assert info is not None and info.size == len(b"stray")
+    assert blobs[kept] is UNREAD

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions
 from entrepot.storage.driver import Fold, Infos
@@ -140,3 +141,51 @@ async def test_an_upload_resumed_during_the_sweep_keeps_its_repository_layers(
     assert result.blobs_relinked == 1
     assert result.blobs_deleted == {}
     assert await exists(driver, layout.blob_data(sent))
+
+
+async def test_an_upload_begun_during_the_sweep_keeps_its_repository_layers(
+    tmp_path: Path,
+) -> None:
+    driver = Counting(tmp_path / "root")
+    name = "team/app"
+    sent = await layer(driver, name, b"a layer sent hours ago, its manifest not yet")
+    finished = layout.upload_data(name, "an-upload-done-long-ago")
+    await driver.put_content(finished, b"...")
+    await driver.delete(finished.rsplit("/", 1)[0])  # its repository keeps ``_uploads``
+    age_repositories(driver)
+    then = time.time() - LATER
+    os.utime(driver.local_path(layout.blob_data(sent)), (then, then))
+
+    async def upload_begins() -> None:
+        await driver.put_content(layout.upload_data(name, "abc-123"), b"next layer...")
+
+    driver.action = upload_begins
+    # The real clock: the layer is stale at the mark, the upload begins during the sweep.
+    result = await GarbageCollector(driver, GcOptions(), emit=lambda _: None).run()
+    assert driver.store_scans == 1
+    assert result.blobs_relinked == 1
+    assert result.blobs_deleted == {}
+    assert await exists(driver, layout.blob_data(sent))
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
+async def test_a_layer_of_another_algorithm_linked_during_the_sweep_keeps_its_blob(
+    tmp_path: Path, algorithm: str
+) -> None:
+    # The repository's layers are sha256 ones: a sha512 link makes a folder of its own.
+    driver = Counting(tmp_path / "root")
+    name = "team/app"
+    await manifest(driver, name, [await layer(driver, name, b"kept")], tag="v1")
+    data = b"unreferenced at mark time"
+    orphan = Digest.of(data, algorithm)
+    await driver.put_content(layout.blob_data(orphan), data)
+    age_repositories(driver)
+
+    async def push_mounts_it() -> None:
+        await driver.put_content(layout.layer_link(name, orphan), str(orphan).encode())
+
+    driver.action = push_mounts_it
+    result = await collect(driver)
+    assert driver.store_scans == 1
+    assert result.blobs_relinked == 1
+    assert await exists(driver, layout.blob_data(orphan))

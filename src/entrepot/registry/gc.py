@@ -34,6 +34,7 @@ from entrepot.registry.gcscan import (
     Progress,
     RepoScan,
     find_blobs,
+    read_blobs,
     scan_repository,
     scan_store,
 )
@@ -63,8 +64,9 @@ class GcOptions:
     concurrency: int = 32  # storage calls in flight
     progress_every: float = 5.0  # seconds between progress lines
     rules: tuple[RetentionRule, ...] = ()  # retention rules for tags and untagged manifests
-    # Walk the store in child processes where the driver can (a disk: the command's runs,
-    # where a large store's two walks take two CPUs; each child costs a Python start).
+    # Walk the store, and make the bulk calls, in child processes where the driver can (a
+    # disk: the command's runs, where a large store's walk and sweep take two CPUs; each
+    # child costs a process start).
     apart: bool = False
 
 
@@ -130,6 +132,12 @@ class GarbageCollector:
         return mtime > self.cutoff
 
     async def run(self) -> GcResult:
+        if not self.options.apart:
+            return await self._run()
+        async with self.driver.bulk_apart():
+            return await self._run()
+
+    async def _run(self) -> GcResult:
         started = time.monotonic()
         now = self.clock()
         self.cutoff = now - self.options.grace
@@ -137,7 +145,7 @@ class GarbageCollector:
             self.result.blobs_recovered = await recover(self.store)
         self.marked_at = time.time()
         scans, blobs = await asyncio.gather(
-            self._scan_all("marking"),
+            self._scan_all("marking", mark=True),
             find_blobs(self.store, self._progress("marking: blobs found")),
         )
         if self.options.rules:
@@ -196,9 +204,13 @@ class GarbageCollector:
     def _progress(self, what: str, total: int | None = None) -> Progress:
         return Progress(self.emit, what, total, self.options.progress_every)
 
-    async def _scan_all(self, phase: str, *, tag_links: bool = True) -> dict[str, RepoScan]:
+    async def _scan_all(self, phase: str, *, mark: bool) -> dict[str, RepoScan]:
+        """Every repository; the mark's read the manifests too (into ``refs``), and the tags
+        where they decide something: with delete_untagged or retention rules (else every
+        manifest is kept, and reading a link per tag cost a tenth of a large store's mark)."""
         found = self._progress(f"{phase}: repository objects read")
-        refs = self.refs if tag_links else None  # the mark's: its manifests too
+        tag_links = mark and (self.options.delete_untagged or bool(self.options.rules))
+        refs = self.refs if mark else None
         return await scan_store(self.store, self.cutoff, found, tag_links=tag_links, refs=refs)
 
     async def _link_times(
@@ -275,6 +287,7 @@ class GarbageCollector:
         the scans read), with sizes."""
         doomed: dict[Digest, int] = {}
         aside: list[Digest] = []
+        await read_blobs(self.store, blobs, unmarked)
         for digest in unmarked:
             info = blobs[digest]
             if info is None:  # nothing to free; unless a crash left it aside: put it back
@@ -306,9 +319,11 @@ class GarbageCollector:
         moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
         moved = await self.store.move_many(moves, sync=False)
         quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
-        rescans = await recheck(self.store, scans, unkept.keys(), self.marked_at, self.cutoff)
+        rescans = await recheck(
+            self.store, scans, unkept.keys(), self.marked_at, self.cutoff, quarantined
+        )
         if rescans is None:
-            rescans = await self._scan_all("re-checking", tag_links=False)
+            rescans = await self._scan_all("re-checking", mark=False)
         relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)

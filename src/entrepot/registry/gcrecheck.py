@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.gcscan import RepoScan, scan_repository
-from entrepot.registry.storecalls import Limited, each
+from entrepot.registry.storecalls import ALGORITHMS, Limited, each
 
 # A folder changed this long before the mark began counts as changed: timestamps coarser
 # than the clock, a file server's clock a little off.
@@ -33,22 +34,23 @@ def _holders(names: Iterable[str]) -> set[str]:
     return folders
 
 
-def _marker_folders(scan: RepoScan) -> list[str]:
-    """The folders of one repository that a push adds an entry to."""
+def _marker_folders(scan: RepoScan, aside: set[str]) -> list[str]:
+    """The folders of one repository that a push adds an entry to and the sweep cares
+    about: the layer links' of the algorithms of the blobs set ``aside`` (a link of
+    another cannot save one), the revisions' of every algorithm, the uploads'. One made
+    since the mark is found by its own stat (new, so changed): its parent's (``_layers``,
+    ``_manifests/revisions``) needs none; making ``_uploads``, ``_layers`` or
+    ``_manifests`` changes the repository's folder, a holder."""
     repo = layout.repository(scan.name)
-    revisions = scan.revisions | scan.unlinked_revisions
-    folders = [f"{repo}/_layers", f"{repo}/_manifests", f"{repo}/_manifests/revisions"]
-    folders.append(f"{repo}/_uploads")
-    folders += [f"{repo}/_layers/{a}" for a in {d.algorithm for d in scan.layers} | {"sha256"}]
-    folders += [
-        f"{repo}/_manifests/revisions/{a}" for a in {d.algorithm for d in revisions} | {"sha256"}
-    ]
+    folders = [f"{repo}/_uploads"]
+    folders += [f"{repo}/_layers/{a}" for a in sorted(aside | {"sha256"})]
+    folders += [f"{repo}/_manifests/revisions/{a}" for a in ALGORITHMS]
     folders += [layout.manifest_revision_dir(scan.name, d) for d in scan.unlinked_revisions]
     return folders
 
 
 async def changed_repositories(
-    store: Limited, scans: Iterable[RepoScan], since: float
+    store: Limited, scans: Iterable[RepoScan], since: float, aside: set[str]
 ) -> set[str] | None:
     """The repositories with a folder changed after ``since`` (the file system's time); None
     when a folder that holds repositories changed (a new one may be in it): the caller then
@@ -61,7 +63,7 @@ async def changed_repositories(
 
     if any(await changed(sorted(_holders(s.name for s in scans)))):
         return None
-    folders = [(s.name, key) for s in scans for key in _marker_folders(s)]
+    folders = [(s.name, key) for s in scans for key in _marker_folders(s, aside)]
     moved = await changed([key for _, key in folders])
     return {name for (name, _), yes in zip(folders, moved, strict=True) if yes}
 
@@ -72,14 +74,17 @@ async def recheck(
     swept: Iterable[str],
     marked_at: float,
     fresh_after: float,
+    aside: Iterable[Digest],
 ) -> dict[str, RepoScan] | None:
     """Every repository as it is now, where folders have mtimes: those with a folder
     changed since ``marked_at`` (less MARGIN), those the sweep changed (``swept``) and
-    those with uploads read again, the others as the mark read them (``scans``). None
-    where the whole store must be read again (no folders, or maybe a new repository)."""
+    those with uploads read again, the others as the mark read them (``scans``), as far
+    as the blobs set ``aside`` go. None where the whole store must be read again (no
+    folders, or maybe a new repository)."""
     if not store.driver.folder_mtimes:
         return None
-    changed = await changed_repositories(store, scans.values(), marked_at - MARGIN)
+    algorithms = {digest.algorithm for digest in aside}
+    changed = await changed_repositories(store, scans.values(), marked_at - MARGIN, algorithms)
     if changed is None:
         return None
     uploading = {name for name, scan in scans.items() if scan.uploads}

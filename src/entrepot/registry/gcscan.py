@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
@@ -16,11 +16,16 @@ from entrepot.registry.gcrefs import ManifestRefs, manifest_refs, read_refs
 from entrepot.registry.segments import holds_bytes
 from entrepot.registry.storecalls import Limited, digest_at, each, link_digest
 from entrepot.storage import FileInfo
-from entrepot.storage.driver import Fold
+from entrepot.storage.driver import Fold, Shard
 
-# Each blob found, with its ``data``'s size and mtime (None: no ``data``).
+# Each blob found, with its ``data``'s size and mtime (None: no ``data``; UNREAD: not
+# read yet, a folder found on a disk: see find_blobs).
 Blobs = dict[Digest, FileInfo | None]
+UNREAD = FileInfo("", 0, 0.0, True)
 _MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
+# Walks of ``repositories/`` at once, apart: the walk took longer than the rest of the
+# mark (both CPUs of the bench machine; more walks would only wait for the caller).
+WALK_SHARDS = 2
 
 
 async def find_repositories(store: Limited) -> list[str]:
@@ -49,8 +54,12 @@ def _blob_fold(directory: str) -> str | None:
 async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
     """Every blob under ``blobs/`` (registry:2 enumerates the same) with its ``data``'s size
     and mtime; None for a blob folder without ``data`` (one an interrupted collection left
-    aside). One ``scan``: a flat listing on object storage, on a disk a walk (apart: in a
-    process of its own) that stats each blob's ``data`` without opening its folder."""
+    aside). On object storage one flat ``scan``, sizes included; where folders are real (a
+    disk) a listing of each ``<algorithm>/<2 hex>`` folder, each blob UNREAD: a stat of
+    every ``data`` cost more than the rest of the mark, and only the unmarked blobs need
+    theirs (read_blobs)."""
+    if store.driver.folder_mtimes:
+        return await _listed_blobs(store, progress)
     found: Blobs = {}
     async for batch in store.scan(layout.BLOBS, _blob_fold):
         for info in batch:
@@ -68,6 +77,29 @@ async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
     return found
 
 
+async def _listed_blobs(store: Limited, progress: Progress | None) -> Blobs:
+    found: Blobs = {}
+    for algorithm in await store.children(layout.BLOBS):
+        top = f"{layout.BLOBS}/{algorithm}"
+        folders = [f"{top}/{folder}" for folder in await store.children(top)]
+        for names in await each(folders, store.children):
+            for encoded in names:
+                digest = digest_at(algorithm, encoded)
+                if digest is not None:
+                    found[digest] = UNREAD
+            if progress is not None:
+                progress.tick(len(names))
+    return found
+
+
+async def read_blobs(store: Limited, blobs: Blobs, digests: Iterable[Digest]) -> None:
+    """Fill in the UNREAD ones of ``digests`` in ``blobs``."""
+    unread = [d for d in digests if blobs[d] is UNREAD]
+    infos = await store.stat_many([layout.blob_data(d) for d in unread])
+    for digest, info in zip(unread, infos, strict=True):
+        blobs[digest] = None if info is None or info.is_dir else info
+
+
 @dataclass
 class RepoScan:
     """One repository's links, as read at one moment."""
@@ -80,7 +112,8 @@ class RepoScan:
     # matters: see repository_fold): a link-less one left by a blob DELETE too.
     layers: set[Digest] = field(default_factory=set)
     tags: dict[str, Digest] = field(default_factory=dict)  # tag -> what it points at now
-    tag_names: list[str] = field(default_factory=list)  # every tag, with a link or not
+    # Every tag, with a link or not; none from a scan without tag links (scan_store).
+    tag_names: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     upload_active: bool = False
 
@@ -92,7 +125,8 @@ class RepoScan:
 def repository_fold(tag_links: bool = True) -> Fold:
     """The scan of ``repositories/`` opens no layer folder (the mark needs the digests,
     which the folders' names are), reads each revision's link and, with ``tag_links``,
-    each tag's current link, and does not enter ``_referrers``. Module-level functions:
+    each tag's current link (without, it does not enter ``_manifests/tags``), and does not
+    enter ``_referrers``. Module-level functions:
     a disk's walk runs in a process of its own (StorageDriver.scan_apart)."""
     return _fold_with_tags if tag_links else _fold_without_tags
 
@@ -120,6 +154,8 @@ def marker_leaf(parts: list[str], tag_links: bool, layer_links: bool = False) ->
     marker, n = parts[0], len(parts)
     if marker == "_layers":
         return ("link" if layer_links else "") if n == 3 else None
+    if marker == "_manifests" and n == 2 and parts[1] == "tags" and not tag_links:
+        return ""  # the tags are not wanted: not listed either
     if marker == "_manifests" and n > 2:
         if parts[1] == "revisions":
             return "link" if n == 4 else None
@@ -256,14 +292,16 @@ async def scan_store(
     ``repositories/`` (a repository left with empty folders is found by them); an upload
     written to after ``fresh_after`` is in progress. The tags, and with ``refs`` the
     manifests (into ``refs``, as read_refs), each batch names are read while the walk
-    goes on; a walk apart reads them itself (``mark_reads``), in its own process."""
+    goes on; a walk apart reads them itself (``mark_reads``), in its own process, and
+    where walks apart take CPUs of their own (a disk), WALK_SHARDS walks share the
+    repositories by their top-level folders."""
     scanner = _Scanner(fresh_after, refs=refs)
     fold = repository_fold(tag_links)
+    read = None if refs is None else mark_reads
     ahead: list[asyncio.Future[None]] = []
-    try:
-        async for batch in store.scan(
-            layout.REPOSITORIES, fold, None if refs is None else mark_reads
-        ):
+
+    async def walk(shard: Shard | None) -> None:
+        async for batch in store.scan(layout.REPOSITORIES, fold, read, shard):
             scanner.add_keys(batch)
             if progress is not None:
                 progress.tick(len(batch))
@@ -272,6 +310,13 @@ async def scan_store(
                 found, scanner.unread_revisions = scanner.unread_revisions, []
                 reading = read_refs(store, found, refs, settle_missing=False)
                 ahead.append(asyncio.ensure_future(reading))
+
+    shards = WALK_SHARDS if store.apart and store.driver.walks_apart else 1
+    try:
+        if shards == 1:
+            await walk(None)
+        else:
+            await asyncio.gather(*(walk((index, shards)) for index in range(shards)))
         await asyncio.gather(*ahead)
     finally:  # the walk failed, or a read did: the others are not wanted
         for task in ahead:

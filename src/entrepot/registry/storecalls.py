@@ -13,7 +13,7 @@ from typing import TypeVar
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import RegistryError
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
-from entrepot.storage.driver import Fold, Infos, Reader
+from entrepot.storage.driver import Fold, Infos, Reader, Shard
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -25,6 +25,8 @@ async def _no_pause() -> None:
 
 # Keys per bulk call (stat_many, move_many, delete_many): a pause can come between calls.
 BULK_SLICE = 1024
+# Bulk calls in flight at once where the driver works apart (Limited.apart).
+BULK_AHEAD = 3
 
 
 class Limited:
@@ -45,12 +47,13 @@ class Limited:
         self.pace = pace or _no_pause
 
     async def scan(
-        self, prefix: str, fold: Fold, read: Reader | None = None
+        self, prefix: str, fold: Fold, read: Reader | None = None, shard: Shard | None = None
     ) -> AsyncGenerator[Infos, None]:
-        """With ``read``, objects may carry what it names (only apart: see scan_apart).
-        Paced between batches: a walk apart waits on its full pipe meanwhile."""
+        """With ``read``, objects may carry what it names, and ``shard`` applies (only
+        apart: see scan_apart). Paced between batches: a walk apart waits on its full
+        pipe meanwhile."""
         if self.apart:
-            batches = self.driver.scan_apart(prefix, fold=fold, read=read)
+            batches = self.driver.scan_apart(prefix, fold=fold, read=read, shard=shard)
         else:
             batches = self.driver.scan(prefix, fold=fold)
         try:
@@ -61,23 +64,36 @@ class Limited:
             await batches.aclose()
 
     async def stat_many(self, keys: Sequence[str]) -> list[FileInfo | None]:
-        found: list[FileInfo | None] = []
-        for start in range(0, len(keys), BULK_SLICE):
-            await self.pace()
-            found += await self.driver.stat_many(keys[start : start + BULK_SLICE])
-        return found
+        found = await self._sliced(keys, self.driver.stat_many)
+        return [info for part in found for info in part]
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool) -> list[bool]:
-        moved: list[bool] = []
-        for start in range(0, len(moves), BULK_SLICE):
-            await self.pace()
-            moved += await self.driver.move_many(moves[start : start + BULK_SLICE], sync=sync)
-        return moved
+        async def move(part: Sequence[tuple[str, str]]) -> list[bool]:
+            return await self.driver.move_many(part, sync=sync)
+
+        moved = await self._sliced(moves, move)
+        return [ok for part in moved for ok in part]
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        for start in range(0, len(keys), BULK_SLICE):
-            await self.pace()
-            await self.driver.delete_many(keys[start : start + BULK_SLICE])
+        await self._sliced(keys, self.driver.delete_many)
+
+    async def _sliced(
+        self, items: Sequence[T], call: Callable[[Sequence[T]], Awaitable[R]]
+    ) -> list[R]:
+        """``call`` on each BULK_SLICE of ``items``, each after a pace, the results in
+        order; apart, BULK_AHEAD slices at once: the caller builds the next slice's keys
+        and reads the last one's answers while the driver's processes work."""
+        slices = [items[start : start + BULK_SLICE] for start in range(0, len(items), BULK_SLICE)]
+        if not slices:
+            return []
+        gate = asyncio.Semaphore(BULK_AHEAD if self.apart else 1)
+
+        async def one(part: Sequence[T]) -> R:
+            async with gate:
+                await self.pace()
+                return await call(part)
+
+        return list(await asyncio.gather(*(one(part) for part in slices)))
 
     async def children(self, prefix: str) -> list[str]:
         """``list``, with a missing prefix (or one left empty) as no children."""
@@ -184,6 +200,7 @@ def parse_digest(text: str) -> Digest | None:
 # The registered algorithms' hex lengths: a folder name is checked as Digest.parse would,
 # without its regular expressions (a collection checks a few hundred thousand).
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
+ALGORITHMS = tuple(_HEX_LENGTH)
 
 
 def digest_at(algorithm: str, encoded: str) -> Digest | None:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -42,9 +43,18 @@ Moved = list[bool]
 # "/"): None, enter it; a relative key, report only the object at that key under it, or
 # the directory itself when there is none (""): the directory is not listed.
 Fold = Callable[[str], str | None]
+# A part of a walk: (index, count), the top-level entries whose name's CRC-32 modulo
+# count is index (see in_shard), so that several walks apart share a tree between them.
+Shard = tuple[int, int]
+
 # Which object's bytes ``scan_apart`` reads along with an object it found: given the found
 # object's key (from the root, not the prefix), a key, or None for none.
 Reader = Callable[[str], str | None]
+
+
+def in_shard(name: str, shard: Shard | None) -> bool:
+    """Whether the top-level entry ``name`` (no "/") is in ``shard`` (None: the whole)."""
+    return shard is None or zlib.crc32(name.encode()) % shard[1] == shard[0]
 
 
 class StorageError(Exception):
@@ -236,6 +246,9 @@ class StorageDriver(abc.ABC):
     # (directories on a disk): a reader can then tell that nothing was added under a
     # folder since a time without listing it. False: no folders (object storage).
     folder_mtimes: bool = False
+    # scan_apart walks in a process of its own: walks of several shards at once take as
+    # many CPUs. False: scan_apart is scan (object storage: listings, not CPU).
+    walks_apart: bool = False
 
     @abc.abstractmethod
     async def get_content(self, key: str) -> bytes:
@@ -331,7 +344,12 @@ class StorageDriver(abc.ABC):
             yield rest
 
     async def scan_apart(
-        self, prefix: str, *, fold: Fold | None = None, read: Reader | None = None
+        self,
+        prefix: str,
+        *,
+        fold: Fold | None = None,
+        read: Reader | None = None,
+        shard: Shard | None = None,
     ) -> AsyncGenerator[Infos, None]:
         """``scan``, walked apart from the caller where the driver can (a driver with real
         directories: in a process of its own, on another CPU), so that the caller's own
@@ -339,15 +357,16 @@ class StorageDriver(abc.ABC):
         module-level function; any other is walked as ``scan`` walks. Object storage:
         ``scan``. With ``read``, each object found for which it names a key carries that
         object's bytes (``FileInfo.data``), read apart too where the walk is (a link, a
-        manifest: what the caller would read next)."""
+        manifest: what the caller would read next). With ``shard``, only what is below its
+        top-level entries."""
         if read is None:
-            async for batch in self.scan(prefix, fold=fold):
+            async for batch in self._scan_shard(prefix, fold, shard):
                 yield batch
             return
         # A batch's reads go on while the next batch is listed.
         reading: asyncio.Future[Infos] | None = None
         try:
-            async for batch in self.scan(prefix, fold=fold):
+            async for batch in self._scan_shard(prefix, fold, shard):
                 done, reading = (
                     reading,
                     asyncio.ensure_future(read_along(self, prefix, batch, read)),
@@ -359,6 +378,22 @@ class StorageDriver(abc.ABC):
         finally:
             if reading is not None:
                 reading.cancel()
+
+    async def _scan_shard(
+        self, prefix: str, fold: Fold | None, shard: Shard | None
+    ) -> AsyncGenerator[Infos, None]:
+        async for batch in self.scan(prefix, fold=fold):
+            if shard is not None:
+                batch = [i for i in batch if in_shard(i.key.partition("/")[0], shard)]
+            if batch:
+                yield batch
+
+    @contextlib.asynccontextmanager
+    async def bulk_apart(self) -> AsyncIterator[None]:
+        """For the block, the bulk calls (stat_many, move_many, delete_many) may run in
+        helper processes of the driver's (a collection's command, which makes a hundred
+        thousand); a driver without them does nothing."""
+        yield
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:
         """``stat`` of each key, in the keys' order, None for a missing one: what a

@@ -5,7 +5,6 @@ tree and bulk moves and deletes. Split from the driver to keep each module reada
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import os
 import shutil
@@ -16,10 +15,14 @@ from typing import TypeVar, TypeVarTuple
 from entrepot.storage.driver import (
     FileInfo,
     Fold,
-    Moved,
+    Shard,
     StorageNotFound,
     below,
+    in_shard,
 )
+from entrepot.storage.fsbulkops import fsync_dir as _fsync_dir
+from entrepot.storage.fsbulkops import makedirs as _makedirs
+from entrepot.storage.fsbulkops import move_one
 from entrepot.storage.smallfiles import read_whole
 from entrepot.storage.writeback import Writeback
 
@@ -31,42 +34,10 @@ TMP_PREFIX = ".tmp-"
 WRITE_BUFFER = 256 * 1024
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
-# Errors that mean "no object at this key" for operations on an existing object: a missing
-# path, a path through a file, or a directory where an object was expected.
-_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 # ---- blocking helpers: they run in a worker thread ------------------------------------
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems cannot fsync a directory
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _makedirs(directory: str, parents: bool = True) -> None:
-    """mkdir -p that fsyncs the parent of every directory it creates."""
-    try:
-        os.mkdir(directory)
-    except FileNotFoundError:
-        if not parents:
-            raise
-        _makedirs(os.path.dirname(directory))  # ends at "/", which exists
-        _makedirs(directory, parents=False)
-        return
-    except FileExistsError:
-        if os.path.isdir(directory):  # made by a concurrent writer
-            return
-        raise
-    _fsync_dir(os.path.dirname(directory))
 
 
 def _open_tmp(path: str) -> tuple[int, str]:
@@ -271,10 +242,12 @@ def _take(items: Iterator[T], count: int) -> list[T]:
     return list(itertools.islice(items, count))
 
 
-def _walk_infos(root: str) -> Iterator[FileInfo]:
+def _walk_infos(root: str, shard: Shard | None = None) -> Iterator[FileInfo]:
     """The objects under ``root`` with size and mtime, in key order: as ``_walk_keys``, but
-    one os.scandir per directory (its entry types need no stat) and a stat per file."""
-    stack = [("", iter(_scan_entries(root)))]
+    one os.scandir per directory (its entry types need no stat) and a stat per file; with
+    ``shard``, below its top-level entries only."""
+    top = [item for item in _scan_entries(root) if in_shard(item[0].rstrip("/"), shard)]
+    stack = [("", iter(top))]
     while stack:
         rel, entries = stack[-1]
         for name, entry in entries:
@@ -290,11 +263,12 @@ def _walk_infos(root: str) -> Iterator[FileInfo]:
             stack.pop()
 
 
-def _walk_folded(root: str, fold: Fold) -> Iterator[FileInfo]:
+def _walk_folded(root: str, fold: Fold, shard: Shard | None = None) -> Iterator[FileInfo]:
     """As ``_walk_infos``, with ``fold`` (see StorageDriver.scan): a folded directory costs
     one stat of the object named in its place, or none; an empty directory entered is
     reported as one."""
-    stack = [(root + "/", "", iter(_sorted_entries(root)))]
+    top = [name for name in _sorted_entries(root) if in_shard(name.rstrip("/"), shard)]
+    stack = [(root + "/", "", iter(top))]
     while stack:
         path, rel, entries = stack[-1]
         for name in entries:
@@ -344,53 +318,9 @@ def _scan_entries(path: str) -> list[tuple[str, os.DirEntry[str]]]:
     return entries
 
 
-def _stat_all(paths: list[str]) -> list[tuple[int, float, bool] | None]:
-    """(size, mtime, is a directory) of each path (a directory's size is 0), or None."""
-    found: list[tuple[int, float, bool] | None] = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except _MISSING:
-            found.append(None)
-            continue
-        is_dir = stat_mod.S_ISDIR(st.st_mode)
-        found.append((0 if is_dir else st.st_size, st.st_mtime, is_dir))
-    return found
-
-
-def _move_all(moves: list[tuple[str, str, str]], sync: bool) -> Moved:
-    moved = []
-    for src, dst, key in moves:
-        try:
-            _move(src, dst, key, sync)
-        except StorageNotFound:
-            moved.append(False)
-        else:
-            moved.append(True)
-    return moved
-
-
-def _delete_files(paths: list[str]) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except _MISSING:
-            continue
-        # Its folder too, once empty; rmdir refuses one a writer has put something in.
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(path))
-
-
 def _move(src: str, dst: str, src_key: str, sync: bool) -> None:
-    try:
-        os.replace(src, dst)
-    except (FileNotFoundError, NotADirectoryError):
-        if not os.path.lexists(src):
-            raise StorageNotFound(src_key) from None
-        _makedirs(os.path.dirname(dst))
-        os.replace(src, dst)
-    if sync:
-        _fsync_dir(os.path.dirname(dst))
+    if not move_one(src, dst, sync):
+        raise StorageNotFound(src_key)
 
 
 def _delete(path: str) -> None:

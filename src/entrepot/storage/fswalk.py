@@ -1,9 +1,10 @@
 """A folded walk (see StorageDriver.scan) in a process of its own: a garbage collection
 walks the blobs and the repositories at once, each in a child on a CPU of its own, and
-reads their objects as they come. ``python -m entrepot.storage.fswalk ROOT FOLD`` writes
+reads their objects as they come. ``python -m entrepot.storage.fswalk ROOT FOLD SHARD`` writes
 them as ``marshal`` lists of (key, size, mtime, is_dir), each after its length, on the fd
 that was its stdout, which it then points at its stderr: a warning a library prints
-cannot corrupt them. FOLD names a module-level function (``module:name``) or is ``-``.
+cannot corrupt them. FOLD names a module-level function (``module:name``) or is ``-``;
+SHARD is ``INDEX/COUNT`` (see driver.Shard) or ``-``.
 With ``READ BASE PREFIX`` (a Reader, see StorageDriver.scan_apart; the store's root path;
 the walk's key in it) each row also has a version (None) and the bytes READ names.
 """
@@ -22,8 +23,9 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, cast
 
-from entrepot.storage.driver import FileInfo, Fold, Reader, StorageError, check_key
-from entrepot.storage.fsops import _MISSING, _get, _walk_folded, _walk_infos
+from entrepot.storage.driver import FileInfo, Fold, Reader, Shard, StorageError, check_key
+from entrepot.storage.fsbulkops import MISSING as _MISSING
+from entrepot.storage.fsops import _get, _walk_folded, _walk_infos
 
 # (key, size, mtime, is_dir), and with a reader (version: None, data)
 Row = tuple[Any, ...]
@@ -53,8 +55,10 @@ BATCH = 8192
 _LENGTH = struct.Struct("<I")
 
 
-def batches(root: str, fold: Fold | None, reading: Reading | None = None) -> Iterator[list[Row]]:
-    walk = _walk_infos(root) if fold is None else _walk_folded(root, fold)
+def batches(
+    root: str, fold: Fold | None, reading: Reading | None = None, shard: Shard | None = None
+) -> Iterator[list[Row]]:
+    walk = _walk_infos(root, shard) if fold is None else _walk_folded(root, fold, shard)
     rows: Iterator[Row] = ((i.key, i.size, i.mtime, i.is_dir) for i in walk)
     if reading is not None:
         rows = _read_along(rows, *reading)
@@ -76,17 +80,22 @@ def _read_along(rows: Iterator[Row], read: Reader, base: str, prefix: str) -> It
 
 
 async def walk_apart(
-    root: str, fold: str, reading: tuple[str, str, str] | None = None
+    root: str,
+    fold: str,
+    reading: tuple[str, str, str] | None = None,
+    shard: Shard | None = None,
 ) -> AsyncIterator[list[FileInfo]]:
     """The objects under ``root`` (a path), walked by a child process, in batches; with
     ``reading`` (a module-level Reader's name, the store's root path, the walk's prefix
-    in it), each carries the bytes the reader names, read by the child."""
+    in it), each carries the bytes the reader names, read by the child; with ``shard``,
+    only those below its top-level entries."""
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         __name__,
         root,
         fold,
+        "-" if shard is None else f"{shard[0]}/{shard[1]}",
         *(reading or ()),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -177,13 +186,17 @@ def _private_stdout() -> int:
 
 
 def main(argv: list[str]) -> None:
-    root, fold, *rest = argv
+    root, fold, part, *rest = argv
     reading = None
     if rest:
         read, base, prefix = rest
         reading = (cast(Reader, _load(read)), base, prefix)
+    shard = None
+    if part != "-":
+        index, _, count = part.partition("/")
+        shard = (int(index), int(count))
     out = _private_stdout()
-    for batch in batches(root, _load(fold), reading):
+    for batch in batches(root, _load(fold), reading, shard):
         body = marshal.dumps(batch)
         _write_all(out, _LENGTH.pack(len(body)) + body)
 

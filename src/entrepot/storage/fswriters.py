@@ -19,8 +19,9 @@ from entrepot.storage.driver import (
     StorageNotFound,
     StorageWriter,
 )
+from entrepot.storage.fsbulkops import MISSING as _MISSING
+from entrepot.storage.fsbulkops import makedirs as _makedirs
 from entrepot.storage.fsops import (
-    _MISSING,
     _NEW_FILE,
     WRITE_BUFFER,
     T,
@@ -28,7 +29,6 @@ from entrepot.storage.fsops import (
     _close_unlink,
     _end_append,
     _finish_new,
-    _makedirs,
     _move,
     _write_all_and_flush,
 )

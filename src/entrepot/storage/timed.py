@@ -20,6 +20,7 @@ from entrepot.storage.driver import (
     LeaseScope,
     Moved,
     Reader,
+    Shard,
     Stats,
     StorageDriver,
     StorageWriter,
@@ -44,6 +45,7 @@ class TimedDriver(StorageDriver):
         self.follow_interval = inner.follow_interval
         self.appends_in_place = inner.appends_in_place
         self.folder_mtimes = inner.folder_mtimes
+        self.walks_apart = inner.walks_apart
         self._observe = observe
         # The actions of every manifest and blob request, observed without the look-up.
         of = observer_for or (lambda driver, action: functools.partial(observe, driver, action))
@@ -142,10 +144,20 @@ class TimedDriver(StorageDriver):
             yield batch
 
     async def scan_apart(
-        self, prefix: str, *, fold: Fold | None = None, read: Reader | None = None
+        self,
+        prefix: str,
+        *,
+        fold: Fold | None = None,
+        read: Reader | None = None,
+        shard: Shard | None = None,
     ) -> AsyncGenerator[Infos, None]:
-        async for batch in self.inner.scan_apart(prefix, fold=fold, read=read):
+        async for batch in self.inner.scan_apart(prefix, fold=fold, read=read, shard=shard):
             yield batch
+
+    @contextlib.asynccontextmanager
+    async def bulk_apart(self) -> AsyncIterator[None]:
+        async with self.inner.bulk_apart():
+            yield
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:
         with self._timed("Stat"):

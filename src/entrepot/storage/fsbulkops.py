@@ -1,0 +1,139 @@
+"""The filesystem driver's bulk calls (stat, move and delete of many paths) as plain loops
+of system calls, with the standard library alone: they run in the driver's worker threads,
+or, for a collection's hundred thousand calls, in helper processes (fsbulk) that run this
+file by its path (``python -I -S fsbulkops.py``): importing nothing of Entrepot, one
+starts in milliseconds. Two threads of one process spent most of such a loop waiting for
+each other's GIL; two processes do not.
+
+As a process: requests on stdin and replies on stdout, each a ``marshal`` body after its
+length; a request is ``(op, args)`` (see OPS), a reply ``(True, result)`` or ``(False,
+(errno, strerror, filename))`` for an OSError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import marshal
+import os
+import stat as stat_mod
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# "No object at this key" for operations on an existing object: a missing path, a path
+# through a file, or a directory where an object was expected.
+MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+Stat = tuple[int, float, bool]  # size (0 for a directory), mtime, is a directory
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems cannot fsync a directory
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def makedirs(directory: str, parents: bool = True) -> None:
+    """mkdir -p that fsyncs the parent of every directory it creates."""
+    try:
+        os.mkdir(directory)
+    except FileNotFoundError:
+        if not parents:
+            raise
+        makedirs(os.path.dirname(directory))  # ends at "/", which exists
+        makedirs(directory, parents=False)
+        return
+    except FileExistsError:
+        if os.path.isdir(directory):  # made by a concurrent writer
+            return
+        raise
+    fsync_dir(os.path.dirname(directory))
+
+
+def stat_all(paths: list[str]) -> list[Stat | None]:
+    """(size, mtime, is a directory) of each path, or None."""
+    found: list[Stat | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except MISSING:
+            found.append(None)
+            continue
+        is_dir = stat_mod.S_ISDIR(st.st_mode)
+        found.append((0 if is_dir else st.st_size, st.st_mtime, is_dir))
+    return found
+
+
+def move_one(src: str, dst: str, sync: bool) -> bool:
+    """Rename ``src`` to ``dst``, making ``dst``'s folder if need be; False if ``src`` is
+    missing."""
+    try:
+        os.replace(src, dst)
+    except (FileNotFoundError, NotADirectoryError):
+        if not os.path.lexists(src):
+            return False
+        makedirs(os.path.dirname(dst))
+        os.replace(src, dst)
+    if sync:
+        fsync_dir(os.path.dirname(dst))
+    return True
+
+
+def move_all(moves: list[tuple[str, str]], sync: bool) -> list[bool]:
+    return [move_one(src, dst, sync) for src, dst in moves]
+
+
+def delete_files(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except MISSING:
+            continue
+        # Its folder too, once empty; rmdir refuses one a writer has put something in.
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))
+
+
+OPS: dict[str, Callable[..., Any]] = {"stat": stat_all, "move": move_all, "delete": delete_files}
+LENGTH = struct.Struct("<I")
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return b""  # the driver closed the pipe: done
+        data += chunk
+    return data
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def serve(requests: int, replies: int) -> None:
+    while header := _read_exactly(requests, LENGTH.size):
+        body = _read_exactly(requests, LENGTH.unpack(header)[0])
+        op, args = marshal.loads(body)
+        try:
+            reply: tuple[bool, Any] = (True, OPS[op](*args))
+        except OSError as exc:
+            reply = (False, (exc.errno, exc.strerror, exc.filename))
+        out = marshal.dumps(reply)
+        write_all(replies, LENGTH.pack(len(out)) + out)
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.fileno(), sys.stdout.fileno())
