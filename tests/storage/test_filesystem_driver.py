@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from entrepot.storage import FileInfo, StorageError, StorageNotFound
+from entrepot.storage import FileInfo, StorageError, StorageNotFound, fsbulkops
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.fswalk import BATCH
 
@@ -307,3 +307,14 @@ async def test_bulk_calls_go_on_in_threads_once_the_helpers_are_gone(
         assert [i is not None for i in await fs.stat_many(keys)] == [True] * 4
         await fs.delete_many(keys)
     assert disk_files(root) == []
+
+
+async def test_bulk_calls_stay_in_threads_where_no_helper_starts(
+    root: Path, fs: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A helper that cannot read its file (a store owner's user, a Python for root alone).
+    monkeypatch.setattr(fsbulkops, "__file__", str(root / "unreadable.py"))
+    write_file(root / "b" / "1" / "data", b"x")
+    async with fs.bulk_apart():
+        assert helper_pids(fs) == []
+        assert [i is not None for i in await fs.stat_many(["b/1/data"])] == [True]

@@ -36,7 +36,7 @@ def test_a_walk_stopped_while_it_writes_sends_every_object(tmp_path: Path) -> No
     for n in range(FILES):
         (tmp_path / f"a-file-with-a-rather-long-name-to-fill-the-pipe-{n:05d}").touch()
     walker = subprocess.Popen(
-        [sys.executable, "-m", "entrepot.storage.fswalk", str(tmp_path), "-"],
+        [sys.executable, "-m", "entrepot.storage.fswalk", str(tmp_path), "-", "-"],
         stdout=subprocess.PIPE,
     )
     try:

@@ -23,14 +23,16 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs
 NOBODY = pwd.getpwnam("nobody")
 
 # The command in a child process (it switches users for good). Its modules are imported
-# before the switch and its walks run in-process: this machine's Python may be readable by
-# root only, which a server's user would have to be able to run anyway.
+# before the switch and its walks and bulk calls run in-process: this machine's Python may
+# be readable by root only, which a server's user would have to be able to run anyway.
 COMMAND = """
 import sys, concurrent.futures.thread
 import entrepot.cli, entrepot.registry.gc, entrepot.storage.filesystem as fs
-fs.FilesystemDriver.scan_apart = lambda self, prefix, fold=None, read=None: self.scan(
-    prefix, fold=fold
+fs.FilesystemDriver.scan_apart = lambda self, prefix, fold=None, read=None, shard=None: (
+    self.scan(prefix, fold=fold)
 )
+fs.FilesystemDriver.walks_apart = False
+fs.FilesystemDriver.bulk_apart = fs.StorageDriver.bulk_apart
 sys.exit(entrepot.cli.main(sys.argv[1:]))
 """
 

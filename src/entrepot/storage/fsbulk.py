@@ -75,6 +75,13 @@ class BulkHelpers:
             except OSError:
                 break
             helper = _Helper(process)
+            try:  # its first message: started (a Python, or this file, it cannot read: not)
+                ready = await helper.replies.readexactly(_LENGTH.size) == _LENGTH.pack(0)
+            except asyncio.IncompleteReadError:
+                ready = False
+            if not ready:
+                await helper.stop()
+                break
             self._all.append(helper)
             self._idle.put_nowait(helper)
         if not self._all:

@@ -5,9 +5,9 @@ file by its path (``python -I -S fsbulkops.py``): importing nothing of Entrepot,
 starts in milliseconds. Two threads of one process spent most of such a loop waiting for
 each other's GIL; two processes do not.
 
-As a process: requests on stdin and replies on stdout, each a ``marshal`` body after its
-length; a request is ``(op, args)`` (see OPS), a reply ``(True, result)`` or ``(False,
-(errno, strerror, filename))`` for an OSError.
+As a process: an empty message once started, then requests on stdin and replies on
+stdout, each a ``marshal`` body after its length; a request is ``(op, args)`` (see OPS),
+a reply ``(True, result)`` or ``(False, (errno, strerror, filename))`` for an OSError.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def serve(requests: int, replies: int) -> None:
+    write_all(replies, LENGTH.pack(0))  # ready: it started, and read this file
     while header := _read_exactly(requests, LENGTH.size):
         body = _read_exactly(requests, LENGTH.unpack(header)[0])
         op, args = marshal.loads(body)
