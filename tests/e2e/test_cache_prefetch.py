@@ -232,6 +232,11 @@ def _follows_spool(pid: int, digest: str) -> bool:
     return False
 
 
+def _asked_for_manifest(server: ManagedServer, repo: str, tag: str) -> bool:
+    path = f"/v2/{repo}/manifests/{tag}"
+    return bool(requests_to(server, "HEAD", path) or requests_to(server, "GET", path))
+
+
 def test_prefetch_joins_a_fill_a_client_of_the_server_started(
     registry2: ManagedServer,
     entrepot_factory: ServerFactory,
@@ -243,7 +248,10 @@ def test_prefetch_joins_a_fill_a_client_of_the_server_started(
     layer = image.images["linux/amd64"].layers[0].descriptor.digest
     # The server reaches the upstream through a link that holds its answers after 1 MiB.
     link = throttled_forwarder(registry2.port, hold_after=1024 * 1024)
-    cache = entrepot_factory(config={"proxies": [{"host": UPSTREAM, "remoteurl": link.url}]})
+    # The held read must outlast a slow start of the command on a busy machine (it once
+    # took more than 25 s to reach the layer, with the server's 30 s read timeout near).
+    upstream = {"host": UPSTREAM, "remoteurl": link.url, "readtimeout": "150s"}
+    cache = entrepot_factory(config={"proxies": [upstream]})
     config = _config(tmp_path, registry2, cache.root)  # the command's own way is direct
 
     received: list[bytes] = []
@@ -276,14 +284,15 @@ def test_prefetch_joins_a_fill_a_client_of_the_server_started(
         # Release the held download once the command follows it: seen when it has the
         # fill's file open, which it has only while it reads (not while it waits for more
         # bytes), so failing that, a few seconds after it asked for the manifest (it then
-        # reaches the layer at once). The server's own read of the held upstream times out
-        # after 30 s, so this must not wait long.
-        deadline = time.monotonic() + 25
+        # reaches the layer at once; it asks by a HEAD of the tag, then a GET by digest,
+        # which this once missed, waiting up to 46 s for a glimpse of the open file). The server's own read of the held upstream times out
+        # after its readtimeout (150 s here), so this must not wait that long.
+        deadline = time.monotonic() + 90
         asked_at: float | None = None
         while not _follows_spool(command.pid, layer):
             assert command.poll() is None, command.communicate()
             assert time.monotonic() < deadline, "the command did not reach the layer"
-            if asked_at is None and requests_to(registry2, "GET", "/v2/app/big/manifests/1"):
+            if asked_at is None and _asked_for_manifest(registry2, "app/big", "1"):
                 asked_at = time.monotonic()
             if asked_at is not None and time.monotonic() - asked_at > 3:
                 break
