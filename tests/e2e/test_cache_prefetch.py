@@ -248,8 +248,8 @@ def test_prefetch_joins_a_fill_a_client_of_the_server_started(
     layer = image.images["linux/amd64"].layers[0].descriptor.digest
     # The server reaches the upstream through a link that holds its answers after 1 MiB.
     link = throttled_forwarder(registry2.port, hold_after=1024 * 1024)
-    # The held read must outlast a slow start of the command on a busy machine (it once
-    # took more than 25 s to reach the layer, with the server's 30 s read timeout near).
+    # The held read must outlast the wait below on a busy machine (the server's read of
+    # an upstream gives up after readtimeout: 30 s by default).
     upstream = {"host": UPSTREAM, "remoteurl": link.url, "readtimeout": "150s"}
     cache = entrepot_factory(config={"proxies": [upstream]})
     config = _config(tmp_path, registry2, cache.root)  # the command's own way is direct
@@ -285,8 +285,9 @@ def test_prefetch_joins_a_fill_a_client_of_the_server_started(
         # fill's file open, which it has only while it reads (not while it waits for more
         # bytes), so failing that, a few seconds after it asked for the manifest (it then
         # reaches the layer at once; it asks by a HEAD of the tag, then a GET by digest,
-        # which this once missed, waiting up to 46 s for a glimpse of the open file). The server's own read of the held upstream times out
-        # after its readtimeout (150 s here), so this must not wait that long.
+        # which this once missed, waiting up to 46 s for a glimpse of the open file). The
+        # server's own read of the held upstream times out after its readtimeout (150 s
+        # here), so this must not wait that long.
         deadline = time.monotonic() + 90
         asked_at: float | None = None
         while not _follows_spool(command.pid, layer):
