@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from entrepot.oci.errors import ErrorCode, RegistryError
 
@@ -17,29 +17,18 @@ PARSED_CACHE_SIZE = 4096
 _ENCODED = {"sha256": re.compile(r"^[a-f0-9]{64}$"), "sha512": re.compile(r"^[a-f0-9]{128}$")}
 
 
-@dataclass(frozen=True, slots=True)
-class Digest:
+class Digest(NamedTuple):
+    """A tuple: a collection makes a few hundred thousand (cheaper than a frozen
+    dataclass's four attribute sets each), hashed and compared as their two strings."""
+
     algorithm: str
     encoded: str
-    # Computed once: a collection hashes each digest many times (sets, dict keys), and a
-    # frozen dataclass's own __hash__ rebuilds the field tuple on every call.
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.algorithm, self.encoded)))
-
-    def __hash__(self) -> int:
-        return self._hash
 
     @classmethod
     def trusted(cls, algorithm: str, encoded: str) -> Digest:
-        """A digest from parts already checked (e.g. store folder names), built without the
-        dataclass constructor's overhead; the caller guarantees they are valid."""
-        digest = object.__new__(cls)
-        _set(digest, "algorithm", algorithm)
-        _set(digest, "encoded", encoded)
-        _set(digest, "_hash", hash((algorithm, encoded)))
-        return digest
+        """A digest from parts already checked (e.g. store folder names); the caller
+        guarantees they are valid."""
+        return _new(cls, (algorithm, encoded))
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.encoded}"
@@ -54,7 +43,7 @@ class Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
 
-_set = object.__setattr__
+_new = tuple.__new__
 
 
 @functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
