@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
@@ -13,7 +14,7 @@ import pytest
 
 from entrepot.storage import FileInfo, StorageError, StorageNotFound, fsbulkops
 from entrepot.storage.filesystem import FilesystemDriver
-from entrepot.storage.fswalk import BATCH
+from entrepot.storage.fswalk import BATCH, walks_stopped
 
 KEY = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
 
@@ -317,4 +318,32 @@ async def test_bulk_calls_stay_in_threads_where_no_helper_starts(
     write_file(root / "b" / "1" / "data", b"x")
     async with fs.bulk_apart():
         assert helper_pids(fs) == []
+        assert [i is not None for i in await fs.stat_many(["b/1/data"])] == [True]
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
+
+
+def states_become(pids: list[int], wanted: set[str]) -> list[str]:
+    """The processes' states once each is one of ``wanted`` (a signal takes a moment),
+    or as they are after 5 s."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = [process_state(pid) for pid in pids]
+        if set(states) <= wanted:
+            break
+        time.sleep(0.01)
+    return states
+
+
+async def test_bulk_helpers_rest_with_the_walks(root: Path, fs: FilesystemDriver) -> None:
+    # A collection resting on a busy machine stops its walks and a bulk call under way.
+    write_file(root / "b" / "1" / "data", b"x")
+    async with fs.bulk_apart():
+        pids = helper_pids(fs)
+        with walks_stopped():
+            assert states_become(pids, {"T"}) == ["T", "T"]
+        assert "T" not in states_become(pids, {"S", "R"})
         assert [i is not None for i in await fs.stat_many(["b/1/data"])] == [True]

@@ -17,6 +17,7 @@ from typing import Any
 
 from entrepot.storage import fsbulkops
 from entrepot.storage.driver import StorageError
+from entrepot.storage.fswalk import Stoppable
 
 _LENGTH = fsbulkops.LENGTH
 
@@ -26,6 +27,8 @@ class _Helper:
         self.process = process
         assert process.stdin is not None and process.stdout is not None
         self.requests, self.replies = process.stdin, process.stdout
+        # Stopped with the walks while a collection rests (fswalk.walks_stopped).
+        self.stoppable = Stoppable(process.pid)
 
     async def call(self, op: str, args: tuple[Any, ...]) -> Any:
         body = marshal.dumps((op, args))
@@ -38,6 +41,7 @@ class _Helper:
         return result
 
     async def stop(self) -> None:
+        self.stoppable.close()
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         await self.process.wait()
@@ -119,6 +123,7 @@ class BulkHelpers:
         for helper in helpers:
             helper.requests.close()
         for helper in helpers:
+            helper.stoppable.close()
             try:
                 await asyncio.wait_for(helper.process.wait(), 5)
             except TimeoutError:

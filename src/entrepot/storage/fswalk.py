@@ -104,7 +104,7 @@ async def walk_apart(
     assert child.stdout is not None and child.stderr is not None
     # Read while the rows come: a child that fills the stderr pipe would wait for it.
     errors = asyncio.ensure_future(_tail(child.stderr))
-    walker = _Walker(child.pid)
+    walker = Stoppable(child.pid)
     try:
         while header := await child.stdout.read(_LENGTH.size):
             if len(header) < _LENGTH.size:
@@ -124,9 +124,9 @@ async def walk_apart(
         raise StorageError(f"walking {root} in a child process failed: {tail}")
 
 
-class _Walker:
-    """A running walk child, by a pidfd where there is one: a signal to it can never reach
-    another process that took its pid once it ended."""
+class Stoppable:
+    """A running walk child (or bulk helper), by a pidfd where there is one: a signal to
+    it can never reach another process that took its pid once it ended."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -149,14 +149,15 @@ class _Walker:
             self.fd = None
 
 
-_walkers: set[_Walker] = set()
+_walkers: set[Stoppable] = set()
 
 
 @contextlib.contextmanager
 def walks_stopped() -> Iterator[None]:
-    """Every walk child of this process stopped (SIGSTOP) for the block: a collection that
-    rests on a busy machine rests its walks too (they would walk on until their pipe is
-    full). Where pidfds are missing, the walks go on."""
+    """Every walk child of this process, and bulk helper (fsbulk), stopped (SIGSTOP) for
+    the block: a collection that rests on a busy machine rests its walks too (they would
+    walk on until their pipe is full) and a bulk call under way. Where pidfds are missing,
+    they go on."""
     stopped = list(_walkers)
     for walker in stopped:
         walker.signal(signal.SIGSTOP)
