@@ -16,7 +16,7 @@ import functools
 import itertools
 import os
 import stat as stat_mod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,7 +43,7 @@ from entrepot.storage.driver import (
 )
 from entrepot.storage.fsbulk import BulkHelpers, HelpersGone
 from entrepot.storage.fsbulkops import MISSING as _MISSING
-from entrepot.storage.fsbulkops import delete_files, move_all, stat_all
+from entrepot.storage.fsbulkops import OPS as BULK_OPS
 from entrepot.storage.fsops import (
     TMP_PREFIX,
     WALK_BATCH_FIRST,
@@ -316,7 +316,7 @@ class FilesystemDriver(StorageDriver):
     async def stat_many(self, keys: Sequence[str]) -> Stats:
         """A chunk of keys per thread hop (or helper process: see bulk_apart)."""
         chunks = _chunks([self._bulk_path(key) for key in keys])
-        done = await self._bulk("stat", stat_all, keys[0] if keys else "", True, chunks)
+        done = await self._bulk("stat", keys[0] if keys else "", True, chunks)
         return [
             None if st is None else FileInfo(key, *st)
             for key, st in zip(keys, itertools.chain.from_iterable(done), strict=True)
@@ -325,29 +325,24 @@ class FilesystemDriver(StorageDriver):
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         chunks = _chunks([(self._bulk_path(src), self._bulk_path(dst)) for src, dst in moves])
         key = moves[0][0] if moves else ""
-        done = await self._bulk("move", move_all, key, False, chunks, sync)
+        done = await self._bulk("move", key, False, chunks, sync)
         return [moved for chunk in done for moved in chunk]
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         paths = [self._bulk_path(key) for key in keys if "/" in key]
         top = [key for key in keys if "/" not in key]  # their folder is the root: kept
-        await self._bulk("delete", delete_files, keys[0] if keys else "", False, _chunks(paths))
+        await self._bulk("delete", keys[0] if keys else "", False, _chunks(paths))
         for key in top:
             with contextlib.suppress(StorageNotFound):
                 await self.delete(key)
 
     async def _bulk(
-        self,
-        op: str,
-        fn: Callable[..., Any],
-        key: str,
-        missing: bool,
-        chunks: _Chunks,
-        *args: Any,
+        self, op: str, key: str, missing: bool, chunks: _Chunks, *args: Any
     ) -> _Results:
-        """``fn(chunk, *args)`` for each chunk, at once: in the helper processes while
-        there are some (bulk_apart), else in threads; OSError as StorageError (``key`` and
-        ``missing`` as in ``_run``)."""
+        """``fsbulkops.OPS[op](chunk, *args)`` for each chunk, at once: in the helper
+        processes while there are some (bulk_apart), else in threads; OSError as
+        StorageError (``key`` and ``missing`` as in ``_run``)."""
+        fn = BULK_OPS[op]
         if self._helpers is None or not self._helpers.available:
             return list(await asyncio.gather(*(_run(key, missing, fn, c, *args) for c in chunks)))
         calls = [self._helpers.call(op, (chunk, *args)) for chunk in chunks]
