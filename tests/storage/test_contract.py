@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import cast
 
 import pytest
 
@@ -693,6 +694,36 @@ async def test_move_many_skips_missing_sources(driver: StorageDriver, bulk_defau
     assert await move_many(driver, moves, sync=False) == [True, False, True]
     assert await driver.get_content("b/1/aside") == b"one"
     assert await driver.get_content("b/2/aside") == b"two"
+    for key in ("b/1/data", "b/2/data", "b/9/aside"):
+        with pytest.raises(StorageNotFound):
+            await driver.stat(key)
+
+
+async def test_move_stale_many_moves_only_what_was_written_before_a_time(
+    driver: StorageDriver, bulk_default: bool
+) -> None:
+    # A collection sets aside an unreferenced blob only if no push wrote it within grace.
+    await driver.put_content("b/1/data", b"one")
+    await driver.put_content("b/2/data", b"two!")
+    written = (await driver.stat("b/2/data")).mtime
+    move_stale_many = (
+        StorageDriver.move_stale_many if bulk_default else type(driver).move_stale_many
+    )
+    moves = [("b/1/data", "b/1/aside"), ("b/9/data", "b/9/aside"), ("b/2/data", "b/2/aside")]
+
+    fresh = await move_stale_many(driver, moves, written - 3600, sync=False)
+    assert [(None if i is None else (i.key, i.size), moved) for i, moved in fresh] == [
+        (("b/1/data", 3), False),
+        (None, False),
+        (("b/2/data", 4), False),
+    ]
+    assert await driver.get_content("b/2/data") == b"two!"
+    assert abs(cast(FileInfo, fresh[2][0]).mtime - written) < 1
+
+    stale = await move_stale_many(driver, moves, written + 3600, sync=False)
+    assert [moved for _, moved in stale] == [True, False, True]
+    assert await driver.get_content("b/1/aside") == b"one"
+    assert await driver.get_content("b/2/aside") == b"two!"
     for key in ("b/1/data", "b/2/data", "b/9/aside"):
         with pytest.raises(StorageNotFound):
             await driver.stat(key)

@@ -74,6 +74,15 @@ class Limited:
         moved = await self._sliced(moves, move)
         return [ok for part in moved for ok in part]
 
+    async def move_stale_many(
+        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool
+    ) -> list[tuple[FileInfo | None, bool]]:
+        async def move(part: Sequence[tuple[str, str]]) -> list[tuple[FileInfo | None, bool]]:
+            return await self.driver.move_stale_many(part, older_than, sync=sync)
+
+        moved = await self._sliced(moves, move)
+        return [answer for part in moved for answer in part]
+
     async def delete_many(self, keys: Sequence[str]) -> None:
         await self._sliced(keys, self.driver.delete_many)
 

@@ -38,6 +38,7 @@ Keys = list[str]
 Infos = list["FileInfo"]
 Stats = list["FileInfo | None"]
 Moved = list[bool]
+Aside = list[tuple["FileInfo | None", bool]]  # move_stale_many's: each source's stat, moved
 # How ``scan`` treats a directory, given its key relative to the scan's prefix (ending in
 # "/"): None, enter it; a relative key, report only the object at that key under it, or
 # the directory itself when there is none (""): the directory is not listed.
@@ -420,6 +421,26 @@ class StorageDriver(abc.ABC):
             return True
 
         return await _bounded([one(src, dst) for src, dst in moves])
+
+    async def move_stale_many(
+        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    ) -> Aside:
+        """For each (src, dst) pair: ``src``'s stat (None: missing), and whether it moved
+        to ``dst`` (as ``move_many``): only an object (not a directory) last written at or
+        before ``older_than`` moves. A collection sets each unreferenced blob that no push
+        wrote within its grace window aside so, in one call where a stat and a move were
+        two. This default stats them all, then moves."""
+        infos = await self.stat_many([src for src, _ in moves])
+        stale = [
+            n
+            for n, info in enumerate(infos)
+            if info and not info.is_dir and info.mtime <= older_than
+        ]
+        moved = await self.move_many([moves[n] for n in stale], sync=sync) if stale else []
+        answers = [(info, False) for info in infos]
+        for n, ok in zip(stale, moved, strict=True):
+            answers[n] = (infos[n], ok)
+        return answers
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         """Delete the objects at ``keys`` (objects, not prefixes), in any order or at once;

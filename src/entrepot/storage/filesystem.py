@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from entrepot.storage.driver import (
     LEASE_TTL,
+    Aside,
     FileInfo,
     Fold,
     Infos,
@@ -327,6 +328,19 @@ class FilesystemDriver(StorageDriver):
         key = moves[0][0] if moves else ""
         done = await self._bulk("move", key, False, chunks, sync)
         return [moved for chunk in done for moved in chunk]
+
+    async def move_stale_many(
+        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    ) -> Aside:
+        chunks = _chunks([(self._bulk_path(src), self._bulk_path(dst)) for src, dst in moves])
+        key = moves[0][0] if moves else ""
+        done = await self._bulk("aside", key, False, chunks, older_than, sync)
+        return [
+            (None if st is None else FileInfo(src, *st), moved)
+            for (src, _), (st, moved) in zip(
+                moves, itertools.chain.from_iterable(done), strict=True
+            )
+        ]
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         paths = [self._bulk_path(key) for key in keys if "/" in key]

@@ -61,16 +61,29 @@ def makedirs(directory: str, parents: bool = True) -> None:
 
 def stat_all(paths: list[str]) -> list[Stat | None]:
     """(size, mtime, is a directory) of each path, or None."""
-    found: list[Stat | None] = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except MISSING:
-            found.append(None)
-            continue
-        is_dir = stat_mod.S_ISDIR(st.st_mode)
-        found.append((0 if is_dir else st.st_size, st.st_mtime, is_dir))
-    return found
+    return [_stat(path) for path in paths]
+
+
+def _stat(path: str) -> Stat | None:
+    try:
+        st = os.stat(path)
+    except MISSING:
+        return None
+    is_dir = stat_mod.S_ISDIR(st.st_mode)
+    return (0 if is_dir else st.st_size, st.st_mtime, is_dir)
+
+
+def move_stale(
+    moves: list[tuple[str, str]], older_than: float, sync: bool
+) -> list[tuple[Stat | None, bool]]:
+    """Each source's stat, and whether it moved: a file last written at or before
+    ``older_than`` (see StorageDriver.move_stale_many)."""
+    done: list[tuple[Stat | None, bool]] = []
+    for src, dst in moves:
+        found = _stat(src)
+        stale = found is not None and not found[2] and found[1] <= older_than
+        done.append((found, stale and move_one(src, dst, sync)))
+    return done
 
 
 def move_one(src: str, dst: str, sync: bool) -> bool:
@@ -103,7 +116,12 @@ def delete_files(paths: list[str]) -> None:
             os.rmdir(os.path.dirname(path))
 
 
-OPS: dict[str, Callable[..., Any]] = {"stat": stat_all, "move": move_all, "delete": delete_files}
+OPS: dict[str, Callable[..., Any]] = {
+    "stat": stat_all,
+    "move": move_all,
+    "aside": move_stale,
+    "delete": delete_files,
+}
 LENGTH = struct.Struct("<I")
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, S
 
 from entrepot.storage.driver import (
     LEASE_TTL,
+    Aside,
     FileInfo,
     Fold,
     Infos,
@@ -166,6 +167,12 @@ class TimedDriver(StorageDriver):
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         with self._timed("Move"):
             return await self.inner.move_many(moves, sync=sync)
+
+    async def move_stale_many(
+        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    ) -> Aside:
+        with self._timed("Move"):
+            return await self.inner.move_stale_many(moves, older_than, sync=sync)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         with self._timed("Delete"):
