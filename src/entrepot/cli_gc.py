@@ -139,7 +139,9 @@ def garbage_collect(
                 raise LeaseHeld
             # Rests in short pauses while other processes keep the machine busy (gcpace).
             pacer = Pacer(during_rest=walks_stopped) if rest else None  # walks rest too
-            collector = GarbageCollector(driver, options, emit=_say, pacer=pacer)
+            collector = GarbageCollector(
+                driver, options, emit=_say, pacer=pacer, emit_lines=_say_all
+            )
             try:  # the lease renews itself while held; a lapsed one stops the run
                 return await while_held(lease, collector.run())
             finally:
@@ -286,13 +288,16 @@ def _run_async(work: Coroutine[object, object, _T]) -> _T:
     return done[0]
 
 
-# Lines that list what a collection marks or removes (55,600 on the bench store) go out in
-# blocks, many to a write; any other line (counts, progress) at once, after them.
-_LISTING = ("blob eligible ", "manifest eligible ", "tag eligible ", "repository eligible ")
-
-
 def _say(line: str) -> None:
-    print(line, flush=not line.startswith(_LISTING))
+    print(line, flush=True)
+
+
+def _say_all(lines: list[str]) -> None:
+    """The listing of what a collection removes (55,600 lines on the bench store), in one
+    write."""
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
 
 
 def _storage_named(config: Config) -> str:

@@ -21,7 +21,7 @@ from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResu
 from entrepot.registry.gcscan import UNREAD, find_blobs, read_blobs, scan_repository, scan_store
 from entrepot.registry.storecalls import Limited
 from entrepot.storage import StorageDriver, StorageNotFound
-from entrepot.storage.driver import Fold, Infos, Moved
+from entrepot.storage.driver import Aside, Fold, Infos, Moved
 from entrepot.storage.filesystem import FilesystemDriver
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -279,6 +279,13 @@ class Interleaving(FilesystemDriver):
         for _, dst in moves:
             await self._before(dst)
         return await super().move_many(moves, sync=sync)
+
+    async def move_stale_many(
+        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    ) -> Aside:
+        for _, dst in moves:
+            await self._before(dst)
+        return await super().move_stale_many(moves, older_than, sync=sync)
 
 
 async def test_a_push_linking_a_blob_during_the_sweep_keeps_it(tmp_path: Path) -> None:

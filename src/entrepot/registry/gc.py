@@ -30,6 +30,7 @@ from entrepot.registry.gcpace import Pacer
 from entrepot.registry.gcrecheck import recheck
 from entrepot.registry.gcrefs import ManifestRefs, keep_closure, read_refs
 from entrepot.registry.gcscan import (
+    UNREAD,
     Blobs,
     Progress,
     RepoScan,
@@ -48,7 +49,7 @@ from entrepot.registry.quarantine import (
 )
 from entrepot.registry.retention import RetentionPlan, RetentionRule, plan_retention
 from entrepot.registry.storecalls import Limited, each
-from entrepot.storage import StorageDriver
+from entrepot.storage import FileInfo, StorageDriver
 
 __all__ = ["QUARANTINE", "GarbageCollector", "GcOptions", "GcResult", "keep_closure"]
 _REPO_FOLDERS = ("_manifests", "_layers", "_referrers", "_uploads")
@@ -111,6 +112,7 @@ class GarbageCollector:
         emit: Callable[[str], None] = print,
         clock: Callable[[], float] = time.time,
         pacer: Pacer | None = None,
+        emit_lines: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.driver = driver
         self.options = options
@@ -118,6 +120,9 @@ class GarbageCollector:
         pace = None if pacer is None else pacer.pace
         self.store = Limited(driver, options.concurrency, apart=options.apart, pace=pace)
         self.emit = emit
+        # The listing of what goes (55,600 lines for the bench store) in one call: a line
+        # at a time cost a twentieth of the run.
+        self.emit_lines = emit_lines or self._emit_each
         self.clock = clock
         self.cutoff = 0.0  # objects with a later mtime are fresh
         self.marked_at = 0.0  # when the mark began reading (the real clock: mtimes')
@@ -127,6 +132,12 @@ class GarbageCollector:
         self.layer_links: dict[tuple[str, Digest], float] = {}
         self.plan = RetentionPlan()
         self.result = GcResult()
+        self.journal = False  # written: what may be aside is listed (see quarantine)
+        self.quarantined: list[Digest] = []  # set aside by _set_aside
+
+    def _emit_each(self, lines: list[str]) -> None:
+        for line in lines:
+            self.emit(line)
 
     def _fresh(self, mtime: float) -> bool:
         return mtime > self.cutoff
@@ -169,13 +180,18 @@ class GarbageCollector:
             f"{result.blobs_kept_fresh} unmarked blobs kept (written or linked within "
             f"the grace window)"
         )
-        for name, tag in result.tags_eligible:
-            self.emit(f"tag eligible for deletion: {name}:{tag}")
-        for name, digests in sorted(unkept.items()):
-            for digest in sorted(digests, key=str):
-                self.emit(f"manifest eligible for deletion: {name}@{digest}")
-        for digest in sorted(doomed, key=str):
-            self.emit(f"blob eligible for deletion: {digest}")
+        # Digests sort as their (algorithm, encoded) tuples: as their text would.
+        self.emit_lines(
+            [
+                *(f"tag eligible for deletion: {name}:{tag}" for name, tag in result.tags_eligible),
+                *(
+                    f"manifest eligible for deletion: {name}@{algorithm}:{encoded}"
+                    for name, digests in sorted(unkept.items())
+                    for algorithm, encoded in sorted(digests)
+                ),
+                *(f"blob eligible for deletion: {a}:{e}" for a, e in sorted(doomed)),
+            ]
+        )
         if self.options.dry_run:
             gone = {name: digests for name, digests in unkept.items()}
             empty = await self._empty_repositories(scans.values(), gone, set(doomed))
@@ -284,13 +300,24 @@ class GarbageCollector:
         self, blobs: Blobs, unmarked: set[Digest], scans: Iterable[RepoScan]
     ) -> dict[Digest, int]:
         """Unmarked blobs neither written nor linked within the grace window (by the times
-        the scans read), with sizes."""
+        the scans read), with sizes. Where the blobs' times are not read yet (a disk) and
+        this is no dry run, each is set aside as it is read, in one call (``set_aside``):
+        a stat, then a move, cost a fifth of a collection more."""
+        self.layer_links = await self._link_times(scans, unmarked)
+        linked = {d for (_, d), mtime in self.layer_links.items() if self._fresh(mtime)}
+        candidates = [d for d in unmarked if d not in linked]
+        apart = not self.options.dry_run and any(blobs[d] is UNREAD for d in candidates)
+        await read_blobs(self.store, blobs, linked if apart else unmarked)
+        infos = await self._set_aside(candidates) if apart else [blobs[d] for d in candidates]
         doomed: dict[Digest, int] = {}
         aside: list[Digest] = []
-        await read_blobs(self.store, blobs, unmarked)
-        for digest in unmarked:
-            info = blobs[digest]
-            if info is None:  # nothing to free; unless a crash left it aside: put it back
+        for digest in linked:  # kept; unless without ``data``: see below
+            if blobs[digest] is None:
+                aside.append(digest)
+            else:
+                self.result.blobs_kept_fresh += 1
+        for digest, info in zip(candidates, infos, strict=True):
+            if info is None or info.is_dir:  # nothing to free; unless a crash left it aside
                 aside.append(digest)
             elif self._fresh(info.mtime):
                 self.result.blobs_kept_fresh += 1
@@ -300,12 +327,18 @@ class GarbageCollector:
             self.result.blobs_recovered += sum(
                 await each(aside, lambda digest: restore(self.store, digest))
             )
-        self.layer_links = await self._link_times(scans, doomed)
-        for (_, digest), mtime in self.layer_links.items():
-            if self._fresh(mtime) and digest in doomed:
-                del doomed[digest]
-                self.result.blobs_kept_fresh += 1
         return doomed
+
+    async def _set_aside(self, candidates: list[Digest]) -> list[FileInfo | None]:
+        """Move each candidate's ``data`` aside (quarantine) unless it was written within
+        the grace window, listing them in the journal first; each one's stat."""
+        await write_journal(self.store, candidates)
+        self.journal = True
+        # Not synced: after a crash a blob is at either name, and both are handled.
+        moves = [(layout.blob_data(d), quarantine_key(d)) for d in candidates]
+        answers = await self.store.move_stale_many(moves, self.cutoff, sync=False)
+        self.quarantined = [d for d, (_, moved) in zip(candidates, answers, strict=True) if moved]
+        return [info for info, _ in answers]
 
     async def _sweep(
         self, scans: dict[str, RepoScan], unkept: dict[str, set[Digest]], doomed: dict[Digest, int]
@@ -313,12 +346,15 @@ class GarbageCollector:
         await self._delete_tags()
         removed = await each(unkept.items(), lambda item: self._unlink_manifests(scans, *item))
         gone = {name: digests for (name, _), digests in zip(unkept.items(), removed, strict=True)}
-        if doomed:
-            await write_journal(self.store, doomed)
-        # Not synced: after a crash a blob is at either name, and both are handled.
-        moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
-        moved = await self.store.move_many(moves, sync=False)
-        quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
+        quarantined = self.quarantined
+        if not self.journal:  # not set aside yet (object storage: the scan read the times)
+            if doomed:
+                await write_journal(self.store, doomed)
+                self.journal = True
+            # Not synced: after a crash a blob is at either name, and both are handled.
+            moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
+            moved = await self.store.move_many(moves, sync=False)
+            quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
         rescans = await recheck(
             self.store, scans, unkept.keys(), self.marked_at, self.cutoff, quarantined
         )
@@ -327,7 +363,9 @@ class GarbageCollector:
         relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
-        deleted = [d for d in quarantined if d not in relinked]
+        # In order: a folder's neighbours are deleted one after the other (a tenth faster
+        # than in the order of a set, on the bench store).
+        deleted = sorted(d for d in quarantined if d not in relinked)
         # With its folder, as registry:2 removes it; unless a push of the same bytes
         # refilled it meanwhile: then only the quarantined copy goes.
         progress = self._progress("sweeping: blobs deleted", len(deleted))
@@ -337,7 +375,7 @@ class GarbageCollector:
             progress.tick(len(batch))
         for digest in deleted:
             self.result.blobs_deleted[digest] = doomed[digest]
-        if doomed:
+        if self.journal:
             await close_journal(self.store)
         await self._unlink_layers([*scans.values(), *rescans.values()], set(deleted))
         empty = await self._empty_repositories(rescans.values(), gone, set(deleted))

@@ -132,12 +132,12 @@ def repository_fold(tag_links: bool = True) -> Fold:
 
 
 def _repository_leaf(directory: str, tag_links: bool) -> str | None:
-    parts = directory.split("/")
-    parts.pop()  # "" after the last "/"
-    for i, part in enumerate(parts):
-        if part[:1] == "_":
-            return marker_leaf(parts[i:], tag_links) if i else None
-    return None
+    # The first segment starting with "_" (the marker) after the first segment; found
+    # with one search: the walk asks for each of its 150,000 folders (bench store).
+    cut = directory.find("/_")
+    if cut < 0 or directory[0] == "_":
+        return None
+    return marker_leaf(directory[cut + 1 : -1].split("/"), tag_links)
 
 
 def _fold_with_tags(directory: str) -> str | None:
