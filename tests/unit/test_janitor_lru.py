@@ -321,6 +321,7 @@ async def test_each_run_logs_one_summary_line_and_counts_in_metrics(
         f"pulled beyond maxsize {15 * KB} bytes), 2 tag(s), 2 manifest(s), 6 blob(s), "
     )
     assert f"{result.freed_bytes} bytes freed" in line
+    assert line.endswith("; evicted: docker.io/library/old:1, docker.io/library/big:1")
     sample = registry.get_sample_value
     assert sample("entrepot_proxy_evicted_images_total", {"reason": "ttl"}) == 1
     assert sample("entrepot_proxy_evicted_images_total", {"reason": "maxsize"}) == 1

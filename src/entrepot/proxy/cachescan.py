@@ -44,6 +44,12 @@ class CacheUnit:
     linked: set[Digest] = field(default_factory=set)
 
     @property
+    def named(self) -> str:
+        """How an operator knows the image: ``repository:tag`` (its first tag), else its
+        label."""
+        return f"{self.repository}:{self.tags[0]}" if self.tags else self.label
+
+    @property
     def label(self) -> str:
         if self.root is None:
             return f"{self.repository} blob {sorted(self.blobs, key=str)[0]}"

@@ -30,6 +30,9 @@ from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import StorageError
 
 log = logging.getLogger("entrepot.proxy.janitor")
+# Images named in the summary line of a run (the rest counted): which ones went, for the
+# person asking why a pull went upstream again.
+_NAMED = 10
 
 LOCK_KEY = "entrepot/janitor.lock"
 QUARANTINE = "evicting"  # next to a blob's ``data`` while the eviction re-checks it
@@ -42,6 +45,7 @@ class SweepResult:
     evicted: list[Digest] = field(default_factory=list)  # blobs deleted, in eviction order
     freed_bytes: int = 0
     images: list[str] = field(default_factory=list)  # "<repository>@<digest>" evicted
+    named: list[str] = field(default_factory=list)  # the same as "<repository>:<tag>"
     expired: int = 0  # of those, by ttl
     tags: int = 0
     manifests: int = 0
@@ -156,6 +160,7 @@ class CacheJanitor:
             if unit.root is None:
                 continue
             result.images.append(unit.label)
+            result.named.append(unit.named)
             result.expired += reason == "ttl"
             name = unit.repository
             for tag in unit.tags:
@@ -235,9 +240,12 @@ class CacheJanitor:
                 else []
             ),
         ]
+        named = ", ".join(result.named[:_NAMED])
+        if len(result.named) > _NAMED:
+            named += f" and {len(result.named) - _NAMED} more"
         log.info(
             "cache eviction: %d image(s) evicted%s, %d tag(s), %d manifest(s), %d blob(s), "
-            "%d bytes freed in %.2f s; %d bytes cached now",
+            "%d bytes freed in %.2f s; %d bytes cached now%s",
             len(result.images),
             f" ({', '.join(reasons)})" if reasons else "",
             result.tags,
@@ -246,6 +254,7 @@ class CacheJanitor:
             result.freed_bytes,
             result.seconds,
             cached_now,
+            f"; evicted: {named}" if named else "",
         )
 
     async def sweep_once(self) -> SweepResult | None:
