@@ -244,8 +244,11 @@ class ServerRun:
         root = store.take(self.kind)
         try:
             started_load = os.getloadavg()[0]
-            seconds, cpu = gc.collect(self.kind, root, store.kept, s.workdir, s.server_cpus)
-            self.rows["gc"] = {"value": seconds, "loadavg": [started_load, os.getloadavg()[0]]}
+            seconds, cpu, rested = gc.collect(self.kind, root, store.kept, s.workdir, s.server_cpus)
+            loads = [started_load, os.getloadavg()[0]]
+            self.rows["gc"] = {"value": seconds, "loadavg": loads, "rested": rested}
+            if rested:
+                _progress(f"{self.kind}: the collection rested {rested:.1f}s of {seconds:.1f}s")
             self.rows["gc_cpu"] = {"value": cpu}
             if self.kind == "entrepot":
                 self._gc_serving_rows(root)

@@ -14,6 +14,8 @@ from bench.fixtures import ROOT
 from bench.gc import INODES_PER_REPO, store_dir, write_gc_fixture
 from bench.gcfloor import collect
 
+from entrepot.registry.gc import GcResult
+
 
 def _blobs(store: Path) -> set[str]:
     return {p.parent.name for p in Path(store, ROOT, "blobs").rglob("data")}
@@ -63,3 +65,13 @@ def test_a_tmpfs_short_of_inodes_is_not_chosen(
     assert store_dir(work, data, 10_000) == work
     free["inodes"] -= 1
     assert store_dir(work, data, 10_000) == data
+
+
+@pytest.mark.parametrize("rested", [0.0, 1.8])
+def test_the_bench_reads_how_long_a_collection_rested(rested: float) -> None:
+    # A collection that rested as the machine seemed busy is not the collector's speed:
+    # the bench records the rest its summary line reports.
+    took = GcResult(seconds=9.04, rested=rested).took
+    output = f"blob eligible for deletion: sha256:00\ndeleted 1 blobs (2 bytes) ... ({took})\n"
+    assert bench.gc.rested_seconds(output) == rested
+    assert bench.gc.rested_seconds("registry:2's output\n") == 0.0
