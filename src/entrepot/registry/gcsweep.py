@@ -1,0 +1,254 @@
+"""The sweep half of a garbage collection (see gc): unmarked blobs set aside, the store read
+again, what a push linked meanwhile put back, the rest deleted with their layer links, and
+emptied repositories removed; with what both halves share (the scans, the grace window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+from entrepot.oci.digest import Digest
+from entrepot.registry import layout
+from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
+from entrepot.registry.gcrecheck import recheck
+from entrepot.registry.gcrefs import ManifestRefs, keep_closure, read_refs
+from entrepot.registry.gcresult import GcOptions, GcResult
+from entrepot.registry.gcscan import Progress, RepoScan, scan_repository, scan_store
+from entrepot.registry.quarantine import (
+    close_journal,
+    quarantine_key,
+    restore,
+    write_journal,
+)
+from entrepot.registry.retention import RetentionPlan
+from entrepot.registry.storecalls import Limited, each
+from entrepot.storage import FileInfo, StorageDriver
+
+_REPO_FOLDERS = ("_manifests", "_layers", "_referrers", "_uploads")
+# Blobs (or layer links) deleted per bulk call: a progress line can follow between calls.
+_SWEEP_BATCH = 4096
+
+
+class CollectorSweep:
+    """GarbageCollector's sweep, and the state and steps its mark shares; the collector
+    (gc.GarbageCollector) sets these attributes."""
+
+    driver: StorageDriver
+    store: Limited
+    options: GcOptions
+    result: GcResult
+    emit: Callable[[str], None]
+    cutoff: float  # objects with a later mtime are fresh
+    marked_at: float  # when the mark began reading (the real clock: mtimes')
+    refs: dict[Digest, ManifestRefs]
+    # The mtime of each layer link of a blob to delete, as the mark read it: the sweep
+    # puts back a blob whose link is new or rewritten since.
+    layer_links: dict[tuple[str, Digest], float]
+    plan: RetentionPlan
+    journal: bool  # written: what may be aside is listed (see quarantine)
+    quarantined: list[Digest]  # set aside by _set_aside
+
+    def _fresh(self, mtime: float) -> bool:
+        return mtime > self.cutoff
+
+    def _progress(self, what: str, total: int | None = None) -> Progress:
+        return Progress(self.emit, what, total, self.options.progress_every)
+
+    async def _scan_all(self, phase: str, *, mark: bool) -> dict[str, RepoScan]:
+        """Every repository; the mark's read the manifests too (into ``refs``), and the tags
+        where they decide something: with delete_untagged or retention rules (else every
+        manifest is kept, and reading a link per tag cost a tenth of a large store's mark)."""
+        found = self._progress(f"{phase}: repository objects read")
+        tag_links = mark and (self.options.delete_untagged or bool(self.options.rules))
+        refs = self.refs if mark else None
+        return await scan_store(self.store, self.cutoff, found, tag_links=tag_links, refs=refs)
+
+    async def _link_times(
+        self, scans: Iterable[RepoScan], digests: Iterable[Digest]
+    ) -> dict[tuple[str, Digest], float]:
+        """The mtimes of the layer links of ``digests`` in the repositories that have a
+        folder for them (the scans do not open those folders)."""
+        wanted = set(digests)
+        links = [(s.name, d) for s in scans for d in s.layers & wanted]
+        infos = await self.store.stat_many([layout.layer_link(*item) for item in links])
+        return {
+            link: info.mtime for link, info in zip(links, infos, strict=True) if info is not None
+        }
+
+    async def _set_aside(self, candidates: list[Digest]) -> list[FileInfo | None]:
+        """Move each candidate's ``data`` aside (quarantine) unless it was written within
+        the grace window, listing them in the journal first; each one's stat."""
+        await write_journal(self.store, candidates)
+        self.journal = True
+        # Not synced: after a crash a blob is at either name, and both are handled.
+        moves = [(layout.blob_data(d), quarantine_key(d)) for d in candidates]
+        answers = await self.store.move_stale_many(moves, self.cutoff, sync=False)
+        self.quarantined = [d for d, (_, moved) in zip(candidates, answers, strict=True) if moved]
+        return [info for info, _ in answers]
+
+    async def _sweep(
+        self, scans: dict[str, RepoScan], unkept: dict[str, set[Digest]], doomed: dict[Digest, int]
+    ) -> None:
+        await self._delete_tags()
+        removed = await each(unkept.items(), lambda item: self._unlink_manifests(scans, *item))
+        gone = {name: digests for (name, _), digests in zip(unkept.items(), removed, strict=True)}
+        quarantined = self.quarantined
+        if not self.journal:  # not set aside yet (object storage: the scan read the times)
+            if doomed:
+                await write_journal(self.store, doomed)
+                self.journal = True
+            # Not synced: after a crash a blob is at either name, and both are handled.
+            moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
+            moved = await self.store.move_many(moves, sync=False)
+            quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
+        rescans = await recheck(
+            self.store, scans, unkept.keys(), self.marked_at, self.cutoff, quarantined
+        )
+        if rescans is None:
+            rescans = await self._scan_all("re-checking", mark=False)
+        relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
+        self.result.blobs_relinked = len(relinked)
+        await each(relinked, self._release)
+        # In order: a folder's neighbours are deleted one after the other (a tenth faster
+        # than in the order of a set, on the bench store).
+        deleted = sorted(d for d in quarantined if d not in relinked)
+        # With its folder, as registry:2 removes it; unless a push of the same bytes
+        # refilled it meanwhile: then only the quarantined copy goes.
+        progress = self._progress("sweeping: blobs deleted", len(deleted))
+        for start in range(0, len(deleted), _SWEEP_BATCH):
+            batch = deleted[start : start + _SWEEP_BATCH]
+            await self.store.delete_many([quarantine_key(d) for d in batch])
+            progress.tick(len(batch))
+        for digest in deleted:
+            self.result.blobs_deleted[digest] = doomed[digest]
+        if self.journal:
+            await close_journal(self.store)
+        await self._unlink_layers([*scans.values(), *rescans.values()], set(deleted))
+        empty = await self._empty_repositories(rescans.values(), gone, set(deleted))
+        for name in reversed(empty):  # nested ones first: their parents may empty with them
+            await self._remove_repository(name)
+        self.result.repositories_removed = empty
+        if empty:
+            await bump_epoch(self.driver, CATALOG_REMOVALS)
+            await bump_epoch(self.driver, CATALOG)
+
+    async def _delete_tags(self) -> None:
+        """Delete the tags the retention rules condemned, each only if it still points
+        where it did and was not pushed again within the grace window."""
+        touched: set[str] = set()
+
+        async def delete(item: tuple[str, str, Digest]) -> None:
+            name, tag, digest = item
+            current = layout.tag_current_link(name, tag)
+            info, now = await asyncio.gather(
+                self.store.stat(current), self.store.read_link(current)
+            )
+            if info is None or now != digest or self._fresh(info.mtime):
+                return
+            if await self.store.delete(layout.tag_dir(name, tag)):
+                self.result.tags_deleted.append((name, tag))
+                touched.add(name)
+
+        items = [(n, t, d) for n, tags in self.plan.tags.items() for t, d in tags.items()]
+        await each(items, delete)
+        await each(touched, lambda name: bump_epoch(self.driver, tags_epoch(name)))
+        self.result.tags_deleted.sort()
+
+    async def _unlink_manifests(
+        self, scans: dict[str, RepoScan], name: str, planned: set[Digest]
+    ) -> set[Digest]:
+        """Unlink the untagged manifests planned for deletion that are still untagged, after
+        reading the repository's tags and manifests again (a push may have tagged one)."""
+        before = scans[name]
+        now = await scan_repository(self.store, name, self.cutoff)
+        new = now.revisions - before.revisions
+        await read_refs(self.store, new, self.refs)
+        kept = keep_closure(now.revisions, (now.revisions - planned) | now.tagged, self.refs)
+        removed = planned - kept
+
+        async def unlink(digest: Digest) -> None:
+            for tag in now.tag_names:
+                entry = layout.tag_index_link(name, tag, digest).removesuffix("/link")
+                await self.store.delete(entry)
+            await self.store.delete(layout.manifest_revision_dir(name, digest))
+            subject = self.refs[digest].subject
+            if subject is not None:
+                link = layout.referrer_link(name, subject, digest).removesuffix("/link")
+                await self.store.delete(link)
+            self.result.manifests_deleted.append((name, digest))
+
+        await each(removed, unlink)
+        return removed
+
+    async def _release(self, digest: Digest) -> None:
+        await restore(self.store, digest)
+
+    async def _relinked(
+        self,
+        scans: dict[str, RepoScan],
+        rescans: dict[str, RepoScan],
+        unkept: dict[str, set[Digest]],
+        quarantined: set[Digest],
+    ) -> set[Digest]:
+        """Quarantined blobs that something linked after the mark read the store: a layer
+        link that is new or rewritten (the mark read another mtime, or none), a new
+        manifest (or one a new tag saved from deletion) referencing it, or an upload begun
+        in its repository."""
+        now_links = await self._link_times(rescans.values(), quarantined)
+        protect = {link[1] for link, t in now_links.items() if self.layer_links.get(link) != t}
+        manifests: set[Digest] = set()
+        for name, now in rescans.items():
+            before = scans.get(name, RepoScan(name))
+            if now.upload_active and not before.upload_active:
+                protect |= now.layers
+            manifests |= (now.revisions - before.revisions) | (
+                now.revisions & unkept.get(name, set())
+            )
+        # A manifest linked again after the mark may have its bytes aside.
+        await read_refs(self.store, manifests, self.refs, quarantined)
+        for digest in manifests:
+            protect.add(digest)
+            protect |= self.refs[digest].references
+        return protect & quarantined
+
+    async def _unlink_layers(self, scans: list[RepoScan], deleted: set[Digest]) -> None:
+        # Every folder's: a link written after the mark read its folder goes too.
+        links = sorted({layout.layer_link(s.name, d) for s in scans for d in s.layers & deleted})
+        for start in range(0, len(links), _SWEEP_BATCH):
+            await self.store.delete_many(links[start : start + _SWEEP_BATCH])
+        self.result.layer_links_deleted = sum(d in deleted for _, d in self.layer_links)
+
+    async def _empty_repositories(
+        self, scans: Iterable[RepoScan], gone: dict[str, set[Digest]], deleted: set[Digest]
+    ) -> list[str]:
+        """Repositories with no manifest left, no upload and nothing linked within the grace
+        window."""
+        candidates = [
+            s for s in scans if not s.uploads and not (s.revisions - gone.get(s.name, set()))
+        ]
+
+        async def is_stale(scan: RepoScan) -> bool:
+            for digest in scan.layers - deleted:
+                info = await self.store.stat(layout.layer_link(scan.name, digest))
+                if info is not None and self._fresh(info.mtime):
+                    self.result.repositories_kept_fresh += 1
+                    return False
+            return True
+
+        stale = await each(candidates, is_stale)
+        return sorted(s.name for s, ok in zip(candidates, stale, strict=True) if ok)
+
+    async def _remove_repository(self, name: str) -> None:
+        if await self.store.children(f"{layout.repository(name)}/_uploads"):
+            return  # an upload began since the scan (a POST): the repository stays
+        for folder in _REPO_FOLDERS:
+            await self.store.delete(f"{layout.repository(name)}/{folder}")
+        # A driver with real directories leaves the folders empty: remove those up the tree,
+        # as long as nothing else (another repository) is in them.
+        path = layout.repository(name)
+        while path != layout.REPOSITORIES:
+            if await self.store.children(path):
+                break
+            await self.store.delete(path)
+            path = path.rsplit("/", 1)[0]
