@@ -20,6 +20,7 @@ from entrepot.storage.filesystem import FilesystemDriver
 from tests.unit.test_gc import (
     LATER,
     Interleaving,
+    age,
     blob,
     collect,
     exists,
@@ -133,8 +134,7 @@ async def test_an_upload_resumed_during_the_sweep_keeps_its_repository_layers(
         await writer.commit()
 
     driver.action = resumed
-    then = time.time() - LATER
-    os.utime(driver.local_path(layout.blob_data(sent)), (then, then))
+    age(driver, layout.blob_data(sent))
     # The real clock: the upload is stale at the mark, written to during the sweep.
     result = await GarbageCollector(driver, GcOptions(), emit=lambda _: None).run()
     assert driver.store_scans == 1
@@ -153,8 +153,7 @@ async def test_an_upload_begun_during_the_sweep_keeps_its_repository_layers(
     await driver.put_content(finished, b"...")
     await driver.delete(finished.rsplit("/", 1)[0])  # its repository keeps ``_uploads``
     age_repositories(driver)
-    then = time.time() - LATER
-    os.utime(driver.local_path(layout.blob_data(sent)), (then, then))
+    age(driver, layout.blob_data(sent))
 
     async def upload_begins() -> None:
         await driver.put_content(layout.upload_data(name, "abc-123"), b"next layer...")

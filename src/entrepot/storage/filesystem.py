@@ -324,17 +324,13 @@ class FilesystemDriver(StorageDriver):
         ]
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
-        chunks = _chunks([(self._bulk_path(src), self._bulk_path(dst)) for src, dst in moves])
-        key = moves[0][0] if moves else ""
-        done = await self._bulk("move", key, False, chunks, sync)
+        done = await self._bulk("move", *self._move_chunks(moves), sync)
         return [moved for chunk in done for moved in chunk]
 
     async def move_stale_many(
         self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
     ) -> Aside:
-        chunks = _chunks([(self._bulk_path(src), self._bulk_path(dst)) for src, dst in moves])
-        key = moves[0][0] if moves else ""
-        done = await self._bulk("aside", key, False, chunks, older_than, sync)
+        done = await self._bulk("aside", *self._move_chunks(moves), older_than, sync)
         return [
             (None if st is None else FileInfo(src, *st), moved)
             for (src, _), (st, moved) in zip(
@@ -349,6 +345,11 @@ class FilesystemDriver(StorageDriver):
         for key in top:
             with contextlib.suppress(StorageNotFound):
                 await self.delete(key)
+
+    def _move_chunks(self, moves: Sequence[tuple[str, str]]) -> tuple[str, bool, _Chunks]:
+        """``_bulk``'s key, missing and chunks for moving each (src, dst) pair."""
+        pairs = [(self._bulk_path(src), self._bulk_path(dst)) for src, dst in moves]
+        return (moves[0][0] if moves else ""), False, _chunks(pairs)
 
     async def _bulk(
         self, op: str, key: str, missing: bool, chunks: _Chunks, *args: Any
