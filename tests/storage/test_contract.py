@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import cast
+from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 
@@ -16,6 +17,7 @@ from entrepot.storage import (
     StorageNotFound,
 )
 from entrepot.storage.driver import Fold
+from entrepot.storage.localwalk import LocalView
 
 BLOB = "docker/registry/v2/blobs/sha256/ab/abcdef/data"
 
@@ -648,6 +650,66 @@ async def test_scan_apart_reads_what_read_names(driver: StorageDriver) -> None:
             ("l/k/link", b"sha256:k"),
             ("top", None),
         ]
+
+
+def names_and_reads(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
+    """A module-level local walk: per top-level entry of its shard, a batch of one record:
+    the entry, its names, and what the view says of each of ``args`` below it."""
+    for top in sorted(view.names(prefix)):
+        if view.mine(top):
+            below = [
+                (view.stat(f"{prefix}/{top}/{a}"), view.get(f"{prefix}/{top}/{a}")) for a in args
+            ]
+            yield [(top, sorted(view.names(f"{prefix}/{top}")), below)]
+
+
+async def test_walk_local_runs_the_callers_walk_where_the_objects_are(
+    driver: StorageDriver,
+) -> None:
+    # A collection of a disk walks it knowing the registry's layout (registry.gcwalk).
+    if not driver.walks_local:
+        with pytest.raises(StorageError, match="cannot walk locally"):
+            [b async for b in driver.walk_local("s", names_and_reads)]
+        return
+    await driver.put_content("s/a/f", b"abc")
+    await driver.put_content("s/a/d/x", b"x")
+    await driver.put_content("s/b/f", b"b")
+    names = [f"t{n}" for n in range(9)]
+    for name in names:
+        await driver.put_content(f"s/{name}/f", name.encode())
+    args = ("f", "d", "nope")
+    for apart in (False, True):
+        batches = [b async for b in driver.walk_local("s", names_and_reads, args, apart=apart)]
+        found = {record[0]: record for batch in batches for record in batch}
+        _, listed, (f, d, nope) = found["a"]
+        assert listed == ["d", "f"]
+        assert f[0] is not None and f[0][0] == 3 and f[1] == b"abc"
+        assert abs(f[0][1] - (await driver.stat("s/a/f")).mtime) < 2
+        assert d == (None, None) and nope == (None, None)  # a folder, a missing key
+        assert found["b"][1] == ["f"] and found["b"][2][0][1] == b"b"
+        assert sorted(found) == sorted(["a", "b", *names])
+        parts = [
+            {
+                record[0]
+                for batch in [
+                    b
+                    async for b in driver.walk_local(
+                        "s", names_and_reads, shard=(n, 3), apart=apart
+                    )
+                ]
+                for record in batch
+            }
+            for n in range(3)
+        ]
+        assert sorted(t for part in parts for t in part) == sorted(found)  # each in one
+        assert all(parts)
+    assert [b async for b in driver.walk_local("nope", names_and_reads)] == []
+
+    def closure(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
+        return names_and_reads(view, prefix, args)
+
+    with pytest.raises(StorageError, match="module-level"):
+        [b async for b in driver.walk_local("s", closure)]
 
 
 async def test_scan_many_keys_in_several_batches(driver: StorageDriver) -> None:

@@ -27,7 +27,10 @@ import functools
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from entrepot.storage.localwalk import LocalWalk
 
 T = TypeVar("T")
 
@@ -38,7 +41,9 @@ Keys = list[str]
 Infos = list["FileInfo"]
 Stats = list["FileInfo | None"]
 Moved = list[bool]
-Aside = list[tuple["FileInfo | None", bool]]  # move_stale_many's: each source's stat, moved
+# move_stale_many's answers: each source's stat, and whether it moved.
+Aside = list[tuple["FileInfo | None", bool]]
+Records = list[Any]  # a batch of a local walk's records (see walk_local)
 # How ``scan`` treats a directory, given its key relative to the scan's prefix (ending in
 # "/"): None, enter it; a relative key, report only the object at that key under it, or
 # the directory itself when there is none (""): the directory is not listed.
@@ -251,6 +256,8 @@ class StorageDriver(abc.ABC):
     # scan_apart walks in a process of its own: walks of several shards at once take as
     # many CPUs. False: scan_apart is scan (object storage: listings, not CPU).
     walks_apart: bool = False
+    # walk_local runs a caller's walk where the objects are (a disk). False: it cannot.
+    walks_local: bool = False
 
     @abc.abstractmethod
     async def get_content(self, key: str) -> bytes:
@@ -389,6 +396,22 @@ class StorageDriver(abc.ABC):
                 batch = [i for i in batch if in_shard(i.key.partition("/")[0], shard)]
             if batch:
                 yield batch
+
+    async def walk_local(
+        self,
+        prefix: str,
+        walk: LocalWalk,
+        args: tuple[str, ...] = (),
+        *,
+        shard: Shard | None = None,
+        apart: bool = False,
+    ) -> AsyncGenerator[Records, None]:
+        """The batches of ``walk`` (see localwalk: a module-level function) over the store,
+        run where the objects are: in a worker thread, or with ``apart`` where
+        ``walks_apart``, in a process of its own; with ``shard``, its view's ``mine`` says
+        which top-level entries are the walk's. Only where ``walks_local``."""
+        raise StorageError(f"the {self.name} storage driver cannot walk locally")
+        yield []  # unreached: an async generator, as a driver's that can
 
     @contextlib.asynccontextmanager
     async def bulk_apart(self) -> AsyncIterator[None]:

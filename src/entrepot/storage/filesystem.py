@@ -33,6 +33,7 @@ from entrepot.storage.driver import (
     LeaseScope,
     Moved,
     Reader,
+    Records,
     Shard,
     Stats,
     StorageConflict,
@@ -65,7 +66,7 @@ from entrepot.storage.fsops import (
     _walk_infos,
     _walk_keys,
 )
-from entrepot.storage.fswalk import fold_name, walk_apart
+from entrepot.storage.fswalk import fold_name, walk_apart, walk_local_apart
 from entrepot.storage.fswriters import (
     FilesystemIngest,
     FilesystemWriter,
@@ -75,6 +76,7 @@ from entrepot.storage.fswriters import (
     _storage_error,
 )
 from entrepot.storage.leases import FlockLeases
+from entrepot.storage.localwalk import LocalWalk, walk_disk
 from entrepot.storage.smallfiles import SmallFiles, stat_is_live
 
 __all__ = ["FilesystemDriver"]
@@ -129,6 +131,10 @@ async def _in_batches(prefix: str, items: Iterator[Item]) -> AsyncGenerator[list
         size = min(size * 4, WALK_BATCH_MAX)
 
 
+def _next_batch(batches: Iterator[Records]) -> Records | None:
+    return next(batches, None)
+
+
 class FilesystemDriver(StorageDriver):
     """Objects are files under ``rootdirectory``; prefixes are directories.
 
@@ -142,6 +148,7 @@ class FilesystemDriver(StorageDriver):
     appends_in_place = True  # O_APPEND on the upload's file
     folder_mtimes = True
     walks_apart = True
+    walks_local = True
 
     def __init__(self, rootdirectory: str | Path) -> None:
         root = os.fspath(rootdirectory)
@@ -312,6 +319,29 @@ class FilesystemDriver(StorageDriver):
             return
         reading = None if reader is None else (reader, self._root, prefix)
         async for batch in walk_apart(self._path(prefix, root_ok=True), name, reading, shard):
+            yield batch
+
+    async def walk_local(
+        self,
+        prefix: str,
+        walk: LocalWalk,
+        args: tuple[str, ...] = (),
+        *,
+        shard: Shard | None = None,
+        apart: bool = False,
+    ) -> AsyncGenerator[Records, None]:
+        """A batch per thread hop, or apart in a child process (see fswalk)."""
+        name = fold_name(walk)
+        if name is None:
+            raise StorageError(f"a local walk must be a module-level function, not {walk!r}")
+        if prefix:
+            check_key(prefix)
+        if apart and self.walks_apart:
+            async for records in walk_local_apart(self._root, prefix, name, args, shard):
+                yield records
+            return
+        batches = walk_disk(self._root, prefix, walk, args, shard)
+        while (batch := await _run(prefix, True, _next_batch, batches)) is not None:
             yield batch
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:

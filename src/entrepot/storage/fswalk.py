@@ -5,6 +5,8 @@ them as ``marshal`` lists of (key, size, mtime, is_dir), each after its length, 
 that was its stdout, which it then points at its stderr: a warning a library prints
 cannot corrupt them. FOLD names a module-level function (``module:name``) or is ``-``;
 SHARD is ``INDEX/COUNT`` (see driver.Shard) or ``-``.
+With ``--local BASE PREFIX WALK SHARD ARGS...`` it writes the batches of the local walk
+WALK (``module:name``, see localwalk) instead.
 With ``READ BASE PREFIX`` (a Reader, see StorageDriver.scan_apart; the store's root path;
 the walk's key in it) each row also has a version (None) and the bytes READ names.
 """
@@ -26,14 +28,16 @@ from typing import Any, cast
 from entrepot.storage.driver import FileInfo, Fold, Reader, Shard, StorageError, check_key
 from entrepot.storage.fsbulkops import MISSING as _MISSING
 from entrepot.storage.fsops import _get, _walk_folded, _walk_infos
+from entrepot.storage.localwalk import LocalWalk, walk_disk
 
 # (key, size, mtime, is_dir), and with a reader (version: None, data)
 Row = tuple[Any, ...]
 Reading = tuple[Reader, str, str]  # the reader, the store's root path, the walk's prefix
 
 
-def fold_name(fold: Fold | None) -> str | None:
-    """How the walking process finds ``fold`` again; None for one it cannot (a closure)."""
+def fold_name(fold: Callable[..., object] | None) -> str | None:
+    """How the walking process finds ``fold`` (or a local walk) again; None for one it
+    cannot (a closure)."""
     if fold is None:
         return "-"
     module, name = getattr(fold, "__module__", None), getattr(fold, "__qualname__", "")
@@ -45,10 +49,16 @@ def fold_name(fold: Fold | None) -> str | None:
 def _load(name: str) -> Fold | None:
     if name == "-":
         return None
+    return cast(Callable[[str], "str | None"], _load_function(name))
+
+
+def _load_function(name: str) -> object:
     module, _, function = name.partition(":")
-    return cast(Callable[[str], "str | None"], getattr(importlib.import_module(module), function))
+    return getattr(importlib.import_module(module), function)
 
 
+# argv[0] of a child running a local walk (see localwalk), not a fold's walk.
+_LOCAL = "--local"
 # Objects per message from the walking process: the caller reads the first ones while
 # the rest are walked.
 BATCH = 8192
@@ -89,14 +99,32 @@ async def walk_apart(
     ``reading`` (a module-level Reader's name, the store's root path, the walk's prefix
     in it), each carries the bytes the reader names, read by the child; with ``shard``,
     only those below its top-level entries."""
+    argv = [root, fold, _shard_arg(shard), *(reading or ())]
+    async for rows in _from_child(argv, root):
+        yield [FileInfo(*row) for row in rows]
+
+
+async def walk_local_apart(
+    base: str, prefix: str, walk: str, args: tuple[str, ...], shard: Shard | None
+) -> AsyncIterator[list[Any]]:
+    """The batches of the local walk named ``walk`` (see localwalk) over the store at
+    ``base`` (a path), walked by a child process."""
+    argv = [_LOCAL, base, prefix, walk, _shard_arg(shard), *args]
+    async for batch in _from_child(argv, f"{base}/{prefix}"):
+        yield batch
+
+
+def _shard_arg(shard: Shard | None) -> str:
+    return "-" if shard is None else f"{shard[0]}/{shard[1]}"
+
+
+async def _from_child(argv: list[str], where: str) -> AsyncIterator[Any]:
+    """Each message of a child ``python -m`` this module with ``argv``."""
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         __name__,
-        root,
-        fold,
-        "-" if shard is None else f"{shard[0]}/{shard[1]}",
-        *(reading or ()),
+        *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -110,7 +138,7 @@ async def walk_apart(
             if len(header) < _LENGTH.size:
                 header += await child.stdout.readexactly(_LENGTH.size - len(header))
             body = await child.stdout.readexactly(_LENGTH.unpack(header)[0])
-            yield [FileInfo(*row) for row in marshal.loads(body)]
+            yield marshal.loads(body)
         err = await errors
         await child.wait()
     finally:
@@ -121,7 +149,7 @@ async def walk_apart(
         errors.cancel()
     if child.returncode != 0:
         tail = err.decode(errors="replace").strip()[-500:]
-        raise StorageError(f"walking {root} in a child process failed: {tail}")
+        raise StorageError(f"walking {where} in a child process failed: {tail}")
 
 
 class Stoppable:
@@ -187,19 +215,29 @@ def _private_stdout() -> int:
 
 
 def main(argv: list[str]) -> None:
-    root, fold, part, *rest = argv
-    reading = None
-    if rest:
-        read, base, prefix = rest
-        reading = (cast(Reader, _load(read)), base, prefix)
-    shard = None
-    if part != "-":
-        index, _, count = part.partition("/")
-        shard = (int(index), int(count))
+    found: Iterator[list[Any]]
+    if argv[0] == _LOCAL:
+        base, prefix, walk, part, *args = argv[1:]
+        local = cast(LocalWalk, _load_function(walk))
+        found = walk_disk(base, prefix, local, tuple(args), _parse_shard(part))
+    else:
+        root, fold, part, *rest = argv
+        reading = None
+        if rest:
+            read, base, prefix = rest
+            reading = (cast(Reader, _load(read)), base, prefix)
+        found = batches(root, _load(fold), reading, _parse_shard(part))
     out = _private_stdout()
-    for batch in batches(root, _load(fold), reading, shard):
+    for batch in found:
         body = marshal.dumps(batch)
         _write_all(out, _LENGTH.pack(len(body)) + body)
+
+
+def _parse_shard(part: str) -> Shard | None:
+    if part == "-":
+        return None
+    index, _, count = part.partition("/")
+    return (int(index), int(count))
 
 
 def _write_all(fd: int, data: bytes) -> None:

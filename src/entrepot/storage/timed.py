@@ -7,6 +7,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from entrepot.storage.driver import (
     LEASE_TTL,
@@ -21,11 +22,15 @@ from entrepot.storage.driver import (
     LeaseScope,
     Moved,
     Reader,
+    Records,
     Shard,
     Stats,
     StorageDriver,
     StorageWriter,
 )
+
+if TYPE_CHECKING:
+    from entrepot.storage.localwalk import LocalWalk
 
 __all__ = ["TimedDriver"]
 
@@ -47,6 +52,7 @@ class TimedDriver(StorageDriver):
         self.appends_in_place = inner.appends_in_place
         self.folder_mtimes = inner.folder_mtimes
         self.walks_apart = inner.walks_apart
+        self.walks_local = inner.walks_local
         self._observe = observe
         # The actions of every manifest and blob request, observed without the look-up.
         of = observer_for or (lambda driver, action: functools.partial(observe, driver, action))
@@ -153,6 +159,19 @@ class TimedDriver(StorageDriver):
         shard: Shard | None = None,
     ) -> AsyncGenerator[Infos, None]:
         async for batch in self.inner.scan_apart(prefix, fold=fold, read=read, shard=shard):
+            yield batch
+
+    async def walk_local(
+        self,
+        prefix: str,
+        walk: LocalWalk,
+        args: tuple[str, ...] = (),
+        *,
+        shard: Shard | None = None,
+        apart: bool = False,
+    ) -> AsyncGenerator[Records, None]:
+        batches = self.inner.walk_local(prefix, walk, args, shard=shard, apart=apart)
+        async for batch in batches:
             yield batch
 
     @contextlib.asynccontextmanager
