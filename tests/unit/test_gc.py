@@ -19,10 +19,12 @@ from entrepot.registry import layout
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcscan import UNREAD, find_blobs, read_blobs, scan_repository, scan_store
+from entrepot.registry.gcwalk import TAGS
 from entrepot.registry.storecalls import Limited
 from entrepot.storage import StorageDriver, StorageNotFound
-from entrepot.storage.driver import Aside, Fold, Infos, Moved
+from entrepot.storage.driver import Aside, Fold, Infos, Moved, Records, Shard
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.localwalk import LocalWalk
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -258,7 +260,28 @@ async def test_emptied_repository_is_removed_and_leaves_the_catalog(
 Interleave = Callable[[], Awaitable[None]]
 
 
-class Interleaving(FilesystemDriver):
+class SeesWalks(FilesystemDriver):
+    """A filesystem driver that calls ``walked`` with each local walk's prefix and
+    arguments."""
+
+    def walked(self, prefix: str, args: tuple[str, ...]) -> None:
+        pass
+
+    async def walk_local(
+        self,
+        prefix: str,
+        walk: LocalWalk,
+        args: tuple[str, ...] = (),
+        *,
+        shard: Shard | None = None,
+        apart: bool = False,
+    ) -> AsyncGenerator[Records, None]:
+        self.walked(prefix, args)
+        async for batch in super().walk_local(prefix, walk, args, shard=shard, apart=apart):
+            yield batch
+
+
+class Interleaving(SeesWalks):
     """A filesystem driver that runs ``action`` once, just before the first move onto a
     quarantine key (the sweep has marked, and is about to put blobs aside)."""
 
@@ -424,13 +447,19 @@ async def test_an_upload_begun_after_the_scan_keeps_its_repository(
     assert (tmp_path / "root" / layout.repository("team/app") / "_uploads" / "u1").is_dir()
 
 
-class CountingTagReads(FilesystemDriver):
+class CountingTagReads(SeesWalks):
+    """Counts the reads of tags' current links: each one the driver reads, and each walk
+    of the store that reads them as it goes (gcwalk's, asked to)."""
+
     tag_reads = 0
 
     async def get_content(self, key: str) -> bytes:
         if key.endswith("/current/link"):
             self.tag_reads += 1
         return await super().get_content(key)
+
+    def walked(self, prefix: str, args: tuple[str, ...]) -> None:
+        self.tag_reads += TAGS in args
 
 
 @pytest.mark.parametrize(("options", "reads"), [({}, False), ({"delete_untagged": True}, True)])

@@ -30,7 +30,7 @@ from tests.unit.test_gc import (
 
 
 class Counting(Interleaving):
-    """Counts the scans of the whole of ``repositories/``."""
+    """Counts the walks of the whole of ``repositories/`` (gcwalk's, or a folded scan)."""
 
     store_scans = 0
 
@@ -39,6 +39,10 @@ class Counting(Interleaving):
             self.store_scans += 1
         async for batch in super().scan(prefix, fold=fold):
             yield batch
+
+    def walked(self, prefix: str, args: tuple[str, ...]) -> None:
+        if prefix == layout.REPOSITORIES:
+            self.store_scans += 1
 
 
 def age_repositories(driver: FilesystemDriver) -> None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.gcrefs import ManifestRefs, manifest_refs, read_refs
+from entrepot.registry.gcrefs import ManifestRefs, manifest_refs, read_refs, refs_of
+from entrepot.registry.gcwalk import MANIFESTS, TAGS, Record, blob_records, repository_records
 from entrepot.registry.segments import holds_bytes
 from entrepot.registry.storecalls import Limited, digest_at, each, link_digest
 from entrepot.storage import FileInfo
@@ -54,11 +55,12 @@ def _blob_fold(directory: str) -> str | None:
 async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
     """Every blob under ``blobs/`` (registry:2 enumerates the same) with its ``data``'s size
     and mtime; None for a blob folder without ``data`` (one an interrupted collection left
-    aside). On object storage one flat ``scan``, sizes included; where folders are real (a
-    disk) a listing of each ``<algorithm>/<2 hex>`` folder, each blob UNREAD: a stat of
+    aside). On object storage one flat ``scan``, sizes included; where the driver walks
+    locally (a disk) a listing of each ``<algorithm>/<2 hex>`` folder (gcwalk's), each blob
+    UNREAD: a stat of
     every ``data`` cost more than the rest of the mark, and only the unmarked blobs need
     theirs (read_blobs)."""
-    if store.driver.folder_mtimes:
+    if store.driver.walks_local:
         return await _listed_blobs(store, progress)
     found: Blobs = {}
     async for batch in store.scan(layout.BLOBS, _blob_fold):
@@ -79,14 +81,11 @@ async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
 
 async def _listed_blobs(store: Limited, progress: Progress | None) -> Blobs:
     found: Blobs = {}
-    for algorithm in await store.children(layout.BLOBS):
-        top = f"{layout.BLOBS}/{algorithm}"
-        folders = [f"{top}/{folder}" for folder in await store.children(top)]
-        for names in await each(folders, store.children):
+    trusted = Digest.trusted
+    async for batch in store.walk_local(layout.BLOBS, blob_records, (), None):
+        for algorithm, names in batch:
             for encoded in names:
-                digest = digest_at(algorithm, encoded)
-                if digest is not None:
-                    found[digest] = UNREAD
+                found[trusted(algorithm, encoded)] = UNREAD
             if progress is not None:
                 progress.tick(len(names))
     return found
@@ -256,6 +255,30 @@ class _Scanner:
                 parts.pop()
             self.add(name, parts, info)
 
+    def add_records(self, records: list[Record]) -> int:
+        """Repositories as gcwalk's walk found them; how many objects they hold."""
+        refs, trusted, objects = self.refs, Digest.trusted, 0
+        for name, revisions, unlinked, layers, tag_names, tags, uploads, newest in records:
+            scan = self.scans.get(name)
+            if scan is None:
+                scan = self.scans[name] = RepoScan(name)
+            for algorithm, encoded, mtime, pairs in revisions:
+                digest = trusted(algorithm, encoded)
+                scan.revision_mtimes[digest] = mtime
+                if pairs is None or refs is None:
+                    self.unread_revisions.append(digest)
+                elif digest not in refs:
+                    refs[digest] = refs_of(pairs)
+            scan.unlinked_revisions.update([trusted(*pair) for pair in unlinked])
+            scan.layers.update([trusted(*pair) for pair in layers])
+            scan.tag_names += tag_names
+            for tag, algorithm, encoded in tags:
+                scan.tags[tag] = trusted(algorithm, encoded)
+            scan.uploads += uploads
+            scan.upload_active |= newest > self.fresh_after
+            objects += 1 + len(revisions) + len(unlinked) + len(layers) + len(tag_names)
+        return objects
+
     async def read_tags(self, store: Limited) -> None:
         """Read what each tag found since the last call points at."""
 
@@ -288,28 +311,39 @@ async def scan_store(
     refs: dict[Digest, ManifestRefs] | None = None,
 ) -> dict[str, RepoScan]:
     """Every repository's revisions (with their links' mtimes), layer folders, tags (with
-    ``tag_links``, what each points at) and upload sessions, from one folded ``scan`` of
-    ``repositories/`` (a repository left with empty folders is found by them); an upload
-    written to after ``fresh_after`` is in progress. The tags, and with ``refs`` the
-    manifests (into ``refs``, as read_refs), each batch names are read while the walk
-    goes on; a walk apart reads them itself (``mark_reads``), in its own process, and
-    where walks apart take CPUs of their own (a disk), WALK_SHARDS walks share the
-    repositories by their top-level folders."""
+    ``tag_links``, what each points at) and upload sessions (a repository left with empty
+    folders is found by them); an upload written to after ``fresh_after`` is in
+    progress. Where the driver walks locally (a disk), gcwalk's walk reads the tags and,
+    with ``refs``, the manifests (into ``refs``, as read_refs) as it goes; elsewhere one
+    folded ``scan`` of ``repositories/`` (a walk apart reads them itself: ``mark_reads``)
+    and what a batch names but did not read is read while the walk goes on. Where walks
+    apart take CPUs of their own (a disk), WALK_SHARDS walks share the repositories by
+    their top-level folders."""
     scanner = _Scanner(fresh_after, refs=refs)
-    fold = repository_fold(tag_links)
-    read = None if refs is None else mark_reads
     ahead: list[asyncio.Future[None]] = []
 
-    async def walk(shard: Shard | None) -> None:
-        async for batch in store.scan(layout.REPOSITORIES, fold, read, shard):
-            scanner.add_keys(batch)
-            if progress is not None:
-                progress.tick(len(batch))
+    def read_ahead(objects: int) -> None:
+        """The tags and manifests the walk did not read, read while it goes on."""
+        if progress is not None:
+            progress.tick(objects)
+        if scanner.unread_tags:
             ahead.append(asyncio.ensure_future(scanner.read_tags(store)))
-            if refs is not None:
-                found, scanner.unread_revisions = scanner.unread_revisions, []
-                reading = read_refs(store, found, refs, settle_missing=False)
-                ahead.append(asyncio.ensure_future(reading))
+        if refs is not None and scanner.unread_revisions:
+            found, scanner.unread_revisions = scanner.unread_revisions, []
+            ahead.append(asyncio.ensure_future(read_refs(store, found, refs, settle_missing=False)))
+
+    async def walk(shard: Shard | None) -> None:
+        if store.driver.walks_local:
+            args = tuple(a for a, on in ((TAGS, tag_links), (MANIFESTS, refs is not None)) if on)
+            async for records in store.walk_local(
+                layout.REPOSITORIES, repository_records, args, shard
+            ):
+                read_ahead(scanner.add_records(records))
+            return
+        read = None if refs is None else mark_reads
+        async for batch in store.scan(layout.REPOSITORIES, repository_fold(tag_links), read, shard):
+            scanner.add_keys(batch)
+            read_ahead(len(batch))
 
     shards = WALK_SHARDS if store.apart and store.driver.walks_apart else 1
     try:

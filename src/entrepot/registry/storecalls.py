@@ -13,7 +13,8 @@ from typing import TypeVar
 from entrepot.oci.digest import Digest
 from entrepot.oci.errors import RegistryError
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
-from entrepot.storage.driver import Fold, Infos, Reader, Shard
+from entrepot.storage.driver import Fold, Infos, Reader, Records, Shard
+from entrepot.storage.localwalk import LocalWalk
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -56,6 +57,19 @@ class Limited:
             batches = self.driver.scan_apart(prefix, fold=fold, read=read, shard=shard)
         else:
             batches = self.driver.scan(prefix, fold=fold)
+        async for batch in self._paced(batches):
+            yield batch
+
+    async def walk_local(
+        self, prefix: str, walk: LocalWalk, args: tuple[str, ...], shard: Shard | None
+    ) -> AsyncGenerator[Records, None]:
+        """The driver's walk_local (only where it ``walks_local``), apart where this walks
+        apart; paced between batches as ``scan``."""
+        batches = self.driver.walk_local(prefix, walk, args, shard=shard, apart=self.apart)
+        async for batch in self._paced(batches):
+            yield batch
+
+    async def _paced(self, batches: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
         try:
             async for batch in batches:
                 yield batch
@@ -217,3 +231,22 @@ def digest_at(algorithm: str, encoded: str) -> Digest | None:
     if _HEX_LENGTH.get(algorithm) != len(encoded) or encoded.strip("0123456789abcdef"):
         return None
     return Digest.trusted(algorithm, encoded)
+
+
+# A digest as a plain (algorithm, encoded) tuple: what a walk in another process sends
+# (marshal takes no Digest); Digest.trusted makes it one again.
+Pair = tuple[str, str]
+
+
+def is_digest_at(algorithm: str, encoded: str) -> bool:
+    """Whether ``<algorithm>/<encoded>`` folders name a digest (as digest_at)."""
+    return _HEX_LENGTH.get(algorithm) == len(encoded) and not encoded.strip("0123456789abcdef")
+
+
+def parse_pair(text: str) -> Pair | None:
+    """parse_digest's digest, as a Pair."""
+    algorithm, colon, encoded = text.partition(":")
+    if colon and is_digest_at(algorithm, encoded):
+        return (algorithm, encoded)
+    digest = parse_digest(text)
+    return None if digest is None else (digest.algorithm, digest.encoded)

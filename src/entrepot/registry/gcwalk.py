@@ -1,0 +1,129 @@
+"""The mark's walk of ``repositories/`` where the store is a disk: a local walk (see
+storage.localwalk) that knows the registry's layout, so it lists only the folders that
+say something (each repository's layer, revision, tag and upload folders), reads each
+revision's manifest and parses it where it walks, and sends back one record per
+repository instead of a row per object: on the bench store (10,000 repositories) the
+walk and its reader took half the CPU they took with the generic folded walk.
+
+It finds what scan_store's folded walk finds (tests/unit/test_gc_walk.py holds the two
+side by side): a repository is a folder with an entry whose name starts with "_" (which
+no repository name component may); such an entry is never a repository's namespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from entrepot.oci.digest import Digest
+from entrepot.registry import layout
+from entrepot.registry.gcrefs import RefPairs, manifest_ref_pairs
+from entrepot.registry.segments import holds_bytes
+from entrepot.registry.storecalls import ALGORITHMS, Pair, is_digest_at, parse_pair
+from entrepot.storage.localwalk import LocalView
+
+# (algorithm, encoded, the link's mtime, what the manifest references: None if unread)
+Revision = tuple[str, str, float, "RefPairs | None"]
+# (tag, what its current link points at)
+Tag = tuple[str, str, str]
+# name, revisions, revision folders without a link, layer folders, tag names, tags read,
+# upload folders, the newest mtime of an upload's bytes (0.0: none).
+Record = tuple[str, list[Revision], list[Pair], list[Pair], list[str], list[Tag], list[str], float]
+
+# Arguments: read each tag's current link; read each revision's manifest.
+TAGS = "tags"
+MANIFESTS = "manifests"
+# Records per batch sent back: the caller reads the first ones while the rest are walked.
+BATCH = 256
+
+
+def repository_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
+    """Every repository under ``prefix`` (``repositories/``) as a Record, in batches."""
+    walk = _Walk(view, prefix, TAGS in args, MANIFESTS in args)
+    for top in sorted(view.names(prefix)):
+        if top[0] != "_" and view.mine(top):
+            walk.visit(top)
+            if len(walk.records) >= BATCH:
+                yield walk.records
+                walk.records = []
+    if walk.records:
+        yield walk.records
+
+
+def blob_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
+    """Every blob folder under ``prefix`` (``blobs/``): per ``<algorithm>/<2 hex>`` folder,
+    (algorithm, the encoded digests of the folders in it that name one)."""
+    for algorithm in sorted(view.names(prefix)):
+        top = f"{prefix}/{algorithm}"
+        batch = []
+        for folder in sorted(view.names(top)):
+            names = view.names(f"{top}/{folder}")
+            batch.append((algorithm, [e for e in names if is_digest_at(algorithm, e)]))
+        yield batch
+
+
+class _Walk:
+    def __init__(self, view: LocalView, prefix: str, tags: bool, manifests: bool) -> None:
+        self.view, self.prefix = view, prefix
+        self.tags, self.manifests = tags, manifests
+        self.records: list[Record] = []
+
+    def visit(self, name: str) -> None:
+        """The repository ``name`` if it is one, and those below it."""
+        names = self.view.names(f"{self.prefix}/{name}")
+        markers = [entry for entry in names if entry[0] == "_"]
+        if markers:
+            self.records.append(self.record(name, markers))
+        for entry in sorted(names):
+            if entry[0] != "_":
+                self.visit(f"{name}/{entry}")
+
+    def record(self, name: str, markers: list[str]) -> Record:
+        view, folder = self.view, f"{self.prefix}/{name}"
+        revisions: list[Revision] = []
+        unlinked: list[Pair] = []
+        layers: list[Pair] = []
+        tag_names: list[str] = []
+        tags: list[Tag] = []
+        uploads: list[str] = []
+        upload_mtime = 0.0
+        # Each registered algorithm's folder, not a listing of the folder above them: one
+        # of another algorithm names no digest (the folded walk drops it as well).
+        if "_layers" in markers:
+            for algorithm in ALGORITHMS:
+                for encoded in view.names(f"{folder}/_layers/{algorithm}"):
+                    if is_digest_at(algorithm, encoded):
+                        layers.append((algorithm, encoded))
+        if "_manifests" in markers:
+            revisions_folder = f"{folder}/_manifests/revisions"
+            for algorithm in ALGORITHMS:
+                for encoded in view.names(f"{revisions_folder}/{algorithm}"):
+                    if not is_digest_at(algorithm, encoded):
+                        continue
+                    link = view.stat(f"{revisions_folder}/{algorithm}/{encoded}/link")
+                    if link is None:
+                        unlinked.append((algorithm, encoded))
+                        continue
+                    refs = None
+                    if self.manifests:
+                        data = view.get(layout.blob_data(Digest.trusted(algorithm, encoded)))
+                        refs = None if data is None else manifest_ref_pairs(data)
+                    revisions.append((algorithm, encoded, link[1], refs))
+            if self.tags:
+                tags_folder = f"{folder}/_manifests/tags"
+                for tag in view.names(tags_folder):
+                    tag_names.append(tag)
+                    raw = view.get(f"{tags_folder}/{tag}/current/link")
+                    text = "" if raw is None else raw.decode("ascii", "replace").strip()
+                    target = parse_pair(text) if text else None
+                    if target is not None:
+                        tags.append((tag, *target))
+        if "_uploads" in markers:
+            for upload in view.names(f"{folder}/_uploads"):
+                uploads.append(upload)
+                for entry in view.names(f"{folder}/_uploads/{upload}"):
+                    if holds_bytes(entry):
+                        info = view.stat(f"{folder}/_uploads/{upload}/{entry}")
+                        if info is not None:
+                            upload_mtime = max(upload_mtime, info[1])
+        return name, revisions, unlinked, layers, tag_names, tags, uploads, upload_mtime
