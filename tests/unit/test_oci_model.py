@@ -6,9 +6,11 @@ import hashlib
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from entrepot.oci import mediatypes as mt
-from entrepot.oci.digest import Digest, DigestVerifier, is_digest
+from entrepot.oci.digest import Digest, DigestVerifier, is_digest, sorted_digests
 from entrepot.oci.errors import HTTP_STATUS, ErrorCode, RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE, parse_manifest
 from entrepot.oci.names import is_valid_tag, validate_name
@@ -186,3 +188,18 @@ def test_malformed_manifests_are_manifest_invalid(raw: bytes) -> None:
     with pytest.raises(RegistryError) as err:
         parse_manifest(raw)
     assert err.value.code is ErrorCode.MANIFEST_INVALID
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["sha256", "sha512", "sha", "sha2", "b"]),
+            st.text("0123456789abcdef", max_size=4),
+        )
+    )
+)
+def test_sorted_digests_is_sorted(pairs: list[tuple[str, str]]) -> None:
+    # A collection sorts its unreferenced blobs with it: the order must be sorted()'s.
+    digests = [Digest.trusted(*pair) for pair in pairs]
+    assert sorted_digests(set(digests)) == sorted(set(digests))
+    assert sorted_digests(digests) == sorted(digests)

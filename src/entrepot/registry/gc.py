@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-from entrepot.oci.digest import Digest
+from entrepot.oci.digest import Digest, sorted_digests
 from entrepot.registry.gcpace import Pacer
 from entrepot.registry.gcrefs import keep_closure, read_refs
 from entrepot.registry.gcresult import GcOptions, GcResult
@@ -224,7 +224,7 @@ class GarbageCollector(CollectorSweep):
         # In digest order: a folder's neighbours are set aside, and later deleted, one
         # after the other (a tenth faster than in set order), and the listing and the
         # sweep's sorts find them sorted already.
-        candidates = sorted(d for d in unmarked if d not in linked)
+        candidates = sorted_digests(d for d in unmarked if d not in linked)
         apart = not self.options.dry_run and any(blobs[d] is UNREAD for d in candidates)
         await read_blobs(self.store, blobs, linked if apart else unmarked)
         infos = await self._set_aside(candidates) if apart else [blobs[d] for d in candidates]
