@@ -23,7 +23,7 @@ from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
 from entrepot.registry.lease import while_held
 from entrepot.storage import LeaseLost, StorageError
-from entrepot.storage.fswalk import walks_stopped
+from entrepot.storage.fschildren import walks_stopped
 
 COMMAND = "garbage-collect"
 _T = TypeVar("_T")

@@ -14,7 +14,8 @@ import pytest
 
 from entrepot.storage import FileInfo, StorageError, StorageNotFound, fsbulkops
 from entrepot.storage.filesystem import FilesystemDriver
-from entrepot.storage.fswalk import BATCH, walks_stopped
+from entrepot.storage.fschildren import walks_stopped
+from entrepot.storage.fswalk import BATCH
 
 KEY = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
 

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from entrepot.storage.fswalk import BATCH, _walkers, walk_apart, walks_stopped
+from entrepot.storage.fschildren import _walkers, walk_apart, walks_stopped
+from entrepot.storage.fswalk import BATCH
 
 _LENGTH = struct.Struct("<I")
 FILES = 3000  # one batch of well over a pipe's 64 KiB
@@ -87,3 +88,4 @@ async def test_a_resting_collection_stops_its_walks_and_continues_them(tmp_path:
         keys += [info.key for info in batch]
     assert len(keys) == 3 * BATCH
     assert not _walkers  # ended: forgotten, and never signalled again
+

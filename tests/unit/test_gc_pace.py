@@ -24,7 +24,7 @@ from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcpace import Pacer, machine_busy_seconds, process_tree_cpu
 from entrepot.registry.storecalls import BULK_SLICE, Limited
 from entrepot.storage.filesystem import FilesystemDriver
-from entrepot.storage.fswalk import walks_stopped
+from entrepot.storage.fschildren import walks_stopped
 from tests.unit.test_gc import LATER, layer, manifest
 
 

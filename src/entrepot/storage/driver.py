@@ -1,11 +1,7 @@
-"""The storage-driver contract.
+"""The storage-driver contract (its keys, objects and errors: ``objects``, re-exported here).
 
-Keys are '/'-separated relative paths ("docker/registry/v2/blobs/sha256/ab/abcd.../data").
 A driver knows nothing of registries: it stores bytes under keys. "Directories" exist only
 as prefixes of keys that have content; ``list`` returns the immediate children of a prefix.
-A key is non-empty, relative, with no empty, "." or ".." segment and no NUL or backslash;
-drivers reject any other key with StorageError (never StorageNotFound). The empty key ""
-names the root, and only ``list`` and ``stat`` accept it.
 
 Every driver passes tests/storage (the one contract suite). Drivers raise StorageNotFound
 for a missing key and StorageError for anything else; callers never see OSError or an
@@ -23,88 +19,56 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import functools
-import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Literal
+
+from entrepot.storage.defaults import Folder, bounded, read_along, walk_by_listing
+from entrepot.storage.objects import (
+    Aside,
+    FileInfo,
+    Fold,
+    Infos,
+    Keys,
+    LeaseLost,
+    Moved,
+    Reader,
+    Records,
+    Shard,
+    Stats,
+    StorageConflict,
+    StorageError,
+    StorageNotFound,
+    below,
+    check_key,
+    in_shard,
+    join_key,
+)
 
 if TYPE_CHECKING:
     from entrepot.storage.localwalk import LocalWalk
 
-T = TypeVar("T")
-
-# A batch of keys from ``walk`` (an alias: in StorageDriver, ``list`` names the method),
-# of objects from ``scan``, ``stat_many``'s answers (None: missing), and which moves of
-# ``move_many`` found their source.
-Keys = list[str]
-Infos = list["FileInfo"]
-Stats = list["FileInfo | None"]
-Moved = list[bool]
-# move_stale_many's answers: each source's stat, and whether it moved.
-Aside = list[tuple["FileInfo | None", bool]]
-Records = list[Any]  # a batch of a local walk's records (see walk_local)
-# How ``scan`` treats a directory, given its key relative to the scan's prefix (ending in
-# "/"): None, enter it; a relative key, report only the object at that key under it, or
-# the directory itself when there is none (""): the directory is not listed.
-Fold = Callable[[str], str | None]
-# A part of a walk: (index, count), the top-level entries whose name's CRC-32 modulo
-# count is index (see in_shard), so that several walks apart share a tree between them.
-Shard = tuple[int, int]
-
-# Which object's bytes ``scan_apart`` reads along with an object it found: given the found
-# object's key (from the root, not the prefix), a key, or None for none.
-Reader = Callable[[str], str | None]
-
-
-def in_shard(name: str, shard: Shard | None) -> bool:
-    """Whether the top-level entry ``name`` (no "/") is in ``shard`` (None: the whole)."""
-    return shard is None or zlib.crc32(name.encode()) % shard[1] == shard[0]
-
-
-class StorageError(Exception):
-    """A storage operation failed for a reason other than a missing key."""
-
-
-class StorageConflict(StorageError):
-    """The object changed (another writer) since the version the caller named."""
-
-
-class StorageNotFound(StorageError):
-    """The key (or prefix) does not exist."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"not found: {key}")
-        self.key = key
-
-
-@functools.lru_cache(maxsize=65536)
-def check_key(key: str) -> None:
-    """StorageError unless ``key`` is a valid non-empty key (see the module docstring).
-    Cached: the same keys (tag links, blobs) come back on every request; refusals are not
-    cached."""
-    if not key or key[0] == "/" or "\x00" in key or "\\" in key:
-        raise StorageError(f"invalid key: {key!r}")
-    for segment in key.split("/"):
-        if not segment or segment == "." or segment == "..":
-            raise StorageError(f"invalid key: {key!r}")
-
-
-class FileInfo(NamedTuple):
-    """A tuple: a collection gets a few hundred thousand (cheaper than a frozen
-    dataclass's six attribute sets each)."""
-
-    key: str
-    size: int
-    mtime: float
-    is_dir: bool
-    # An identity of the object's content, changed by every write (S3's ETag), or None
-    # where the driver has none. Lets a process check that an object is still the one it
-    # wrote itself, across processes that replace it whole.
-    version: str | None = None
-    # With ``scan_apart``'s ``read``: the bytes of the object it named; None if it named
-    # none, or that object was missing.
-    data: bytes | None = None
+# The objects' names, read here with the contract.
+__all__ = [
+    "Aside",
+    "FileInfo",
+    "Fold",
+    "Infos",
+    "Keys",
+    "LeaseLost",
+    "Moved",
+    "Reader",
+    "Records",
+    "Shard",
+    "Stats",
+    "StorageConflict",
+    "StorageError",
+    "StorageNotFound",
+    "below",
+    "check_key",
+    "in_shard",
+    "join_key",
+]
 
 
 class StorageWriter(abc.ABC):
@@ -153,11 +117,6 @@ class StorageWriter(abc.ABC):
 # keeps it in a lock file of this machine rather than in the bucket).
 LeaseScope = Literal["store", "machine"]
 LEASE_TTL = 30.0  # seconds, unless the holder asks for another time limit
-
-
-class LeaseLost(Exception):
-    """Another holder has the lease now (this one released it, or stalled past its time
-    limit and it was taken over): the work it guarded must stop."""
 
 
 class Lease(abc.ABC):
@@ -322,7 +281,7 @@ class StorageDriver(abc.ABC):
         prefix in one paged listing (S3: ListObjectsV2 without a delimiter, StartAfter)
         and fold the keys below a collapsed directory into it; this default walks with
         ``list`` and ``stat``, one call each per entry."""
-        async for batch in _walk_by_listing(self, prefix, "", after, collapse):
+        async for batch in walk_by_listing(self, prefix, "", after, collapse):
             yield batch
 
     async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
@@ -430,7 +389,7 @@ class StorageDriver(abc.ABC):
             except StorageNotFound:
                 return None
 
-        return await _bounded([one(key) for key in keys])
+        return await bounded([one(key) for key in keys])
 
     async def move_many(self, moves: Sequence[tuple[str, str]], *, sync: bool = True) -> Moved:
         """``move`` for each (src, dst) pair, in any order or at once; for each, whether
@@ -443,7 +402,7 @@ class StorageDriver(abc.ABC):
                 return False
             return True
 
-        return await _bounded([one(src, dst) for src, dst in moves])
+        return await bounded([one(src, dst) for src, dst in moves])
 
     async def move_stale_many(
         self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
@@ -476,7 +435,7 @@ class StorageDriver(abc.ABC):
             with contextlib.suppress(StorageNotFound):
                 await self.delete(key)
 
-        await _bounded([one(key) for key in keys])
+        await bounded([one(key) for key in keys])
 
     @abc.abstractmethod
     async def move(
@@ -548,117 +507,3 @@ class StorageDriver(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections and background resources."""
-
-
-# Calls the default bulk operations keep in flight.
-BULK_CONCURRENCY = 32
-
-
-async def _bounded(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
-    slots = asyncio.Semaphore(BULK_CONCURRENCY)
-
-    async def run(call: Coroutine[Any, Any, T]) -> T:
-        async with slots:
-            return await call
-
-    return list(await asyncio.gather(*(run(c) for c in calls)))
-
-
-async def read_along(driver: StorageDriver, prefix: str, batch: Infos, read: Reader) -> Infos:
-    """``batch`` with the bytes ``read`` names for each object (see ``scan_apart``)."""
-
-    async def one(info: FileInfo) -> FileInfo:
-        key = read(join_key(prefix, info.key))
-        if key is None:
-            return info
-        try:
-            data = await driver.get_content(key)
-        except StorageNotFound:
-            return info
-        return info._replace(data=data)
-
-    return await _bounded([one(info) for info in batch])
-
-
-def join_key(prefix: str, rel: str) -> str:
-    return f"{prefix}/{rel}" if prefix and rel else prefix or rel
-
-
-def below(after: str, directory: str) -> bool:
-    """Whether every key under ``directory`` (a relative path ending in "/") sorts at or
-    before ``after``, so a walk that starts after ``after`` skips the directory."""
-    return after > directory and not after.startswith(directory)
-
-
-async def _walk_by_listing(
-    driver: StorageDriver, prefix: str, rel: str, after: str, collapse: str
-) -> AsyncGenerator[Keys, None]:
-    try:
-        names = await driver.list(join_key(prefix, rel.rstrip("/")))
-    except StorageNotFound:
-        return
-    entries: list[str] = []
-    for name in names:
-        try:
-            info = await driver.stat(join_key(prefix, rel + name))
-        except StorageNotFound:
-            continue  # deleted meanwhile
-        entries.append(f"{name}/" if info.is_dir else name)
-    entries.sort()
-    batch: list[str] = []
-    for entry in entries:
-        key = rel + entry
-        if not entry.endswith("/") or (collapse and entry.startswith(collapse)):
-            if key > after:
-                batch.append(key)
-        elif not below(after, key):
-            if batch:
-                yield batch
-                batch = []
-            async for inner in _walk_by_listing(driver, prefix, key, after, collapse):
-                yield inner
-    if batch:
-        yield batch
-
-
-class Folder:
-    """Applies a scan's ``fold`` to objects listed flat, in key order (the keys under a
-    directory are consecutive): for drivers without real directories."""
-
-    def __init__(self, fold: Fold) -> None:
-        self.fold = fold
-        self.directory: str | None = None  # the folded directory the last key was in
-        self.leaf = ""
-        self.found: FileInfo | None = None
-
-    def feed(self, infos: Iterable[FileInfo]) -> list[FileInfo]:
-        out: list[FileInfo] = []
-        for info in infos:
-            key = info.key
-            if self.directory is not None:
-                if key.startswith(self.directory):
-                    if self.leaf and key == self.directory + self.leaf:
-                        self.found = info
-                    continue
-                out.append(self._close())
-            start = 0
-            while (cut := key.find("/", start)) >= 0:
-                directory = key[: cut + 1]
-                leaf = self.fold(directory)
-                if leaf is not None:
-                    self.directory, self.leaf = directory, leaf
-                    self.found = info if leaf and key == directory + leaf else None
-                    break
-                start = cut + 1
-            else:
-                out.append(info)
-        return out
-
-    def flush(self) -> list[FileInfo]:
-        return [] if self.directory is None else [self._close()]
-
-    def _close(self) -> FileInfo:
-        assert self.directory is not None
-        found = self.found or FileInfo(self.directory, 0, 0.0, True)
-        self.directory, self.found = None, None
-        return found

@@ -46,6 +46,7 @@ from entrepot.storage.driver import (
 from entrepot.storage.fsbulk import BulkHelpers, HelpersGone
 from entrepot.storage.fsbulkops import MISSING as _MISSING
 from entrepot.storage.fsbulkops import OPS as BULK_OPS
+from entrepot.storage.fschildren import fold_name, walk_apart, walk_local_apart
 from entrepot.storage.fsops import (
     TMP_PREFIX,
     WALK_BATCH_FIRST,
@@ -66,7 +67,6 @@ from entrepot.storage.fsops import (
     _walk_infos,
     _walk_keys,
 )
-from entrepot.storage.fswalk import fold_name, walk_apart, walk_local_apart
 from entrepot.storage.fswriters import (
     FilesystemIngest,
     FilesystemWriter,

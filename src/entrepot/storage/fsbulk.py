@@ -17,7 +17,7 @@ from typing import Any
 
 from entrepot.storage import fsbulkops
 from entrepot.storage.driver import StorageError
-from entrepot.storage.fswalk import Stoppable
+from entrepot.storage.fschildren import Stoppable
 
 _LENGTH = fsbulkops.LENGTH
 

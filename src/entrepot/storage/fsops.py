@@ -12,7 +12,10 @@ import stat as stat_mod
 from collections.abc import Callable, Iterator
 from typing import TypeVar, TypeVarTuple
 
-from entrepot.storage.driver import (
+from entrepot.storage.fsbulkops import fsync_dir as _fsync_dir
+from entrepot.storage.fsbulkops import makedirs as _makedirs
+from entrepot.storage.fsbulkops import move_one
+from entrepot.storage.objects import (
     FileInfo,
     Fold,
     Shard,
@@ -20,9 +23,6 @@ from entrepot.storage.driver import (
     below,
     in_shard,
 )
-from entrepot.storage.fsbulkops import fsync_dir as _fsync_dir
-from entrepot.storage.fsbulkops import makedirs as _makedirs
-from entrepot.storage.fsbulkops import move_one
 from entrepot.storage.smallfiles import read_whole
 from entrepot.storage.writeback import Writeback
 

@@ -1,4 +1,5 @@
-"""A folded walk (see StorageDriver.scan) in a process of its own: a garbage collection
+"""A folded walk (see StorageDriver.scan) in a process of its own (started and read by
+fschildren; this module imports nothing that loads asyncio): a garbage collection
 walks the blobs and the repositories at once, each in a child on a CPU of its own, and
 reads their objects as they come. ``python -m entrepot.storage.fswalk ROOT FOLD SHARD`` writes
 them as ``marshal`` lists of (key, size, mtime, is_dir), each after its length, on the fd
@@ -13,37 +14,24 @@ the walk's key in it) each row also has a version (None) and the bytes READ name
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import itertools
 import marshal
 import os
-import signal
 import struct
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
-from entrepot.storage.driver import FileInfo, Fold, Reader, Shard, StorageError, check_key
 from entrepot.storage.fsbulkops import MISSING as _MISSING
 from entrepot.storage.fsops import _get, _walk_folded, _walk_infos
 from entrepot.storage.localwalk import LocalWalk, walk_disk
+from entrepot.storage.objects import Fold, Reader, Shard, check_key
 
 # (key, size, mtime, is_dir), and with a reader (version: None, data)
 Row = tuple[Any, ...]
 Reading = tuple[Reader, str, str]  # the reader, the store's root path, the walk's prefix
-
-
-def fold_name(fold: Callable[..., object] | None) -> str | None:
-    """How the walking process finds ``fold`` (or a local walk) again; None for one it
-    cannot (a closure)."""
-    if fold is None:
-        return "-"
-    module, name = getattr(fold, "__module__", None), getattr(fold, "__qualname__", "")
-    if not module or "." in name or "<" in name:
-        return None
-    return f"{module}:{name}"
 
 
 def _load(name: str) -> Fold | None:
@@ -58,11 +46,11 @@ def _load_function(name: str) -> object:
 
 
 # argv[0] of a child running a local walk (see localwalk), not a fold's walk.
-_LOCAL = "--local"
+LOCAL = "--local"
 # Objects per message from the walking process: the caller reads the first ones while
 # the rest are walked.
 BATCH = 8192
-_LENGTH = struct.Struct("<I")
+LENGTH = struct.Struct("<I")
 
 
 def batches(
@@ -89,121 +77,6 @@ def _read_along(rows: Iterator[Row], read: Reader, base: str, prefix: str) -> It
         yield (*row, None, data)
 
 
-async def walk_apart(
-    root: str,
-    fold: str,
-    reading: tuple[str, str, str] | None = None,
-    shard: Shard | None = None,
-) -> AsyncIterator[list[FileInfo]]:
-    """The objects under ``root`` (a path), walked by a child process, in batches; with
-    ``reading`` (a module-level Reader's name, the store's root path, the walk's prefix
-    in it), each carries the bytes the reader names, read by the child; with ``shard``,
-    only those below its top-level entries."""
-    argv = [root, fold, _shard_arg(shard), *(reading or ())]
-    async for rows in _from_child(argv, root):
-        yield [FileInfo(*row) for row in rows]
-
-
-async def walk_local_apart(
-    base: str, prefix: str, walk: str, args: tuple[str, ...], shard: Shard | None
-) -> AsyncIterator[list[Any]]:
-    """The batches of the local walk named ``walk`` (see localwalk) over the store at
-    ``base`` (a path), walked by a child process."""
-    argv = [_LOCAL, base, prefix, walk, _shard_arg(shard), *args]
-    async for batch in _from_child(argv, f"{base}/{prefix}"):
-        yield batch
-
-
-def _shard_arg(shard: Shard | None) -> str:
-    return "-" if shard is None else f"{shard[0]}/{shard[1]}"
-
-
-async def _from_child(argv: list[str], where: str) -> AsyncIterator[Any]:
-    """Each message of a child ``python -m`` this module with ``argv``."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        __name__,
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert child.stdout is not None and child.stderr is not None
-    # Read while the rows come: a child that fills the stderr pipe would wait for it.
-    errors = asyncio.ensure_future(_tail(child.stderr))
-    walker = Stoppable(child.pid)
-    try:
-        while header := await child.stdout.read(_LENGTH.size):
-            if len(header) < _LENGTH.size:
-                header += await child.stdout.readexactly(_LENGTH.size - len(header))
-            body = await child.stdout.readexactly(_LENGTH.unpack(header)[0])
-            yield marshal.loads(body)
-        err = await errors
-        await child.wait()
-    finally:
-        walker.close()
-        if child.returncode is None:  # stopped early or cancelled: the rest is not wanted
-            child.kill()
-            await child.wait()
-        errors.cancel()
-    if child.returncode != 0:
-        tail = err.decode(errors="replace").strip()[-500:]
-        raise StorageError(f"walking {where} in a child process failed: {tail}")
-
-
-class Stoppable:
-    """A running walk child (or bulk helper), by a pidfd where there is one: a signal to
-    it can never reach another process that took its pid once it ended."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.fd: int | None = None
-        with contextlib.suppress(AttributeError, OSError):
-            self.fd = os.pidfd_open(pid)
-        if self.fd is not None:
-            _walkers.add(self)
-
-    def signal(self, signum: int) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):  # ended meanwhile
-                signal.pidfd_send_signal(self.fd, signum)
-
-    def close(self) -> None:
-        _walkers.discard(self)
-        if self.fd is not None:
-            self.signal(signal.SIGCONT)  # stopped by walks_stopped, killed below or ended
-            os.close(self.fd)
-            self.fd = None
-
-
-_walkers: set[Stoppable] = set()
-
-
-@contextlib.contextmanager
-def walks_stopped() -> Iterator[None]:
-    """Every walk child of this process, and bulk helper (fsbulk), stopped (SIGSTOP) for
-    the block: a collection that rests on a busy machine rests its walks too (they would
-    walk on until their pipe is full) and a bulk call under way. Where pidfds are missing,
-    they go on."""
-    stopped = list(_walkers)
-    for walker in stopped:
-        walker.signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for walker in stopped:
-            walker.signal(signal.SIGCONT)
-
-
-async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
-    """The last ``keep`` bytes of ``stream``, read to its end."""
-    tail = b""
-    while chunk := await stream.read(65536):
-        tail = (tail + chunk)[-keep:]
-    return tail
-
-
 def _private_stdout() -> int:
     """A descriptor of the process's stdout for the rows alone: fd 1, and ``sys.stdout``,
     now write to stderr."""
@@ -216,7 +89,7 @@ def _private_stdout() -> int:
 
 def main(argv: list[str]) -> None:
     found: Iterator[list[Any]]
-    if argv[0] == _LOCAL:
+    if argv[0] == LOCAL:
         base, prefix, walk, part, *args = argv[1:]
         local = cast(LocalWalk, _load_function(walk))
         found = walk_disk(base, prefix, local, tuple(args), _parse_shard(part))
@@ -230,7 +103,7 @@ def main(argv: list[str]) -> None:
     out = _private_stdout()
     for batch in found:
         body = marshal.dumps(batch)
-        _write_all(out, _LENGTH.pack(len(body)) + body)
+        _write_all(out, LENGTH.pack(len(body)) + body)
 
 
 def _parse_shard(part: str) -> Shard | None:

@@ -14,8 +14,8 @@ import stat as stat_mod
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from entrepot.storage.driver import Shard, in_shard
 from entrepot.storage.fsops import TMP_PREFIX, _get
+from entrepot.storage.objects import Shard, in_shard
 
 
 class LocalView(Protocol):

@@ -34,11 +34,11 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError, NotFoundError, PreconditionError
 from obstore.store import S3Store
 
+from entrepot.storage.defaults import Folder
 from entrepot.storage.driver import (
     LEASE_TTL,
     FileInfo,
     Fold,
-    Folder,
     Infos,
     IngestState,
     IngestWriter,

@@ -1,0 +1,147 @@
+"""Walk children (fswalk) from the driver's side: started, read, stopped while a collection
+rests (walks_stopped), killed when no longer wanted. Apart from fswalk, which the children
+run, so that they start without asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import marshal
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from entrepot.storage.fswalk import LENGTH, LOCAL
+from entrepot.storage.objects import FileInfo, Shard, StorageError
+
+# What the children run (``python -m``).
+WALKER = "entrepot.storage.fswalk"
+
+
+def fold_name(fold: Callable[..., object] | None) -> str | None:
+    """How the walking process finds ``fold`` (or a local walk) again; None for one it
+    cannot (a closure)."""
+    if fold is None:
+        return "-"
+    module, name = getattr(fold, "__module__", None), getattr(fold, "__qualname__", "")
+    if not module or "." in name or "<" in name:
+        return None
+    return f"{module}:{name}"
+
+
+async def walk_apart(
+    root: str,
+    fold: str,
+    reading: tuple[str, str, str] | None = None,
+    shard: Shard | None = None,
+) -> AsyncIterator[list[FileInfo]]:
+    """The objects under ``root`` (a path), walked by a child process, in batches; with
+    ``reading`` (a module-level Reader's name, the store's root path, the walk's prefix
+    in it), each carries the bytes the reader names, read by the child; with ``shard``,
+    only those below its top-level entries."""
+    argv = [root, fold, _shard_arg(shard), *(reading or ())]
+    async for rows in _from_child(argv, root):
+        yield [FileInfo(*row) for row in rows]
+
+
+async def walk_local_apart(
+    base: str, prefix: str, walk: str, args: tuple[str, ...], shard: Shard | None
+) -> AsyncIterator[list[Any]]:
+    """The batches of the local walk named ``walk`` (see localwalk) over the store at
+    ``base`` (a path), walked by a child process."""
+    argv = [LOCAL, base, prefix, walk, _shard_arg(shard), *args]
+    async for batch in _from_child(argv, f"{base}/{prefix}"):
+        yield batch
+
+
+def _shard_arg(shard: Shard | None) -> str:
+    return "-" if shard is None else f"{shard[0]}/{shard[1]}"
+
+
+async def _from_child(argv: list[str], where: str) -> AsyncIterator[Any]:
+    """Each message of a child ``python -m`` this module with ``argv``."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        WALKER,
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    # Read while the rows come: a child that fills the stderr pipe would wait for it.
+    errors = asyncio.ensure_future(_tail(child.stderr))
+    walker = Stoppable(child.pid)
+    try:
+        while header := await child.stdout.read(LENGTH.size):
+            if len(header) < LENGTH.size:
+                header += await child.stdout.readexactly(LENGTH.size - len(header))
+            body = await child.stdout.readexactly(LENGTH.unpack(header)[0])
+            yield marshal.loads(body)
+        err = await errors
+        await child.wait()
+    finally:
+        walker.close()
+        if child.returncode is None:  # stopped early or cancelled: the rest is not wanted
+            child.kill()
+            await child.wait()
+        errors.cancel()
+    if child.returncode != 0:
+        tail = err.decode(errors="replace").strip()[-500:]
+        raise StorageError(f"walking {where} in a child process failed: {tail}")
+
+
+class Stoppable:
+    """A running walk child (or bulk helper), by a pidfd where there is one: a signal to
+    it can never reach another process that took its pid once it ended."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self.fd = os.pidfd_open(pid)
+        if self.fd is not None:
+            _walkers.add(self)
+
+    def signal(self, signum: int) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):  # ended meanwhile
+                signal.pidfd_send_signal(self.fd, signum)
+
+    def close(self) -> None:
+        _walkers.discard(self)
+        if self.fd is not None:
+            self.signal(signal.SIGCONT)  # stopped by walks_stopped, killed below or ended
+            os.close(self.fd)
+            self.fd = None
+
+
+_walkers: set[Stoppable] = set()
+
+
+@contextlib.contextmanager
+def walks_stopped() -> Iterator[None]:
+    """Every walk child of this process, and bulk helper (fsbulk), stopped (SIGSTOP) for
+    the block: a collection that rests on a busy machine rests its walks too (they would
+    walk on until their pipe is full) and a bulk call under way. Where pidfds are missing,
+    they go on."""
+    stopped = list(_walkers)
+    for walker in stopped:
+        walker.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for walker in stopped:
+            walker.signal(signal.SIGCONT)
+
+
+async def _tail(stream: asyncio.StreamReader, keep: int = 4096) -> bytes:
+    """The last ``keep`` bytes of ``stream``, read to its end."""
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-keep:]
+    return tail
