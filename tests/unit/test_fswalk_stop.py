@@ -89,3 +89,17 @@ async def test_a_resting_collection_stops_its_walks_and_continues_them(tmp_path:
     assert len(keys) == 3 * BATCH
     assert not _walkers  # ended: forgotten, and never signalled again
 
+
+def test_a_walk_child_starts_without_asyncio() -> None:
+    # A collection starts three walk children: the event loop's modules were most of
+    # each one's start-up, and they need none of it. The package's names still resolve,
+    # the contract's on first use.
+    code = """
+import sys
+import entrepot.storage.fswalk, entrepot.registry.gcwalk
+print(sorted(m for m in ("asyncio", "entrepot.storage.driver") if m in sys.modules))
+from entrepot.storage import StorageDriver
+print(StorageDriver.__module__, "asyncio" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:2] == ["[]", "entrepot.storage.driver True"]

@@ -13,8 +13,8 @@ import pytest
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.gcrefs import ManifestRefs
 from entrepot.registry.gcscan import UNREAD, find_blobs, scan_store
+from entrepot.registry.manifestrefs import ManifestRefs, manifest_ref_pairs
 from entrepot.registry.storecalls import Limited
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.unit.test_gc import blob, layer, manifest
@@ -153,8 +153,6 @@ async def test_a_disk_finds_every_blob_folder_that_names_a_digest(tmp_path: Path
 
 
 def test_a_manifest_in_another_encoding_is_read_as_json() -> None:
-    from entrepot.registry.gcrefs import manifest_ref_pairs
-
     digest = Digest.of(b"x")
     doc = json.dumps({"layers": [{"digest": str(digest)}]})
     for raw in (doc.encode(), b"\xef\xbb\xbf" + doc.encode(), doc.encode("utf-16")):

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.gc import keep_closure
-from entrepot.registry.gcrefs import ManifestRefs, read_refs
+from entrepot.registry.gcrefs import read_refs
 from entrepot.registry.gcscan import RepoScan, find_repositories, scan_repository
+from entrepot.registry.manifestrefs import ManifestRefs
 from entrepot.registry.pulls import DigestPulls
 from entrepot.registry.storecalls import Limited, each
 

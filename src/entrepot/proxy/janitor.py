@@ -23,8 +23,8 @@ from entrepot.proxy.cache import ProxyCache
 from entrepot.proxy.cachescan import CacheScan, CacheUnit, linked_digests, scan_cache
 from entrepot.proxy.metrics import ProxyMetrics
 from entrepot.registry import layout
-from entrepot.registry.gcrefs import ManifestRefs
 from entrepot.registry.gcscan import find_repositories
+from entrepot.registry.manifestrefs import ManifestRefs
 from entrepot.registry.pulls import load_times
 from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import StorageError

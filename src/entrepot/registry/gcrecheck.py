@@ -16,8 +16,9 @@ from collections.abc import Iterable
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
+from entrepot.registry.digestnames import ALGORITHMS
 from entrepot.registry.gcscan import RepoScan, scan_repository
-from entrepot.registry.storecalls import ALGORITHMS, Limited, each
+from entrepot.registry.storecalls import Limited, each
 
 # A folder changed this long before the mark began counts as changed: timestamps coarser
 # than the clock, a file server's clock a little off.

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.gcrefs import ManifestRefs, manifest_refs, read_refs, refs_of
+from entrepot.registry.digestnames import digest_at, link_digest
+from entrepot.registry.gcrefs import read_refs
 from entrepot.registry.gcwalk import MANIFESTS, TAGS, Record, blob_records, repository_records
-from entrepot.registry.segments import holds_bytes
-from entrepot.registry.storecalls import Limited, digest_at, each, link_digest
+from entrepot.registry.manifestrefs import ManifestRefs, manifest_refs, refs_of
+from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import FileInfo
 from entrepot.storage.driver import Fold, Shard
 
@@ -237,7 +238,7 @@ class _Scanner:
             # An upload's folder counts before its first file: a POST that just made it.
             if not scan.uploads or scan.uploads[-1] != parts[1]:
                 scan.uploads.append(parts[1])
-            if n == 3 and not info.is_dir and holds_bytes(parts[2]):
+            if n == 3 and not info.is_dir and layout.holds_bytes(parts[2]):
                 scan.upload_active |= info.mtime > self.fresh_after
 
     def add_keys(self, batch: list[FileInfo]) -> None:

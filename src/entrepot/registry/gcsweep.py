@@ -12,9 +12,10 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcrecheck import recheck
-from entrepot.registry.gcrefs import ManifestRefs, keep_closure, read_refs
+from entrepot.registry.gcrefs import keep_closure, read_refs
 from entrepot.registry.gcresult import GcOptions, GcResult
 from entrepot.registry.gcscan import Progress, RepoScan, scan_repository, scan_store
+from entrepot.registry.manifestrefs import ManifestRefs
 from entrepot.registry.quarantine import (
     close_journal,
     quarantine_key,

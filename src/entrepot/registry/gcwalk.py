@@ -17,9 +17,8 @@ from typing import Any
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.gcrefs import RefPairs, manifest_ref_pairs
-from entrepot.registry.segments import holds_bytes
-from entrepot.registry.storecalls import ALGORITHMS, Pair, is_digest_at, parse_pair
+from entrepot.registry.digestnames import ALGORITHMS, Pair, is_digest_at, parse_pair
+from entrepot.registry.manifestrefs import RefPairs, manifest_ref_pairs
 from entrepot.storage.localwalk import LocalView
 
 # (algorithm, encoded, the link's mtime, what the manifest references: None if unread)
@@ -122,7 +121,7 @@ class _Walk:
             for upload in view.names(f"{folder}/_uploads"):
                 uploads.append(upload)
                 for entry in view.names(f"{folder}/_uploads/{upload}"):
-                    if holds_bytes(entry):
+                    if layout.holds_bytes(entry):
                         info = view.stat(f"{folder}/_uploads/{upload}/{entry}")
                         if info is not None:
                             upload_mtime = max(upload_mtime, info[1])

@@ -75,6 +75,27 @@ def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
 
 
+# An upload's later segments (see segments): ``data.<its offset, 20 digits>``.
+SEGMENT_OFFSET_DIGITS = 20
+_SEGMENT_PREFIX = "data."
+
+
+def is_segment(name: str) -> bool:
+    """Whether an upload folder's entry ``name`` is a segment after ``data``."""
+    offset = name[len(_SEGMENT_PREFIX) :]
+    return (
+        name.startswith(_SEGMENT_PREFIX)
+        and len(offset) == SEGMENT_OFFSET_DIGITS
+        and offset.isdigit()
+    )
+
+
+def holds_bytes(name: str) -> bool:
+    """Whether an upload folder's entry ``name`` is one of its segments (``data`` or a
+    later one)."""
+    return name == "data" or is_segment(name)
+
+
 def uploads_dir(name: str) -> str:
     return f"{REPOSITORIES}/{name}/_uploads"
 

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.storecalls import Limited, each, parse_digest
+from entrepot.registry.digestnames import parse_digest
+from entrepot.registry.storecalls import Limited, each
 
 JOURNAL = "entrepot/gc/quarantined"
 QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks it

@@ -19,21 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from entrepot.registry import layout
+from entrepot.registry.layout import SEGMENT_OFFSET_DIGITS, is_segment
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
-
-_SUFFIX = "data."
-_OFFSET_DIGITS = 20
-
-
-def _is_segment(name: str) -> bool:
-    offset = name[len(_SUFFIX) :]
-    return name.startswith(_SUFFIX) and len(offset) == _OFFSET_DIGITS and offset.isdigit()
-
-
-def holds_bytes(name: str) -> bool:
-    """Whether an upload folder's entry ``name`` is one of its segments (``data`` or a
-    later one)."""
-    return name == "data" or _is_segment(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +50,7 @@ class Segments:
         segment at the upload's size."""
         if len(self.parts) == 1 and self.size == 0:
             return layout.upload_data(name, upload_id)
-        return f"{layout.upload_data(name, upload_id)}.{self.size:0{_OFFSET_DIGITS}d}"
+        return f"{layout.upload_data(name, upload_id)}.{self.size:0{SEGMENT_OFFSET_DIGITS}d}"
 
     def with_part(self, part: FileInfo) -> Segments:
         """These segments after ``part`` was written at ``next_key``."""
@@ -88,5 +75,5 @@ async def load_segments(driver: StorageDriver, name: str, upload_id: str) -> Seg
     names = await driver.list(folder)
     if "data" not in names:
         raise StorageNotFound(data)
-    keys = [data] + [f"{folder}/{n}" for n in names if _is_segment(n)]
+    keys = [data] + [f"{folder}/{n}" for n in names if is_segment(n)]
     return Segments(tuple(await asyncio.gather(*(driver.stat(key) for key in keys))))

@@ -1,7 +1,6 @@
 """The storage calls background work makes over a whole store (garbage collection, cache
 eviction, usage metering): at most a bounded number in flight, each after a pace (a
-collection rests while the machine serves), the bulk ones in slices; and the digest
-parsing of folder names and link files they read, without regular expressions.
+collection rests while the machine serves), the bulk ones in slices.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Seque
 from typing import TypeVar
 
 from entrepot.oci.digest import Digest
-from entrepot.oci.errors import RegistryError
+from entrepot.registry.digestnames import link_digest, parse_digest
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
 from entrepot.storage.driver import Fold, Infos, Reader, Records, Shard
 from entrepot.storage.localwalk import LocalWalk
@@ -186,10 +185,6 @@ class Limited:
         return None if raw is None else link_digest(raw)
 
 
-def link_digest(raw: bytes) -> Digest | None:
-    return parse_digest(raw.decode("ascii", "replace").strip())
-
-
 # Items ``each`` works on at once: more than the storage calls in flight (the driver
 # wrapper bounds those), few enough that 100,000 items cost no task each.
 _EACH_AT_ONCE = 128
@@ -207,46 +202,3 @@ async def each(items: Iterable[T], work: Callable[[T], Awaitable[R]]) -> list[R]
 
     await asyncio.gather(*(worker() for _ in range(min(_EACH_AT_ONCE, len(todo)))))
     return results
-
-
-def parse_digest(text: str) -> Digest | None:
-    algorithm, colon, encoded = text.partition(":")
-    found = digest_at(algorithm, encoded) if colon else None
-    if found is not None:  # the common case, without Digest.parse's regular expressions
-        return found
-    try:
-        return Digest.parse(text)
-    except RegistryError:
-        return None
-
-
-# The registered algorithms' hex lengths: a folder name is checked as Digest.parse would,
-# without its regular expressions (a collection checks a few hundred thousand).
-_HEX_LENGTH = {"sha256": 64, "sha512": 128}
-ALGORITHMS = tuple(_HEX_LENGTH)
-
-
-def digest_at(algorithm: str, encoded: str) -> Digest | None:
-    """The digest ``<algorithm>/<encoded>`` folders name, or None."""
-    if _HEX_LENGTH.get(algorithm) != len(encoded) or encoded.strip("0123456789abcdef"):
-        return None
-    return Digest.trusted(algorithm, encoded)
-
-
-# A digest as a plain (algorithm, encoded) tuple: what a walk in another process sends
-# (marshal takes no Digest); Digest.trusted makes it one again.
-Pair = tuple[str, str]
-
-
-def is_digest_at(algorithm: str, encoded: str) -> bool:
-    """Whether ``<algorithm>/<encoded>`` folders name a digest (as digest_at)."""
-    return _HEX_LENGTH.get(algorithm) == len(encoded) and not encoded.strip("0123456789abcdef")
-
-
-def parse_pair(text: str) -> Pair | None:
-    """parse_digest's digest, as a Pair."""
-    algorithm, colon, encoded = text.partition(":")
-    if colon and is_digest_at(algorithm, encoded):
-        return (algorithm, encoded)
-    digest = parse_digest(text)
-    return None if digest is None else (digest.algorithm, digest.encoded)

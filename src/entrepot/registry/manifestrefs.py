@@ -1,0 +1,80 @@
+"""What a manifest points at, parsed leniently from its bytes: garbage collection must not
+stop at a manifest another registry accepted. Imports nothing that loads asyncio (gcwalk
+parses manifests in walk children).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from entrepot.oci.digest import Digest
+from entrepot.registry.digestnames import Pair, parse_pair
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRefs:
+    """What a stored manifest points at: ``references`` as registry:2's ``References()``
+    (config and layers, an index's children, a schema1 manifest's layers), ``children``
+    (an index's manifests) and ``subject`` (the manifest it refers to)."""
+
+    references: frozenset[Digest]
+    children: tuple[Digest, ...]
+    subject: Digest | None
+
+
+NO_REFS = ManifestRefs(frozenset(), (), None)
+
+
+# What a manifest points at as plain tuples (see manifest_ref_pairs): references,
+# children, subject.
+RefPairs = tuple[list[Pair], list[Pair], "Pair | None"]
+
+
+def manifest_refs(raw: bytes) -> ManifestRefs:
+    """Leniently: garbage collection must not stop at a manifest another registry accepted."""
+    return refs_of(manifest_ref_pairs(raw))
+
+
+def refs_of(pairs: RefPairs) -> ManifestRefs:
+    references, children, subject = pairs
+    trusted = Digest.trusted
+    return ManifestRefs(
+        frozenset([trusted(*pair) for pair in references]),
+        tuple([trusted(*pair) for pair in children]),
+        None if subject is None else trusted(*subject),
+    )
+
+
+def manifest_ref_pairs(raw: bytes) -> RefPairs:
+    """manifest_refs as plain tuples: what a walk in another process sends back."""
+    try:
+        # A str parses without json's guess at the encoding; other encodings it guesses.
+        body = json.loads(raw.decode() if raw[:1] == b"{" else raw)
+    except (ValueError, UnicodeDecodeError):
+        return [], [], None
+    if not isinstance(body, dict):
+        return [], [], None
+    references: list[Pair] = []
+    _add_pairs(references, body.get("config"))
+    _add_pairs(references, body.get("layers"))
+    children: list[Pair] = []
+    _add_pairs(children, body.get("manifests"))
+    references += children
+    _add_pairs(references, body.get("fsLayers"), "blobSum")
+    subject: list[Pair] = []
+    _add_pairs(subject, body.get("subject"))
+    return references, children, subject[0] if subject else None
+
+
+def _add_pairs(found: list[Pair], value: Any, key: str = "digest") -> None:
+    """Add the digest at ``key`` of a descriptor, or of each of a list of them."""
+    if value is None:
+        return
+    for item in value if isinstance(value, list) else (value,):
+        text = item.get(key) if isinstance(item, dict) else None
+        if isinstance(text, str):
+            pair = parse_pair(text)
+            if pair is not None:
+                found.append(pair)
