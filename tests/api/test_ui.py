@@ -4,6 +4,7 @@ page, deletes, sign-in and the API's access rules, and the cache page."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import AsyncIterator
@@ -238,7 +239,7 @@ async def test_anonymous_sees_what_anonymous_may_pull(builtin_ui: httpx.AsyncCli
 
 
 async def test_signed_in_user_sees_and_does_what_the_rules_allow(
-    builtin_ui: httpx.AsyncClient,
+    builtin_ui: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrong = await builtin_ui.post("/ui/login", data={"username": "alice", "password": "nope"})
     assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
@@ -256,8 +257,14 @@ async def test_signed_in_user_sees_and_does_what_the_rules_allow(
     token = re.search(r'name="form_token" value="([^"]+)"', repo.text)
     assert token is not None
     form = {"name": "team/app", "reference": "v1", "form_token": token.group(1)}
-    refused = await builtin_ui.post("/ui/delete", data=form)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "entrepot.auth"):
+        refused = await builtin_ui.post("/ui/delete", data=form)
     assert refused.status_code == 403 and "may not delete team/app" in refused.text
+    # Logged as the API logs a refusal: who, from where, what.
+    assert [r.getMessage() for r in caplog.records if r.name == "entrepot.auth"] == [
+        'access denied: user "alice" from 127.0.0.1 may not delete team/app (web UI)'
+    ]
     secret = await builtin_ui.get("/ui/r/secret/keys")
     assert secret.status_code == 403 and "user 'alice' may not pull secret/keys" in unescape(
         secret.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 import time
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from entrepot.auth.access import CATALOG, covers, parse_scopes, repository
+from entrepot.auth.guard import TokenGuard
 from entrepot.auth.htpasswd import HtpasswdError, HtpasswdFile, check_password, parse_htpasswd
 from entrepot.auth.policy import AccessPolicy, AccessRule
 from entrepot.auth.ratelimit import FailedLoginLimiter
 from entrepot.auth.tokens import BuiltinTokens, ExternalTokens, TokenInvalid, libtrust_key_id
+from entrepot.oci.errors import RegistryError
 
 
 def test_parse_scopes() -> None:
@@ -129,6 +132,28 @@ def test_builtin_token_expiry() -> None:
     token, _, _ = tokens.issue("alice", [])
     with pytest.raises(TokenInvalid, match="expired"):
         tokens.verify(token)
+
+
+@pytest.mark.parametrize(
+    ("issuer_key", "lifetime", "level", "why"),
+    [
+        (b"k" * 32, -120, logging.INFO, "Signature has expired"),  # routine: fetch another
+        (b"forged!" * 5, 300, logging.WARNING, "Signature verification failed"),
+    ],
+    ids=["expired", "signed-with-another-key"],
+)
+async def test_a_refused_token_is_logged_with_its_client(
+    caplog: pytest.LogCaptureFixture, issuer_key: bytes, lifetime: float, level: int, why: str
+) -> None:
+    # At 3 a.m., "docker push" says "unauthorized": the log says which client and why.
+    guard = TokenGuard(BuiltinTokens(b"k" * 32, "entrepot", "svc", 300), None, "svc")
+    token, _, _ = BuiltinTokens(issuer_key, "entrepot", "svc", lifetime).issue("alice", [])
+    needed = [repository("team/app", "push")]
+    with caplog.at_level(logging.INFO, "entrepot.auth"), pytest.raises(RegistryError):
+        await guard.check(f"Bearer {token}", "192.0.2.7", needed, "https://r.example")
+    [record] = [r for r in caplog.records if r.name == "entrepot.auth"]
+    assert record.levelno == level
+    assert record.getMessage() == f"token from 192.0.2.7 refused: invalid token: {why}"
 
 
 def _self_signed(tmp_path: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:

@@ -18,7 +18,7 @@ from entrepot.auth.access import CATALOG, Access, challenge_scope, covers, repos
 from entrepot.auth.htpasswd import UserDirectory, check_password
 from entrepot.auth.policy import AccessPolicy
 from entrepot.auth.ratelimit import FailedLoginLimiter
-from entrepot.auth.tokens import BuiltinTokens, ExternalTokens, TokenInvalid
+from entrepot.auth.tokens import BuiltinTokens, ExternalTokens, TokenExpired, TokenInvalid
 from entrepot.oci.errors import ErrorCode, RegistryError
 
 # Who failed to sign in, was locked out or was refused: WARNING lines for audits and
@@ -261,6 +261,11 @@ class TokenGuard:
         try:
             claims = self.verifier.verify(token)
         except TokenInvalid as exc:
+            # A token that never was trustworthy says the token service and this
+            # registry disagree (keys, issuer, service) or someone forges tokens; one
+            # whose time is up is routine (the client fetches another).
+            level = logging.INFO if isinstance(exc, TokenExpired) else logging.WARNING
+            log.log(level, "token from %s refused: %s", client, exc)
             raise RegistryError(
                 ErrorCode.UNAUTHORIZED,
                 str(exc),

@@ -29,6 +29,11 @@ class TokenInvalid(Exception):
     """The token cannot be trusted; the message says why, without the token."""
 
 
+class TokenExpired(TokenInvalid):
+    """The token was trustworthy and is no longer: its time is up (clients then fetch
+    another; routine, unlike a token that never was)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
     subject: str  # "" for anonymous
@@ -61,6 +66,8 @@ def _decode(token: str, key: Any, algorithms: list[str], service: str, issuer: s
             leeway=_LEEWAY,
             options={"require": ["exp", "iss", "aud"]},
         )
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenExpired(f"invalid token: {exc}") from exc
     except jwt.PyJWTError as exc:
         raise TokenInvalid(f"invalid token: {exc}") from exc
     return TokenClaims(str(claims.get("sub") or ""), _access_from_claims(claims), claims["exp"])

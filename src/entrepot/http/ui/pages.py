@@ -3,6 +3,7 @@ a repository's tags, a manifest, deletes, the cache counters, storage use and si
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from entrepot.auth.guard import parse_basic
+from entrepot.auth.guard import parse_basic, quoted
 from entrepot.http.bodies import read_body
 from entrepot.http.context import context
 from entrepot.http.repositories import writes_for
@@ -30,6 +31,8 @@ from entrepot.registry.usage import INTERVAL as USAGE_INTERVAL
 if TYPE_CHECKING:  # Jinja2 loads with the first page shown: a worker nobody browses skips it
     from starlette.templating import Jinja2Templates
 from entrepot.registry.usage import StorageUsage
+
+log = logging.getLogger("entrepot.auth")
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -152,6 +155,15 @@ class Ui:
             return user
         if user is None and self.access.sign_in:
             raise SignInRequired
+        if user:  # as the registry's API logs a signed-in user's refusal
+            client = context(request).client_addresses.of(request.scope)
+            log.warning(
+                "access denied: user %s from %s may not %s %s (web UI)",
+                quoted(user),
+                client,
+                action,
+                name,
+            )
         who = f"user {user!r}" if user else "anonymous"
         raise RegistryError(ErrorCode.DENIED, f"{who} may not {action} {name}")
 
