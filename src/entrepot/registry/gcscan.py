@@ -58,9 +58,8 @@ async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
     and mtime; None for a blob folder without ``data`` (one an interrupted collection left
     aside). On object storage one flat ``scan``, sizes included; where the driver walks
     locally (a disk) a listing of each ``<algorithm>/<2 hex>`` folder (gcwalk's), each blob
-    UNREAD: a stat of
-    every ``data`` cost more than the rest of the mark, and only the unmarked blobs need
-    theirs (read_blobs)."""
+    UNREAD: a stat of every ``data`` cost more than the rest of the mark, and only the
+    unmarked blobs need theirs (read_blobs)."""
     if store.driver.walks_local:
         return await _listed_blobs(store, progress)
     found: Blobs = {}
