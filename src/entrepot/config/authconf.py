@@ -177,7 +177,13 @@ class BuiltinAuthConfig:
     groups: dict[str, tuple[str, ...]] = key("groups", factory=dict, doc="group: [members]")
     access: tuple[AccessRuleConfig, ...] = key("access", (), doc="the access rules")
     expiration_s: float = key("expiration", 300.0, doc="token lifetime")
-    maxfailures: int = key("maxfailures", 10, doc="failed sign-ins a minute per client")
+    maxfailures: int = key(
+        "maxfailures",
+        10,
+        doc="failed sign-ins a minute per user and client, counted by each worker process "
+        "(with N workers a client may try up to N times this many before every worker "
+        "refuses it)",
+    )
 
     def checked(self, at: At) -> BuiltinAuthConfig:
         for name in ("service", "issuer"):
