@@ -761,29 +761,31 @@ async def test_move_many_skips_missing_sources(driver: StorageDriver, bulk_defau
             await driver.stat(key)
 
 
-async def test_move_stale_many_moves_only_what_was_written_before_a_time(
+async def test_move_stale_in_moves_only_what_was_written_before_a_time(
     driver: StorageDriver, bulk_default: bool
 ) -> None:
     # A collection sets aside an unreferenced blob only if no push wrote it within grace.
     await driver.put_content("b/1/data", b"one")
     await driver.put_content("b/2/data", b"two!")
+    await driver.put_content("b/3/data/inside", b"a folder named data")
     written = (await driver.stat("b/2/data")).mtime
-    move_stale_many = (
-        StorageDriver.move_stale_many if bulk_default else type(driver).move_stale_many
-    )
-    moves = [("b/1/data", "b/1/aside"), ("b/9/data", "b/9/aside"), ("b/2/data", "b/2/aside")]
+    move_stale_in = StorageDriver.move_stale_in if bulk_default else type(driver).move_stale_in
+    folders = ["b/1", "b/9", "b/2", "b/3"]
 
-    fresh = await move_stale_many(driver, moves, written - 3600, sync=False)
-    assert [(None if i is None else (i.key, i.size), moved) for i, moved in fresh] == [
-        (("b/1/data", 3), False),
+    fresh = await move_stale_in(driver, folders, "data", "aside", written - 3600, sync=False)
+    assert [(None if st is None else st[0], moved) for st, moved in fresh] == [
+        (3, False),
         (None, False),
-        (("b/2/data", 4), False),
+        (4, False),
+        (None, False),  # a directory: nothing to move
     ]
     assert await driver.get_content("b/2/data") == b"two!"
-    assert abs(cast(FileInfo, fresh[2][0]).mtime - written) < 1
+    assert abs(cast(tuple[int, float], fresh[2][0])[1] - written) < 1
 
-    stale = await move_stale_many(driver, moves, written + 3600, sync=False)
-    assert [moved for _, moved in stale] == [True, False, True]
+    stale = await move_stale_in(driver, folders, "data", "aside", written + 3600, sync=False)
+    assert [moved for _, moved in stale] == [True, False, True, False]
+    with pytest.raises(StorageError):
+        await move_stale_in(driver, folders, "data", "x/aside", written, sync=False)
     assert await driver.get_content("b/1/aside") == b"one"
     assert await driver.get_content("b/2/aside") == b"two!"
     for key in ("b/1/data", "b/2/data", "b/9/aside"):

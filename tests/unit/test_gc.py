@@ -303,12 +303,18 @@ class Interleaving(SeesWalks):
             await self._before(dst)
         return await super().move_many(moves, sync=sync)
 
-    async def move_stale_many(
-        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    async def move_stale_in(
+        self,
+        folders: Sequence[str],
+        src: str,
+        dst: str,
+        older_than: float,
+        *,
+        sync: bool = True,
     ) -> Aside:
-        for _, dst in moves:
-            await self._before(dst)
-        return await super().move_stale_many(moves, older_than, sync=sync)
+        for folder in folders:
+            await self._before(f"{folder}/{dst}")
+        return await super().move_stale_in(folders, src, dst, older_than, sync=sync)
 
 
 async def test_a_push_linking_a_blob_during_the_sweep_keeps_it(tmp_path: Path) -> None:

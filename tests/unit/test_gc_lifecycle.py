@@ -171,11 +171,17 @@ class CrashingSweep(FilesystemDriver):
         await super().move_many(moves[:1], sync=sync)
         raise RuntimeError("crash")
 
-    async def move_stale_many(
-        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    async def move_stale_in(
+        self,
+        folders: Sequence[str],
+        src: str,
+        dst: str,
+        older_than: float,
+        *,
+        sync: bool = True,
     ) -> Aside:
-        assert all(dst.endswith(f"/{QUARANTINE}") for _, dst in moves)
-        await super().move_stale_many(moves[:1], older_than, sync=sync)
+        assert dst == QUARANTINE
+        await super().move_stale_in(folders[:1], src, dst, older_than, sync=sync)
         raise RuntimeError("crash")
 
 

@@ -41,7 +41,7 @@ from entrepot.registry.quarantine import (
 )
 from entrepot.registry.retention import RetentionPlan, plan_retention
 from entrepot.registry.storecalls import Limited, each
-from entrepot.storage import StorageDriver
+from entrepot.storage import FileInfo, StorageDriver
 
 __all__ = ["QUARANTINE", "GarbageCollector", "GcOptions", "GcResult", "keep_closure"]
 
@@ -227,7 +227,10 @@ class GarbageCollector(CollectorSweep):
         candidates = sorted_digests(d for d in unmarked if d not in linked)
         apart = not self.options.dry_run and any(blobs[d] is UNREAD for d in candidates)
         await read_blobs(self.store, blobs, linked if apart else unmarked)
-        infos = await self._set_aside(candidates) if apart else [blobs[d] for d in candidates]
+        if apart:
+            stats = await self._set_aside(candidates)
+        else:
+            stats = [_size_and_mtime(blobs[d]) for d in candidates]
         doomed: dict[Digest, int] = {}
         aside: list[Digest] = []
         for digest in linked:  # kept; unless without ``data``: see below
@@ -235,15 +238,20 @@ class GarbageCollector(CollectorSweep):
                 aside.append(digest)
             else:
                 self.result.blobs_kept_fresh += 1
-        for digest, info in zip(candidates, infos, strict=True):
-            if info is None or info.is_dir:  # nothing to free; unless a crash left it aside
+        for digest, stat in zip(candidates, stats, strict=True):
+            if stat is None:  # nothing to free; unless a crash left it aside
                 aside.append(digest)
-            elif self._fresh(info.mtime):
+            elif self._fresh(stat[1]):
                 self.result.blobs_kept_fresh += 1
             else:
-                doomed[digest] = info.size
+                doomed[digest] = stat[0]
         if not self.options.dry_run:
             self.result.blobs_recovered += sum(
                 await each(aside, lambda digest: restore(self.store, digest))
             )
         return doomed
+
+
+def _size_and_mtime(info: FileInfo | None) -> tuple[int, float] | None:
+    """A blob's ``data`` as set_aside answers: None when it is missing (or a folder)."""
+    return None if info is None or info.is_dir else (info.size, info.mtime)

@@ -17,6 +17,7 @@ from entrepot.registry.gcresult import GcOptions, GcResult
 from entrepot.registry.gcscan import Progress, RepoScan, scan_repository, scan_store
 from entrepot.registry.manifestrefs import ManifestRefs
 from entrepot.registry.quarantine import (
+    QUARANTINE,
     close_journal,
     quarantine_key,
     restore,
@@ -24,7 +25,7 @@ from entrepot.registry.quarantine import (
 )
 from entrepot.registry.retention import RetentionPlan
 from entrepot.registry.storecalls import Limited, each
-from entrepot.storage import FileInfo, StorageDriver
+from entrepot.storage import StorageDriver
 
 _REPO_FOLDERS = ("_manifests", "_layers", "_referrers", "_uploads")
 # Blobs (or layer links) deleted per bulk call: a progress line can follow between calls.
@@ -77,16 +78,18 @@ class CollectorSweep:
             link: info.mtime for link, info in zip(links, infos, strict=True) if info is not None
         }
 
-    async def _set_aside(self, candidates: list[Digest]) -> list[FileInfo | None]:
+    async def _set_aside(self, candidates: list[Digest]) -> list[tuple[int, float] | None]:
         """Move each candidate's ``data`` aside (quarantine) unless it was written within
-        the grace window, listing them in the journal first; each one's stat."""
+        the grace window, listing them in the journal first; each one's (size, mtime)."""
         await write_journal(self.store, candidates)
         self.journal = True
         # Not synced: after a crash a blob is at either name, and both are handled.
-        moves = [(layout.blob_data(d), quarantine_key(d)) for d in candidates]
-        answers = await self.store.move_stale_many(moves, self.cutoff, sync=False)
+        folders = [layout.blob_dir(d) for d in candidates]
+        answers = await self.store.move_stale_in(
+            folders, "data", QUARANTINE, self.cutoff, sync=False
+        )
         self.quarantined = [d for d, (_, moved) in zip(candidates, answers, strict=True) if moved]
-        return [info for info, _ in answers]
+        return [stat for stat, _ in answers]
 
     async def _sweep(
         self, scans: dict[str, RepoScan], unkept: dict[str, set[Digest]], doomed: dict[Digest, int]

@@ -12,7 +12,7 @@ from typing import TypeVar
 from entrepot.oci.digest import Digest
 from entrepot.registry.digestnames import link_digest, parse_digest
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
-from entrepot.storage.driver import Fold, Infos, Reader, Records, Shard
+from entrepot.storage.driver import Aside, Fold, Infos, Reader, Records, Shard
 from entrepot.storage.localwalk import LocalWalk
 
 T = TypeVar("T")
@@ -87,13 +87,13 @@ class Limited:
         moved = await self._sliced(moves, move)
         return [ok for part in moved for ok in part]
 
-    async def move_stale_many(
-        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool
-    ) -> list[tuple[FileInfo | None, bool]]:
-        async def move(part: Sequence[tuple[str, str]]) -> list[tuple[FileInfo | None, bool]]:
-            return await self.driver.move_stale_many(part, older_than, sync=sync)
+    async def move_stale_in(
+        self, folders: Sequence[str], src: str, dst: str, older_than: float, *, sync: bool
+    ) -> Aside:
+        async def move(part: Sequence[str]) -> Aside:
+            return await self.driver.move_stale_in(part, src, dst, older_than, sync=sync)
 
-        moved = await self._sliced(moves, move)
+        moved = await self._sliced(folders, move)
         return [answer for part in moved for answer in part]
 
     async def delete_many(self, keys: Sequence[str]) -> None:

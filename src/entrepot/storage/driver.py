@@ -41,6 +41,7 @@ from entrepot.storage.objects import (
     StorageNotFound,
     below,
     check_key,
+    check_names,
     in_shard,
     join_key,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "StorageNotFound",
     "below",
     "check_key",
+    "check_names",
     "in_shard",
     "join_key",
 ]
@@ -404,24 +406,37 @@ class StorageDriver(abc.ABC):
 
         return await bounded([one(src, dst) for src, dst in moves])
 
-    async def move_stale_many(
-        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    async def move_stale_in(
+        self,
+        folders: Sequence[str],
+        src: str,
+        dst: str,
+        older_than: float,
+        *,
+        sync: bool = True,
     ) -> Aside:
-        """For each (src, dst) pair: ``src``'s stat (None: missing), and whether it moved
-        to ``dst`` (as ``move_many``): only an object (not a directory) last written at or
-        before ``older_than`` moves. A collection sets each unreferenced blob that no push
-        wrote within its grace window aside so, in one call where a stat and a move were
-        two. This default stats them all, then moves."""
-        infos = await self.stat_many([src for src, _ in moves])
+        """For each folder key: ``<folder>/<src>``'s size and mtime (None: missing, or a
+        directory), and whether it moved to ``<folder>/<dst>`` (as ``move_many``): only an
+        object last written at or before ``older_than`` moves. ``src`` and ``dst`` are
+        names (one segment each). A collection sets each unreferenced blob that no push
+        wrote within its grace window aside so: in one call where a stat and a move were
+        two, and named by its folder, where two whole keys a blob, made, checked and
+        answered, cost more than the moves. This default stats them all, then moves."""
+        check_names(src, dst)
+        moves = [(f"{folder}/{src}", f"{folder}/{dst}") for folder in folders]
+        infos = await self.stat_many([source for source, _ in moves])
         stale = [
             n
             for n, info in enumerate(infos)
             if info and not info.is_dir and info.mtime <= older_than
         ]
         moved = await self.move_many([moves[n] for n in stale], sync=sync) if stale else []
-        answers = [(info, False) for info in infos]
+        answers: Aside = [
+            (None if info is None or info.is_dir else (info.size, info.mtime), False)
+            for info in infos
+        ]
         for n, ok in zip(stale, moved, strict=True):
-            answers[n] = (infos[n], ok)
+            answers[n] = (answers[n][0], ok)
         return answers
 
     async def delete_many(self, keys: Sequence[str]) -> None:

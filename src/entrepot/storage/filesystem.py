@@ -42,6 +42,7 @@ from entrepot.storage.driver import (
     StorageNotFound,
     StorageWriter,
     check_key,
+    check_names,
 )
 from entrepot.storage.fsbulk import BulkHelpers, HelpersGone
 from entrepot.storage.fsbulkops import MISSING as _MISSING
@@ -357,16 +358,23 @@ class FilesystemDriver(StorageDriver):
         done = await self._bulk("move", *self._move_chunks(moves), sync)
         return [moved for chunk in done for moved in chunk]
 
-    async def move_stale_many(
-        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    async def move_stale_in(
+        self,
+        folders: Sequence[str],
+        src: str,
+        dst: str,
+        older_than: float,
+        *,
+        sync: bool = True,
     ) -> Aside:
-        done = await self._bulk("aside", *self._move_chunks(moves), older_than, sync)
-        return [
-            (None if st is None else FileInfo(src, *st), moved)
-            for (src, _), (st, moved) in zip(
-                moves, itertools.chain.from_iterable(done), strict=True
-            )
-        ]
+        """One path a folder sent, the helpers (or threads) join the names."""
+        check_names(src, dst)
+        _check_key(src)  # no temp file's name either
+        _check_key(dst)
+        chunks = _chunks([self._bulk_path(folder) for folder in folders])
+        key = folders[0] if folders else ""
+        done = await self._bulk("aside", key, False, chunks, src, dst, older_than, sync)
+        return [answer for chunk in done for answer in chunk]
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         paths = [self._bulk_path(key) for key in keys if "/" in key]

@@ -74,15 +74,20 @@ def _stat(path: str) -> Stat | None:
 
 
 def move_stale(
-    moves: list[tuple[str, str]], older_than: float, sync: bool
-) -> list[tuple[Stat | None, bool]]:
-    """Each source's stat, and whether it moved: a file last written at or before
-    ``older_than`` (see StorageDriver.move_stale_many)."""
-    done: list[tuple[Stat | None, bool]] = []
-    for src, dst in moves:
-        found = _stat(src)
-        stale = found is not None and not found[2] and found[1] <= older_than
-        done.append((found, stale and move_one(src, dst, sync)))
+    folders: list[str], src: str, dst: str, older_than: float, sync: bool
+) -> list[tuple[tuple[int, float] | None, bool]]:
+    """Each ``<folder>/<src>``'s (size, mtime) (None: missing, or a directory), and whether
+    it moved to ``<folder>/<dst>``: a file last written at or before ``older_than`` (see
+    StorageDriver.move_stale_in)."""
+    done: list[tuple[tuple[int, float] | None, bool]] = []
+    for folder in folders:
+        source = f"{folder}/{src}"
+        found = _stat(source)
+        if found is None or found[2]:
+            done.append((None, False))
+            continue
+        stale = found[1] <= older_than
+        done.append(((found[0], found[1]), stale and move_one(source, f"{folder}/{dst}", sync)))
     return done
 
 

@@ -21,8 +21,9 @@ Keys = list[str]
 Infos = list["FileInfo"]
 Stats = list["FileInfo | None"]
 Moved = list[bool]
-# move_stale_many's answers: each source's stat, and whether it moved.
-Aside = list[tuple["FileInfo | None", bool]]
+# move_stale_in's answers: each source's (size, mtime) (None: missing, or a directory),
+# and whether it moved.
+Aside = list[tuple["tuple[int, float] | None", bool]]
 Records = list[Any]  # a batch of a local walk's records (see walk_local)
 # How ``scan`` treats a directory, given its key relative to the scan's prefix (ending in
 # "/"): None, enter it; a relative key, report only the object at that key under it, or
@@ -68,6 +69,14 @@ def check_key(key: str) -> None:
     for segment in key.split("/"):
         if not segment or segment == "." or segment == "..":
             raise StorageError(f"invalid key: {key!r}")
+
+
+def check_names(*names: str) -> None:
+    """StorageError unless each of ``names`` is one valid key segment."""
+    for name in names:
+        if "/" in name:
+            raise StorageError(f"invalid name (one key segment): {name!r}")
+        check_key(name)
 
 
 class FileInfo(NamedTuple):

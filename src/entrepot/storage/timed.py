@@ -187,11 +187,17 @@ class TimedDriver(StorageDriver):
         with self._timed("Move"):
             return await self.inner.move_many(moves, sync=sync)
 
-    async def move_stale_many(
-        self, moves: Sequence[tuple[str, str]], older_than: float, *, sync: bool = True
+    async def move_stale_in(
+        self,
+        folders: Sequence[str],
+        src: str,
+        dst: str,
+        older_than: float,
+        *,
+        sync: bool = True,
     ) -> Aside:
         with self._timed("Move"):
-            return await self.inner.move_stale_many(moves, older_than, sync=sync)
+            return await self.inner.move_stale_in(folders, src, dst, older_than, sync=sync)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         with self._timed("Delete"):
