@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -657,9 +658,8 @@ def names_and_reads(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iter
     the entry, its names, and what the view says of each of ``args`` below it."""
     for top in sorted(view.names(prefix)):
         if view.mine(top):
-            below = [
-                (view.stat(f"{prefix}/{top}/{a}"), view.get(f"{prefix}/{top}/{a}")) for a in args
-            ]
+            keys = [f"{prefix}/{top}/{a}" for a in args]
+            below = [(view.stat(key), view.get(key), view.mtime(key)) for key in keys]
             yield [(top, sorted(view.names(f"{prefix}/{top}")), below)]
 
 
@@ -683,9 +683,10 @@ async def test_walk_local_runs_the_callers_walk_where_the_objects_are(
         found = {record[0]: record for batch in batches for record in batch}
         _, listed, (f, d, nope) = found["a"]
         assert listed == ["d", "f"]
-        assert f[0] is not None and f[0][0] == 3 and f[1] == b"abc"
+        assert f[0] is not None and f[0][0] == 3 and f[1] == b"abc" and f[2] == f[0][1]
         assert abs(f[0][1] - (await driver.stat("s/a/f")).mtime) < 2
-        assert d == (None, None) and nope == (None, None)  # a folder, a missing key
+        assert d[:2] == (None, None) and nope == (None, None, None)  # a folder, a missing key
+        assert d[2] is not None and abs(d[2] - time.time()) < 60  # a folder's own mtime
         assert found["b"][1] == ["f"] and found["b"][2][0][1] == b"b"
         assert sorted(found) == sorted(["a", "b", *names])
         parts = [

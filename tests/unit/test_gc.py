@@ -261,10 +261,10 @@ Interleave = Callable[[], Awaitable[None]]
 
 
 class SeesWalks(FilesystemDriver):
-    """A filesystem driver that calls ``walked`` with each local walk's prefix and
+    """A filesystem driver that calls ``walked`` with each local walk's prefix, walk and
     arguments."""
 
-    def walked(self, prefix: str, args: tuple[str, ...]) -> None:
+    def walked(self, prefix: str, walk: LocalWalk, args: tuple[str, ...]) -> None:
         pass
 
     async def walk_local(
@@ -276,7 +276,7 @@ class SeesWalks(FilesystemDriver):
         shard: Shard | None = None,
         apart: bool = False,
     ) -> AsyncGenerator[Records, None]:
-        self.walked(prefix, args)
+        self.walked(prefix, walk, args)
         async for batch in super().walk_local(prefix, walk, args, shard=shard, apart=apart):
             yield batch
 
@@ -464,7 +464,7 @@ class CountingTagReads(SeesWalks):
             self.tag_reads += 1
         return await super().get_content(key)
 
-    def walked(self, prefix: str, args: tuple[str, ...]) -> None:
+    def walked(self, prefix: str, walk: LocalWalk, args: tuple[str, ...]) -> None:
         self.tag_reads += TAGS in args
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from entrepot.oci.digest import Digest
-from entrepot.registry import layout
+from entrepot.registry import gcrecheck, layout
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions
+from entrepot.registry.gcwalk import repository_records
 from entrepot.storage.driver import Fold, Infos
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.localwalk import LocalWalk
 from tests.unit.test_gc import (
     LATER,
     Interleaving,
@@ -30,18 +32,27 @@ from tests.unit.test_gc import (
 
 
 class Counting(Interleaving):
-    """Counts the walks of the whole of ``repositories/`` (gcwalk's, or a folded scan)."""
+    """Counts the walks of the whole of ``repositories/`` (gcwalk's, or a folded scan), and
+    notes the repositories read one by one (scan_repository)."""
 
     store_scans = 0
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.read_alone: set[str] = set()
 
     async def scan(self, prefix: str, *, fold: Fold | None = None) -> AsyncGenerator[Infos, None]:
         if prefix == layout.REPOSITORIES:
             self.store_scans += 1
+        elif prefix.startswith(f"{layout.REPOSITORIES}/"):
+            repository, _, marker = prefix.removeprefix(f"{layout.REPOSITORIES}/").rpartition("/")
+            assert marker in ("_manifests", "_layers", "_uploads")
+            self.read_alone.add(repository)
         async for batch in super().scan(prefix, fold=fold):
             yield batch
 
-    def walked(self, prefix: str, args: tuple[str, ...]) -> None:
-        if prefix == layout.REPOSITORIES:
+    def walked(self, prefix: str, walk: LocalWalk, args: tuple[str, ...]) -> None:
+        if walk is repository_records:  # not the re-check's walk (changed_records)
             self.store_scans += 1
 
 
@@ -63,19 +74,38 @@ async def test_an_unchanged_store_is_not_read_again_whole(tmp_path: Path) -> Non
     age_repositories(driver)
     result = await collect(driver)
     assert set(result.blobs_deleted) == {stray}
-    assert driver.store_scans == 1  # the mark's; the re-check stats folders instead
+    assert driver.store_scans == 1  # the mark's; the re-check's walk stats folders instead
+    assert driver.read_alone == set()
+
+
+async def test_a_store_changed_all_over_is_read_again_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each repository read alone costs several times its share of a walk of the store.
+    monkeypatch.setattr(gcrecheck, "READ_ALONE", 0)
+    driver = Counting(tmp_path / "root")
+    for name in ("team/app", "team/other"):
+        await manifest(driver, name, [await layer(driver, name, name.encode())], tag="v1")
+    stray = await blob(driver, b"never linked")
+    age_repositories(driver)
+    for name in ("team/app", "team/other"):  # a push to each since: all changed
+        os.utime(driver.local_path(f"{layout.repository(name)}/_layers/sha256"))
+    result = await collect(driver)
+    assert set(result.blobs_deleted) == {stray}
+    assert driver.store_scans == 2
+    assert driver.read_alone == set()
 
 
 @pytest.mark.parametrize(
-    ("into", "store_scans"),
+    "into",
     [
-        ("team/app", 1),  # a repository the mark read: read again alone
-        ("team/new", 2),  # a new repository: its namespace changed, the store is read again
+        "team/app",  # a repository the mark read: its layer folder changed
+        "team/new",  # a new repository: found by its name
+        "team/app/nested",  # a new one in a repository's folder
+        "team/restored",  # a new one moved in whole (its folders' mtimes kept): by its name
     ],
 )
-async def test_a_layer_linked_during_the_sweep_keeps_its_blob(
-    tmp_path: Path, into: str, store_scans: int
-) -> None:
+async def test_a_layer_linked_during_the_sweep_keeps_its_blob(tmp_path: Path, into: str) -> None:
     driver = Counting(tmp_path / "root")
     await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
     await manifest(driver, "team/other", [await layer(driver, "team/other", b"o")], tag="v1")
@@ -85,10 +115,13 @@ async def test_a_layer_linked_during_the_sweep_keeps_its_blob(
 
     async def push_mounts_it() -> None:
         await driver.put_content(layout.layer_link(into, orphan), str(orphan).encode())
+        if into == "team/restored":
+            age_repositories(driver)
 
     driver.action = push_mounts_it
     result = await collect(driver)
-    assert driver.store_scans == store_scans
+    assert driver.store_scans == 1
+    assert driver.read_alone == {into}  # read again alone, team/other not
     assert result.blobs_relinked == 1
     assert set(result.blobs_deleted) == {gone}
     assert await exists(driver, layout.blob_data(orphan))

@@ -25,9 +25,6 @@ from entrepot.storage.driver import Fold, Shard
 Blobs = dict[Digest, FileInfo | None]
 UNREAD = FileInfo("", 0, 0.0, True)
 _MARKERS = frozenset({"_layers", "_manifests", "_uploads", "_referrers"})
-# Walks of ``repositories/`` at once, apart: the walk took longer than the rest of the
-# mark (both CPUs of the bench machine; more walks would only wait for the caller).
-WALK_SHARDS = 2
 
 
 async def find_repositories(store: Limited) -> list[str]:
@@ -316,9 +313,8 @@ async def scan_store(
     progress. Where the driver walks locally (a disk), gcwalk's walk reads the tags and,
     with ``refs``, the manifests (into ``refs``, as read_refs) as it goes; elsewhere one
     folded ``scan`` of ``repositories/`` (a walk apart reads them itself: ``mark_reads``)
-    and what a batch names but did not read is read while the walk goes on. Where walks
-    apart take CPUs of their own (a disk), WALK_SHARDS walks share the repositories by
-    their top-level folders."""
+    and what a batch names but did not read is read while the walk goes on; in the
+    store's ``walk_shards``."""
     scanner = _Scanner(fresh_after, refs=refs)
     ahead: list[asyncio.Future[None]] = []
 
@@ -345,12 +341,8 @@ async def scan_store(
             scanner.add_keys(batch)
             read_ahead(len(batch))
 
-    shards = WALK_SHARDS if store.apart and store.driver.walks_apart else 1
     try:
-        if shards == 1:
-            await walk(None)
-        else:
-            await asyncio.gather(*(walk((index, shards)) for index in range(shards)))
+        await asyncio.gather(*(walk(shard) for shard in store.walk_shards()))
         await asyncio.gather(*ahead)
     finally:  # the walk failed, or a read did: the others are not wanted
         for task in ahead:
@@ -359,7 +351,12 @@ async def scan_store(
 
 
 async def scan_repository(
-    store: Limited, name: str, fresh_after: float, *, layer_folders: bool = False
+    store: Limited,
+    name: str,
+    fresh_after: float,
+    *,
+    layer_folders: bool = False,
+    tag_links: bool = True,
 ) -> RepoScan:
     """One repository's ``scan_store`` (its marker folders only: a repository nested in it
     is not its content), where ``layers`` are the linked ones only, unless
@@ -369,7 +366,7 @@ async def scan_repository(
 
     async def folder(marker: str) -> None:
         def fold(directory: str) -> str | None:
-            return marker_leaf([marker, *directory.split("/")[:-1]], True, True)
+            return marker_leaf([marker, *directory.split("/")[:-1]], tag_links, True)
 
         prefix = f"{layout.repository(name)}/{marker}"
         async for batch in store.driver.scan(prefix, fold=fold):

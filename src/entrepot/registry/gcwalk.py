@@ -39,14 +39,58 @@ BATCH = 256
 def repository_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
     """Every repository under ``prefix`` (``repositories/``) as a Record, in batches."""
     walk = _Walk(view, prefix, TAGS in args, MANIFESTS in args)
+    records = (walk.record(name, markers) for name, markers in _repositories(view, prefix))
+    return _batches(records)
+
+
+def changed_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
+    """For the sweep's re-check (gcrecheck): every repository under ``prefix`` as (name,
+    whether a folder of it that a push adds an entry to changed at or after ``args[0]``),
+    in batches. Those folders: ``_uploads``, the layer links' of the algorithms
+    ``args[1:]``, the revisions' of every algorithm (see gcrecheck)."""
+    since, layer_algorithms = float(args[0]), args[1:]
+
+    def changed(folder: str, markers: list[str]) -> bool:
+        keys = [f"{folder}/_uploads"] if "_uploads" in markers else []
+        if "_layers" in markers:
+            keys += [f"{folder}/_layers/{algorithm}" for algorithm in layer_algorithms]
+        if "_manifests" in markers:
+            keys += [f"{folder}/_manifests/revisions/{algorithm}" for algorithm in ALGORITHMS]
+        return any((mtime := view.mtime(key)) is not None and mtime >= since for key in keys)
+
+    return _batches(
+        (name, changed(f"{prefix}/{name}", markers))
+        for name, markers in _repositories(view, prefix)
+    )
+
+
+def _repositories(view: LocalView, prefix: str) -> Iterator[tuple[str, list[str]]]:
+    """Each repository under ``prefix`` in the walk's shard, with the names in its folder
+    that start with "_", before those nested in it."""
+
+    def below(name: str) -> Iterator[tuple[str, list[str]]]:
+        names = view.names(f"{prefix}/{name}")
+        markers = [entry for entry in names if entry[0] == "_"]
+        if markers:
+            yield name, markers
+        for entry in sorted(names):
+            if entry[0] != "_":
+                yield from below(f"{name}/{entry}")
+
     for top in sorted(view.names(prefix)):
         if top[0] != "_" and view.mine(top):
-            walk.visit(top)
-            if len(walk.records) >= BATCH:
-                yield walk.records
-                walk.records = []
-    if walk.records:
-        yield walk.records
+            yield from below(top)
+
+
+def _batches(records: Iterator[Any]) -> Iterator[list[Any]]:
+    batch = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def blob_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
@@ -65,17 +109,6 @@ class _Walk:
     def __init__(self, view: LocalView, prefix: str, tags: bool, manifests: bool) -> None:
         self.view, self.prefix = view, prefix
         self.tags, self.manifests = tags, manifests
-        self.records: list[Record] = []
-
-    def visit(self, name: str) -> None:
-        """The repository ``name`` if it is one, and those below it."""
-        names = self.view.names(f"{self.prefix}/{name}")
-        markers = [entry for entry in names if entry[0] == "_"]
-        if markers:
-            self.records.append(self.record(name, markers))
-        for entry in sorted(names):
-            if entry[0] != "_":
-                self.visit(f"{name}/{entry}")
 
     def record(self, name: str, markers: list[str]) -> Record:
         view, folder = self.view, f"{self.prefix}/{name}"

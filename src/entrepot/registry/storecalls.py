@@ -27,6 +27,9 @@ async def _no_pause() -> None:
 BULK_SLICE = 1024
 # Bulk calls in flight at once where the driver works apart (Limited.apart).
 BULK_AHEAD = 3
+# Walks of a tree at once, apart: a collection's walk of ``repositories/`` took longer than
+# the rest of its mark (both CPUs of the bench machine; more would only wait for the caller).
+WALK_SHARDS = 2
 
 
 class Limited:
@@ -58,6 +61,13 @@ class Limited:
             batches = self.driver.scan(prefix, fold=fold)
         async for batch in self._paced(batches):
             yield batch
+
+    def walk_shards(self) -> list[Shard | None]:
+        """How walks of a tree share it: WALK_SHARDS walks where walks apart take CPUs of
+        their own (a disk), else one."""
+        if self.apart and self.driver.walks_apart:
+            return [(index, WALK_SHARDS) for index in range(WALK_SHARDS)]
+        return [None]
 
     async def walk_local(
         self, prefix: str, walk: LocalWalk, args: tuple[str, ...], shard: Shard | None

@@ -31,6 +31,10 @@ class LocalView(Protocol):
     def get(self, key: str) -> bytes | None:
         """The object's bytes; None for a missing key or a folder."""
 
+    def mtime(self, key: str) -> float | None:
+        """When the object, or the folder, was last changed (a folder: an entry added or
+        removed); None for a missing key."""
+
     def mine(self, name: str) -> bool:
         """Whether the walk's top-level entry ``name`` is in its shard (see in_shard)."""
 
@@ -66,6 +70,12 @@ class DiskView:
         try:
             return _get(self._base + key)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def mtime(self, key: str) -> float | None:
+        try:
+            return os.stat(self._base + key).st_mtime
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def mine(self, name: str) -> bool:
