@@ -814,6 +814,26 @@ async def test_delete_many_deletes_objects_and_their_emptied_folders(
             await driver.stat("b/1")
 
 
+async def test_delete_in_deletes_an_object_by_name_in_each_folder(
+    driver: StorageDriver, bulk_default: bool
+) -> None:
+    # A collection deletes the blobs it set aside so: ``<blob folder>/collecting``.
+    for key in ("b/1/aside", "b/2/aside", "b/2/data", "b/3/other"):
+        await driver.put_content(key, b"v")
+    delete_in = StorageDriver.delete_in if bulk_default else type(driver).delete_in
+    await delete_in(driver, ["b/1", "b/2", "b/3", "b/9"], "aside")
+    for key in ("b/1/aside", "b/2/aside"):
+        with pytest.raises(StorageNotFound):
+            await driver.stat(key)
+    assert await driver.get_content("b/2/data") == b"v"  # refilled meanwhile: kept
+    assert await driver.get_content("b/3/other") == b"v"
+    if not bulk_default:  # the default deletes objects only; folders are the driver's
+        assert await driver.list("b") == ["2", "3"]
+    with pytest.raises(StorageError):
+        await delete_in(driver, ["b/3"], "x/other")
+    assert await driver.get_content("b/3/other") == b"v"
+
+
 # ---- keys -----------------------------------------------------------------------------
 
 INVALID_KEYS = ["../x", "/abs", "a//b", "a/../b", "a/./b", "a/", "..", "a\x00b", "a\\b", ""]

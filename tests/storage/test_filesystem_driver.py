@@ -275,11 +275,13 @@ async def test_bulk_calls_apart_do_what_they_do_in_threads(
             False,
         ]
         await fs.delete_many([dst for _, dst in aside[:1000]])
+        await fs.delete_in([key.removesuffix("/data") for key in keys[1000:2000]], "collecting")
     assert helper_pids(fs) == []
     assert [process.returncode for process in processes] == [0, 0]  # ended with the block
     assert not exists(root / "b" / "00" / "0000")  # deleted, with its emptied folder
-    assert exists(root / "b" / "10" / "1010" / "collecting")
-    assert not exists(root / "b" / "10" / "1010" / "data")
+    assert not exists(root / "b" / "00" / "1000")  # deleted by name in its folder
+    assert exists(root / "b" / "10" / "2010" / "collecting")
+    assert not exists(root / "b" / "10" / "2010" / "data")
 
 
 async def test_a_bulk_call_apart_names_the_path_that_failed(

@@ -121,7 +121,7 @@ class CollectorSweep:
         progress = self._progress("sweeping: blobs deleted", len(deleted))
         for start in range(0, len(deleted), _SWEEP_BATCH):
             batch = deleted[start : start + _SWEEP_BATCH]
-            await self.store.delete_many([quarantine_key(d) for d in batch])
+            await self.store.delete_in([layout.blob_dir(d) for d in batch], QUARANTINE)
             progress.tick(len(batch))
         for digest in deleted:
             self.result.blobs_deleted[digest] = doomed[digest]

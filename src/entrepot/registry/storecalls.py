@@ -109,6 +109,12 @@ class Limited:
     async def delete_many(self, keys: Sequence[str]) -> None:
         await self._sliced(keys, self.driver.delete_many)
 
+    async def delete_in(self, folders: Sequence[str], name: str) -> None:
+        async def delete(part: Sequence[str]) -> None:
+            await self.driver.delete_in(part, name)
+
+        await self._sliced(folders, delete)
+
     async def _sliced(
         self, items: Sequence[T], call: Callable[[Sequence[T]], Awaitable[R]]
     ) -> list[R]:

@@ -452,6 +452,13 @@ class StorageDriver(abc.ABC):
 
         await bounded([one(key) for key in keys])
 
+    async def delete_in(self, folders: Sequence[str], name: str) -> None:
+        """``delete_many`` of ``<folder>/<name>`` for each folder key, ``name`` one segment:
+        a collection deletes each blob it set aside so, named by its folder (one key a
+        blob, not a key built and checked per object, as move_stale_in)."""
+        check_names(name)
+        await self.delete_many([f"{folder}/{name}" for folder in folders])
+
     @abc.abstractmethod
     async def move(
         self, src: str, dst: str, *, sync: bool = True, if_version: str | None = None

@@ -384,6 +384,13 @@ class FilesystemDriver(StorageDriver):
             with contextlib.suppress(StorageNotFound):
                 await self.delete(key)
 
+    async def delete_in(self, folders: Sequence[str], name: str) -> None:
+        """One path a folder sent, the helpers (or threads) join the name."""
+        check_names(name)
+        _check_key(name)  # no temp file's name either
+        chunks = _chunks([self._bulk_path(folder) for folder in folders])
+        await self._bulk("delete_in", folders[0] if folders else "", False, chunks, name)
+
     def _move_chunks(self, moves: Sequence[tuple[str, str]]) -> tuple[str, bool, _Chunks]:
         """``_bulk``'s key, missing and chunks for moving each (src, dst) pair."""
         pairs = [(self._bulk_path(src), self._bulk_path(dst)) for src, dst in moves]

@@ -112,13 +112,23 @@ def move_all(moves: list[tuple[str, str]], sync: bool) -> list[bool]:
 
 def delete_files(paths: list[str]) -> None:
     for path in paths:
-        try:
-            os.unlink(path)
-        except MISSING:
-            continue
-        # Its folder too, once empty; rmdir refuses one a writer has put something in.
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(path))
+        _delete(path, os.path.dirname(path))
+
+
+def delete_in(folders: list[str], name: str) -> None:
+    """Each ``<folder>/<name>`` (see StorageDriver.delete_in)."""
+    for folder in folders:
+        _delete(f"{folder}/{name}", folder)
+
+
+def _delete(path: str, folder: str) -> None:
+    try:
+        os.unlink(path)
+    except MISSING:
+        return
+    # Its folder too, once empty; rmdir refuses one a writer has put something in.
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
 
 
 OPS: dict[str, Callable[..., Any]] = {
@@ -126,6 +136,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "move": move_all,
     "aside": move_stale,
     "delete": delete_files,
+    "delete_in": delete_in,
 }
 LENGTH = struct.Struct("<I")
 

@@ -203,6 +203,10 @@ class TimedDriver(StorageDriver):
         with self._timed("Delete"):
             await self.inner.delete_many(keys)
 
+    async def delete_in(self, folders: Sequence[str], name: str) -> None:
+        with self._timed("Delete"):
+            await self.inner.delete_in(folders, name)
+
     async def redirect_url(self, key: str) -> str | None:
         return await self.inner.redirect_url(key)
 
