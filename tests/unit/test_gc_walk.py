@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from entrepot.oci.digest import Digest
-from entrepot.registry import layout
+from entrepot.registry import gcwalk, layout
 from entrepot.registry.gcscan import UNREAD, find_blobs, scan_store
+from entrepot.registry.gcwalk import repository_records
 from entrepot.registry.manifestrefs import ManifestRefs, manifest_ref_pairs
 from entrepot.registry.storecalls import Limited
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.localwalk import DiskView
 from tests.unit.test_gc import blob, layer, manifest
 
 
@@ -125,6 +127,33 @@ async def test_the_layout_walk_finds_what_the_folded_scan_finds(
         assert solo.tag_names == ["gone", "junk"] and solo.tags == {}
     else:
         assert app.tags == {} and app.tag_names == []
+
+
+@pytest.mark.parametrize("share_below", [gcwalk.SHARE_BELOW, 1])
+async def test_the_walks_share_one_namespace_of_repositories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, share_below: int
+) -> None:
+    # One organisation's registry: every repository below one top-level folder.
+    monkeypatch.setattr(gcwalk, "SHARE_BELOW", share_below)
+    driver = FilesystemDriver(tmp_path / "root")
+    await odd_store(driver)
+    for n in range(16):
+        await manifest(driver, f"org/app{n}", [await layer(driver, f"org/app{n}", b"l")])
+    base = driver.local_path(layout.REPOSITORIES).removesuffix(f"/{layout.REPOSITORIES}")
+
+    def walked(shard: tuple[int, int] | None) -> list[str]:
+        view = DiskView(base, shard)
+        return [r[0] for batch in repository_records(view, layout.REPOSITORIES, ()) for r in batch]
+
+    whole = walked(None)
+    parts = [walked((index, 2)) for index in range(2)]
+    assert len(whole) == 7 + 16
+    assert sorted(parts[0] + parts[1]) == sorted(whole)  # each repository in one walk
+    in_org = [[name for name in part if name.startswith("org/")] for part in parts]
+    if share_below > 1:
+        assert all(in_org)  # both walks share it
+    else:  # shared by top-level folders: one walk has the whole namespace
+        assert sorted(len(names) for names in in_org) == [0, 16]
 
 
 async def test_without_refs_no_manifest_is_read(tmp_path: Path) -> None:

@@ -34,6 +34,9 @@ TAGS = "tags"
 MANIFESTS = "manifests"
 # Records per batch sent back: the caller reads the first ones while the rest are walked.
 BATCH = 256
+# Top-level folders below which walks share the repositories rather than by them (see
+# _repositories): listing this many folders in every walk costs nothing to speak of.
+SHARE_BELOW = 64
 
 
 def repository_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
@@ -66,20 +69,35 @@ def changed_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iter
 
 def _repositories(view: LocalView, prefix: str) -> Iterator[tuple[str, list[str]]]:
     """Each repository under ``prefix`` in the walk's shard, with the names in its folder
-    that start with "_", before those nested in it."""
+    that start with "_", before those nested in it. The walks share the top-level folders;
+    where there are fewer than SHARE_BELOW (one organisation's namespace, say), the
+    folders below them: else one walk would do all the work."""
+
+    def split(name: str) -> tuple[list[str], list[str]]:
+        """The names in the folder that start with "_", and the others, in order."""
+        names = view.names(f"{prefix}/{name}")
+        return [e for e in names if e[0] == "_"], sorted(e for e in names if e[0] != "_")
 
     def below(name: str) -> Iterator[tuple[str, list[str]]]:
-        names = view.names(f"{prefix}/{name}")
-        markers = [entry for entry in names if entry[0] == "_"]
+        markers, entries = split(name)
         if markers:
             yield name, markers
-        for entry in sorted(names):
-            if entry[0] != "_":
-                yield from below(f"{name}/{entry}")
+        for entry in entries:
+            yield from below(f"{name}/{entry}")
 
-    for top in sorted(view.names(prefix)):
-        if top[0] != "_" and view.mine(top):
-            yield from below(top)
+    tops = [top for top in sorted(view.names(prefix)) if top[0] != "_"]
+    if len(tops) >= SHARE_BELOW:
+        for top in tops:
+            if view.mine(top):
+                yield from below(top)
+        return
+    for top in tops:  # every walk lists these few folders, each takes its share below
+        markers, entries = split(top)
+        if markers and view.mine(top):
+            yield top, markers
+        for entry in entries:
+            if view.mine(f"{top}/{entry}"):
+                yield from below(f"{top}/{entry}")
 
 
 def _batches(records: Iterator[Any]) -> Iterator[list[Any]]:

@@ -370,7 +370,8 @@ class StorageDriver(abc.ABC):
         """The batches of ``walk`` (see localwalk: a module-level function) over the store,
         run where the objects are: in a worker thread, or with ``apart`` where
         ``walks_apart``, in a process of its own; with ``shard``, its view's ``mine`` says
-        which top-level entries are the walk's. Only where ``walks_local``."""
+        which entries (top-level ones, or those the walk shares by) are the walk's. Only
+        where ``walks_local``."""
         raise StorageError(f"the {self.name} storage driver cannot walk locally")
         yield []  # unreached: an async generator, as a driver's that can
 

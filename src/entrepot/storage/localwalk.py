@@ -36,7 +36,8 @@ class LocalView(Protocol):
         removed); None for a missing key."""
 
     def mine(self, name: str) -> bool:
-        """Whether the walk's top-level entry ``name`` is in its shard (see in_shard)."""
+        """Whether ``name`` is in the walk's shard (see in_shard): a top-level entry's, or
+        whatever the walk shares its work by."""
 
 
 # A module-level function (the walking process finds it by name): given the view, the

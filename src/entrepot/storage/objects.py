@@ -39,7 +39,8 @@ Reader = Callable[[str], str | None]
 
 
 def in_shard(name: str, shard: Shard | None) -> bool:
-    """Whether the top-level entry ``name`` (no "/") is in ``shard`` (None: the whole)."""
+    """Whether the entry ``name`` is in ``shard`` (None: the whole): a top-level one, for
+    the driver's own walks; a local walk may share its work by others."""
     return shard is None or zlib.crc32(name.encode()) % shard[1] == shard[0]
 
 
