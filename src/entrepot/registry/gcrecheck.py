@@ -41,8 +41,8 @@ async def present_repositories(
     link of another cannot save one), the revisions' of every algorithm, and the revision
     folders the mark found without a link. A folder made since the mark is found by its
     own mtime (new, so changed); a new repository, by its name. A local walk (gcwalk's)
-    where the repositories are: 10,000 repositories' 40,000 folders took a third of a
-    second through the main process's stat calls."""
+    where the repositories are: statted through the main process's bulk calls, the bench
+    store's 50,000 folders cost 0.35 s of its CPU (0.07 s so)."""
     args = (repr(since), *sorted(aside | {"sha256"}))
     found: dict[str, bool] = {}
 
