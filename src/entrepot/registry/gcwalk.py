@@ -74,7 +74,7 @@ def _repositories(view: LocalView, prefix: str) -> Iterator[tuple[str, list[str]
     folders below them: else one walk would do all the work."""
 
     def split(name: str) -> tuple[list[str], list[str]]:
-        """The names in the folder that start with "_", and the others, in order."""
+        """The names in the folder that start with "_", and the others, sorted."""
         names = view.names(f"{prefix}/{name}")
         return [e for e in names if e[0] == "_"], sorted(e for e in names if e[0] != "_")
 
