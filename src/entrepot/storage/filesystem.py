@@ -367,12 +367,7 @@ class FilesystemDriver(StorageDriver):
         *,
         sync: bool = True,
     ) -> Aside:
-        """One path a folder sent, the helpers (or threads) join the names."""
-        check_names(src, dst)
-        _check_key(src)  # no temp file's name either
-        _check_key(dst)
-        chunks = _chunks([self._bulk_path(folder) for folder in folders])
-        key = folders[0] if folders else ""
+        key, chunks = self._folder_chunks(folders, src, dst)
         done = await self._bulk("aside", key, False, chunks, src, dst, older_than, sync)
         return [answer for chunk in done for answer in chunk]
 
@@ -385,11 +380,16 @@ class FilesystemDriver(StorageDriver):
                 await self.delete(key)
 
     async def delete_in(self, folders: Sequence[str], name: str) -> None:
-        """One path a folder sent, the helpers (or threads) join the name."""
-        check_names(name)
-        _check_key(name)  # no temp file's name either
-        chunks = _chunks([self._bulk_path(folder) for folder in folders])
-        await self._bulk("delete_in", folders[0] if folders else "", False, chunks, name)
+        key, chunks = self._folder_chunks(folders, name)
+        await self._bulk("delete_in", key, False, chunks, name)
+
+    def _folder_chunks(self, folders: Sequence[str], *names: str) -> tuple[str, _Chunks]:
+        """``_bulk``'s key and chunks for a call by folders and names: one path a folder
+        sent, the helpers (or threads) join the names, each checked here once."""
+        check_names(*names)
+        for name in names:
+            _check_key(name)  # no temp file's name either
+        return (folders[0] if folders else ""), _chunks([self._bulk_path(f) for f in folders])
 
     def _move_chunks(self, moves: Sequence[tuple[str, str]]) -> tuple[str, bool, _Chunks]:
         """``_bulk``'s key, missing and chunks for moving each (src, dst) pair."""
