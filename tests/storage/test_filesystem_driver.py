@@ -350,3 +350,52 @@ async def test_bulk_helpers_rest_with_the_walks(root: Path, fs: FilesystemDriver
             assert states_become(pids, {"T"}) == ["T", "T"]
         assert "T" not in states_become(pids, {"S", "R"})
         assert [i is not None for i in await fs.stat_many(["b/1/data"])] == [True]
+
+
+async def sent(fs: FilesystemDriver, count: int) -> list[int]:
+    """How many calls each helper has been sent and not answered, once ``count`` are in
+    all (or after 5 s)."""
+    serving = fs._helpers
+    assert serving is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        waiting = sorted(len(helper.waiting) for helper in serving._all)
+        if sum(waiting) >= count:
+            break
+        await asyncio.sleep(0.01)
+    return waiting
+
+
+async def test_a_helper_is_sent_its_next_call_before_it_answers(
+    root: Path, fs: FilesystemDriver
+) -> None:
+    # It starts the next chunk as it answers one, not after its answer went through the
+    # caller and the next request came back: in a collection's deletes, a fifth of its time.
+    write_file(root / "b" / "1" / "data", b"x")
+    async with fs.bulk_apart():
+        with walks_stopped():  # nothing is answered meanwhile
+            assert states_become(helper_pids(fs), {"T"}) == ["T", "T"]
+            calls = [asyncio.ensure_future(fs.stat_many(["b/1/data"])) for _ in range(5)]
+            assert await sent(fs, 4) == [2, 2]  # the fifth waits for an answer
+        found = await asyncio.gather(*calls)
+    assert [[i is not None for i in infos] for infos in found] == [[True]] * 5
+
+
+async def test_a_cancelled_bulk_call_leaves_its_helper_serving_in_step(
+    root: Path, fs: FilesystemDriver
+) -> None:
+    # The helper still answers the cancelled call; that answer is dropped, the next
+    # call gets its own.
+    write_file(root / "b" / "1" / "data", b"x")
+    async with fs.bulk_apart():
+        pids = helper_pids(fs)
+        with walks_stopped():
+            assert states_become(pids, {"T"}) == ["T", "T"]
+            cancelled = asyncio.ensure_future(fs.stat_many(["b/1/data", "b/2/data"]))
+            assert await sent(fs, 1) == [0, 1]
+            cancelled.cancel()
+        for _ in range(4):  # each helper's next call, twice
+            infos = await fs.stat_many(["b/2/data", "b/1/data"])
+            assert [i is not None for i in infos] == [False, True]
+        assert helper_pids(fs) == pids
+    assert cancelled.cancelled()
