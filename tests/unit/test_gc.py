@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from entrepot.oci.digest import Digest
-from entrepot.registry import layout
+from entrepot.registry import layout, storecalls
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcscan import UNREAD, find_blobs, read_blobs, scan_repository, scan_store
@@ -499,3 +499,18 @@ async def test_a_disk_lists_blob_folders_and_reads_only_the_unmarked(
     info = blobs[stray]
     assert info is not None and info.size == len(b"stray")
     assert blobs[kept] is UNREAD
+
+
+async def test_a_long_collection_says_how_far_it_has_come(
+    driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A line per phase every progress_every seconds: here, each time there is news; the
+    # deletes' after each bulk call (two blobs each here).
+    monkeypatch.setattr(storecalls, "BULK_SLICE", 2)
+    for n in range(5):
+        await blob(driver, b"unreferenced %d" % n)
+    lines: list[str] = []
+    await collect(driver, lines, progress_every=0.0)
+    assert "marking: blobs found: 5" in lines
+    deletes = [line for line in lines if line.startswith("sweeping: blobs deleted: ")]
+    assert deletes == [f"sweeping: blobs deleted: {n}/5" for n in (2, 4, 5)]

@@ -28,7 +28,7 @@ from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import StorageDriver
 
 _REPO_FOLDERS = ("_manifests", "_layers", "_referrers", "_uploads")
-# Blobs (or layer links) deleted per bulk call: a progress line can follow between calls.
+# Layer links deleted per bulk call: a progress line can follow between calls.
 _SWEEP_BATCH = 4096
 
 
@@ -119,10 +119,8 @@ class CollectorSweep:
         # With its folder, as registry:2 removes it; unless a push of the same bytes
         # refilled it meanwhile: then only the quarantined copy goes.
         progress = self._progress("sweeping: blobs deleted", len(deleted))
-        for start in range(0, len(deleted), _SWEEP_BATCH):
-            batch = deleted[start : start + _SWEEP_BATCH]
-            await self.store.delete_in([layout.blob_dir(d) for d in batch], QUARANTINE)
-            progress.tick(len(batch))
+        folders = [layout.blob_dir(d) for d in deleted]
+        await self.store.delete_in(folders, QUARANTINE, progress.tick)
         for digest in deleted:
             self.result.blobs_deleted[digest] = doomed[digest]
         if self.journal:

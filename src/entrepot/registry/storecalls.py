@@ -109,18 +109,27 @@ class Limited:
     async def delete_many(self, keys: Sequence[str]) -> None:
         await self._sliced(keys, self.driver.delete_many)
 
-    async def delete_in(self, folders: Sequence[str], name: str) -> None:
+    async def delete_in(
+        self, folders: Sequence[str], name: str, done: Callable[[int], None] | None = None
+    ) -> None:
+        """The driver's delete_in, ``done`` told the count of each slice deleted (one call
+        for all: between calls of a slice or a few each, the driver's processes idled)."""
+
         async def delete(part: Sequence[str]) -> None:
             await self.driver.delete_in(part, name)
 
-        await self._sliced(folders, delete)
+        await self._sliced(folders, delete, done)
 
     async def _sliced(
-        self, items: Sequence[T], call: Callable[[Sequence[T]], Awaitable[R]]
+        self,
+        items: Sequence[T],
+        call: Callable[[Sequence[T]], Awaitable[R]],
+        done: Callable[[int], None] | None = None,
     ) -> list[R]:
         """``call`` on each BULK_SLICE of ``items``, each after a pace, the results in
-        order; apart, BULK_AHEAD slices at once: the caller builds the next slice's keys
-        and reads the last one's answers while the driver's processes work."""
+        order, ``done`` told each slice's length once it is done; apart, BULK_AHEAD slices
+        at once: the caller builds the next slice's keys and reads the last one's answers
+        while the driver's processes work."""
         slices = [items[start : start + BULK_SLICE] for start in range(0, len(items), BULK_SLICE)]
         if not slices:
             return []
@@ -129,7 +138,10 @@ class Limited:
         async def one(part: Sequence[T]) -> R:
             async with gate:
                 await self.pace()
-                return await call(part)
+                result = await call(part)
+            if done is not None:
+                done(len(part))
+            return result
 
         return list(await asyncio.gather(*(one(part) for part in slices)))
 
