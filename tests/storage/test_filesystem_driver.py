@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -16,6 +17,7 @@ from entrepot.storage import FileInfo, StorageError, StorageNotFound, fsbulkops
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.fschildren import walks_stopped
 from entrepot.storage.fswalk import BATCH
+from tests.storage.test_contract import names_and_reads
 
 KEY = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
 
@@ -399,3 +401,35 @@ async def test_a_cancelled_bulk_call_leaves_its_helper_serving_in_step(
             assert [i is not None for i in infos] == [False, True]
         assert helper_pids(fs) == pids
     assert cancelled.cancelled()
+
+
+async def test_a_walk_apart_takes_a_spare_started_ahead(root: Path, fs: FilesystemDriver) -> None:
+    # A spare has started and imported the walk's module; told the walk, it walks as a
+    # child started for it would. Spares no walk took end with the block.
+    for n in range(3):
+        write_file(root / "s" / f"t{n}" / "f", b"x" * n)
+    wanted = [b async for b in fs.walk_local("s", names_and_reads, ("f",))]
+    async with fs.bulk_apart():
+        await fs.prepare_walks(names_and_reads, 2)
+        assert fs._spares is not None
+        spares = list(fs._spares._ready)
+        assert len(spares) == 2
+        walked = [b async for b in fs.walk_local("s", names_and_reads, ("f",), apart=True)]
+        assert fs._spares._ready == spares[:1]
+    assert walked == wanted
+    assert spares[1].returncode == 0  # walked, and ended
+    assert spares[0].returncode == -signal.SIGKILL
+    assert fs._spares is None
+
+
+async def test_walks_apart_start_their_own_once_the_spares_are_taken(
+    root: Path, fs: FilesystemDriver
+) -> None:
+    write_file(root / "s" / "t" / "f", b"x")
+    wanted = [b async for b in fs.walk_local("s", names_and_reads, ("f",))]
+    async with fs.bulk_apart():
+        await fs.prepare_walks(names_and_reads, 1)
+        for _ in range(3):
+            assert [b async for b in fs.walk_local("s", names_and_reads, ("f",), apart=True)] == (
+                wanted
+            )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,8 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import gcrecheck, layout
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions
 from entrepot.registry.gcwalk import repository_records
-from entrepot.storage.driver import Fold, Infos
+from entrepot.registry.storecalls import WALK_SHARDS
+from entrepot.storage.driver import Aside, Fold, Infos, Records, Shard
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.localwalk import LocalWalk
 from tests.unit.test_gc import (
@@ -225,3 +226,57 @@ async def test_a_layer_of_another_algorithm_linked_during_the_sweep_keeps_its_bl
     assert driver.store_scans == 1
     assert result.blobs_relinked == 1
     assert await exists(driver, layout.blob_data(orphan))
+
+
+class Preparing(FilesystemDriver):
+    """Notes the walks prepared and made, the spares waiting at each, and the set-aside."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.calls: list[tuple[str, ...]] = []
+
+    async def prepare_walks(self, walk: LocalWalk, count: int) -> None:
+        self.calls.append(("prepare", walk.__name__, str(count)))
+        await super().prepare_walks(walk, count)
+
+    async def walk_local(
+        self,
+        prefix: str,
+        walk: LocalWalk,
+        args: tuple[str, ...] = (),
+        *,
+        shard: Shard | None = None,
+        apart: bool = False,
+    ) -> AsyncGenerator[Records, None]:
+        waiting = 0 if self._spares is None else len(self._spares._ready)
+        self.calls.append(("walk", walk.__name__, f"{waiting} spares"))
+        async for batch in super().walk_local(prefix, walk, args, shard=shard, apart=apart):
+            yield batch
+
+    async def move_stale_in(
+        self, folders: Sequence[str], src: str, dst: str, older_than: float, *, sync: bool = True
+    ) -> Aside:
+        self.calls.append(("aside",))
+        return await super().move_stale_in(folders, src, dst, older_than, sync=sync)
+
+
+async def test_the_re_checks_walk_children_start_while_the_mark_is_summed_up(
+    tmp_path: Path,
+) -> None:
+    # Their start (a Python's, and its imports: 80 ms of a CPU each) falls where the
+    # collector computes with one CPU, not between the set-aside and the re-check.
+    driver = Preparing(tmp_path / "root")
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
+    stray = await blob(driver, b"never linked")
+    result = await collect(driver, apart=True)
+    assert set(result.blobs_deleted) == {stray}
+    prepared = driver.calls.index(("prepare", "changed_records", str(WALK_SHARDS)))
+    mark, sweep = driver.calls[:prepared], driver.calls[prepared + 1 :]
+    assert sorted(mark) == [
+        ("walk", "blob_records", "0 spares"),
+        *[("walk", "repository_records", "0 spares")] * WALK_SHARDS,
+    ]
+    assert sweep == [
+        ("aside",),
+        *[("walk", "changed_records", f"{n} spares") for n in range(WALK_SHARDS, 0, -1)],
+    ]

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from entrepot.oci.digest import Digest, sorted_digests
+from entrepot.registry import gcrecheck
 from entrepot.registry.gcpace import Pacer
 from entrepot.registry.gcrefs import keep_closure, read_refs
 from entrepot.registry.gcresult import GcOptions, GcResult
@@ -99,6 +100,8 @@ class GarbageCollector(CollectorSweep):
             self._scan_all("marking", mark=True),
             find_blobs(self.store, self._progress("marking: blobs found")),
         )
+        if not self.options.dry_run:
+            await gcrecheck.prepare(self.store)
         if self.options.rules:
             self.plan = await plan_retention(
                 self.store, scans.values(), self.options.rules, now, self.cutoff

@@ -78,6 +78,11 @@ class Limited:
         async for batch in self._paced(batches):
             yield batch
 
+    async def prepare_walks(self, walk: LocalWalk, count: int) -> None:
+        """The driver's prepare_walks, where this walks apart."""
+        if self.apart:
+            await self.driver.prepare_walks(walk, count)
+
     async def _paced(self, batches: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
         try:
             async for batch in batches:

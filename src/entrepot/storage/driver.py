@@ -375,6 +375,12 @@ class StorageDriver(abc.ABC):
         raise StorageError(f"the {self.name} storage driver cannot walk locally")
         yield []  # unreached: an async generator, as a driver's that can
 
+    async def prepare_walks(self, walk: LocalWalk, count: int) -> None:
+        """A hint, within bulk_apart: ``count`` walks apart of ``walk`` follow soon. A
+        driver whose walks apart start processes starts them now, while the caller
+        computes; others do nothing."""
+        return
+
     @contextlib.asynccontextmanager
     async def bulk_apart(self) -> AsyncIterator[None]:
         """For the block, the bulk calls (stat_many, move_many, delete_many) may run in

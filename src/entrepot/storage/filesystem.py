@@ -47,7 +47,7 @@ from entrepot.storage.driver import (
 from entrepot.storage.fsbulk import BulkHelpers, HelpersGone
 from entrepot.storage.fsbulkops import MISSING as _MISSING
 from entrepot.storage.fsbulkops import OPS as BULK_OPS
-from entrepot.storage.fschildren import fold_name, walk_apart, walk_local_apart
+from entrepot.storage.fschildren import WalkSpares, fold_name, walk_apart, walk_local_apart
 from entrepot.storage.fsops import (
     TMP_PREFIX,
     WALK_BATCH_FIRST,
@@ -161,6 +161,7 @@ class FilesystemDriver(StorageDriver):
         self.leases = FlockLeases(self._root)
         self._read_whole = SmallFiles().read if stat_is_live(self._root) else _get
         self._helpers: BulkHelpers | None = None  # see bulk_apart
+        self._spares: WalkSpares | None = None  # see prepare_walks
 
     @property
     def rootdirectory(self) -> str:
@@ -338,7 +339,8 @@ class FilesystemDriver(StorageDriver):
         if prefix:
             check_key(prefix)
         if apart and self.walks_apart:
-            async for records in walk_local_apart(self._root, prefix, name, args, shard):
+            spare = None if self._spares is None else self._spares.take()
+            async for records in walk_local_apart(self._root, prefix, name, args, shard, spare):
                 yield records
             return
         batches = walk_disk(self._root, prefix, walk, args, shard)
@@ -417,20 +419,28 @@ class FilesystemDriver(StorageDriver):
                 raise result
         return done
 
+    async def prepare_walks(self, walk: LocalWalk, count: int) -> None:
+        """Spare walk children (fschildren.WalkSpares), with ``walk``'s module imported."""
+        if self._spares is not None:
+            await self._spares.start(count, walk.__module__)
+
     @contextlib.asynccontextmanager
     async def bulk_apart(self) -> AsyncIterator[None]:
         """Bulk calls in two helper processes (fsbulk) for the block: a collection's
         hundred thousand stats, moves and deletes took twice as long in two threads,
-        which mostly waited for each other's GIL."""
+        which mostly waited for each other's GIL. Spare walk children (prepare_walks)
+        only within it: they end with it."""
         if self._helpers is not None:  # nested: the outer block's helpers serve
             yield
             return
         helpers = self._helpers = BulkHelpers(BULK_THREADS)
+        spares = self._spares = WalkSpares()
         try:
             await helpers.start()
             yield
         finally:
-            self._helpers = None
+            self._helpers = self._spares = None
+            await spares.stop()
             await helpers.stop()
 
     async def move(

@@ -7,7 +7,8 @@ that was its stdout, which it then points at its stderr: a warning a library pri
 cannot corrupt them. FOLD names a module-level function (``module:name``) or is ``-``;
 SHARD is ``INDEX/COUNT`` (see driver.Shard) or ``-``.
 With ``--local BASE PREFIX WALK SHARD ARGS...`` it writes the batches of the local walk
-WALK (``module:name``, see localwalk) instead.
+WALK (``module:name``, see localwalk) instead. With ``--wait MODULE`` it imports MODULE and
+then reads either form of argv from stdin (see WAIT).
 With ``READ BASE PREFIX`` (a Reader, see StorageDriver.scan_apart; the store's root path;
 the walk's key in it) each row also has a version (None) and the bytes READ names.
 """
@@ -47,6 +48,9 @@ def _load_function(name: str) -> object:
 
 # argv[0] of a child running a local walk (see localwalk), not a fold's walk.
 LOCAL = "--local"
+# argv[0] of a spare (fschildren.WalkSpares): ``WAIT MODULE`` imports MODULE, then reads
+# its walk's argv from stdin (a marshal list; nothing: it ends).
+WAIT = "--wait"
 # Objects per message from the walking process: the caller reads the first ones while
 # the rest are walked.
 BATCH = 8192
@@ -89,6 +93,12 @@ def _private_stdout() -> int:
 
 def main(argv: list[str]) -> None:
     found: Iterator[list[Any]]
+    if argv[0] == WAIT:
+        importlib.import_module(argv[1])
+        told = sys.stdin.buffer.read()
+        if not told:
+            return
+        argv = marshal.loads(told)
     if argv[0] == LOCAL:
         base, prefix, walk, part, *args = argv[1:]
         local = cast(LocalWalk, _load_function(walk))

@@ -174,6 +174,9 @@ class TimedDriver(StorageDriver):
         async for batch in batches:
             yield batch
 
+    async def prepare_walks(self, walk: LocalWalk, count: int) -> None:
+        await self.inner.prepare_walks(walk, count)
+
     @contextlib.asynccontextmanager
     async def bulk_apart(self) -> AsyncIterator[None]:
         async with self.inner.bulk_apart():
