@@ -107,7 +107,8 @@ class GarbageCollector(CollectorSweep):
                 self.store, scans.values(), self.options.rules, now, self.cutoff
             )
         marked, unkept = await self._mark(scans, blobs)
-        doomed = await self._unmarked_blobs(blobs, blobs.keys() - marked, scans.values())
+        unmarked = [d for d in blobs if d not in marked]  # in the listing's order
+        doomed = await self._unmarked_blobs(blobs, unmarked, scans.values())
         result = self.result
         result.blobs_eligible = dict(doomed)
         result.manifests_eligible = sorted(
@@ -164,23 +165,24 @@ class GarbageCollector(CollectorSweep):
         self, scans: dict[str, RepoScan], blobs: Blobs
     ) -> tuple[set[Digest], dict[str, set[Digest]]]:
         """The marked blobs, and by repository the manifests that are not kept."""
-        await read_refs(
-            self.store, (d for s in scans.values() for d in s.revisions & blobs.keys()), self.refs
-        )
+        valid = {name: scan.revisions & blobs.keys() for name, scan in scans.items()}
+        await read_refs(self.store, (d for found in valid.values() for d in found), self.refs)
         marked: set[Digest] = set()
         unkept: dict[str, set[Digest]] = {}
         for scan in scans.values():
-            valid = scan.revisions & blobs.keys()
+            present = valid[scan.name]
             roots = self._roots(scan)
-            kept = keep_closure(valid, roots, self.refs)
+            # Every manifest a root (no flag, no rule): the closure is what is present.
+            closed = roots is scan.revisions
+            kept = present if closed else keep_closure(present, roots, self.refs)
             self.result.manifests_marked += len(kept)
+            marked |= kept
             for digest in kept:
-                marked.add(digest)
                 marked |= self.refs[digest].references
             if scan.upload_active:
                 marked |= scan.layers
-            if valid - kept:
-                unkept[scan.name] = valid - kept
+            if present - kept:
+                unkept[scan.name] = present - kept
         self.result.repositories = len(scans)
         self.result.blobs_marked = len(marked)
         return marked, unkept
@@ -216,7 +218,7 @@ class GarbageCollector(CollectorSweep):
         return kept_tags | staying | fresh
 
     async def _unmarked_blobs(
-        self, blobs: Blobs, unmarked: set[Digest], scans: Iterable[RepoScan]
+        self, blobs: Blobs, unmarked: list[Digest], scans: Iterable[RepoScan]
     ) -> dict[Digest, int]:
         """Unmarked blobs neither written nor linked within the grace window (by the times
         the scans read), with sizes. Where the blobs' times are not read yet (a disk) and
@@ -226,8 +228,10 @@ class GarbageCollector(CollectorSweep):
         linked = {d for (_, d), mtime in self.layer_links.items() if self._fresh(mtime)}
         # In digest order: a folder's neighbours are set aside, and later deleted, one
         # after the other (a tenth faster than in set order), and the listing and the
-        # sweep's sorts find them sorted already.
-        candidates = sorted_digests(d for d in unmarked if d not in linked)
+        # sweep's sorts find them sorted already. The blobs came listed in that order
+        # (a disk's walk sorts, object storage lists keys so): this sort only checks it,
+        # where sorting them took 0.07 s of the bench store's collection.
+        candidates = sorted_digests([d for d in unmarked if d not in linked])
         apart = not self.options.dry_run and any(blobs[d] is UNREAD for d in candidates)
         await read_blobs(self.store, blobs, linked if apart else unmarked)
         if apart:

@@ -113,13 +113,14 @@ def _batches(records: Iterator[Any]) -> Iterator[list[Any]]:
 
 def blob_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
     """Every blob folder under ``prefix`` (``blobs/``): per ``<algorithm>/<2 hex>`` folder,
-    (algorithm, the encoded digests of the folders in it that name one)."""
+    (algorithm, the encoded digests of the folders in it that name one), all in digest
+    order (the collector's sorts then only check it)."""
     for algorithm in sorted(view.names(prefix)):
         top = f"{prefix}/{algorithm}"
         batch = []
         for folder in sorted(view.names(top)):
             names = view.names(f"{top}/{folder}")
-            batch.append((algorithm, [e for e in names if is_digest_at(algorithm, e)]))
+            batch.append((algorithm, sorted(e for e in names if is_digest_at(algorithm, e))))
         yield batch
 
 
