@@ -10,10 +10,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from entrepot import cli_gc
 from entrepot.cli import main
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
@@ -376,3 +378,21 @@ def test_the_command_lists_in_blocks_and_says_the_rest_at_once(
     assert all(line.startswith("blob eligible") for line in listings[0].splitlines())
     assert out.sent[-1].splitlines()[-1].startswith("deleted 5 blobs")
     assert "".join(out.sent) == out.getvalue()  # nothing left unsaid
+
+
+def test_the_command_ends_holding_what_its_collection_built(
+    driver: FilesystemDriver, tmp_path: Path
+) -> None:
+    # The program ends with os._exit (entrepot.__main__): what the collection built is
+    # never freed object by object, as it was when the run, then the collector, returned.
+    path = tmp_path / "root" / layout.blob_data(Digest.of(b"stray"))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"stray")
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/root\n"
+    )
+    assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
+    (collector,) = cli_gc._ending
+    scans, blobs, *_ = collector.built
+    assert scans == {} and list(cast("dict[Digest, object]", blobs)) == [Digest.of(b"stray")]

@@ -78,6 +78,10 @@ class GarbageCollector(CollectorSweep):
         self.result = GcResult()
         self.journal = False
         self.quarantined = []
+        # What a run built (a few hundred thousand objects on a large store), held here
+        # rather than freed as the run returns: the command, about to end, never frees it
+        # (see cli_gc.garbage_collect); a server frees it with the collector.
+        self.built: tuple[object, ...] = ()
 
     def _emit_each(self, lines: list[str]) -> None:
         for line in lines:
@@ -157,6 +161,7 @@ class GarbageCollector(CollectorSweep):
                 f"{fresh[2]} unreferenced blobs and {fresh[3]} emptied repositories; a later "
                 "collection deletes them"
             )
+        self.built = (scans, blobs, marked, unmarked, doomed, unkept)
         result.seconds = time.monotonic() - started
         result.rested = 0.0 if self.pacer is None else self.pacer.rested
         return result
