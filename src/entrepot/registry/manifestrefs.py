@@ -6,18 +6,19 @@ parses manifests in walk children).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from entrepot.oci.digest import Digest
 from entrepot.registry.digestnames import Pair, parse_pair
 
 
-@dataclass(frozen=True, slots=True)
-class ManifestRefs:
+class ManifestRefs(NamedTuple):
     """What a stored manifest points at: ``references`` as registry:2's ``References()``
     (config and layers, an index's children, a schema1 manifest's layers), ``children``
-    (an index's manifests) and ``subject`` (the manifest it refers to)."""
+    (an index's manifests) and ``subject`` (the manifest it refers to). A tuple: a
+    collection makes one per manifest (10,000 on the bench store), and a frozen dataclass
+    cost three attribute sets each; and walk children, which parse manifests, start
+    without importing dataclasses (14 ms of each one's start)."""
 
     references: frozenset[Digest]
     children: tuple[Digest, ...]

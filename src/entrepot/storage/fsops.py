@@ -7,10 +7,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 import stat as stat_mod
 from collections.abc import Callable, Iterator
-from typing import TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple
 
 from entrepot.storage.fsbulkops import fsync_dir as _fsync_dir
 from entrepot.storage.fsbulkops import makedirs as _makedirs
@@ -24,7 +23,9 @@ from entrepot.storage.objects import (
     in_shard,
 )
 from entrepot.storage.smallfiles import read_whole
-from entrepot.storage.writeback import Writeback
+
+if TYPE_CHECKING:  # walk children import this module: ctypes was a tenth of their start
+    from entrepot.storage.writeback import Writeback
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -325,6 +326,8 @@ def _move(src: str, dst: str, src_key: str, sync: bool) -> None:
 
 def _delete(path: str) -> None:
     if stat_mod.S_ISDIR(os.lstat(path).st_mode):
+        import shutil  # here: walk children import this module, and never remove trees
+
         shutil.rmtree(path)
     else:
         os.unlink(path)
