@@ -92,8 +92,7 @@ async def _from_child(
     finally:
         walker.close()
         if child.returncode is None:  # stopped early or cancelled: the rest is not wanted
-            child.kill()
-            await child.wait()
+            await _stopped(child)
         errors.cancel()
     if child.returncode != 0:
         tail = err.decode(errors="replace").strip()[-500:]
