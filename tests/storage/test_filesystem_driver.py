@@ -286,6 +286,50 @@ async def test_bulk_calls_apart_do_what_they_do_in_threads(
     assert not exists(root / "b" / "10" / "2010" / "data")
 
 
+def test_bulk_calls_in_folders_answer_as_by_whole_paths(root: Path) -> None:
+    # The set-aside and the deletes open each blob's parent folder once for the blobs in
+    # it: folders in several parents, a parent seen again, a missing parent, a missing
+    # blob and a folder named ``data`` answer as calls by whole paths do, and no folder
+    # is left open.
+    keys = ("b/00/1/data", "b/00/2/data", "b/01/3/data", "b/00/4/data", "b/00/5/data/x")
+    for size, key in enumerate(keys, start=1):
+        write_file(root / key, b"x" * size)
+    folders = [str(root / f) for f in ("b/00/1", "b/00/2", "b/01/3", "b/00/4", "b/00/9")]
+    folders += [str(root / "b/07/6"), str(root / "b/00/5")]  # no parent; a folder named data
+    fds = open_fds()
+
+    answers = fsbulkops.move_stale(folders, "data", "aside", time.time() + 60, False)
+
+    sizes = [None if stat is None else stat[0] for stat, _ in answers]
+    assert sizes == [1, 2, 3, 4, None, None, None]
+    assert [moved for _, moved in answers] == [True, True, True, True, False, False, False]
+    assert exists(root / "b/01/3/aside") and not exists(root / "b/01/3/data")
+    assert exists(root / "b/00/5/data/x")
+    assert open_fds() == fds
+    fsbulkops.delete_in(folders, "aside")
+    assert disk_files(root) == ["b/00/5/data/x"]
+    assert sorted(os.listdir(root / "b/00")) == ["5"]  # the emptied folders went too
+    assert open_fds() == fds
+
+
+def test_a_bulk_call_in_folders_names_the_whole_path_that_failed(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_file(root / "b/00/1/aside/inside", b"a folder where the blob goes")
+    write_file(root / "b/00/1/data", b"x")
+    with pytest.raises(OSError) as failed:
+        fsbulkops.move_stale([str(root / "b/00/1")], "data", "aside", time.time() + 60, False)
+    assert failed.value.filename == str(root / "b/00/1/data")
+
+    def refused(path: str, *, dir_fd: int | None = None) -> None:
+        raise PermissionError(13, "Permission denied", path)  # root is never refused
+
+    monkeypatch.setattr(os, "unlink", refused)
+    with pytest.raises(OSError) as failed:
+        fsbulkops.delete_in([str(root / "b/00/1")], "data")
+    assert failed.value.filename == str(root / "b/00/1/data")
+
+
 async def test_a_bulk_call_apart_names_the_path_that_failed(
     root: Path, fs: FilesystemDriver
 ) -> None:

