@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,8 +19,17 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout, storecalls
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
-from entrepot.registry.gcscan import UNREAD, find_blobs, read_blobs, scan_repository, scan_store
+from entrepot.registry.gcscan import (
+    UNREAD,
+    Blobs,
+    RepoScan,
+    find_blobs,
+    read_blobs,
+    scan_repository,
+    scan_store,
+)
 from entrepot.registry.gcwalk import TAGS
+from entrepot.registry.manifestrefs import ManifestRefs
 from entrepot.registry.storecalls import Limited
 from entrepot.storage import StorageDriver, StorageNotFound
 from entrepot.storage.driver import Aside, Fold, Infos, Moved, Records, Shard
@@ -499,6 +509,41 @@ async def test_a_disk_lists_blob_folders_and_reads_only_the_unmarked(
     info = blobs[stray]
     assert info is not None and info.size == len(b"stray")
     assert blobs[kept] is UNREAD
+
+
+@pytest.mark.parametrize("seed", range(25))
+async def test_marking_every_manifest_at_once_marks_as_repository_by_repository(
+    tmp_path: Path, seed: int
+) -> None:
+    # Where every manifest is a root (no --delete-untagged, no rule), the mark gathers what
+    # is present set by set; a rule, any rule, makes it go repository by repository. Both
+    # mark the same blobs and count the same manifests: shared revisions and layers,
+    # revisions whose bytes are missing, manifests read or not, uploads in progress.
+    rng = random.Random(seed)
+    pool = [Digest.trusted("sha256", f"{n:064x}") for n in range(40)]
+    blobs: Blobs = {digest: UNREAD for digest in pool if rng.random() < 0.8}
+    refs: dict[Digest, ManifestRefs] = {}
+    scans: dict[str, RepoScan] = {}
+    for n in range(rng.randint(0, 12)):
+        scan = RepoScan(f"team/app{n}", upload_active=rng.random() < 0.3)
+        scan.revisions = set(rng.sample(pool, rng.randint(0, 4)))
+        scan.layers = set(rng.sample(pool, rng.randint(0, 4)))
+        scans[scan.name] = scan
+        for digest in scan.revisions:
+            if rng.random() < 0.8:  # else read now: its bytes are not in the store
+                refs[digest] = ManifestRefs(frozenset(rng.sample(pool, 3)), (), None)
+
+    async def mark(rules: bool) -> tuple[object, ...]:
+        collector = GarbageCollector(FilesystemDriver(tmp_path), GcOptions())
+        collector.refs = dict(refs)
+        if rules:
+            collector.plan.tags = {"no/such/repository": {}}
+        marked, unkept = await collector._mark(scans, blobs)
+        result = collector.result
+        counts = (result.manifests_marked, result.blobs_marked, result.repositories)
+        return marked, unkept, counts, collector.refs
+
+    assert await mark(rules=False) == await mark(rules=True)
 
 
 async def test_a_long_collection_says_how_far_it_has_come(

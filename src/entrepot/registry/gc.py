@@ -170,6 +170,8 @@ class GarbageCollector(CollectorSweep):
         self, scans: dict[str, RepoScan], blobs: Blobs
     ) -> tuple[set[Digest], dict[str, set[Digest]]]:
         """The marked blobs, and by repository the manifests that are not kept."""
+        if not (self.options.delete_untagged or self.plan.tags or self.plan.untagged_age):
+            return await self._mark_all(scans, blobs), {}
         valid = {name: scan.revisions & blobs.keys() for name, scan in scans.items()}
         await read_refs(self.store, (d for found in valid.values() for d in found), self.refs)
         marked: set[Digest] = set()
@@ -191,6 +193,27 @@ class GarbageCollector(CollectorSweep):
         self.result.repositories = len(scans)
         self.result.blobs_marked = len(marked)
         return marked, unkept
+
+    async def _mark_all(self, scans: dict[str, RepoScan], blobs: Blobs) -> set[Digest]:
+        """``_mark`` where every manifest is a root (no ``delete_untagged``, no retention
+        rule), so every one present is kept: gathered set by set, not repository by
+        repository (that loop was 0.12 s of the bench store's run, with the CPUs idle)."""
+        revisions = [scan.revisions for scan in scans.values()]
+        linked = set().union(*revisions)
+        present = linked & blobs.keys()
+        await read_refs(self.store, present, self.refs)
+        refs = self.refs
+        marked = set(present)
+        marked.update(*[refs[digest].references for digest in present])
+        marked.update(*[scan.layers for scan in scans.values() if scan.upload_active])
+        # A manifest linked by two repositories counts in each, as _mark counts it.
+        if len(present) == len(linked):
+            self.result.manifests_marked += sum(map(len, revisions))
+        else:
+            self.result.manifests_marked += sum(len(found & present) for found in revisions)
+        self.result.repositories = len(scans)
+        self.result.blobs_marked = len(marked)
+        return marked
 
     def _roots(self, scan: RepoScan) -> set[Digest]:
         """The manifests the mark starts from: all of them, less the untagged ones that
