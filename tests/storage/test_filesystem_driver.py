@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -258,6 +259,13 @@ def helper_pids(fs: FilesystemDriver) -> list[int]:
     return [process.pid for process in helpers(fs)]
 
 
+async def ready_helpers(fs: FilesystemDriver) -> list[int]:
+    """The helpers' pids once each has said it is ready (a block goes on as they start)."""
+    assert fs._helpers is not None and fs._helpers._starting is not None
+    await fs._helpers._starting
+    return helper_pids(fs)
+
+
 async def test_bulk_calls_apart_do_what_they_do_in_threads(
     root: Path, fs: FilesystemDriver
 ) -> None:
@@ -349,7 +357,7 @@ async def test_bulk_calls_go_on_in_threads_once_the_helpers_are_gone(
         write_file(root / "b" / str(n) / "data", b"x")
     keys = [f"b/{n}/data" for n in range(4)]
     async with fs.bulk_apart():
-        for pid in helper_pids(fs):
+        for pid in await ready_helpers(fs):
             os.kill(pid, 9)
         with pytest.raises(StorageError, match="helper process"):
             await fs.stat_many(keys * 600)  # two chunks: each helper's
@@ -359,6 +367,32 @@ async def test_bulk_calls_go_on_in_threads_once_the_helpers_are_gone(
     assert disk_files(root) == []
 
 
+async def test_a_bulk_block_begins_before_its_helpers_are_ready(
+    root: Path, fs: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A collection's mark needs no helper: it begins as they start, and its first bulk
+    # call waits for them.
+    go = root / "go"
+    slow = root / "slow_helper.py"
+    write_file(
+        slow,
+        f"import os, runpy, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\n"
+        f"runpy.run_path({fsbulkops.__file__!r}, run_name='__main__')\n".encode(),
+    )
+    monkeypatch.setattr(fsbulkops, "__file__", str(slow))
+    write_file(root / "b" / "1" / "data", b"x")
+    async with contextlib.AsyncExitStack() as block:
+        try:
+            await asyncio.wait_for(block.enter_async_context(fs.bulk_apart()), 5)
+        finally:
+            ready_to_go = len(helper_pids(fs)) == 2  # started, not ready: they wait for go
+            go.touch()
+        assert ready_to_go
+        call = asyncio.ensure_future(fs.stat_many(["b/1/data"]))
+        assert [i is not None for i in await call] == [True]
+        assert len(helper_pids(fs)) == 2  # served by them, not by a thread
+
+
 async def test_bulk_calls_stay_in_threads_where_no_helper_starts(
     root: Path, fs: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -366,8 +400,8 @@ async def test_bulk_calls_stay_in_threads_where_no_helper_starts(
     monkeypatch.setattr(fsbulkops, "__file__", str(root / "unreadable.py"))
     write_file(root / "b" / "1" / "data", b"x")
     async with fs.bulk_apart():
-        assert helper_pids(fs) == []
         assert [i is not None for i in await fs.stat_many(["b/1/data"])] == [True]
+        assert helper_pids(fs) == []  # the call waited for them to fail, then took a thread
 
 
 def process_state(pid: int) -> str:
@@ -419,8 +453,9 @@ async def test_a_helper_is_sent_its_next_call_before_it_answers(
     # caller and the next request came back: in a collection's deletes, a fifth of its time.
     write_file(root / "b" / "1" / "data", b"x")
     async with fs.bulk_apart():
+        pids = await ready_helpers(fs)
         with walks_stopped():  # nothing is answered meanwhile
-            assert states_become(helper_pids(fs), {"T"}) == ["T", "T"]
+            assert states_become(pids, {"T"}) == ["T", "T"]
             calls = [asyncio.ensure_future(fs.stat_many(["b/1/data"])) for _ in range(5)]
             assert await sent(fs, 4) == [2, 2]  # the fifth waits for an answer
         found = await asyncio.gather(*calls)
@@ -434,7 +469,7 @@ async def test_a_cancelled_bulk_call_leaves_its_helper_serving_in_step(
     # call gets its own.
     write_file(root / "b" / "1" / "data", b"x")
     async with fs.bulk_apart():
-        pids = helper_pids(fs)
+        pids = await ready_helpers(fs)
         with walks_stopped():
             assert states_become(pids, {"T"}) == ["T", "T"]
             cancelled = asyncio.ensure_future(fs.stat_many(["b/1/data", "b/2/data"]))

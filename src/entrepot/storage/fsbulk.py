@@ -110,41 +110,45 @@ class BulkHelpers:
         # DEPTH places per helper, taken by a call until its answer (None: all gone).
         self._places: asyncio.Queue[_Helper | None] = asyncio.Queue()
         self._all: list[_Helper] = []
+        self._starting: asyncio.Future[None] | None = None  # the wait for their ready
 
     @property
     def available(self) -> bool:
         return bool(self._all)
 
     async def start(self) -> None:
-        """Start the helpers, all at once; where none can start, the driver's threads
-        serve."""
-        started = await asyncio.gather(*(self._start_one() for _ in range(self.count)))
-        self._all = [helper for helper in started if helper is not None]
+        """Start the helpers, all at once, and go on: calls wait until they have said they
+        are ready (a collection waited 30 ms for that before its mark, which needs none).
+        One that cannot start is dropped; with none left, the driver's threads serve."""
+        for _ in range(self.count):
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    fsbulkops.__file__,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=None,  # a crash's traceback goes where the command's errors go
+                )
+            except OSError:
+                continue
+            self._all.append(_Helper(process))
+        self._starting = asyncio.ensure_future(self._ready(list(self._all)))
+
+    async def _ready(self, helpers: list[_Helper]) -> None:
+        """Each helper's places once all have said they are ready (or failed to)."""
+        ready = await asyncio.gather(*(helper.ready() for helper in helpers))
+        for helper, ok in zip(helpers, ready, strict=True):
+            if ok:
+                helper.reader = asyncio.ensure_future(helper.read_answers())
+            else:
+                await self._drop(helper)
         for _ in range(DEPTH):
             for helper in self._all:
                 self._places.put_nowait(helper)
         if not self._all:
             self._places.put_nowait(None)
-
-    async def _start_one(self) -> _Helper | None:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                "-S",
-                fsbulkops.__file__,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=None,  # a crash's traceback goes where the command's errors go
-            )
-        except OSError:
-            return None
-        helper = _Helper(process)
-        if not await helper.ready():
-            await helper.stop()
-            return None
-        helper.reader = asyncio.ensure_future(helper.read_answers())
-        return helper
 
     async def call(self, op: str, args: tuple[Any, ...]) -> Any:
         """``fsbulkops.OPS[op](*args)`` in a helper; OSError as it raised it;
@@ -183,6 +187,9 @@ class BulkHelpers:
         await asyncio.shield(helper.stop())
 
     async def stop(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
         helpers, self._all = self._all, []
         self._places.put_nowait(None)
         for helper in helpers:
