@@ -18,7 +18,7 @@ from entrepot.storage import FileInfo, StorageError, StorageNotFound, fsbulkops
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.fschildren import walks_stopped
 from entrepot.storage.fswalk import BATCH
-from tests.storage.test_contract import names_and_reads
+from tests.storage.test_contract import INVALID_KEYS, names_and_reads
 
 KEY = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
 
@@ -292,6 +292,30 @@ async def test_bulk_calls_apart_do_what_they_do_in_threads(
     assert not exists(root / "b" / "00" / "1000")  # deleted by name in its folder
     assert exists(root / "b" / "10" / "2010" / "collecting")
     assert not exists(root / "b" / "10" / "2010" / "data")
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [*INVALID_KEYS, "a/.tmp-1", ".hidden", "a/.b", "a.b/c.d", "sha256:ab", "a/b.", "x" * 300],
+)
+def test_a_bulk_calls_paths_are_checked_as_each_key_alone(fs: FilesystemDriver, odd: str) -> None:
+    # A bulk call's keys are checked and made paths all at once; a key at fault among
+    # good ones fails the call as it fails alone, and a good one gets its path.
+    for keys in ([odd], ["blobs/a/1", odd], [odd, "b"], ["blobs/a/1", odd, "blobs/b/2"]):
+        try:
+            expected: list[str] | str = [fs._bulk_path(key) for key in keys]
+        except StorageError as exc:
+            expected = str(exc)
+        try:
+            got: list[str] | str = fs._bulk_paths(keys)
+        except StorageError as exc:
+            got = str(exc)
+        assert got == expected
+    assert fs._bulk_paths([]) == []
+    assert fs._bulk_paths(["blobs/a/1", "c"]) == [
+        f"{fs.rootdirectory}/blobs/a/1",
+        f"{fs.rootdirectory}/c",
+    ]
 
 
 def test_bulk_calls_in_folders_answer_as_by_whole_paths(root: Path) -> None:

@@ -84,7 +84,7 @@ class CollectorSweep:
         await write_journal(self.store, candidates)
         self.journal = True
         # Not synced: after a crash a blob is at either name, and both are handled.
-        folders = [layout.blob_dir(d) for d in candidates]
+        folders = layout.blob_dirs(candidates)
         answers = await self.store.move_stale_in(
             folders, "data", QUARANTINE, self.cutoff, sync=False
         )
@@ -119,7 +119,7 @@ class CollectorSweep:
         # With its folder, as registry:2 removes it; unless a push of the same bytes
         # refilled it meanwhile: then only the quarantined copy goes.
         progress = self._progress("sweeping: blobs deleted", len(deleted))
-        folders = [layout.blob_dir(d) for d in deleted]
+        folders = layout.blob_dirs(deleted)
         await self.store.delete_in(folders, QUARANTINE, progress.tick)
         for digest in deleted:
             self.result.blobs_deleted[digest] = doomed[digest]

@@ -7,6 +7,8 @@ as it is, and lets registry:2 serve a directory Entrepot wrote. The one addition
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from entrepot.oci.digest import Digest
 
 ROOT = "docker/registry/v2"
@@ -16,6 +18,12 @@ BLOBS = f"{ROOT}/blobs"
 
 def blob_dir(digest: Digest) -> str:
     return f"{BLOBS}/{digest.algorithm}/{digest.encoded[:2]}/{digest.encoded}"
+
+
+def blob_dirs(digests: Iterable[Digest]) -> list[str]:
+    """``blob_dir`` of each, without a call per digest: a collection makes 55,600 twice
+    on the bench store, with the helpers waiting."""
+    return [f"{BLOBS}/{algorithm}/{encoded[:2]}/{encoded}" for algorithm, encoded in digests]
 
 
 def blob_data(digest: Digest) -> str:

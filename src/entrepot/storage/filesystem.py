@@ -189,6 +189,23 @@ class FilesystemDriver(StorageDriver):
             return self._path(key)
         return self._prefix + key
 
+    def _bulk_paths(self, keys: Sequence[str]) -> list[str]:
+        """``_bulk_path`` of each key, checked and joined to the root all at once, in C:
+        a collection's set-aside and deletes each made 55,600 paths one call at a time
+        while the helpers waited (0.03 s each on the bench store). Each key is wrapped
+        in "/" as there, the wrapped keys joined by NUL, which no key may hold: one
+        search of the whole finds what one of each would."""
+        wrapped = "/" + "/\x00/".join(keys) + "/"  # none: "//", which falls back
+        if (
+            "//" in wrapped
+            or "/." in wrapped
+            or "\\" in wrapped
+            or wrapped.count("\x00") != len(keys) - 1
+        ):
+            return [self._bulk_path(key) for key in keys]  # the one at fault raises
+        prefix = self._prefix
+        return (prefix + f"\x00{prefix}".join(keys)).split("\x00")
+
     async def get_content(self, key: str) -> bytes:
         # Inline, not in a thread: the objects read whole are links and manifests, a few
         # hundred bytes from the page cache, and a thread hop costs several times the read
@@ -349,7 +366,7 @@ class FilesystemDriver(StorageDriver):
 
     async def stat_many(self, keys: Sequence[str]) -> Stats:
         """A chunk of keys per thread hop (or helper process: see bulk_apart)."""
-        chunks = _chunks([self._bulk_path(key) for key in keys])
+        chunks = _chunks(self._bulk_paths(keys))
         done = await self._bulk("stat", keys[0] if keys else "", True, chunks)
         return [
             None if st is None else FileInfo(key, *st)
@@ -391,7 +408,7 @@ class FilesystemDriver(StorageDriver):
         check_names(*names)
         for name in names:
             _check_key(name)  # no temp file's name either
-        return (folders[0] if folders else ""), _chunks([self._bulk_path(f) for f in folders])
+        return (folders[0] if folders else ""), _chunks(self._bulk_paths(folders))
 
     def _move_chunks(self, moves: Sequence[tuple[str, str]]) -> tuple[str, bool, _Chunks]:
         """``_bulk``'s key, missing and chunks for moving each (src, dst) pair."""
