@@ -36,6 +36,14 @@ def priority() -> tuple[int, int | None]:
     return os.getpriority(os.PRIO_PROCESS, 0), io_class
 
 
+def store_config(tmp_path: Path) -> Path:
+    """A config naming an empty store in ``tmp_path`` (a missing one is refused)."""
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
+    (tmp_path / "r").mkdir()
+    return config
+
+
 def test_the_command_collects_without_the_cyclic_garbage_collector(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -49,9 +57,7 @@ def test_the_command_collects_without_the_cyclic_garbage_collector(
             return await super().run()
 
     monkeypatch.setattr(cli_gc, "GarbageCollector", Recording)
-    config = tmp_path / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
-    (tmp_path / "r").mkdir()  # the store collected (a missing one is refused)
+    config = store_config(tmp_path)
     assert gc.isenabled()
 
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
@@ -74,9 +80,7 @@ def test_what_the_command_made_is_not_walked_as_young_objects_afterwards(
             return await super().run()
 
     monkeypatch.setattr(cli_gc, "GarbageCollector", Making)
-    config = tmp_path / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
-    (tmp_path / "r").mkdir()
+    config = store_config(tmp_path)
 
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
 
@@ -98,9 +102,7 @@ def test_the_collection_runs_at_the_lowest_priority(
             return await super().run()
 
     monkeypatch.setattr(cli_gc, "GarbageCollector", Recording)
-    config = tmp_path / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
-    (tmp_path / "r").mkdir()  # the store collected (a missing one is refused)
+    config = store_config(tmp_path)
     caller = priority()
 
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
@@ -121,9 +123,7 @@ def test_sigterm_stops_the_collection_and_frees_its_lease(
             raise AssertionError("the collection was not stopped")
 
     monkeypatch.setattr(cli_gc, "GarbageCollector", Stalled)
-    config = tmp_path / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n")
-    (tmp_path / "r").mkdir()  # the store collected (a missing one is refused)
+    config = store_config(tmp_path)
     handler = signal.getsignal(signal.SIGTERM)
 
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 130
