@@ -17,7 +17,7 @@ from typing import Any
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
-from entrepot.registry.digestnames import ALGORITHMS, Pair, is_digest_at, parse_pair
+from entrepot.registry.digestnames import ALGORITHMS, Pair, digest_names, parse_pair
 from entrepot.registry.manifestrefs import RefPairs, manifest_ref_pairs
 from entrepot.storage.localwalk import LocalView
 
@@ -120,7 +120,7 @@ def blob_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterato
         batch = []
         for folder in sorted(view.names(top)):
             names = view.names(f"{top}/{folder}")
-            batch.append((algorithm, sorted(e for e in names if is_digest_at(algorithm, e))))
+            batch.append((algorithm, sorted(digest_names(algorithm, names))))
         yield batch
 
 
@@ -142,15 +142,13 @@ class _Walk:
         # of another algorithm names no digest (the folded walk drops it as well).
         if "_layers" in markers:
             for algorithm in ALGORITHMS:
-                for encoded in view.names(f"{folder}/_layers/{algorithm}"):
-                    if is_digest_at(algorithm, encoded):
-                        layers.append((algorithm, encoded))
+                names = digest_names(algorithm, view.names(f"{folder}/_layers/{algorithm}"))
+                layers += [(algorithm, encoded) for encoded in names]
         if "_manifests" in markers:
             revisions_folder = f"{folder}/_manifests/revisions"
             for algorithm in ALGORITHMS:
-                for encoded in view.names(f"{revisions_folder}/{algorithm}"):
-                    if not is_digest_at(algorithm, encoded):
-                        continue
+                names = view.names(f"{revisions_folder}/{algorithm}")
+                for encoded in digest_names(algorithm, names):
                     link = view.stat(f"{revisions_folder}/{algorithm}/{encoded}/link")
                     if link is None:
                         unlinked.append((algorithm, encoded))

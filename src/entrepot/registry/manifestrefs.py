@@ -9,7 +9,7 @@ import json
 from typing import Any, NamedTuple
 
 from entrepot.oci.digest import Digest
-from entrepot.registry.digestnames import Pair, parse_pair
+from entrepot.registry.digestnames import Pair, parse_pairs
 
 
 class ManifestRefs(NamedTuple):
@@ -57,25 +57,22 @@ def manifest_ref_pairs(raw: bytes) -> RefPairs:
         return [], [], None
     if not isinstance(body, dict):
         return [], [], None
-    references: list[Pair] = []
-    _add_pairs(references, body.get("config"))
-    _add_pairs(references, body.get("layers"))
-    children: list[Pair] = []
-    _add_pairs(children, body.get("manifests"))
+    references = _texts(body.get("config"))
+    references += _texts(body.get("layers"))
+    children = _texts(body.get("manifests"))
     references += children
-    _add_pairs(references, body.get("fsLayers"), "blobSum")
-    subject: list[Pair] = []
-    _add_pairs(subject, body.get("subject"))
-    return references, children, subject[0] if subject else None
+    references += _texts(body.get("fsLayers"), "blobSum")
+    subject = parse_pairs(_texts(body.get("subject")))
+    return parse_pairs(references), parse_pairs(children), subject[0] if subject else None
 
 
-def _add_pairs(found: list[Pair], value: Any, key: str = "digest") -> None:
-    """Add the digest at ``key`` of a descriptor, or of each of a list of them."""
+def _texts(value: Any, key: str = "digest") -> list[str]:
+    """The text at ``key`` of a descriptor, or of each of a list of them, where it is one."""
     if value is None:
-        return
+        return []
+    found = []
     for item in value if isinstance(value, list) else (value,):
         text = item.get(key) if isinstance(item, dict) else None
         if isinstance(text, str):
-            pair = parse_pair(text)
-            if pair is not None:
-                found.append(pair)
+            found.append(text)
+    return found
