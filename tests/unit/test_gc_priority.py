@@ -12,6 +12,7 @@ import platform
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,17 @@ def store_config(tmp_path: Path) -> Path:
     return config
 
 
+def inside_each_run(monkeypatch: pytest.MonkeyPatch, hook: Callable[[], Awaitable[None]]) -> None:
+    """The command's collector awaits ``hook`` inside its run, before it collects."""
+
+    class Hooked(GarbageCollector):
+        async def run(self) -> GcResult:
+            await hook()
+            return await super().run()
+
+    monkeypatch.setattr(cli_gc, "GarbageCollector", Hooked)
+
+
 def test_the_command_collects_without_the_cyclic_garbage_collector(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -51,12 +63,10 @@ def test_the_command_collects_without_the_cyclic_garbage_collector(
     # was a quarter of the command's CPU. The caller gets it back afterwards.
     seen: list[bool] = []
 
-    class Recording(GarbageCollector):
-        async def run(self) -> GcResult:
-            seen.append(gc.isenabled())
-            return await super().run()
+    async def record() -> None:
+        seen.append(gc.isenabled())
 
-    monkeypatch.setattr(cli_gc, "GarbageCollector", Recording)
+    inside_each_run(monkeypatch, record)
     config = store_config(tmp_path)
     assert gc.isenabled()
 
@@ -74,12 +84,10 @@ def test_what_the_command_made_is_not_walked_as_young_objects_afterwards(
     # paid a tenth of a second for that on its way out.
     made: list[object] = []
 
-    class Making(GarbageCollector):
-        async def run(self) -> GcResult:
-            made.extend([n] for n in range(20_000))
-            return await super().run()
+    async def make() -> None:
+        made.extend([n] for n in range(20_000))
 
-    monkeypatch.setattr(cli_gc, "GarbageCollector", Making)
+    inside_each_run(monkeypatch, make)
     config = store_config(tmp_path)
 
     assert main(["garbage-collect", str(config), "--grace", "0"]) == 0
@@ -97,12 +105,10 @@ def test_a_disks_collection_runs_on_asyncios_own_loop(
     # each with vfork, where uvloop forked the whole collector (~16 ms each from a large one).
     loops: list[str] = []
 
-    class Recording(GarbageCollector):
-        async def run(self) -> GcResult:
-            loops.append(type(asyncio.get_running_loop()).__module__)
-            return await super().run()
+    async def record() -> None:
+        loops.append(type(asyncio.get_running_loop()).__module__)
 
-    monkeypatch.setattr(cli_gc, "GarbageCollector", Recording)
+    inside_each_run(monkeypatch, record)
 
     assert main(["garbage-collect", str(store_config(tmp_path)), "--grace", "0"]) == 0
 
@@ -120,13 +126,11 @@ def test_the_collection_runs_at_the_lowest_priority(
 ) -> None:
     seen: dict[str, tuple[int, int | None]] = {}
 
-    class Recording(GarbageCollector):
-        async def run(self) -> GcResult:
-            seen["loop"] = priority()
-            seen["worker"] = await asyncio.get_running_loop().run_in_executor(None, priority)
-            return await super().run()
+    async def record() -> None:
+        seen["loop"] = priority()
+        seen["worker"] = await asyncio.get_running_loop().run_in_executor(None, priority)
 
-    monkeypatch.setattr(cli_gc, "GarbageCollector", Recording)
+    inside_each_run(monkeypatch, record)
     config = store_config(tmp_path)
     caller = priority()
 
