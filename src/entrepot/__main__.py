@@ -10,19 +10,21 @@ from entrepot.lowpriority import lower_if_collecting
 def run() -> int:
     collecting = sys.argv[1:2] == ["garbage-collect"]
     lower_if_collecting(sys.argv[1:])  # before the command's imports (lowpriority.py)
-    from entrepot.cli import main
+    if not collecting:
+        from entrepot.cli import main
 
-    status = main()
-    if collecting:
-        # Ended now, its output flushed: a collection leaves a few hundred thousand objects
-        # (digests, scans, modules) that the interpreter would free one by one on its way
-        # out, a tenth of a second of the bench store's run for a process about to end.
-        # Its lease is released, its helper processes gone, its files closed by then.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    return status
+        return main()
+    from entrepot.cli_gc import main as collect
+
+    status = collect(sys.argv[1:])
+    # Ended now, its output flushed: a collection leaves a few hundred thousand objects
+    # (digests, scans, modules) that the interpreter would free one by one on its way
+    # out, a tenth of a second of the bench store's run for a process about to end.
+    # Its lease is released, its helper processes gone, its files closed by then.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
