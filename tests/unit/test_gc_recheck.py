@@ -5,6 +5,7 @@ such push must still save the blobs it links."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -26,6 +27,7 @@ from tests.unit.test_gc import (
     age,
     blob,
     collect,
+    descriptor,
     exists,
     layer,
     manifest,
@@ -280,3 +282,83 @@ async def test_the_re_checks_walk_children_start_while_the_mark_is_summed_up(
         ("aside",),
         *[("walk", "changed_records", f"{n} spares") for n in range(WALK_SHARDS, 0, -1)],
     ]
+
+
+class NotingWalks(Counting):
+    """Counting, noting the mark's walk's arguments."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.mark_args: list[tuple[str, ...]] = []
+
+    def walked(self, prefix: str, walk: LocalWalk, args: tuple[str, ...]) -> None:
+        super().walked(prefix, walk, args)
+        if walk is repository_records:
+            self.mark_args.append(args)
+
+
+def sha512_manifest(layers: Sequence[Digest]) -> tuple[Digest, bytes]:
+    doc = {"schemaVersion": 2, "layers": [descriptor(d) for d in layers]}
+    doc["mediaType"] = "application/vnd.oci.image.manifest.v1+json"
+    body = json.dumps(doc).encode()
+    return Digest.of(body, "sha512"), body
+
+
+@pytest.mark.parametrize("with_sha512_blob", [False, True])
+async def test_the_mark_walks_the_link_folders_of_the_algorithms_the_store_holds(
+    tmp_path: Path, with_sha512_blob: bool
+) -> None:
+    # Listing a sha512 folder that is not there cost as much as listing one that is.
+    driver = NotingWalks(tmp_path / "root")
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
+    if with_sha512_blob:
+        data = b"a sha512 layer"
+        await driver.put_content(layout.blob_data(Digest.of(data, "sha512")), data)
+    await collect(driver)
+    walked = "only:sha256,sha512" if with_sha512_blob else "only:sha256"
+    assert [args[-1] for args in driver.mark_args] == [walked] * len(driver.mark_args)
+    assert driver.mark_args
+
+
+async def test_a_manifest_of_an_algorithm_the_mark_skipped_linked_again_keeps_its_blobs(
+    tmp_path: Path,
+) -> None:
+    # A sha512 manifest deleted (its link only, as registry:2 does) and its bytes collected:
+    # the store holds no sha512 blob, the mark lists no sha512 folder. Pushed again during
+    # the sweep, its link goes in the folder left behind (the folder above it unchanged).
+    driver = NotingWalks(tmp_path / "root")
+    name = "team/app"
+    base = await layer(driver, name, b"layer of a deleted sha512 manifest")
+    await manifest(driver, name, [await layer(driver, name, b"kept")], tag="v1")
+    digest, body = sha512_manifest([base])
+    os.makedirs(driver.local_path(layout.manifest_revision_dir(name, digest)))
+    age_repositories(driver)
+
+    async def pushed_again() -> None:  # its bytes, then its link
+        await driver.put_content(layout.blob_data(digest), body)
+        await driver.put_content(layout.manifest_revision_link(name, digest), str(digest).encode())
+
+    driver.action = pushed_again
+    result = await collect(driver)
+    assert driver.mark_args[0][-1] == "only:sha256"
+    assert driver.read_alone == {name}
+    assert base not in result.blobs_deleted
+    assert await exists(driver, layout.blob_data(base))
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+async def test_a_repository_with_links_of_an_algorithm_the_mark_skipped_is_not_empty(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    # Its only manifest link names a sha512 manifest whose bytes are gone; as when the
+    # mark reads every algorithm, the repository stays (a dry run says so too).
+    driver = NotingWalks(tmp_path / "root")
+    name = "team/dangling"
+    digest, _ = sha512_manifest([])
+    await driver.put_content(layout.manifest_revision_link(name, digest), str(digest).encode())
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
+    age_repositories(driver)
+    result = await collect(driver, dry_run=dry_run)
+    assert driver.mark_args[0][-1] == "only:sha256"
+    assert result.repositories_removed == []
+    assert await exists(driver, layout.manifest_revision_link(name, digest))

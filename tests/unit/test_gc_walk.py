@@ -190,3 +190,32 @@ def test_a_manifest_in_another_encoding_is_read_as_json() -> None:
         assert manifest_ref_pairs(raw)[0] == [tuple(digest)]
     assert manifest_ref_pairs(b"[1, 2]") == ([], [], None)
     assert manifest_ref_pairs(b"\xff not json") == ([], [], None)
+
+
+class ListingView(DiskView):
+    """A DiskView that notes every key it lists."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(base)
+        self.listed: list[str] = []
+
+    def names(self, key: str) -> list[str]:
+        self.listed.append(key)
+        return super().names(key)
+
+
+@pytest.mark.parametrize("only", [None, "sha256", ""])
+async def test_the_walk_lists_the_link_folders_of_the_algorithms_it_is_given(
+    tmp_path: Path, only: str | None
+) -> None:
+    driver = FilesystemDriver(tmp_path / "root")
+    await odd_store(driver)
+    base = driver.local_path(layout.REPOSITORIES).removesuffix(f"/{layout.REPOSITORIES}")
+    view = ListingView(base)
+    args = () if only is None else (f"{gcwalk.ONLY}{only}",)
+    records = {r[0]: r for b in repository_records(view, layout.REPOSITORIES, args) for r in b}
+    algorithms = ["sha256", "sha512"] if only is None else [a for a in [only] if a]
+    link_folders = [k for k in view.listed if k.rsplit("/", 1)[-1] in ("sha256", "sha512")]
+    assert {k.rsplit("/", 1)[-1] for k in link_folders} == set(algorithms)
+    solo_layers = {algorithm for algorithm, _ in records["solo"][3]}
+    assert solo_layers == set(algorithms)  # its layers: a sha256 one and a sha512 one

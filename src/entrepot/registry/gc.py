@@ -77,6 +77,7 @@ class GarbageCollector(CollectorSweep):
         self.plan = RetentionPlan()
         self.result = GcResult()
         self.journal = False
+        self.skipped = ()
         self.quarantined = []
         # What a run built (a few hundred thousand objects on a large store), held here
         # rather than freed as the run returns: the command, about to end, never frees it
@@ -99,6 +100,7 @@ class GarbageCollector(CollectorSweep):
         self.cutoff = now - self.options.grace
         if not self.options.dry_run:
             self.result.blobs_recovered = await recover(self.store)
+        self.skipped = await self._absent_algorithms()
         self.marked_at = time.time()
         scans, blobs = await asyncio.gather(
             self._scan_all("marking", mark=True),

@@ -14,7 +14,14 @@ from entrepot.oci.digest import Digest
 from entrepot.registry import layout
 from entrepot.registry.digestnames import digest_at, link_digest
 from entrepot.registry.gcrefs import read_refs
-from entrepot.registry.gcwalk import MANIFESTS, TAGS, Record, blob_records, repository_records
+from entrepot.registry.gcwalk import (
+    MANIFESTS,
+    ONLY,
+    TAGS,
+    Record,
+    blob_records,
+    repository_records,
+)
 from entrepot.registry.manifestrefs import ManifestRefs, manifest_refs, refs_of
 from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import FileInfo
@@ -306,6 +313,7 @@ async def scan_store(
     *,
     tag_links: bool = True,
     refs: dict[Digest, ManifestRefs] | None = None,
+    algorithms: tuple[str, ...] | None = None,
 ) -> dict[str, RepoScan]:
     """Every repository's revisions (with their links' mtimes), layer folders, tags (with
     ``tag_links``, what each points at) and upload sessions (a repository left with empty
@@ -314,7 +322,8 @@ async def scan_store(
     with ``refs``, the manifests (into ``refs``, as read_refs) as it goes; elsewhere one
     folded ``scan`` of ``repositories/`` (a walk apart reads them itself: ``mark_reads``)
     and what a batch names but did not read is read while the walk goes on; in the
-    store's ``walk_shards``."""
+    store's ``walk_shards``. With ``algorithms``, gcwalk's walk lists the link folders of
+    those algorithms only (see gcwalk.ONLY)."""
     scanner = _Scanner(fresh_after, refs=refs)
     ahead: list[asyncio.Future[None]] = []
 
@@ -331,6 +340,8 @@ async def scan_store(
     async def walk(shard: Shard | None) -> None:
         if store.driver.walks_local:
             args = tuple(a for a, on in ((TAGS, tag_links), (MANIFESTS, refs is not None)) if on)
+            if algorithms is not None:
+                args += (ONLY + ",".join(algorithms),)
             async for records in store.walk_local(
                 layout.REPOSITORIES, repository_records, args, shard
             ):

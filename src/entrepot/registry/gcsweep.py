@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
+from entrepot.registry.digestnames import ALGORITHMS
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcrecheck import recheck
 from entrepot.registry.gcrefs import keep_closure, read_refs
@@ -49,6 +50,9 @@ class CollectorSweep:
     layer_links: dict[tuple[str, Digest], float]
     plan: RetentionPlan
     journal: bool  # written: what may be aside is listed (see quarantine)
+    # The algorithms of which the store held no blob as the mark began (a disk's walk then
+    # lists none of their link folders: see gcwalk.ONLY); () where all were walked.
+    skipped: tuple[str, ...]
     quarantined: list[Digest]  # set aside by _set_aside
 
     def _fresh(self, mtime: float) -> bool:
@@ -64,7 +68,19 @@ class CollectorSweep:
         found = self._progress(f"{phase}: repository objects read")
         tag_links = mark and (self.options.delete_untagged or bool(self.options.rules))
         refs = self.refs if mark else None
-        return await scan_store(self.store, self.cutoff, found, tag_links=tag_links, refs=refs)
+        walked = tuple(a for a in ALGORITHMS if a not in self.skipped) if mark else None
+        return await scan_store(
+            self.store, self.cutoff, found, tag_links=tag_links, refs=refs, algorithms=walked
+        )
+
+    async def _absent_algorithms(self) -> tuple[str, ...]:
+        """The registered algorithms of which the store holds no blob (no folder under
+        ``blobs/``), where a walk lists link folders by algorithm (a disk). A blob of one
+        that a push writes meanwhile is fresh, so kept (its mtime is past the cutoff)."""
+        if not self.store.driver.walks_local:
+            return ()
+        present = set(await self.store.children(layout.BLOBS))
+        return tuple(a for a in ALGORITHMS if a not in present)
 
     async def _link_times(
         self, scans: Iterable[RepoScan], digests: Iterable[Digest]
@@ -107,7 +123,7 @@ class CollectorSweep:
             moved = await self.store.move_many(moves, sync=False)
             quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
         rescans = await recheck(
-            self.store, scans, unkept.keys(), self.marked_at, self.cutoff, quarantined
+            self.store, scans, unkept.keys(), self.marked_at, self.cutoff, quarantined, self.skipped
         )
         if rescans is None:
             rescans = await self._scan_all("re-checking", mark=False)
@@ -225,9 +241,23 @@ class CollectorSweep:
     ) -> list[str]:
         """Repositories with no manifest left, no upload and nothing linked within the grace
         window."""
-        candidates = [
-            s for s in scans if not s.uploads and not (s.revisions - gone.get(s.name, set()))
-        ]
+
+        def emptied(scans: Iterable[RepoScan]) -> list[RepoScan]:
+            return [
+                s for s in scans if not s.uploads and not (s.revisions - gone.get(s.name, set()))
+            ]
+
+        candidates = emptied(scans)
+        if self.skipped and candidates:
+            # Their links of the algorithms the mark skipped count too: read whole again.
+            candidates = emptied(
+                await each(
+                    [s.name for s in candidates],
+                    lambda name: scan_repository(
+                        self.store, name, self.cutoff, layer_folders=True, tag_links=False
+                    ),
+                )
+            )
 
         async def is_stale(scan: RepoScan) -> bool:
             for digest in scan.layers - deleted:

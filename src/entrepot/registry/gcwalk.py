@@ -32,6 +32,12 @@ Record = tuple[str, list[Revision], list[Pair], list[Pair], list[str], list[Tag]
 # Arguments: read each tag's current link; read each revision's manifest.
 TAGS = "tags"
 MANIFESTS = "manifests"
+# An argument naming the only algorithms whose link folders the walk lists
+# (``only:sha256``), those of which the store holds a blob (see gcsweep): a link of another
+# names nothing, and listing two absent folders per repository was a fifth of its walk.
+# Of the re-check's (changed_records), ``skipped:sha512``: the mark skipped these.
+ONLY = "only:"
+SKIPPED = "skipped:"
 # Records per batch sent back: the caller reads the first ones while the rest are walked.
 BATCH = 256
 # Top-level folders below which walks share the repositories rather than by them (see
@@ -41,7 +47,7 @@ SHARE_BELOW = 64
 
 def repository_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
     """Every repository under ``prefix`` (``repositories/``) as a Record, in batches."""
-    walk = _Walk(view, prefix, TAGS in args, MANIFESTS in args)
+    walk = _Walk(view, prefix, TAGS in args, MANIFESTS in args, _named(args, ONLY, ALGORITHMS))
     records = (walk.record(name, markers) for name, markers in _repositories(view, prefix))
     return _batches(records)
 
@@ -50,21 +56,40 @@ def changed_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iter
     """For the sweep's re-check (gcrecheck): every repository under ``prefix`` as (name,
     whether a folder of it that a push adds an entry to changed at or after ``args[0]``),
     in batches. Those folders: ``_uploads``, the layer links' of the algorithms
-    ``args[1:]``, the revisions' of every algorithm (see gcrecheck)."""
-    since, layer_algorithms = float(args[0]), args[1:]
+    ``args[1:]``, the revisions' of every algorithm (see gcrecheck); the revisions of an
+    algorithm the mark skipped (SKIPPED) count as changed wherever they are: the mark
+    did not read them."""
+    since, layer_algorithms = float(args[0]), [a for a in args[1:] if ":" not in a]
+    skipped = _named(args, SKIPPED, ())
 
     def changed(folder: str, markers: list[str]) -> bool:
         keys = [f"{folder}/_uploads"] if "_uploads" in markers else []
         if "_layers" in markers:
             keys += [f"{folder}/_layers/{algorithm}" for algorithm in layer_algorithms]
         if "_manifests" in markers:
-            keys += [f"{folder}/_manifests/revisions/{algorithm}" for algorithm in ALGORITHMS]
+            for algorithm in skipped:
+                if view.mtime(f"{folder}/_manifests/revisions/{algorithm}") is not None:
+                    return True
+            keys += [
+                f"{folder}/_manifests/revisions/{algorithm}"
+                for algorithm in ALGORITHMS
+                if algorithm not in skipped
+            ]
         return any((mtime := view.mtime(key)) is not None and mtime >= since for key in keys)
 
     return _batches(
         (name, changed(f"{prefix}/{name}", markers))
         for name, markers in _repositories(view, prefix)
     )
+
+
+def _named(args: tuple[str, ...], kind: str, otherwise: tuple[str, ...]) -> tuple[str, ...]:
+    """The registered algorithms the argument ``<kind><a>,<b>`` names; ``otherwise``
+    without one."""
+    for arg in args:
+        if arg.startswith(kind):
+            return tuple(a for a in arg[len(kind) :].split(",") if a in ALGORITHMS)
+    return otherwise
 
 
 def _repositories(view: LocalView, prefix: str) -> Iterator[tuple[str, list[str]]]:
@@ -125,9 +150,17 @@ def blob_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterato
 
 
 class _Walk:
-    def __init__(self, view: LocalView, prefix: str, tags: bool, manifests: bool) -> None:
+    def __init__(
+        self,
+        view: LocalView,
+        prefix: str,
+        tags: bool,
+        manifests: bool,
+        algorithms: tuple[str, ...],
+    ) -> None:
         self.view, self.prefix = view, prefix
         self.tags, self.manifests = tags, manifests
+        self.algorithms = algorithms
 
     def record(self, name: str, markers: list[str]) -> Record:
         view, folder = self.view, f"{self.prefix}/{name}"
@@ -138,15 +171,15 @@ class _Walk:
         tags: list[Tag] = []
         uploads: list[str] = []
         upload_mtime = 0.0
-        # Each registered algorithm's folder, not a listing of the folder above them: one
-        # of another algorithm names no digest (the folded walk drops it as well).
+        # Each registered algorithm's folder (the walk's), not a listing of the folder
+        # above them: one of another algorithm names no digest (the folded walk drops it).
         if "_layers" in markers:
-            for algorithm in ALGORITHMS:
+            for algorithm in self.algorithms:
                 names = digest_names(algorithm, view.names(f"{folder}/_layers/{algorithm}"))
                 layers += [(algorithm, encoded) for encoded in names]
         if "_manifests" in markers:
             revisions_folder = f"{folder}/_manifests/revisions"
-            for algorithm in ALGORITHMS:
+            for algorithm in self.algorithms:
                 names = view.names(f"{revisions_folder}/{algorithm}")
                 for encoded in digest_names(algorithm, names):
                     link = view.stat(f"{revisions_folder}/{algorithm}/{encoded}/link")
