@@ -298,11 +298,16 @@ class _Scanner:
     async def finish(self, store: Limited) -> dict[str, RepoScan]:
         """Read what each tag's current link points at, and settle the sets."""
         await self.read_tags(store)
+        # With the CPUs idle after the walks: a list or dict of one, as most are, is
+        # settled already (sorting each was 0.03 s of the bench store's 10,000).
         for scan in self.scans.values():
             scan.revisions = set(scan.revision_mtimes)
-            scan.tag_names = sorted(set(scan.tag_names))
-            scan.uploads = sorted(set(scan.uploads))
-            scan.tags = dict(sorted(scan.tags.items()))
+            if len(scan.tag_names) > 1:
+                scan.tag_names = sorted(set(scan.tag_names))
+            if len(scan.uploads) > 1:
+                scan.uploads = sorted(set(scan.uploads))
+            if len(scan.tags) > 1:
+                scan.tags = dict(sorted(scan.tags.items()))
         return self.scans
 
 
