@@ -64,8 +64,10 @@ class Setup:
         return blob_gets(self.upstream, REPO, self.digest)
 
     def assert_download_in_progress(self) -> None:
-        """Entrepot has not received the whole blob from upstream yet."""
-        assert self.link.holding, "the upstream download is not being held"
+        """Entrepot has not received the whole blob from upstream yet (the hold once
+        reached: the clients' first bytes may come before the forwarder has delivered
+        HOLD_AFTER of them, when the machine is busy)."""
+        assert self.link.wait_until_holding(), "the upstream download is not being held"
         assert self.link.delivered < BLOB_SIZE
         assert blob_gets(self.upstream, REPO, self.digest) == []  # registry:2 not done
 
