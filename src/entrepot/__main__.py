@@ -6,6 +6,11 @@ import sys
 
 from entrepot.lowpriority import lower_if_collecting
 
+# A disk's mark walks the repositories in two children (storecalls.WALK_SHARDS) and the
+# blob folders in one, each with this module imported.
+MARK_WALKS = 3
+MARK_WALK_MODULE = "entrepot.registry.gcwalk"
+
 
 def run() -> int:
     collecting = sys.argv[1:2] == ["garbage-collect"]
@@ -14,6 +19,12 @@ def run() -> int:
         from entrepot.cli import main
 
         return main()
+    if not {"-h", "--help"} & set(sys.argv[2:]):
+        from entrepot.storage import earlywalks
+
+        # Ready, waiting, when the mark begins: started here, they import while the
+        # command does, on the CPU it leaves idle (they took 0.1 s from the mark).
+        earlywalks.start(MARK_WALKS, MARK_WALK_MODULE)
     from entrepot.cli_gc import main as collect
 
     status = collect(sys.argv[1:])

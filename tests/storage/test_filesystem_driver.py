@@ -14,9 +14,9 @@ from typing import cast
 
 import pytest
 
-from entrepot.storage import FileInfo, StorageError, StorageNotFound, fsbulkops
+from entrepot.storage import FileInfo, StorageError, StorageNotFound, earlywalks, fsbulkops
 from entrepot.storage.filesystem import FilesystemDriver
-from entrepot.storage.fschildren import walks_stopped
+from entrepot.storage.fschildren import EarlyChild, walks_stopped
 from entrepot.storage.fswalk import BATCH
 from tests.storage.test_contract import INVALID_KEYS, names_and_reads
 
@@ -523,6 +523,41 @@ async def test_a_walk_apart_takes_a_spare_started_ahead(root: Path, fs: Filesyst
     assert spares[1].returncode == 0  # walked, and ended
     assert spares[0].returncode == -signal.SIGKILL
     assert fs._spares is None
+
+
+async def test_walk_children_started_before_the_event_loop_are_its_spares(
+    root: Path, fs: FilesystemDriver
+) -> None:
+    # `entrepot garbage-collect` starts them as it begins (earlywalks): the next bulk
+    # block takes them as spares; told a walk, each walks as a child started for it would.
+    for n in range(3):
+        write_file(root / "s" / f"t{n}" / "f", b"x" * n)
+    wanted = [b async for b in fs.walk_local("s", names_and_reads, ("f",))]
+    earlywalks.start(3, names_and_reads.__module__)
+    async with fs.bulk_apart():
+        assert earlywalks.taken() == []  # the block took them
+        assert fs._spares is not None
+        spares = list(fs._spares._ready)
+        assert [type(spare) for spare in spares] == [EarlyChild] * 3
+        walks = [
+            [b async for b in fs.walk_local("s", names_and_reads, ("f",), apart=True)]
+            for _ in range(2)
+        ]
+        assert fs._spares._ready == spares[:1]
+    assert walks == [wanted, wanted]
+    assert [spare.returncode for spare in spares] == [-signal.SIGKILL, 0, 0]
+    assert fs._spares is None
+
+
+def test_walk_children_nothing_takes_end_with_their_stdin() -> None:
+    # Object storage, a config error: the command ends, their stdin closes, they end.
+    earlywalks.start(2, "entrepot.registry.gcwalk")
+    children = earlywalks.taken()
+    assert len(children) == 2 and earlywalks.taken() == []
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0
 
 
 async def test_walks_apart_start_their_own_once_the_spares_are_taken(

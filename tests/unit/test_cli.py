@@ -193,6 +193,42 @@ def test_the_program_collects_without_the_other_commands_modules(tmp_path: Path)
     assert helped.stdout.strip().splitlines()[-1] == "0 []"
 
 
+def test_the_programs_mark_walks_in_children_started_as_it_began(tmp_path: Path) -> None:
+    # Started before its imports (entrepot.__main__, earlywalks), the mark's three walk
+    # children are ready when it begins: it starts none then, only the re-check's spares.
+    root = tmp_path / "r"
+    stray = root / "docker/registry/v2/blobs/sha256/ab" / ("ab" * 32)
+    stray.mkdir(parents=True)
+    (stray / "data").write_bytes(b"unreferenced")
+    layers = root / "docker/registry/v2/repositories/team/app/_layers/sha256"
+    layers.mkdir(parents=True)
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n")
+    code = (
+        "import os, sys, entrepot.__main__ as program\n"
+        "from entrepot.storage import fschildren\n"
+        "started = []\n"
+        "spawn = fschildren._spawn\n"
+        "async def noted(argv, **kwargs):\n"
+        "    started.append(argv[0])\n"
+        "    return await spawn(argv, **kwargs)\n"
+        "fschildren._spawn = noted\n"
+        "ended = os._exit\n"
+        "def report(status):\n"
+        "    print(status, sorted(started), flush=True)\n"
+        "    ended(0)\n"
+        "os._exit = report\n"
+        "sys.argv = ['entrepot', 'garbage-collect', '--grace', '0', sys.argv[1]]\n"
+        "program.run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True
+    )
+    assert "deleted 1 blobs" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "0 ['--wait', '--wait']"
+    assert not stray.exists()
+
+
 def test_debug_address_in_use_exits_1_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from entrepot.storage import earlywalks
 from entrepot.storage.driver import (
     LEASE_TTL,
     Aside,
@@ -453,6 +454,7 @@ class FilesystemDriver(StorageDriver):
         helpers = self._helpers = BulkHelpers(BULK_THREADS)
         spares = self._spares = WalkSpares()
         try:
+            await spares.adopt(earlywalks.taken())
             await helpers.start()
             yield
         finally:

@@ -10,18 +10,45 @@ import contextlib
 import marshal
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import IO, Any, Protocol
 
+from entrepot.storage.earlywalks import RUN_WALKER
 from entrepot.storage.fswalk import LENGTH, LOCAL, WAIT
 from entrepot.storage.objects import FileInfo, Shard, StorageError
 
-# What the children run: fswalk's main, by ``-c`` (``-m``'s runpy and importlib.util
-# were 8 ms of a child's start).
-WALKER = "entrepot.storage.fswalk"
-_RUN_WALKER = f"import sys; from {WALKER} import main; main(sys.argv[1:])"
-Process = asyncio.subprocess.Process
+
+class Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Child(Protocol):
+    """A walk child as this module reads it: an asyncio one, or an EarlyChild."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def stdin(self) -> Writer | None: ...
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
 
 
 def fold_name(fold: Callable[..., object] | None) -> str | None:
@@ -56,7 +83,7 @@ async def walk_local_apart(
     walk: str,
     args: tuple[str, ...],
     shard: Shard | None,
-    spare: Process | None = None,
+    spare: Child | None = None,
 ) -> AsyncIterator[list[Any]]:
     """The batches of the local walk named ``walk`` (see localwalk) over the store at
     ``base`` (a path), walked by a child process (``spare``, if one is given)."""
@@ -70,7 +97,7 @@ def _shard_arg(shard: Shard | None) -> str:
 
 
 async def _from_child(
-    argv: list[str], where: str, spare: Process | None = None
+    argv: list[str], where: str, spare: Child | None = None
 ) -> AsyncIterator[Any]:
     """Each message of a child running fswalk with ``argv``: ``spare`` (see
     WalkSpares) told them, or one started now."""
@@ -99,11 +126,11 @@ async def _from_child(
         raise StorageError(f"walking {where} in a child process failed: {tail}")
 
 
-async def _spawn(argv: list[str], *, stdin: int = asyncio.subprocess.DEVNULL) -> Process:
+async def _spawn(argv: list[str], *, stdin: int = asyncio.subprocess.DEVNULL) -> Child:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        _RUN_WALKER,
+        RUN_WALKER,
         *argv,
         stdin=stdin,
         stdout=asyncio.subprocess.PIPE,
@@ -111,7 +138,7 @@ async def _spawn(argv: list[str], *, stdin: int = asyncio.subprocess.DEVNULL) ->
     )
 
 
-async def _told(spare: Process, argv: list[str]) -> Process | None:
+async def _told(spare: Child, argv: list[str]) -> Child | None:
     """``spare`` once sent its walk's ``argv``; None if it ended meanwhile."""
     assert spare.stdin is not None
     try:
@@ -124,7 +151,7 @@ async def _told(spare: Process, argv: list[str]) -> Process | None:
     return spare
 
 
-async def _stopped(child: Process) -> None:
+async def _stopped(child: Child) -> None:
     with contextlib.suppress(ProcessLookupError):
         child.kill()
     await child.wait()
@@ -137,14 +164,19 @@ class WalkSpares:
     one CPU idles (while it computes what its mark found) for the walks that follow."""
 
     def __init__(self) -> None:
-        self._ready: list[Process] = []
+        self._ready: list[Child] = []
+
+    async def adopt(self, children: list[subprocess.Popen[bytes]]) -> None:
+        """Walk children started before the event loop (earlywalks), spares from now."""
+        for child in children:
+            self._ready.append(await EarlyChild.attached(child))
 
     async def start(self, count: int, preload: str) -> None:
         """At least ``count`` spares, each with the module ``preload`` imported."""
         while len(self._ready) < count:
             self._ready.append(await _spawn([WAIT, preload], stdin=asyncio.subprocess.PIPE))
 
-    def take(self) -> Process | None:
+    def take(self) -> Child | None:
         return self._ready.pop() if self._ready else None
 
     async def stop(self) -> None:
@@ -152,6 +184,63 @@ class WalkSpares:
         spares, self._ready = self._ready, []
         for spare in spares:
             await _stopped(spare)
+
+
+class EarlyChild:
+    """A walk child started with subprocess (earlywalks), read as an asyncio one: its
+    stdout and stderr through the event loop, its few bytes of stdin written at once."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        assert popen.stdin is not None
+        self.stdin: Writer | None = _PipeWriter(popen.stdin)
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+
+    @classmethod
+    async def attached(cls, popen: subprocess.Popen[bytes]) -> EarlyChild:
+        child = cls(popen)
+        assert popen.stdout is not None and popen.stderr is not None
+        child.stdout = await _reader(popen.stdout)
+        child.stderr = await _reader(popen.stderr)
+        return child
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        if self._popen.returncode is not None:
+            return self._popen.returncode
+        return await asyncio.to_thread(self._popen.wait)
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+
+async def _reader(pipe: IO[bytes]) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader
+
+
+class _PipeWriter:
+    """A spare's stdin: its walk's arguments (a few hundred bytes) fit the pipe at once."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self._pipe = pipe
+
+    def write(self, data: bytes) -> None:
+        self._pipe.write(data)
+
+    async def drain(self) -> None:
+        self._pipe.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self._pipe.close()
 
 
 class Stoppable:
