@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             shared.upstream_fill_layer = fill_layer
         if "gc" in groups:
             where = gc.store_dir(workdir, datadir, settings.repos)
-            # Entrepot's row adds a collection of its own copy: the floor's.
-            collectors = len(servers) + ("entrepot" in servers)
+            # Entrepot's row adds collections of copies of its own: the floor's.
+            collectors = (len(servers) + ("entrepot" in servers)) * gc.GC_RUNS
             shared.gc = gc.GcStore(where, settings.repos, gc_blobs, collectors)
             gc_medium = shared.gc.medium
         for kind in servers:

@@ -17,9 +17,10 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -28,6 +29,10 @@ from bench.gcloop import CollectorLoop
 from bench.servers import REGISTRY2_BINARY, REPO_ROOT
 
 LAYERS_PER_IMAGE = 5
+# Collections of the store by each collector (and by the floor), each of a copy; a row is
+# the median run's.
+GC_RUNS = 3
+_Run = TypeVar("_Run")
 
 
 def write_gc_fixture(root: Path, repos: int, blobs: int) -> int:
@@ -76,9 +81,9 @@ def write_gc_fixture(root: Path, repos: int, blobs: int) -> int:
 
 
 class GcStore:
-    """The bench store, written once in ``where``; each collector collects a copy of it
-    (``cp -a``, one at a time, each removed after its collection): copies of the same
-    store, as the issue asks, made the same way for each. The original goes once the
+    """The bench store, written once in ``where``; each collector collects copies of it
+    (GC_RUNS each; ``cp -a``, one at a time, each removed after its collection): copies
+    of the same store, as the issue asks, made the same way for each. The original goes once the
     last collector's copy is made. (Collecting the original itself, to save the last
     copy, timed Entrepot on a store just written and registry:2 on a copy; in interleaved
     runs here Entrepot took a median 3.73 s on such an original and 3.31 s on a copy (five
@@ -99,6 +104,11 @@ class GcStore:
         if self._left <= 0:  # no collector left to copy it for
             subprocess.run(["rm", "-rf", "--", str(self.root)], check=True)
         return copy
+
+
+def median_run(runs: list[_Run], seconds: Callable[[_Run], float]) -> _Run:
+    """The run whose ``seconds`` is the median (of an even number, the upper one)."""
+    return sorted(runs, key=seconds)[len(runs) // 2]
 
 
 def store_dir(workdir: Path, datadir: Path, repos: int) -> Path:

@@ -75,3 +75,22 @@ def test_the_bench_reads_how_long_a_collection_rested(rested: float) -> None:
     output = f"blob eligible for deletion: sha256:00\ndeleted 1 blobs (2 bytes) ... ({took})\n"
     assert bench.gc.rested_seconds(output) == rested
     assert bench.gc.rested_seconds("registry:2's output\n") == 0.0
+
+
+def test_every_collector_collects_a_copy_and_the_original_goes_after_the_last(
+    tmp_path: Path,
+) -> None:
+    # The same conditions for each: no collector times the store as written, the others
+    # a copy (the original then measured slower for Entrepot, not for registry:2).
+    store = bench.gc.GcStore(tmp_path, repos=2, blobs=40, collectors=2)
+    first = store.take("registry2")
+    assert first != store.root and _blobs(first) == _blobs(store.root)
+    second = store.take("entrepot")
+    assert second not in (first, store.root) and _blobs(second) == _blobs(first)
+    assert not store.root.exists()  # no collector left to copy it for
+
+
+def test_a_row_is_its_median_run() -> None:
+    runs = [(3.4, "a"), (2.9, "b"), (3.1, "c")]
+    assert bench.gc.median_run(runs, lambda run: run[0]) == (3.1, "c")
+    assert bench.gc.median_run(runs[:2], lambda run: run[0]) == (3.4, "a")
