@@ -83,8 +83,8 @@ def write_gc_fixture(root: Path, repos: int, blobs: int) -> int:
 class GcStore:
     """The bench store, written once in ``where``; each collector collects copies of it
     (GC_RUNS each; ``cp -a``, one at a time, each removed after its collection): copies
-    of the same store, as the issue asks, made the same way for each. The original goes once the
-    last collector's copy is made. (Collecting the original itself, to save the last
+    of the same store, as the issue asks, made the same way for each. The original goes
+    once the last collector's copy is made. (Collecting the original itself, to save the last
     copy, timed Entrepot on a store just written and registry:2 on a copy; in interleaved
     runs here Entrepot took a median 3.73 s on such an original and 3.31 s on a copy (five
     pairs), registry:2 11.7 s and 12.3 s (five and four).)"""

@@ -233,50 +233,59 @@ class ServerRun:
         """Each collector's ``gc.GC_RUNS`` collections, each of a copy of the store; the
         rows are each one's median run (the runs' times are in the JSON): this machine
         moves a collection's time by a tenth or more from one run to the next."""
-        s = self.settings
         _progress(f"{self.kind}: garbage-collect ({store.medium}, {gc.GC_RUNS} runs)")
         if self.kind == "entrepot":
-            floors = []
-            for _ in range(gc.GC_RUNS):
-                floor_root = store.take("floor")
-                try:
-                    load = os.getloadavg()[0]
-                    floors.append((gc.collect_floor(floor_root, store.kept, s.server_cpus), load))
-                finally:
-                    remove_tree(floor_root)
-            floor, load = gc.median_run(floors, lambda run: run[0]["safe"])
-            self.rows["gc_floor"] = {
-                "value": floor["safe"],
-                "phases": floor,
-                "loadavg": load,
-                "runs": [run["safe"] for run, _ in floors],
-            }
-            self.rows["gc_floor_bare"] = {"value": floor["bare"]}
+            self._gc_floor_rows(store)
         runs = []
         for n in range(gc.GC_RUNS):
             root = store.take(self.kind)
             try:
-                started_load = os.getloadavg()[0]
-                seconds, cpu, rested = gc.collect(
-                    self.kind, root, store.kept, s.workdir, s.server_cpus
-                )
-                runs.append((seconds, cpu, rested, [started_load, os.getloadavg()[0]]))
-                if rested:
-                    _progress(f"{self.kind}: the collection rested {rested:.1f}s of {seconds:.1f}s")
-                if n < gc.GC_RUNS - 1:
-                    continue
-                seconds, cpu, rested, loads = gc.median_run(runs, lambda run: run[0])
-                self.rows["gc"] = {
-                    "value": seconds,
-                    "loadavg": loads,
-                    "rested": rested,
-                    "runs": [run[0] for run in runs],
-                }
-                self.rows["gc_cpu"] = {"value": cpu, "runs": [run[1] for run in runs]}
-                if self.kind == "entrepot":  # on the last run's collected copy
-                    self._gc_serving_rows(root)
+                runs.append(self._collection(root, store.kept))
+                if n == gc.GC_RUNS - 1:
+                    self._gc_median_rows(runs)
+                    if self.kind == "entrepot":  # on the last run's collected copy
+                        self._gc_serving_rows(root)
             finally:
                 remove_tree(root)
+
+    def _gc_floor_rows(self, store: GcStore) -> None:
+        """bench.gcfloor's collections, as many as a collector's, the median one's rows."""
+        floors = []
+        for _ in range(gc.GC_RUNS):
+            root = store.take("floor")
+            try:
+                load = os.getloadavg()[0]
+                floors.append((gc.collect_floor(root, store.kept, self.settings.server_cpus), load))
+            finally:
+                remove_tree(root)
+        floor, load = gc.median_run(floors, lambda run: run[0]["safe"])
+        self.rows["gc_floor"] = {
+            "value": floor["safe"],
+            "phases": floor,
+            "loadavg": load,
+            "runs": [run["safe"] for run, _ in floors],
+        }
+        self.rows["gc_floor_bare"] = {"value": floor["bare"]}
+
+    def _collection(self, root: Path, kept: int) -> tuple[float, float, float, list[float]]:
+        """One collection of ``root`` by this collector: wall and CPU seconds, seconds
+        rested, and the load average before and after."""
+        s = self.settings
+        started_load = os.getloadavg()[0]
+        seconds, cpu, rested = gc.collect(self.kind, root, kept, s.workdir, s.server_cpus)
+        if rested:
+            _progress(f"{self.kind}: the collection rested {rested:.1f}s of {seconds:.1f}s")
+        return seconds, cpu, rested, [started_load, os.getloadavg()[0]]
+
+    def _gc_median_rows(self, runs: list[tuple[float, float, float, list[float]]]) -> None:
+        seconds, cpu, rested, loads = gc.median_run(runs, lambda run: run[0])
+        self.rows["gc"] = {
+            "value": seconds,
+            "loadavg": loads,
+            "rested": rested,
+            "runs": [run[0] for run in runs],
+        }
+        self.rows["gc_cpu"] = {"value": cpu, "runs": [run[1] for run in runs]}
 
     def _gc_serving_rows(self, root: Path) -> None:
         """Manifest and blob GETs on the collected store, in idle and busy windows in turn
