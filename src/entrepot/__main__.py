@@ -6,7 +6,7 @@ import sys
 
 from entrepot.lowpriority import lower_if_collecting
 
-# A disk's mark walks the repositories in two children (storecalls.WALK_SHARDS) and the
+# A disk's mark walks the repositories in two children (gcwalk.WALK_SHARDS) and the
 # blob folders in one, each with this module imported.
 MARK_WALKS = 3
 MARK_WALK_MODULE = "entrepot.registry.gcwalk"
@@ -19,15 +19,19 @@ def run() -> int:
         from entrepot.cli import main
 
         return main()
+    head = None
     if not {"-h", "--help"} & set(sys.argv[2:]):
         from entrepot.storage import earlywalks
 
-        # Ready, waiting, when the mark begins: started here, they import while the
-        # command does, on the CPU it leaves idle (they took 0.1 s from the mark).
+        # Started here, they import while the command does, on the CPU it leaves idle;
+        # told their walks once the config is read (registry.gchead).
         earlywalks.start(MARK_WALKS, MARK_WALK_MODULE)
+        from entrepot.cli_gcargs import head_start
+
+        head = head_start(sys.argv[1:])
     from entrepot.cli_gc import main as collect
 
-    status = collect(sys.argv[1:])
+    status = collect(sys.argv[1:], head)
     # Ended now, its output flushed: a collection leaves a few hundred thousand objects
     # (digests, scans, modules) that the interpreter would free one by one on its way
     # out, a tenth of a second of the bench store's run for a process about to end.

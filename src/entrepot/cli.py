@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from entrepot import __version__, cli_cache, cli_gc, cli_health
+from entrepot import __version__, cli_cache, cli_gc, cli_gcargs, cli_health
 from entrepot.cli_listen import clear_stale_socket, listen_problem, socket_path_problem
 from entrepot.config import (
     CONFIG_ENV,
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    if args.command == cli_gc.COMMAND:
+    if args.command == cli_gcargs.COMMAND:
         return cli_gc.run(args)
     if args.command == cli_cache.COMMAND:
         return cli_cache.run(args)
@@ -270,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes (default: $ENTREPOT_WORKERS, else one per CPU core: "
         f"{default_workers()} here)",
     )
-    cli_gc.add_command(commands)
+    cli_gcargs.add_command(commands)
     cli_cache.add_command(commands)
     cli_health.add_command(commands)
     return parser

@@ -16,9 +16,11 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from entrepot.config import Config, ConfigError, load_config, parse_duration
+from entrepot.cli_gcargs import command_parser
+from entrepot.config import Config, ConfigError, load_config
 from entrepot.lowpriority import yield_to_serving
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
+from entrepot.registry.gchead import HeadStart
 from entrepot.registry.gcpace import Pacer
 from entrepot.registry.lease import GC_LEASE as LEASE
 from entrepot.registry.lease import GC_LEASE_TTL as LEASE_TTL
@@ -26,7 +28,6 @@ from entrepot.registry.lease import while_held
 from entrepot.storage import LeaseLost, StorageError
 from entrepot.storage.fschildren import walks_stopped
 
-COMMAND = "garbage-collect"
 # The last collector the command ran, with what it built: the program ends with os._exit
 # (entrepot.__main__) and so never frees it, object by object (0.09 s of the bench
 # store's run). In-process callers (tests) hold only the last one.
@@ -34,60 +35,19 @@ _ending: deque[GarbageCollector] = deque(maxlen=1)
 _T = TypeVar("_T")
 
 
-def add_command(commands: Any) -> None:
-    """The subcommand's parser, on ``commands`` (argparse's subparsers)."""
-    gc_cmd = commands.add_parser(
-        COMMAND,
-        help="delete blobs and manifests no image references",
-        description=(
-            "registry:2's garbage-collect: delete the blobs no manifest references (and, with "
-            "--delete-untagged, the untagged manifests, keeping tagged images whole). Safe "
-            "while the registry serves: nothing written or linked within --grace is deleted."
-        ),
-    )
-    gc_cmd.add_argument("config", metavar="CONFIG", help="registry:2 config.yml")
-    gc_cmd.add_argument(
-        "-d", "--dry-run", action="store_true", help="print what would be deleted, delete nothing"
-    )
-    gc_cmd.add_argument(
-        "-m",
-        "--delete-untagged",
-        action="store_true",
-        help="also delete manifests no tag reaches (index children and referrers of a "
-        "tagged manifest stay)",
-    )
-    gc_cmd.add_argument(
-        "--grace",
-        type=_grace,
-        default=None,
-        metavar="DURATION",
-        help="keep what was written or linked this recently, e.g. 30m, 0 (default: the "
-        "config's garbagecollect.grace, as the server's scheduled runs; 1h if unset)",
-    )
-    gc_cmd.add_argument(
-        "--full-speed",
-        action="store_true",
-        help="do not rest while other processes keep the CPUs busy (a full disk that cannot "
-        "wait; serving slows meanwhile). Default: short bursts and rests then",
-    )
-
-
-def main(argv: list[str]) -> int:
+def main(argv: list[str], head: HeadStart | None = None) -> int:
     """``entrepot garbage-collect ...`` (``argv`` without the program), parsed and run
     without the rest of the command line (entrepot.cli): the other commands' modules
-    (the server's, TLS, the health check) were 0.03 s of every run's start."""
-    parser = argparse.ArgumentParser(
-        prog="entrepot", description="Entrepot: a container registry, a drop-in for registry:2."
-    )
-    add_command(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    (the server's, TLS, the health check) were 0.03 s of every run's start. ``head``:
+    the mark's walks, begun before this module's imports (registry.gchead)."""
     try:
-        args = parser.parse_args(argv)
+        args = command_parser().parse_args(argv)
     except SystemExit as exc:  # --help, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    return run(args)
+    return run(args, head)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, head: HeadStart | None = None) -> int:
     options = GcOptions(dry_run=args.dry_run, delete_untagged=args.delete_untagged, apart=True)
     if args.grace is not None:
         options = replace(options, grace=args.grace)
@@ -97,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
     cycles.disable()
     try:
         return garbage_collect(
-            args.config, options, rest=not args.full_speed, grace_given=args.grace is not None
+            args.config,
+            options,
+            rest=not args.full_speed,
+            grace_given=args.grace is not None,
+            head=head,
         )
     finally:
         # All it made is still in the youngest generation, which the first allocation
@@ -130,7 +94,12 @@ class LeaseHeld(Exception):
 
 
 def garbage_collect(
-    path: str, options: GcOptions, *, rest: bool = True, grace_given: bool = True
+    path: str,
+    options: GcOptions,
+    *,
+    rest: bool = True,
+    grace_given: bool = True,
+    head: HeadStart | None = None,
 ) -> int:
     """Mark and sweep the storage the config at ``path`` names; with ``rest``, stepping
     aside while the machine serves; without ``grace_given``, with the config's grace (a
@@ -166,7 +135,7 @@ def garbage_collect(
             # Rests in short pauses while other processes keep the machine busy (gcpace).
             pacer = Pacer(during_rest=walks_stopped) if rest else None  # walks rest too
             collector = GarbageCollector(
-                driver, options, emit=_say, pacer=pacer, emit_lines=_say_all
+                driver, options, emit=_say, pacer=pacer, emit_lines=_say_all, head=head
             )
             _ending.append(collector)
             try:  # the lease renews itself while held; a lapsed one stops the run
@@ -337,13 +306,3 @@ def _storage_named(config: Config) -> str:
     if config.storage.s3 is not None:
         return f"storage.s3 bucket {config.storage.s3.bucket}"
     return f"storage.filesystem.rootdirectory {config.storage.rootdirectory}"
-
-
-def _grace(text: str) -> float:
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return seconds

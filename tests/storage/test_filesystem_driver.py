@@ -17,7 +17,7 @@ import pytest
 from entrepot.storage import FileInfo, StorageError, StorageNotFound, earlywalks, fsbulkops
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.fschildren import EarlyChild, walks_stopped
-from entrepot.storage.fswalk import BATCH
+from entrepot.storage.fswalk import BATCH, local_argv
 from tests.storage.test_contract import INVALID_KEYS, names_and_reads
 
 KEY = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
@@ -554,10 +554,35 @@ def test_walk_children_nothing_takes_end_with_their_stdin() -> None:
     earlywalks.start(2, "entrepot.registry.gcwalk")
     children = earlywalks.taken()
     assert len(children) == 2 and earlywalks.taken() == []
-    for child in children:
+    for child, told in children:
+        assert told is None
         assert child.stdin is not None
         child.stdin.close()
         assert child.wait(timeout=30) == 0
+
+
+async def test_a_child_told_its_walk_early_walks_it_and_no_other(
+    root: Path, fs: FilesystemDriver
+) -> None:
+    # A collection tells its first children their walks before its event loop runs
+    # (registry.gchead): each such walk is read from the child walking it, one told a
+    # walk nobody asks for walks nothing else and ends with the block.
+    write_file(root / "s" / "t" / "f", b"x")
+    wanted = [b async for b in fs.walk_local("s", names_and_reads, ("f",))]
+    other = [b async for b in fs.walk_local("s", names_and_reads, ())]
+    name = f"{names_and_reads.__module__}:{names_and_reads.__qualname__}"
+    earlywalks.start(3, names_and_reads.__module__)
+    assert not earlywalks.tell([local_argv(fs.rootdirectory, "s", name, (), None)] * 4)
+    told = [local_argv(fs.rootdirectory, "s", name, args, None) for args in [("f",), ("g",)]]
+    assert earlywalks.tell(told)
+    async with fs.bulk_apart():
+        assert fs._spares is not None
+        spares = list(fs._spares._ready)
+        assert [b async for b in fs.walk_local("s", names_and_reads, ("f",), apart=True)] == wanted
+        assert fs._spares._ready == spares[1:]  # the child told that walk
+        assert [b async for b in fs.walk_local("s", names_and_reads, (), apart=True)] == other
+        assert fs._spares._ready == spares[1:2]  # told another walk: not taken for this one
+    assert spares[1].returncode is not None  # ended with the block (walked, or killed)
 
 
 async def test_walks_apart_start_their_own_once_the_spares_are_taken(

@@ -233,6 +233,50 @@ def test_the_programs_mark_walks_in_children_started_as_it_began(tmp_path: Path)
     assert not stray.exists()
 
 
+def test_the_programs_mark_walks_begin_before_the_collectors_imports(tmp_path: Path) -> None:
+    # Told their walks once the config is read (registry.gchead), before the collector's
+    # modules are imported; the driver reads each from the child walking it, telling no
+    # child a mark walk again (only the re-check's spares are told theirs).
+    root = tmp_path / "r"
+    stray = root / "docker/registry/v2/blobs/sha256/ab" / ("ab" * 32)
+    stray.mkdir(parents=True)
+    (stray / "data").write_bytes(b"unreferenced")
+    (root / "docker/registry/v2/repositories/team/app/_layers/sha256").mkdir(parents=True)
+    config = disk_config(tmp_path, root)
+    code = (
+        "import os, sys, entrepot.__main__ as program\n"
+        "from entrepot.storage import earlywalks\n"
+        "noted = []\n"
+        "tell = earlywalks.tell\n"
+        "def told_early(argvs):\n"
+        "    noted.append(('early', 'entrepot.cli_gc' in sys.modules, len(argvs)))\n"
+        "    return tell(argvs)\n"
+        "earlywalks.tell = told_early\n"
+        "def report(status):\n"
+        "    from entrepot.storage import fschildren\n"
+        "    print(status, noted, sorted(fschildren.told_later), flush=True)\n"
+        "    ended(0)\n"
+        "ended = os._exit\n"
+        "os._exit = report\n"
+        "import entrepot.storage.fschildren as fschildren\n"
+        "fschildren.told_later = []\n"
+        "told = fschildren._told\n"
+        "async def told_now(spare, argv):\n"
+        "    fschildren.told_later.append(argv[3].rpartition(':')[2])\n"
+        "    return await told(spare, argv)\n"
+        "fschildren._told = told_now\n"
+        "sys.argv = ['entrepot', 'garbage-collect', '--grace', '0', sys.argv[1]]\n"
+        "program.run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True
+    )
+    assert "deleted 1 blobs" in done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    assert last == "0 [('early', False, 3)] ['changed_records', 'changed_records']"
+    assert not stray.exists()
+
+
 def test_debug_address_in_use_exits_1_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

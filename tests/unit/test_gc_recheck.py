@@ -16,8 +16,7 @@ import pytest
 from entrepot.oci.digest import Digest
 from entrepot.registry import gcrecheck, layout
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions
-from entrepot.registry.gcwalk import repository_records
-from entrepot.registry.storecalls import WALK_SHARDS
+from entrepot.registry.gcwalk import WALK_SHARDS, repository_records
 from entrepot.storage.driver import Aside, Fold, Infos, Records, Shard
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.localwalk import LocalWalk

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 
 from entrepot.oci.digest import Digest, sorted_digests
 from entrepot.registry import gcrecheck
+from entrepot.registry.gchead import HeadStart
 from entrepot.registry.gcpace import Pacer
 from entrepot.registry.gcrefs import keep_closure, read_refs
 from entrepot.registry.gcresult import GcOptions, GcResult
@@ -58,8 +59,12 @@ class GarbageCollector(CollectorSweep):
         clock: Callable[[], float] = time.time,
         pacer: Pacer | None = None,
         emit_lines: Callable[[list[str]], None] | None = None,
+        head: HeadStart | None = None,
     ) -> None:
         self.driver = driver
+        # The mark's walks, begun before the collector was made (see gchead): the run's
+        # time and skipped algorithms are theirs.
+        self.head = head
         self.options = options
         self.pacer = pacer  # None: never rests
         pace = None if pacer is None else pacer.pace
@@ -96,12 +101,13 @@ class GarbageCollector(CollectorSweep):
 
     async def _run(self) -> GcResult:
         started = time.monotonic()
-        now = self.clock()
+        head = self.head
+        now = self.clock() if head is None else head.started
         self.cutoff = now - self.options.grace
         if not self.options.dry_run:
             self.result.blobs_recovered = await recover(self.store)
-        self.skipped = await self._absent_algorithms()
-        self.marked_at = time.time()
+        self.skipped = await self._absent_algorithms() if head is None else head.skipped
+        self.marked_at = time.time() if head is None else head.started
         scans, blobs = await asyncio.gather(
             self._scan_all("marking", mark=True),
             find_blobs(self.store, self._progress("marking: blobs found")),

@@ -15,11 +15,9 @@ from entrepot.registry import layout
 from entrepot.registry.digestnames import digest_at, link_digest
 from entrepot.registry.gcrefs import read_refs
 from entrepot.registry.gcwalk import (
-    MANIFESTS,
-    ONLY,
-    TAGS,
     Record,
     blob_records,
+    repository_args,
     repository_records,
 )
 from entrepot.registry.manifestrefs import ManifestRefs, manifest_refs, refs_of
@@ -344,9 +342,7 @@ async def scan_store(
 
     async def walk(shard: Shard | None) -> None:
         if store.driver.walks_local:
-            args = tuple(a for a, on in ((TAGS, tag_links), (MANIFESTS, refs is not None)) if on)
-            if algorithms is not None:
-                args += (ONLY + ",".join(algorithms),)
+            args = repository_args(tag_links, refs is not None, algorithms)
             async for records in store.walk_local(
                 layout.REPOSITORIES, repository_records, args, shard
             ):

@@ -38,11 +38,26 @@ MANIFESTS = "manifests"
 # Of the re-check's (changed_records), ``skipped:sha512``: the mark skipped these.
 ONLY = "only:"
 SKIPPED = "skipped:"
+# Walks of a tree at once, apart (storecalls.Limited.walk_shards): a collection's walk of
+# ``repositories/`` took longer than the rest of its mark (both CPUs of the bench machine;
+# more would only wait for the caller).
+WALK_SHARDS = 2
 # Records per batch sent back: the caller reads the first ones while the rest are walked.
 BATCH = 256
 # Top-level folders below which walks share the repositories rather than by them (see
 # _repositories): listing this many folders in every walk costs nothing to speak of.
 SHARE_BELOW = 64
+
+
+def repository_args(
+    tags: bool, manifests: bool, algorithms: tuple[str, ...] | None
+) -> tuple[str, ...]:
+    """repository_records' arguments: read the tags' links, the manifests; list the link
+    folders of ``algorithms`` only (None: of every registered one)."""
+    args = tuple(a for a, on in ((TAGS, tags), (MANIFESTS, manifests)) if on)
+    if algorithms is not None:
+        args += (ONLY + ",".join(algorithms),)
+    return args
 
 
 def repository_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from entrepot.oci.digest import Digest
 from entrepot.registry.digestnames import link_digest, parse_digest
+from entrepot.registry.gcwalk import WALK_SHARDS
 from entrepot.storage import FileInfo, StorageDriver, StorageNotFound
 from entrepot.storage.driver import Aside, Fold, Infos, Reader, Records, Shard
 from entrepot.storage.localwalk import LocalWalk
@@ -27,9 +28,6 @@ async def _no_pause() -> None:
 BULK_SLICE = 1024
 # Bulk calls in flight at once where the driver works apart (Limited.apart).
 BULK_AHEAD = 3
-# Walks of a tree at once, apart: a collection's walk of ``repositories/`` took longer than
-# the rest of its mark (both CPUs of the bench machine; more would only wait for the caller).
-WALK_SHARDS = 2
 
 
 class Limited:

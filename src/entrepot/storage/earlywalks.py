@@ -8,6 +8,7 @@ loads asyncio: it runs before the command's imports.
 
 from __future__ import annotations
 
+import marshal
 import subprocess
 import sys
 
@@ -19,6 +20,8 @@ WALKER = "entrepot.storage.fswalk"
 RUN_WALKER = f"import sys; from {WALKER} import main; main(sys.argv[1:])"
 
 _started: list[subprocess.Popen[bytes]] = []
+# What each was told to walk (tell), by pid.
+_told: dict[int, list[str]] = {}
 
 
 def start(count: int, preload: str) -> None:
@@ -34,8 +37,22 @@ def start(count: int, preload: str) -> None:
         )
 
 
-def taken() -> list[subprocess.Popen[bytes]]:
-    """The children ``start`` started that nothing took yet, now the caller's."""
-    found = list(_started)
+def tell(argvs: list[list[str]]) -> bool:
+    """Begin a walk in each of the first children ``start`` started, one per argv (see
+    fswalk's WAIT); False, telling none, where there are fewer children than walks."""
+    if len(argvs) > len(_started):
+        return False
+    for child, argv in zip(_started, argvs, strict=False):
+        assert child.stdin is not None
+        child.stdin.write(marshal.dumps(argv))
+        child.stdin.close()  # a walk's argv fits the pipe: this does not wait
+        _told[child.pid] = argv
+    return True
+
+
+def taken() -> list[tuple[subprocess.Popen[bytes], list[str] | None]]:
+    """The children ``start`` started that nothing took yet, now the caller's, each with
+    the walk it was told (None: waiting for one)."""
+    found = [(child, _told.pop(child.pid, None)) for child in _started]
     _started.clear()
     return found

@@ -357,8 +357,8 @@ class FilesystemDriver(StorageDriver):
         if prefix:
             check_key(prefix)
         if apart and self.walks_apart:
-            spare = None if self._spares is None else self._spares.take()
-            async for records in walk_local_apart(self._root, prefix, name, args, shard, spare):
+            found = walk_local_apart(self._root, prefix, name, args, shard, self._spares)
+            async for records in found:
                 yield records
             return
         batches = walk_disk(self._root, prefix, walk, args, shard)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, Any, Protocol
 
 from entrepot.storage.earlywalks import RUN_WALKER
-from entrepot.storage.fswalk import LENGTH, LOCAL, WAIT
+from entrepot.storage.fswalk import LENGTH, WAIT, local_argv, shard_arg
 from entrepot.storage.objects import FileInfo, Shard, StorageError
 
 
@@ -72,7 +72,7 @@ async def walk_apart(
     ``reading`` (a module-level Reader's name, the store's root path, the walk's prefix
     in it), each carries the bytes the reader names, read by the child; with ``shard``,
     only those below its top-level entries."""
-    argv = [root, fold, _shard_arg(shard), *(reading or ())]
+    argv = [root, fold, shard_arg(shard), *(reading or ())]
     async for rows in _from_child(argv, root):
         yield [FileInfo(*row) for row in rows]
 
@@ -83,25 +83,26 @@ async def walk_local_apart(
     walk: str,
     args: tuple[str, ...],
     shard: Shard | None,
-    spare: Child | None = None,
+    spares: WalkSpares | None = None,
 ) -> AsyncIterator[list[Any]]:
     """The batches of the local walk named ``walk`` (see localwalk) over the store at
-    ``base`` (a path), walked by a child process (``spare``, if one is given)."""
-    argv = [LOCAL, base, prefix, walk, _shard_arg(shard), *args]
-    async for batch in _from_child(argv, f"{base}/{prefix}", spare):
+    ``base`` (a path), walked by a child process: one of ``spares`` if there is one, the
+    one told this very walk first."""
+    argv = local_argv(base, prefix, walk, args, shard)
+    spare, told = (None, False) if spares is None else spares.take(argv)
+    async for batch in _from_child(argv, f"{base}/{prefix}", spare, told):
         yield batch
 
 
-def _shard_arg(shard: Shard | None) -> str:
-    return "-" if shard is None else f"{shard[0]}/{shard[1]}"
-
-
 async def _from_child(
-    argv: list[str], where: str, spare: Child | None = None
+    argv: list[str], where: str, spare: Child | None = None, told: bool = False
 ) -> AsyncIterator[Any]:
     """Each message of a child running fswalk with ``argv``: ``spare`` (see
-    WalkSpares) told them, or one started now."""
-    child = await _told(spare, argv) if spare is not None else None
+    WalkSpares) told them now, or already (``told``), or one started now."""
+    if told:
+        child: Child | None = spare
+    else:
+        child = await _told(spare, argv) if spare is not None else None
     if child is None:
         child = await _spawn(argv)
     assert child.stdout is not None and child.stderr is not None
@@ -165,19 +166,34 @@ class WalkSpares:
 
     def __init__(self) -> None:
         self._ready: list[Child] = []
+        # Spares already walking (earlywalks.tell): their walk's argv, by pid.
+        self._walking: dict[int, list[str]] = {}
 
-    async def adopt(self, children: list[subprocess.Popen[bytes]]) -> None:
-        """Walk children started before the event loop (earlywalks), spares from now."""
-        for child in children:
+    async def adopt(self, children: list[tuple[subprocess.Popen[bytes], list[str] | None]]) -> None:
+        """Walk children started before the event loop (earlywalks), spares from now;
+        those told a walk already are taken only for that walk."""
+        for child, argv in children:
             self._ready.append(await EarlyChild.attached(child))
+            if argv is not None:
+                self._walking[child.pid] = argv
 
     async def start(self, count: int, preload: str) -> None:
         """At least ``count`` spares, each with the module ``preload`` imported."""
         while len(self._ready) < count:
             self._ready.append(await _spawn([WAIT, preload], stdin=asyncio.subprocess.PIPE))
 
-    def take(self) -> Child | None:
-        return self._ready.pop() if self._ready else None
+    def take(self, argv: list[str]) -> tuple[Child | None, bool]:
+        """The spare walking ``argv`` already, and True; else one waiting for a walk (None:
+        none), and False. One walking another walk is not taken: ``stop`` ends it."""
+        for child in self._ready:
+            if self._walking.get(child.pid) == argv:
+                self._ready.remove(child)
+                return child, True
+        for child in reversed(self._ready):
+            if child.pid not in self._walking:
+                self._ready.remove(child)
+                return child, False
+        return None, False
 
     async def stop(self) -> None:
         """Kill the spares no walk took."""

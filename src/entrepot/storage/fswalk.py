@@ -16,6 +16,7 @@ the walk's key in it) each row also has a version (None) and the bytes READ name
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import itertools
 import marshal
@@ -55,6 +56,10 @@ WAIT = "--wait"
 # the rest are walked.
 BATCH = 8192
 LENGTH = struct.Struct("<I")
+# What the pipe to the caller holds (Linux's most without privileges; 64 KiB by default):
+# a mark's walks begin before the collector's event loop reads them (registry.gchead),
+# and a repository walk's batch is 147 KB on the bench store.
+PIPE_SIZE = 1 << 20
 
 
 def batches(
@@ -83,11 +88,13 @@ def _read_along(rows: Iterator[Row], read: Reader, base: str, prefix: str) -> It
 
 def _private_stdout() -> int:
     """A descriptor of the process's stdout for the rows alone: fd 1, and ``sys.stdout``,
-    now write to stderr."""
+    now write to stderr. A pipe is made to hold PIPE_SIZE."""
     sys.stdout.flush()
     out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    with contextlib.suppress(OSError):  # not a pipe, or over the user's pipe allowance
+        fcntl.fcntl(out, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     return out
 
 
@@ -114,6 +121,18 @@ def main(argv: list[str]) -> None:
     for batch in found:
         body = marshal.dumps(batch)
         _write_all(out, LENGTH.pack(len(body)) + body)
+
+
+def local_argv(
+    base: str, prefix: str, walk: str, args: tuple[str, ...], shard: Shard | None
+) -> list[str]:
+    """A child's argv for the local walk named ``walk`` (``module:name``) over the store at
+    ``base`` (a path) under ``prefix``."""
+    return [LOCAL, base, prefix, walk, shard_arg(shard), *args]
+
+
+def shard_arg(shard: Shard | None) -> str:
+    return "-" if shard is None else f"{shard[0]}/{shard[1]}"
 
 
 def _parse_shard(part: str) -> Shard | None:

@@ -1,0 +1,55 @@
+"""A mark begun ahead (registry.gchead): the collection is as if it began when its walks
+were told, so what was written after that is within its grace window."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from entrepot.registry import layout
+from entrepot.registry.gc import GarbageCollector, GcOptions
+from entrepot.registry.gchead import HeadStart, begin_mark
+from entrepot.storage import earlywalks
+from entrepot.storage.filesystem import FilesystemDriver
+from tests.unit.test_gc import age, blob, exists, layer, manifest
+
+
+async def test_a_blob_written_after_the_mark_began_ahead_is_kept(tmp_path: Path) -> None:
+    driver = FilesystemDriver(tmp_path / "root")
+    kept = await layer(driver, "team/app", b"kept")
+    await manifest(driver, "team/app", [kept], tag="v1")
+    old = await blob(driver, b"unreferenced long ago")
+    age(driver, layout.blob_data(old))
+    # The walks were told a few seconds ago (before the collector's imports); a push
+    # wrote a blob since, which no manifest references yet.
+    head = HeadStart(time.time() - 5, ("sha512",))
+    new = await blob(driver, b"pushed after the walks began")
+    collector = GarbageCollector(driver, GcOptions(grace=0), emit=lambda line: None, head=head)
+
+    result = await collector.run()
+
+    assert set(result.blobs_deleted) == {old}
+    assert await exists(driver, layout.blob_data(new))  # written within the grace window
+    assert result.blobs_kept_fresh == 1
+    assert collector.skipped == ("sha512",) and collector.marked_at == head.started
+
+
+def test_a_mark_begins_ahead_only_where_it_can(tmp_path: Path) -> None:
+    # No blob folder (a store not made yet, a wrong path): nothing is told, the collector
+    # finds what is wrong. Fewer waiting children than walks: none is told.
+    root = str(tmp_path)
+    assert begin_mark(root, tag_links=False) is None
+    (tmp_path / layout.BLOBS / "sha256").mkdir(parents=True)
+    assert begin_mark(root, tag_links=False) is None  # no child started
+    earlywalks.start(3, "entrepot.registry.gcwalk")
+    head = begin_mark(root, tag_links=False)
+    children = earlywalks.taken()
+    assert head is not None and head.skipped == ("sha512",)
+    told = [argv for _, argv in children]
+    assert [argv[2:5] if argv else None for argv in told] == [
+        [layout.REPOSITORIES, "entrepot.registry.gcwalk:repository_records", "0/2"],
+        [layout.REPOSITORIES, "entrepot.registry.gcwalk:repository_records", "1/2"],
+        [layout.BLOBS, "entrepot.registry.gcwalk:blob_records", "-"],
+    ]
+    for child, _ in children:
+        assert child.wait(timeout=30) == 0  # walked the (empty) store and ended
