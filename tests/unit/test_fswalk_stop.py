@@ -18,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from entrepot.storage.fschildren import _walkers, walk_apart, walks_stopped
-from entrepot.storage.fswalk import BATCH
+from entrepot.storage.fswalk import BATCH, PIPE_SIZE
 
 _LENGTH = struct.Struct("<I")
-FILES = 3000  # one batch of well over a pipe's 64 KiB
+FILES = 6000  # one batch of well over a walk's pipe (PIPE_SIZE: 1 MiB where Linux allows)
+LONG = "a-file-with-a-rather-long-name-to-fill-the-pipe-" * 4
 
 
 def pipe_is_full(fd: int) -> bool:
@@ -34,8 +35,9 @@ def pipe_is_full(fd: int) -> bool:
 
 def test_a_walk_stopped_while_it_writes_sends_every_object(tmp_path: Path) -> None:
     assert FILES < BATCH  # one message: a write cut short cannot end on a boundary
+    assert FILES * len(LONG) > PIPE_SIZE
     for n in range(FILES):
-        (tmp_path / f"a-file-with-a-rather-long-name-to-fill-the-pipe-{n:05d}").touch()
+        (tmp_path / f"{LONG}{n:05d}").touch()
     walker = subprocess.Popen(
         [sys.executable, "-m", "entrepot.storage.fswalk", str(tmp_path), "-", "-"],
         stdout=subprocess.PIPE,
