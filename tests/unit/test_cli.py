@@ -198,6 +198,28 @@ def test_the_program_collects_without_the_other_commands_modules(tmp_path: Path)
     assert helped.stdout.strip().splitlines()[-1] == "0 []"
 
 
+def collected_with(config: Path, patches: str, reported: str) -> str:
+    """``entrepot garbage-collect --grace 0 CONFIG`` run as the program, with ``patches``
+    applied first (code, before its imports); the last line it prints: its status and
+    ``reported`` (an expression of the patches' names) as it ended. It deletes one blob."""
+    code = (
+        "import os, sys, entrepot.__main__ as program\n"
+        f"{patches}"
+        "ended = os._exit\n"
+        "def report(status):\n"
+        f"    print(status, {reported}, flush=True)\n"
+        "    ended(0)\n"
+        "os._exit = report\n"
+        "sys.argv = ['entrepot', 'garbage-collect', '--grace', '0', sys.argv[1]]\n"
+        "program.run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True
+    )
+    assert "deleted 1 blobs" in done.stdout
+    return done.stdout.strip().splitlines()[-1]
+
+
 def test_the_programs_mark_walks_in_children_started_as_it_began(tmp_path: Path) -> None:
     # Started before its imports (entrepot.__main__, earlywalks), the mark's three walk
     # children are ready when it begins: it starts none then, only the re-check's spares.
@@ -208,28 +230,18 @@ def test_the_programs_mark_walks_in_children_started_as_it_began(tmp_path: Path)
     layers = root / "docker/registry/v2/repositories/team/app/_layers/sha256"
     layers.mkdir(parents=True)
     config = disk_config(tmp_path, root)
-    code = (
-        "import os, sys, entrepot.__main__ as program\n"
+    last = collected_with(
+        config,
         "from entrepot.storage import fschildren\n"
         "started = []\n"
         "spawn = fschildren._spawn\n"
         "async def noted(argv, **kwargs):\n"
         "    started.append(argv[0])\n"
         "    return await spawn(argv, **kwargs)\n"
-        "fschildren._spawn = noted\n"
-        "ended = os._exit\n"
-        "def report(status):\n"
-        "    print(status, sorted(started), flush=True)\n"
-        "    ended(0)\n"
-        "os._exit = report\n"
-        "sys.argv = ['entrepot', 'garbage-collect', '--grace', '0', sys.argv[1]]\n"
-        "program.run()\n"
+        "fschildren._spawn = noted\n",
+        reported="sorted(started)",
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True
-    )
-    assert "deleted 1 blobs" in done.stdout
-    assert done.stdout.strip().splitlines()[-1] == "0 ['--wait', '--wait']"
+    assert last == "0 ['--wait', '--wait']"
     assert not stray.exists()
 
 
@@ -243,8 +255,8 @@ def test_the_programs_mark_walks_begin_before_the_collectors_imports(tmp_path: P
     (stray / "data").write_bytes(b"unreferenced")
     (root / "docker/registry/v2/repositories/team/app/_layers/sha256").mkdir(parents=True)
     config = disk_config(tmp_path, root)
-    code = (
-        "import os, sys, entrepot.__main__ as program\n"
+    last = collected_with(
+        config,
         "from entrepot.storage import earlywalks\n"
         "noted = []\n"
         "tell = earlywalks.tell\n"
@@ -252,27 +264,15 @@ def test_the_programs_mark_walks_begin_before_the_collectors_imports(tmp_path: P
         "    noted.append(('early', 'entrepot.cli_gc' in sys.modules, len(argvs)))\n"
         "    return tell(argvs)\n"
         "earlywalks.tell = told_early\n"
-        "def report(status):\n"
-        "    from entrepot.storage import fschildren\n"
-        "    print(status, noted, sorted(fschildren.told_later), flush=True)\n"
-        "    ended(0)\n"
-        "ended = os._exit\n"
-        "os._exit = report\n"
         "import entrepot.storage.fschildren as fschildren\n"
-        "fschildren.told_later = []\n"
+        "told_later = []\n"
         "told = fschildren._told\n"
         "async def told_now(spare, argv):\n"
-        "    fschildren.told_later.append(argv[3].rpartition(':')[2])\n"
+        "    told_later.append(argv[3].rpartition(':')[2])\n"
         "    return await told(spare, argv)\n"
-        "fschildren._told = told_now\n"
-        "sys.argv = ['entrepot', 'garbage-collect', '--grace', '0', sys.argv[1]]\n"
-        "program.run()\n"
+        "fschildren._told = told_now\n",
+        reported="noted, sorted(told_later)",
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True
-    )
-    assert "deleted 1 blobs" in done.stdout
-    last = done.stdout.strip().splitlines()[-1]
     assert last == "0 [('early', False, 3)] ['changed_records', 'changed_records']"
     assert not stray.exists()
 
