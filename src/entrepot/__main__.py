@@ -19,7 +19,7 @@ def run() -> int:
         from entrepot.cli import main
 
         return main()
-    head = None
+    begun = None
     if not {"-h", "--help"} & set(sys.argv[2:]):
         from entrepot.storage import earlywalks
 
@@ -28,10 +28,10 @@ def run() -> int:
         earlywalks.start(MARK_WALKS, MARK_WALK_MODULE)
         from entrepot.cli_gcargs import head_start
 
-        head = head_start(sys.argv[1:])
+        begun = head_start(sys.argv[1:])
     from entrepot.cli_gc import main as collect
 
-    status = collect(sys.argv[1:], head)
+    status = collect(sys.argv[1:], begun)
     # Ended now, its output flushed: a collection leaves a few hundred thousand objects
     # (digests, scans, modules) that the interpreter would free one by one on its way
     # out, a tenth of a second of the bench store's run for a process about to end.

@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from entrepot.cli_gcargs import command_parser
+from entrepot.cli_gcargs import Begun, command_parser
 from entrepot.config import Config, ConfigError, load_config
 from entrepot.lowpriority import yield_to_serving
 from entrepot.registry.gc import GarbageCollector, GcOptions, GcResult
@@ -35,19 +35,24 @@ _ending: deque[GarbageCollector] = deque(maxlen=1)
 _T = TypeVar("_T")
 
 
-def main(argv: list[str], head: HeadStart | None = None) -> int:
+def main(argv: list[str], begun: Begun | None = None) -> int:
     """``entrepot garbage-collect ...`` (``argv`` without the program), parsed and run
     without the rest of the command line (entrepot.cli): the other commands' modules
-    (the server's, TLS, the health check) were 0.03 s of every run's start. ``head``:
-    the mark's walks, begun before this module's imports (registry.gchead)."""
+    (the server's, TLS, the health check) were 0.03 s of every run's start. ``begun``:
+    ``argv`` and its config as read before this module's imports, with the mark's walks
+    begun then (cli_gcargs.head_start); None: read them now."""
+    if begun is not None:
+        return run(begun.args, begun.head, begun.config)
     try:
         args = command_parser().parse_args(argv)
     except SystemExit as exc:  # --help, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    return run(args, head)
+    return run(args)
 
 
-def run(args: argparse.Namespace, head: HeadStart | None = None) -> int:
+def run(
+    args: argparse.Namespace, head: HeadStart | None = None, config: Config | None = None
+) -> int:
     options = GcOptions(dry_run=args.dry_run, delete_untagged=args.delete_untagged, apart=True)
     if args.grace is not None:
         options = replace(options, grace=args.grace)
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace, head: HeadStart | None = None) -> int:
             rest=not args.full_speed,
             grace_given=args.grace is not None,
             head=head,
+            config=config,
         )
     finally:
         # All it made is still in the youngest generation, which the first allocation
@@ -100,15 +106,18 @@ def garbage_collect(
     rest: bool = True,
     grace_given: bool = True,
     head: HeadStart | None = None,
+    config: Config | None = None,
 ) -> int:
     """Mark and sweep the storage the config at ``path`` names; with ``rest``, stepping
     aside while the machine serves; without ``grace_given``, with the config's grace (a
-    dry run then lists what the scheduled run deletes)."""
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"entrepot: config error: {exc}", file=sys.stderr)
-        return 1
+    dry run then lists what the scheduled run deletes). ``config``: the one at ``path``,
+    read already (with ``head``, the one whose store the walks begun ahead walk)."""
+    if config is None:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            print(f"entrepot: config error: {exc}", file=sys.stderr)
+            return 1
     from entrepot.preflight import create_driver, retention_rules
 
     if not as_store_owner(config):

@@ -6,28 +6,38 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
-from entrepot.config import load_config, parse_duration
+from entrepot.config import Config, load_config, parse_duration
 from entrepot.registry.gchead import HeadStart, begin_mark
 
 COMMAND = "garbage-collect"
 
 
-def head_start(argv: list[str]) -> HeadStart | None:
-    """The mark's walks begun ahead (registry.gchead) for the command ``argv`` (without the
-    program) where it collects a disk; None where it does not, or its arguments or config
-    are wrong: the command then says what is wrong, as it would without this."""
+class Begun(NamedTuple):
+    """The command as the program read it before the collector's imports: its arguments,
+    its config (read once: the collection is of the very store its walks were told), and
+    the mark's walks begun ahead (None: not begun, e.g. object storage)."""
+
+    args: argparse.Namespace
+    config: Config
+    head: HeadStart | None
+
+
+def head_start(argv: list[str]) -> Begun | None:
+    """The command ``argv`` (without the program) read, and the mark's walks begun ahead
+    (registry.gchead) where it collects a disk; None where its arguments or config are
+    wrong: the command then reads them again and says what is wrong."""
     try:
         args = command_parser(_Quiet).parse_args(argv)
         config = load_config(args.config)
     except Exception:  # noqa: BLE001 - reported by the command itself
         return None
     if config.storage.s3 is not None:
-        return None
+        return Begun(args, config, None)
     root = os.path.abspath(config.storage.rootdirectory)  # as the driver's
     tag_links = args.delete_untagged or bool(config.garbagecollect.retention)
-    return begin_mark(root, tag_links)
+    return Begun(args, config, begin_mark(root, tag_links))
 
 
 class _Quiet(argparse.ArgumentParser):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -13,6 +14,11 @@ import pytest
 
 from entrepot import __version__
 from entrepot.cli import main
+from entrepot.oci.digest import Digest
+from entrepot.registry import layout
+from entrepot.registry.quarantine import JOURNAL, QUARANTINE
+from entrepot.storage.filesystem import FilesystemDriver
+from tests.unit.test_gc import blob, layer, manifest
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -275,6 +281,71 @@ def test_the_programs_mark_walks_begin_before_the_collectors_imports(tmp_path: P
     )
     assert last == "0 [('early', False, 3)] ['changed_records', 'changed_records']"
     assert not stray.exists()
+
+
+def test_the_program_collects_the_store_its_walks_began_on_reading_its_config_once(
+    tmp_path: Path,
+) -> None:
+    # The config is read once, before the collector's imports (cli_gcargs.head_start): an
+    # edit of the file meanwhile does not send the collection to another store than the
+    # one its mark's walks were told (nor mix the two: the algorithms a walk skips are
+    # that store's).
+    strays = []
+    for name in ("first", "second"):
+        stray = tmp_path / name / "docker/registry/v2/blobs/sha256/ab" / ("ab" * 32)
+        stray.mkdir(parents=True)
+        (stray / "data").write_bytes(b"unreferenced")
+        strays.append(stray)
+    config = disk_config(tmp_path, tmp_path / "first")
+    last = collected_with(
+        config,
+        "from entrepot.storage import earlywalks\n"
+        "tell = earlywalks.tell\n"
+        "def told_then_edited(argvs):\n"
+        "    told = tell(argvs)\n"
+        "    with open(sys.argv[-1]) as f: text = f.read()\n"
+        "    with open(sys.argv[-1], 'w') as f: f.write(text.replace('/first', '/second'))\n"
+        "    return told\n"
+        "earlywalks.tell = told_then_edited\n",
+        reported="'second' in open(sys.argv[-1]).read()",
+    )
+    assert last == "0 True"  # the file was edited as the walks began
+    assert not strays[0].exists()
+    assert (strays[1] / "data").exists()
+
+
+def test_the_program_puts_back_what_an_interrupted_run_left_aside_before_marking(
+    tmp_path: Path,
+) -> None:
+    # An interrupted collection left a tagged image's manifest and layer aside (journal
+    # listed). The next run's walks begin before it puts them back (cli_gcargs.head_start):
+    # the manifest they could not read is read once it is back, before the mark decides,
+    # so the image stays whole.
+    root = tmp_path / "r"
+    driver = FilesystemDriver(root)
+
+    async def store() -> tuple[Digest, Digest]:
+        kept = await layer(driver, "team/app", b"a layer of a tagged image")
+        image = await manifest(driver, "team/app", [kept], tag="v1")
+        await blob(driver, b"unreferenced")
+        return kept, image
+
+    aside = asyncio.run(store())
+    for digest in aside:
+        os.rename(
+            driver.local_path(layout.blob_data(digest)),
+            driver.local_path(f"{layout.blob_dir(digest)}/{QUARANTINE}"),
+        )
+    journal = driver.local_path(JOURNAL)
+    os.makedirs(os.path.dirname(journal))
+    Path(journal).write_text("\n".join(map(str, aside)))
+
+    last = collected_with(disk_config(tmp_path, root), "", reported="'done'")
+
+    assert last == "0 done"
+    for digest in aside:
+        assert Path(driver.local_path(layout.blob_data(digest))).exists()
+    assert not Path(journal).exists()
 
 
 def test_debug_address_in_use_exits_1_naming_it(
