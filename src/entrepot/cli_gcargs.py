@@ -1,17 +1,24 @@
-"""``entrepot garbage-collect``'s arguments: a module of its own, light (no asyncio), so
-that the program reads them, and the config, before the collector's imports (see
-entrepot.__main__ and registry.gchead)."""
+"""``entrepot garbage-collect``'s arguments: a module of its own, light (no asyncio, and
+the config package only once the mark's walks are told), so that the program reads them,
+and the config, before the collector's imports (see entrepot.__main__ and
+registry.gchead)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, NamedTuple, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from entrepot.config import Config, load_config, parse_duration
 from entrepot.registry.gchead import HeadStart, begin_mark
 
+if TYPE_CHECKING:
+    from entrepot.config import Config
+
 COMMAND = "garbage-collect"
+# The REGISTRY_* overrides (config.environ) that may change what the mark's walks are
+# told: where a variable starts so, the config is read whole before they are.
+_WALK_OVERRIDES = ("REGISTRY_STORAGE", "REGISTRY_GARBAGECOLLECT")
 
 
 class Begun(NamedTuple):
@@ -27,7 +34,17 @@ class Begun(NamedTuple):
 def head_start(argv: list[str]) -> Begun | None:
     """The command ``argv`` (without the program) read, and the mark's walks begun ahead
     (registry.gchead) where it collects a disk; None where its arguments or config are
-    wrong: the command then reads them again and says what is wrong."""
+    wrong: the command then reads them again and says what is wrong.
+
+    The walks are told what a glance at the config file says (``_glance``), before the
+    config package is imported (0.1 s of a CPU, with its dataclasses and YAML: the early
+    walk children, ready, waited for it); the config, read whole then, must say the same,
+    or the walks begun are not the collection's (they end with the command) and it
+    begins its own."""
+    glanced = _glance(argv)
+    early = None if glanced is None else begin_mark(*glanced)
+    from entrepot.config import load_config
+
     try:
         args = command_parser(_Quiet).parse_args(argv)
         config = load_config(args.config)
@@ -37,7 +54,31 @@ def head_start(argv: list[str]) -> Begun | None:
         return Begun(args, config, None)
     root = os.path.abspath(config.storage.rootdirectory)  # as the driver's
     tag_links = args.delete_untagged or bool(config.garbagecollect.retention)
-    return Begun(args, config, begin_mark(root, tag_links))
+    if early is None:  # nothing told yet
+        return Begun(args, config, begin_mark(root, tag_links))
+    return Begun(args, config, early if glanced == (root, tag_links) else None)
+
+
+def _glance(argv: list[str]) -> tuple[str, bool] | None:
+    """The store's root (absolute) and whether the mark reads the tags' links, as the
+    config file says at a glance: YAML alone, without the config package's models and
+    checks; None where that could differ (an override of the storage or collection
+    sections), or the file does not say it plainly (the full read decides)."""
+    if any(name.startswith(_WALK_OVERRIDES) for name in os.environ):
+        return None
+    try:
+        args = command_parser(_Quiet, grace=str).parse_args(argv)
+        import yaml
+
+        with open(args.config, "rb") as file:
+            tree = yaml.load(file, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        root = tree["storage"]["filesystem"]["rootdirectory"]
+        retention = (tree.get("garbagecollect") or {}).get("retention")
+    except Exception:  # noqa: BLE001 - the full read reports what is wrong
+        return None
+    if not isinstance(root, str) or not root:
+        return None
+    return os.path.abspath(root), bool(args.delete_untagged or retention)
 
 
 class _Quiet(argparse.ArgumentParser):
@@ -47,16 +88,20 @@ class _Quiet(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def command_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> Any:
-    """The program's parser with this command alone."""
+def command_parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+    grace: Callable[[str], Any] | None = None,
+) -> Any:
+    """The program's parser with this command alone; ``grace``: what reads ``--grace``
+    (else a duration, checked)."""
     parser = parser_class(
         prog="entrepot", description="Entrepot: a container registry, a drop-in for registry:2."
     )
-    add_command(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    add_command(parser.add_subparsers(dest="command", metavar="COMMAND"), grace)
     return parser
 
 
-def add_command(commands: Any) -> None:
+def add_command(commands: Any, grace: Callable[[str], Any] | None = None) -> None:
     """The subcommand's parser, on ``commands`` (argparse's subparsers)."""
     gc_cmd = commands.add_parser(
         COMMAND,
@@ -80,7 +125,7 @@ def add_command(commands: Any) -> None:
     )
     gc_cmd.add_argument(
         "--grace",
-        type=_grace,
+        type=grace or _grace,
         default=None,
         metavar="DURATION",
         help="keep what was written or linked this recently, e.g. 30m, 0 (default: the "
@@ -95,6 +140,8 @@ def add_command(commands: Any) -> None:
 
 
 def _grace(text: str) -> float:
+    from entrepot.config import parse_duration
+
     try:
         seconds = parse_duration(text)
     except ValueError as exc:

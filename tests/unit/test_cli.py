@@ -204,6 +204,14 @@ def test_the_program_collects_without_the_other_commands_modules(tmp_path: Path)
     assert helped.stdout.strip().splitlines()[-1] == "0 []"
 
 
+def unreferenced_blob(root: Path) -> Path:
+    """A blob no manifest references in the store at ``root``: its folder."""
+    folder = root / "docker/registry/v2/blobs/sha256/ab" / ("ab" * 32)
+    folder.mkdir(parents=True)
+    (folder / "data").write_bytes(b"unreferenced")
+    return folder
+
+
 def collected_with(config: Path, patches: str, reported: str) -> str:
     """``entrepot garbage-collect --grace 0 CONFIG`` run as the program, with ``patches``
     applied first (code, before its imports); the last line it prints: its status and
@@ -230,9 +238,7 @@ def test_the_programs_mark_walks_in_children_started_as_it_began(tmp_path: Path)
     # Started before its imports (entrepot.__main__, earlywalks), the mark's three walk
     # children are ready when it begins: it starts none then, only the re-check's spares.
     root = tmp_path / "r"
-    stray = root / "docker/registry/v2/blobs/sha256/ab" / ("ab" * 32)
-    stray.mkdir(parents=True)
-    (stray / "data").write_bytes(b"unreferenced")
+    stray = unreferenced_blob(root)
     layers = root / "docker/registry/v2/repositories/team/app/_layers/sha256"
     layers.mkdir(parents=True)
     config = disk_config(tmp_path, root)
@@ -252,13 +258,12 @@ def test_the_programs_mark_walks_in_children_started_as_it_began(tmp_path: Path)
 
 
 def test_the_programs_mark_walks_begin_before_the_collectors_imports(tmp_path: Path) -> None:
-    # Told their walks once the config is read (registry.gchead), before the collector's
-    # modules are imported; the driver reads each from the child walking it, telling no
-    # child a mark walk again (only the re-check's spares are told theirs).
+    # Told their walks as a glance at the config file says (cli_gcargs), before the config
+    # package and the collector's modules are imported; the driver reads each from the
+    # child walking it, telling no child a mark walk again (only the re-check's spares are
+    # told theirs).
     root = tmp_path / "r"
-    stray = root / "docker/registry/v2/blobs/sha256/ab" / ("ab" * 32)
-    stray.mkdir(parents=True)
-    (stray / "data").write_bytes(b"unreferenced")
+    stray = unreferenced_blob(root)
     (root / "docker/registry/v2/repositories/team/app/_layers/sha256").mkdir(parents=True)
     config = disk_config(tmp_path, root)
     last = collected_with(
@@ -267,7 +272,7 @@ def test_the_programs_mark_walks_begin_before_the_collectors_imports(tmp_path: P
         "noted = []\n"
         "tell = earlywalks.tell\n"
         "def told_early(argvs):\n"
-        "    noted.append(('early', 'entrepot.cli_gc' in sys.modules, len(argvs)))\n"
+        "    noted.append(('early', 'entrepot.config' in sys.modules, len(argvs)))\n"
         "    return tell(argvs)\n"
         "earlywalks.tell = told_early\n"
         "import entrepot.storage.fschildren as fschildren\n"
@@ -283,19 +288,13 @@ def test_the_programs_mark_walks_begin_before_the_collectors_imports(tmp_path: P
     assert not stray.exists()
 
 
-def test_the_program_collects_the_store_its_walks_began_on_reading_its_config_once(
+def test_the_program_collects_the_store_its_config_names_when_edited_as_its_walks_began(
     tmp_path: Path,
 ) -> None:
-    # The config is read once, before the collector's imports (cli_gcargs.head_start): an
-    # edit of the file meanwhile does not send the collection to another store than the
-    # one its mark's walks were told (nor mix the two: the algorithms a walk skips are
-    # that store's).
-    strays = []
-    for name in ("first", "second"):
-        stray = tmp_path / name / "docker/registry/v2/blobs/sha256/ab" / ("ab" * 32)
-        stray.mkdir(parents=True)
-        (stray / "data").write_bytes(b"unreferenced")
-        strays.append(stray)
+    # The walks are told what a glance at the config file says, and the config is then
+    # read whole, once: edited in between, the collection is of the store it then names,
+    # with walks of its own, and the other store is left alone.
+    strays = [unreferenced_blob(tmp_path / name) for name in ("first", "second")]
     config = disk_config(tmp_path, tmp_path / "first")
     last = collected_with(
         config,
@@ -310,8 +309,31 @@ def test_the_program_collects_the_store_its_walks_began_on_reading_its_config_on
         reported="'second' in open(sys.argv[-1]).read()",
     )
     assert last == "0 True"  # the file was edited as the walks began
-    assert not strays[0].exists()
-    assert (strays[1] / "data").exists()
+    assert (strays[0] / "data").exists()
+    assert not strays[1].exists()
+
+
+def test_the_program_tells_the_walks_the_store_an_override_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A REGISTRY_STORAGE_* variable may name another store than the file: the walks are
+    # told once the config is read whole, and walk that one.
+    strays = [unreferenced_blob(tmp_path / name) for name in ("file", "variable")]
+    monkeypatch.setenv("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", str(tmp_path / "variable"))
+    last = collected_with(
+        disk_config(tmp_path, tmp_path / "file"),
+        "from entrepot.storage import earlywalks\n"
+        "roots = []\n"
+        "tell = earlywalks.tell\n"
+        "def noted(argvs):\n"
+        "    roots.extend(sorted({argv[1].rpartition('/')[2] for argv in argvs}))\n"
+        "    return tell(argvs)\n"
+        "earlywalks.tell = noted\n",
+        reported="roots",
+    )
+    assert last == "0 ['variable']"
+    assert (strays[0] / "data").exists()
+    assert not strays[1].exists()
 
 
 def test_the_program_puts_back_what_an_interrupted_run_left_aside_before_marking(

@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from entrepot import cli_gcargs
 from entrepot.registry import layout
 from entrepot.registry.gc import GarbageCollector, GcOptions
 from entrepot.registry.gchead import HeadStart, begin_mark
@@ -53,3 +56,43 @@ def test_a_mark_begins_ahead_only_where_it_can(tmp_path: Path) -> None:
     ]
     for child, _ in children:
         assert child.wait(timeout=30) == 0  # walked the (empty) store and ended
+
+
+@pytest.mark.parametrize(
+    ("glanced", "kept"),
+    [("same", True), ("another root", False), ("tags read", False), ("unreadable", True)],
+)
+def test_walks_told_at_a_glance_are_the_collections_only_where_the_config_agrees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, glanced: str, kept: bool
+) -> None:
+    # The walks are told what a glance at the file says (YAML alone), then the config is
+    # read whole: walks told another store, or without the tags a retention rule needs,
+    # are not the collection's; where the glance could not tell, the walks are told once
+    # the config is read.
+    root = tmp_path / "r"
+    (root / layout.BLOBS / "sha256").mkdir(parents=True)
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n")
+    glances = {
+        "same": (str(root), False),
+        "another root": (str(tmp_path / "elsewhere"), False),
+        "tags read": (str(root), True),
+        "unreadable": None,
+    }
+    monkeypatch.setattr(cli_gcargs, "_glance", lambda argv: glances[glanced])
+    told: list[list[list[str]]] = []
+
+    def tell(argvs: list[list[str]]) -> bool:
+        told.append(argvs)
+        return True
+
+    monkeypatch.setattr(earlywalks, "tell", tell)
+    (tmp_path / "elsewhere" / layout.BLOBS / "sha256").mkdir(parents=True)
+
+    begun = cli_gcargs.head_start(["garbage-collect", str(config)])
+
+    assert begun is not None and begun.config.storage.rootdirectory == root
+    assert (begun.head is not None) is kept
+    assert len(told) == 1  # the walks are told once, whatever the glance said
+    if kept:
+        assert {argv[1] for argv in told[0]} == {str(root)}
