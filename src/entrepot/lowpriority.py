@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import platform
 from collections.abc import Sequence
 
 __all__ = ["IOPRIO_CLASS_IDLE", "LOW_NICE", "lower_if_collecting", "yield_to_serving"]
@@ -30,7 +29,7 @@ def yield_to_serving() -> None:
     as one group before the processes in it (autogroup, when no cgroup is set): a command
     leading a session of its own (started with setsid) lowers its group's too."""
     os.setpriority(os.PRIO_PROCESS, 0, LOW_NICE)
-    number = _IOPRIO_SET.get(platform.machine())
+    number = _IOPRIO_SET.get(os.uname().machine)  # platform's import: 3 ms before the walks start
     if number is not None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall(number, _IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << _IOPRIO_CLASS_SHIFT)

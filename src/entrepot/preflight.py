@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import multiprocessing
 import os
 import pwd
 from typing import TYPE_CHECKING
@@ -256,6 +255,8 @@ def _s3_problem(config: Config) -> str | None:
         settings = s3_settings(config)
     except StorageError as exc:  # an unreadable AWS credentials file
         return f"cannot use storage.s3 ({exc})"
+    import multiprocessing  # here: its import (pickle) was 6 ms of every collection's start
+
     from entrepot.storage.s3 import probe_bucket
 
     # The S3 client's (obstore's) runtime does not survive fork(), and the server forks
@@ -290,6 +291,8 @@ def take_over_store(config: Config) -> str | None:
         return None  # no cache on this bucket (a process of its own costs seconds)
     else:
         # The S3 client must not run in this process, whose workers fork from it.
+        import multiprocessing
+
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
             problem = pool.submit(_decide_store, config).result()
