@@ -54,6 +54,7 @@ class CollectorSweep:
     # lists none of their link folders: see gcwalk.ONLY); () where all were walked.
     skipped: tuple[str, ...]
     quarantined: list[Digest]  # set aside by _set_aside
+    quarantined_dirs: list[str]  # their folders
 
     def _fresh(self, mtime: float) -> bool:
         return mtime > self.cutoff
@@ -105,6 +106,8 @@ class CollectorSweep:
             folders, "data", QUARANTINE, self.cutoff, sync=False
         )
         self.quarantined = [d for d, (_, moved) in zip(candidates, answers, strict=True) if moved]
+        # Their folders, for the deletes (making 55,600 paths again cost 0.01 s, serial).
+        self.quarantined_dirs = [f for f, (_, moved) in zip(folders, answers, strict=True) if moved]
         return [stat for stat, _ in answers]
 
     async def _sweep(
@@ -131,18 +134,28 @@ class CollectorSweep:
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
         # In digest order, as the candidates were (see GarbageCollector._unmarked_blobs).
-        deleted = [d for d in quarantined if d not in relinked]
+        if relinked or quarantined is not self.quarantined:
+            deleted = [d for d in quarantined if d not in relinked]
+            folders = layout.blob_dirs(deleted)
+        else:  # every blob set aside goes (the rule): with the folders set aside
+            deleted, folders = quarantined, self.quarantined_dirs
         # With its folder, as registry:2 removes it; unless a push of the same bytes
         # refilled it meanwhile: then only the quarantined copy goes.
         progress = self._progress("sweeping: blobs deleted", len(deleted))
-        folders = layout.blob_dirs(deleted)
         await self.store.delete_in(folders, QUARANTINE, progress.tick)
-        for digest in deleted:
-            self.result.blobs_deleted[digest] = doomed[digest]
+        if len(deleted) == len(doomed):  # the same blobs (deleted ones are doomed ones)
+            self.result.blobs_deleted = dict(doomed)
+        else:
+            for digest in deleted:
+                self.result.blobs_deleted[digest] = doomed[digest]
         if self.journal:
             await close_journal(self.store)
-        await self._unlink_layers([*scans.values(), *rescans.values()], set(deleted))
-        empty = await self._empty_repositories(rescans.values(), gone, set(deleted))
+        gone_blobs = set(deleted)
+        # Each repository once: the re-check's scans are the mark's where it did not read
+        # one again (reading both halves again was 0.01 s of the bench store's run).
+        read = {id(scan): scan for scan in (*scans.values(), *rescans.values())}
+        await self._unlink_layers(list(read.values()), gone_blobs)
+        empty = await self._empty_repositories(rescans.values(), gone, gone_blobs)
         for name in reversed(empty):  # nested ones first: their parents may empty with them
             await self._remove_repository(name)
         self.result.repositories_removed = empty
@@ -243,8 +256,13 @@ class CollectorSweep:
         window."""
 
         def emptied(scans: Iterable[RepoScan]) -> list[RepoScan]:
+            # A set made per repository only where it lost manifests (0.01 s of the bench
+            # store's run, serial, where none did).
             return [
-                s for s in scans if not s.uploads and not (s.revisions - gone.get(s.name, set()))
+                s
+                for s in scans
+                if not s.uploads
+                and not (s.revisions if s.name not in gone else s.revisions - gone[s.name])
             ]
 
         candidates = emptied(scans)
