@@ -9,8 +9,9 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 
-from entrepot.oci.digest import Digest
+from entrepot.oci.digest import Digest, trusted_pair
 from entrepot.registry import layout
 from entrepot.registry.digestnames import digest_at, link_digest
 from entrepot.registry.gcrefs import read_refs
@@ -83,11 +84,9 @@ async def find_blobs(store: Limited, progress: Progress | None = None) -> Blobs:
 
 async def _listed_blobs(store: Limited, progress: Progress | None) -> Blobs:
     found: Blobs = {}
-    trusted = Digest.trusted
     async for batch in store.walk_local(layout.BLOBS, blob_records, (), None):
         for algorithm, names in batch:
-            for encoded in names:
-                found[trusted(algorithm, encoded)] = UNREAD
+            found.update(zip(map(trusted_pair, zip(repeat(algorithm), names)), repeat(UNREAD)))
             if progress is not None:
                 progress.tick(len(names))
     return found
@@ -258,25 +257,30 @@ class _Scanner:
             self.add(name, parts, info)
 
     def add_records(self, records: list[Record]) -> int:
-        """Repositories as gcwalk's walk found them; how many objects they hold."""
-        refs, trusted, objects = self.refs, Digest.trusted, 0
+        """Repositories as gcwalk's walk found them; how many objects they hold. (Digests
+        made by map(trusted_pair, ...), and steps skipped for what is empty, as most is:
+        this took a third less of the main process's CPU on the bench store.)"""
+        refs, scans, objects = self.refs, self.scans, 0
         for name, revisions, unlinked, layers, tag_names, tags, uploads, newest in records:
-            scan = self.scans.get(name)
+            scan = scans.get(name)
             if scan is None:
-                scan = self.scans[name] = RepoScan(name)
+                scan = scans[name] = RepoScan(name)
             for algorithm, encoded, mtime, pairs in revisions:
-                digest = trusted(algorithm, encoded)
+                digest = trusted_pair((algorithm, encoded))
                 scan.revision_mtimes[digest] = mtime
                 if pairs is None or refs is None:
                     self.unread_revisions.append(digest)
                 elif digest not in refs:
                     refs[digest] = refs_of(pairs)
-            scan.unlinked_revisions.update([trusted(*pair) for pair in unlinked])
-            scan.layers.update([trusted(*pair) for pair in layers])
-            scan.tag_names += tag_names
+            if unlinked:
+                scan.unlinked_revisions.update(map(trusted_pair, unlinked))
+            scan.layers.update(map(trusted_pair, layers))
+            if tag_names:
+                scan.tag_names += tag_names
             for tag, algorithm, encoded in tags:
-                scan.tags[tag] = trusted(algorithm, encoded)
-            scan.uploads += uploads
+                scan.tags[tag] = trusted_pair((algorithm, encoded))
+            if uploads:
+                scan.uploads += uploads
             scan.upload_active |= newest > self.fresh_after
             objects += 1 + len(revisions) + len(unlinked) + len(layers) + len(tag_names)
         return objects

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-from entrepot.oci.digest import Digest
+from entrepot.oci.digest import Digest, trusted_pair
 from entrepot.registry.digestnames import Pair, parse_pairs
 
 
@@ -40,11 +40,10 @@ def manifest_refs(raw: bytes) -> ManifestRefs:
 
 def refs_of(pairs: RefPairs) -> ManifestRefs:
     references, children, subject = pairs
-    trusted = Digest.trusted
     return ManifestRefs(
-        frozenset([trusted(*pair) for pair in references]),
-        tuple([trusted(*pair) for pair in children]),
-        None if subject is None else trusted(*subject),
+        frozenset(map(trusted_pair, references)),
+        tuple(map(trusted_pair, children)),
+        None if subject is None else trusted_pair(subject),
     )
 
 
