@@ -24,7 +24,7 @@ def run() -> int:
         from entrepot.storage import earlywalks
 
         # Started here, they import while the command does, on the CPU it leaves idle;
-        # told their walks once the config is read (registry.gchead).
+        # told their walks as soon as the store is known (cli_gcargs, registry.gchead).
         earlywalks.start(MARK_WALKS, MARK_WALK_MODULE)
         from entrepot.cli_gcargs import head_start
 

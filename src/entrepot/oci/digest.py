@@ -47,7 +47,7 @@ class Digest(NamedTuple):
 
 _new = tuple.__new__
 # Digest.trusted of an (algorithm, encoded) pair, as one call into C: ``map(trusted_pair,
-# pairs)`` makes a collection's few hundred thousand without a Python call each (a third
+# pairs)`` makes a collection's few hundred thousand without a Python call each (a fifth
 # of the main process's CPU reading the bench store's walks went to those calls).
 trusted_pair: Callable[[tuple[str, str]], Digest] = functools.partial(_new, Digest)
 

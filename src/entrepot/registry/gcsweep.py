@@ -135,9 +135,10 @@ class CollectorSweep:
         await each(relinked, self._release)
         # In digest order, as the candidates were (see GarbageCollector._unmarked_blobs).
         if relinked or quarantined is not self.quarantined:
+            # Some stay, or the sweep moved them (object storage): no paths kept to reuse.
             deleted = [d for d in quarantined if d not in relinked]
             folders = layout.blob_dirs(deleted)
-        else:  # every blob set aside goes (the rule): with the folders set aside
+        else:  # every blob _set_aside moved goes (the rule): with the paths it made
             deleted, folders = quarantined, self.quarantined_dirs
         # With its folder, as registry:2 removes it; unless a push of the same bytes
         # refilled it meanwhile: then only the quarantined copy goes.
