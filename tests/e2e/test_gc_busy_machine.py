@@ -21,6 +21,7 @@ from .servers import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
+BLOBS = 10_000
 SPIN = "import os\nos.nice(19)\nwhile True:\n    pass\n"
 
 
@@ -56,10 +57,11 @@ def collect(config: Path, cpus: set[int], *flags: str) -> str:
 
 
 def store(tmp_path: Path) -> tuple[Path, Path, int]:
-    """A store of 400 repositories and 4,000 blobs, its config, and the blobs a collection
-    keeps."""
+    """A store of 1,000 repositories and 10,000 blobs, its config, and the blobs a collection
+    keeps: its collection takes long enough on the busy machine to look at the load more
+    than once (gcpace.SAMPLE)."""
     root = tmp_path / "store"
-    kept = write_gc_fixture(root, repos=400, blobs=4000)
+    kept = write_gc_fixture(root, repos=1000, blobs=BLOBS)
     config = tmp_path / "config.yml"
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n")
     return root, config, kept
@@ -74,7 +76,7 @@ def test_a_collection_rests_while_other_processes_keep_the_cpus_busy(tmp_path: P
 
     assert "of it resting as the machine was busy" in line, line
     assert sum(1 for _ in Path(root, ROOT, "blobs").rglob("data")) == kept
-    assert f"deleted {4000 - kept} blobs" in line
+    assert f"deleted {BLOBS - kept} blobs" in line
 
 
 def test_at_full_speed_it_does_not_rest_on_a_busy_machine(tmp_path: Path) -> None:

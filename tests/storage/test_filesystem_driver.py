@@ -10,14 +10,22 @@ import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
-from entrepot.storage import FileInfo, StorageError, StorageNotFound, earlywalks, fsbulkops
+from entrepot.storage import (
+    FileInfo,
+    StorageError,
+    StorageNotFound,
+    earlywalks,
+    fsbulkops,
+    fschildren,
+)
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.fschildren import EarlyChild, walks_stopped
 from entrepot.storage.fswalk import BATCH, local_argv
+from entrepot.storage.localwalk import LocalView
 from tests.storage.test_contract import INVALID_KEYS, names_and_reads
 
 KEY = "docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
@@ -508,7 +516,7 @@ async def test_a_cancelled_bulk_call_leaves_its_helper_serving_in_step(
 
 async def test_a_walk_apart_takes_a_spare_started_ahead(root: Path, fs: FilesystemDriver) -> None:
     # A spare has started and imported the walk's module; told the walk, it walks as a
-    # child started for it would. Spares no walk took end with the block.
+    # child started for it would, then waits for another walk. Spares end with the block.
     for n in range(3):
         write_file(root / "s" / f"t{n}" / "f", b"x" * n)
     wanted = [b async for b in fs.walk_local("s", names_and_reads, ("f",))]
@@ -518,11 +526,48 @@ async def test_a_walk_apart_takes_a_spare_started_ahead(root: Path, fs: Filesyst
         spares = list(fs._spares._ready)
         assert len(spares) == 2
         walked = [b async for b in fs.walk_local("s", names_and_reads, ("f",), apart=True)]
-        assert fs._spares._ready == spares[:1]
+        assert fs._spares._ready == spares  # the one that walked is a spare again
+        assert spares[1].returncode is None
     assert walked == wanted
-    assert spares[1].returncode == 0  # walked, and ended
-    assert spares[0].returncode == -signal.SIGKILL
+    assert [spare.returncode for spare in spares] == [-signal.SIGKILL] * 2
     assert fs._spares is None
+
+
+def failing_walk(view: LocalView, prefix: str, args: tuple[str, ...]) -> Any:
+    """A module-level local walk that fails in the child walking it."""
+    raise RuntimeError(f"no walk of {prefix} today")
+
+
+async def test_a_spare_walks_walk_after_walk_and_a_failed_one_says_what_failed(
+    root: Path, fs: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One child walks a collection's mark and then its re-check (fswalk's END between
+    # them): no child is started for the second walk. A walk that fails ends its child,
+    # and the call says what failed, as a child's own walk's would.
+    for n in range(3):
+        write_file(root / "s" / f"t{n}" / "f", b"x" * n)
+    first = [b async for b in fs.walk_local("s", names_and_reads, ("f",))]
+    second = [b async for b in fs.walk_local("s", names_and_reads, ())]
+    async with fs.bulk_apart():
+        await fs.prepare_walks(names_and_reads, 1)
+        assert fs._spares is not None
+        (spare,) = fs._spares._ready
+        started: list[list[str]] = []
+        spawn = fschildren._spawn
+
+        async def noted(argv: list[str], **kwargs: Any) -> fschildren.Child:
+            started.append(argv)
+            return await spawn(argv, **kwargs)
+
+        monkeypatch.setattr(fschildren, "_spawn", noted)
+        assert [b async for b in fs.walk_local("s", names_and_reads, ("f",), apart=True)] == first
+        assert [b async for b in fs.walk_local("s", names_and_reads, (), apart=True)] == second
+        assert started == [] and fs._spares._ready == [spare]
+        failed = r"(?s)walking .* in a child process failed: .*no walk of s today"
+        with pytest.raises(StorageError, match=failed):
+            [b async for b in fs.walk_local("s", failing_walk, (), apart=True)]
+        assert fs._spares._ready == []
+        assert spare.returncode not in (None, 0)
 
 
 async def test_walk_children_started_before_the_event_loop_are_its_spares(
@@ -543,9 +588,9 @@ async def test_walk_children_started_before_the_event_loop_are_its_spares(
             [b async for b in fs.walk_local("s", names_and_reads, ("f",), apart=True)]
             for _ in range(2)
         ]
-        assert fs._spares._ready == spares[:1]
+        assert fs._spares._ready == spares  # each walked, and waits for another walk
     assert walks == [wanted, wanted]
-    assert [spare.returncode for spare in spares] == [-signal.SIGKILL, 0, 0]
+    assert [spare.returncode for spare in spares] == [-signal.SIGKILL] * 3
     assert fs._spares is None
 
 
@@ -579,9 +624,10 @@ async def test_a_child_told_its_walk_early_walks_it_and_no_other(
         assert fs._spares is not None
         spares = list(fs._spares._ready)
         assert [b async for b in fs.walk_local("s", names_and_reads, ("f",), apart=True)] == wanted
-        assert fs._spares._ready == spares[1:]  # the child told that walk
+        # The child told that walk walked it, and is a spare for any walk now.
+        assert fs._spares._ready == [*spares[1:], spares[0]]
         assert [b async for b in fs.walk_local("s", names_and_reads, (), apart=True)] == other
-        assert fs._spares._ready == spares[1:2]  # told another walk: not taken for this one
+        assert fs._spares._walking == {spares[1].pid: told[1]}  # not taken for this one
     assert spares[1].returncode is not None  # ended with the block (walked, or killed)
 
 

@@ -3,6 +3,7 @@ were told, so what was written after that is within its grace window."""
 
 from __future__ import annotations
 
+import marshal
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from entrepot.registry.gc import GarbageCollector, GcOptions
 from entrepot.registry.gchead import HeadStart, begin_mark
 from entrepot.storage import earlywalks
 from entrepot.storage.filesystem import FilesystemDriver
+from entrepot.storage.fswalk import LENGTH
 from tests.unit.test_gc import age, blob, exists, layer, manifest
 
 
@@ -54,8 +56,13 @@ def test_a_mark_begins_ahead_only_where_it_can(tmp_path: Path) -> None:
         [layout.REPOSITORIES, "entrepot.registry.gcwalk:repository_records", "1/2"],
         [layout.BLOBS, "entrepot.registry.gcwalk:blob_records", "-"],
     ]
-    for child, _ in children:
-        assert child.wait(timeout=30) == 0  # walked the (empty) store and ended
+    for child, _ in children:  # each walks the (empty) store, then waits for another walk
+        assert child.stdout is not None and child.stdin is not None
+        while size := LENGTH.unpack(child.stdout.read(LENGTH.size))[0]:  # to fswalk's END
+            assert marshal.loads(child.stdout.read(size)) in ([], [[]])
+        assert child.poll() is None
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,10 @@ loads asyncio: it runs before the command's imports.
 
 from __future__ import annotations
 
-import marshal
 import subprocess
 import sys
 
-from entrepot.storage.fswalk import WAIT
+from entrepot.storage.fswalk import WAIT, told_message
 
 # What walk children run: fswalk's main, by ``-c`` (``-m``'s runpy and importlib.util
 # were 8 ms of a child's start).
@@ -44,8 +43,8 @@ def tell(argvs: list[list[str]]) -> bool:
         return False
     for child, argv in zip(_started, argvs, strict=False):
         assert child.stdin is not None
-        child.stdin.write(marshal.dumps(argv))
-        child.stdin.close()  # a walk's argv fits the pipe: this does not wait
+        child.stdin.write(told_message(argv))
+        child.stdin.flush()  # a walk's argv fits the pipe: this does not wait
         _told[child.pid] = argv
     return True
 

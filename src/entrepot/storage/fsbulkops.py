@@ -231,7 +231,7 @@ OPS: dict[str, Callable[..., Any]] = {
 LENGTH = struct.Struct("<I")
 
 
-def _read_exactly(fd: int, size: int) -> bytes:
+def read_exactly(fd: int, size: int) -> bytes:
     data = b""
     while len(data) < size:
         chunk = os.read(fd, size - len(data))
@@ -249,8 +249,8 @@ def write_all(fd: int, data: bytes) -> None:
 
 def serve(requests: int, replies: int) -> None:
     write_all(replies, LENGTH.pack(0))  # ready: it started, and read this file
-    while header := _read_exactly(requests, LENGTH.size):
-        body = _read_exactly(requests, LENGTH.unpack(header)[0])
+    while header := read_exactly(requests, LENGTH.size):
+        body = read_exactly(requests, LENGTH.unpack(header)[0])
         op, args = marshal.loads(body)
         try:
             reply: tuple[bool, Any] = (True, OPS[op](*args))

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, Any, Protocol
 
 from entrepot.storage.earlywalks import RUN_WALKER
-from entrepot.storage.fswalk import LENGTH, WAIT, local_argv, shard_arg
+from entrepot.storage.fswalk import END, LENGTH, WAIT, local_argv, shard_arg, told_message
 from entrepot.storage.objects import FileInfo, Shard, StorageError
 
 
@@ -90,15 +90,20 @@ async def walk_local_apart(
     one told this very walk first."""
     argv = local_argv(base, prefix, walk, args, shard)
     spare, told = (None, False) if spares is None else spares.take(argv)
-    async for batch in _from_child(argv, f"{base}/{prefix}", spare, told):
+    async for batch in _from_child(argv, f"{base}/{prefix}", spare, told, spares):
         yield batch
 
 
 async def _from_child(
-    argv: list[str], where: str, spare: Child | None = None, told: bool = False
+    argv: list[str],
+    where: str,
+    spare: Child | None = None,
+    told: bool = False,
+    spares: WalkSpares | None = None,
 ) -> AsyncIterator[Any]:
     """Each message of a child running fswalk with ``argv``: ``spare`` (see
-    WalkSpares) told them now, or already (``told``), or one started now."""
+    WalkSpares) told them now, or already (``told``), or one started now. A spare that
+    ends its walk (fswalk.END) goes back to ``spares`` for another."""
     if told:
         child: Child | None = spare
     else:
@@ -109,19 +114,28 @@ async def _from_child(
     # Read while the rows come: a child that fills the stderr pipe would wait for it.
     errors = asyncio.ensure_future(_tail(child.stderr))
     walker = Stoppable(child.pid)
+    walked = False  # to its END: the child waits for another walk
     try:
         while header := await child.stdout.read(LENGTH.size):
             if len(header) < LENGTH.size:
                 header += await child.stdout.readexactly(LENGTH.size - len(header))
-            body = await child.stdout.readexactly(LENGTH.unpack(header)[0])
-            yield marshal.loads(body)
-        err = await errors
-        await child.wait()
+            size = LENGTH.unpack(header)[0]
+            if size == END:
+                walked = True
+                break
+            yield marshal.loads(await child.stdout.readexactly(size))
+        if not walked:
+            err = await errors
+            await child.wait()
     finally:
         walker.close()
-        if child.returncode is None:  # stopped early or cancelled: the rest is not wanted
-            await _stopped(child)
         errors.cancel()
+        if walked:
+            await (spares.reuse(child) if spares is not None else _stopped(child))
+        elif child.returncode is None:  # stopped early or cancelled: the rest is not wanted
+            await _stopped(child)
+    if walked:
+        return
     if child.returncode != 0:
         tail = err.decode(errors="replace").strip()[-500:]
         raise StorageError(f"walking {where} in a child process failed: {tail}")
@@ -143,9 +157,8 @@ async def _told(spare: Child, argv: list[str]) -> Child | None:
     """``spare`` once sent its walk's ``argv``; None if it ended meanwhile."""
     assert spare.stdin is not None
     try:
-        spare.stdin.write(marshal.dumps(argv))
+        spare.stdin.write(told_message(argv))
         await spare.stdin.drain()
-        spare.stdin.close()
     except ConnectionError:
         await _stopped(spare)
         return None
@@ -168,6 +181,7 @@ class WalkSpares:
         self._ready: list[Child] = []
         # Spares already walking (earlywalks.tell): their walk's argv, by pid.
         self._walking: dict[int, list[str]] = {}
+        self._stopped = False
 
     async def adopt(self, children: list[tuple[subprocess.Popen[bytes], list[str] | None]]) -> None:
         """Walk children started before the event loop (earlywalks), spares from now;
@@ -195,8 +209,17 @@ class WalkSpares:
                 return child, False
         return None, False
 
+    async def reuse(self, child: Child) -> None:
+        """A spare whose walk ended, waiting for another (killed once these stopped)."""
+        self._walking.pop(child.pid, None)
+        if self._stopped:
+            await _stopped(child)
+        else:
+            self._ready.append(child)
+
     async def stop(self) -> None:
         """Kill the spares no walk took."""
+        self._stopped = True
         spares, self._ready = self._ready, []
         for spare in spares:
             await _stopped(spare)
