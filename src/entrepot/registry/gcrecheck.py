@@ -33,9 +33,9 @@ READ_ALONE = 100
 
 
 async def prepare(store: Limited) -> None:
-    """The re-check's walks, started ahead where they start processes (a disk): what
-    comes before them keeps one CPU busy, and a walk child's start took 80 ms of the
-    other's."""
+    """The re-check's walks, started ahead where they start processes (a disk) and the
+    mark's walk children are not back to walk them (fschildren.WalkSpares.reuse): a walk
+    child's start took 80 ms of a CPU."""
     if store.driver.folder_mtimes and store.driver.walks_local:
         await store.prepare_walks(changed_records, len(store.walk_shards()))
 

@@ -174,8 +174,9 @@ async def _stopped(child: Child) -> None:
 class WalkSpares:
     """Walk children started ahead (fswalk's WAIT), each waiting for its walk's
     arguments: a walk that takes one starts without a Python's start and imports between
-    its call and its first batch (80 ms of a CPU each). A collection starts them where
-    one CPU idles (while it computes what its mark found) for the walks that follow."""
+    its call and its first batch (80 ms of a CPU each). One whose walk ended comes back
+    (``reuse``) for the next: a collection's mark walks its re-check too; where none is
+    back, it starts them while it computes what its mark found (prepare_walks)."""
 
     def __init__(self) -> None:
         self._ready: list[Child] = []
