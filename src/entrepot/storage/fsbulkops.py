@@ -242,6 +242,9 @@ def read_exactly(fd: int, size: int) -> bytes:
 
 
 def write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` whole with ``os.write``: a write to a full pipe that a stop signal
+    interrupts (SIGSTOP, Ctrl-Z) returns part way, and ``sys.stdout.buffer`` then drops
+    the rest of the message (CPython 3.11), which garbled a walk child's stream."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from entrepot.storage.fsbulkops import MISSING as _MISSING
-from entrepot.storage.fsbulkops import read_exactly
+from entrepot.storage.fsbulkops import read_exactly, write_all
 from entrepot.storage.fsops import _get, _walk_folded, _walk_infos
 from entrepot.storage.localwalk import LocalWalk, walk_disk
 from entrepot.storage.objects import Fold, Reader, Shard, check_key
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
     out = _private_stdout()
     while (told := _read_told(sys.stdin.fileno())) is not None:
         _walk(marshal.loads(told), out)
-        _write_all(out, LENGTH.pack(END))  # walked; waits for the next walk
+        write_all(out, LENGTH.pack(END))  # walked; waits for the next walk
 
 
 def told_message(argv: list[str]) -> bytes:
@@ -143,7 +143,7 @@ def _walk(argv: list[str], out: int) -> None:
         found = batches(root, _load(fold), reading, _parse_shard(part))
     for batch in found:
         body = marshal.dumps(batch)
-        _write_all(out, LENGTH.pack(len(body)) + body)
+        write_all(out, LENGTH.pack(len(body)) + body)
 
 
 def local_argv(
@@ -163,15 +163,6 @@ def _parse_shard(part: str) -> Shard | None:
         return None
     index, _, count = part.partition("/")
     return (int(index), int(count))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write ``data`` whole with ``os.write``: a write to a full pipe that a stop signal
-    interrupts (SIGSTOP, Ctrl-Z) returns part way, and ``sys.stdout.buffer`` then drops
-    the rest of the message (CPython 3.11), which garbled the stream."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":
