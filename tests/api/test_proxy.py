@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -457,3 +458,34 @@ async def test_a_failed_ns_request_is_logged_with_its_ns(
     assert response.status_code == 503
     warnings = [r.getMessage() for r in caplog.records if r.name == "entrepot.http"]
     assert any(w.startswith("GET /v2/org/other/manifests/1?ns=ghcr.io -> 503") for w in warnings)
+
+
+async def test_a_held_blob_collected_as_another_repository_links_it_is_fetched_again(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes cached for one repository serve another once upstream confirms them, by a
+    link; a garbage collection that takes them as the link is written (the check before
+    it saw them) leaves that link standing on nothing unless the pull fetches again."""
+    image = await _seed_hub(setup)
+    layer = image.layers[0]  # type: ignore[attr-defined]
+    assert (await setup.upstream.push_blob("library/redis", layer)).status_code == 201
+    digest = sha256(layer)
+    held = await setup.client.http.get(f"/v2/library/nginx/blobs/{digest}")
+    assert held.status_code == 200
+    folder = setup.root / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:]
+    write = FilesystemDriver.put_content
+    collected: list[str] = []
+
+    async def put_content(self: FilesystemDriver, key: str, data: bytes) -> None:
+        if not collected and "/library/redis/_layers/" in key:
+            collected.append(key)
+            shutil.rmtree(folder)  # what the collection's sweep leaves of it
+        await write(self, key, data)
+
+    monkeypatch.setattr(FilesystemDriver, "put_content", put_content)
+    setup.hub.requests.clear()
+    pulled = await setup.client.http.get(f"/v2/library/redis/blobs/{digest}")
+    assert collected
+    assert pulled.status_code == 200 and pulled.content == layer
+    assert setup.hub.count("GET", "/blobs/") == 1  # fetched again
+    assert (folder / "data").read_bytes() == layer

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from entrepot.oci.digest import Digest
@@ -95,3 +96,40 @@ async def test_a_push_that_links_the_blob_during_eviction_keeps_it(tmp_path: Pat
     result = await janitor.sweep()
     assert result.evicted == []
     assert await _held(local, digest)
+
+
+async def test_a_blob_a_request_puts_back_after_the_re_read_keeps_its_bytes(
+    tmp_path: Path,
+) -> None:
+    """A request that checked the blob before the eviction set it aside, and links it after
+    the eviction read the links again, puts the bytes back itself (BlobStore.confirm):
+    the eviction then deletes only its set-aside copy, not the folder with the bytes."""
+    local = LocalRegistry(FilesystemDriver(tmp_path))
+    digest = await _hold(local, "docker.io/library/base", b"r" * 1000, age=100)
+    janitor = CacheJanitor(ProxyCache(local), ["docker.io"], maxsize=0)
+    late = layout.layer_link("team/late", digest)
+    driver = local.driver
+    original_delete, original_delete_in = driver.delete, driver.delete_in
+
+    async def link_late() -> None:
+        if not (tmp_path / late).exists():
+            await local.links.write("team/late", late, digest)
+
+    async def delete(key: str) -> None:
+        if key.startswith(layout.blob_dir(digest)):
+            await link_late()
+        await original_delete(key)
+
+    async def delete_in(folders: Sequence[str], name: str) -> None:
+        if layout.blob_dir(digest) in folders:
+            await link_late()
+        await original_delete_in(folders, name)
+
+    driver.delete = delete  # type: ignore[method-assign]
+    driver.delete_in = delete_in  # type: ignore[method-assign]
+    result = await janitor.sweep()
+    assert (tmp_path / late).exists()
+    assert result.evicted == [digest]  # the eviction did not see the late link
+    assert await _held(local, digest)
+    assert (tmp_path / layout.blob_data(digest)).read_bytes() == b"r" * 1000
+    assert not (tmp_path / layout.blob_dir(digest) / "evicting").exists()

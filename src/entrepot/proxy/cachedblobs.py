@@ -16,7 +16,7 @@ from entrepot.proxy.fetch import FetchFailed, Spool
 from entrepot.proxy.upstream_errors import UpstreamError
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo
-from entrepot.registry.blobs import read_link
+from entrepot.registry.blobs import BlobGone, read_link
 from entrepot.requestinfo import note_cache
 
 if TYPE_CHECKING:  # the client (aiohttp) is imported only with upstreams
@@ -44,7 +44,10 @@ class CachedBlobs(CachedFacet):
         held = await self._local.blobs.stat(digest)
         if held is None or held.size != size:
             return None
-        await self._local.links.write(self.name, layout.layer_link(self.name, digest), digest)
+        try:
+            await self._local.links.write(self.name, layout.layer_link(self.name, digest), digest)
+        except BlobGone:  # collected meanwhile: fetched again, as if never held
+            return None
         return held
 
     async def stat(self, digest: Digest) -> BlobInfo:

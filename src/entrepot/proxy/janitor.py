@@ -35,7 +35,7 @@ log = logging.getLogger("entrepot.proxy.janitor")
 _NAMED = 10
 
 LOCK_KEY = "entrepot/janitor.lock"
-QUARANTINE = "evicting"  # next to a blob's ``data`` while the eviction re-checks it
+QUARANTINE = layout.EVICTING  # next to a blob's ``data`` while the eviction re-checks it
 CONCURRENCY = 16  # storage calls in flight
 
 
@@ -185,17 +185,20 @@ class CacheJanitor:
         if not quarantined:
             return
         linked = await self._linked_now()
+        gone: list[Digest] = []
         for digest in quarantined:
             if digest in linked:
                 # A push or a new pull linked these bytes meanwhile: they stay.
                 await self.store.move(self._aside(digest), layout.blob_data(digest))
                 continue
-            if await self.store.stat(layout.blob_data(digest)) is None:
-                await self.store.delete(layout.blob_dir(digest))
-            else:  # filled again meanwhile: keep the new copy
-                await self.store.delete(self._aside(digest))
-            result.evicted.append(digest)
+            gone.append(digest)
             result.freed_bytes += scan.sizes[digest]
+        result.evicted += gone
+        # The set-aside copies, each with its folder where that is left empty: a blob
+        # filled again meanwhile keeps its new copy, and one a request linked after the
+        # re-read and put back (BlobStore.confirm) its bytes (a folder deleted whole
+        # would take those with it).
+        await self.store.delete_in([layout.blob_dir(d) for d in gone], QUARANTINE)
 
     async def _unlink_layer(self, item: tuple[str, Digest]) -> bool:
         return await self.store.delete(layout.layer_link(*item).removesuffix("/link"))

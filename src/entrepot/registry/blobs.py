@@ -91,16 +91,39 @@ async def delete_key(driver: StorageDriver, key: str) -> bool:
     return True
 
 
+class BlobGone(RegistryError):
+    """The bytes of a blob a request linked were deleted by a garbage collection (or a
+    cache eviction) that found nothing linking them, between the request's check that
+    they were there and its link."""
+
+    def __init__(self, digest: Digest) -> None:
+        super().__init__(
+            ErrorCode.BLOB_UNKNOWN,
+            f"blob {digest} was deleted by a garbage collection as it was being linked;"
+            " push it again",
+            {"digest": str(digest)},
+        )
+        self.digest = digest
+
+
 class LinkWriter:
     """Writes repository links; a repository's first ``_layers`` or ``_manifests`` link
     makes it exist, so the catalog index hears of it."""
 
-    def __init__(self, driver: StorageDriver, on_new_repository: RepositoryNoter) -> None:
+    def __init__(
+        self, driver: StorageDriver, blobs: BlobStore, on_new_repository: RepositoryNoter
+    ) -> None:
         self.driver = driver
+        self.blobs = blobs
         self.on_new_repository = on_new_repository
 
     async def write(self, name: str, key: str, digest: Digest) -> None:
+        """Link ``digest`` at ``key`` in repository ``name``, then make sure its bytes are
+        still there (BlobStore.confirm); BlobGone, the link taken back, if they are not."""
         await write_link(self.driver, key, digest)
+        if not await self.blobs.confirm(digest):
+            await delete_key(self.driver, key.removesuffix("/link"))
+            raise BlobGone(digest)
         try:
             await self.on_new_repository(name)
         except StorageError as exc:
@@ -139,6 +162,36 @@ class BlobStore:
             self._seen[digest] = (found, key)
         return found
 
+    async def confirm(self, digest: Digest) -> bool:
+        """Whether the bytes of a blob just linked are in place, put back first if a
+        garbage collection or a cache eviction set them aside meanwhile (next to
+        ``data``, layout.SET_ASIDE); False if they were deleted.
+
+        Called after the link is written: a collection deletes what nothing links once
+        it has set the bytes aside and read the repositories again, and a link written
+        after that read goes unseen, though the request's check before it found the bytes.
+        Seen here in its place: either the link came before the set-aside (the re-read
+        finds it and the collection keeps the blob), or the bytes are aside, or gone."""
+        if await self.stat(digest) is not None:
+            return True
+        data, note = layout.blob_data(digest), layout.put_back_note(digest)
+        try:
+            # First: the collection reads the notes after its deletes, so it sees this
+            # one if the bytes were still aside to be put back.
+            await self.driver.put_content(note, b"")
+            for name in layout.SET_ASIDE:
+                try:
+                    await self.driver.move(f"{layout.blob_dir(digest)}/{name}", data)
+                except StorageNotFound:
+                    continue
+                log.info("blob %s put back from %s: a request linked it", digest, name)
+                return True
+            with contextlib.suppress(StorageNotFound):
+                await self.driver.delete(note)
+        except StorageError as exc:
+            raise storage_unavailable(exc) from exc
+        return False
+
     async def get(self, digest: Digest) -> bytes | None:
         try:
             return await self.driver.get_content(layout.blob_data(digest))
@@ -156,28 +209,30 @@ class BlobStore:
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
 
-    async def adopt(self, digest: Digest, source_key: str, version: str | None = None) -> None:
-        """Move verified bytes at ``source_key`` into place (atomic: a rename). With
-        ``version``, only the object of that version (the one verified): StorageConflict
-        if another writer replaced it meanwhile, and nothing is moved."""
+    async def adopt(self, digest: Digest, source_key: str, version: str | None = None) -> bool:
+        """Move verified bytes at ``source_key`` into place (atomic: a rename); False,
+        nothing moved, where a copy is there already (same digest, same bytes: the caller
+        keeps its own until the link is confirmed, LinkWriter.write). With ``version``,
+        only the object of that version (the one verified): StorageConflict if another
+        writer replaced it meanwhile, and nothing is moved."""
         try:
             if await self.stat(digest) is not None:
-                # Same digest, same bytes: keep the existing copy.
-                await self.driver.delete(source_key)
-                return
+                return False
             await self.driver.move(source_key, layout.blob_data(digest), if_version=version)
         except StorageConflict:
             raise
         except StorageError as exc:
             raise storage_unavailable(exc) from exc
+        return True
 
-    async def assemble(self, digest: Digest, pieces: AsyncIterator[bytes]) -> None:
+    async def assemble(self, digest: Digest, pieces: AsyncIterator[bytes]) -> bool:
         """Write the bytes of ``pieces`` (an upload's segments, in order) as the blob, in
         one pass, hashing them as they go: the blob appears (at commit) only if they are
         ``digest``'s bytes; StorageConflict if they are not (a segment was replaced since
-        the upload was verified), and nothing is left. A blob already there is kept."""
+        the upload was verified), and nothing is left. A blob already there is kept
+        (False, as adopt)."""
         if await self.stat(digest) is not None:
-            return
+            return False
         verifier = DigestVerifier(digest.algorithm)
         try:
             writer = await self.driver.writer(layout.blob_data(digest))
@@ -201,6 +256,7 @@ class BlobStore:
             if isinstance(exc, StorageError) and not isinstance(exc, StorageConflict):
                 raise storage_unavailable(exc) from exc
             raise
+        return True
 
     def content(self, info: BlobInfo) -> BlobContent:
         key = layout.blob_data(info.digest)

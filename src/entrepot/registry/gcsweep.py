@@ -20,6 +20,7 @@ from entrepot.registry.manifestrefs import ManifestRefs
 from entrepot.registry.quarantine import (
     QUARANTINE,
     close_journal,
+    put_back_blobs,
     quarantine_key,
     restore,
     write_journal,
@@ -144,6 +145,10 @@ class CollectorSweep:
         # refilled it meanwhile: then only the quarantined copy goes.
         progress = self._progress("sweeping: blobs deleted", len(deleted))
         await self.store.delete_in(folders, QUARANTINE, progress.tick)
+        put_back = await put_back_blobs(self.store)
+        if put_back:  # linked after the re-check read their repository (BlobStore.confirm)
+            self.result.blobs_relinked += len(put_back & set(deleted))
+            deleted = [d for d in deleted if d not in put_back]
         if len(deleted) == len(doomed):  # the same blobs (deleted ones are doomed ones)
             self.result.blobs_deleted = dict(doomed)
         else:

@@ -14,6 +14,19 @@ from entrepot.oci.digest import Digest
 ROOT = "docker/registry/v2"
 REPOSITORIES = f"{ROOT}/repositories"
 BLOBS = f"{ROOT}/blobs"
+# Names a blob's ``data`` takes next to itself while a collection (``entrepot
+# garbage-collect``) or a cache eviction re-checks whether anything links it before
+# deleting it; a server that links the blob meanwhile puts it back (BlobStore.confirm).
+COLLECTING = "collecting"
+EVICTING = "evicting"
+SET_ASIDE = (COLLECTING, EVICTING)
+# A note per blob a server put back so, which the collection reads before it unlinks the
+# deleted blobs' layer links: the link the server wrote may be one it found (a manifest's).
+PUT_BACK = "entrepot/gc/putback"
+
+
+def put_back_note(digest: Digest) -> str:
+    return f"{PUT_BACK}/{digest.algorithm}-{digest.encoded}"
 
 
 def blob_dir(digest: Digest) -> str:

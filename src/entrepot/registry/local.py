@@ -9,7 +9,7 @@ from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.oci.names import validate_name
 from entrepot.registry import layout
 from entrepot.registry.api import BlobContent, BlobInfo, Repository, UploadStatus, Writes
-from entrepot.registry.blobs import BlobStore, LinkWriter, delete_key, links_to
+from entrepot.registry.blobs import BlobGone, BlobStore, LinkWriter, delete_key, links_to
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.manifests import (
     ManifestCache,
@@ -36,7 +36,7 @@ class LocalRegistry:
         self.delete_enabled = delete_enabled
         self.blobs = BlobStore(driver)
         self.index = RepositoryIndex(driver)
-        self.links = LinkWriter(driver, self.index.note)
+        self.links = LinkWriter(driver, self.blobs, self.index.note)
         self.uploads = UploadService(driver, self.blobs, self.links)
         self.manifests = ManifestService(
             driver, self.blobs, ManifestCache(), self.links, delete_enabled=delete_enabled
@@ -123,7 +123,10 @@ class LocalBlobs:
         info = await self.registry.blobs.stat(digest)
         if info is None:
             return None
-        await self.registry.links.write(self.name, layout.layer_link(self.name, digest), digest)
+        try:
+            await self.registry.links.write(self.name, layout.layer_link(self.name, digest), digest)
+        except BlobGone:  # collected meanwhile: the client uploads it instead
+            return None
         return info
 
     # Upload sessions are the registry's (uploads.py); these bind them to this repository.

@@ -8,6 +8,7 @@ kept in a small in-memory cache keyed by digest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import OrderedDict
 from dataclasses import replace
@@ -21,6 +22,7 @@ from entrepot.oci.names import validate_tag
 from entrepot.registry import layout
 from entrepot.registry.api import ManifestContent, ManifestPut
 from entrepot.registry.blobs import (
+    BlobGone,
     BlobStore,
     LinkWriter,
     delete_key,
@@ -265,15 +267,26 @@ class RepositoryManifests:
         else:
             tag = validate_tag(reference)
         await self._check_references(manifest)
-        await self.store(manifest, tag)
+        await self.store(manifest, tag, pushed=True)
         return ManifestPut(manifest.digest, manifest.subject.digest if manifest.subject else None)
 
-    async def store(self, manifest: Manifest, tag: str | None) -> None:
-        """Store verified manifest bytes and link them (and the tag) into the repository."""
+    async def store(self, manifest: Manifest, tag: str | None, *, pushed: bool = False) -> None:
+        """Store verified manifest bytes and link them (and the tag) into the repository;
+        ``pushed``: its references were checked (_check_references) and are confirmed
+        once it is linked (a cache stores manifests whose blobs it fetches later)."""
         name = self.name
         digest = manifest.digest
-        await self.service.blobs.put(digest, manifest.raw)
-        await self.service.links.write(name, layout.manifest_revision_link(name, digest), digest)
+        blobs, links = self.service.blobs, self.service.links
+        revision = layout.manifest_revision_link(name, digest)
+        await blobs.put(digest, manifest.raw)
+        try:
+            await links.write(name, revision, digest)
+        except BlobGone:
+            # Bytes an earlier push left unreferenced, collected meanwhile: these are them.
+            await blobs.put(digest, manifest.raw)
+            await links.write(name, revision, digest)
+        if pushed:
+            await self._confirm_references(manifest, revision)
         if manifest.subject is not None:
             await write_link(
                 self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
@@ -281,6 +294,29 @@ class RepositoryManifests:
         if tag is not None:
             await self.service.set_tag(name, tag, digest)
         self.service.cache.put(manifest)
+
+    async def _confirm_references(self, manifest: Manifest, revision: str) -> None:
+        """_check_references again once the manifest is linked: a garbage collection may
+        have set aside or deleted a blob it references after the check (BlobStore.confirm
+        puts back one set aside). Where one is gone, the manifest is unlinked again."""
+        name = self.name
+        blobs = self.service.blobs
+        children = [child.digest for child in manifest.manifests]
+        required = [blob.digest for blob in manifest.required_blobs()]
+        linked = await asyncio.gather(
+            *(read_link(self.driver, layout.manifest_revision_link(name, d)) for d in children)
+        )
+        present = await asyncio.gather(*(blobs.confirm(d) for d in (*required, *children)))
+        missing = [d for d, ok in zip((*required, *children), present, strict=True) if not ok]
+        missing += [d for d, link in zip(children, linked, strict=True) if link is None]
+        if missing:
+            await delete_key(self.driver, revision.removesuffix("/link"))
+            raise RegistryError(
+                ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                f"{missing[0]}, which the manifest references, was deleted by a garbage"
+                " collection as the manifest was pushed; push it again, then the manifest",
+                {"digest": str(missing[0])},
+            )
 
     async def _check_references(self, manifest: Manifest) -> None:
         name = self.name

@@ -18,7 +18,7 @@ from entrepot.registry.digestnames import parse_digest
 from entrepot.registry.storecalls import Limited, each
 
 JOURNAL = "entrepot/gc/quarantined"
-QUARANTINE = "collecting"  # next to a blob's ``data`` while the sweep re-checks it
+QUARANTINE = layout.COLLECTING  # next to a blob's ``data`` while the sweep re-checks it
 
 
 def quarantine_key(digest: Digest) -> str:
@@ -43,7 +43,9 @@ async def restore(store: Limited, digest: Digest) -> bool:
 
 
 async def recover(store: Limited) -> int:
-    """Put back every blob an interrupted collection left aside; how many."""
+    """Put back every blob an interrupted collection left aside; how many. Notes of blobs
+    servers put back (put_back_blobs) are an earlier collection's: dropped."""
+    await put_back_blobs(store)
     raw = await store.get(JOURNAL)
     if raw is None:
         return 0
@@ -52,3 +54,15 @@ async def recover(store: Limited) -> int:
     restored = sum(await each(digests, lambda d: restore(store, d)))
     await close_journal(store)
     return restored
+
+
+async def put_back_blobs(store: Limited) -> set[Digest]:
+    """The blobs servers put back from the quarantine since the last collection read
+    their notes (BlobStore.confirm), the notes deleted: read after the deletes, they name
+    every blob the sweep counted deleted whose bytes a request put back meanwhile."""
+    names = await store.children(layout.PUT_BACK)
+    if not names:
+        return set()
+    found = {parse_digest(name.replace("-", ":", 1)) for name in names}
+    await each(names, lambda name: store.delete(f"{layout.PUT_BACK}/{name}"))
+    return {digest for digest in found if digest is not None}

@@ -51,7 +51,7 @@ from entrepot.oci.digest import Digest, DigestVerifier
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import hashstate, layout
 from entrepot.registry.api import BlobInfo, UploadStatus
-from entrepot.registry.blobs import BlobStore, LinkWriter, storage_unavailable
+from entrepot.registry.blobs import BlobGone, BlobStore, LinkWriter, storage_unavailable
 from entrepot.registry.keyedlocks import KeyedLocks
 from entrepot.registry.segments import Segments, load_segments
 from entrepot.registry.streams import pump_batches
@@ -307,24 +307,21 @@ class UploadService:
                     {"expected": str(digest), "actual": str(actual)},
                 )
             await self._sync(name, upload_id, segments)
-            try:
-                if len(segments.parts) == 1:
-                    only = segments.parts[0]
-                    await self.blobs.adopt(digest, only.key, only.version)
-                else:  # one pass over the segments, verified again as they are copied
-                    await self.blobs.assemble(digest, segments.read(self.driver, _HASH_CHUNK))
-            except StorageConflict as exc:
-                # Another replica appended meanwhile: what was verified is not what is
-                # there now. Nothing moved; the client may check the upload and go on.
-                raise RegistryError(
-                    ErrorCode.BLOB_UPLOAD_INVALID,
-                    "the upload changed while it was being completed (a concurrent request)",
-                    {"uuid": upload_id},
-                ) from exc
+            link = layout.layer_link(name, digest)
+            if not await self._place(digest, upload_id, segments):
+                # A copy was there: the upload's bytes stay until the link is confirmed,
+                # as a garbage collection may delete that copy meanwhile (LinkWriter.write).
+                try:
+                    await self.links.write(name, link, digest)
+                except BlobGone:
+                    await self._place(digest, upload_id, segments)
+                    await self.links.write(name, link, digest)
+                await self._discard(name, upload_id)
+                return BlobInfo(digest, segments.size)
             # The upload's folder goes while the link is written (the blob is in place and
             # durable): the client waits for one of them, not both.
             linked, discarded = await asyncio.gather(
-                self.links.write(name, layout.layer_link(name, digest), digest),
+                self.links.write(name, link, digest),
                 self._discard(name, upload_id),
                 return_exceptions=True,
             )
@@ -332,6 +329,24 @@ class UploadService:
                 if isinstance(outcome, BaseException):
                     raise outcome
             return BlobInfo(digest, segments.size)
+
+    async def _place(self, digest: Digest, upload_id: str, segments: Segments) -> bool:
+        """The upload's bytes moved or copied into place as the blob; False where a copy
+        was there already (nothing done)."""
+        try:
+            if len(segments.parts) == 1:
+                only = segments.parts[0]
+                return await self.blobs.adopt(digest, only.key, only.version)
+            # One pass over the segments, verified again as they are copied.
+            return await self.blobs.assemble(digest, segments.read(self.driver, _HASH_CHUNK))
+        except StorageConflict as exc:
+            # Another replica appended meanwhile: what was verified is not what is
+            # there now. Nothing moved; the client may check the upload and go on.
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_INVALID,
+                "the upload changed while it was being completed (a concurrent request)",
+                {"uuid": upload_id},
+            ) from exc
 
     async def _sync(self, name: str, upload_id: str, segments: Segments) -> None:
         """Put the upload's bytes on disk before they become a visible blob."""

@@ -1,0 +1,84 @@
+"""A collection and a push that links a blob after the collection read the links again.
+
+The push checked the blob before the collection set it aside, so it links it without a
+second look; the collection, its re-check done, deletes what it set aside. The server's
+look after its link (BlobStore.confirm) finds the bytes aside and puts them back, leaving
+a note; the collection reads the notes after its deletes and keeps those blobs' layer
+links (a manifest's layers are linked before it is pushed, and the mark saw them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from entrepot.oci.manifest import parse_manifest
+from entrepot.registry import gcsweep, layout
+from entrepot.registry.gcrecheck import recheck
+from entrepot.registry.local import LocalRegistry
+from entrepot.storage.filesystem import FilesystemDriver
+from tests.unit.test_gc import OCI_MANIFEST, blob, collect, descriptor, exists, layer
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> FilesystemDriver:
+    return FilesystemDriver(tmp_path / "root")
+
+
+async def test_a_manifest_linked_after_the_re_check_keeps_its_blobs_and_their_links(
+    driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blobs an old push linked into team/app, which no manifest references (yet).
+    config = await layer(driver, "team/app", b"a config")
+    base = await layer(driver, "team/app", b"a base layer")
+    stray = await layer(driver, "team/app", b"a layer nothing will reference")
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(config),
+            "layers": [descriptor(base)],
+        }
+    ).encode()
+    manifest = parse_manifest(raw, OCI_MANIFEST)
+    local = LocalRegistry(driver)
+    async def recheck_then_push(*args: object, **kwargs: object) -> object:
+        done = await recheck(*args, **kwargs)  # type: ignore[arg-type]
+        # The push checked config and base before they were set aside; it links now.
+        await local.manifests.of("team/app").store(manifest, "v1", pushed=True)
+        return done
+
+    monkeypatch.setattr(gcsweep, "recheck", recheck_then_push)
+    result = await collect(driver)
+
+    assert set(result.blobs_deleted) == {stray}
+    assert result.blobs_relinked == 2
+    for digest in (config, base, manifest.digest):
+        assert await exists(driver, layout.blob_data(digest)), digest
+    for digest in (config, base):
+        assert await exists(driver, layout.layer_link("team/app", digest)), digest
+    assert not await exists(driver, layout.layer_link("team/app", stray))
+    assert await driver.list(layout.PUT_BACK) == []  # read, so dropped
+
+    # The image is whole: the next collection keeps all of it.
+    monkeypatch.undo()
+    again = await collect(driver)
+    assert again.blobs_deleted == {}
+    assert await exists(driver, layout.layer_link("team/app", base))
+
+
+async def test_a_note_left_before_a_collection_does_not_keep_a_deleted_blobs_link(
+    driver: FilesystemDriver,
+) -> None:
+    """A note written after the last collection read them (a request that found the bytes
+    aside once that collection had ended) says nothing about the next one's deletes."""
+    stray = await layer(driver, "team/app", b"never referenced")
+    kept = await blob(driver, b"kept")
+    await driver.put_content(layout.put_back_note(stray), b"")
+    await driver.put_content(layout.put_back_note(kept), b"")
+    result = await collect(driver)
+    assert stray in result.blobs_deleted
+    assert not await exists(driver, layout.layer_link("team/app", stray))
+    assert await driver.list(layout.PUT_BACK) == []
