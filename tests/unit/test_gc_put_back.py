@@ -44,6 +44,7 @@ async def test_a_manifest_linked_after_the_re_check_keeps_its_blobs_and_their_li
     ).encode()
     manifest = parse_manifest(raw, OCI_MANIFEST)
     local = LocalRegistry(driver)
+
     async def recheck_then_push(*args: object, **kwargs: object) -> object:
         done = await recheck(*args, **kwargs)  # type: ignore[arg-type]
         # The push checked config and base before they were set aside; it links now.
