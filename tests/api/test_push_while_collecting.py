@@ -10,6 +10,7 @@ alone, as the collection's first step) or by running `entrepot garbage-collect` 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -161,3 +162,29 @@ async def test_a_mount_of_a_blob_collected_as_it_is_linked_falls_back_to_an_uplo
     assert (await client.http.head(f"/v2/target/blobs/{sha256(data)}")).status_code == 404
     layer_link = root / V2 / "repositories/target/_layers/sha256" / sha256(data).split(":")[1]
     assert not layer_link.exists()
+
+
+async def test_a_manifest_unlinked_as_it_is_tagged_is_linked_again(
+    client: OciClient, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collection deleting untagged manifests read the tags before this push's tag,
+    and unlinks the manifest (pushed earlier by digest) just after the tag is written."""
+    image = make_image()
+    assert (await client.push_image("app", image)).status_code == 201  # by digest: untagged
+    hexa = sha256(image.manifest).split(":")[1]
+    revision = root / V2 / "repositories/app/_manifests/revisions/sha256" / hexa
+    write = FilesystemDriver.put_content
+    unlinked: list[str] = []
+
+    async def put_content(self: FilesystemDriver, key: str, data: bytes) -> None:
+        await write(self, key, data)
+        if key.endswith("/v1/current/link") and not unlinked:
+            unlinked.append(key)
+            shutil.rmtree(revision)  # the collection's unlink
+
+    monkeypatch.setattr(FilesystemDriver, "put_content", put_content)
+    pushed = await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)
+    assert unlinked and pushed.status_code == 201, pushed.text
+    assert (revision / "link").read_text() == sha256(image.manifest)
+    by_digest = await client.get_manifest("app", sha256(image.manifest))
+    assert by_digest.status_code == 200 and by_digest.content == image.manifest

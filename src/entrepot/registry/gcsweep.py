@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout
+from entrepot.registry.blobs import write_link
 from entrepot.registry.digestnames import ALGORITHMS
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcrecheck import recheck
@@ -194,14 +195,19 @@ class CollectorSweep:
     async def _unlink_manifests(
         self, scans: dict[str, RepoScan], name: str, planned: set[Digest]
     ) -> set[Digest]:
-        """Unlink the untagged manifests planned for deletion that are still untagged, after
-        reading the repository's tags and manifests again (a push may have tagged one)."""
+        """Unlink the untagged manifests planned for deletion that are still untagged and
+        not pushed again (a fresh link), after reading the repository's tags and manifests
+        again; then read them once more and link back what a tag or a manifest pushed
+        in between needs (the server, having written a tag, looks at its manifest's link
+        once more too: RepositoryManifests.store; one of the two sees the other)."""
         before = scans[name]
         now = await scan_repository(self.store, name, self.cutoff)
-        new = now.revisions - before.revisions
-        await read_refs(self.store, new, self.refs)
-        kept = keep_closure(now.revisions, (now.revisions - planned) | now.tagged, self.refs)
-        removed = planned - kept
+        await read_refs(self.store, now.revisions - before.revisions, self.refs)
+        removed = planned - keep_closure(
+            now.revisions, self._manifest_roots(now, planned), self.refs
+        )
+        if not removed:
+            return removed
 
         async def unlink(digest: Digest) -> None:
             for tag in now.tag_names:
@@ -212,10 +218,34 @@ class CollectorSweep:
             if subject is not None:
                 link = layout.referrer_link(name, subject, digest).removesuffix("/link")
                 await self.store.delete(link)
-            self.result.manifests_deleted.append((name, digest))
 
         await each(removed, unlink)
+        after = await scan_repository(self.store, name, self.cutoff)
+        await read_refs(self.store, after.revisions - now.revisions, self.refs)
+        roots = self._manifest_roots(after, planned)
+        needed = keep_closure(after.revisions | removed, roots, self.refs) & removed
+        await each(needed - after.revisions, lambda digest: self._link_back(after, digest))
+        removed -= needed
+        self.result.manifests_deleted += [(name, digest) for digest in removed]
         return removed
+
+    def _manifest_roots(self, scan: RepoScan, planned: set[Digest]) -> set[Digest]:
+        """What keeps manifests of a repository read again during the sweep: every one not
+        planned for deletion, the tagged ones, and those linked again since (fresh)."""
+        fresh = {d for d in scan.revisions & planned if self._fresh(scan.revision_mtimes[d])}
+        return (scan.revisions - planned) | scan.tagged | fresh
+
+    async def _link_back(self, scan: RepoScan, digest: Digest) -> None:
+        """Link again a manifest the sweep unlinked that a tag or a manifest pushed since
+        needs: its revision link, its tags' index entries, its referrer link."""
+        name, driver = scan.name, self.store.driver
+        await write_link(driver, layout.manifest_revision_link(name, digest), digest)
+        for tag, tagged in scan.tags.items():
+            if tagged == digest:
+                await write_link(driver, layout.tag_index_link(name, tag, digest), digest)
+        subject = self.refs[digest].subject
+        if subject is not None:
+            await write_link(driver, layout.referrer_link(name, subject, digest), digest)
 
     async def _release(self, digest: Digest) -> None:
         await restore(self.store, digest)

@@ -276,24 +276,33 @@ class RepositoryManifests:
         once it is linked (a cache stores manifests whose blobs it fetches later)."""
         name = self.name
         digest = manifest.digest
-        blobs, links = self.service.blobs, self.service.links
         revision = layout.manifest_revision_link(name, digest)
-        await blobs.put(digest, manifest.raw)
-        try:
-            await links.write(name, revision, digest)
-        except BlobGone:
-            # Bytes an earlier push left unreferenced, collected meanwhile: these are them.
-            await blobs.put(digest, manifest.raw)
-            await links.write(name, revision, digest)
-        if pushed:
-            await self._confirm_references(manifest, revision)
+        await self.service.blobs.put(digest, manifest.raw)
+        await self._link(manifest, revision, pushed)
         if manifest.subject is not None:
             await write_link(
                 self.driver, layout.referrer_link(name, manifest.subject.digest, digest), digest
             )
         if tag is not None:
             await self.service.set_tag(name, tag, digest)
+            # A collection deleting untagged manifests (--delete-untagged, a retention
+            # rule) reads the tags, then unlinks: one that read them before this tag may
+            # have unlinked the manifest just now. It reads them again after unlinking
+            # (gcsweep): one of the two sees the other.
+            if await read_link(self.driver, revision) is None:
+                await self._link(manifest, revision, pushed)
         self.service.cache.put(manifest)
+
+    async def _link(self, manifest: Manifest, revision: str, pushed: bool) -> None:
+        blobs, links = self.service.blobs, self.service.links
+        try:
+            await links.write(self.name, revision, manifest.digest)
+        except BlobGone:
+            # Bytes an earlier push left unreferenced, collected meanwhile: these are them.
+            await blobs.put(manifest.digest, manifest.raw)
+            await links.write(self.name, revision, manifest.digest)
+        if pushed:
+            await self._confirm_references(manifest, revision)
 
     async def _confirm_references(self, manifest: Manifest, revision: str) -> None:
         """_check_references again once the manifest is linked: a garbage collection may
