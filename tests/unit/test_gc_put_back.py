@@ -1,4 +1,5 @@
-"""A collection and a push that links a blob after the collection read the links again.
+"""A collection and a push that links a blob after the collection read the links again
+(or pushes into a repository the collection found empty).
 
 The push checked the blob before the collection set it aside, so it links it without a
 second look; the collection, its re-check done, deletes what it set aside. The server's
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from entrepot.oci.digest import Digest
 from entrepot.oci.manifest import parse_manifest
 from entrepot.registry import gcsweep, layout
 from entrepot.registry.gcrecheck import recheck
@@ -27,6 +30,16 @@ def driver(tmp_path: Path) -> FilesystemDriver:
     return FilesystemDriver(tmp_path / "root")
 
 
+def image_manifest(config: Digest, layer: Digest) -> bytes:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(config),
+        "layers": [descriptor(layer)],
+    }
+    return json.dumps(doc).encode()
+
+
 async def test_a_manifest_linked_after_the_re_check_keeps_its_blobs_and_their_links(
     driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -34,14 +47,7 @@ async def test_a_manifest_linked_after_the_re_check_keeps_its_blobs_and_their_li
     config = await layer(driver, "team/app", b"a config")
     base = await layer(driver, "team/app", b"a base layer")
     stray = await layer(driver, "team/app", b"a layer nothing will reference")
-    raw = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(config),
-            "layers": [descriptor(base)],
-        }
-    ).encode()
+    raw = image_manifest(config, base)
     manifest = parse_manifest(raw, OCI_MANIFEST)
     local = LocalRegistry(driver)
 
@@ -83,3 +89,35 @@ async def test_a_note_left_before_a_collection_does_not_keep_a_deleted_blobs_lin
     assert stray in result.blobs_deleted
     assert not await exists(driver, layout.layer_link("team/app", stray))
     assert await driver.list(layout.PUT_BACK) == []
+
+
+async def test_a_repository_pushed_into_as_it_is_removed_stays(
+    driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository whose manifests were all deleted is removed after the blobs are: a
+    push into it in between (its layers found linked there, as a client's HEADs find
+    them) keeps it, with what the push linked."""
+    base = await layer(driver, "team/kept", b"a base layer")
+    config = await layer(driver, "team/kept", b"a config")
+    raw = image_manifest(config, base)
+    local = LocalRegistry(driver)
+    assert (await local.manifests.of("team/kept").put("v1", raw, OCI_MANIFEST)).digest
+    # team/old: an image of the same blobs once, its manifest deleted since.
+    for digest in (base, config):
+        await driver.put_content(layout.layer_link("team/old", digest), str(digest).encode())
+    found = gcsweep.CollectorSweep._empty_repositories
+
+    async def found_then_pushed(self: Any, *args: Any) -> list[str]:
+        empty = await found(self, *args)
+        if empty == ["team/old"]:  # the push lands after the deletes, before the removal
+            await local.manifests.of("team/old").put("v2", raw, OCI_MANIFEST)
+        return empty
+
+    monkeypatch.setattr(gcsweep.CollectorSweep, "_empty_repositories", found_then_pushed)
+    result = await collect(driver)
+    assert result.repositories_removed == []
+    pushed = parse_manifest(raw, OCI_MANIFEST).digest
+    assert await exists(driver, layout.manifest_revision_link("team/old", pushed))
+    assert await exists(driver, layout.tag_current_link("team/old", "v2"))
+    for digest in (base, config):
+        assert await exists(driver, layout.layer_link("team/old", digest)), digest

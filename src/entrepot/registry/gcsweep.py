@@ -163,8 +163,8 @@ class CollectorSweep:
         read = {id(scan): scan for scan in (*scans.values(), *rescans.values())}
         await self._unlink_layers(list(read.values()), gone_blobs)
         empty = await self._empty_repositories(rescans.values(), gone, gone_blobs)
-        for name in reversed(empty):  # nested ones first: their parents may empty with them
-            await self._remove_repository(name)
+        # Nested ones first: their parents may empty with them.
+        empty = sorted([name for name in reversed(empty) if await self._remove_repository(name)])
         self.result.repositories_removed = empty
         if empty:
             await bump_epoch(self.driver, CATALOG_REMOVALS)
@@ -314,19 +314,30 @@ class CollectorSweep:
             )
 
         async def is_stale(scan: RepoScan) -> bool:
-            for digest in scan.layers - deleted:
-                info = await self.store.stat(layout.layer_link(scan.name, digest))
-                if info is not None and self._fresh(info.mtime):
-                    self.result.repositories_kept_fresh += 1
-                    return False
+            if await self._linked_within_grace(scan, deleted):
+                self.result.repositories_kept_fresh += 1
+                return False
             return True
 
         stale = await each(candidates, is_stale)
         return sorted(s.name for s, ok in zip(candidates, stale, strict=True) if ok)
 
-    async def _remove_repository(self, name: str) -> None:
-        if await self.store.children(f"{layout.repository(name)}/_uploads"):
-            return  # an upload began since the scan (a POST): the repository stays
+    async def _linked_within_grace(self, scan: RepoScan, deleted: set[Digest]) -> bool:
+        for digest in scan.layers - deleted:
+            info = await self.store.stat(layout.layer_link(scan.name, digest))
+            if info is not None and self._fresh(info.mtime):
+                return True
+        return False
+
+    async def _remove_repository(self, name: str) -> bool:
+        """Remove a repository found empty (_empty_repositories), unless it is not any
+        more: read again first, as a push into it since the re-check (a manifest, an
+        upload, a layer linked) would go with it, and the deletes came in between."""
+        now = await scan_repository(
+            self.store, name, self.cutoff, layer_folders=True, tag_links=False
+        )
+        if now.revisions or now.uploads or await self._linked_within_grace(now, set()):
+            return False
         for folder in _REPO_FOLDERS:
             await self.store.delete(f"{layout.repository(name)}/{folder}")
         # A driver with real directories leaves the folders empty: remove those up the tree,
@@ -337,3 +348,4 @@ class CollectorSweep:
                 break
             await self.store.delete(path)
             path = path.rsplit("/", 1)[0]
+        return True
