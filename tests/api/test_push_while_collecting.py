@@ -188,3 +188,20 @@ async def test_a_manifest_unlinked_as_it_is_tagged_is_linked_again(
     assert (revision / "link").read_text() == sha256(image.manifest)
     by_digest = await client.get_manifest("app", sha256(image.manifest))
     assert by_digest.status_code == 200 and by_digest.content == image.manifest
+
+
+async def test_layer_links_removed_as_the_manifest_is_linked_are_written_again(
+    client: OciClient, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collection removing a repository it found empty deletes its layer links after
+    this push's check found them, as the manifest is linked."""
+    image = make_image()
+    for blob in [image.config, *image.layers]:
+        assert (await client.push_blob("app", blob)).status_code == 201
+    layers = root / V2 / "repositories/app/_layers"
+    acted = before_link(monkeypatch, "/_manifests/revisions/", lambda: shutil.rmtree(layers))
+    pushed = await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)
+    assert acted and pushed.status_code == 201, pushed.text
+    for blob in [image.config, *image.layers]:
+        pulled = await client.http.get(f"/v2/app/blobs/{sha256(blob)}")
+        assert pulled.status_code == 200 and pulled.content == blob

@@ -834,6 +834,21 @@ async def test_delete_in_deletes_an_object_by_name_in_each_folder(
     assert await driver.get_content("b/3/other") == b"v"
 
 
+async def test_remove_empty_folders_removes_only_folders_that_hold_nothing(
+    driver: StorageDriver,
+) -> None:
+    # A collection removing a repository deletes the objects it read, then its folders:
+    # one a writer put something in meanwhile stays, with what it holds.
+    for key in ("r/a/x/obj", "r/b/kept"):
+        await driver.put_content(key, b"v")
+    await driver.delete("r/a/x/obj")
+    await driver.remove_empty_folders(["r/a/x", "r/a", "r/b", "r/missing", "r"])
+    assert await driver.get_content("r/b/kept") == b"v"
+    assert await driver.list("r") == ["b"]
+    with pytest.raises(StorageError):
+        await driver.remove_empty_folders(["../x"])
+
+
 # ---- keys -----------------------------------------------------------------------------
 
 INVALID_KEYS = ["../x", "/abs", "a//b", "a/../b", "a/./b", "a/", "..", "a\x00b", "a\\b", ""]

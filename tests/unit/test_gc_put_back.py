@@ -11,6 +11,7 @@ links (a manifest's layers are linked before it is pushed, and the mark saw them
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from entrepot.oci.manifest import parse_manifest
 from entrepot.registry import gcsweep, layout
 from entrepot.registry.gcrecheck import recheck
 from entrepot.registry.local import LocalRegistry
+from entrepot.registry.storecalls import Limited
 from entrepot.storage.filesystem import FilesystemDriver
 from tests.unit.test_gc import OCI_MANIFEST, blob, collect, descriptor, exists, layer
 
@@ -91,20 +93,39 @@ async def test_a_note_left_before_a_collection_does_not_keep_a_deleted_blobs_lin
     assert await driver.list(layout.PUT_BACK) == []
 
 
+async def emptied_repository_next_to_a_kept_one(
+    driver: FilesystemDriver,
+) -> tuple[LocalRegistry, bytes, list[Digest]]:
+    """team/kept's image, and team/old: once an image of the same blobs, its manifest
+    deleted since, so that the sweep finds it empty and removes it."""
+    base = await layer(driver, "team/kept", b"a base layer")
+    config = await layer(driver, "team/kept", b"a config")
+    raw = image_manifest(config, base)
+    local = LocalRegistry(driver)
+    assert (await local.manifests.of("team/kept").put("v1", raw, OCI_MANIFEST)).digest
+    for digest in (base, config):
+        await driver.put_content(layout.layer_link("team/old", digest), str(digest).encode())
+    return local, raw, [base, config]
+
+
+async def assert_pushed_and_whole(
+    driver: FilesystemDriver, raw: bytes, blobs: list[Digest]
+) -> None:
+    pushed = parse_manifest(raw, OCI_MANIFEST).digest
+    assert await exists(driver, layout.manifest_revision_link("team/old", pushed))
+    assert await exists(driver, layout.tag_current_link("team/old", "v2"))
+    for digest in blobs:
+        assert await exists(driver, layout.layer_link("team/old", digest)), digest
+        assert await exists(driver, layout.blob_data(digest)), digest
+
+
 async def test_a_repository_pushed_into_as_it_is_removed_stays(
     driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A repository whose manifests were all deleted is removed after the blobs are: a
     push into it in between (its layers found linked there, as a client's HEADs find
     them) keeps it, with what the push linked."""
-    base = await layer(driver, "team/kept", b"a base layer")
-    config = await layer(driver, "team/kept", b"a config")
-    raw = image_manifest(config, base)
-    local = LocalRegistry(driver)
-    assert (await local.manifests.of("team/kept").put("v1", raw, OCI_MANIFEST)).digest
-    # team/old: an image of the same blobs once, its manifest deleted since.
-    for digest in (base, config):
-        await driver.put_content(layout.layer_link("team/old", digest), str(digest).encode())
+    local, raw, blobs = await emptied_repository_next_to_a_kept_one(driver)
     found = gcsweep.CollectorSweep._empty_repositories
 
     async def found_then_pushed(self: Any, *args: Any) -> list[str]:
@@ -116,8 +137,48 @@ async def test_a_repository_pushed_into_as_it_is_removed_stays(
     monkeypatch.setattr(gcsweep.CollectorSweep, "_empty_repositories", found_then_pushed)
     result = await collect(driver)
     assert result.repositories_removed == []
-    pushed = parse_manifest(raw, OCI_MANIFEST).digest
-    assert await exists(driver, layout.manifest_revision_link("team/old", pushed))
-    assert await exists(driver, layout.tag_current_link("team/old", "v2"))
-    for digest in (base, config):
-        assert await exists(driver, layout.layer_link("team/old", digest)), digest
+    await assert_pushed_and_whole(driver, raw, blobs)
+
+
+async def test_a_push_between_the_removals_read_and_its_deletes_stays_whole(
+    driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The removal deletes the objects it read: the layer links the push's check found
+    go too; it looks once more after its deletes, links them again and keeps the
+    repository (the push, once its manifest is linked, looks at them as well)."""
+    local, raw, blobs = await emptied_repository_next_to_a_kept_one(driver)
+    delete_many = Limited.delete_many
+    pushed: list[str] = []
+
+    async def push_then_delete(self: Limited, keys: Sequence[str]) -> None:
+        if not pushed and any("/team/old/" in key for key in keys):
+            pushed.append("team/old")
+            await local.manifests.of("team/old").put("v2", raw, OCI_MANIFEST)
+        await delete_many(self, keys)
+
+    monkeypatch.setattr(Limited, "delete_many", push_then_delete)
+    result = await collect(driver)
+    assert pushed
+    assert result.repositories_removed == []
+    await assert_pushed_and_whole(driver, raw, blobs)
+
+
+async def test_an_upload_begun_as_the_folders_are_removed_stays(
+    driver: FilesystemDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The removal takes away folders that hold nothing, never one a push has just put
+    something in (an upload's folder, begun after the removal's last look)."""
+    local, _, _ = await emptied_repository_next_to_a_kept_one(driver)
+    remove = FilesystemDriver.remove_empty_folders
+    begun: list[str] = []
+
+    async def begin_then_remove(self: FilesystemDriver, keys: Sequence[str]) -> None:
+        if not begun and any("/team/old" in key for key in keys):
+            begun.append((await local.uploads.start("team/old")).upload_id)
+        await remove(self, keys)
+
+    monkeypatch.setattr(FilesystemDriver, "remove_empty_folders", begin_then_remove)
+    await collect(driver)
+    assert begun
+    status = await local.uploads.status("team/old", begun[0])
+    assert status.size == 0

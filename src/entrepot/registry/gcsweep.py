@@ -15,6 +15,7 @@ from entrepot.registry.digestnames import ALGORITHMS
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcrecheck import recheck
 from entrepot.registry.gcrefs import keep_closure, read_refs
+from entrepot.registry.gcremove import remove_repository
 from entrepot.registry.gcresult import GcOptions, GcResult
 from entrepot.registry.gcscan import Progress, RepoScan, scan_repository, scan_store
 from entrepot.registry.manifestrefs import ManifestRefs
@@ -30,7 +31,6 @@ from entrepot.registry.retention import RetentionPlan
 from entrepot.registry.storecalls import Limited, each
 from entrepot.storage import StorageDriver
 
-_REPO_FOLDERS = ("_manifests", "_layers", "_referrers", "_uploads")
 # Layer links deleted per bulk call: a progress line can follow between calls.
 _SWEEP_BATCH = 4096
 
@@ -330,22 +330,4 @@ class CollectorSweep:
         return False
 
     async def _remove_repository(self, name: str) -> bool:
-        """Remove a repository found empty (_empty_repositories), unless it is not any
-        more: read again first, as a push into it since the re-check (a manifest, an
-        upload, a layer linked) would go with it, and the deletes came in between."""
-        now = await scan_repository(
-            self.store, name, self.cutoff, layer_folders=True, tag_links=False
-        )
-        if now.revisions or now.uploads or await self._linked_within_grace(now, set()):
-            return False
-        for folder in _REPO_FOLDERS:
-            await self.store.delete(f"{layout.repository(name)}/{folder}")
-        # A driver with real directories leaves the folders empty: remove those up the tree,
-        # as long as nothing else (another repository) is in them.
-        path = layout.repository(name)
-        while path != layout.REPOSITORIES:
-            if await self.store.children(path):
-                break
-            await self.store.delete(path)
-            path = path.rsplit("/", 1)[0]
-        return True
+        return await remove_repository(self.store, name, self._fresh)

@@ -307,17 +307,22 @@ class RepositoryManifests:
     async def _confirm_references(self, manifest: Manifest, revision: str) -> None:
         """_check_references again once the manifest is linked: a garbage collection may
         have set aside or deleted a blob it references after the check (BlobStore.confirm
-        puts back one set aside). Where one is gone, the manifest is unlinked again."""
+        puts back one set aside), or, removing a repository it found empty, its layer
+        links (written again here, the bytes being there: gcremove looks once more too).
+        Where a blob is gone, the manifest is unlinked again."""
         name = self.name
         blobs = self.service.blobs
         children = [child.digest for child in manifest.manifests]
         required = [blob.digest for blob in manifest.required_blobs()]
-        linked = await asyncio.gather(
-            *(read_link(self.driver, layout.manifest_revision_link(name, d)) for d in children)
+        child_links, layer_links = await asyncio.gather(
+            asyncio.gather(
+                *(read_link(self.driver, layout.manifest_revision_link(name, d)) for d in children)
+            ),
+            asyncio.gather(*(read_link(self.driver, layout.layer_link(name, d)) for d in required)),
         )
         present = await asyncio.gather(*(blobs.confirm(d) for d in (*required, *children)))
         missing = [d for d, ok in zip((*required, *children), present, strict=True) if not ok]
-        missing += [d for d, link in zip(children, linked, strict=True) if link is None]
+        missing += [d for d, link in zip(children, child_links, strict=True) if link is None]
         if missing:
             await delete_key(self.driver, revision.removesuffix("/link"))
             raise RegistryError(
@@ -326,6 +331,9 @@ class RepositoryManifests:
                 " collection as the manifest was pushed; push it again, then the manifest",
                 {"digest": str(missing[0])},
             )
+        for digest, link in zip(required, layer_links, strict=True):
+            if link is None:
+                await write_link(self.driver, layout.layer_link(name, digest), digest)
 
     async def _check_references(self, manifest: Manifest) -> None:
         name = self.name

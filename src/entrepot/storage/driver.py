@@ -459,6 +459,15 @@ class StorageDriver(abc.ABC):
 
         await bounded([one(key) for key in keys])
 
+    async def remove_empty_folders(self, keys: Sequence[str]) -> None:
+        """Remove each folder at ``keys`` that holds nothing, in the order given (the
+        deepest first, to remove a tree's empty folders), never one that holds something
+        (written meanwhile) and without error for one missing: where ``delete`` of a
+        folder would take what a writer put in it since the caller looked. A driver with
+        real directories removes them; object storage has none, and does nothing."""
+        for key in keys:
+            check_key(key)
+
     async def delete_in(self, folders: Sequence[str], name: str) -> None:
         """``delete_many`` of ``<folder>/<name>`` for each folder key, ``name`` one segment:
         a collection deletes each blob it set aside so, named by its folder (one key a

@@ -63,6 +63,7 @@ from entrepot.storage.fsops import (
     _pread_full,
     _put,
     _put_new,
+    _remove_empty,
     _sync,
     _take,
     _walk_folded,
@@ -398,6 +399,10 @@ class FilesystemDriver(StorageDriver):
         for key in top:
             with contextlib.suppress(StorageNotFound):
                 await self.delete(key)
+
+    async def remove_empty_folders(self, keys: Sequence[str]) -> None:
+        paths = [self._path(key) for key in keys]
+        await _run(keys[0] if keys else "", False, _remove_empty, paths)
 
     async def delete_in(self, folders: Sequence[str], name: str) -> None:
         key, chunks = self._folder_chunks(folders, name)

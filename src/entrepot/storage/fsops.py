@@ -5,6 +5,7 @@ tree and bulk moves and deletes. Split from the driver to keep each module reada
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import stat as stat_mod
@@ -322,6 +323,17 @@ def _scan_entries(path: str) -> list[tuple[str, os.DirEntry[str]]]:
 def _move(src: str, dst: str, src_key: str, sync: bool) -> None:
     if not move_one(src, dst, sync):
         raise StorageNotFound(src_key)
+
+
+def _remove_empty(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.rmdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
 
 
 def _delete(path: str) -> None:

@@ -210,6 +210,10 @@ class TimedDriver(StorageDriver):
         with self._timed("Delete"):
             await self.inner.delete_in(folders, name)
 
+    async def remove_empty_folders(self, keys: Sequence[str]) -> None:
+        with self._timed("Delete"):
+            await self.inner.remove_empty_folders(keys)
+
     async def redirect_url(self, key: str) -> str | None:
         return await self.inner.redirect_url(key)
 
