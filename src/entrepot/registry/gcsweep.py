@@ -163,8 +163,11 @@ class CollectorSweep:
         read = {id(scan): scan for scan in (*scans.values(), *rescans.values())}
         await self._unlink_layers(list(read.values()), gone_blobs)
         empty = await self._empty_repositories(rescans.values(), gone, gone_blobs)
-        # Nested ones first: their parents may empty with them.
-        empty = sorted([name for name in reversed(empty) if await self._remove_repository(name)])
+        # Nested ones first: their parents may empty with them. One a push came into
+        # since the re-check stays (gcremove).
+        empty = sorted(
+            [n for n in reversed(empty) if await remove_repository(self.store, n, self._fresh)]
+        )
         self.result.repositories_removed = empty
         if empty:
             await bump_epoch(self.driver, CATALOG_REMOVALS)
@@ -314,20 +317,12 @@ class CollectorSweep:
             )
 
         async def is_stale(scan: RepoScan) -> bool:
-            if await self._linked_within_grace(scan, deleted):
-                self.result.repositories_kept_fresh += 1
-                return False
+            for digest in scan.layers - deleted:
+                info = await self.store.stat(layout.layer_link(scan.name, digest))
+                if info is not None and self._fresh(info.mtime):
+                    self.result.repositories_kept_fresh += 1
+                    return False
             return True
 
         stale = await each(candidates, is_stale)
         return sorted(s.name for s, ok in zip(candidates, stale, strict=True) if ok)
-
-    async def _linked_within_grace(self, scan: RepoScan, deleted: set[Digest]) -> bool:
-        for digest in scan.layers - deleted:
-            info = await self.store.stat(layout.layer_link(scan.name, digest))
-            if info is not None and self._fresh(info.mtime):
-                return True
-        return False
-
-    async def _remove_repository(self, name: str) -> bool:
-        return await remove_repository(self.store, name, self._fresh)

@@ -294,6 +294,8 @@ class RepositoryManifests:
         self.service.cache.put(manifest)
 
     async def _link(self, manifest: Manifest, revision: str, pushed: bool) -> None:
+        """Write the manifest's revision link (its bytes confirmed there once linked:
+        LinkWriter.write) and, for a push, confirm what it references."""
         blobs, links = self.service.blobs, self.service.links
         try:
             await links.write(self.name, revision, manifest.digest)
