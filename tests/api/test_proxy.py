@@ -23,6 +23,7 @@ from entrepot.proxy.upstreams import CachePolicy, Upstream
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.pulls import PullRecorder
 from entrepot.storage.filesystem import FilesystemDriver
+from tests.api.linkwrites import on_link_write
 from tests.api.oci_client import (
     OCI_MANIFEST,
     OciClient,
@@ -473,16 +474,8 @@ async def test_a_held_blob_collected_as_another_repository_links_it_is_fetched_a
     held = await setup.client.http.get(f"/v2/library/nginx/blobs/{digest}")
     assert held.status_code == 200
     folder = setup.root / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:]
-    write = FilesystemDriver.put_content
-    collected: list[str] = []
-
-    async def put_content(self: FilesystemDriver, key: str, data: bytes) -> None:
-        if not collected and "/library/redis/_layers/" in key:
-            collected.append(key)
-            shutil.rmtree(folder)  # what the collection's sweep leaves of it
-        await write(self, key, data)
-
-    monkeypatch.setattr(FilesystemDriver, "put_content", put_content)
+    # What the collection's sweep leaves of it, as the pull links it for library/redis.
+    collected = on_link_write(monkeypatch, "/library/redis/_layers/", lambda: shutil.rmtree(folder))
     setup.hub.requests.clear()
     pulled = await setup.client.http.get(f"/v2/library/redis/blobs/{digest}")
     assert collected

@@ -13,13 +13,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from entrepot.storage.filesystem import FilesystemDriver
+from tests.api.linkwrites import on_link_write
 from tests.api.oci_client import OCI_MANIFEST, OciClient, error_code, make_image, sha256
 
 V2 = "docker/registry/v2"
@@ -52,24 +51,6 @@ def set_aside(root: Path, data: bytes) -> None:
     (folder / "data").rename(folder / "collecting")
 
 
-def before_link(
-    monkeypatch: pytest.MonkeyPatch, key_part: str, action: Callable[[], None]
-) -> list[str]:
-    """Run ``action`` once, just before the server writes the first link whose key holds
-    ``key_part``; the keys it acted before (one, when it ran)."""
-    write = FilesystemDriver.put_content
-    acted: list[str] = []
-
-    async def put_content(self: FilesystemDriver, key: str, data: bytes) -> None:
-        if not acted and key_part in key and key.endswith("/link"):
-            acted.append(key)
-            action()
-        await write(self, key, data)
-
-    monkeypatch.setattr(FilesystemDriver, "put_content", put_content)
-    return acted
-
-
 async def test_a_layer_set_aside_as_its_manifest_is_linked_is_put_back(
     client: OciClient, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,7 +58,7 @@ async def test_a_layer_set_aside_as_its_manifest_is_linked_is_put_back(
     for blob in [image.config, *image.layers]:
         assert (await client.push_blob("app", blob)).status_code == 201
     # The server checked the layer; the collection sets it aside before the link lands.
-    acted = before_link(
+    acted = on_link_write(
         monkeypatch, "/_manifests/revisions/", lambda: set_aside(root, image.layers[0])
     )
     pushed = await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)
@@ -97,7 +78,7 @@ async def test_a_layer_collected_as_its_manifest_is_linked_refuses_the_manifest(
         assert (await client.push_blob("app", blob)).status_code == 201
     # The whole collection runs between the server's check and its link: no manifest
     # references the blobs yet, so all of them go (the manifest's own bytes too).
-    acted = before_link(monkeypatch, "/_manifests/revisions/", lambda: collect(root))
+    acted = on_link_write(monkeypatch, "/_manifests/revisions/", lambda: collect(root))
     refused = await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)
     assert acted
     assert refused.status_code == 400, refused.text
@@ -126,7 +107,7 @@ async def test_a_manifest_pushed_again_as_its_old_bytes_are_collected_is_whole(
     assert (await client.http.delete(f"/v2/app/manifests/{image.digest}")).status_code == 202
     manifest_bytes = blob_folder(root, image.manifest) / "data"
     assert manifest_bytes.exists()  # deleting a manifest unlinks it; its bytes stay
-    acted = before_link(
+    acted = on_link_write(
         monkeypatch, "/_manifests/revisions/", lambda: set_aside(root, image.manifest)
     )
     pushed = await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)
@@ -142,7 +123,7 @@ async def test_an_upload_of_a_blob_collected_as_it_is_linked_keeps_the_uploaded_
     assert (await client.push_blob("first", data)).status_code == 201
     # The second upload finds the first one's copy (and drops its own bytes, once the
     # link stands); the collection deletes that copy before the link lands.
-    acted = before_link(monkeypatch, "/second/_layers/", lambda: collect(root))
+    acted = on_link_write(monkeypatch, "/second/_layers/", lambda: collect(root))
     pushed = await client.push_blob("second", data)
     assert acted and pushed.status_code == 201, pushed.text
     assert (blob_folder(root, data) / "data").read_bytes() == data
@@ -155,7 +136,7 @@ async def test_a_mount_of_a_blob_collected_as_it_is_linked_falls_back_to_an_uplo
 ) -> None:
     data = b"a layer mounted from another repository"
     assert (await client.push_blob("source", data)).status_code == 201
-    acted = before_link(monkeypatch, "/target/_layers/", lambda: collect(root))
+    acted = on_link_write(monkeypatch, "/target/_layers/", lambda: collect(root))
     mounted = await client.http.post(f"/v2/target/blobs/uploads/?mount={sha256(data)}&from=source")
     assert acted
     assert mounted.status_code == 202, mounted.text  # an upload session: push the bytes
@@ -173,16 +154,12 @@ async def test_a_manifest_unlinked_as_it_is_tagged_is_linked_again(
     assert (await client.push_image("app", image)).status_code == 201  # by digest: untagged
     hexa = sha256(image.manifest).split(":")[1]
     revision = root / V2 / "repositories/app/_manifests/revisions/sha256" / hexa
-    write = FilesystemDriver.put_content
-    unlinked: list[str] = []
-
-    async def put_content(self: FilesystemDriver, key: str, data: bytes) -> None:
-        await write(self, key, data)
-        if key.endswith("/v1/current/link") and not unlinked:
-            unlinked.append(key)
-            shutil.rmtree(revision)  # the collection's unlink
-
-    monkeypatch.setattr(FilesystemDriver, "put_content", put_content)
+    unlinked = on_link_write(
+        monkeypatch,
+        "/_manifests/tags/v1/current/",
+        lambda: shutil.rmtree(revision),  # the collection's unlink, after the tag
+        after=True,
+    )
     pushed = await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)
     assert unlinked and pushed.status_code == 201, pushed.text
     assert (revision / "link").read_text() == sha256(image.manifest)
@@ -199,7 +176,7 @@ async def test_layer_links_removed_as_the_manifest_is_linked_are_written_again(
     for blob in [image.config, *image.layers]:
         assert (await client.push_blob("app", blob)).status_code == 201
     layers = root / V2 / "repositories/app/_layers"
-    acted = before_link(monkeypatch, "/_manifests/revisions/", lambda: shutil.rmtree(layers))
+    acted = on_link_write(monkeypatch, "/_manifests/revisions/", lambda: shutil.rmtree(layers))
     pushed = await client.put_manifest("app", "v1", image.manifest, OCI_MANIFEST)
     assert acted and pushed.status_code == 201, pushed.text
     for blob in [image.config, *image.layers]:
