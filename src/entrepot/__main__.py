@@ -23,8 +23,9 @@ def run() -> int:
     if not {"-h", "--help"} & set(sys.argv[2:]):
         from entrepot.storage import earlywalks
 
-        # Started here, they import while the command does, on the CPU it leaves idle;
-        # told their walks as soon as the store is known (cli_gcargs, registry.gchead).
+        # Forked here, before any thread, they walk while the command imports, on the CPU
+        # it leaves idle; told their walks as soon as the store is known (cli_gcargs,
+        # registry.gchead).
         earlywalks.start(MARK_WALKS, MARK_WALK_MODULE)
         from entrepot.cli_gcargs import head_start
 

@@ -10,12 +10,11 @@ import contextlib
 import marshal
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, Any, Protocol
 
-from entrepot.storage.earlywalks import RUN_WALKER
+from entrepot.storage.earlywalks import RUN_WALKER, WalkChild
 from entrepot.storage.fswalk import END, LENGTH, WAIT, local_argv, shard_arg, told_message
 from entrepot.storage.objects import FileInfo, Shard, StorageError
 
@@ -184,7 +183,7 @@ class WalkSpares:
         self._walking: dict[int, list[str]] = {}
         self._stopped = False
 
-    async def adopt(self, children: list[tuple[subprocess.Popen[bytes], list[str] | None]]) -> None:
+    async def adopt(self, children: list[tuple[WalkChild, list[str] | None]]) -> None:
         """Walk children started before the event loop (earlywalks), spares from now;
         those told a walk already are taken only for that walk."""
         for child, argv in children:
@@ -227,36 +226,34 @@ class WalkSpares:
 
 
 class EarlyChild:
-    """A walk child started with subprocess (earlywalks), read as an asyncio one: its
+    """A walk child forked before the event loop (earlywalks), read as an asyncio one: its
     stdout and stderr through the event loop, its few bytes of stdin written at once."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        assert popen.stdin is not None
-        self.stdin: Writer | None = _PipeWriter(popen.stdin)
+    def __init__(self, forked: WalkChild) -> None:
+        self._forked = forked
+        self.pid = forked.pid
+        self.stdin: Writer | None = _PipeWriter(forked.stdin)
         self.stdout: asyncio.StreamReader | None = None
         self.stderr: asyncio.StreamReader | None = None
 
     @classmethod
-    async def attached(cls, popen: subprocess.Popen[bytes]) -> EarlyChild:
-        child = cls(popen)
-        assert popen.stdout is not None and popen.stderr is not None
-        child.stdout = await _reader(popen.stdout)
-        child.stderr = await _reader(popen.stderr)
+    async def attached(cls, forked: WalkChild) -> EarlyChild:
+        child = cls(forked)
+        child.stdout = await _reader(forked.stdout)
+        child.stderr = await _reader(forked.stderr)
         return child
 
     @property
     def returncode(self) -> int | None:
-        return self._popen.returncode
+        return self._forked.returncode
 
     async def wait(self) -> int:
-        if self._popen.returncode is not None:
-            return self._popen.returncode
-        return await asyncio.to_thread(self._popen.wait)
+        if self._forked.returncode is not None:
+            return self._forked.returncode
+        return await asyncio.to_thread(self._forked.wait)
 
     def kill(self) -> None:
-        self._popen.kill()
+        self._forked.kill()
 
 
 async def _reader(pipe: IO[bytes]) -> asyncio.StreamReader:

@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
         return
     importlib.import_module(argv[1])
     out = _private_stdout()
-    while (told := _read_told(sys.stdin.fileno())) is not None:
+    while (told := _read_told(0)) is not None:  # fd 0 (a fork's sys.stdin may be a stand-in)
         _walk(marshal.loads(told), out)
         write_all(out, LENGTH.pack(END))  # walked; waits for the next walk
 
