@@ -260,6 +260,22 @@ def test_the_programs_mark_walks_in_children_started_as_it_began(tmp_path: Path)
     assert not stray.exists()
 
 
+def test_the_program_collects_begun_with_its_stdin_closed(tmp_path: Path) -> None:
+    # As cron or a supervisor may start it: the walk children's pipes then take the
+    # lowest numbers free, and a child must not close them as it sets up its own 0-2.
+    root = tmp_path / "r"
+    stray = unreferenced_blob(root)
+    (root / "docker/registry/v2/repositories/team/app/_layers/sha256").mkdir(parents=True)
+    config = disk_config(tmp_path, root)
+    argv = [sys.executable, "-m", "entrepot", "garbage-collect", "--grace", "0", str(config)]
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", *argv], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "deleted 1 blobs" in done.stdout
+    assert not stray.exists()
+
+
 def test_the_programs_mark_walks_begin_before_the_collectors_imports(tmp_path: Path) -> None:
     # Told their walks as a glance at the config file says (cli_gcargs), before the config
     # package and the collector's modules are imported; the driver reads each from the

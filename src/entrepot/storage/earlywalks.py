@@ -14,6 +14,7 @@ and its event loop exist.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import os
 import signal
@@ -74,17 +75,25 @@ def start(count: int, preload: str) -> None:
 
 
 def _fork(preload: str) -> WalkChild:
-    theirs_in, stdin = os.pipe()
-    stdout, theirs_out = os.pipe()
-    stderr, theirs_err = os.pipe()
+    theirs_in, stdin = map(_above_stdio, os.pipe())
+    stdout, theirs_out = map(_above_stdio, os.pipe())
+    stderr, theirs_err = map(_above_stdio, os.pipe())
     pid = os.fork()
     if pid == 0:  # the child: it never returns to the caller's code
         status = 1
         try:
             for fd, onto in ((theirs_in, 0), (theirs_out, 1), (theirs_err, 2)):
                 os.dup2(fd, onto)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the others' pipes: they see EOF
-            with contextlib.suppress(ValueError):  # an event loop's, closed just above
+            # Not every descriptor above 2: one an object of the caller's holds could be
+            # reused here, then closed as that object is freed. The pipes' other ends
+            # (the caller's, of this child and of those forked before it) only, so that
+            # each child sees the end of its stdin; their objects are never freed here.
+            theirs = [theirs_in, theirs_out, theirs_err, stdin, stdout, stderr]
+            for other in _started:
+                theirs += [f.fileno() for f in (other.stdin, other.stdout, other.stderr)]
+            for fd in theirs:
+                os.close(fd)
+            with contextlib.suppress(ValueError):  # an event loop's: the caller's, not this
                 signal.set_wakeup_fd(-1)
             from entrepot.storage.fswalk import main
 
@@ -97,6 +106,16 @@ def _fork(preload: str) -> WalkChild:
     for fd in (theirs_in, theirs_out, theirs_err):
         os.close(fd)
     return WalkChild(pid, stdin, stdout, stderr)
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd``, moved above 0-2 where it is one of them (the program began with that one
+    closed): the child makes 0-2 its pipes' ends, then closes the originals."""
+    if fd > 2:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
+    os.close(fd)
+    return moved
 
 
 def tell(argvs: list[list[str]]) -> bool:
