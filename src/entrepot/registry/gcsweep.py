@@ -268,7 +268,11 @@ class CollectorSweep:
         protect = {link[1] for link, t in now_links.items() if self.layer_links.get(link) != t}
         manifests: set[Digest] = set()
         for name, now in rescans.items():
-            before = scans.get(name, RepoScan(name))
+            before = scans.get(name)
+            if now is before and name not in unkept:  # unchanged since the mark (gcrecheck)
+                continue
+            if before is None:  # new since the mark
+                before = RepoScan(name)
             if now.upload_active and not before.upload_active:
                 protect |= now.layers
             manifests |= (now.revisions - before.revisions) | (
