@@ -20,7 +20,7 @@ import os
 import signal
 import time
 
-from entrepot.storage.fswalk import WAIT, told_message
+from entrepot.storage.fswalk import WAIT, main, told_message
 
 # What walk children started as programs run (fschildren's later spares): fswalk's main,
 # by ``-c`` (``-m``'s runpy and importlib.util were 8 ms of a child's start).
@@ -47,9 +47,11 @@ class WalkChild:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if timeout is None and self.returncode is None:
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        deadline = time.monotonic() + (timeout or 0.0)
+        if timeout is None:
+            if self.returncode is None:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            return self.returncode
+        deadline = time.monotonic() + timeout
         while (code := self.poll()) is None:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"walk child {self.pid} still runs")
@@ -95,8 +97,6 @@ def _fork(preload: str) -> WalkChild:
                 os.close(fd)
             with contextlib.suppress(ValueError):  # an event loop's: the caller's, not this
                 signal.set_wakeup_fd(-1)
-            from entrepot.storage.fswalk import main
-
             main([WAIT, preload])
             status = 0
         except BaseException as e:  # noqa: BLE001 - said on stderr, as a program would
