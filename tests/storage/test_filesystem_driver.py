@@ -606,6 +606,21 @@ def test_walk_children_nothing_takes_end_with_their_stdin() -> None:
         assert child.wait(timeout=30) == 0
 
 
+def test_walk_children_are_named_for_what_they_are() -> None:
+    # Forks of the command, each would show in ps -e and top as one more python: the
+    # person looking at a busy machine sees "entrepot-walk".
+    earlywalks.start(1, "entrepot.registry.gcwalk")
+    ((child, _),) = earlywalks.taken()
+    comm = Path(f"/proc/{child.pid}/comm")
+    deadline = time.monotonic() + 30
+    while comm.read_text() != f"{earlywalks.NAME}\n" and time.monotonic() < deadline:
+        time.sleep(0.01)  # named as the child begins, after the fork
+    named = comm.read_text()
+    child.stdin.close()
+    assert child.wait(timeout=30) == 0
+    assert named == "entrepot-walk\n"
+
+
 async def test_a_child_told_its_walk_early_walks_it_and_no_other(
     root: Path, fs: FilesystemDriver
 ) -> None:

@@ -64,6 +64,9 @@ class WalkChild:
                 os.kill(self.pid, signal.SIGKILL)
 
 
+# What a forked child is called in ps -e and top (15 characters at most).
+NAME = "entrepot-walk"
+
 _started: list[WalkChild] = []
 # What each was told to walk (tell), by pid.
 _told: dict[int, list[str]] = {}
@@ -97,6 +100,7 @@ def _fork(preload: str) -> WalkChild:
                 os.close(fd)
             with contextlib.suppress(ValueError):  # an event loop's: the caller's, not this
                 signal.set_wakeup_fd(-1)
+            _name_self(NAME)
             main([WAIT, preload])
             status = 0
         except BaseException as e:  # noqa: BLE001 - said on stderr, as a program would
@@ -106,6 +110,13 @@ def _fork(preload: str) -> WalkChild:
     for fd in (theirs_in, theirs_out, theirs_err):
         os.close(fd)
     return WalkChild(pid, stdin, stdout, stderr)
+
+
+def _name_self(name: str) -> None:
+    """The process's name as ps -e and top show it (its command line stays the command's):
+    a fork of the command would show as one more ``python``."""
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(name)
 
 
 def _above_stdio(fd: int) -> int:
