@@ -85,6 +85,22 @@ async def test_racing_put_new_has_exactly_one_winner(driver: StorageDriver) -> N
     assert await driver.list("lease") == ["2"]
 
 
+async def test_racing_tallies_each_add_a_byte_where_folders_have_mtimes(
+    driver: StorageDriver,
+) -> None:
+    # Servers count the links they write so (blobs.count_link), where a collection reads
+    # the count (a disk); elsewhere none is kept, and the call says so.
+    key = "entrepot/gc/links-written"
+    if not driver.folder_mtimes:
+        with pytest.raises(NotImplementedError, match="keeps no tallies"):
+            await driver.tally(key)
+        return
+    await asyncio.gather(*(driver.tally(key) for _ in range(40)))
+    assert (await driver.stat(key)).size == 40
+    await driver.tally(key)
+    assert (await driver.stat(key)).size == 41
+
+
 # ---- streaming reads ------------------------------------------------------------------
 
 

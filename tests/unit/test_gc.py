@@ -17,6 +17,7 @@ import pytest
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import layout, storecalls
+from entrepot.registry.blobs import count_link
 from entrepot.registry.catalog import RepositoryIndex
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions, GcResult
 from entrepot.registry.gcscan import (
@@ -52,9 +53,16 @@ async def blob(driver: StorageDriver, data: bytes) -> Digest:
     return digest
 
 
+async def link(driver: StorageDriver, key: str, digest: Digest) -> None:
+    """A repository link, written as a server writes one: counted after (blobs.count_link),
+    so that a collection whose re-check read the store before sees that one came."""
+    await driver.put_content(key, str(digest).encode())
+    await count_link(driver)
+
+
 async def layer(driver: StorageDriver, name: str, data: bytes) -> Digest:
     digest = await blob(driver, data)
-    await driver.put_content(layout.layer_link(name, digest), str(digest).encode())
+    await link(driver, layout.layer_link(name, digest), digest)
     return digest
 
 
@@ -83,7 +91,7 @@ async def manifest(
     if subject is not None:
         doc["subject"] = descriptor(subject, OCI_MANIFEST)
     digest = await blob(driver, json.dumps(doc).encode())
-    await driver.put_content(layout.manifest_revision_link(name, digest), str(digest).encode())
+    await link(driver, layout.manifest_revision_link(name, digest), digest)
     if tag is not None:
         await driver.put_content(layout.tag_current_link(name, tag), str(digest).encode())
         await driver.put_content(layout.tag_index_link(name, tag, digest), str(digest).encode())
@@ -333,7 +341,7 @@ async def test_a_push_linking_a_blob_during_the_sweep_keeps_it(tmp_path: Path) -
 
     async def push_mounts_it() -> None:
         # A cross-repository mount (or an upload of the same bytes) into a new repository.
-        await driver.put_content(layout.layer_link("team/new", orphan), str(orphan).encode())
+        await link(driver, layout.layer_link("team/new", orphan), orphan)
 
     driver.action = push_mounts_it
     result = await collect(driver)
@@ -355,7 +363,7 @@ async def test_a_push_linking_again_a_blob_a_repository_had_keeps_it(tmp_path: P
 
     async def push_links_again() -> None:
         for name, digest in (("team/app", stale), ("team/other", emptied)):
-            await driver.put_content(layout.layer_link(name, digest), str(digest).encode())
+            await link(driver, layout.layer_link(name, digest), digest)
 
     driver.action = push_links_again
     result = await collect(driver)

@@ -11,7 +11,7 @@ links (a manifest's layers are linked before it is pushed, and the mark saw them
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import pytest
 from entrepot.oci.digest import Digest
 from entrepot.oci.manifest import parse_manifest
 from entrepot.registry import gcsweep, layout
-from entrepot.registry.gcrecheck import recheck
+from entrepot.registry.gcrecheck import EarlyRecheck
+from entrepot.registry.gcscan import RepoScan
 from entrepot.registry.local import LocalRegistry
 from entrepot.registry.storecalls import Limited
 from entrepot.storage.filesystem import FilesystemDriver
@@ -53,13 +54,18 @@ async def test_a_manifest_linked_after_the_re_check_keeps_its_blobs_and_their_li
     manifest = parse_manifest(raw, OCI_MANIFEST)
     local = LocalRegistry(driver)
 
-    async def recheck_then_push(*args: object, **kwargs: object) -> object:
-        done = await recheck(*args, **kwargs)  # type: ignore[arg-type]
+    settled = EarlyRecheck.settled
+
+    async def recheck_then_push(
+        early: EarlyRecheck, swept: Iterable[str]
+    ) -> dict[str, RepoScan] | None:
+        done = await settled(early, swept)
+        assert done is not None  # nothing linked since the re-check began: it stands
         # The push checked config and base before they were set aside; it links now.
         await local.manifests.of("team/app").store(manifest, "v1", pushed=True)
         return done
 
-    monkeypatch.setattr(gcsweep, "recheck", recheck_then_push)
+    monkeypatch.setattr(EarlyRecheck, "settled", recheck_then_push)
     result = await collect(driver)
 
     assert set(result.blobs_deleted) == {stray}

@@ -15,6 +15,7 @@ import pytest
 
 from entrepot.oci.digest import Digest
 from entrepot.registry import gcrecheck, layout
+from entrepot.registry.blobs import count_link
 from entrepot.registry.gc import QUARANTINE, GarbageCollector, GcOptions
 from entrepot.registry.gcwalk import WALK_SHARDS, repository_records
 from entrepot.storage.driver import Aside, Fold, Infos, Records, Shard
@@ -29,6 +30,7 @@ from tests.unit.test_gc import (
     descriptor,
     exists,
     layer,
+    link,
     manifest,
 )
 
@@ -116,7 +118,7 @@ async def test_a_layer_linked_during_the_sweep_keeps_its_blob(tmp_path: Path, in
     age_repositories(driver)
 
     async def push_mounts_it() -> None:
-        await driver.put_content(layout.layer_link(into, orphan), str(orphan).encode())
+        await link(driver, layout.layer_link(into, orphan), orphan)
         if into == "team/restored":
             age_repositories(driver)
 
@@ -146,8 +148,7 @@ async def test_a_manifest_linked_again_where_it_was_deleted_keeps_its_blobs(
 
     async def pushed_again() -> None:  # its bytes (put aside meanwhile), then its link
         await driver.put_content(layout.blob_data(digest), body)
-        link = layout.manifest_revision_link(name, digest)
-        await driver.put_content(link, str(digest).encode())
+        await link(driver, layout.manifest_revision_link(name, digest), digest)
 
     driver.action = pushed_again
     result = await collect(driver)
@@ -196,6 +197,7 @@ async def test_an_upload_begun_during_the_sweep_keeps_its_repository_layers(
 
     async def upload_begins() -> None:
         await driver.put_content(layout.upload_data(name, "abc-123"), b"next layer...")
+        await count_link(driver)  # as UploadSessions.start
 
     driver.action = upload_begins
     # The real clock: the layer is stale at the mark, the upload begins during the sweep.
@@ -220,7 +222,7 @@ async def test_a_layer_of_another_algorithm_linked_during_the_sweep_keeps_its_bl
     age_repositories(driver)
 
     async def push_mounts_it() -> None:
-        await driver.put_content(layout.layer_link(name, orphan), str(orphan).encode())
+        await link(driver, layout.layer_link(name, orphan), orphan)
 
     driver.action = push_mounts_it
     result = await collect(driver)
@@ -261,11 +263,11 @@ class Preparing(FilesystemDriver):
         return await super().move_stale_in(folders, src, dst, older_than, sync=sync)
 
 
-async def test_the_re_checks_walk_children_start_while_the_mark_is_summed_up(
+async def test_the_re_check_walks_as_the_mark_ends_before_the_set_aside(
     tmp_path: Path,
 ) -> None:
-    # Their start (a Python's, and its imports: 80 ms of a CPU each) falls where the
-    # collector computes with one CPU, not between the set-aside and the re-check.
+    # Its walk children are started (a Python's start and imports: 80 ms of a CPU each)
+    # and walk while the collector computes with one CPU and sets blobs aside, not after.
     driver = Preparing(tmp_path / "root")
     await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
     stray = await blob(driver, b"never linked")
@@ -278,8 +280,8 @@ async def test_the_re_checks_walk_children_start_while_the_mark_is_summed_up(
         *[("walk", "repository_records", "0 spares")] * WALK_SHARDS,
     ]
     assert sweep == [
-        ("aside",),
         *[("walk", "changed_records", f"{n} spares") for n in range(WALK_SHARDS, 0, -1)],
+        ("aside",),
     ]
 
 
@@ -335,7 +337,7 @@ async def test_a_manifest_of_an_algorithm_the_mark_skipped_linked_again_keeps_it
 
     async def pushed_again() -> None:  # its bytes, then its link
         await driver.put_content(layout.blob_data(digest), body)
-        await driver.put_content(layout.manifest_revision_link(name, digest), str(digest).encode())
+        await link(driver, layout.manifest_revision_link(name, digest), digest)
 
     driver.action = pushed_again
     result = await collect(driver)

@@ -91,6 +91,21 @@ async def delete_key(driver: StorageDriver, key: str) -> bool:
     return True
 
 
+async def count_link(driver: StorageDriver) -> None:
+    """Count a repository link just written, or an upload just begun, before the request
+    looks at the bytes it needs (BlobStore.confirm), where a garbage collection reads the
+    count (a disk: registry.gcrecheck.EarlyRecheck). Where the count did not move, the
+    collection's re-read of the repositories, made before it set blobs aside, missed no
+    link: one written after that re-read counted before its request's look, which, made
+    before the set-aside, the count read after the set-aside sees."""
+    if not driver.folder_mtimes:
+        return
+    try:
+        await driver.tally(layout.LINKS_WRITTEN)
+    except StorageError as exc:
+        raise storage_unavailable(exc) from exc
+
+
 class BlobGone(RegistryError):
     """The bytes of a blob a request linked were deleted by a garbage collection (or a
     cache eviction) that found nothing linking them, between the request's check that
@@ -121,6 +136,7 @@ class LinkWriter:
         """Link ``digest`` at ``key`` in repository ``name``, then make sure its bytes are
         still there (BlobStore.confirm); BlobGone, the link taken back, if they are not."""
         await write_link(self.driver, key, digest)
+        await count_link(self.driver)
         if not await self.blobs.confirm(digest):
             await delete_key(self.driver, key.removesuffix("/link"))
             raise BlobGone(digest)

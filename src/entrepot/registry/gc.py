@@ -85,6 +85,7 @@ class GarbageCollector(CollectorSweep):
         self.skipped = ()
         self.quarantined = []
         self.quarantined_dirs = []
+        self.early = None
         # What a run built (a few hundred thousand objects on a large store), held here
         # rather than freed as the run returns: the command, about to end, never frees it
         # (see cli_gc.garbage_collect); a server frees it with the collector.
@@ -115,6 +116,20 @@ class GarbageCollector(CollectorSweep):
         )
         if not self.options.dry_run:
             await gcrecheck.prepare(self.store)
+            if gcrecheck.EarlyRecheck.possible(self.store):
+                self.early = gcrecheck.EarlyRecheck(
+                    self.store, scans, self.marked_at, self.cutoff, self.skipped
+                )
+                await self.early.begin()
+        try:
+            return await self._collect(now, scans, blobs, started)
+        finally:
+            if self.early is not None:  # read, unless the collection failed
+                await self.early.stop()
+
+    async def _collect(
+        self, now: float, scans: dict[str, RepoScan], blobs: Blobs, started: float
+    ) -> GcResult:
         if self.options.rules:
             self.plan = await plan_retention(
                 self.store, scans.values(), self.options.rules, now, self.cutoff

@@ -13,7 +13,7 @@ from entrepot.registry import layout
 from entrepot.registry.blobs import write_link
 from entrepot.registry.digestnames import ALGORITHMS
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
-from entrepot.registry.gcrecheck import recheck
+from entrepot.registry.gcrecheck import EarlyRecheck, recheck
 from entrepot.registry.gcrefs import keep_closure, read_refs
 from entrepot.registry.gcremove import remove_repository
 from entrepot.registry.gcresult import GcOptions, GcResult
@@ -57,6 +57,7 @@ class CollectorSweep:
     skipped: tuple[str, ...]
     quarantined: list[Digest]  # set aside by _set_aside
     quarantined_dirs: list[str]  # their folders
+    early: EarlyRecheck | None  # the re-check, begun as the mark ended (a disk)
 
     def _fresh(self, mtime: float) -> bool:
         return mtime > self.cutoff
@@ -127,9 +128,17 @@ class CollectorSweep:
             moves = [(layout.blob_data(d), quarantine_key(d)) for d in doomed]
             moved = await self.store.move_many(moves, sync=False)
             quarantined = [d for d, ok in zip(doomed, moved, strict=True) if ok]
-        rescans = await recheck(
-            self.store, scans, unkept.keys(), self.marked_at, self.cutoff, quarantined, self.skipped
-        )
+        rescans = None if self.early is None else await self.early.settled(unkept.keys())
+        if rescans is None:
+            rescans = await recheck(
+                self.store,
+                scans,
+                unkept.keys(),
+                self.marked_at,
+                self.cutoff,
+                quarantined,
+                self.skipped,
+            )
         if rescans is None:
             rescans = await self._scan_all("re-checking", mark=False)
         relinked = await self._relinked(scans, rescans, unkept, set(quarantined))

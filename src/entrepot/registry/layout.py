@@ -25,6 +25,13 @@ SET_ASIDE = (COLLECTING, EVICTING)
 PUT_BACK = "entrepot/gc/putback"
 
 
+# Grows by a byte with each repository link a server writes and each upload it begins,
+# where the storage is a disk: a collection that read the repositories before it set
+# blobs aside reads this count again after, to know whether any link came in between
+# (registry.gcrecheck).
+LINKS_WRITTEN = "entrepot/gc/links-written"
+
+
 def put_back_note(digest: Digest) -> str:
     return f"{PUT_BACK}/{digest.algorithm}-{digest.encoded}"
 

@@ -51,7 +51,13 @@ from entrepot.oci.digest import Digest, DigestVerifier
 from entrepot.oci.errors import ErrorCode, RegistryError
 from entrepot.registry import hashstate, layout
 from entrepot.registry.api import BlobInfo, UploadStatus
-from entrepot.registry.blobs import BlobGone, BlobStore, LinkWriter, storage_unavailable
+from entrepot.registry.blobs import (
+    BlobGone,
+    BlobStore,
+    LinkWriter,
+    count_link,
+    storage_unavailable,
+)
 from entrepot.registry.keyedlocks import KeyedLocks
 from entrepot.registry.segments import Segments, load_segments
 from entrepot.registry.streams import pump_batches
@@ -137,6 +143,9 @@ class UploadService:
             if isinstance(failed[0], StorageError):
                 raise storage_unavailable(failed[0]) from failed[0]
             raise failed[0]
+        # A push under way in a repository keeps its layer links' blobs: a collection
+        # re-reading it early hears of a session begun since (blobs.count_link).
+        await count_link(self.driver)
         return UploadStatus(upload_id, 0)
 
     async def _stat(self, name: str, upload_id: str) -> Segments:

@@ -491,6 +491,14 @@ class StorageDriver(abc.ABC):
     async def delete(self, key: str) -> None:
         """Delete an object or everything under a prefix. StorageNotFound if neither exists."""
 
+    async def tally(self, key: str) -> None:
+        """Add one byte to the object at ``key`` (made where missing), so that its size
+        counts the calls of every process, none lost where they race (a file opened to
+        append). Not durable: a count that a crash loses counted nothing still wanted.
+        Where ``folder_mtimes`` (a disk); elsewhere NotImplementedError (an object cannot
+        grow in place: the caller counts there in another way, or not at all)."""
+        raise NotImplementedError(f"the {self.name} storage keeps no tallies")
+
     @abc.abstractmethod
     async def try_lease(
         self, key: str, *, ttl: float = LEASE_TTL, scope: LeaseScope = "store"

@@ -66,6 +66,7 @@ from entrepot.storage.fsops import (
     _remove_empty,
     _sync,
     _take,
+    _tally,
     _walk_folded,
     _walk_infos,
     _walk_keys,
@@ -479,6 +480,9 @@ class FilesystemDriver(StorageDriver):
 
     async def sync(self, key: str) -> None:
         await _run(key, True, _sync, self._path(key))
+
+    async def tally(self, key: str) -> None:
+        await _run(key, False, _tally, self._path(key))
 
     async def try_lease(
         self, key: str, *, ttl: float = LEASE_TTL, scope: LeaseScope = "store"

@@ -139,6 +139,9 @@ class TimedDriver(StorageDriver):
     async def sync(self, key: str) -> None:  # not one of registry:2's actions: not timed
         await self.inner.sync(key)
 
+    async def tally(self, key: str) -> None:  # not one of registry:2's actions: not timed
+        await self.inner.tally(key)
+
     async def walk(
         self, prefix: str, *, after: str = "", collapse: str = ""
     ) -> AsyncGenerator[Keys, None]:
