@@ -39,6 +39,19 @@ async def read_refs(
     await each([d for d in set(digests) if d not in known], read)
 
 
+class Referenced:
+    """What the mark's walk read of the manifests where every manifest is kept (no
+    ``--delete-untagged``, no retention rule): what they reference, together, as
+    (algorithm, encoded) pairs (a Digest equals its pair, and hashes as it does), and
+    the manifests they came from. A ManifestRefs per manifest, a Digest per reference in
+    a frozenset each, was half of the main process's CPU reading the bench store's walks,
+    where the mark needs only the union."""
+
+    def __init__(self) -> None:
+        self.pairs: set[tuple[str, str]] = set()
+        self.manifests: set[Digest] = set()
+
+
 def keep_closure(
     valid: set[Digest], roots: Iterable[Digest], refs: dict[Digest, ManifestRefs]
 ) -> set[Digest]:

@@ -14,7 +14,7 @@ from itertools import repeat
 from entrepot.oci.digest import Digest, trusted_pair
 from entrepot.registry import layout
 from entrepot.registry.digestnames import digest_at, link_digest
-from entrepot.registry.gcrefs import read_refs
+from entrepot.registry.gcrefs import Referenced, read_refs
 from entrepot.registry.gcwalk import (
     Record,
     blob_records,
@@ -190,9 +190,11 @@ class _Scanner:
         fresh_after: float,
         layer_folders: bool = True,
         refs: dict[Digest, ManifestRefs] | None = None,
+        referenced: Referenced | None = None,
     ) -> None:
         self.fresh_after = fresh_after
         self.refs = refs  # where the manifests that come read (mark_reads) go
+        self.referenced = referenced  # or, from gcwalk's walk, where their references go
         self.layer_folders = layer_folders  # a layer folder without its link counts
         self.scans: dict[str, RepoScan] = {}
         # Found, not read yet: tags with a current link, and revisions (see scan_store).
@@ -260,7 +262,7 @@ class _Scanner:
         """Repositories as gcwalk's walk found them; how many objects they hold. (Digests
         made by map(trusted_pair, ...), and steps skipped for what is empty, as most is:
         this took a third less of the main process's CPU on the bench store.)"""
-        refs, scans, objects = self.refs, self.scans, 0
+        refs, referenced, scans, objects = self.refs, self.referenced, self.scans, 0
         for name, revisions, unlinked, layers, tag_names, tags, uploads, newest in records:
             scan = scans.get(name)
             if scan is None:
@@ -270,6 +272,9 @@ class _Scanner:
                 scan.revision_mtimes[digest] = mtime
                 if pairs is None or refs is None:
                     self.unread_revisions.append(digest)
+                elif referenced is not None:
+                    referenced.pairs.update(pairs[0])
+                    referenced.manifests.add(digest)
                 elif digest not in refs:
                     refs[digest] = refs_of(pairs)
             if unlinked:
@@ -320,18 +325,20 @@ async def scan_store(
     *,
     tag_links: bool = True,
     refs: dict[Digest, ManifestRefs] | None = None,
+    referenced: Referenced | None = None,
     algorithms: tuple[str, ...] | None = None,
 ) -> dict[str, RepoScan]:
     """Every repository's revisions (with their links' mtimes), layer folders, tags (with
     ``tag_links``, what each points at) and upload sessions (a repository left with empty
     folders is found by them); an upload written to after ``fresh_after`` is in
     progress. Where the driver walks locally (a disk), gcwalk's walk reads the tags and,
-    with ``refs``, the manifests (into ``refs``, as read_refs) as it goes; elsewhere one
+    with ``refs``, the manifests (into ``refs``, as read_refs, or, with ``referenced``,
+    what they reference into it) as it goes; elsewhere one
     folded ``scan`` of ``repositories/`` (a walk apart reads them itself: ``mark_reads``)
     and what a batch names but did not read is read while the walk goes on; in the
     store's ``walk_shards``. With ``algorithms``, gcwalk's walk lists the link folders of
     those algorithms only (see gcwalk.ONLY)."""
-    scanner = _Scanner(fresh_after, refs=refs)
+    scanner = _Scanner(fresh_after, refs=refs, referenced=referenced)
     ahead: list[asyncio.Future[None]] = []
 
     def read_ahead(objects: int) -> None:

@@ -14,7 +14,7 @@ from entrepot.registry.blobs import write_link
 from entrepot.registry.digestnames import ALGORITHMS
 from entrepot.registry.epochs import CATALOG, CATALOG_REMOVALS, bump_epoch, tags_epoch
 from entrepot.registry.gcrecheck import EarlyRecheck, recheck
-from entrepot.registry.gcrefs import keep_closure, read_refs
+from entrepot.registry.gcrefs import Referenced, keep_closure, read_refs
 from entrepot.registry.gcremove import remove_repository
 from entrepot.registry.gcresult import GcOptions, GcResult
 from entrepot.registry.gcscan import Progress, RepoScan, scan_repository, scan_store
@@ -47,6 +47,7 @@ class CollectorSweep:
     cutoff: float  # objects with a later mtime are fresh
     marked_at: float  # when the mark began reading (the real clock: mtimes')
     refs: dict[Digest, ManifestRefs]
+    referenced: Referenced  # the mark's walk's, where every manifest is kept (see _scan_all)
     # The mtime of each layer link of a blob to delete, as the mark read it: the sweep
     # puts back a blob whose link is new or rewritten since.
     layer_links: dict[tuple[str, Digest], float]
@@ -72,9 +73,17 @@ class CollectorSweep:
         found = self._progress(f"{phase}: repository objects read")
         tag_links = mark and (self.options.delete_untagged or bool(self.options.rules))
         refs = self.refs if mark else None
+        # Where every manifest is kept, the mark needs what they reference, not by whom.
+        referenced = self.referenced if mark and not tag_links else None
         walked = tuple(a for a in ALGORITHMS if a not in self.skipped) if mark else None
         return await scan_store(
-            self.store, self.cutoff, found, tag_links=tag_links, refs=refs, algorithms=walked
+            self.store,
+            self.cutoff,
+            found,
+            tag_links=tag_links,
+            refs=refs,
+            referenced=referenced,
+            algorithms=walked,
         )
 
     async def _absent_algorithms(self) -> tuple[str, ...]:
