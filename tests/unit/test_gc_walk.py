@@ -219,3 +219,31 @@ async def test_the_walk_lists_the_link_folders_of_the_algorithms_it_is_given(
     assert {k.rsplit("/", 1)[-1] for k in link_folders} == set(algorithms)
     solo_layers = {algorithm for algorithm, _ in records["solo"][3]}
     assert solo_layers == set(algorithms)  # its layers: a sha256 one and a sha512 one
+
+
+async def test_where_every_manifest_is_kept_the_walk_sends_only_loose_layers(
+    tmp_path: Path,
+) -> None:
+    # The mark keeps every manifest then, so what they reference is marked: of a
+    # repository's layer folders the sweep looks only at the others (and at every one of
+    # a repository with uploads, which keeps them all while it is written to).
+    driver = FilesystemDriver(tmp_path / "root")
+    used = await layer(driver, "team/app", b"a layer of its image")
+    loose = await layer(driver, "team/app", b"a layer no manifest of it references")
+    image = await manifest(driver, "team/app", [used], tag="v1")
+    config = json.loads(await driver.get_content(layout.blob_data(image)))["config"]["digest"]
+    await manifest(driver, "team/pushing", [await layer(driver, "team/pushing", b"p")])
+    await driver.put_content(layout.upload_data("team/pushing", "an-upload"), b"...")
+    base = driver.local_path(layout.REPOSITORIES).removesuffix(f"/{layout.REPOSITORIES}")
+
+    def layers(args: tuple[str, ...]) -> dict[str, set[str]]:
+        batches = repository_records(DiskView(base), layout.REPOSITORIES, args)
+        return {r[0]: {f"{a}:{e}" for a, e in r[3]} for b in batches for r in b}
+
+    every = layers(gcwalk.repository_args(False, True, None))
+    assert every["team/app"] == {str(used), str(loose), config}
+    sent = layers(gcwalk.repository_args(False, True, None, loose=True))
+    assert sent["team/app"] == {str(loose)}
+    assert sent["team/pushing"] == every["team/pushing"] and len(every["team/pushing"]) == 2
+    # Where tags decide what is kept (--delete-untagged, retention rules): every one.
+    assert layers(gcwalk.repository_args(True, True, None, loose=False)) == every

@@ -52,7 +52,7 @@ def begin_mark(root: str, tag_links: bool) -> HeadStart | None:
         return None  # the collector finds what is wrong and says so
     skipped = tuple(a for a in ALGORITHMS if a not in present)
     walked = tuple(a for a in ALGORITHMS if a not in skipped)
-    args = repository_args(tag_links, True, walked)
+    args = repository_args(tag_links, True, walked, loose=not tag_links)
     argvs = [
         local_argv(root, layout.REPOSITORIES, _name(repository_records), args, (n, WALK_SHARDS))
         for n in range(WALK_SHARDS)

@@ -109,7 +109,9 @@ class RepoScan:
     revision_mtimes: dict[Digest, float] = field(default_factory=dict)
     unlinked_revisions: set[Digest] = field(default_factory=set)  # folders without a link
     # Every layer folder (its name is the digest; the link in it is read only where it
-    # matters: see repository_fold): a link-less one left by a blob DELETE too.
+    # matters: see repository_fold): a link-less one left by a blob DELETE too. From the
+    # mark of a disk where every manifest is kept, only those the repository's manifests
+    # do not reference, unless it has uploads (gcwalk.LOOSE): the others are marked.
     layers: set[Digest] = field(default_factory=set)
     tags: dict[str, Digest] = field(default_factory=dict)  # tag -> what it points at now
     # Every tag, with a link or not; none from a scan without tag links (scan_store).
@@ -353,7 +355,9 @@ async def scan_store(
 
     async def walk(shard: Shard | None) -> None:
         if store.driver.walks_local:
-            args = repository_args(tag_links, refs is not None, algorithms)
+            args = repository_args(
+                tag_links, refs is not None, algorithms, loose=referenced is not None
+            )
             async for records in store.walk_local(
                 layout.REPOSITORIES, repository_records, args, shard
             ):

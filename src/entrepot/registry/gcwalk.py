@@ -29,9 +29,11 @@ Tag = tuple[str, str, str]
 # upload folders, the newest mtime of an upload's bytes (0.0: none).
 Record = tuple[str, list[Revision], list[Pair], list[Pair], list[str], list[Tag], list[str], float]
 
-# Arguments: read each tag's current link; read each revision's manifest.
+# Arguments: read each tag's current link; read each revision's manifest; send only the
+# layer folders the repository's manifests read do not reference (LOOSE).
 TAGS = "tags"
 MANIFESTS = "manifests"
+LOOSE = "loose"
 # An argument naming the only algorithms whose link folders the walk lists
 # (``only:sha256``), those of which the store holds a blob (see gcsweep): a link of another
 # names nothing, and listing two absent folders per repository was a fifth of its walk.
@@ -50,11 +52,15 @@ SHARE_BELOW = 64
 
 
 def repository_args(
-    tags: bool, manifests: bool, algorithms: tuple[str, ...] | None
+    tags: bool, manifests: bool, algorithms: tuple[str, ...] | None, loose: bool = False
 ) -> tuple[str, ...]:
     """repository_records' arguments: read the tags' links, the manifests; list the link
-    folders of ``algorithms`` only (None: of every registered one)."""
-    args = tuple(a for a, on in ((TAGS, tags), (MANIFESTS, manifests)) if on)
+    folders of ``algorithms`` only (None: of every registered one); with ``loose`` (and
+    ``manifests``), send a repository's layer folders only where no manifest of it that
+    the walk read references them, or where it has uploads: the mark where every
+    manifest is kept marks all those references, so the sweep looks at no other."""
+    flags = ((TAGS, tags), (MANIFESTS, manifests), (LOOSE, loose and manifests))
+    args = tuple(a for a, on in flags if on)
     if algorithms is not None:
         args += (ONLY + ",".join(algorithms),)
     return args
@@ -63,6 +69,7 @@ def repository_args(
 def repository_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
     """Every repository under ``prefix`` (``repositories/``) as a Record, in batches."""
     walk = _Walk(view, prefix, TAGS in args, MANIFESTS in args, _named(args, ONLY, ALGORITHMS))
+    walk.loose = LOOSE in args
     records = (walk.record(name, markers) for name, markers in _repositories(view, prefix))
     return _batches(records)
 
@@ -176,6 +183,7 @@ class _Walk:
         self.view, self.prefix = view, prefix
         self.tags, self.manifests = tags, manifests
         self.algorithms = algorithms
+        self.loose = False
 
     def record(self, name: str, markers: list[str]) -> Record:
         view, folder = self.view, f"{self.prefix}/{name}"
@@ -223,4 +231,7 @@ class _Walk:
                         info = view.stat(f"{folder}/_uploads/{upload}/{entry}")
                         if info is not None:
                             upload_mtime = max(upload_mtime, info[1])
+        if self.loose and layers and not uploads:
+            referenced = {pair for *_, refs in revisions if refs is not None for pair in refs[0]}
+            layers = [pair for pair in layers if pair not in referenced]
         return name, revisions, unlinked, layers, tag_names, tags, uploads, upload_mtime
