@@ -117,11 +117,24 @@ async def recheck(
         store, scans.values(), marked_at - MARGIN, algorithms, skipped
     )
     uploading = {name for name, scan in scans.items() if scan.uploads}
-    again = {name for name, changed in present.items() if changed or name not in scans}
-    again |= (set(swept) | uploading) & present.keys()
-    if len(again) > READ_ALONE + len(present) // 8:
+    again = _changed(present, scans, (set(swept) | uploading) & present.keys())
+    if again is None:
         return None
     return await _read_again(store, scans, present, again, fresh_after)
+
+
+def _changed(
+    present: dict[str, bool],
+    scans: dict[str, RepoScan],
+    also: set[str],
+    without: set[str] | None = None,
+) -> set[str] | None:
+    """The repositories ``present`` that are new or changed, and ``also``, less
+    ``without``: those to read again one by one; None where they are too many (the store
+    is read again whole)."""
+    again = {name for name, changed in present.items() if changed or name not in scans} | also
+    again -= without or set()
+    return None if len(again) > READ_ALONE + len(present) // 8 else again
 
 
 async def _read_again(
@@ -192,9 +205,9 @@ class EarlyRecheck:
             self.store, scans.values(), self.marked_at - MARGIN, walked, self.skipped
         )
         # Those with uploads are read again once the blobs are aside (``settled``).
-        again = {n for n, changed in present.items() if changed or n not in scans}
-        again -= {name for name, scan in scans.items() if scan.uploads}
-        if len(again) > READ_ALONE + len(present) // 8:
+        uploading = {name for name, scan in scans.items() if scan.uploads}
+        again = _changed(present, scans, set(), uploading)
+        if again is None:
             return None
         return await _read_again(self.store, scans, present, again, self.fresh_after)
 

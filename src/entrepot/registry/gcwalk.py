@@ -68,8 +68,14 @@ def repository_args(
 
 def repository_records(view: LocalView, prefix: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
     """Every repository under ``prefix`` (``repositories/``) as a Record, in batches."""
-    walk = _Walk(view, prefix, TAGS in args, MANIFESTS in args, _named(args, ONLY, ALGORITHMS))
-    walk.loose = LOOSE in args
+    walk = _Walk(
+        view,
+        prefix,
+        TAGS in args,
+        MANIFESTS in args,
+        _named(args, ONLY, ALGORITHMS),
+        LOOSE in args,
+    )
     records = (walk.record(name, markers) for name, markers in _repositories(view, prefix))
     return _batches(records)
 
@@ -179,11 +185,11 @@ class _Walk:
         tags: bool,
         manifests: bool,
         algorithms: tuple[str, ...],
+        loose: bool = False,
     ) -> None:
         self.view, self.prefix = view, prefix
-        self.tags, self.manifests = tags, manifests
+        self.tags, self.manifests, self.loose = tags, manifests, loose
         self.algorithms = algorithms
-        self.loose = False
 
     def record(self, name: str, markers: list[str]) -> Record:
         view, folder = self.view, f"{self.prefix}/{name}"
