@@ -138,6 +138,17 @@ async def test_unreferenced_blobs_go_with_their_links(driver: FilesystemDriver) 
     assert await exists(driver, layout.blob_data(kept))
 
 
+async def test_each_blob_eligible_is_said_on_a_line_of_its_own(
+    driver: FilesystemDriver,
+) -> None:
+    # As a server's scheduled collection logs them: one line each, in digest order.
+    strays = [await layer(driver, "team/app", b"stray %d" % n) for n in range(5)]
+    lines: list[str] = []
+    await collect(driver, lines)
+    said = [line for line in lines if line.startswith("blob eligible for deletion: ")]
+    assert said == [f"blob eligible for deletion: {d}" for d in sorted(strays)]
+
+
 async def test_dry_run_deletes_nothing(driver: FilesystemDriver, tmp_path: Path) -> None:
     stray = await layer(driver, "team/app", b"never referenced")
     await manifest(driver, "team/gone", [await layer(driver, "team/gone", b"x")])

@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from entrepot.oci import mediatypes as mt
-from entrepot.oci.digest import Digest, DigestVerifier, is_digest, sorted_digests
+from entrepot.oci.digest import (
+    Digest,
+    DigestVerifier,
+    digest_lines,
+    is_digest,
+    sorted_digests,
+)
 from entrepot.oci.errors import HTTP_STATUS, ErrorCode, RegistryError
 from entrepot.oci.manifest import MAX_MANIFEST_SIZE, parse_manifest
 from entrepot.oci.names import is_valid_tag, validate_name
@@ -203,3 +209,22 @@ def test_sorted_digests_is_sorted(pairs: list[tuple[str, str]]) -> None:
     digests = [Digest.trusted(*pair) for pair in pairs]
     assert sorted_digests(set(digests)) == sorted(set(digests))
     assert sorted_digests(digests) == sorted(digests)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["sha256", "sha512"]),
+            st.text("0123456789abcdef", min_size=1, max_size=4),
+        )
+    ),
+    st.sampled_from(["", "blob eligible for deletion: "]),
+)
+def test_digest_lines_say_each_digest_on_a_line_in_order(
+    pairs: list[tuple[str, str]], before: str
+) -> None:
+    # The journal and the collection's listing: a line per digest, in the order given,
+    # algorithms mixed in any order.
+    digests = [Digest.trusted(*pair) for pair in pairs]
+    text = "\n".join(digest_lines(digests, before))
+    assert text.split("\n") == [f"{before}{d}" for d in digests] or (not digests and text == "")

@@ -281,7 +281,8 @@ class _Scanner:
                     refs[digest] = refs_of(pairs)
             if unlinked:
                 scan.unlinked_revisions.update(map(trusted_pair, unlinked))
-            scan.layers.update(map(trusted_pair, layers))
+            if layers:  # none, mostly: every layer referenced (gcwalk.LOOSE)
+                scan.layers.update(map(trusted_pair, layers))
             if tag_names:
                 scan.tag_names += tag_names
             for tag, algorithm, encoded in tags:

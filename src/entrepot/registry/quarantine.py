@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from entrepot.oci.digest import Digest
+from entrepot.oci.digest import Digest, digest_lines
 from entrepot.registry import layout
 from entrepot.registry.digestnames import parse_digest
 from entrepot.registry.storecalls import Limited, each
@@ -27,7 +27,7 @@ def quarantine_key(digest: Digest) -> str:
 
 async def write_journal(store: Limited, digests: Iterable[Digest]) -> None:
     # Each as str(digest) is, joined without a call of Python's per digest.
-    await store.driver.put_content(JOURNAL, "\n".join(map(":".join, digests)).encode())
+    await store.driver.put_content(JOURNAL, "\n".join(digest_lines(digests)).encode())
 
 
 async def close_journal(store: Limited) -> None:
