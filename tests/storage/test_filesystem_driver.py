@@ -319,26 +319,36 @@ def test_a_bulk_calls_paths_are_checked_as_each_key_alone(fs: FilesystemDriver, 
         except StorageError as exc:
             got = str(exc)
         assert got == expected
+        try:  # the calls by folder: checked alike, sent relative to the root
+            checked: list[str] | str = fs._checked(keys)
+        except StorageError as exc:
+            checked = str(exc)
+        assert checked == (expected if isinstance(expected, str) else keys)
     assert fs._bulk_paths([]) == []
+    assert fs._checked([]) == []
     assert fs._bulk_paths(["blobs/a/1", "c"]) == [
         f"{fs.rootdirectory}/blobs/a/1",
         f"{fs.rootdirectory}/c",
     ]
 
 
-def test_bulk_calls_in_folders_answer_as_by_whole_paths(root: Path) -> None:
+@pytest.mark.parametrize("relative", [False, True])
+def test_bulk_calls_in_folders_answer_as_by_whole_paths(root: Path, relative: bool) -> None:
     # The set-aside and the deletes open each blob's parent folder once for the blobs in
     # it: folders in several parents, a parent seen again, a missing parent, a missing
     # blob and a folder named ``data`` answer as calls by whole paths do, and no folder
-    # is left open.
+    # is left open; given as whole paths, or (as the driver sends them) relative to a root.
     keys = ("b/00/1/data", "b/00/2/data", "b/01/3/data", "b/00/4/data", "b/00/5/data/x")
     for size, key in enumerate(keys, start=1):
         write_file(root / key, b"x" * size)
-    folders = [str(root / f) for f in ("b/00/1", "b/00/2", "b/01/3", "b/00/4", "b/00/9")]
-    folders += [str(root / "b/07/6"), str(root / "b/00/5")]  # no parent; a folder named data
+    folders = ["b/00/1", "b/00/2", "b/01/3", "b/00/4", "b/00/9"]
+    folders += ["b/07/6", "b/00/5"]  # no parent; a folder named data
+    prefix = f"{root}/" if relative else ""
+    if not relative:
+        folders = [str(root / f) for f in folders]
     fds = open_fds()
 
-    answers = fsbulkops.move_stale(folders, "data", "aside", time.time() + 60, False)
+    answers = fsbulkops.move_stale(folders, "data", "aside", time.time() + 60, False, prefix)
 
     sizes = [None if stat is None else stat[0] for stat, _ in answers]
     assert sizes == [1, 2, 3, 4, None, None, None]
@@ -346,19 +356,21 @@ def test_bulk_calls_in_folders_answer_as_by_whole_paths(root: Path) -> None:
     assert exists(root / "b/01/3/aside") and not exists(root / "b/01/3/data")
     assert exists(root / "b/00/5/data/x")
     assert open_fds() == fds
-    fsbulkops.delete_in(folders, "aside")
+    fsbulkops.delete_in(folders, "aside", prefix)
     assert disk_files(root) == ["b/00/5/data/x"]
     assert sorted(os.listdir(root / "b/00")) == ["5"]  # the emptied folders went too
     assert open_fds() == fds
 
 
+@pytest.mark.parametrize("relative", [False, True])
 def test_a_bulk_call_in_folders_names_the_whole_path_that_failed(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
 ) -> None:
     write_file(root / "b/00/1/aside/inside", b"a folder where the blob goes")
     write_file(root / "b/00/1/data", b"x")
+    folder, prefix = ("b/00/1", f"{root}/") if relative else (str(root / "b/00/1"), "")
     with pytest.raises(OSError) as failed:
-        fsbulkops.move_stale([str(root / "b/00/1")], "data", "aside", time.time() + 60, False)
+        fsbulkops.move_stale([folder], "data", "aside", time.time() + 60, False, prefix)
     assert failed.value.filename == str(root / "b/00/1/data")
 
     def refused(path: str, *, dir_fd: int | None = None) -> None:
@@ -366,7 +378,7 @@ def test_a_bulk_call_in_folders_names_the_whole_path_that_failed(
 
     monkeypatch.setattr(os, "unlink", refused)
     with pytest.raises(OSError) as failed:
-        fsbulkops.delete_in([str(root / "b/00/1")], "data")
+        fsbulkops.delete_in([folder], "data", prefix)
     assert failed.value.filename == str(root / "b/00/1/data")
 
 

@@ -192,6 +192,22 @@ class FilesystemDriver(StorageDriver):
             return self._path(key)
         return self._prefix + key
 
+    def _checked(self, keys: Sequence[str]) -> list[str]:
+        """``keys``, each found valid as ``_bulk_paths`` checks them, not joined to the
+        root: the bulk calls by folder send them so, and join the root to each parent
+        folder once (making 55,600 paths was 0.03-0.04 s of a CPU each in a collection's
+        set-aside and deletes)."""
+        wrapped = "/" + "/\x00/".join(keys) + "/"
+        if (
+            "//" in wrapped
+            or "/." in wrapped
+            or "\\" in wrapped
+            or wrapped.count("\x00") != len(keys) - 1
+        ):
+            for key in keys:
+                self._bulk_path(key)  # the one at fault raises
+        return list(keys)
+
     def _bulk_paths(self, keys: Sequence[str]) -> list[str]:
         """``_bulk_path`` of each key, checked and joined to the root all at once, in C:
         a collection's set-aside and deletes each made 55,600 paths one call at a time
@@ -390,7 +406,9 @@ class FilesystemDriver(StorageDriver):
         sync: bool = True,
     ) -> Aside:
         key, chunks = self._folder_chunks(folders, src, dst)
-        done = await self._bulk("aside", key, False, chunks, src, dst, older_than, sync)
+        done = await self._bulk(
+            "aside", key, False, chunks, src, dst, older_than, sync, self._prefix
+        )
         return [answer for chunk in done for answer in chunk]
 
     async def delete_many(self, keys: Sequence[str]) -> None:
@@ -407,15 +425,16 @@ class FilesystemDriver(StorageDriver):
 
     async def delete_in(self, folders: Sequence[str], name: str) -> None:
         key, chunks = self._folder_chunks(folders, name)
-        await self._bulk("delete_in", key, False, chunks, name)
+        await self._bulk("delete_in", key, False, chunks, name, self._prefix)
 
     def _folder_chunks(self, folders: Sequence[str], *names: str) -> tuple[str, _Chunks]:
-        """``_bulk``'s key and chunks for a call by folders and names: one path a folder
-        sent, the helpers (or threads) join the names, each checked here once."""
+        """``_bulk``'s key and chunks for a call by folders and names: one key a folder
+        sent (relative to the root, sent with them), the helpers (or threads) join the
+        names, each checked here once."""
         check_names(*names)
         for name in names:
             _check_key(name)  # no temp file's name either
-        return (folders[0] if folders else ""), _chunks(self._bulk_paths(folders))
+        return (folders[0] if folders else ""), _chunks(self._checked(folders))
 
     def _move_chunks(self, moves: Sequence[tuple[str, str]]) -> tuple[str, bool, _Chunks]:
         """``_bulk``'s key, missing and chunks for moving each (src, dst) pair."""

@@ -77,17 +77,18 @@ def _stat(path: str) -> Stat | None:
 
 
 def move_stale(
-    folders: list[str], src: str, dst: str, older_than: float, sync: bool
+    folders: list[str], src: str, dst: str, older_than: float, sync: bool, root: str = ""
 ) -> list[tuple[tuple[int, float] | None, bool]]:
     """Each ``<folder>/<src>``'s (size, mtime) (None: missing, or a directory), and whether
     it moved to ``<folder>/<dst>``: a file last written at or before ``older_than`` (see
     StorageDriver.move_stale_in)."""
     done: list[tuple[tuple[int, float] | None, bool]] = []
-    with _Parents() as parents:
+    with _Parents(root) as parents:
         for folder in folders:
             fd, name = parents.of(folder)
             if fd < 0 or sync:
-                done.append(_move_stale_one(f"{folder}/{src}", f"{folder}/{dst}", older_than, sync))
+                path = root + folder
+                done.append(_move_stale_one(f"{path}/{src}", f"{path}/{dst}", older_than, sync))
                 continue
             source = f"{name}/{src}"
             try:
@@ -96,7 +97,7 @@ def move_stale(
                 done.append((None, False))
                 continue
             except OSError as exc:
-                raise _at(exc, folder, src) from None
+                raise _at(exc, root + folder, src) from None
             if stat_mod.S_ISDIR(st.st_mode):
                 done.append((None, False))
                 continue
@@ -107,11 +108,12 @@ def move_stale(
             try:
                 os.replace(source, f"{name}/{dst}", src_dir_fd=fd, dst_dir_fd=fd)
             except MISSING:  # gone meanwhile, or dst's folder missing: as by path
-                moved = move_one(f"{folder}/{src}", f"{folder}/{dst}", sync)
+                path = root + folder
+                moved = move_one(f"{path}/{src}", f"{path}/{dst}", sync)
                 done.append((found, moved))
                 continue
             except OSError as exc:
-                raise _at(exc, folder, src) from None
+                raise _at(exc, root + folder, src) from None
             done.append((found, True))
     return done
 
@@ -133,7 +135,8 @@ class _Parents:
     opened once. ``of`` answers -1 for a folder it cannot open: its paths are then used
     whole, as before, and fail or succeed as they would have."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str = "") -> None:
+        self.root = root  # what each path given is relative to ("": none)
         self.path: str | None = None
         self.fd = -1
 
@@ -149,7 +152,7 @@ class _Parents:
             self._close()
             self.path = parent
             try:
-                self.fd = os.open(parent or "/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+                self.fd = os.open(self.root + parent or "/", os.O_RDONLY | _DIRECTORY | _CLOEXEC)
             except OSError:
                 self.fd = -1
         return self.fd, name
@@ -189,20 +192,20 @@ def delete_files(paths: list[str]) -> None:
         _delete(path, os.path.dirname(path))
 
 
-def delete_in(folders: list[str], name: str) -> None:
-    """Each ``<folder>/<name>`` (see StorageDriver.delete_in)."""
-    with _Parents() as parents:
+def delete_in(folders: list[str], name: str, root: str = "") -> None:
+    """Each ``<root><folder>/<name>`` (see StorageDriver.delete_in)."""
+    with _Parents(root) as parents:
         for folder in folders:
             fd, base = parents.of(folder)
             if fd < 0:
-                _delete(f"{folder}/{name}", folder)
+                _delete(f"{root}{folder}/{name}", root + folder)
                 continue
             try:
                 os.unlink(f"{base}/{name}", dir_fd=fd)
             except MISSING:
                 continue
             except OSError as exc:
-                raise _at(exc, folder, name) from None
+                raise _at(exc, root + folder, name) from None
             try:  # noqa: SIM105 - as in _delete
                 os.rmdir(base, dir_fd=fd)
             except OSError:
