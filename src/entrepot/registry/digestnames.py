@@ -74,6 +74,8 @@ def digest_names(algorithm: str, names: list[str]) -> list[str]:
 
 def parse_pairs(texts: list[str]) -> list[Pair]:
     """parse_pair of each text, less those that name no digest, in order."""
+    if not texts:  # a manifest's children and subject, as a rule: no join, no match
+        return []
     if _joined(_PAIR_RUN, texts):
         return [(text[:_CUT], text[_CUT + 1 :]) for text in texts]
     return [pair for text in texts if (pair := parse_pair(text)) is not None]
