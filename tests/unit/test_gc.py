@@ -29,7 +29,7 @@ from entrepot.registry.gcscan import (
     scan_repository,
     scan_store,
 )
-from entrepot.registry.gcwalk import TAGS
+from entrepot.registry.gcwalk import TAGS, repository_records
 from entrepot.registry.manifestrefs import ManifestRefs
 from entrepot.registry.storecalls import Limited
 from entrepot.storage import StorageDriver, StorageNotFound
@@ -291,7 +291,10 @@ Interleave = Callable[[], Awaitable[None]]
 
 class SeesWalks(FilesystemDriver):
     """A filesystem driver that calls ``walked`` with each local walk's prefix, walk and
-    arguments."""
+    arguments, and runs ``marking`` once, as a walk of the mark's (gcwalk's) has read
+    all of its repositories: a push the mark missed, before the mark ends."""
+
+    marking: Interleave | None = None
 
     def walked(self, prefix: str, walk: LocalWalk, args: tuple[str, ...]) -> None:
         pass
@@ -308,6 +311,9 @@ class SeesWalks(FilesystemDriver):
         self.walked(prefix, walk, args)
         async for batch in super().walk_local(prefix, walk, args, shard=shard, apart=apart):
             yield batch
+        if walk is repository_records and self.marking is not None:
+            action, self.marking = self.marking, None
+            await action()
 
 
 class Interleaving(SeesWalks):

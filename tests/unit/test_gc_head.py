@@ -16,7 +16,8 @@ from entrepot.registry.gchead import HeadStart, begin_mark
 from entrepot.storage import earlywalks
 from entrepot.storage.filesystem import FilesystemDriver
 from entrepot.storage.fswalk import LENGTH
-from tests.unit.test_gc import age, blob, exists, layer, manifest
+from entrepot.storage.localwalk import LocalWalk
+from tests.unit.test_gc import SeesWalks, age, blob, exists, layer, manifest
 
 
 async def test_a_blob_written_after_the_mark_began_ahead_is_kept(tmp_path: Path) -> None:
@@ -39,6 +40,35 @@ async def test_a_blob_written_after_the_mark_began_ahead_is_kept(tmp_path: Path)
     assert collector.skipped == ("sha512",) and collector.marked_at == head.started
 
 
+class NotesWalks(SeesWalks):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.walks: list[str] = []
+
+    def walked(self, prefix: str, walk: LocalWalk, args: tuple[str, ...]) -> None:
+        self.walks.append(walk.__name__)
+
+
+@pytest.mark.parametrize("counted_since", [0, 1])
+async def test_a_mark_begun_ahead_is_re_checked_as_it_ends_where_a_link_was_counted_since(
+    tmp_path: Path, counted_since: int
+) -> None:
+    # The count read as the walks were told (HeadStart.links): where it moved since, a
+    # link may have come after the mark read its repository.
+    driver = NotesWalks(tmp_path / "root")
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
+    stray = await blob(driver, b"unreferenced long ago")
+    age(driver, layout.blob_data(stray))
+    counted = (await driver.stat(layout.LINKS_WRITTEN)).size
+    head = HeadStart(time.time() - 5, ("sha512",), counted - counted_since)
+    collector = GarbageCollector(driver, GcOptions(grace=0), emit=lambda line: None, head=head)
+
+    result = await collector.run()
+
+    assert set(result.blobs_deleted) == {stray}
+    assert ("changed_records" in driver.walks) == bool(counted_since)
+
+
 def test_a_mark_begins_ahead_only_where_it_can(tmp_path: Path) -> None:
     # No blob folder (a store not made yet, a wrong path): nothing is told, the collector
     # finds what is wrong. Fewer waiting children than walks: none is told.
@@ -47,9 +77,11 @@ def test_a_mark_begins_ahead_only_where_it_can(tmp_path: Path) -> None:
     (tmp_path / layout.BLOBS / "sha256").mkdir(parents=True)
     assert begin_mark(root, tag_links=False) is None  # no child started
     earlywalks.start(3, "entrepot.registry.gcwalk")
+    (tmp_path / layout.LINKS_WRITTEN).parent.mkdir(parents=True)
+    (tmp_path / layout.LINKS_WRITTEN).write_bytes(b"\0\0\0")  # three links counted
     head = begin_mark(root, tag_links=False)
     children = earlywalks.taken()
-    assert head is not None and head.skipped == ("sha512",)
+    assert head is not None and head.skipped == ("sha512",) and head.links == 3
     told = [argv for _, argv in children]
     assert [argv[2:5] if argv else None for argv in told] == [
         [layout.REPOSITORIES, "entrepot.registry.gcwalk:repository_records", "0/2"],

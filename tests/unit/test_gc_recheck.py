@@ -24,6 +24,7 @@ from entrepot.storage.localwalk import LocalWalk
 from tests.unit.test_gc import (
     LATER,
     Interleaving,
+    SeesWalks,
     age,
     blob,
     collect,
@@ -92,8 +93,13 @@ async def test_a_store_changed_all_over_is_read_again_whole(
         await manifest(driver, name, [await layer(driver, name, name.encode())], tag="v1")
     stray = await blob(driver, b"never linked")
     age_repositories(driver)
-    for name in ("team/app", "team/other"):  # a push to each since: all changed
-        os.utime(driver.local_path(f"{layout.repository(name)}/_layers/sha256"))
+
+    async def push_to_each() -> None:  # after the mark read them: all changed
+        for name in ("team/app", "team/other"):
+            os.utime(driver.local_path(f"{layout.repository(name)}/_layers/sha256"))
+            await count_link(driver)
+
+    driver.marking = push_to_each
     result = await collect(driver)
     assert set(result.blobs_deleted) == {stray}
     assert driver.store_scans == 2
@@ -231,7 +237,7 @@ async def test_a_layer_of_another_algorithm_linked_during_the_sweep_keeps_its_bl
     assert await exists(driver, layout.blob_data(orphan))
 
 
-class Preparing(FilesystemDriver):
+class Preparing(SeesWalks):
     """Notes the walks prepared and made, the spares waiting at each, and the set-aside."""
 
     def __init__(self, root: Path) -> None:
@@ -269,8 +275,11 @@ async def test_the_re_check_walks_as_the_mark_ends_before_the_set_aside(
     # Its walk children are started (a Python's start and imports: 80 ms of a CPU each)
     # and walk while the collector computes with one CPU and sets blobs aside, not after.
     driver = Preparing(tmp_path / "root")
-    await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
+    kept = await layer(driver, "team/app", b"kept")
+    await manifest(driver, "team/app", [kept], tag="v1")
     stray = await blob(driver, b"never linked")
+    # Linked again after the mark read it: the count moved during the mark.
+    driver.marking = lambda: link(driver, layout.layer_link("team/app", kept), kept)
     result = await collect(driver, apart=True)
     assert set(result.blobs_deleted) == {stray}
     prepared = driver.calls.index(("prepare", "changed_records", str(WALK_SHARDS)))
@@ -283,6 +292,44 @@ async def test_the_re_check_walks_as_the_mark_ends_before_the_set_aside(
         *[("walk", "changed_records", f"{n} spares") for n in range(WALK_SHARDS, 0, -1)],
         ("aside",),
     ]
+
+
+async def test_a_store_no_link_came_to_during_the_mark_is_not_read_again_as_it_ends(
+    tmp_path: Path,
+) -> None:
+    # The count of links did not move since before the mark read anything: every link
+    # came before the mark read its repository, so the re-check has nothing to walk.
+    driver = Preparing(tmp_path / "root")
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
+    stray = await blob(driver, b"never linked")
+    result = await collect(driver, apart=True)
+    assert set(result.blobs_deleted) == {stray}
+    assert sorted(driver.calls) == [
+        ("aside",),
+        ("walk", "blob_records", "0 spares"),
+        *[("walk", "repository_records", "0 spares")] * WALK_SHARDS,
+    ]
+
+
+@pytest.mark.parametrize("into", ["team/app", "team/new"])
+async def test_a_blob_linked_after_the_mark_read_its_repository_is_kept(
+    tmp_path: Path, into: str
+) -> None:
+    driver = Counting(tmp_path / "root")
+    await manifest(driver, "team/app", [await layer(driver, "team/app", b"kept")], tag="v1")
+    orphan = await blob(driver, b"unreferenced when the mark read the store")
+    gone = await blob(driver, b"unreferenced, never linked")
+    age_repositories(driver)
+
+    async def push_mounts_it() -> None:  # counted: the re-check walks as the mark ends
+        await link(driver, layout.layer_link(into, orphan), orphan)
+
+    driver.marking = push_mounts_it
+    result = await collect(driver)
+    assert driver.read_alone == {into}
+    assert result.blobs_relinked == 1
+    assert set(result.blobs_deleted) == {gone}
+    assert await exists(driver, layout.blob_data(orphan))
 
 
 class NotingWalks(Counting):

@@ -97,7 +97,8 @@ async def count_link(driver: StorageDriver) -> None:
     count (a disk: registry.gcrecheck.EarlyRecheck). Where the count did not move, the
     collection's re-read of the repositories, made before it set blobs aside, missed no
     link: one written after that re-read counted before its request's look, which, made
-    before the set-aside, the count read after the set-aside sees."""
+    before the set-aside, the count read after the set-aside sees. Where it did not move
+    since before the mark read anything, the mark missed none: nothing is read again."""
     if not driver.folder_mtimes:
         return
     try:

@@ -111,18 +111,22 @@ class GarbageCollector(CollectorSweep):
         if not self.options.dry_run:
             self.result.blobs_recovered = await recover(self.store)
         self.skipped = await self._absent_algorithms() if head is None else head.skipped
+        early = not self.options.dry_run and gcrecheck.EarlyRecheck.possible(self.store)
+        # Before the mark reads anything (see gcrecheck.EarlyRecheck).
+        if head is not None:
+            links = head.links
+        else:
+            links = await gcrecheck.links_written(self.store) if early else None
         self.marked_at = time.time() if head is None else head.started
         scans, blobs = await asyncio.gather(
             self._scan_all("marking", mark=True),
             find_blobs(self.store, self._progress("marking: blobs found")),
         )
-        if not self.options.dry_run:
-            await gcrecheck.prepare(self.store)
-            if gcrecheck.EarlyRecheck.possible(self.store):
-                self.early = gcrecheck.EarlyRecheck(
-                    self.store, scans, self.marked_at, self.cutoff, self.skipped
-                )
-                await self.early.begin()
+        if early:
+            self.early = gcrecheck.EarlyRecheck(
+                self.store, scans, self.marked_at, self.cutoff, self.skipped, links
+            )
+            await self.early.begin()
         try:
             return await self._collect(now, scans, blobs, started)
         finally:

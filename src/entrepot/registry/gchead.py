@@ -34,11 +34,13 @@ from entrepot.storage.fswalk import local_argv
 
 
 class HeadStart(NamedTuple):
-    """A mark begun ahead: when (``time.time()``, before any walk), and the algorithms its
-    walks skip."""
+    """A mark begun ahead: when (``time.time()``, before any walk), the algorithms its
+    walks skip, and the count of links the servers wrote as it began (gcrecheck's; None:
+    not read)."""
 
     started: float
     skipped: tuple[str, ...]
+    links: int | None = None
 
 
 def begin_mark(root: str, tag_links: bool) -> HeadStart | None:
@@ -51,6 +53,7 @@ def begin_mark(root: str, tag_links: bool) -> HeadStart | None:
     except OSError:
         return None  # the collector finds what is wrong and says so
     skipped = tuple(a for a in ALGORITHMS if a not in present)
+    links = _links_written(root)  # before any walk reads: see gcrecheck.EarlyRecheck
     walked = tuple(a for a in ALGORITHMS if a not in skipped)
     args = repository_args(tag_links, True, walked, loose=not tag_links)
     argvs = [
@@ -60,7 +63,17 @@ def begin_mark(root: str, tag_links: bool) -> HeadStart | None:
     argvs.append(local_argv(root, layout.BLOBS, _name(blob_records), (), None))
     if not earlywalks.tell(argvs):
         return None
-    return HeadStart(started, skipped)
+    return HeadStart(started, skipped, links)
+
+
+def _links_written(root: str) -> int | None:
+    """gcrecheck.links_written's count, read from the disk; None where it cannot be."""
+    try:
+        return os.stat(f"{root}/{layout.LINKS_WRITTEN}").st_size
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return None
 
 
 def _name(walk: object) -> str:
