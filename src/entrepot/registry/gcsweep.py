@@ -101,8 +101,11 @@ class CollectorSweep:
     ) -> dict[tuple[str, Digest], float]:
         """The mtimes of the layer links of ``digests`` in the repositories that have a
         folder for them (the scans do not open those folders)."""
+        with_layers = [s for s in scans if s.layers]
+        if not with_layers:  # as a rule (gcwalk.LOOSE): no set of 55,600 made for nothing
+            return {}
         wanted = set(digests)
-        links = [(s.name, d) for s in scans for d in s.layers & wanted]
+        links = [(s.name, d) for s in with_layers for d in s.layers & wanted]
         infos = await self.store.stat_many([layout.layer_link(*item) for item in links])
         return {
             link: info.mtime for link, info in zip(links, infos, strict=True) if info is not None
@@ -151,7 +154,7 @@ class CollectorSweep:
             )
         if rescans is None:
             rescans = await self._scan_all("re-checking", mark=False)
-        relinked = await self._relinked(scans, rescans, unkept, set(quarantined))
+        relinked = await self._relinked(scans, rescans, unkept, quarantined)
         self.result.blobs_relinked = len(relinked)
         await each(relinked, self._release)
         # In digest order, as the candidates were (see GarbageCollector._unmarked_blobs).
@@ -279,7 +282,7 @@ class CollectorSweep:
         scans: dict[str, RepoScan],
         rescans: dict[str, RepoScan],
         unkept: dict[str, set[Digest]],
-        quarantined: set[Digest],
+        quarantined: list[Digest],
     ) -> set[Digest]:
         """Quarantined blobs that something linked after the mark read the store: a layer
         link that is new or rewritten (the mark read another mtime, or none), a new
@@ -299,12 +302,15 @@ class CollectorSweep:
             manifests |= (now.revisions - before.revisions) | (
                 now.revisions & unkept.get(name, set())
             )
+        if not (protect or manifests):  # nothing linked since the mark, as a rule
+            return set()
+        aside = set(quarantined)
         # A manifest linked again after the mark may have its bytes aside.
-        await read_refs(self.store, manifests, self.refs, quarantined)
+        await read_refs(self.store, manifests, self.refs, aside)
         for digest in manifests:
             protect.add(digest)
             protect |= self.refs[digest].references
-        return protect & quarantined
+        return protect & aside
 
     async def _unlink_layers(self, scans: list[RepoScan], deleted: AbstractSet[Digest]) -> None:
         # Every folder's: a link written after the mark read its folder goes too.
