@@ -304,7 +304,17 @@ async def test_bulk_calls_apart_do_what_they_do_in_threads(
 
 @pytest.mark.parametrize(
     "odd",
-    [*INVALID_KEYS, "a/.tmp-1", ".hidden", "a/.b", "a.b/c.d", "sha256:ab", "a/b.", "x" * 300],
+    [
+        *INVALID_KEYS,
+        "a/.tmp-1",
+        ".hidden",
+        "a/.b",
+        "a.b/c.d",
+        "sha256:ab",
+        "a/b.",
+        "a\x01b",
+        "x" * 300,
+    ],
 )
 def test_a_bulk_calls_paths_are_checked_as_each_key_alone(fs: FilesystemDriver, odd: str) -> None:
     # A bulk call's keys are checked and made paths all at once; a key at fault among

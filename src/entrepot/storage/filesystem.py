@@ -193,18 +193,25 @@ class FilesystemDriver(StorageDriver):
         return self._prefix + key
 
     def _checked(self, keys: Sequence[str]) -> list[str]:
-        """``keys``, each found valid as ``_bulk_path`` finds it, all at once, in C: each
-        key wrapped in "/" as there, the wrapped keys joined by NUL, which no key may hold:
-        one search of the whole finds what one of each would. Not joined to the root:
-        the bulk calls by folder send them so, and join the root to each parent folder
-        once (making 55,600 paths was 0.03-0.04 s of a CPU each in a collection's
-        set-aside and deletes)."""
-        wrapped = "/" + "/\x00/".join(keys) + "/"  # none: "//", which falls back
+        """``keys``, each found valid as ``_bulk_path`` finds it, all at once, in C: the
+        keys joined by "/\x01/" (which keeps one key's end from meeting the next one's
+        start; a key may hold a \x01) are searched once for what a key wrapped in "/" is
+        searched for there, the first key's start and the last one's end looked at alone.
+        Not joined to the root: the bulk calls by folder send them so, and join the root
+        to each parent folder once (making 55,600 paths was 0.03-0.04 s of a CPU each in a
+        collection's set-aside and deletes). Wrapped whole instead (two copies of 3.7 MB
+        for the bench store's 55,600 blob folders), and with a count of its separators,
+        the check cost three times as much, with the helpers waiting for it."""
+        if not keys:
+            return []
+        joined = "/\x01/".join(keys)
         if (
-            "//" in wrapped
-            or "/." in wrapped
-            or "\\" in wrapped
-            or wrapped.count("\x00") != len(keys) - 1
+            keys[0][:1] in ("", "/", ".")
+            or keys[-1][-1:] in ("", "/")
+            or "\x00" in joined  # these three: one character's search (memchr)
+            or "\\" in joined
+            or ("." in joined and "/." in joined)
+            or "//" in joined
         ):
             for key in keys:
                 self._bulk_path(key)  # the one at fault raises
