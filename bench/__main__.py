@@ -15,7 +15,15 @@ from typing import Any
 
 from bench import fixtures, gc, report, s3, scale
 from bench.servers import REGISTRY2_BINARY, REPO_ROOT, Server
-from bench.workloads import GROUPS, ServerRun, Settings, Shared, py_spy, remove_tree
+from bench.workloads import (
+    GROUPS,
+    ServerRun,
+    Settings,
+    Shared,
+    collect_in_turn,
+    py_spy,
+    remove_tree,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVERS = ("registry2", "entrepot")
@@ -224,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             collectors = (len(servers) + ("entrepot" in servers)) * gc.GC_RUNS
             shared.gc = gc.GcStore(where, settings.repos, gc_blobs, collectors)
             gc_medium = shared.gc.medium
+            t = time.monotonic()
+            collect_in_turn(shared, settings, servers)
+            timings["gc_s"] = time.monotonic() - t
         for kind in servers:
             t = time.monotonic()
             run = ServerRun(kind, settings, shared)

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,10 @@ class Shared:
     upstream: Server | None
     upstream_image: Image | None
     gc: GcStore | None = None  # the store to collect
+    # Each collector's collections of it (collect_in_turn), by kind ("floor" too), and
+    # the store Entrepot's last one collected, kept for the serving rows.
+    gc_runs: dict[str, list[Any]] = field(default_factory=dict)
+    gc_served: Path | None = None
     upstream_fill_layer: Blob | None = None  # another uncached blob of the upstream
 
 
@@ -216,8 +220,8 @@ class ServerRun:
                     self._push_rows(server)
             finally:
                 remove_tree(root)
-        if "gc" in s.groups and self.shared.gc is not None:
-            self._gc_rows(self.shared.gc)
+        if "gc" in s.groups and self.shared.gc_runs:
+            self._gc_rows()
         if "pull" in s.groups:
             assert self.shared.upstream is not None
             root = s.datadir / f"cache-{self.kind}"
@@ -229,35 +233,23 @@ class ServerRun:
             finally:
                 remove_tree(root)
 
-    def _gc_rows(self, store: GcStore) -> None:
-        """Each collector's ``gc.GC_RUNS`` collections, each of a copy of the store; the
-        rows are each one's median run (the runs' times are in the JSON): this machine
-        moves a collection's time by a tenth or more from one run to the next."""
-        _progress(f"{self.kind}: garbage-collect ({store.medium}, {gc.GC_RUNS} runs)")
+    def _gc_rows(self) -> None:
+        """The median of this collector's collections (collect_in_turn: the runs' times
+        are in the JSON); Entrepot's with the floor's, and pulls from the store its last
+        collection collected."""
+        shared = self.shared
         if self.kind == "entrepot":
-            self._gc_floor_rows(store)
-        runs = []
-        for n in range(gc.GC_RUNS):
-            root = store.take(self.kind)
+            self._gc_floor_rows(shared.gc_runs["floor"])
+        self._gc_median_rows(shared.gc_runs[self.kind])
+        if self.kind == "entrepot" and shared.gc_served is not None:
             try:
-                runs.append(self._collection(root, store.kept))
-                if n == gc.GC_RUNS - 1:
-                    self._gc_median_rows(runs)
-                    if self.kind == "entrepot":  # on the last run's collected copy
-                        self._gc_serving_rows(root)
+                self._gc_serving_rows(shared.gc_served)
             finally:
-                remove_tree(root)
+                remove_tree(shared.gc_served)
+                shared.gc_served = None
 
-    def _gc_floor_rows(self, store: GcStore) -> None:
+    def _gc_floor_rows(self, floors: list[tuple[dict[str, float], float]]) -> None:
         """bench.gcfloor's collections, as many as a collector's, the median one's rows."""
-        floors = []
-        for _ in range(gc.GC_RUNS):
-            root = store.take("floor")
-            try:
-                load = os.getloadavg()[0]
-                floors.append((gc.collect_floor(root, store.kept, self.settings.server_cpus), load))
-            finally:
-                remove_tree(root)
         floor, load = gc.median_run(floors, lambda run: run[0]["safe"])
         self.rows["gc_floor"] = {
             "value": floor["safe"],
@@ -266,16 +258,6 @@ class ServerRun:
             "runs": [run["safe"] for run, _ in floors],
         }
         self.rows["gc_floor_bare"] = {"value": floor["bare"]}
-
-    def _collection(self, root: Path, kept: int) -> tuple[float, float, float, list[float]]:
-        """One collection of ``root`` by this collector: wall and CPU seconds, seconds
-        rested, and the load average before and after."""
-        s = self.settings
-        started_load = os.getloadavg()[0]
-        seconds, cpu, rested = gc.collect(self.kind, root, kept, s.workdir, s.server_cpus)
-        if rested:
-            _progress(f"{self.kind}: the collection rested {rested:.1f}s of {seconds:.1f}s")
-        return seconds, cpu, rested, [started_load, os.getloadavg()[0]]
 
     def _gc_median_rows(self, runs: list[tuple[float, float, float, list[float]]]) -> None:
         seconds, cpu, rested, loads = gc.median_run(runs, lambda run: run[0])
@@ -730,6 +712,29 @@ def py_spy() -> str:
     """py-spy from PATH, else from this interpreter's venv."""
     beside = Path(sys.executable).parent / "py-spy"
     return shutil.which("py-spy") or (str(beside) if beside.exists() else "py-spy")
+
+
+def collect_in_turn(shared: Shared, settings: Settings, servers: Sequence[str]) -> None:
+    """Every collector's collections of the bench store (``gc.GC_RUNS`` each, and the
+    floor's with Entrepot's), each of a copy, in turn (gc.in_turn), into ``shared``; the
+    servers' runs make their rows from them."""
+    store = shared.gc
+    assert store is not None
+    kinds = [*servers, *(["floor"] if "entrepot" in servers else [])]
+    _progress(f"garbage-collect ({store.medium}, {gc.GC_RUNS} runs each in turn: {kinds})")
+
+    def collect_one(kind: str, root: Path) -> Any:
+        load = os.getloadavg()[0]
+        if kind == "floor":
+            return gc.collect_floor(root, store.kept, settings.server_cpus), load
+        seconds, cpu, rested = gc.collect(
+            kind, root, store.kept, settings.workdir, settings.server_cpus
+        )
+        if rested:
+            _progress(f"{kind}: the collection rested {rested:.1f}s of {seconds:.1f}s")
+        return seconds, cpu, rested, [load, os.getloadavg()[0]]
+
+    shared.gc_runs, shared.gc_served = gc.in_turn(store, kinds, collect_one, keep="entrepot")
 
 
 def remove_tree(path: Path) -> None:

@@ -90,6 +90,39 @@ def test_every_collector_collects_a_copy_and_the_original_goes_after_the_last(
     assert not store.root.exists()  # no collector left to copy it for
 
 
+def test_collectors_collect_in_turn_each_a_copy_and_one_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first run of each, then the second of each: a drift of the machine's speed
+    # weighs on every collector alike. Each run has a copy of its own, removed after it,
+    # but for the kept one's last (the serving rows pull from it).
+    monkeypatch.setattr(bench.gc, "GC_RUNS", 2)
+    store = bench.gc.GcStore(tmp_path, repos=2, blobs=40, collectors=6)
+    blobs = _blobs(store.root)
+    made: list[tuple[str, Path]] = []
+
+    def collect_one(kind: str, root: Path) -> str:
+        assert _blobs(root) == blobs  # a whole copy, not one another run collected
+        for folder in Path(root, ROOT, "blobs/sha256").iterdir():
+            for blob in folder.iterdir():
+                (blob / "data").unlink()
+        made.append((kind, root))
+        return f"{kind} {len(made)}"
+
+    runs, kept = bench.gc.in_turn(
+        store, ["registry2", "entrepot", "floor"], collect_one, "entrepot"
+    )
+
+    assert runs == {
+        "registry2": ["registry2 1", "registry2 4"],
+        "entrepot": ["entrepot 2", "entrepot 5"],
+        "floor": ["floor 3", "floor 6"],
+    }
+    assert kept == made[4][1] and kept.exists() and _blobs(kept) == set()
+    assert {root for _, root in made if root.exists()} == {kept}
+    assert not store.root.exists()
+
+
 def test_a_row_is_its_median_run() -> None:
     runs = [(3.4, "a"), (2.9, "b"), (3.1, "c")]
     assert bench.gc.median_run(runs, lambda run: run[0]) == (3.1, "c")
