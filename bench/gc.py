@@ -99,10 +99,10 @@ class GcStore:
         """A copy of the store for ``kind`` to collect (the caller removes it)."""
         self._left -= 1
         copy = self.root.with_name(f"gc-{kind}")
-        subprocess.run(["rm", "-rf", "--", str(copy)], check=True)
+        _remove(copy)
         subprocess.run(["cp", "-a", "--", str(self.root), str(copy)], check=True)
         if self._left <= 0:  # no collector left to copy it for
-            subprocess.run(["rm", "-rf", "--", str(self.root)], check=True)
+            _remove(self.root)
         return copy
 
 
@@ -137,6 +137,7 @@ def in_turn(
 
 
 def _remove(path: Path) -> None:
+    """``rm -rf``: much faster than shutil.rmtree on the 10,000-repository store."""
     subprocess.run(["rm", "-rf", "--", str(path)], check=True)
 
 
